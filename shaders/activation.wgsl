@@ -1,0 +1,76 @@
+// Element-wise activations, residual add and gradient accumulation.
+
+struct ElementwiseParams {
+    len: u32,
+    // 0: relu, 1: relu6, 2: sigmoid (src/ops/activation.rs `Activation`).
+    kind: u32,
+    accumulate: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: ElementwiseParams;
+
+const RELU: u32 = 0u;
+const RELU6: u32 = 1u;
+const SIGMOID: u32 = 2u;
+
+@group(0) @binding(1) var<storage, read> fwd_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> fwd_y: array<f32>;
+
+@compute @workgroup_size(64)
+fn activation_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len) { return; }
+    let x = fwd_x[i];
+    var y: f32;
+    switch p.kind {
+        case RELU: { y = max(x, 0.0); }
+        case RELU6: { y = clamp(x, 0.0, 6.0); }
+        default: { y = 1.0 / (1.0 + exp(-x)); }
+    }
+    fwd_y[i] = y;
+}
+
+@group(0) @binding(1) var<storage, read> bwd_x: array<f32>;
+@group(0) @binding(2) var<storage, read> bwd_y: array<f32>;
+@group(0) @binding(3) var<storage, read> bwd_dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> bwd_dx: array<f32>;
+
+// Gradients as torch defines them at the kinks: relu passes where x > 0, relu6 where 0 < x < 6.
+@compute @workgroup_size(64)
+fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len) { return; }
+    let x = bwd_x[i];
+    let dy = bwd_dy[i];
+    var dx: f32;
+    switch p.kind {
+        case RELU: { dx = select(0.0, dy, x > 0.0); }
+        case RELU6: { dx = select(0.0, dy, x > 0.0 && x < 6.0); }
+        default: { let y = bwd_y[i]; dx = dy * y * (1.0 - y); }
+    }
+    bwd_dx[i] = accumulated(bwd_dx[i], dx, p.accumulate);
+}
+
+@group(0) @binding(1) var<storage, read> add_a: array<f32>;
+@group(0) @binding(2) var<storage, read> add_b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> add_y: array<f32>;
+
+// y = a + b (residual connections).
+@compute @workgroup_size(64)
+fn add_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len) { return; }
+    add_y[i] = add_a[i] + add_b[i];
+}
+
+@group(0) @binding(1) var<storage, read> pass_dy: array<f32>;
+@group(0) @binding(2) var<storage, read_write> pass_dx: array<f32>;
+
+// dx (+)= dy: the gradient of an identity path, such as either input of a residual add.
+@compute @workgroup_size(64)
+fn pass_gradient(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len) { return; }
+    pass_dx[i] = accumulated(pass_dx[i], pass_dy[i], p.accumulate);
+}

@@ -1,0 +1,114 @@
+//! Adapter discovery and choice: which GPU (or software rasteriser) kdna runs on.
+
+use anyhow::{Result, bail};
+
+/// What kdna needs to know about an adapter, for `kdna devices` and for kernel choice.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: wgpu::Backend,
+    pub device_type: wgpu::DeviceType,
+    pub driver: String,
+    pub driver_info: String,
+    pub timestamps: bool,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub max_storage_buffer_binding: u64,
+    pub max_buffer_size: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations_per_workgroup: u32,
+}
+
+impl AdapterSummary {
+    pub fn of(adapter: &wgpu::Adapter) -> Self {
+        let info = adapter.get_info();
+        let features = adapter.features();
+        let limits = adapter.limits();
+        AdapterSummary {
+            name: info.name,
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: info.driver,
+            driver_info: info.driver_info,
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            max_storage_buffer_binding: limits.max_storage_buffer_binding_size as u64,
+            max_buffer_size: limits.max_buffer_size,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+        }
+    }
+}
+
+/// Help shown whenever no adapter can be found.
+pub const NO_ADAPTER_HELP: &str = "no GPU adapter found. Install a GPU driver with Vulkan support, \
+or Mesa's software Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`). \
+`WGPU_BACKEND` (vulkan, metal, dx12, gl) limits the backends searched.";
+
+pub fn instance() -> wgpu::Instance {
+    // `with_env` honours WGPU_BACKEND and the other WGPU_* instance variables.
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env())
+}
+
+/// Every adapter the instance can see, in wgpu's order.
+pub fn enumerate(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    pollster::block_on(instance.enumerate_adapters(backends))
+}
+
+/// Rank used to pick the default adapter: real GPUs first, then the fastest backend for them.
+/// Vulkan ranks above GL because GL compute is slower and lacks timestamps (and on NVIDIA
+/// Vulkan is the supported path).
+fn preference(s: &AdapterSummary) -> (u8, u8) {
+    let device = match s.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let backend = match s.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal => 0,
+        wgpu::Backend::Dx12 => 1,
+        wgpu::Backend::Gl => 2,
+        _ => 3,
+    };
+    (device, backend)
+}
+
+/// Picks an adapter: the first whose name contains `filter` (case-insensitive) when given
+/// (the `--adapter` flag, else `WGPU_ADAPTER_NAME`), otherwise the best by [`preference`].
+pub fn choose(adapters: Vec<wgpu::Adapter>, filter: Option<&str>) -> Result<wgpu::Adapter> {
+    if adapters.is_empty() {
+        bail!("{NO_ADAPTER_HELP}");
+    }
+    let env_filter = std::env::var("WGPU_ADAPTER_NAME").ok();
+    let filter = filter.map(str::to_owned).or(env_filter);
+    let mut ranked: Vec<(AdapterSummary, wgpu::Adapter)> = adapters
+        .into_iter()
+        .map(|a| (AdapterSummary::of(&a), a))
+        .collect();
+    ranked.sort_by_key(|(s, _)| preference(s));
+    match filter {
+        Some(f) => {
+            let needle = f.to_lowercase();
+            let names: Vec<String> = ranked
+                .iter()
+                .map(|(s, _)| format!("{} ({:?})", s.name, s.backend))
+                .collect();
+            ranked
+                .into_iter()
+                .find(|(s, _)| s.name.to_lowercase().contains(&needle))
+                .map(|(_, a)| a)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no adapter name contains {f:?} (from --adapter or WGPU_ADAPTER_NAME); \
+                         available: {}",
+                        names.join(", ")
+                    )
+                })
+        }
+        None => Ok(ranked.into_iter().next().expect("non-empty").1),
+    }
+}

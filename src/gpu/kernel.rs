@@ -1,0 +1,100 @@
+//! Pipelines and prepared dispatches.
+//!
+//! Binding convention shared by every kernel in `shaders/`: binding 0 is the kernel's uniform
+//! parameter struct, bindings 1.. are the storage buffers in the order the Rust side passes them.
+//! Pipelines use wgpu's derived layout, so each entry point declares exactly what it reads.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{Gpu, GpuSlice, WORKGROUP, shaders};
+
+/// A dispatch with everything bound: recorded as often as wanted, allocating nothing.
+pub struct Dispatch {
+    pub label: &'static str,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Workgroup grid covering `invocations` threads of a one-dimensional kernel with
+/// [`WORKGROUP`] threads per group. Large grids fold into y, since a dimension is limited to
+/// 65535 groups; kernels rebuild the flat index with `flat_index` in `shaders/common.wgsl`.
+pub fn grid(invocations: usize) -> [u32; 3] {
+    let groups = invocations.div_ceil(WORKGROUP as usize).max(1);
+    let x = groups.min(65535);
+    [x as u32, groups.div_ceil(x) as u32, 1]
+}
+
+#[derive(Default)]
+pub(super) struct KernelCache {
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+}
+
+impl Gpu {
+    /// The pipeline for `entry` in `shaders/<shader>.wgsl`, compiled once per device.
+    pub fn pipeline(&self, shader: &'static str, entry: &'static str) -> wgpu::ComputePipeline {
+        let mut pipelines = self.kernels.pipelines.lock().unwrap();
+        if let Some(p) = pipelines.get(&(shader, entry)) {
+            return p.clone();
+        }
+        let mut modules = self.kernels.modules.lock().unwrap();
+        let module = modules.entry(shader).or_insert_with(|| {
+            let source = shaders::source(shader);
+            self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            })
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        pipelines.insert((shader, entry), pipeline.clone());
+        pipeline
+    }
+
+    /// Prepares one dispatch of `shader::entry` with its parameter struct and storage buffers.
+    /// The parameter struct gets its own small uniform buffer, written once here.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &self,
+        shader: &'static str,
+        entry: &'static str,
+        params: &P,
+        buffers: &[&GpuSlice],
+        workgroups: [u32; 3],
+    ) -> Dispatch {
+        let pipeline = self.pipeline(shader, entry);
+        let bytes = bytemuck::bytes_of(params);
+        let uniform = self.create_buffer(
+            entry,
+            (bytes.len() as u64).next_multiple_of(16),
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        );
+        self.queue.write_buffer(&uniform, 0, bytes);
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource: b.binding() });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Dispatch { label: entry, pipeline, bind_group, workgroups }
+    }
+}

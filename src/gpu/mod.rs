@@ -1,0 +1,186 @@
+//! The GPU runtime: one device and queue, a pipeline cache over the WGSL kernels in `shaders/`,
+//! and the few buffer helpers every op needs.
+//!
+//! Every GPU buffer and every queue submission goes through [`Gpu`], which counts them, so tests
+//! can prove the executor's steady state allocates nothing and submits once per step.
+
+pub mod adapter;
+mod kernel;
+pub mod shaders;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+
+pub use adapter::AdapterSummary;
+pub use kernel::{Dispatch, grid};
+
+/// Workgroup size of every one-dimensional kernel (see `shaders/common.wgsl`).
+pub const WORKGROUP: u32 = 64;
+
+/// A byte range of a storage buffer holding f32 (or u32) values.
+#[derive(Clone, Debug)]
+pub struct GpuSlice {
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl GpuSlice {
+    pub fn whole(buffer: wgpu::Buffer) -> Self {
+        let size = buffer.size();
+        GpuSlice { buffer, offset: 0, size }
+    }
+
+    /// Number of 4-byte elements.
+    pub fn len(&self) -> usize {
+        (self.size / 4) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: std::num::NonZeroU64::new(self.size),
+        })
+    }
+}
+
+/// The device kdna computes on.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: AdapterSummary,
+    kernels: kernel::KernelCache,
+    buffers_created: AtomicU64,
+    submissions: AtomicU64,
+}
+
+impl Gpu {
+    /// Opens the adapter chosen by [`adapter::choose`]; `filter` is the `--adapter` substring.
+    pub fn new(filter: Option<&str>) -> Result<Gpu> {
+        let instance = adapter::instance();
+        let chosen = adapter::choose(adapter::enumerate(&instance), filter)?;
+        let info = AdapterSummary::of(&chosen);
+        let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
+            label: Some("kdna"),
+            required_features: wgpu::Features::empty(),
+            // Ask for everything the adapter offers: big networks need big storage bindings.
+            required_limits: chosen.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .with_context(|| format!("opening device on adapter {:?}", info.name))?;
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            kernels: kernel::KernelCache::default(),
+            buffers_created: AtomicU64::new(0),
+            submissions: AtomicU64::new(0),
+        })
+    }
+
+    /// How many buffers this device has created so far (for allocation tests).
+    pub fn buffers_created(&self) -> u64 {
+        self.buffers_created.load(Ordering::Relaxed)
+    }
+
+    /// How many command buffers batches this device has submitted so far.
+    pub fn submissions(&self) -> u64 {
+        self.submissions.load(Ordering::Relaxed)
+    }
+
+    pub fn create_buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.buffers_created.fetch_add(1, Ordering::Relaxed);
+        // Zero-sized bindings are invalid; keep at least one element.
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(4).next_multiple_of(4),
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A zero-filled storage buffer of `len` f32 (or u32) elements.
+    pub fn storage(&self, label: &str, len: usize) -> GpuSlice {
+        let buffer = self.create_buffer(
+            label,
+            4 * len as u64,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        );
+        GpuSlice { buffer, offset: 0, size: 4 * len.max(1) as u64 }
+    }
+
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> GpuSlice {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let slice = self.storage(label, bytes.len().div_ceil(4));
+        self.write(&slice, data);
+        slice
+    }
+
+    pub fn write<T: bytemuck::Pod>(&self, slice: &GpuSlice, data: &[T]) {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        assert!(bytes.len() as u64 <= slice.size, "write of {} bytes into a {}-byte slice", bytes.len(), slice.size);
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&slice.buffer, slice.offset, bytes);
+        }
+    }
+
+    pub fn submit(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
+        self.submissions.fetch_add(1, Ordering::Relaxed);
+        self.queue.submit([encoder.finish()])
+    }
+
+    pub fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    /// Records `dispatches` into one compute pass and submits them.
+    pub fn run(&self, dispatches: &[Dispatch]) {
+        let mut encoder = self.encoder("kdna.run");
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        self.submit(encoder);
+    }
+
+    /// Blocking read of a slice (tests, tools; never the training hot loop).
+    pub fn read<T: bytemuck::Pod>(&self, slice: &GpuSlice) -> Result<Vec<T>> {
+        let staging = self.create_buffer(
+            "kdna.readback",
+            slice.size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        let mut encoder = self.encoder("kdna.read");
+        encoder.copy_buffer_to_buffer(&slice.buffer, slice.offset, &staging, 0, slice.size);
+        self.submit(encoder);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .context("waiting for the GPU")?;
+        rx.recv()?.context("mapping a readback buffer")?;
+        let data = bytemuck::cast_slice(&staging.get_mapped_range(..)?).to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// Blocks until every submitted command has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .context("waiting for the GPU")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,35 @@
+//! The WGSL sources, compiled into the binary. `shaders/common.wgsl` is prepended to each.
+
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// Every kernel family: (name, source without the common prelude).
+pub const FAMILIES: &[(&str, &str)] = &[
+    ("activation", include_str!("../../shaders/activation.wgsl")),
+    ("conv", include_str!("../../shaders/conv.wgsl")),
+    ("linear", include_str!("../../shaders/linear.wgsl")),
+    ("loss", include_str!("../../shaders/loss.wgsl")),
+    ("modulate", include_str!("../../shaders/modulate.wgsl")),
+    ("norm", include_str!("../../shaders/norm.wgsl")),
+    ("optim", include_str!("../../shaders/optim.wgsl")),
+    ("pool", include_str!("../../shaders/pool.wgsl")),
+    ("router", include_str!("../../shaders/router.wgsl")),
+];
+
+/// The full source of a kernel family, prelude included.
+pub fn source(family: &str) -> String {
+    let (_, body) = FAMILIES
+        .iter()
+        .find(|(name, _)| *name == family)
+        .unwrap_or_else(|| panic!("no shader family {family:?}"));
+    format!("{COMMON}\n{body}")
+}
+
+/// Parses and validates a family with naga, as wgpu will; returns naga's readable report.
+pub fn validate(family: &str) -> Result<naga::Module, String> {
+    let src = source(family);
+    let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
+        .validate(&module)
+        .map_err(|e| e.emit_to_string(&src))?;
+    Ok(module)
+}

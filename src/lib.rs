@@ -1,0 +1,3 @@
+//! kdna: KernelDNA networks trained with WGSL kernels on any GPU wgpu reaches.
+
+pub mod gpu;
