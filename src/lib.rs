@@ -1,3 +1,6 @@
 //! kdna: KernelDNA networks trained with WGSL kernels on any GPU wgpu reaches.
 
 pub mod gpu;
+pub mod graph;
+pub mod ops;
+pub mod reference;

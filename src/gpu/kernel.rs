@@ -15,6 +15,7 @@ pub struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
+    params: wgpu::Buffer,
 }
 
 impl Dispatch {
@@ -23,6 +24,12 @@ impl Dispatch {
         pass.set_bind_group(0, &self.bind_group, &[]);
         let [x, y, z] = self.workgroups;
         pass.dispatch_workgroups(x, y, z);
+    }
+
+    /// Replaces the parameter struct (same type as at creation), e.g. a new learning rate.
+    /// Takes effect from the next submission; allocates nothing.
+    pub fn set_params<P: bytemuck::Pod>(&self, gpu: &Gpu, params: &P) {
+        gpu.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(params));
     }
 }
 
@@ -95,6 +102,6 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Dispatch { label: entry, pipeline, bind_group, workgroups }
+        Dispatch { label: entry, pipeline, bind_group, workgroups, params: uniform }
     }
 }

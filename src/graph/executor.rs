@@ -1,0 +1,428 @@
+//! Runs a [`Graph`]: buffers planned once, forward and backward dispatches prepared once, and
+//! each step recorded into one command encoder and submitted once.
+//!
+//! Gradients: a tensor used by several ops (a parent kernel shared by its children) gets the
+//! sum of their gradients. The first contributor in backward order overwrites the buffer and
+//! the rest add, in a fixed order, so every run gives the same bits. Gradient buffers that no
+//! op writes whole are cleared at the start of the step.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use anyhow::{Context, Result, bail};
+
+use super::{Graph, Role, TensorId, Weights};
+use crate::gpu::{Dispatch, Gpu, GpuSlice};
+use crate::ops::sgd::Sgd;
+use crate::ops::{Bound, GradTarget, Grads, Mode};
+
+/// What an executor does each run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub mode: Mode,
+    /// Backpropagate from this tensor. Its gradient starts as [1, 0, ...] (a loss), and can be
+    /// set with [`Executor::write_grad`].
+    pub backward_from: Option<TensorId>,
+    /// Also compute gradients to `Input` tensors (tests; training does not need them).
+    pub input_grads: bool,
+    /// Update the parameters after backward.
+    pub optimizer: Option<Sgd>,
+}
+
+impl Plan {
+    pub fn eval() -> Plan {
+        Plan { mode: Mode::Eval, backward_from: None, input_grads: false, optimizer: None }
+    }
+
+    pub fn train(loss: TensorId, optimizer: Sgd) -> Plan {
+        Plan { mode: Mode::Train, backward_from: Some(loss), input_grads: false, optimizer: Some(optimizer) }
+    }
+}
+
+/// Loss and correct count of one finished training step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    pub step: u64,
+    pub loss: f32,
+    pub correct: f32,
+}
+
+/// Staging buffers the loss is copied into and mapped from, without waiting on the GPU.
+const READBACK_RING: usize = 4;
+
+struct Readback {
+    source: GpuSlice,
+    staging: Vec<wgpu::Buffer>,
+    /// (step, ring slot) of steps whose values are on their way.
+    in_flight: VecDeque<(u64, usize)>,
+    mapped: mpsc::Receiver<usize>,
+    notify: mpsc::Sender<usize>,
+    done: Vec<StepStats>,
+}
+
+pub struct Executor {
+    gpu: Arc<Gpu>,
+    weights: Arc<Weights>,
+    plan: Plan,
+    values: Vec<GpuSlice>,
+    grads: Vec<Option<GpuSlice>>,
+    clears: Vec<GpuSlice>,
+    forward: Vec<Dispatch>,
+    backward: Vec<Dispatch>,
+    /// Optimizer dispatches, each with the number of arena elements it updates.
+    optimizer: Vec<(Dispatch, usize)>,
+    readback: Option<Readback>,
+    steps: u64,
+}
+
+impl Executor {
+    /// An executor with weights of its own (zero-filled until written).
+    pub fn new(gpu: Arc<Gpu>, graph: &Graph, plan: Plan) -> Result<Executor> {
+        let weights = Arc::new(Weights::new(&gpu, graph));
+        Self::with_weights(gpu, graph, plan, weights)
+    }
+
+    /// An executor over shared weights (e.g. an eval graph beside the training graph).
+    pub fn with_weights(gpu: Arc<Gpu>, graph: &Graph, plan: Plan, weights: Arc<Weights>) -> Result<Executor> {
+        weights.check(graph)?;
+        let values = graph
+            .tensors
+            .iter()
+            .map(|t| match t.role {
+                Role::Param => weights.param(&t.name).expect("checked"),
+                Role::State => weights.state(&t.name).expect("checked"),
+                _ => gpu.storage(&t.name, t.numel()),
+            })
+            .collect::<Vec<_>>();
+        let scratch: Vec<Vec<GpuSlice>> = graph
+            .nodes
+            .iter()
+            .map(|n| n.op.scratch().iter().map(|&len| gpu.storage(n.op.name(), len)).collect())
+            .collect();
+
+        let bound = |i: usize| Bound {
+            inputs: graph.nodes[i].inputs.iter().map(|t| &values[t.0]).collect(),
+            outputs: graph.nodes[i].outputs.iter().map(|t| &values[t.0]).collect(),
+            scratch: scratch[i].iter().collect(),
+        };
+        let forward = (0..graph.nodes.len())
+            .flat_map(|i| graph.nodes[i].op.forward(&gpu, &bound(i), plan.mode))
+            .collect();
+
+        let mut exe = Executor {
+            gpu: gpu.clone(),
+            weights: weights.clone(),
+            plan: plan.clone(),
+            values: Vec::new(),
+            grads: vec![None; graph.tensors.len()],
+            clears: Vec::new(),
+            forward,
+            backward: Vec::new(),
+            optimizer: Vec::new(),
+            readback: None,
+            steps: 0,
+        };
+        if let Some(root) = plan.backward_from {
+            exe.plan_backward(graph, root, &values, &scratch)?;
+            let root_slice = &values[root.0];
+            exe.readback = Some(Readback::new(&gpu, root_slice.clone()));
+        }
+        if let Some(sgd) = plan.optimizer {
+            if plan.backward_from.is_none() {
+                bail!("an optimizer needs a loss to backpropagate from");
+            }
+            exe.optimizer = sgd_dispatches(&gpu, &weights, &sgd);
+        }
+        exe.values = values;
+        Ok(exe)
+    }
+
+    fn plan_backward(&mut self, graph: &Graph, root: TensorId, values: &[GpuSlice], scratch: &[Vec<GpuSlice>]) -> Result<()> {
+        let gpu = self.gpu.clone();
+        // Tensors whose gradient is wanted: parameters, optionally inputs, and activations
+        // computed from them.
+        let mut requires = vec![false; graph.tensors.len()];
+        for (i, t) in graph.tensors.iter().enumerate() {
+            requires[i] = t.role == Role::Param || (t.role == Role::Input && self.plan.input_grads);
+        }
+        for node in &graph.nodes {
+            let any = node.inputs.iter().enumerate().any(|(i, t)| node.op.differentiable(i) && requires[t.0]);
+            for t in &node.outputs {
+                requires[t.0] = any;
+            }
+        }
+        if !requires[root.0] {
+            bail!("nothing that needs a gradient leads to {:?}", graph.info(root).name);
+        }
+        // Tensors on a path to the root.
+        let mut reaches = vec![false; graph.tensors.len()];
+        reaches[root.0] = true;
+        for node in graph.nodes.iter().rev() {
+            if node.outputs.iter().any(|t| reaches[t.0]) {
+                for (i, t) in node.inputs.iter().enumerate() {
+                    reaches[t.0] |= node.op.differentiable(i);
+                }
+            }
+        }
+        let wanted = |t: TensorId| requires[t.0] && reaches[t.0];
+
+        for (i, t) in graph.tensors.iter().enumerate() {
+            if !wanted(TensorId(i)) {
+                continue;
+            }
+            self.grads[i] = Some(match t.role {
+                Role::Param => self.weights.grad(&t.name).expect("checked"),
+                _ => gpu.storage(&format!("grad.{}", t.name), t.numel()),
+            });
+        }
+        // The root's gradient: d(loss)/d(loss) = 1 in its first element.
+        let root_grad = self.grads[root.0].clone().expect("root is wanted");
+        let mut seed = vec![0f32; graph.info(root).numel()];
+        seed[0] = 1.0;
+        gpu.write(&root_grad, &seed);
+
+        let mut written: HashSet<TensorId> = HashSet::from([root]);
+        for (n, node) in graph.nodes.iter().enumerate().rev() {
+            if !node.outputs.iter().any(|&t| wanted(t)) {
+                continue;
+            }
+            // An output no consumer wrote a gradient to contributes zero.
+            for &t in &node.outputs {
+                if self.grads[t.0].is_none() {
+                    self.grads[t.0] = Some(gpu.storage("grad.unused", graph.info(t).numel()));
+                }
+                if written.insert(t) {
+                    self.clears.push(self.grads[t.0].clone().unwrap());
+                }
+            }
+            let mut targets = Vec::new();
+            for (i, &t) in node.inputs.iter().enumerate() {
+                if !(node.op.differentiable(i) && wanted(t)) {
+                    targets.push(None);
+                    continue;
+                }
+                let slice = self.grads[t.0].clone().unwrap();
+                let accumulate = if written.contains(&t) {
+                    true
+                } else if node.op.covers_input(i) {
+                    false
+                } else {
+                    self.clears.push(slice.clone());
+                    true
+                };
+                written.insert(t);
+                targets.push(Some((slice, accumulate)));
+            }
+            let outputs: Vec<&GpuSlice> = node.outputs.iter().map(|t| self.grads[t.0].as_ref().unwrap()).collect();
+            let grads = Grads {
+                outputs,
+                inputs: targets.iter().map(|o| o.as_ref().map(|(slice, accumulate)| GradTarget { slice, accumulate: *accumulate })).collect(),
+            };
+            let bound = Bound {
+                inputs: node.inputs.iter().map(|t| &values[t.0]).collect(),
+                outputs: node.outputs.iter().map(|t| &values[t.0]).collect(),
+                scratch: scratch[n].iter().collect(),
+            };
+            let dispatches = node.op.backward(&gpu, &bound, &grads, self.plan.mode);
+            self.backward.extend(dispatches);
+        }
+        // Parameters off the loss path must not feed stale gradients to the optimizer.
+        for (id, t) in graph.params() {
+            if !written.contains(&id) {
+                self.clears.push(self.weights.grad(&t.name).expect("checked"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn weights(&self) -> &Arc<Weights> {
+        &self.weights
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Writes f32 values into a tensor (an input, a parameter or a state).
+    pub fn write(&self, t: TensorId, data: &[f32]) -> Result<()> {
+        let slice = &self.values[t.0];
+        if data.len() != slice.len() {
+            bail!("tensor {} holds {} values, got {}", t.0, slice.len(), data.len());
+        }
+        self.gpu.write(slice, data);
+        Ok(())
+    }
+
+    /// Writes class labels.
+    pub fn write_labels(&self, t: TensorId, labels: &[u32]) -> Result<()> {
+        let slice = &self.values[t.0];
+        if labels.len() != slice.len() {
+            bail!("labels tensor holds {} values, got {}", slice.len(), labels.len());
+        }
+        self.gpu.write(slice, labels);
+        Ok(())
+    }
+
+    /// Sets the gradient a backward pass starts from (only the root's is kept between runs).
+    pub fn write_grad(&self, t: TensorId, data: &[f32]) -> Result<()> {
+        let slice = self.grads[t.0].as_ref().context("tensor has no gradient in this plan")?;
+        if data.len() != slice.len() {
+            bail!("gradient of tensor {} holds {} values, got {}", t.0, slice.len(), data.len());
+        }
+        self.gpu.write(slice, data);
+        Ok(())
+    }
+
+    pub fn read(&self, t: TensorId) -> Result<Vec<f32>> {
+        self.gpu.read(&self.values[t.0])
+    }
+
+    pub fn read_grad(&self, t: TensorId) -> Result<Vec<f32>> {
+        let slice = self.grads[t.0].as_ref().context("tensor has no gradient in this plan")?;
+        self.gpu.read(slice)
+    }
+
+    /// Sets the learning rate of the next steps.
+    pub fn set_lr(&mut self, lr: f32) {
+        if let Some(sgd) = &mut self.plan.optimizer {
+            sgd.lr = lr;
+        }
+    }
+
+    /// Records the whole run (forward, backward, optimizer) into one encoder and submits it.
+    pub fn run(&mut self) -> Result<()> {
+        let encoder = self.record();
+        self.gpu.submit(encoder);
+        Ok(())
+    }
+
+    fn record(&mut self) -> wgpu::CommandEncoder {
+        if let Some(sgd) = &self.plan.optimizer {
+            let first = self.weights.optimizer_steps() == 0;
+            for (d, len) in &self.optimizer {
+                d.set_params(&self.gpu, &sgd.params(*len, first));
+            }
+            self.weights.count_optimizer_step();
+        }
+        let mut encoder = self.gpu.encoder("kdna.step");
+        if self.plan.backward_from.is_some() {
+            for c in &self.clears {
+                encoder.clear_buffer(&c.buffer, c.offset, Some(c.size));
+            }
+        }
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kdna.step"), timestamp_writes: None });
+            for d in self.forward.iter().chain(&self.backward).chain(self.optimizer.iter().map(|(d, _)| d)) {
+                d.record(&mut pass);
+            }
+        }
+        encoder
+    }
+
+    /// One training step: the run plus an asynchronous readback of the loss tensor. Returns
+    /// the step's number; its [`StepStats`] arrive later through [`Executor::poll_stats`].
+    pub fn step(&mut self) -> Result<u64> {
+        let step = self.steps;
+        let mut encoder = self.record();
+        let readback = self.readback.as_mut().context("step() needs a plan with a loss")?;
+        let slot = readback.free_slot(&self.gpu)?;
+        let bytes = readback.source.size.min(8);
+        encoder.copy_buffer_to_buffer(&readback.source.buffer, readback.source.offset, &readback.staging[slot], 0, bytes);
+        self.gpu.submit(encoder);
+        let notify = readback.notify.clone();
+        readback.staging[slot].map_async(wgpu::MapMode::Read, .., move |r| {
+            if r.is_ok() {
+                let _ = notify.send(slot);
+            }
+        });
+        readback.in_flight.push_back((step, slot));
+        self.steps += 1;
+        Ok(step)
+    }
+
+    /// Statistics of steps finished since the last call, without waiting.
+    pub fn poll_stats(&mut self) -> Result<Vec<StepStats>> {
+        let Some(readback) = self.readback.as_mut() else { return Ok(Vec::new()) };
+        self.gpu.device.poll(wgpu::PollType::Poll).context("polling the GPU")?;
+        readback.collect();
+        Ok(std::mem::take(&mut readback.done))
+    }
+
+    /// Waits for every submitted step and returns the statistics not yet returned.
+    pub fn finish(&mut self) -> Result<Vec<StepStats>> {
+        self.gpu.wait()?;
+        if let Some(readback) = self.readback.as_mut() {
+            while !readback.in_flight.is_empty() {
+                readback.wait_one(&self.gpu)?;
+            }
+        }
+        self.poll_stats()
+    }
+
+    /// Number of dispatches per run (forward, backward, optimizer).
+    pub fn dispatch_counts(&self) -> (usize, usize, usize) {
+        (self.forward.len(), self.backward.len(), self.optimizer.len())
+    }
+}
+
+/// SGD over the parameter arena, in chunks no larger than one storage binding may be.
+fn sgd_dispatches(gpu: &Gpu, weights: &Weights, sgd: &Sgd) -> Vec<(Dispatch, usize)> {
+    let limits = gpu.device.limits();
+    let align = limits.min_storage_buffer_offset_alignment as u64;
+    let max_chunk = (limits.max_storage_buffer_binding_size as u64 / align * align).max(align);
+    let [params, grads, velocity] = weights.arenas();
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < params.size {
+        let size = max_chunk.min(params.size - offset);
+        let part = |s: &GpuSlice| GpuSlice { buffer: s.buffer.clone(), offset, size };
+        out.push((sgd.dispatch(gpu, &part(&params), &part(&grads), &part(&velocity), true), (size / 4) as usize));
+        offset += size;
+    }
+    out
+}
+
+impl Readback {
+    fn new(gpu: &Gpu, source: GpuSlice) -> Readback {
+        let staging = (0..READBACK_RING)
+            .map(|_| gpu.create_buffer("kdna.loss.readback", 8, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST))
+            .collect();
+        let (notify, mapped) = mpsc::channel();
+        Readback { source, staging, in_flight: VecDeque::new(), mapped, notify, done: Vec::new() }
+    }
+
+    /// A ring slot not in flight, waiting for the oldest step if all are.
+    fn free_slot(&mut self, gpu: &Gpu) -> Result<usize> {
+        if self.in_flight.len() == READBACK_RING {
+            self.wait_one(gpu)?;
+        }
+        let busy: Vec<usize> = self.in_flight.iter().map(|&(_, s)| s).collect();
+        Ok((0..READBACK_RING).find(|s| !busy.contains(s)).expect("a free slot"))
+    }
+
+    fn wait_one(&mut self, gpu: &Gpu) -> Result<()> {
+        let before = self.in_flight.len();
+        while self.in_flight.len() == before {
+            gpu.device.poll(wgpu::PollType::wait_indefinitely()).context("waiting for the GPU")?;
+            self.collect();
+        }
+        Ok(())
+    }
+
+    /// Reads every mapped slot; stats are kept in step order.
+    fn collect(&mut self) {
+        let mapped: Vec<usize> = self.mapped.try_iter().collect();
+        for slot in mapped {
+            let Some(pos) = self.in_flight.iter().position(|&(_, s)| s == slot) else { continue };
+            let (step, _) = self.in_flight.remove(pos).unwrap();
+            let values: Vec<f32> = {
+                let view = self.staging[slot].get_mapped_range(..).expect("mapped");
+                bytemuck::cast_slice(&view).to_vec()
+            };
+            self.staging[slot].unmap();
+            self.done.push(StepStats { step, loss: values[0], correct: values.get(1).copied().unwrap_or(0.0) });
+        }
+        self.done.sort_by_key(|s| s.step);
+    }
+}

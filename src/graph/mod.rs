@@ -1,0 +1,136 @@
+//! Networks as graphs of ops over tensors, and the executor that runs them.
+
+mod executor;
+mod weights;
+
+pub use executor::{Executor, Plan, StepStats};
+pub use weights::Weights;
+
+use anyhow::{Result, bail};
+
+use crate::ops::Op;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(pub usize);
+
+/// What a tensor is to the executor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Fed by the caller each step (images).
+    Input,
+    /// Integer class labels fed by the caller; never differentiated.
+    Labels,
+    /// Trained by the optimizer; lives in the shared parameter arena.
+    Param,
+    /// Persistent but not trained (BatchNorm running statistics).
+    State,
+    /// Produced by an op.
+    Activation,
+}
+
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub role: Role,
+}
+
+impl TensorInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+pub struct Node {
+    pub op: Box<dyn Op>,
+    pub inputs: Vec<TensorId>,
+    pub outputs: Vec<TensorId>,
+}
+
+/// A network: tensors and the ops between them, in execution order.
+#[derive(Default)]
+pub struct Graph {
+    pub tensors: Vec<TensorInfo>,
+    pub nodes: Vec<Node>,
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn tensor(&mut self, name: impl Into<String>, shape: &[usize], role: Role) -> TensorId {
+        self.tensors.push(TensorInfo { name: name.into(), shape: shape.to_vec(), role });
+        TensorId(self.tensors.len() - 1)
+    }
+
+    pub fn input(&mut self, name: &str, shape: &[usize]) -> TensorId {
+        self.tensor(name, shape, Role::Input)
+    }
+
+    pub fn labels(&mut self, name: &str, batch: usize) -> TensorId {
+        self.tensor(name, &[batch], Role::Labels)
+    }
+
+    /// A trained parameter. Names are the PyTorch state-dict keys; a name may appear once.
+    pub fn param(&mut self, name: &str, shape: &[usize]) -> Result<TensorId> {
+        self.unique(name)?;
+        Ok(self.tensor(name, shape, Role::Param))
+    }
+
+    /// A persistent untrained buffer (running statistics).
+    pub fn state(&mut self, name: &str, shape: &[usize]) -> Result<TensorId> {
+        self.unique(name)?;
+        Ok(self.tensor(name, shape, Role::State))
+    }
+
+    fn unique(&self, name: &str) -> Result<()> {
+        if self.tensors.iter().any(|t| t.name == name) {
+            bail!("tensor name {name:?} is used twice");
+        }
+        Ok(())
+    }
+
+    pub fn info(&self, t: TensorId) -> &TensorInfo {
+        &self.tensors[t.0]
+    }
+
+    pub fn shape(&self, t: TensorId) -> &[usize] {
+        &self.tensors[t.0].shape
+    }
+
+    pub fn find(&self, name: &str) -> Option<TensorId> {
+        self.tensors.iter().position(|t| t.name == name).map(TensorId)
+    }
+
+    /// Adds `op` reading `inputs` and producing activations of `output_shapes`.
+    pub fn push(
+        &mut self,
+        op: impl Op + 'static,
+        inputs: &[TensorId],
+        output_shapes: &[Vec<usize>],
+    ) -> Vec<TensorId> {
+        let name = op.name();
+        let outputs = output_shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.tensor(format!("{name}#{}.{i}", self.nodes.len()), s, Role::Activation))
+            .collect();
+        self.nodes.push(Node { op: Box::new(op), inputs: inputs.to_vec(), outputs });
+        self.nodes.last().unwrap().outputs.clone()
+    }
+
+    /// Parameters in graph order.
+    pub fn params(&self) -> impl Iterator<Item = (TensorId, &TensorInfo)> {
+        self.tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.role == Role::Param)
+            .map(|(i, t)| (TensorId(i), t))
+    }
+}
+
+/// Errors for shapes that an op cannot take, naming the op and both shapes.
+pub(crate) fn shape_error(op: &str, what: &str, got: &[usize], want: &str) -> anyhow::Error {
+    anyhow::anyhow!("{op}: {what} has shape {got:?}, expected {want}")
+}

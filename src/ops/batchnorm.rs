@@ -1,0 +1,144 @@
+//! BatchNorm over dimension 1 of [N, C, ...] (`shaders/norm.wgsl`), as torch's BatchNorm2d
+//! (and BatchNorm1d on [N, C]): train mode uses batch statistics and updates the running ones,
+//! eval mode uses the running ones.
+
+use anyhow::{Result, bail};
+
+use super::{Bound, Grads, Mode, Op};
+use crate::gpu::{Dispatch, Gpu, grid};
+use crate::graph::{Graph, TensorId, shape_error};
+
+#[derive(Clone, Copy, Debug)]
+pub struct BatchNorm {
+    pub batch: usize,
+    pub channels: usize,
+    /// Elements per channel per sample (H x W).
+    pub spatial: usize,
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct NormParams {
+    batch: u32,
+    channels: u32,
+    spatial: u32,
+    training: u32,
+    momentum: f32,
+    eps: f32,
+    accumulate_weight: u32,
+    accumulate_bias: u32,
+    accumulate_input: u32,
+    _pad: [u32; 3],
+}
+
+impl BatchNorm {
+    fn params(&self, mode: Mode) -> NormParams {
+        NormParams {
+            batch: self.batch as u32,
+            channels: self.channels as u32,
+            spatial: self.spatial as u32,
+            training: (mode == Mode::Train) as u32,
+            momentum: self.momentum,
+            eps: self.eps,
+            accumulate_weight: 0,
+            accumulate_bias: 0,
+            accumulate_input: 0,
+            _pad: [0; 3],
+        }
+    }
+
+    fn elements(&self) -> usize {
+        self.batch * self.channels * self.spatial
+    }
+}
+
+// Inputs: x, weight, bias, running_mean, running_var. Scratch: saved [mean, invstd], sums.
+impl Op for BatchNorm {
+    fn name(&self) -> &'static str {
+        "batchnorm"
+    }
+
+    fn scratch(&self) -> Vec<usize> {
+        vec![2 * self.channels, 2 * self.channels]
+    }
+
+    fn differentiable(&self, input: usize) -> bool {
+        input < 3
+    }
+
+    fn forward(&self, gpu: &Gpu, b: &Bound, mode: Mode) -> Vec<Dispatch> {
+        let [x, weight, bias, mean, var] = b.inputs[..] else { unreachable!("batchnorm takes 5 inputs") };
+        let saved = b.scratch[0];
+        let params = self.params(mode);
+        let stats = match mode {
+            Mode::Train => gpu.dispatch("norm", "batchnorm_stats_train", &params, &[x, mean, var, saved], [self.channels as u32, 1, 1]),
+            Mode::Eval => gpu.dispatch("norm", "batchnorm_stats_eval", &params, &[mean, var, saved], grid(self.channels)),
+        };
+        let apply = gpu.dispatch("norm", "batchnorm_apply", &params, &[x, weight, bias, saved, b.outputs[0]], grid(self.elements()));
+        vec![stats, apply]
+    }
+
+    fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, mode: Mode) -> Vec<Dispatch> {
+        let (x, weight) = (b.inputs[0], b.inputs[1]);
+        let (saved, sums) = (b.scratch[0], b.scratch[1]);
+        let dy = grads.outputs[0];
+        let mut params = self.params(mode);
+        // Unwanted parameter gradients still need somewhere to go.
+        let unused = gpu.storage("kdna.batchnorm.unused", self.channels);
+        let dweight = grads.inputs[1].map_or(&unused, |t| t.slice);
+        let dbias = grads.inputs[2].map_or(&unused, |t| t.slice);
+        params.accumulate_weight = grads.inputs[1].is_some_and(|t| t.accumulate) as u32;
+        params.accumulate_bias = grads.inputs[2].is_some_and(|t| t.accumulate) as u32;
+        let mut out = vec![gpu.dispatch(
+            "norm",
+            "batchnorm_backward_reduce",
+            &params,
+            &[x, dy, saved, dweight, dbias, sums],
+            [self.channels as u32, 1, 1],
+        )];
+        if let Some(dx) = grads.inputs[0] {
+            params.accumulate_input = dx.accumulate as u32;
+            out.push(gpu.dispatch(
+                "norm",
+                "batchnorm_backward_input",
+                &params,
+                &[x, dy, weight, saved, sums, dx.slice],
+                grid(self.elements()),
+            ));
+        }
+        out
+    }
+}
+
+impl Graph {
+    /// BatchNorm of `x` ([N, C, ...]) with torch's defaults passed in (eps 1e-5, momentum 0.1).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm(
+        &mut self,
+        x: TensorId,
+        weight: TensorId,
+        bias: TensorId,
+        running_mean: TensorId,
+        running_var: TensorId,
+        eps: f32,
+        momentum: f32,
+    ) -> Result<TensorId> {
+        let shape = self.shape(x).to_vec();
+        if shape.len() < 2 {
+            return Err(shape_error("batchnorm", "input", &shape, "[N, C, ...]"));
+        }
+        let channels = shape[1];
+        for t in [weight, bias, running_mean, running_var] {
+            if self.shape(t) != [channels] {
+                return Err(shape_error("batchnorm", &self.info(t).name.clone(), self.shape(t), &format!("[{channels}]")));
+            }
+        }
+        if channels > 65535 {
+            bail!("batchnorm: {channels} channels exceed the 65535 the kernels dispatch");
+        }
+        let op = BatchNorm { batch: shape[0], channels, spatial: shape[2..].iter().product(), eps, momentum };
+        Ok(self.push(op, &[x, weight, bias, running_mean, running_var], &[shape])[0])
+    }
+}

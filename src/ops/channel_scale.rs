@@ -1,0 +1,71 @@
+//! The router's gate applied to its input (`shaders/router.wgsl`):
+//! `y[n, c, h, w] = x[n, c, h, w] * gate[n, c]`.
+
+use anyhow::Result;
+
+use super::{Bound, Grads, Mode, Op, accumulate_flag};
+use crate::gpu::{Dispatch, Gpu, grid};
+use crate::graph::{Graph, TensorId, shape_error};
+
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelScale {
+    pub planes: usize,
+    pub spatial: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ScaleParams {
+    planes: u32,
+    spatial: u32,
+    accumulate: u32,
+    _pad: u32,
+}
+
+impl ChannelScale {
+    fn params(&self, accumulate: u32) -> ScaleParams {
+        ScaleParams { planes: self.planes as u32, spatial: self.spatial as u32, accumulate, _pad: 0 }
+    }
+}
+
+// Inputs: x, gate. Output: y.
+impl Op for ChannelScale {
+    fn name(&self) -> &'static str {
+        "channel_scale"
+    }
+
+    fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
+        let buffers = [b.inputs[0], b.inputs[1], b.outputs[0]];
+        vec![gpu.dispatch("router", "channel_scale_forward", &self.params(0), &buffers, grid(self.planes * self.spatial))]
+    }
+
+    fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
+        let dy = grads.outputs[0];
+        let mut out = Vec::new();
+        if let Some(dx) = grads.inputs[0] {
+            let p = self.params(accumulate_flag(&dx));
+            let n = self.planes * self.spatial;
+            out.push(gpu.dispatch("router", "channel_scale_backward_input", &p, &[dy, b.inputs[1], dx.slice], grid(n)));
+        }
+        if let Some(dgate) = grads.inputs[1] {
+            let p = self.params(accumulate_flag(&dgate));
+            let buffers = [b.inputs[0], dy, dgate.slice];
+            out.push(gpu.dispatch("router", "channel_scale_backward_gate", &p, &buffers, grid(self.planes)));
+        }
+        out
+    }
+}
+
+impl Graph {
+    /// `x` [N, C, H, W] scaled per (sample, channel) by `gate` [N, C].
+    pub fn channel_scale(&mut self, x: TensorId, gate: TensorId) -> Result<TensorId> {
+        let shape = self.shape(x).to_vec();
+        let &[n, c, h, w] = shape.as_slice() else {
+            return Err(shape_error("channel_scale", "input", &shape, "[N, C, H, W]"));
+        };
+        if self.shape(gate) != [n, c] {
+            return Err(shape_error("channel_scale", "gate", self.shape(gate), &format!("[{n}, {c}]")));
+        }
+        Ok(self.push(ChannelScale { planes: n * c, spatial: h * w }, &[x, gate], &[shape])[0])
+    }
+}

@@ -1,0 +1,186 @@
+//! 2-D convolution (`shaders/conv.wgsl`): stride, zero padding, groups, optional bias.
+
+use anyhow::{Result, bail};
+
+use super::{Bound, Grads, Mode, Op, accumulate_flag, placeholder};
+use crate::gpu::{Dispatch, Gpu, grid};
+use crate::graph::{Graph, TensorId, shape_error};
+
+/// Results per invocation along each tile side (`TILE` in conv.wgsl).
+const TILE: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub groups: usize,
+}
+
+impl Conv2dConfig {
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Conv2dConfig { stride: (stride, stride), padding: (padding, padding), groups: 1 }
+    }
+
+    pub fn groups(self, groups: usize) -> Self {
+        Conv2dConfig { groups, ..self }
+    }
+}
+
+/// Every size a convolution needs, checked once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dShape {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub cfg: Conv2dConfig,
+}
+
+impl Conv2dShape {
+    /// `x`: [N, C_in, H, W]; `weight`: [C_out, C_in / groups, kh, kw].
+    pub fn new(x: &[usize], weight: &[usize], cfg: Conv2dConfig) -> Result<Self> {
+        let &[batch, c_in, h, w] = x else {
+            return Err(shape_error("conv2d", "input", x, "[N, C, H, W]"));
+        };
+        let &[c_out, cin_g, kernel_h, kernel_w] = weight else {
+            return Err(shape_error("conv2d", "weight", weight, "[C_out, C_in/groups, kh, kw]"));
+        };
+        let g = cfg.groups;
+        if g == 0 || c_in % g != 0 || c_out % g != 0 || cin_g != c_in / g {
+            bail!("conv2d: groups {g} do not fit input channels {c_in}, weight {weight:?}");
+        }
+        if cfg.stride.0 == 0 || cfg.stride.1 == 0 {
+            bail!("conv2d: stride must be at least 1");
+        }
+        let (ph, pw) = cfg.padding;
+        if h + 2 * ph < kernel_h || w + 2 * pw < kernel_w {
+            bail!("conv2d: kernel {kernel_h}x{kernel_w} is larger than the padded input {h}x{w} (+{ph},{pw})");
+        }
+        let out_h = (h + 2 * ph - kernel_h) / cfg.stride.0 + 1;
+        let out_w = (w + 2 * pw - kernel_w) / cfg.stride.1 + 1;
+        Ok(Conv2dShape { batch, c_in, h, w, c_out, kernel_h, kernel_w, out_h, out_w, cfg })
+    }
+
+    pub fn output(&self) -> Vec<usize> {
+        vec![self.batch, self.c_out, self.out_h, self.out_w]
+    }
+
+    pub fn weight(&self) -> Vec<usize> {
+        vec![self.c_out, self.c_in / self.cfg.groups, self.kernel_h, self.kernel_w]
+    }
+
+    /// Floating-point operations of the forward pass (2 per multiply-add).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.c_out * self.out_h * self.out_w) as f64
+            * (self.c_in / self.cfg.groups * self.kernel_h * self.kernel_w) as f64
+    }
+
+    fn params(&self, has_bias: bool, accumulate: u32) -> ConvParams {
+        let u = |v: usize| v as u32;
+        ConvParams {
+            batch: u(self.batch),
+            c_in: u(self.c_in),
+            h: u(self.h),
+            w: u(self.w),
+            c_out: u(self.c_out),
+            out_h: u(self.out_h),
+            out_w: u(self.out_w),
+            kernel_h: u(self.kernel_h),
+            kernel_w: u(self.kernel_w),
+            stride_h: u(self.cfg.stride.0),
+            stride_w: u(self.cfg.stride.1),
+            pad_h: u(self.cfg.padding.0),
+            pad_w: u(self.cfg.padding.1),
+            groups: u(self.cfg.groups),
+            has_bias: has_bias as u32,
+            accumulate,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ConvParams {
+    batch: u32,
+    c_in: u32,
+    h: u32,
+    w: u32,
+    c_out: u32,
+    out_h: u32,
+    out_w: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_h: u32,
+    pad_w: u32,
+    groups: u32,
+    has_bias: u32,
+    accumulate: u32,
+}
+
+/// Graph node: inputs `[x, weight]` or `[x, weight, bias]`, output `[y]`.
+pub struct Conv2d {
+    pub shape: Conv2dShape,
+    pub has_bias: bool,
+}
+
+impl Op for Conv2d {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
+        let s = &self.shape;
+        let g = s.cfg.groups;
+        let tiles = s.batch * g * (s.c_out / g).div_ceil(TILE) * (s.out_h * s.out_w).div_ceil(TILE);
+        let none = placeholder(gpu);
+        let bias = if self.has_bias { b.inputs[2] } else { &none };
+        let params = s.params(self.has_bias, 0);
+        vec![gpu.dispatch("conv", "conv2d_forward", &params, &[b.inputs[0], b.inputs[1], bias, b.outputs[0]], grid(tiles))]
+    }
+
+    fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
+        let s = &self.shape;
+        let g = s.cfg.groups;
+        let dy = grads.outputs[0];
+        let mut out = Vec::new();
+        if let Some(dx) = grads.inputs[0] {
+            let tiles = s.batch * g * (s.c_in / g).div_ceil(TILE) * (s.h * s.w).div_ceil(TILE);
+            let params = s.params(self.has_bias, accumulate_flag(&dx));
+            out.push(gpu.dispatch("conv", "conv2d_backward_input", &params, &[dy, b.inputs[1], dx.slice], grid(tiles)));
+        }
+        if let Some(dw) = grads.inputs[1] {
+            let k_len = s.c_in / g * s.kernel_h * s.kernel_w;
+            let tiles = g * (s.c_out / g).div_ceil(TILE) * k_len.div_ceil(TILE);
+            let params = s.params(self.has_bias, accumulate_flag(&dw));
+            out.push(gpu.dispatch("conv", "conv2d_backward_weight", &params, &[b.inputs[0], dy, dw.slice], grid(tiles)));
+        }
+        if let Some(Some(db)) = grads.inputs.get(2) {
+            let params = s.params(self.has_bias, accumulate_flag(db));
+            out.push(gpu.dispatch("conv", "conv2d_backward_bias", &params, &[dy, db.slice], grid(s.c_out)));
+        }
+        out
+    }
+}
+
+impl Graph {
+    /// `conv2d(x, weight, bias)` as torch.nn.functional.conv2d.
+    pub fn conv2d(&mut self, x: TensorId, weight: TensorId, bias: Option<TensorId>, cfg: Conv2dConfig) -> Result<TensorId> {
+        let shape = Conv2dShape::new(self.shape(x), self.shape(weight), cfg)?;
+        let mut inputs = vec![x, weight];
+        if let Some(b) = bias {
+            if self.shape(b) != [shape.c_out] {
+                return Err(shape_error("conv2d", "bias", self.shape(b), &format!("[{}]", shape.c_out)));
+            }
+            inputs.push(b);
+        }
+        let out = shape.output();
+        Ok(self.push(Conv2d { shape, has_bias: bias.is_some() }, &inputs, &[out])[0])
+    }
+}

@@ -1,0 +1,81 @@
+//! The operator library: one file per op, each pairing with a family in `shaders/`.
+//!
+//! An op knows its shape rules (checked when it is added to a [`Graph`](crate::graph::Graph)),
+//! and prepares its forward and backward dispatches over buffers the executor planned. Every
+//! op has a plain-Rust twin in [`crate::reference`] that tests hold it to.
+
+pub mod activation;
+pub mod batchnorm;
+pub mod channel_scale;
+pub mod conv2d;
+pub mod cross_entropy;
+pub mod linear;
+pub mod modulate;
+pub mod pool;
+pub mod sgd;
+
+use crate::gpu::{Dispatch, Gpu, GpuSlice};
+
+/// Whether BatchNorm uses batch statistics (and updates running ones) or running statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// Buffers of one node, in the order of the node's inputs and outputs.
+pub struct Bound<'a> {
+    pub inputs: Vec<&'a GpuSlice>,
+    pub outputs: Vec<&'a GpuSlice>,
+    /// The node's own scratch buffers, sized by [`Op::scratch`].
+    pub scratch: Vec<&'a GpuSlice>,
+}
+
+/// Where a gradient goes: overwrite the buffer, or add to what earlier contributors wrote.
+#[derive(Clone, Copy)]
+pub struct GradTarget<'a> {
+    pub slice: &'a GpuSlice,
+    pub accumulate: bool,
+}
+
+/// Gradient buffers of one node: the incoming gradient of each output, and the target of
+/// each input's gradient (`None` where no gradient is wanted).
+pub struct Grads<'a> {
+    pub outputs: Vec<&'a GpuSlice>,
+    pub inputs: Vec<Option<GradTarget<'a>>>,
+}
+
+pub trait Op: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Element counts of buffers the op keeps from forward to backward (statistics, argmax).
+    fn scratch(&self) -> Vec<usize> {
+        Vec::new()
+    }
+
+    /// Whether input `i` can carry a gradient (labels and running statistics cannot).
+    fn differentiable(&self, _input: usize) -> bool {
+        true
+    }
+
+    /// Whether the gradient this op writes to input `i` covers the whole tensor. Ops that
+    /// write part of it (a modulation using some rows of a shared attention) need the
+    /// executor to clear the buffer first and then always accumulate.
+    fn covers_input(&self, _input: usize) -> bool {
+        true
+    }
+
+    fn forward(&self, gpu: &Gpu, bound: &Bound, mode: Mode) -> Vec<Dispatch>;
+
+    fn backward(&self, gpu: &Gpu, bound: &Bound, grads: &Grads, mode: Mode) -> Vec<Dispatch>;
+}
+
+/// `accumulate` flag of a gradient target, as the kernels take it.
+pub(crate) fn accumulate_flag(target: &GradTarget) -> u32 {
+    target.accumulate as u32
+}
+
+/// A one-element stand-in bound where a kernel's optional input (a bias) is absent.
+pub(crate) fn placeholder(gpu: &Gpu) -> GpuSlice {
+    gpu.storage("kdna.placeholder", 1)
+}

@@ -1,0 +1,152 @@
+//! KernelDNA static modulation (`shaders/modulate.wgsl`): child kernels derived from a parent,
+//! `child_k = parent * (1 + spatial[k]) * (1 + filter[k])`.
+//!
+//! One node makes several children of one parent, each its own tensor, from consecutive rows
+//! of the attention tensors. Attention tensors keep torch's shapes: spatial `[R, 1, 1, kh, kw]`,
+//! filter `[R, C_out, 1, 1, 1]` (or `[R, C_out, 1]`); a node may use some of the R rows, so one
+//! attention tensor serves children of different parents (ResNet18's stages do this).
+
+use anyhow::{Result, bail};
+
+use super::{Bound, GradTarget, Grads, Mode, Op, placeholder};
+use crate::gpu::{Dispatch, Gpu, grid};
+use crate::graph::{Graph, TensorId, shape_error};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Modulate {
+    /// Rows of the attention tensors this node uses.
+    pub first_child: usize,
+    pub children: usize,
+    /// Rows the attention tensors have.
+    pub rows: usize,
+    pub c_out: usize,
+    /// Weights per output channel.
+    pub fan: usize,
+    /// Spatial taps (kh * kw); 1 for linear weights.
+    pub taps: usize,
+    pub has_spatial: bool,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ModulateParams {
+    children: u32,
+    first_child: u32,
+    c_out: u32,
+    fan: u32,
+    taps: u32,
+    has_spatial: u32,
+    accumulate: u32,
+    _pad: u32,
+}
+
+impl Modulate {
+    /// Parameters for the dispatch that makes child `k` (an attention row).
+    fn params(&self, k: usize, accumulate: bool) -> ModulateParams {
+        ModulateParams {
+            children: 1,
+            first_child: k as u32,
+            c_out: self.c_out as u32,
+            fan: self.fan as u32,
+            taps: self.taps as u32,
+            has_spatial: self.has_spatial as u32,
+            accumulate: accumulate as u32,
+            _pad: 0,
+        }
+    }
+
+    fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.children).map(|c| (c, self.first_child + c))
+    }
+}
+
+impl Op for Modulate {
+    fn name(&self) -> &'static str {
+        "modulate"
+    }
+
+    fn differentiable(&self, input: usize) -> bool {
+        input != 1 || self.has_spatial
+    }
+
+    fn covers_input(&self, input: usize) -> bool {
+        input == 0 || (self.first_child == 0 && self.children == self.rows)
+    }
+
+    fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
+        let none = placeholder(gpu);
+        let spatial = if self.has_spatial { b.inputs[1] } else { &none };
+        let filter = b.inputs[2];
+        self.rows()
+            .map(|(c, k)| {
+                let buffers = [b.inputs[0], spatial, filter, b.outputs[c]];
+                gpu.dispatch("modulate", "modulate_forward", &self.params(k, false), &buffers, grid(self.c_out * self.fan))
+            })
+            .collect()
+    }
+
+    fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
+        let none = placeholder(gpu);
+        let spatial = if self.has_spatial { b.inputs[1] } else { &none };
+        let (parent, filter) = (b.inputs[0], b.inputs[2]);
+        let mut out = Vec::new();
+        let mut each = |entry: &'static str, target: Option<GradTarget>, invocations: usize, always_add: bool| {
+            let Some(t) = target else { return };
+            for (c, k) in self.rows() {
+                // The parent's gradient sums over children: all but the first add.
+                let accumulate = t.accumulate || (always_add && c > 0);
+                let buffers = [parent, spatial, filter, grads.outputs[c], t.slice];
+                out.push(gpu.dispatch("modulate", entry, &self.params(k, accumulate), &buffers, grid(invocations)));
+            }
+        };
+        each("modulate_backward_parent", grads.inputs[0], self.c_out * self.fan, true);
+        if self.has_spatial {
+            each("modulate_backward_spatial", grads.inputs[1], self.taps, false);
+        }
+        each("modulate_backward_filter", grads.inputs[2], self.c_out, false);
+        out
+    }
+}
+
+impl Graph {
+    /// Children `first_child .. first_child + children` of `parent` ([C_out, ...]); `spatial`
+    /// is absent for filter-only modulation. Returns one tensor per child, shaped as the parent.
+    pub fn modulate(
+        &mut self,
+        parent: TensorId,
+        spatial: Option<TensorId>,
+        filter: TensorId,
+        first_child: usize,
+        children: usize,
+    ) -> Result<Vec<TensorId>> {
+        let pshape = self.shape(parent).to_vec();
+        let c_out = pshape[0];
+        let taps = if pshape.len() == 4 { pshape[2] * pshape[3] } else { 1 };
+        let fshape = self.shape(filter).to_vec();
+        let rows = fshape[0];
+        if fshape.iter().product::<usize>() != rows * c_out {
+            return Err(shape_error("modulate", "filter attention", &fshape, &format!("[R, {c_out}, 1, ...]")));
+        }
+        if let Some(s) = spatial {
+            let sshape = self.shape(s);
+            if sshape[0] != rows || sshape.iter().product::<usize>() != rows * taps {
+                return Err(shape_error("modulate", "spatial attention", sshape, &format!("[{rows}, 1, 1, kh, kw]")));
+            }
+        }
+        if children == 0 || first_child + children > rows {
+            bail!("modulate: children {first_child}..{} outside the {rows} attention rows", first_child + children);
+        }
+        let op = Modulate {
+            first_child,
+            children,
+            rows,
+            c_out,
+            fan: pshape.iter().product::<usize>() / c_out,
+            taps,
+            has_spatial: spatial.is_some(),
+        };
+        // Without a spatial attention the filter stands in its slot, so inputs keep positions.
+        let inputs = [parent, spatial.unwrap_or(filter), filter];
+        Ok(self.push(op, &inputs, &vec![pshape; children]))
+    }
+}

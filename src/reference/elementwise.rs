@@ -1,0 +1,43 @@
+//! Reference of [`crate::ops::activation`] and [`crate::ops::channel_scale`].
+
+use crate::ops::activation::Activation;
+
+pub fn activation_forward(kind: Activation, x: &[f64]) -> Vec<f64> {
+    x.iter()
+        .map(|&v| match kind {
+            Activation::Relu => v.max(0.0),
+            Activation::Relu6 => v.clamp(0.0, 6.0),
+            Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+        })
+        .collect()
+}
+
+/// torch's gradients: relu passes where x > 0, relu6 where 0 < x < 6.
+pub fn activation_backward(kind: Activation, x: &[f64], dy: &[f64]) -> Vec<f64> {
+    x.iter()
+        .zip(dy)
+        .map(|(&v, &g)| match kind {
+            Activation::Relu => if v > 0.0 { g } else { 0.0 },
+            Activation::Relu6 => if v > 0.0 && v < 6.0 { g } else { 0.0 },
+            Activation::Sigmoid => {
+                let s = 1.0 / (1.0 + (-v).exp());
+                g * s * (1.0 - s)
+            }
+        })
+        .collect()
+}
+
+/// `x[n, c, :]` times `gate[n, c]`, with `spatial` elements per (n, c).
+pub fn channel_scale_forward(x: &[f64], gate: &[f64], spatial: usize) -> Vec<f64> {
+    x.iter().enumerate().map(|(i, v)| v * gate[i / spatial]).collect()
+}
+
+/// Gradients (input, gate).
+pub fn channel_scale_backward(x: &[f64], gate: &[f64], dy: &[f64], spatial: usize) -> (Vec<f64>, Vec<f64>) {
+    let dx = dy.iter().enumerate().map(|(i, g)| g * gate[i / spatial]).collect();
+    let mut dgate = vec![0.0; gate.len()];
+    for (i, g) in dy.iter().enumerate() {
+        dgate[i / spatial] += g * x[i];
+    }
+    (dx, dgate)
+}

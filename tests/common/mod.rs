@@ -1,0 +1,82 @@
+//! Helpers shared by the test binaries.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use kdna::gpu::Gpu;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Standard normal samples (Box-Muller).
+pub fn randn(rng: &mut StdRng, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+            let u2: f64 = rng.random();
+            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        })
+        .collect()
+}
+
+pub fn to_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Rounds to f32 and back, so the reference sees exactly what the GPU sees.
+pub fn f32_exact(v: Vec<f64>) -> Vec<f64> {
+    v.into_iter().map(|x| x as f32 as f64).collect()
+}
+
+/// Central finite differences of `f` at `x`.
+pub fn numeric_grad(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let h = 1e-6;
+    let mut probe = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            probe[i] = x[i] + h;
+            let up = f(&probe);
+            probe[i] = x[i] - h;
+            let down = f(&probe);
+            probe[i] = x[i];
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The golden tolerance: max|got - want| <= tol * max(1, max|want|).
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let (worst, at) = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .map(|(i, (g, w))| ((g - w).abs(), i))
+        .fold((0.0, 0), |a, b| if b.0 > a.0 || b.0.is_nan() { b } else { a });
+    assert!(
+        worst <= tol * scale,
+        "{what}: max error {worst:.3e} at {at} (got {}, want {}) exceeds {tol:.0e} x {scale:.3}",
+        got[at],
+        want[at]
+    );
+}
+
+/// One device for the whole test binary: pipelines compile once (seconds each on lavapipe).
+/// A missing adapter fails the test rather than skipping it.
+pub fn gpu() -> Arc<Gpu> {
+    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| Arc::new(Gpu::new(None).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e:#}"))))
+        .clone()
+}
