@@ -7,7 +7,7 @@ fn every_shader_family_validates() {
     let mut failures = Vec::new();
     for (name, _) in shaders::FAMILIES {
         match shaders::validate(name) {
-            Ok(module) => assert!(!module.entry_points.is_empty(), "{name} has no entry point"),
+            Ok((module, _)) => assert!(!module.entry_points.is_empty(), "{name} has no entry point"),
             Err(report) => failures.push(format!("{name}.wgsl:\n{report}")),
         }
     }

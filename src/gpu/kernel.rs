@@ -45,12 +45,19 @@ pub fn grid(invocations: usize) -> [u32; 3] {
 #[derive(Default)]
 pub(super) struct KernelCache {
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), Kernel>>,
+}
+
+/// A compiled entry point and the bindings its derived layout holds.
+#[derive(Clone)]
+struct Kernel {
+    pipeline: wgpu::ComputePipeline,
+    bindings: Vec<u32>,
 }
 
 impl Gpu {
     /// The pipeline for `entry` in `shaders/<shader>.wgsl`, compiled once per device.
-    pub fn pipeline(&self, shader: &'static str, entry: &'static str) -> wgpu::ComputePipeline {
+    fn kernel(&self, shader: &'static str, entry: &'static str) -> Kernel {
         let mut pipelines = self.kernels.pipelines.lock().unwrap();
         if let Some(p) = pipelines.get(&(shader, entry)) {
             return p.clone();
@@ -71,12 +78,14 @@ impl Gpu {
             compilation_options: Default::default(),
             cache: None,
         });
-        pipelines.insert((shader, entry), pipeline.clone());
-        pipeline
+        let kernel = Kernel { pipeline, bindings: shaders::used_bindings(shader, entry) };
+        pipelines.insert((shader, entry), kernel.clone());
+        kernel
     }
 
-    /// Prepares one dispatch of `shader::entry` with its parameter struct and storage buffers.
-    /// The parameter struct gets its own small uniform buffer, written once here.
+    /// Prepares one dispatch of `shader::entry` with its parameter struct and storage buffers
+    /// (bindings 1, 2, ... in order; those the entry leaves unused are left out of the bind
+    /// group). The parameter struct gets its own small uniform buffer, written once here.
     pub fn dispatch<P: bytemuck::Pod>(
         &self,
         shader: &'static str,
@@ -85,7 +94,12 @@ impl Gpu {
         buffers: &[&GpuSlice],
         workgroups: [u32; 3],
     ) -> Dispatch {
-        let pipeline = self.pipeline(shader, entry);
+        let Kernel { pipeline, bindings } = self.kernel(shader, entry);
+        assert!(
+            bindings.last().is_none_or(|&b| b as usize <= buffers.len()),
+            "{shader}::{entry} uses bindings {bindings:?}, but only {} buffers were given",
+            buffers.len()
+        );
         let bytes = bytemuck::bytes_of(params);
         let uniform = self.create_buffer(
             entry,
@@ -93,10 +107,16 @@ impl Gpu {
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         );
         self.queue.write_buffer(&uniform, 0, bytes);
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
-        for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource: b.binding() });
-        }
+        let entries: Vec<wgpu::BindGroupEntry> = bindings
+            .iter()
+            .map(|&binding| wgpu::BindGroupEntry {
+                binding,
+                resource: match binding {
+                    0 => uniform.as_entire_binding(),
+                    b => buffers[b as usize - 1].binding(),
+                },
+            })
+            .collect();
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(entry),
             layout: &pipeline.get_bind_group_layout(0),

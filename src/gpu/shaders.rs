@@ -25,11 +25,35 @@ pub fn source(family: &str) -> String {
 }
 
 /// Parses and validates a family with naga, as wgpu will; returns naga's readable report.
-pub fn validate(family: &str) -> Result<naga::Module, String> {
+pub fn validate(family: &str) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
     let src = source(family);
     let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
         .validate(&module)
         .map_err(|e| e.emit_to_string(&src))?;
-    Ok(module)
+    Ok((module, info))
+}
+
+/// The bindings of group 0 that `entry` of `family` actually uses, ascending.
+///
+/// Kernels of one family share a parameter struct and declare their buffers side by side;
+/// an entry point may leave some of its conventional buffers unread (the parent-gradient
+/// kernel needs no parent values). wgpu derives each pipeline's layout from what the entry
+/// uses, so the bind group must hold exactly these bindings.
+pub fn used_bindings(family: &str, entry: &str) -> Vec<u32> {
+    let (module, info) = validate(family).unwrap_or_else(|report| panic!("{family}.wgsl is invalid:\n{report}"));
+    let index = module
+        .entry_points
+        .iter()
+        .position(|e| e.name == entry)
+        .unwrap_or_else(|| panic!("{family}.wgsl has no entry point {entry:?}"));
+    let uses = info.get_entry_point(index);
+    let mut bindings: Vec<u32> = module
+        .global_variables
+        .iter()
+        .filter(|(handle, _)| !uses[*handle].is_empty())
+        .filter_map(|(_, var)| var.binding.as_ref().map(|b| b.binding))
+        .collect();
+    bindings.sort_unstable();
+    bindings
 }

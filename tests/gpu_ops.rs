@@ -1,0 +1,305 @@
+//! Every GPU kernel against its CPU reference on awkward shapes: odd sizes, batch 1 and 3,
+//! stride 2, channel counts that are not multiples of 4, groups > 1. Each op runs through the
+//! executor (forward, then backward from a random upstream gradient).
+
+mod common;
+
+use common::{assert_close, f32_exact, gpu, randn, rng, to_f32, to_f64};
+use kdna::graph::{Executor, Graph, Plan, TensorId};
+use kdna::ops::Mode;
+use kdna::ops::activation::Activation;
+use kdna::ops::batchnorm::BatchNorm;
+use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape};
+use kdna::ops::linear::Linear;
+use kdna::ops::modulate::Modulate;
+use kdna::ops::pool::MaxPool2d;
+use kdna::ops::sgd::Sgd;
+use kdna::reference as r;
+use rand::rngs::StdRng;
+
+/// f32 kernels against the f64 reference; sums run over at most a few thousand terms.
+const TOL: f64 = 2e-5;
+
+fn plan(mode: Mode, root: TensorId) -> Plan {
+    Plan { mode, backward_from: Some(root), input_grads: true, optimizer: None }
+}
+
+/// Random values, already rounded to f32, written into `t`.
+fn feed(exe: &Executor, g: &Graph, t: TensorId, rng: &mut StdRng) -> Vec<f64> {
+    let v = f32_exact(randn(rng, g.info(t).numel()));
+    exe.write(t, &to_f32(&v)).unwrap();
+    v
+}
+
+fn seed_grad(exe: &Executor, g: &Graph, t: TensorId, rng: &mut StdRng) -> Vec<f64> {
+    let v = f32_exact(randn(rng, g.info(t).numel()));
+    exe.write_grad(t, &to_f32(&v)).unwrap();
+    v
+}
+
+fn read(exe: &Executor, t: TensorId) -> Vec<f64> {
+    to_f64(&exe.read(t).unwrap())
+}
+
+fn read_grad(exe: &Executor, t: TensorId) -> Vec<f64> {
+    to_f64(&exe.read_grad(t).unwrap())
+}
+
+#[test]
+fn conv2d_matches_reference() {
+    // (x shape, c_out, kernel, stride, padding, groups, bias)
+    let cases: &[([usize; 4], usize, (usize, usize), (usize, usize), (usize, usize), usize, bool)] = &[
+        ([1, 5, 9, 11], 7, (3, 3), (1, 1), (1, 1), 1, true),
+        ([3, 6, 8, 7], 9, (3, 3), (2, 2), (1, 1), 3, false),
+        ([3, 6, 7, 5], 6, (3, 3), (2, 2), (1, 1), 6, false), // depthwise
+        ([1, 10, 7, 7], 19, (1, 1), (2, 2), (0, 0), 1, false),
+        ([1, 3, 13, 11], 5, (7, 7), (2, 2), (3, 3), 1, true),
+        ([3, 3, 12, 8], 6, (4, 4), (4, 4), (0, 0), 1, true), // ConvNeXt stem
+        ([3, 4, 5, 6], 6, (3, 2), (2, 1), (1, 2), 2, true),
+    ];
+    for (i, &(xs, c_out, k, stride, padding, groups, bias)) in cases.iter().enumerate() {
+        let cfg = Conv2dConfig { stride, padding, groups };
+        let mut g = Graph::new();
+        let x = g.input("x", &xs);
+        let w = g.param("w", &[c_out, xs[1] / groups, k.0, k.1]).unwrap();
+        let b = bias.then(|| g.param("b", &[c_out]).unwrap());
+        let y = g.conv2d(x, w, b, cfg).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(100 + i as u64);
+        let (xv, wv) = (feed(&exe, &g, x, &mut rng), feed(&exe, &g, w, &mut rng));
+        let bv = b.map(|b| feed(&exe, &g, b, &mut rng));
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let s = Conv2dShape::new(&xs, g.shape(w), cfg).unwrap();
+        let case = format!("case {i} {s:?}");
+        assert_close(&format!("{case} y"), &read(&exe, y), &r::conv2d::forward(&s, &xv, &wv, bv.as_deref()), TOL);
+        let (dx, dw, db) = r::conv2d::backward(&s, &xv, &wv, &dy);
+        assert_close(&format!("{case} dx"), &read_grad(&exe, x), &dx, TOL);
+        assert_close(&format!("{case} dw"), &read_grad(&exe, w), &dw, TOL);
+        if let Some(b) = b {
+            assert_close(&format!("{case} db"), &read_grad(&exe, b), &db, TOL);
+        }
+    }
+}
+
+#[test]
+fn modulation_matches_reference() {
+    for has_spatial in [true, false] {
+        let mut g = Graph::new();
+        let parent = g.param("parent", &[5, 3, 3, 3]).unwrap();
+        let spatial = g.param("spatial", &[3, 1, 1, 3, 3]).unwrap();
+        let filter = g.param("filter", &[3, 5, 1, 1, 1]).unwrap();
+        // Children 1 and 2 of 3 rows; row 0 is left to another parent.
+        let kids = g.modulate(parent, has_spatial.then_some(spatial), filter, 1, 2).unwrap();
+        // Sum the children into one root so backward starts from one tensor.
+        let root = g.add(kids[0], kids[1]).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, root)).unwrap();
+        let mut rng = rng(200);
+        let pv = feed(&exe, &g, parent, &mut rng);
+        let sv = feed(&exe, &g, spatial, &mut rng);
+        let fv = feed(&exe, &g, filter, &mut rng);
+        let dy = seed_grad(&exe, &g, root, &mut rng);
+        exe.run().unwrap();
+        let m = Modulate { first_child: 1, children: 2, rows: 3, c_out: 5, fan: 27, taps: 9, has_spatial };
+        let sp = has_spatial.then_some(sv.as_slice());
+        let want = r::modulate::forward(&m, &pv, sp, &fv);
+        assert_close("child 1", &read(&exe, kids[0]), &want[0], TOL);
+        assert_close("child 2", &read(&exe, kids[1]), &want[1], TOL);
+        let (dp, ds, df) = r::modulate::backward(&m, &pv, sp, &fv, &[dy.clone(), dy]);
+        assert_close("dparent", &read_grad(&exe, parent), &dp, TOL);
+        assert_close("dfilter (row 0 untouched, so zero)", &read_grad(&exe, filter), &df, TOL);
+        if has_spatial {
+            assert_close("dspatial", &read_grad(&exe, spatial), &ds, TOL);
+        }
+    }
+}
+
+#[test]
+fn batchnorm_matches_reference_in_both_modes() {
+    for (i, shape) in [vec![3, 5, 7, 9], vec![1, 13, 5, 3], vec![6, 7]].into_iter().enumerate() {
+        for mode in [Mode::Train, Mode::Eval] {
+            let c = shape[1];
+            let mut g = Graph::new();
+            let x = g.input("x", &shape);
+            let w = g.param("weight", &[c]).unwrap();
+            let b = g.param("bias", &[c]).unwrap();
+            let rm = g.state("running_mean", &[c]).unwrap();
+            let rv = g.state("running_var", &[c]).unwrap();
+            let y = g.batchnorm(x, w, b, rm, rv, 1e-5, 0.1).unwrap();
+            let mut exe = Executor::new(gpu(), &g, plan(mode, y)).unwrap();
+            let mut rng = rng(300 + i as u64);
+            let xv: Vec<f64> = feed(&exe, &g, x, &mut rng).iter().map(|v| 3.0 + 2.0 * v).collect();
+            exe.write(x, &to_f32(&xv)).unwrap();
+            let (wv, bv, rmv) = (feed(&exe, &g, w, &mut rng), feed(&exe, &g, b, &mut rng), feed(&exe, &g, rm, &mut rng));
+            let rvv = f32_exact(randn(&mut rng, c).iter().map(|v| 0.5 + v.abs()).collect());
+            exe.write(rv, &to_f32(&rvv)).unwrap();
+            let dy = seed_grad(&exe, &g, y, &mut rng);
+            exe.run().unwrap();
+            let op = BatchNorm { batch: shape[0], channels: c, spatial: shape[2..].iter().product(), eps: 1e-5, momentum: 0.1 };
+            let case = format!("{shape:?} {mode:?}");
+            let (want, running) = match mode {
+                Mode::Train => {
+                    let (y, m, v) = r::batchnorm::forward_train(&op, &xv, &wv, &bv, &rmv, &rvv);
+                    (y, (m, v))
+                }
+                Mode::Eval => (r::batchnorm::forward_eval(&op, &xv, &wv, &bv, &rmv, &rvv), (rmv.clone(), rvv.clone())),
+            };
+            assert_close(&format!("{case} y"), &read(&exe, y), &want, TOL);
+            assert_close(&format!("{case} running mean"), &read(&exe, rm), &running.0, TOL);
+            assert_close(&format!("{case} running var"), &read(&exe, rv), &running.1, TOL);
+            let stats = (mode == Mode::Eval).then_some((rmv.as_slice(), rvv.as_slice()));
+            let (dx, dw, db) = r::batchnorm::backward(&op, &xv, &wv, &dy, stats);
+            assert_close(&format!("{case} dx"), &read_grad(&exe, x), &dx, TOL);
+            assert_close(&format!("{case} dweight"), &read_grad(&exe, w), &dw, TOL);
+            assert_close(&format!("{case} dbias"), &read_grad(&exe, b), &db, TOL);
+        }
+    }
+}
+
+#[test]
+fn activations_match_reference() {
+    for kind in [Activation::Relu, Activation::Relu6, Activation::Sigmoid] {
+        let mut g = Graph::new();
+        let x = g.input("x", &[3, 7, 11, 5]);
+        let y = g.activation(x, kind);
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(400);
+        let xv: Vec<f64> = f32_exact(randn(&mut rng, 3 * 7 * 11 * 5).iter().map(|v| 5.0 * v).collect());
+        exe.write(x, &to_f32(&xv)).unwrap();
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        assert_close(&format!("{kind:?} y"), &read(&exe, y), &r::elementwise::activation_forward(kind, &xv), TOL);
+        let dx = r::elementwise::activation_backward(kind, &xv, &dy);
+        assert_close(&format!("{kind:?} dx"), &read_grad(&exe, x), &dx, TOL);
+    }
+}
+
+#[test]
+fn residual_add_sends_the_gradient_to_both_inputs() {
+    let mut g = Graph::new();
+    let a = g.input("a", &[3, 5, 3]);
+    let b = g.input("b", &[3, 5, 3]);
+    let y = g.add(a, b).unwrap();
+    let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+    let mut rng = rng(450);
+    let (av, bv) = (feed(&exe, &g, a, &mut rng), feed(&exe, &g, b, &mut rng));
+    let dy = seed_grad(&exe, &g, y, &mut rng);
+    exe.run().unwrap();
+    let sum: Vec<f64> = av.iter().zip(&bv).map(|(x, y)| x + y).collect();
+    assert_close("a + b", &read(&exe, y), &sum, TOL);
+    assert_close("da", &read_grad(&exe, a), &dy, 0.0);
+    assert_close("db", &read_grad(&exe, b), &dy, 0.0);
+}
+
+#[test]
+fn pooling_matches_reference() {
+    let mut g = Graph::new();
+    let x = g.input("x", &[3, 5, 9, 7]);
+    let y = g.maxpool2d(x, 3, 2, 1).unwrap();
+    let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+    let mut rng = rng(500);
+    let xv = feed(&exe, &g, x, &mut rng);
+    let dy = seed_grad(&exe, &g, y, &mut rng);
+    exe.run().unwrap();
+    let p = MaxPool2d { planes: 15, h: 9, w: 7, out_h: 5, out_w: 4, kernel: 3, stride: 2, pad: 1 };
+    let (want, argmax) = r::pool::maxpool_forward(&p, &xv);
+    assert_eq!(g.shape(y), [3, 5, 5, 4]);
+    assert_close("maxpool y", &read(&exe, y), &want, 0.0);
+    assert_close("maxpool dx", &read_grad(&exe, x), &r::pool::maxpool_backward(&p, &argmax, &dy), TOL);
+
+    let mut g = Graph::new();
+    let x = g.input("x", &[3, 5, 7, 9]);
+    let y = g.global_avgpool(x).unwrap();
+    let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+    let xv = feed(&exe, &g, x, &mut rng);
+    let dy = seed_grad(&exe, &g, y, &mut rng);
+    exe.run().unwrap();
+    assert_close("avgpool y", &read(&exe, y), &r::pool::global_avgpool_forward(&xv, 63), TOL);
+    assert_close("avgpool dx", &read_grad(&exe, x), &r::pool::global_avgpool_backward(&dy, 63), TOL);
+}
+
+#[test]
+fn linear_matches_reference() {
+    for bias in [true, false] {
+        let mut g = Graph::new();
+        let x = g.input("x", &[3, 13]);
+        let w = g.param("w", &[7, 13, 1, 1]).unwrap();
+        let b = bias.then(|| g.param("b", &[7]).unwrap());
+        let y = g.linear(x, w, b).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(600);
+        let (xv, wv) = (feed(&exe, &g, x, &mut rng), feed(&exe, &g, w, &mut rng));
+        let bv = b.map(|b| feed(&exe, &g, b, &mut rng));
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let l = Linear { batch: 3, in_features: 13, out_features: 7, has_bias: bias };
+        assert_close("y", &read(&exe, y), &r::linear::forward(&l, &xv, &wv, bv.as_deref()), TOL);
+        let (dx, dw, db) = r::linear::backward(&l, &xv, &wv, &dy);
+        assert_close("dx", &read_grad(&exe, x), &dx, TOL);
+        assert_close("dw", &read_grad(&exe, w), &dw, TOL);
+        if let Some(b) = b {
+            assert_close("db", &read_grad(&exe, b), &db, TOL);
+        }
+    }
+}
+
+#[test]
+fn channel_scale_matches_reference() {
+    let mut g = Graph::new();
+    let x = g.input("x", &[3, 5, 7, 9]);
+    let gate = g.input("gate", &[3, 5]);
+    let y = g.channel_scale(x, gate).unwrap();
+    let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+    let mut rng = rng(700);
+    let (xv, sv) = (feed(&exe, &g, x, &mut rng), feed(&exe, &g, gate, &mut rng));
+    let dy = seed_grad(&exe, &g, y, &mut rng);
+    exe.run().unwrap();
+    assert_close("y", &read(&exe, y), &r::elementwise::channel_scale_forward(&xv, &sv, 63), TOL);
+    let (dx, dgate) = r::elementwise::channel_scale_backward(&xv, &sv, &dy, 63);
+    assert_close("dx", &read_grad(&exe, x), &dx, TOL);
+    assert_close("dgate", &read_grad(&exe, gate), &dgate, TOL);
+}
+
+#[test]
+fn cross_entropy_matches_reference() {
+    for smoothing in [0.0f32, 0.1] {
+        let mut g = Graph::new();
+        let x = g.input("logits", &[3, 11]);
+        let labels = g.labels("labels", 3);
+        let loss = g.cross_entropy(x, labels, smoothing).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, loss)).unwrap();
+        let mut rng = rng(800);
+        let xv: Vec<f64> = f32_exact(randn(&mut rng, 33).iter().map(|v| 3.0 * v).collect());
+        exe.write(x, &to_f32(&xv)).unwrap();
+        let lv = [4usize, 10, 0];
+        exe.write_labels(labels, &lv.map(|l| l as u32)).unwrap();
+        exe.run().unwrap();
+        let (want_loss, want_correct) = r::loss::cross_entropy_forward(&xv, &lv, 11, smoothing as f64);
+        let got = read(&exe, loss);
+        assert_close("loss", &got[..1], &[want_loss], TOL);
+        assert_eq!(got[1], want_correct as f64, "correct count");
+        let want = r::loss::cross_entropy_backward(&xv, &lv, 11, smoothing as f64);
+        assert_close("dlogits", &read_grad(&exe, x), &want, TOL);
+    }
+}
+
+#[test]
+fn sgd_matches_reference_over_steps() {
+    let gpu = gpu();
+    let n = 1001;
+    let mut rng = rng(900);
+    let mut param = f32_exact(randn(&mut rng, n));
+    let mut velocity = vec![0.0; n];
+    let gp = gpu.upload("param", &to_f32(&param));
+    let gg = gpu.storage("grad", n);
+    let gv = gpu.storage("velocity", n);
+    for (step, nesterov) in [(0, false), (1, false), (2, true)] {
+        let opt = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.1, weight_decay: 1e-3, nesterov };
+        let grad = f32_exact(randn(&mut rng, n));
+        gpu.write(&gg, &to_f32(&grad));
+        gpu.run(&[opt.dispatch(&gpu, &gp, &gg, &gv, step == 0)]);
+        r::sgd::step(&opt, &mut param, &grad, &mut velocity, step == 0);
+        assert_close(&format!("param after step {step}"), &to_f64(&gpu.read(&gp).unwrap()), &param, 1e-6);
+        assert_close(&format!("velocity after step {step}"), &to_f64(&gpu.read(&gv).unwrap()), &velocity, 1e-6);
+    }
+}
