@@ -4,3 +4,5 @@ pub mod gpu;
 pub mod graph;
 pub mod ops;
 pub mod reference;
+pub mod io;
+pub mod models;

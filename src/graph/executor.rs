@@ -21,9 +21,9 @@ use crate::ops::{Bound, GradTarget, Grads, Mode};
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub mode: Mode,
-    /// Backpropagate from this tensor. Its gradient starts as [1, 0, ...] (a loss), and can be
-    /// set with [`Executor::write_grad`].
-    pub backward_from: Option<TensorId>,
+    /// Backpropagate from these tensors. Each gradient starts as [1, 0, ...] (a loss), and
+    /// can be set with [`Executor::write_grad`]. The first is the one [`Executor::step`] reads.
+    pub backward_from: Vec<TensorId>,
     /// Also compute gradients to `Input` tensors (tests; training does not need them).
     pub input_grads: bool,
     /// Update the parameters after backward.
@@ -32,11 +32,11 @@ pub struct Plan {
 
 impl Plan {
     pub fn eval() -> Plan {
-        Plan { mode: Mode::Eval, backward_from: None, input_grads: false, optimizer: None }
+        Plan { mode: Mode::Eval, backward_from: Vec::new(), input_grads: false, optimizer: None }
     }
 
     pub fn train(loss: TensorId, optimizer: Sgd) -> Plan {
-        Plan { mode: Mode::Train, backward_from: Some(loss), input_grads: false, optimizer: Some(optimizer) }
+        Plan { mode: Mode::Train, backward_from: vec![loss], input_grads: false, optimizer: Some(optimizer) }
     }
 }
 
@@ -123,13 +123,12 @@ impl Executor {
             readback: None,
             steps: 0,
         };
-        if let Some(root) = plan.backward_from {
-            exe.plan_backward(graph, root, &values, &scratch)?;
-            let root_slice = &values[root.0];
-            exe.readback = Some(Readback::new(&gpu, root_slice.clone()));
+        if let Some(&first) = plan.backward_from.first() {
+            exe.plan_backward(graph, &plan.backward_from, &values, &scratch)?;
+            exe.readback = Some(Readback::new(&gpu, values[first.0].clone()));
         }
         if let Some(sgd) = plan.optimizer {
-            if plan.backward_from.is_none() {
+            if plan.backward_from.is_empty() {
                 bail!("an optimizer needs a loss to backpropagate from");
             }
             exe.optimizer = sgd_dispatches(&gpu, &weights, &sgd);
@@ -138,7 +137,7 @@ impl Executor {
         Ok(exe)
     }
 
-    fn plan_backward(&mut self, graph: &Graph, root: TensorId, values: &[GpuSlice], scratch: &[Vec<GpuSlice>]) -> Result<()> {
+    fn plan_backward(&mut self, graph: &Graph, roots: &[TensorId], values: &[GpuSlice], scratch: &[Vec<GpuSlice>]) -> Result<()> {
         let gpu = self.gpu.clone();
         // Tensors whose gradient is wanted: parameters, optionally inputs, and activations
         // computed from them.
@@ -152,12 +151,14 @@ impl Executor {
                 requires[t.0] = any;
             }
         }
-        if !requires[root.0] {
-            bail!("nothing that needs a gradient leads to {:?}", graph.info(root).name);
+        if let Some(root) = roots.iter().find(|r| !requires[r.0]) {
+            bail!("nothing that needs a gradient leads to {:?}", graph.info(*root).name);
         }
-        // Tensors on a path to the root.
+        // Tensors on a path to a root.
         let mut reaches = vec![false; graph.tensors.len()];
-        reaches[root.0] = true;
+        for root in roots {
+            reaches[root.0] = true;
+        }
         for node in graph.nodes.iter().rev() {
             if node.outputs.iter().any(|t| reaches[t.0]) {
                 for (i, t) in node.inputs.iter().enumerate() {
@@ -176,13 +177,14 @@ impl Executor {
                 _ => gpu.storage(&format!("grad.{}", t.name), t.numel()),
             });
         }
-        // The root's gradient: d(loss)/d(loss) = 1 in its first element.
-        let root_grad = self.grads[root.0].clone().expect("root is wanted");
-        let mut seed = vec![0f32; graph.info(root).numel()];
-        seed[0] = 1.0;
-        gpu.write(&root_grad, &seed);
+        // A root's gradient: d(loss)/d(loss) = 1 in its first element.
+        for root in roots {
+            let mut seed = vec![0f32; graph.info(*root).numel()];
+            seed[0] = 1.0;
+            gpu.write(self.grads[root.0].as_ref().expect("roots are wanted"), &seed);
+        }
 
-        let mut written: HashSet<TensorId> = HashSet::from([root]);
+        let mut written: HashSet<TensorId> = roots.iter().copied().collect();
         for (n, node) in graph.nodes.iter().enumerate().rev() {
             if !node.outputs.iter().any(|&t| wanted(t)) {
                 continue;
@@ -306,7 +308,7 @@ impl Executor {
             self.weights.count_optimizer_step();
         }
         let mut encoder = self.gpu.encoder("kdna.step");
-        if self.plan.backward_from.is_some() {
+        if !self.plan.backward_from.is_empty() {
             for c in &self.clears {
                 encoder.clear_buffer(&c.buffer, c.offset, Some(c.size));
             }

@@ -122,14 +122,17 @@ impl Graph {
         let pshape = self.shape(parent).to_vec();
         let c_out = pshape[0];
         let taps = if pshape.len() == 4 { pshape[2] * pshape[3] } else { 1 };
+        // Rows are counted from the filter attention, which may lack the child dimension when
+        // there is one child ([C_out, 1, 1, 1]).
         let fshape = self.shape(filter).to_vec();
-        let rows = fshape[0];
-        if fshape.iter().product::<usize>() != rows * c_out {
+        let filter_len: usize = fshape.iter().product();
+        let rows = filter_len / c_out;
+        if filter_len % c_out != 0 || !(fshape[0] == rows || (rows == 1 && fshape[0] == c_out)) {
             return Err(shape_error("modulate", "filter attention", &fshape, &format!("[R, {c_out}, 1, ...]")));
         }
         if let Some(s) = spatial {
             let sshape = self.shape(s);
-            if sshape[0] != rows || sshape.iter().product::<usize>() != rows * taps {
+            if sshape.iter().product::<usize>() != rows * taps {
                 return Err(shape_error("modulate", "spatial attention", sshape, &format!("[{rows}, 1, 1, kh, kw]")));
             }
         }

@@ -1,0 +1,3 @@
+//! Layers built from ops, with PyTorch's parameter names.
+
+pub mod layers;
