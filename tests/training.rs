@@ -1,0 +1,140 @@
+//! The executor trains a small KernelDNA-style network: a parent conv shared by two routed
+//! children, BatchNorm, a classifier. One submission per step, no allocation after the first
+//! step, and bitwise-repeatable results.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{randn, rng, to_f32};
+use kdna::gpu::Gpu;
+use kdna::graph::{Executor, Graph, Plan, Role, StepStats, TensorId};
+use kdna::models::layers;
+use kdna::ops::conv2d::Conv2dConfig;
+use kdna::ops::sgd::Sgd;
+
+const BATCH: usize = 8;
+const CLASSES: usize = 4;
+
+struct Net {
+    graph: Graph,
+    images: TensorId,
+    labels: TensorId,
+    loss: TensorId,
+}
+
+fn kdna_net() -> Net {
+    let mut g = Graph::new();
+    let images = g.input("images", &[BATCH, 3, 9, 9]);
+    let labels = g.labels("labels", BATCH);
+    let same = Conv2dConfig::new(1, 1);
+    let x = layers::conv2d(&mut g, images, "stem", 8, 3, same, false).unwrap();
+    let x = layers::batchnorm(&mut g, x, "stem_bn").unwrap();
+    let mut x = g.relu(x);
+    // The parent conv, used itself and through two children.
+    let parent = g.param("parent.weight", &[8, 8, 3, 3]).unwrap();
+    let spatial = g.param("static_spatial_attn", &[2, 1, 1, 3, 3]).unwrap();
+    let filter = g.param("static_filter_attn", &[2, 8, 1, 1, 1]).unwrap();
+    let kids = g.modulate(parent, Some(spatial), filter, 0, 2).unwrap();
+    for (i, &kid) in kids.iter().enumerate() {
+        let routed = layers::router(&mut g, x, &format!("se.{i}"), 4).unwrap();
+        let y = g.conv2d(routed, kid, None, same).unwrap();
+        let y = layers::batchnorm(&mut g, y, &format!("bns.{i}")).unwrap();
+        let y = g.relu(y);
+        x = g.add(y, x).unwrap();
+    }
+    let y = g.conv2d(x, parent, None, same).unwrap();
+    let y = layers::batchnorm(&mut g, y, "parent_bn").unwrap();
+    let x = g.relu(y);
+    let pooled = g.global_avgpool(x).unwrap();
+    let fc = g.param("fc.weight", &[CLASSES, 8]).unwrap();
+    let fc_bias = g.param("fc.bias", &[CLASSES]).unwrap();
+    let logits = g.linear(pooled, fc, Some(fc_bias)).unwrap();
+    let loss = g.cross_entropy(logits, labels, 0.0).unwrap();
+    Net { graph: g, images, labels, loss }
+}
+
+/// Kaiming-style weights, unit BatchNorm, zero attentions: the same values for a given seed.
+fn initialise(exe: &Executor, g: &Graph, seed: u64) {
+    let mut r = rng(seed);
+    for (i, t) in g.tensors.iter().enumerate() {
+        let n = t.numel();
+        let values: Vec<f64> = match t.role {
+            Role::Param if t.name.contains("attn") || t.name.ends_with(".bias") => vec![0.0; n],
+            Role::Param if t.shape.len() == 1 => vec![1.0; n],
+            Role::Param => {
+                let fan_in: usize = t.shape[1..].iter().product();
+                randn(&mut r, n).iter().map(|v| v * (2.0 / fan_in as f64).sqrt()).collect()
+            }
+            Role::State if t.name.ends_with("running_var") => vec![1.0; n],
+            Role::State => vec![0.0; n],
+            _ => continue,
+        };
+        exe.write(TensorId(i), &to_f32(&values)).unwrap();
+    }
+}
+
+fn batch(exe: &Executor, net: &Net) {
+    let mut r = rng(7);
+    let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % CLASSES as u32).collect();
+    // Each class has its own mean image plus noise, so the labels are learnable.
+    let means: Vec<Vec<f64>> = (0..CLASSES).map(|_| randn(&mut r, 3 * 81)).collect();
+    let images: Vec<f64> = labels
+        .iter()
+        .flat_map(|&l| means[l as usize].iter().zip(randn(&mut r, 3 * 81)).map(|(m, n)| m + 0.5 * n).collect::<Vec<_>>())
+        .collect();
+    exe.write(net.images, &to_f32(&images)).unwrap();
+    exe.write_labels(net.labels, &labels).unwrap();
+}
+
+fn trainer(gpu: Arc<Gpu>, net: &Net) -> Executor {
+    let sgd = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
+    let exe = Executor::new(gpu, &net.graph, Plan::train(net.loss, sgd)).unwrap();
+    initialise(&exe, &net.graph, 3);
+    batch(&exe, net);
+    exe
+}
+
+fn train(exe: &mut Executor, steps: usize) -> Vec<StepStats> {
+    let mut stats = Vec::new();
+    for _ in 0..steps {
+        exe.step().unwrap();
+        stats.extend(exe.poll_stats().unwrap());
+    }
+    stats.extend(exe.finish().unwrap());
+    stats
+}
+
+#[test]
+fn a_kernel_dna_net_learns_a_fixed_batch_with_one_submit_per_step() {
+    let gpu = Arc::new(Gpu::new(None).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e:#}")));
+    let net = kdna_net();
+    let mut exe = trainer(gpu.clone(), &net);
+    exe.step().unwrap();
+    let first = exe.finish().unwrap();
+    let (buffers, submissions) = (gpu.buffers_created(), gpu.submissions());
+    let mut stats = first.clone();
+    stats.extend(train(&mut exe, 79));
+    assert_eq!(gpu.buffers_created(), buffers, "buffers were created after the first step");
+    assert_eq!(gpu.submissions() - submissions, 79, "one submission per step");
+    assert_eq!(stats.iter().map(|s| s.step).collect::<Vec<_>>(), (0..80).collect::<Vec<_>>(), "every step reported once, in order");
+    let start = stats[0].loss;
+    let end = stats.last().unwrap();
+    assert!(start.is_finite() && start > 0.5, "initial loss {start}");
+    assert!(end.loss < start / 10.0, "loss went from {start} to {} in 80 steps", end.loss);
+    assert_eq!(end.correct, BATCH as f32, "the fixed batch is classified right");
+}
+
+#[test]
+fn training_is_bitwise_repeatable() {
+    let net = kdna_net();
+    let run = || {
+        let mut exe = trainer(common::gpu(), &net);
+        let losses: Vec<u32> = train(&mut exe, 6).iter().map(|s| s.loss.to_bits()).collect();
+        let parent = exe.read(net.graph.find("parent.weight").unwrap()).unwrap();
+        (losses, parent.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.0, b.0, "loss sequences differ");
+    assert_eq!(a.1, b.1, "trained parent kernels differ");
+}
