@@ -2,7 +2,7 @@
 
 pub mod gpu;
 pub mod graph;
-pub mod ops;
-pub mod reference;
 pub mod io;
 pub mod models;
+pub mod ops;
+pub mod reference;

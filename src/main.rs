@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use kdna::gpu::{AdapterSummary, adapter};
 
 #[derive(Parser)]
-#[command(name = "kdna", version, about = "Train KernelDNA convolutional networks on any GPU (WGSL kernels through wgpu)")]
+#[command(
+    name = "kdna",
+    version,
+    about = "Train KernelDNA convolutional networks on any GPU (WGSL kernels through wgpu)"
+)]
 struct Cli {
     /// Run on the first adapter whose name contains this text (case-insensitive); see
     /// `kdna devices`. WGPU_ADAPTER_NAME does the same; WGPU_BACKEND limits the backends
@@ -45,7 +49,11 @@ fn devices(filter: Option<&str>) -> Result<()> {
     let summaries: Vec<AdapterSummary> = adapters.iter().map(AdapterSummary::of).collect();
     let chosen = AdapterSummary::of(&adapter::choose(adapters, filter)?);
     for s in &summaries {
-        let mark = if s.name == chosen.name && s.backend == chosen.backend { "*" } else { " " };
+        let mark = if s.name == chosen.name && s.backend == chosen.backend {
+            "*"
+        } else {
+            " "
+        };
         println!("{mark} {} ({:?}, {:?})", s.name, s.backend, s.device_type);
         println!("    driver: {} {}", s.driver, s.driver_info);
         println!(

@@ -33,7 +33,7 @@ impl AdapterSummary {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
-            max_storage_buffer_binding: limits.max_storage_buffer_binding_size as u64,
+            max_storage_buffer_binding: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
@@ -85,10 +85,8 @@ pub fn choose(adapters: Vec<wgpu::Adapter>, filter: Option<&str>) -> Result<wgpu
     }
     let env_filter = std::env::var("WGPU_ADAPTER_NAME").ok();
     let filter = filter.map(str::to_owned).or(env_filter);
-    let mut ranked: Vec<(AdapterSummary, wgpu::Adapter)> = adapters
-        .into_iter()
-        .map(|a| (AdapterSummary::of(&a), a))
-        .collect();
+    let mut ranked: Vec<(AdapterSummary, wgpu::Adapter)> =
+        adapters.into_iter().map(|a| (AdapterSummary::of(&a), a)).collect();
     ranked.sort_by_key(|(s, _)| preference(s));
     match filter {
         Some(f) => {

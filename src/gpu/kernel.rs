@@ -78,7 +78,10 @@ impl Gpu {
             compilation_options: Default::default(),
             cache: None,
         });
-        let kernel = Kernel { pipeline, bindings: shaders::used_bindings(shader, entry) };
+        let kernel = Kernel {
+            pipeline,
+            bindings: shaders::used_bindings(shader, entry),
+        };
         pipelines.insert((shader, entry), kernel.clone());
         kernel
     }
@@ -122,6 +125,12 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Dispatch { label: entry, pipeline, bind_group, workgroups, params: uniform }
+        Dispatch {
+            label: entry,
+            pipeline,
+            bind_group,
+            workgroups,
+            params: uniform,
+        }
     }
 }

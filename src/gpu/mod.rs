@@ -29,7 +29,11 @@ pub struct GpuSlice {
 impl GpuSlice {
     pub fn whole(buffer: wgpu::Buffer) -> Self {
         let size = buffer.size();
-        GpuSlice { buffer, offset: 0, size }
+        GpuSlice {
+            buffer,
+            offset: 0,
+            size,
+        }
     }
 
     /// Number of 4-byte elements.
@@ -114,7 +118,11 @@ impl Gpu {
             4 * len as u64,
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         );
-        GpuSlice { buffer, offset: 0, size: 4 * len.max(1) as u64 }
+        GpuSlice {
+            buffer,
+            offset: 0,
+            size: 4 * len.max(1) as u64,
+        }
     }
 
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> GpuSlice {
@@ -126,7 +134,12 @@ impl Gpu {
 
     pub fn write<T: bytemuck::Pod>(&self, slice: &GpuSlice, data: &[T]) {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        assert!(bytes.len() as u64 <= slice.size, "write of {} bytes into a {}-byte slice", bytes.len(), slice.size);
+        assert!(
+            bytes.len() as u64 <= slice.size,
+            "write of {} bytes into a {}-byte slice",
+            bytes.len(),
+            slice.size
+        );
         if !bytes.is_empty() {
             self.queue.write_buffer(&slice.buffer, slice.offset, bytes);
         }
@@ -138,7 +151,8 @@ impl Gpu {
     }
 
     pub fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
-        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
     /// Records `dispatches` into one compute pass and submits them.

@@ -28,9 +28,12 @@ pub fn source(family: &str) -> String {
 pub fn validate(family: &str) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
     let src = source(family);
     let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
-        .validate(&module)
-        .map_err(|e| e.emit_to_string(&src))?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::default(),
+    )
+    .validate(&module)
+    .map_err(|e| e.emit_to_string(&src))?;
     Ok((module, info))
 }
 

@@ -32,11 +32,21 @@ pub struct Plan {
 
 impl Plan {
     pub fn eval() -> Plan {
-        Plan { mode: Mode::Eval, backward_from: Vec::new(), input_grads: false, optimizer: None }
+        Plan {
+            mode: Mode::Eval,
+            backward_from: Vec::new(),
+            input_grads: false,
+            optimizer: None,
+        }
     }
 
     pub fn train(loss: TensorId, optimizer: Sgd) -> Plan {
-        Plan { mode: Mode::Train, backward_from: vec![loss], input_grads: false, optimizer: Some(optimizer) }
+        Plan {
+            mode: Mode::Train,
+            backward_from: vec![loss],
+            input_grads: false,
+            optimizer: Some(optimizer),
+        }
     }
 }
 
@@ -98,7 +108,12 @@ impl Executor {
         let scratch: Vec<Vec<GpuSlice>> = graph
             .nodes
             .iter()
-            .map(|n| n.op.scratch().iter().map(|&len| gpu.storage(n.op.name(), len)).collect())
+            .map(|n| {
+                n.op.scratch()
+                    .iter()
+                    .map(|&len| gpu.storage(n.op.name(), len))
+                    .collect()
+            })
             .collect();
 
         let bound = |i: usize| Bound {
@@ -137,7 +152,13 @@ impl Executor {
         Ok(exe)
     }
 
-    fn plan_backward(&mut self, graph: &Graph, roots: &[TensorId], values: &[GpuSlice], scratch: &[Vec<GpuSlice>]) -> Result<()> {
+    fn plan_backward(
+        &mut self,
+        graph: &Graph,
+        roots: &[TensorId],
+        values: &[GpuSlice],
+        scratch: &[Vec<GpuSlice>],
+    ) -> Result<()> {
         let gpu = self.gpu.clone();
         // Tensors whose gradient is wanted: parameters, optionally inputs, and activations
         // computed from them.
@@ -146,7 +167,11 @@ impl Executor {
             requires[i] = t.role == Role::Param || (t.role == Role::Input && self.plan.input_grads);
         }
         for node in &graph.nodes {
-            let any = node.inputs.iter().enumerate().any(|(i, t)| node.op.differentiable(i) && requires[t.0]);
+            let any = node
+                .inputs
+                .iter()
+                .enumerate()
+                .any(|(i, t)| node.op.differentiable(i) && requires[t.0]);
             for t in &node.outputs {
                 requires[t.0] = any;
             }
@@ -219,7 +244,15 @@ impl Executor {
             let outputs: Vec<&GpuSlice> = node.outputs.iter().map(|t| self.grads[t.0].as_ref().unwrap()).collect();
             let grads = Grads {
                 outputs,
-                inputs: targets.iter().map(|o| o.as_ref().map(|(slice, accumulate)| GradTarget { slice, accumulate: *accumulate })).collect(),
+                inputs: targets
+                    .iter()
+                    .map(|o| {
+                        o.as_ref().map(|(slice, accumulate)| GradTarget {
+                            slice,
+                            accumulate: *accumulate,
+                        })
+                    })
+                    .collect(),
             };
             let bound = Bound {
                 inputs: node.inputs.iter().map(|t| &values[t.0]).collect(),
@@ -268,9 +301,16 @@ impl Executor {
 
     /// Sets the gradient a backward pass starts from (only the root's is kept between runs).
     pub fn write_grad(&self, t: TensorId, data: &[f32]) -> Result<()> {
-        let slice = self.grads[t.0].as_ref().context("tensor has no gradient in this plan")?;
+        let slice = self.grads[t.0]
+            .as_ref()
+            .context("tensor has no gradient in this plan")?;
         if data.len() != slice.len() {
-            bail!("gradient of tensor {} holds {} values, got {}", t.0, slice.len(), data.len());
+            bail!(
+                "gradient of tensor {} holds {} values, got {}",
+                t.0,
+                slice.len(),
+                data.len()
+            );
         }
         self.gpu.write(slice, data);
         Ok(())
@@ -281,7 +321,9 @@ impl Executor {
     }
 
     pub fn read_grad(&self, t: TensorId) -> Result<Vec<f32>> {
-        let slice = self.grads[t.0].as_ref().context("tensor has no gradient in this plan")?;
+        let slice = self.grads[t.0]
+            .as_ref()
+            .context("tensor has no gradient in this plan")?;
         self.gpu.read(slice)
     }
 
@@ -314,8 +356,16 @@ impl Executor {
             }
         }
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kdna.step"), timestamp_writes: None });
-            for d in self.forward.iter().chain(&self.backward).chain(self.optimizer.iter().map(|(d, _)| d)) {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("kdna.step"),
+                timestamp_writes: None,
+            });
+            for d in self
+                .forward
+                .iter()
+                .chain(&self.backward)
+                .chain(self.optimizer.iter().map(|(d, _)| d))
+            {
                 d.record(&mut pass);
             }
         }
@@ -330,7 +380,13 @@ impl Executor {
         let readback = self.readback.as_mut().context("step() needs a plan with a loss")?;
         let slot = readback.free_slot(&self.gpu)?;
         let bytes = readback.source.size.min(8);
-        encoder.copy_buffer_to_buffer(&readback.source.buffer, readback.source.offset, &readback.staging[slot], 0, bytes);
+        encoder.copy_buffer_to_buffer(
+            &readback.source.buffer,
+            readback.source.offset,
+            &readback.staging[slot],
+            0,
+            bytes,
+        );
         self.gpu.submit(encoder);
         let notify = readback.notify.clone();
         readback.staging[slot].map_async(wgpu::MapMode::Read, .., move |r| {
@@ -345,7 +401,9 @@ impl Executor {
 
     /// Statistics of steps finished since the last call, without waiting.
     pub fn poll_stats(&mut self) -> Result<Vec<StepStats>> {
-        let Some(readback) = self.readback.as_mut() else { return Ok(Vec::new()) };
+        let Some(readback) = self.readback.as_mut() else {
+            return Ok(Vec::new());
+        };
         self.gpu.device.poll(wgpu::PollType::Poll).context("polling the GPU")?;
         readback.collect();
         Ok(std::mem::take(&mut readback.done))
@@ -372,14 +430,21 @@ impl Executor {
 fn sgd_dispatches(gpu: &Gpu, weights: &Weights, sgd: &Sgd) -> Vec<(Dispatch, usize)> {
     let limits = gpu.device.limits();
     let align = limits.min_storage_buffer_offset_alignment as u64;
-    let max_chunk = (limits.max_storage_buffer_binding_size as u64 / align * align).max(align);
+    let max_chunk = (limits.max_storage_buffer_binding_size / align * align).max(align);
     let [params, grads, velocity] = weights.arenas();
     let mut out = Vec::new();
     let mut offset = 0;
     while offset < params.size {
         let size = max_chunk.min(params.size - offset);
-        let part = |s: &GpuSlice| GpuSlice { buffer: s.buffer.clone(), offset, size };
-        out.push((sgd.dispatch(gpu, &part(&params), &part(&grads), &part(&velocity), true), (size / 4) as usize));
+        let part = |s: &GpuSlice| GpuSlice {
+            buffer: s.buffer.clone(),
+            offset,
+            size,
+        };
+        out.push((
+            sgd.dispatch(gpu, &part(&params), &part(&grads), &part(&velocity), true),
+            (size / 4) as usize,
+        ));
         offset += size;
     }
     out
@@ -388,10 +453,23 @@ fn sgd_dispatches(gpu: &Gpu, weights: &Weights, sgd: &Sgd) -> Vec<(Dispatch, usi
 impl Readback {
     fn new(gpu: &Gpu, source: GpuSlice) -> Readback {
         let staging = (0..READBACK_RING)
-            .map(|_| gpu.create_buffer("kdna.loss.readback", 8, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST))
+            .map(|_| {
+                gpu.create_buffer(
+                    "kdna.loss.readback",
+                    8,
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                )
+            })
             .collect();
         let (notify, mapped) = mpsc::channel();
-        Readback { source, staging, in_flight: VecDeque::new(), mapped, notify, done: Vec::new() }
+        Readback {
+            source,
+            staging,
+            in_flight: VecDeque::new(),
+            mapped,
+            notify,
+            done: Vec::new(),
+        }
     }
 
     /// A ring slot not in flight, waiting for the oldest step if all are.
@@ -406,7 +484,9 @@ impl Readback {
     fn wait_one(&mut self, gpu: &Gpu) -> Result<()> {
         let before = self.in_flight.len();
         while self.in_flight.len() == before {
-            gpu.device.poll(wgpu::PollType::wait_indefinitely()).context("waiting for the GPU")?;
+            gpu.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .context("waiting for the GPU")?;
             self.collect();
         }
         Ok(())
@@ -416,14 +496,20 @@ impl Readback {
     fn collect(&mut self) {
         let mapped: Vec<usize> = self.mapped.try_iter().collect();
         for slot in mapped {
-            let Some(pos) = self.in_flight.iter().position(|&(_, s)| s == slot) else { continue };
+            let Some(pos) = self.in_flight.iter().position(|&(_, s)| s == slot) else {
+                continue;
+            };
             let (step, _) = self.in_flight.remove(pos).unwrap();
             let values: Vec<f32> = {
                 let view = self.staging[slot].get_mapped_range(..).expect("mapped");
                 bytemuck::cast_slice(&view).to_vec()
             };
             self.staging[slot].unmap();
-            self.done.push(StepStats { step, loss: values[0], correct: values.get(1).copied().unwrap_or(0.0) });
+            self.done.push(StepStats {
+                step,
+                loss: values[0],
+                correct: values.get(1).copied().unwrap_or(0.0),
+            });
         }
         self.done.sort_by_key(|s| s.step);
     }

@@ -60,7 +60,11 @@ impl Graph {
     }
 
     fn tensor(&mut self, name: impl Into<String>, shape: &[usize], role: Role) -> TensorId {
-        self.tensors.push(TensorInfo { name: name.into(), shape: shape.to_vec(), role });
+        self.tensors.push(TensorInfo {
+            name: name.into(),
+            shape: shape.to_vec(),
+            role,
+        });
         TensorId(self.tensors.len() - 1)
     }
 
@@ -104,19 +108,18 @@ impl Graph {
     }
 
     /// Adds `op` reading `inputs` and producing activations of `output_shapes`.
-    pub fn push(
-        &mut self,
-        op: impl Op + 'static,
-        inputs: &[TensorId],
-        output_shapes: &[Vec<usize>],
-    ) -> Vec<TensorId> {
+    pub fn push(&mut self, op: impl Op + 'static, inputs: &[TensorId], output_shapes: &[Vec<usize>]) -> Vec<TensorId> {
         let name = op.name();
         let outputs = output_shapes
             .iter()
             .enumerate()
             .map(|(i, s)| self.tensor(format!("{name}#{}.{i}", self.nodes.len()), s, Role::Activation))
             .collect();
-        self.nodes.push(Node { op: Box::new(op), inputs: inputs.to_vec(), outputs });
+        self.nodes.push(Node {
+            op: Box::new(op),
+            inputs: inputs.to_vec(),
+            outputs,
+        });
         self.nodes.last().unwrap().outputs.clone()
     }
 

@@ -69,14 +69,34 @@ impl Op for BatchNorm {
     }
 
     fn forward(&self, gpu: &Gpu, b: &Bound, mode: Mode) -> Vec<Dispatch> {
-        let [x, weight, bias, mean, var] = b.inputs[..] else { unreachable!("batchnorm takes 5 inputs") };
+        let [x, weight, bias, mean, var] = b.inputs[..] else {
+            unreachable!("batchnorm takes 5 inputs")
+        };
         let saved = b.scratch[0];
         let params = self.params(mode);
         let stats = match mode {
-            Mode::Train => gpu.dispatch("norm", "batchnorm_stats_train", &params, &[x, mean, var, saved], [self.channels as u32, 1, 1]),
-            Mode::Eval => gpu.dispatch("norm", "batchnorm_stats_eval", &params, &[mean, var, saved], grid(self.channels)),
+            Mode::Train => gpu.dispatch(
+                "norm",
+                "batchnorm_stats_train",
+                &params,
+                &[x, mean, var, saved],
+                [self.channels as u32, 1, 1],
+            ),
+            Mode::Eval => gpu.dispatch(
+                "norm",
+                "batchnorm_stats_eval",
+                &params,
+                &[mean, var, saved],
+                grid(self.channels),
+            ),
         };
-        let apply = gpu.dispatch("norm", "batchnorm_apply", &params, &[x, weight, bias, saved, b.outputs[0]], grid(self.elements()));
+        let apply = gpu.dispatch(
+            "norm",
+            "batchnorm_apply",
+            &params,
+            &[x, weight, bias, saved, b.outputs[0]],
+            grid(self.elements()),
+        );
         vec![stats, apply]
     }
 
@@ -132,13 +152,24 @@ impl Graph {
         let channels = shape[1];
         for t in [weight, bias, running_mean, running_var] {
             if self.shape(t) != [channels] {
-                return Err(shape_error("batchnorm", &self.info(t).name.clone(), self.shape(t), &format!("[{channels}]")));
+                return Err(shape_error(
+                    "batchnorm",
+                    &self.info(t).name.clone(),
+                    self.shape(t),
+                    &format!("[{channels}]"),
+                ));
             }
         }
         if channels > 65535 {
             bail!("batchnorm: {channels} channels exceed the 65535 the kernels dispatch");
         }
-        let op = BatchNorm { batch: shape[0], channels, spatial: shape[2..].iter().product(), eps, momentum };
+        let op = BatchNorm {
+            batch: shape[0],
+            channels,
+            spatial: shape[2..].iter().product(),
+            eps,
+            momentum,
+        };
         Ok(self.push(op, &[x, weight, bias, running_mean, running_var], &[shape])[0])
     }
 }

@@ -24,7 +24,12 @@ struct ScaleParams {
 
 impl ChannelScale {
     fn params(&self, accumulate: u32) -> ScaleParams {
-        ScaleParams { planes: self.planes as u32, spatial: self.spatial as u32, accumulate, _pad: 0 }
+        ScaleParams {
+            planes: self.planes as u32,
+            spatial: self.spatial as u32,
+            accumulate,
+            _pad: 0,
+        }
     }
 }
 
@@ -36,7 +41,13 @@ impl Op for ChannelScale {
 
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
         let buffers = [b.inputs[0], b.inputs[1], b.outputs[0]];
-        vec![gpu.dispatch("router", "channel_scale_forward", &self.params(0), &buffers, grid(self.planes * self.spatial))]
+        vec![gpu.dispatch(
+            "router",
+            "channel_scale_forward",
+            &self.params(0),
+            &buffers,
+            grid(self.planes * self.spatial),
+        )]
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
@@ -45,7 +56,13 @@ impl Op for ChannelScale {
         if let Some(dx) = grads.inputs[0] {
             let p = self.params(accumulate_flag(&dx));
             let n = self.planes * self.spatial;
-            out.push(gpu.dispatch("router", "channel_scale_backward_input", &p, &[dy, b.inputs[1], dx.slice], grid(n)));
+            out.push(gpu.dispatch(
+                "router",
+                "channel_scale_backward_input",
+                &p,
+                &[dy, b.inputs[1], dx.slice],
+                grid(n),
+            ));
         }
         if let Some(dgate) = grads.inputs[1] {
             let p = self.params(accumulate_flag(&dgate));
@@ -64,8 +81,20 @@ impl Graph {
             return Err(shape_error("channel_scale", "input", &shape, "[N, C, H, W]"));
         };
         if self.shape(gate) != [n, c] {
-            return Err(shape_error("channel_scale", "gate", self.shape(gate), &format!("[{n}, {c}]")));
+            return Err(shape_error(
+                "channel_scale",
+                "gate",
+                self.shape(gate),
+                &format!("[{n}, {c}]"),
+            ));
         }
-        Ok(self.push(ChannelScale { planes: n * c, spatial: h * w }, &[x, gate], &[shape])[0])
+        Ok(self.push(
+            ChannelScale {
+                planes: n * c,
+                spatial: h * w,
+            },
+            &[x, gate],
+            &[shape],
+        )[0])
     }
 }

@@ -18,7 +18,11 @@ pub struct Conv2dConfig {
 
 impl Conv2dConfig {
     pub fn new(stride: usize, padding: usize) -> Self {
-        Conv2dConfig { stride: (stride, stride), padding: (padding, padding), groups: 1 }
+        Conv2dConfig {
+            stride: (stride, stride),
+            padding: (padding, padding),
+            groups: 1,
+        }
     }
 
     pub fn groups(self, groups: usize) -> Self {
@@ -63,7 +67,18 @@ impl Conv2dShape {
         }
         let out_h = (h + 2 * ph - kernel_h) / cfg.stride.0 + 1;
         let out_w = (w + 2 * pw - kernel_w) / cfg.stride.1 + 1;
-        Ok(Conv2dShape { batch, c_in, h, w, c_out, kernel_h, kernel_w, out_h, out_w, cfg })
+        Ok(Conv2dShape {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            kernel_h,
+            kernel_w,
+            out_h,
+            out_w,
+            cfg,
+        })
     }
 
     pub fn output(&self) -> Vec<usize> {
@@ -142,7 +157,13 @@ impl Op for Conv2d {
         let none = placeholder(gpu);
         let bias = if self.has_bias { b.inputs[2] } else { &none };
         let params = s.params(self.has_bias, 0);
-        vec![gpu.dispatch("conv", "conv2d_forward", &params, &[b.inputs[0], b.inputs[1], bias, b.outputs[0]], grid(tiles))]
+        vec![gpu.dispatch(
+            "conv",
+            "conv2d_forward",
+            &params,
+            &[b.inputs[0], b.inputs[1], bias, b.outputs[0]],
+            grid(tiles),
+        )]
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
@@ -153,13 +174,25 @@ impl Op for Conv2d {
         if let Some(dx) = grads.inputs[0] {
             let tiles = s.batch * g * (s.c_in / g).div_ceil(TILE) * (s.h * s.w).div_ceil(TILE);
             let params = s.params(self.has_bias, accumulate_flag(&dx));
-            out.push(gpu.dispatch("conv", "conv2d_backward_input", &params, &[dy, b.inputs[1], dx.slice], grid(tiles)));
+            out.push(gpu.dispatch(
+                "conv",
+                "conv2d_backward_input",
+                &params,
+                &[dy, b.inputs[1], dx.slice],
+                grid(tiles),
+            ));
         }
         if let Some(dw) = grads.inputs[1] {
             let k_len = s.c_in / g * s.kernel_h * s.kernel_w;
             let tiles = g * (s.c_out / g).div_ceil(TILE) * k_len.div_ceil(TILE);
             let params = s.params(self.has_bias, accumulate_flag(&dw));
-            out.push(gpu.dispatch("conv", "conv2d_backward_weight", &params, &[b.inputs[0], dy, dw.slice], grid(tiles)));
+            out.push(gpu.dispatch(
+                "conv",
+                "conv2d_backward_weight",
+                &params,
+                &[b.inputs[0], dy, dw.slice],
+                grid(tiles),
+            ));
         }
         if let Some(Some(db)) = grads.inputs.get(2) {
             let params = s.params(self.has_bias, accumulate_flag(db));
@@ -171,16 +204,34 @@ impl Op for Conv2d {
 
 impl Graph {
     /// `conv2d(x, weight, bias)` as torch.nn.functional.conv2d.
-    pub fn conv2d(&mut self, x: TensorId, weight: TensorId, bias: Option<TensorId>, cfg: Conv2dConfig) -> Result<TensorId> {
+    pub fn conv2d(
+        &mut self,
+        x: TensorId,
+        weight: TensorId,
+        bias: Option<TensorId>,
+        cfg: Conv2dConfig,
+    ) -> Result<TensorId> {
         let shape = Conv2dShape::new(self.shape(x), self.shape(weight), cfg)?;
         let mut inputs = vec![x, weight];
         if let Some(b) = bias {
             if self.shape(b) != [shape.c_out] {
-                return Err(shape_error("conv2d", "bias", self.shape(b), &format!("[{}]", shape.c_out)));
+                return Err(shape_error(
+                    "conv2d",
+                    "bias",
+                    self.shape(b),
+                    &format!("[{}]", shape.c_out),
+                ));
             }
             inputs.push(b);
         }
         let out = shape.output();
-        Ok(self.push(Conv2d { shape, has_bias: bias.is_some() }, &inputs, &[out])[0])
+        Ok(self.push(
+            Conv2d {
+                shape,
+                has_bias: bias.is_some(),
+            },
+            &inputs,
+            &[out],
+        )[0])
     }
 }

@@ -80,7 +80,13 @@ impl Op for Modulate {
         self.rows()
             .map(|(c, k)| {
                 let buffers = [b.inputs[0], spatial, filter, b.outputs[c]];
-                gpu.dispatch("modulate", "modulate_forward", &self.params(k, false), &buffers, grid(self.c_out * self.fan))
+                gpu.dispatch(
+                    "modulate",
+                    "modulate_forward",
+                    &self.params(k, false),
+                    &buffers,
+                    grid(self.c_out * self.fan),
+                )
             })
             .collect()
     }
@@ -96,7 +102,13 @@ impl Op for Modulate {
                 // The parent's gradient sums over children: all but the first add.
                 let accumulate = t.accumulate || (always_add && c > 0);
                 let buffers = [parent, spatial, filter, grads.outputs[c], t.slice];
-                out.push(gpu.dispatch("modulate", entry, &self.params(k, accumulate), &buffers, grid(invocations)));
+                out.push(gpu.dispatch(
+                    "modulate",
+                    entry,
+                    &self.params(k, accumulate),
+                    &buffers,
+                    grid(invocations),
+                ));
             }
         };
         each("modulate_backward_parent", grads.inputs[0], self.c_out * self.fan, true);
@@ -127,17 +139,30 @@ impl Graph {
         let fshape = self.shape(filter).to_vec();
         let filter_len: usize = fshape.iter().product();
         let rows = filter_len / c_out;
-        if filter_len % c_out != 0 || !(fshape[0] == rows || (rows == 1 && fshape[0] == c_out)) {
-            return Err(shape_error("modulate", "filter attention", &fshape, &format!("[R, {c_out}, 1, ...]")));
+        if !filter_len.is_multiple_of(c_out) || !(fshape[0] == rows || (rows == 1 && fshape[0] == c_out)) {
+            return Err(shape_error(
+                "modulate",
+                "filter attention",
+                &fshape,
+                &format!("[R, {c_out}, 1, ...]"),
+            ));
         }
         if let Some(s) = spatial {
             let sshape = self.shape(s);
             if sshape.iter().product::<usize>() != rows * taps {
-                return Err(shape_error("modulate", "spatial attention", sshape, &format!("[{rows}, 1, 1, kh, kw]")));
+                return Err(shape_error(
+                    "modulate",
+                    "spatial attention",
+                    sshape,
+                    &format!("[{rows}, 1, 1, kh, kw]"),
+                ));
             }
         }
         if children == 0 || first_child + children > rows {
-            bail!("modulate: children {first_child}..{} outside the {rows} attention rows", first_child + children);
+            bail!(
+                "modulate: children {first_child}..{} outside the {rows} attention rows",
+                first_child + children
+            );
         }
         let op = Modulate {
             first_child,

@@ -14,7 +14,13 @@ pub struct Sgd {
 
 impl Default for Sgd {
     fn default() -> Self {
-        Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false }
+        Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.0,
+            weight_decay: 1e-4,
+            nesterov: false,
+        }
     }
 }
 
@@ -46,8 +52,21 @@ impl Sgd {
     }
 
     /// One update of `param` from `grad`, keeping momentum in `velocity` (all the same length).
-    pub fn dispatch(&self, gpu: &Gpu, param: &GpuSlice, grad: &GpuSlice, velocity: &GpuSlice, first_step: bool) -> Dispatch {
+    pub fn dispatch(
+        &self,
+        gpu: &Gpu,
+        param: &GpuSlice,
+        grad: &GpuSlice,
+        velocity: &GpuSlice,
+        first_step: bool,
+    ) -> Dispatch {
         let len = param.len();
-        gpu.dispatch("optim", "sgd_step", &self.params(len, first_step), &[param, grad, velocity], grid(len))
+        gpu.dispatch(
+            "optim",
+            "sgd_step",
+            &self.params(len, first_step),
+            &[param, grad, velocity],
+            grid(len),
+        )
     }
 }

@@ -43,14 +43,23 @@ pub fn forward_train(
     let (mean, var) = batch_stats(b, x);
     let count = (b.batch * b.spatial) as f64;
     let m = b.momentum as f64;
-    let new_mean = (0..b.channels).map(|c| (1.0 - m) * running_mean[c] + m * mean[c]).collect();
+    let new_mean = (0..b.channels)
+        .map(|c| (1.0 - m) * running_mean[c] + m * mean[c])
+        .collect();
     let new_var = (0..b.channels)
         .map(|c| (1.0 - m) * running_var[c] + m * var[c] * count / (count - 1.0))
         .collect();
     (normalise(b, x, w, bias, &mean, &var), new_mean, new_var)
 }
 
-pub fn forward_eval(b: &BatchNorm, x: &[f64], w: &[f64], bias: &[f64], running_mean: &[f64], running_var: &[f64]) -> Vec<f64> {
+pub fn forward_eval(
+    b: &BatchNorm,
+    x: &[f64],
+    w: &[f64],
+    bias: &[f64],
+    running_mean: &[f64],
+    running_var: &[f64],
+) -> Vec<f64> {
     normalise(b, x, w, bias, running_mean, running_var)
 }
 
@@ -71,10 +80,10 @@ pub fn backward(
     let xhat = |i: usize| (x[i] - mean[channel_of(b, i)]) * invstd[channel_of(b, i)];
     let mut dw = vec![0.0; b.channels];
     let mut db = vec![0.0; b.channels];
-    for i in 0..x.len() {
+    for (i, g) in dy.iter().enumerate() {
         let c = channel_of(b, i);
-        db[c] += dy[i];
-        dw[c] += dy[i] * xhat(i);
+        db[c] += g;
+        dw[c] += g * xhat(i);
     }
     let count = (b.batch * b.spatial) as f64;
     let dx = (0..x.len())

@@ -17,8 +17,20 @@ pub fn activation_backward(kind: Activation, x: &[f64], dy: &[f64]) -> Vec<f64> 
     x.iter()
         .zip(dy)
         .map(|(&v, &g)| match kind {
-            Activation::Relu => if v > 0.0 { g } else { 0.0 },
-            Activation::Relu6 => if v > 0.0 && v < 6.0 { g } else { 0.0 },
+            Activation::Relu => {
+                if v > 0.0 {
+                    g
+                } else {
+                    0.0
+                }
+            }
+            Activation::Relu6 => {
+                if v > 0.0 && v < 6.0 {
+                    g
+                } else {
+                    0.0
+                }
+            }
             Activation::Sigmoid => {
                 let s = 1.0 / (1.0 + (-v).exp());
                 g * s * (1.0 - s)

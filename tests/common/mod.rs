@@ -57,7 +57,13 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// The golden tolerance: max|got - want| <= tol * max(1, max|want|).
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} values, expected {}",
+        got.len(),
+        want.len()
+    );
     let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
     let (worst, at) = got
         .iter()

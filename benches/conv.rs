@@ -1,0 +1,101 @@
+//! Convolution throughput: forward, gradient to the input and gradient to the weight, in
+//! GFLOP/s on the adapter kdna picks, over ResNet-sized layers at batch 16.
+//!
+//!     cargo bench --bench conv              # about a second per kernel
+//!     cargo bench --bench conv -- --quick   # one timed run per kernel (CI)
+//!     cargo bench --bench conv -- --json    # one JSON object per line
+
+use std::time::{Duration, Instant};
+
+use kdna::gpu::{Dispatch, Gpu};
+use kdna::ops::conv2d::{Conv2d, Conv2dConfig, Conv2dShape};
+use kdna::ops::{Bound, GradTarget, Grads, Mode, Op};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json = args.iter().any(|a| a == "--json");
+    let gpu = Gpu::new(None).unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        std::process::exit(1)
+    });
+    if !json {
+        println!("adapter: {} ({:?})", gpu.info.name, gpu.info.backend);
+        println!(
+            "{:<34} {:>10} {:>10} {:>10}",
+            "layer (N, Cin->Cout, HxW, k/s)", "forward", "grad in", "grad w"
+        );
+    }
+    // (name, batch, c_in, c_out, size, kernel, stride)
+    let layers = [
+        ("resnet 3x3 64->64 16x16", 16, 64, 64, 16, 3, 1),
+        ("resnet 3x3 128->128 8x8", 16, 128, 128, 8, 3, 1),
+        ("resnet 3x3 64->128 16x16 s2", 16, 64, 128, 16, 3, 2),
+        ("resnet 1x1 256->64 16x16", 16, 256, 64, 16, 1, 1),
+    ];
+    for (name, n, c_in, c_out, size, k, stride) in layers {
+        let cfg = Conv2dConfig::new(stride, k / 2);
+        let shape = Conv2dShape::new(&[n, c_in, size, size], &[c_out, c_in, k, k], cfg).unwrap();
+        let rates = bench_layer(&gpu, shape, quick);
+        if json {
+            println!(
+                "{{\"bench\":\"conv2d\",\"layer\":\"{name}\",\"adapter\":\"{}\",\"forward_gflops\":{:.2},\"grad_input_gflops\":{:.2},\"grad_weight_gflops\":{:.2}}}",
+                gpu.info.name, rates[0], rates[1], rates[2]
+            );
+        } else {
+            println!("{name:<34} {:>10.2} {:>10.2} {:>10.2}", rates[0], rates[1], rates[2]);
+        }
+    }
+    if !json {
+        println!("(GFLOP/s, 2 FLOPs per multiply-add)");
+    }
+}
+
+/// GFLOP/s of the forward, input-gradient and weight-gradient kernels.
+fn bench_layer(gpu: &Gpu, shape: Conv2dShape, quick: bool) -> [f64; 3] {
+    let op = Conv2d { shape, has_bias: false };
+    let numel = |s: &[usize]| s.iter().product::<usize>();
+    let x = gpu.upload("x", &vec![0.5f32; numel(&[shape.batch, shape.c_in, shape.h, shape.w])]);
+    let w = gpu.upload("w", &vec![0.25f32; numel(&shape.weight())]);
+    let y = gpu.storage("y", numel(&shape.output()));
+    let dy = gpu.upload("dy", &vec![1.0f32; numel(&shape.output())]);
+    let dx = gpu.storage("dx", x.len());
+    let dw = gpu.storage("dw", w.len());
+    let bound = Bound {
+        inputs: vec![&x, &w],
+        outputs: vec![&y],
+        scratch: vec![],
+    };
+    let forward = op.forward(gpu, &bound, Mode::Train);
+    let grads = Grads {
+        outputs: vec![&dy],
+        inputs: vec![
+            Some(GradTarget {
+                slice: &dx,
+                accumulate: false,
+            }),
+            Some(GradTarget {
+                slice: &dw,
+                accumulate: false,
+            }),
+        ],
+    };
+    let backward = op.backward(gpu, &bound, &grads, Mode::Train);
+    let (grad_input, grad_weight) = (&backward[0..1], &backward[1..2]);
+    [&forward[..], grad_input, grad_weight].map(|d| shape.flops() / seconds_per_run(gpu, d, quick) / 1e9)
+}
+
+fn seconds_per_run(gpu: &Gpu, dispatches: &[Dispatch], quick: bool) -> f64 {
+    // The first run compiles the pipeline (seconds on software adapters); it is not timed.
+    gpu.run(dispatches);
+    gpu.wait().unwrap();
+    let budget = if quick { Duration::ZERO } else { Duration::from_secs(1) };
+    let start = Instant::now();
+    let mut runs = 0;
+    while runs == 0 || start.elapsed() < budget {
+        gpu.run(dispatches);
+        gpu.wait().unwrap();
+        runs += 1;
+    }
+    start.elapsed().as_secs_f64() / runs as f64
+}
