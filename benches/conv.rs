@@ -21,10 +21,7 @@ fn main() {
     });
     if !json {
         println!("adapter: {} ({:?})", gpu.info.name, gpu.info.backend);
-        println!(
-            "{:<34} {:>10} {:>10} {:>10}",
-            "layer (N, Cin->Cout, HxW, k/s)", "forward", "grad in", "grad w"
-        );
+        println!("{:<34} {:>10} {:>10} {:>10}", "layer (N, Cin->Cout, HxW, k/s)", "forward", "grad in", "grad w");
     }
     // (name, batch, c_in, c_out, size, kernel, stride)
     let layers = [
@@ -61,34 +58,30 @@ fn bench_layer(gpu: &Gpu, shape: Conv2dShape, quick: bool) -> [f64; 3] {
     let dy = gpu.upload("dy", &vec![1.0f32; numel(&shape.output())]);
     let dx = gpu.storage("dx", x.len());
     let dw = gpu.storage("dw", w.len());
-    let bound = Bound {
-        inputs: vec![&x, &w],
-        outputs: vec![&y],
-        scratch: vec![],
-    };
+    let scratch: Vec<_> = op.scratch().iter().map(|&len| gpu.storage("scratch", len)).collect();
+    let bound = Bound { inputs: vec![&x, &w], outputs: vec![&y], scratch: scratch.iter().collect() };
     let forward = op.forward(gpu, &bound, Mode::Train);
-    let grads = Grads {
-        outputs: vec![&dy],
-        inputs: vec![
-            Some(GradTarget {
-                slice: &dx,
-                accumulate: false,
-            }),
-            Some(GradTarget {
-                slice: &dw,
-                accumulate: false,
-            }),
-        ],
-    };
-    let backward = op.backward(gpu, &bound, &grads, Mode::Train);
-    let (grad_input, grad_weight) = (&backward[0..1], &backward[1..2]);
-    [&forward[..], grad_input, grad_weight].map(|d| shape.flops() / seconds_per_run(gpu, d, quick) / 1e9)
+    let input_target = GradTarget { slice: &dx, accumulate: false };
+    let weight_target = GradTarget { slice: &dw, accumulate: false };
+    let grad_input =
+        op.backward(gpu, &bound, &Grads { outputs: vec![&dy], inputs: vec![Some(input_target), None] }, Mode::Train);
+    let grad_weight =
+        op.backward(gpu, &bound, &Grads { outputs: vec![&dy], inputs: vec![None, Some(weight_target)] }, Mode::Train);
+    [&forward, &grad_input, &grad_weight].map(|d| shape.flops() / seconds_per_run(gpu, d, quick) / 1e9)
 }
 
 fn seconds_per_run(gpu: &Gpu, dispatches: &[Dispatch], quick: bool) -> f64 {
     // The first run compiles the pipeline (seconds on software adapters); it is not timed.
+    let first = Instant::now();
     gpu.run(dispatches);
     gpu.wait().unwrap();
+    if std::env::var_os("KDNA_BENCH_FIRST_RUN").is_some() {
+        eprintln!(
+            "  first run (compile + run) of {}: {:.2} s",
+            dispatches.last().unwrap().label,
+            first.elapsed().as_secs_f64()
+        );
+    }
     let budget = if quick { Duration::ZERO } else { Duration::from_secs(1) };
     let start = Instant::now();
     let mut runs = 0;

@@ -49,11 +49,7 @@ fn devices(filter: Option<&str>) -> Result<()> {
     let summaries: Vec<AdapterSummary> = adapters.iter().map(AdapterSummary::of).collect();
     let chosen = AdapterSummary::of(&adapter::choose(adapters, filter)?);
     for s in &summaries {
-        let mark = if s.name == chosen.name && s.backend == chosen.backend {
-            "*"
-        } else {
-            " "
-        };
+        let mark = if s.name == chosen.name && s.backend == chosen.backend { "*" } else { " " };
         println!("{mark} {} ({:?}, {:?})", s.name, s.backend, s.device_type);
         println!("    driver: {} {}", s.driver, s.driver_info);
         println!(

@@ -9,29 +9,16 @@ fn kdna(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("kdna runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 #[test]
 fn devices_lists_an_adapter_and_marks_the_chosen_one() {
     let (ok, stdout, stderr) = kdna(&["devices"], &[]);
     assert!(ok, "kdna devices failed: {stderr}");
-    let chosen: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.starts_with("* ") && l.contains('('))
-        .collect();
+    let chosen: Vec<&str> = stdout.lines().filter(|l| l.starts_with("* ") && l.contains('(')).collect();
     assert_eq!(chosen.len(), 1, "one chosen adapter in:\n{stdout}");
-    for field in [
-        "driver:",
-        "timestamps",
-        "subgroups",
-        "storage binding",
-        "workgroup storage",
-    ] {
+    for field in ["driver:", "timestamps", "subgroups", "storage binding", "workgroup storage"] {
         assert!(stdout.contains(field), "{field} missing from:\n{stdout}");
     }
 }
@@ -40,10 +27,7 @@ fn devices_lists_an_adapter_and_marks_the_chosen_one() {
 fn no_matching_adapter_is_a_clear_error() {
     let (ok, _, stderr) = kdna(&["devices", "--adapter", "no-such-gpu-anywhere"], &[]);
     assert!(!ok);
-    assert!(
-        stderr.contains("no adapter name contains \"no-such-gpu-anywhere\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains("no adapter name contains \"no-such-gpu-anywhere\""), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

@@ -19,9 +19,7 @@ use kdna::ops::sgd::Sgd;
 const TOL: f64 = 1e-4;
 
 fn fixture(name: &str) -> BTreeMap<String, HostTensor> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("{name}.safetensors"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.safetensors"));
     load_safetensors(&path).unwrap()
 }
 
@@ -41,12 +39,8 @@ fn check_block(name: &str, build: impl Fn(&mut Graph, TensorId) -> TensorId) {
 
     // Every trained parameter of the module is in the graph, and nothing else is.
     let mut params: Vec<String> = g.params().map(|(_, t)| t.name.clone()).collect();
-    let mut expected: Vec<String> = f
-        .keys()
-        .filter_map(|k| k.strip_prefix("grad."))
-        .filter(|k| *k != "input")
-        .map(String::from)
-        .collect();
+    let mut expected: Vec<String> =
+        f.keys().filter_map(|k| k.strip_prefix("grad.")).filter(|k| *k != "input").map(String::from).collect();
     params.sort();
     expected.sort();
     assert_eq!(params, expected, "{name}: parameters");
@@ -62,43 +56,18 @@ fn check_block(name: &str, build: impl Fn(&mut Graph, TensorId) -> TensorId) {
     eval.write(x, &f["input"].data).unwrap();
     let mut eval = eval;
     eval.run().unwrap();
-    assert_close(
-        &format!("{name} output.eval"),
-        &to_f64(&eval.read(y).unwrap()),
-        &want(&f, "output.eval"),
-        TOL,
-    );
+    assert_close(&format!("{name} output.eval"), &to_f64(&eval.read(y).unwrap()), &want(&f, "output.eval"), TOL);
 
-    let plan = Plan {
-        mode: Mode::Train,
-        backward_from: vec![y],
-        input_grads: true,
-        optimizer: None,
-    };
+    let plan = Plan { mode: Mode::Train, backward_from: vec![y], input_grads: true, optimizer: None };
     let mut train = Executor::with_weights(gpu, &g, plan, Arc::clone(eval.weights())).unwrap();
     train.write(x, &f["input"].data).unwrap();
     train.write_grad(y, &f["grad_output"].data).unwrap();
     train.run().unwrap();
-    assert_close(
-        &format!("{name} output.train"),
-        &to_f64(&train.read(y).unwrap()),
-        &want(&f, "output.train"),
-        TOL,
-    );
-    assert_close(
-        &format!("{name} grad.input"),
-        &to_f64(&train.read_grad(x).unwrap()),
-        &want(&f, "grad.input"),
-        TOL,
-    );
+    assert_close(&format!("{name} output.train"), &to_f64(&train.read(y).unwrap()), &want(&f, "output.train"), TOL);
+    assert_close(&format!("{name} grad.input"), &to_f64(&train.read_grad(x).unwrap()), &want(&f, "grad.input"), TOL);
     for (id, t) in g.params() {
         let key = format!("grad.{}", t.name);
-        assert_close(
-            &format!("{name} {key}"),
-            &to_f64(&train.read_grad(id).unwrap()),
-            &want(&f, &key),
-            TOL,
-        );
+        assert_close(&format!("{name} {key}"), &to_f64(&train.read_grad(id).unwrap()), &want(&f, &key), TOL);
     }
     for t in g.tensors.iter().filter(|t| t.role == Role::State) {
         let key = format!("running_after.{}", t.name);
@@ -115,33 +84,19 @@ fn modulation_golden() {
     let spatial = g.param("static_spatial_attn", &f["static_spatial_attn"].shape).unwrap();
     let filter = g.param("static_filter_attn", &f["static_filter_attn"].shape).unwrap();
     let kids = g.modulate(parent, Some(spatial), filter, 0, 3).unwrap();
-    let plan = Plan {
-        mode: Mode::Train,
-        backward_from: kids.clone(),
-        input_grads: false,
-        optimizer: None,
-    };
+    let plan = Plan { mode: Mode::Train, backward_from: kids.clone(), input_grads: false, optimizer: None };
     let mut exe = Executor::new(gpu(), &g, plan).unwrap();
-    for (t, key) in [
-        (parent, "parent"),
-        (spatial, "static_spatial_attn"),
-        (filter, "static_filter_attn"),
-    ] {
+    for (t, key) in [(parent, "parent"), (spatial, "static_spatial_attn"), (filter, "static_filter_attn")] {
         exe.write(t, &f[key].data).unwrap();
     }
     let per_child = f["parent"].numel();
     for (k, &kid) in kids.iter().enumerate() {
-        exe.write_grad(kid, &f["grad_output"].data[k * per_child..(k + 1) * per_child])
-            .unwrap();
+        exe.write_grad(kid, &f["grad_output"].data[k * per_child..(k + 1) * per_child]).unwrap();
     }
     exe.run().unwrap();
     let children: Vec<f64> = kids.iter().flat_map(|&k| to_f64(&exe.read(k).unwrap())).collect();
     assert_close("children", &children, &want(&f, "children"), TOL);
-    for (t, key) in [
-        (parent, "parent"),
-        (spatial, "static_spatial_attn"),
-        (filter, "static_filter_attn"),
-    ] {
+    for (t, key) in [(parent, "parent"), (spatial, "static_spatial_attn"), (filter, "static_filter_attn")] {
         assert_close(
             &format!("grad.{key}"),
             &to_f64(&exe.read_grad(t).unwrap()),
@@ -173,13 +128,7 @@ fn routed_child_conv_golden() {
 fn sgd_golden() {
     let f = fixture("sgd");
     let gpu = gpu();
-    let opt = Sgd {
-        lr: 0.1,
-        momentum: 0.9,
-        dampening: 0.0,
-        weight_decay: 1e-4,
-        nesterov: false,
-    };
+    let opt = Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
     let param = gpu.upload("param", &f["param.0"].data);
     let grad = gpu.storage("grad", param.len());
     let velocity = gpu.storage("velocity", param.len());
@@ -199,30 +148,15 @@ fn cross_entropy_golden() {
         let logits = g.input("logits", &f["logits"].shape);
         let labels = g.labels("labels", f["labels"].numel());
         let loss = g.cross_entropy(logits, labels, tag.parse().unwrap()).unwrap();
-        let plan = Plan {
-            mode: Mode::Train,
-            backward_from: vec![loss],
-            input_grads: true,
-            optimizer: None,
-        };
+        let plan = Plan { mode: Mode::Train, backward_from: vec![loss], input_grads: true, optimizer: None };
         let mut exe = Executor::new(gpu(), &g, plan).unwrap();
         exe.write(logits, &f["logits"].data).unwrap();
         let label_values: Vec<u32> = f["labels"].data.iter().map(|&l| l as u32).collect();
         exe.write_labels(labels, &label_values).unwrap();
         exe.run().unwrap();
         let got = to_f64(&exe.read(loss).unwrap());
-        assert_close(
-            &format!("loss, smoothing {tag}"),
-            &got[..1],
-            &want(&f, &format!("loss.smoothing{tag}")),
-            TOL,
-        );
+        assert_close(&format!("loss, smoothing {tag}"), &got[..1], &want(&f, &format!("loss.smoothing{tag}")), TOL);
         let grad = to_f64(&exe.read_grad(logits).unwrap());
-        assert_close(
-            &format!("grad, smoothing {tag}"),
-            &grad,
-            &want(&f, &format!("grad.smoothing{tag}")),
-            TOL,
-        );
+        assert_close(&format!("grad, smoothing {tag}"), &grad, &want(&f, &format!("grad.smoothing{tag}")), TOL);
     }
 }

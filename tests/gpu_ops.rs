@@ -21,12 +21,7 @@ use rand::rngs::StdRng;
 const TOL: f64 = 2e-5;
 
 fn plan(mode: Mode, root: TensorId) -> Plan {
-    Plan {
-        mode,
-        backward_from: vec![root],
-        input_grads: true,
-        optimizer: None,
-    }
+    Plan { mode, backward_from: vec![root], input_grads: true, optimizer: None }
 }
 
 /// Random values, already rounded to f32, written into `t`.
@@ -55,12 +50,11 @@ type ConvCase = ([usize; 4], usize, (usize, usize), Conv2dConfig, bool);
 
 #[test]
 fn conv2d_matches_reference() {
-    let cfg = |stride, padding, groups| Conv2dConfig {
-        stride,
-        padding,
-        groups,
-    };
-    let cases: [ConvCase; 7] = [
+    let cfg = |stride, padding, groups| Conv2dConfig { stride, padding, groups };
+    let cases: [ConvCase; 9] = [
+        // More than one channel tile on every axis and several pixel workgroups.
+        ([1, 21, 17, 19], 18, (3, 3), cfg((1, 1), (1, 1), 1), true),
+        ([3, 6, 9, 7], 9, (3, 3), cfg((2, 2), (1, 1), 1), false),
         ([1, 5, 9, 11], 7, (3, 3), cfg((1, 1), (1, 1), 1), true),
         ([3, 6, 8, 7], 9, (3, 3), cfg((2, 2), (1, 1), 3), false),
         ([3, 6, 7, 5], 6, (3, 3), cfg((2, 2), (1, 1), 6), false), // depthwise
@@ -84,12 +78,7 @@ fn conv2d_matches_reference() {
         exe.run().unwrap();
         let s = Conv2dShape::new(&xs, g.shape(w), cfg).unwrap();
         let case = format!("case {i} {s:?}");
-        assert_close(
-            &format!("{case} y"),
-            &read(&exe, y),
-            &r::conv2d::forward(&s, &xv, &wv, bv.as_deref()),
-            TOL,
-        );
+        assert_close(&format!("{case} y"), &read(&exe, y), &r::conv2d::forward(&s, &xv, &wv, bv.as_deref()), TOL);
         let (dx, dw, db) = r::conv2d::backward(&s, &xv, &wv, &dy);
         assert_close(&format!("{case} dx"), &read_grad(&exe, x), &dx, TOL);
         assert_close(&format!("{case} dw"), &read_grad(&exe, w), &dw, TOL);
@@ -107,9 +96,7 @@ fn modulation_matches_reference() {
         let spatial = g.param("spatial", &[3, 1, 1, 3, 3]).unwrap();
         let filter = g.param("filter", &[3, 5, 1, 1, 1]).unwrap();
         // Children 1 and 2 of 3 rows; row 0 is left to another parent.
-        let kids = g
-            .modulate(parent, has_spatial.then_some(spatial), filter, 1, 2)
-            .unwrap();
+        let kids = g.modulate(parent, has_spatial.then_some(spatial), filter, 1, 2).unwrap();
         // Sum the children into one root so backward starts from one tensor.
         let root = g.add(kids[0], kids[1]).unwrap();
         let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, root)).unwrap();
@@ -119,15 +106,7 @@ fn modulation_matches_reference() {
         let fv = feed(&exe, &g, filter, &mut rng);
         let dy = seed_grad(&exe, &g, root, &mut rng);
         exe.run().unwrap();
-        let m = Modulate {
-            first_child: 1,
-            children: 2,
-            rows: 3,
-            c_out: 5,
-            fan: 27,
-            taps: 9,
-            has_spatial,
-        };
+        let m = Modulate { first_child: 1, children: 2, rows: 3, c_out: 5, fan: 27, taps: 9, has_spatial };
         let sp = has_spatial.then_some(sv.as_slice());
         let want = r::modulate::forward(&m, &pv, sp, &fv);
         assert_close("child 1", &read(&exe, kids[0]), &want[0], TOL);
@@ -143,10 +122,7 @@ fn modulation_matches_reference() {
 
 #[test]
 fn batchnorm_matches_reference_in_both_modes() {
-    for (i, shape) in [vec![3, 5, 7, 9], vec![1, 13, 5, 3], vec![6, 7]]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, shape) in [vec![3, 5, 7, 9], vec![1, 13, 5, 3], vec![6, 7]].into_iter().enumerate() {
         for mode in [Mode::Train, Mode::Eval] {
             let c = shape[1];
             let mut g = Graph::new();
@@ -160,11 +136,8 @@ fn batchnorm_matches_reference_in_both_modes() {
             let mut rng = rng(300 + i as u64);
             let xv: Vec<f64> = feed(&exe, &g, x, &mut rng).iter().map(|v| 3.0 + 2.0 * v).collect();
             exe.write(x, &to_f32(&xv)).unwrap();
-            let (wv, bv, rmv) = (
-                feed(&exe, &g, w, &mut rng),
-                feed(&exe, &g, b, &mut rng),
-                feed(&exe, &g, rm, &mut rng),
-            );
+            let (wv, bv, rmv) =
+                (feed(&exe, &g, w, &mut rng), feed(&exe, &g, b, &mut rng), feed(&exe, &g, rm, &mut rng));
             let rvv = f32_exact(randn(&mut rng, c).iter().map(|v| 0.5 + v.abs()).collect());
             exe.write(rv, &to_f32(&rvv)).unwrap();
             let dy = seed_grad(&exe, &g, y, &mut rng);
@@ -182,10 +155,7 @@ fn batchnorm_matches_reference_in_both_modes() {
                     let (y, m, v) = r::batchnorm::forward_train(&op, &xv, &wv, &bv, &rmv, &rvv);
                     (y, (m, v))
                 }
-                Mode::Eval => (
-                    r::batchnorm::forward_eval(&op, &xv, &wv, &bv, &rmv, &rvv),
-                    (rmv.clone(), rvv.clone()),
-                ),
+                Mode::Eval => (r::batchnorm::forward_eval(&op, &xv, &wv, &bv, &rmv, &rvv), (rmv.clone(), rvv.clone())),
             };
             assert_close(&format!("{case} y"), &read(&exe, y), &want, TOL);
             assert_close(&format!("{case} running mean"), &read(&exe, rm), &running.0, TOL);
@@ -211,12 +181,7 @@ fn activations_match_reference() {
         exe.write(x, &to_f32(&xv)).unwrap();
         let dy = seed_grad(&exe, &g, y, &mut rng);
         exe.run().unwrap();
-        assert_close(
-            &format!("{kind:?} y"),
-            &read(&exe, y),
-            &r::elementwise::activation_forward(kind, &xv),
-            TOL,
-        );
+        assert_close(&format!("{kind:?} y"), &read(&exe, y), &r::elementwise::activation_forward(kind, &xv), TOL);
         let dx = r::elementwise::activation_backward(kind, &xv, &dy);
         assert_close(&format!("{kind:?} dx"), &read_grad(&exe, x), &dx, TOL);
     }
@@ -249,25 +214,11 @@ fn pooling_matches_reference() {
     let xv = feed(&exe, &g, x, &mut rng);
     let dy = seed_grad(&exe, &g, y, &mut rng);
     exe.run().unwrap();
-    let p = MaxPool2d {
-        planes: 15,
-        h: 9,
-        w: 7,
-        out_h: 5,
-        out_w: 4,
-        kernel: 3,
-        stride: 2,
-        pad: 1,
-    };
+    let p = MaxPool2d { planes: 15, h: 9, w: 7, out_h: 5, out_w: 4, kernel: 3, stride: 2, pad: 1 };
     let (want, argmax) = r::pool::maxpool_forward(&p, &xv);
     assert_eq!(g.shape(y), [3, 5, 5, 4]);
     assert_close("maxpool y", &read(&exe, y), &want, 0.0);
-    assert_close(
-        "maxpool dx",
-        &read_grad(&exe, x),
-        &r::pool::maxpool_backward(&p, &argmax, &dy),
-        TOL,
-    );
+    assert_close("maxpool dx", &read_grad(&exe, x), &r::pool::maxpool_backward(&p, &argmax, &dy), TOL);
 
     let mut g = Graph::new();
     let x = g.input("x", &[3, 5, 7, 9]);
@@ -276,18 +227,8 @@ fn pooling_matches_reference() {
     let xv = feed(&exe, &g, x, &mut rng);
     let dy = seed_grad(&exe, &g, y, &mut rng);
     exe.run().unwrap();
-    assert_close(
-        "avgpool y",
-        &read(&exe, y),
-        &r::pool::global_avgpool_forward(&xv, 63),
-        TOL,
-    );
-    assert_close(
-        "avgpool dx",
-        &read_grad(&exe, x),
-        &r::pool::global_avgpool_backward(&dy, 63),
-        TOL,
-    );
+    assert_close("avgpool y", &read(&exe, y), &r::pool::global_avgpool_forward(&xv, 63), TOL);
+    assert_close("avgpool dx", &read_grad(&exe, x), &r::pool::global_avgpool_backward(&dy, 63), TOL);
 }
 
 #[test]
@@ -304,18 +245,8 @@ fn linear_matches_reference() {
         let bv = b.map(|b| feed(&exe, &g, b, &mut rng));
         let dy = seed_grad(&exe, &g, y, &mut rng);
         exe.run().unwrap();
-        let l = Linear {
-            batch: 3,
-            in_features: 13,
-            out_features: 7,
-            has_bias: bias,
-        };
-        assert_close(
-            "y",
-            &read(&exe, y),
-            &r::linear::forward(&l, &xv, &wv, bv.as_deref()),
-            TOL,
-        );
+        let l = Linear { batch: 3, in_features: 13, out_features: 7, has_bias: bias };
+        assert_close("y", &read(&exe, y), &r::linear::forward(&l, &xv, &wv, bv.as_deref()), TOL);
         let (dx, dw, db) = r::linear::backward(&l, &xv, &wv, &dy);
         assert_close("dx", &read_grad(&exe, x), &dx, TOL);
         assert_close("dw", &read_grad(&exe, w), &dw, TOL);
@@ -336,12 +267,7 @@ fn channel_scale_matches_reference() {
     let (xv, sv) = (feed(&exe, &g, x, &mut rng), feed(&exe, &g, gate, &mut rng));
     let dy = seed_grad(&exe, &g, y, &mut rng);
     exe.run().unwrap();
-    assert_close(
-        "y",
-        &read(&exe, y),
-        &r::elementwise::channel_scale_forward(&xv, &sv, 63),
-        TOL,
-    );
+    assert_close("y", &read(&exe, y), &r::elementwise::channel_scale_forward(&xv, &sv, 63), TOL);
     let (dx, dgate) = r::elementwise::channel_scale_backward(&xv, &sv, &dy, 63);
     assert_close("dx", &read_grad(&exe, x), &dx, TOL);
     assert_close("dgate", &read_grad(&exe, gate), &dgate, TOL);
@@ -381,28 +307,12 @@ fn sgd_matches_reference_over_steps() {
     let gg = gpu.storage("grad", n);
     let gv = gpu.storage("velocity", n);
     for (step, nesterov) in [(0, false), (1, false), (2, true)] {
-        let opt = Sgd {
-            lr: 0.05,
-            momentum: 0.9,
-            dampening: 0.1,
-            weight_decay: 1e-3,
-            nesterov,
-        };
+        let opt = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.1, weight_decay: 1e-3, nesterov };
         let grad = f32_exact(randn(&mut rng, n));
         gpu.write(&gg, &to_f32(&grad));
         gpu.run(&[opt.dispatch(&gpu, &gp, &gg, &gv, step == 0)]);
         r::sgd::step(&opt, &mut param, &grad, &mut velocity, step == 0);
-        assert_close(
-            &format!("param after step {step}"),
-            &to_f64(&gpu.read(&gp).unwrap()),
-            &param,
-            1e-6,
-        );
-        assert_close(
-            &format!("velocity after step {step}"),
-            &to_f64(&gpu.read(&gv).unwrap()),
-            &velocity,
-            1e-6,
-        );
+        assert_close(&format!("param after step {step}"), &to_f64(&gpu.read(&gp).unwrap()), &param, 1e-6);
+        assert_close(&format!("velocity after step {step}"), &to_f64(&gpu.read(&gv).unwrap()), &velocity, 1e-6);
     }
 }

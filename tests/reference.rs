@@ -15,11 +15,7 @@ const TOL: f64 = 1e-6;
 
 #[test]
 fn conv2d_gradients() {
-    let cfg = Conv2dConfig {
-        stride: (2, 1),
-        padding: (1, 2),
-        groups: 2,
-    };
+    let cfg = Conv2dConfig { stride: (2, 1), padding: (1, 2), groups: 2 };
     let s = Conv2dShape::new(&[3, 4, 5, 6], &[6, 2, 3, 2], cfg).unwrap();
     let mut g = rng(1);
     let x = randn(&mut g, 3 * 4 * 5 * 6);
@@ -27,39 +23,16 @@ fn conv2d_gradients() {
     let b = randn(&mut g, 6);
     let dy = randn(&mut g, s.output().iter().product());
     let (dx, dw, db) = r::conv2d::backward(&s, &x, &w, &dy);
-    assert_close(
-        "dx",
-        &dx,
-        &numeric_grad(&x, |x| dot(&r::conv2d::forward(&s, x, &w, Some(&b)), &dy)),
-        TOL,
-    );
-    assert_close(
-        "dw",
-        &dw,
-        &numeric_grad(&w, |w| dot(&r::conv2d::forward(&s, &x, w, Some(&b)), &dy)),
-        TOL,
-    );
-    assert_close(
-        "db",
-        &db,
-        &numeric_grad(&b, |b| dot(&r::conv2d::forward(&s, &x, &w, Some(b)), &dy)),
-        TOL,
-    );
+    assert_close("dx", &dx, &numeric_grad(&x, |x| dot(&r::conv2d::forward(&s, x, &w, Some(&b)), &dy)), TOL);
+    assert_close("dw", &dw, &numeric_grad(&w, |w| dot(&r::conv2d::forward(&s, &x, w, Some(&b)), &dy)), TOL);
+    assert_close("db", &db, &numeric_grad(&b, |b| dot(&r::conv2d::forward(&s, &x, &w, Some(b)), &dy)), TOL);
 }
 
 #[test]
 fn modulate_gradients() {
     for has_spatial in [true, false] {
         // Children 1 and 2 of 3 attention rows: the node's rows only.
-        let m = Modulate {
-            first_child: 1,
-            children: 2,
-            rows: 3,
-            c_out: 4,
-            fan: 3 * 9,
-            taps: 9,
-            has_spatial,
-        };
+        let m = Modulate { first_child: 1, children: 2, rows: 3, c_out: 4, fan: 3 * 9, taps: 9, has_spatial };
         let mut g = rng(2);
         let parent = randn(&mut g, 4 * 27);
         let spatial = randn(&mut g, 3 * 9);
@@ -67,35 +40,20 @@ fn modulate_gradients() {
         let dys: Vec<Vec<f64>> = (0..2).map(|_| randn(&mut g, 4 * 27)).collect();
         let sp = has_spatial.then_some(spatial.as_slice());
         let loss = |p: &[f64], s: Option<&[f64]>, f: &[f64]| -> f64 {
-            r::modulate::forward(&m, p, s, f)
-                .iter()
-                .zip(&dys)
-                .map(|(c, d)| dot(c, d))
-                .sum()
+            r::modulate::forward(&m, p, s, f).iter().zip(&dys).map(|(c, d)| dot(c, d)).sum()
         };
         let (dp, ds, df) = r::modulate::backward(&m, &parent, sp, &filter, &dys);
         assert_close("dparent", &dp, &numeric_grad(&parent, |p| loss(p, sp, &filter)), TOL);
         assert_close("dfilter", &df, &numeric_grad(&filter, |f| loss(&parent, sp, f)), TOL);
         if has_spatial {
-            assert_close(
-                "dspatial",
-                &ds,
-                &numeric_grad(&spatial, |s| loss(&parent, Some(s), &filter)),
-                TOL,
-            );
+            assert_close("dspatial", &ds, &numeric_grad(&spatial, |s| loss(&parent, Some(s), &filter)), TOL);
         }
     }
 }
 
 #[test]
 fn batchnorm_gradients_train_and_eval() {
-    let b = BatchNorm {
-        batch: 3,
-        channels: 5,
-        spatial: 7,
-        eps: 1e-5,
-        momentum: 0.1,
-    };
+    let b = BatchNorm { batch: 3, channels: 5, spatial: 7, eps: 1e-5, momentum: 0.1 };
     let mut g = rng(3);
     let n = 3 * 5 * 7;
     let x = randn(&mut g, n);
@@ -117,13 +75,7 @@ fn batchnorm_gradients_train_and_eval() {
 
 #[test]
 fn batchnorm_running_statistics_use_unbiased_variance() {
-    let b = BatchNorm {
-        batch: 2,
-        channels: 1,
-        spatial: 2,
-        eps: 1e-5,
-        momentum: 0.1,
-    };
+    let b = BatchNorm { batch: 2, channels: 1, spatial: 2, eps: 1e-5, momentum: 0.1 };
     let (_, mean, var) = r::batchnorm::forward_train(&b, &[1.0, 2.0, 3.0, 6.0], &[1.0], &[0.0], &[0.0], &[1.0]);
     // Batch mean 3, unbiased variance 14/3 (momentum is an f32 0.1, hence 1e-7).
     assert_close("running mean", &mean, &[0.3], 1e-7);
@@ -134,20 +86,12 @@ fn batchnorm_running_statistics_use_unbiased_variance() {
 fn activation_gradients() {
     let mut g = rng(4);
     // Keep away from the kinks at 0 and 6, where finite differences straddle them.
-    let x: Vec<f64> = randn(&mut g, 40)
-        .iter()
-        .map(|v| 4.0 * v)
-        .filter(|v| v.abs() > 0.01 && (v - 6.0).abs() > 0.01)
-        .collect();
+    let x: Vec<f64> =
+        randn(&mut g, 40).iter().map(|v| 4.0 * v).filter(|v| v.abs() > 0.01 && (v - 6.0).abs() > 0.01).collect();
     let dy = randn(&mut g, x.len());
     for kind in [Activation::Relu, Activation::Relu6, Activation::Sigmoid] {
         let want = numeric_grad(&x, |x| dot(&r::elementwise::activation_forward(kind, x), &dy));
-        assert_close(
-            &format!("{kind:?}"),
-            &r::elementwise::activation_backward(kind, &x, &dy),
-            &want,
-            TOL,
-        );
+        assert_close(&format!("{kind:?}"), &r::elementwise::activation_backward(kind, &x, &dy), &want, TOL);
     }
 }
 
@@ -163,27 +107,13 @@ fn channel_scale_gradients() {
 
 #[test]
 fn pooling_gradients() {
-    let p = MaxPool2d {
-        planes: 2,
-        h: 7,
-        w: 6,
-        out_h: 4,
-        out_w: 3,
-        kernel: 3,
-        stride: 2,
-        pad: 1,
-    };
+    let p = MaxPool2d { planes: 2, h: 7, w: 6, out_h: 4, out_w: 3, kernel: 3, stride: 2, pad: 1 };
     let mut g = rng(6);
     let x = randn(&mut g, 2 * 42);
     let dy = randn(&mut g, 2 * 12);
     let (_, argmax) = r::pool::maxpool_forward(&p, &x);
     let dx = r::pool::maxpool_backward(&p, &argmax, &dy);
-    assert_close(
-        "maxpool dx",
-        &dx,
-        &numeric_grad(&x, |x| dot(&r::pool::maxpool_forward(&p, x).0, &dy)),
-        TOL,
-    );
+    assert_close("maxpool dx", &dx, &numeric_grad(&x, |x| dot(&r::pool::maxpool_forward(&p, x).0, &dy)), TOL);
     let dy = randn(&mut g, 2);
     let want = numeric_grad(&x, |x| dot(&r::pool::global_avgpool_forward(x, 42), &dy));
     assert_close("avgpool dx", &r::pool::global_avgpool_backward(&dy, 42), &want, TOL);
@@ -191,38 +121,13 @@ fn pooling_gradients() {
 
 #[test]
 fn linear_gradients() {
-    let l = Linear {
-        batch: 3,
-        in_features: 5,
-        out_features: 4,
-        has_bias: true,
-    };
+    let l = Linear { batch: 3, in_features: 5, out_features: 4, has_bias: true };
     let mut g = rng(7);
-    let (x, w, b, dy) = (
-        randn(&mut g, 15),
-        randn(&mut g, 20),
-        randn(&mut g, 4),
-        randn(&mut g, 12),
-    );
+    let (x, w, b, dy) = (randn(&mut g, 15), randn(&mut g, 20), randn(&mut g, 4), randn(&mut g, 12));
     let (dx, dw, db) = r::linear::backward(&l, &x, &w, &dy);
-    assert_close(
-        "dx",
-        &dx,
-        &numeric_grad(&x, |x| dot(&r::linear::forward(&l, x, &w, Some(&b)), &dy)),
-        TOL,
-    );
-    assert_close(
-        "dw",
-        &dw,
-        &numeric_grad(&w, |w| dot(&r::linear::forward(&l, &x, w, Some(&b)), &dy)),
-        TOL,
-    );
-    assert_close(
-        "db",
-        &db,
-        &numeric_grad(&b, |b| dot(&r::linear::forward(&l, &x, &w, Some(b)), &dy)),
-        TOL,
-    );
+    assert_close("dx", &dx, &numeric_grad(&x, |x| dot(&r::linear::forward(&l, x, &w, Some(&b)), &dy)), TOL);
+    assert_close("dw", &dw, &numeric_grad(&w, |w| dot(&r::linear::forward(&l, &x, w, Some(&b)), &dy)), TOL);
+    assert_close("db", &db, &numeric_grad(&b, |b| dot(&r::linear::forward(&l, &x, &w, Some(b)), &dy)), TOL);
 }
 
 #[test]
@@ -232,11 +137,6 @@ fn cross_entropy_gradients() {
     let labels = [0, 6, 3, 3, 1];
     for smoothing in [0.0, 0.1] {
         let want = numeric_grad(&logits, |l| r::loss::cross_entropy_forward(l, &labels, 7, smoothing).0);
-        assert_close(
-            "dlogits",
-            &r::loss::cross_entropy_backward(&logits, &labels, 7, smoothing),
-            &want,
-            TOL,
-        );
+        assert_close("dlogits", &r::loss::cross_entropy_backward(&logits, &labels, 7, smoothing), &want, TOL);
     }
 }

@@ -51,12 +51,7 @@ fn kdna_net() -> Net {
     let fc_bias = g.param("fc.bias", &[CLASSES]).unwrap();
     let logits = g.linear(pooled, fc, Some(fc_bias)).unwrap();
     let loss = g.cross_entropy(logits, labels, 0.0).unwrap();
-    Net {
-        graph: g,
-        images,
-        labels,
-        loss,
-    }
+    Net { graph: g, images, labels, loss }
 }
 
 /// Kaiming-style weights, unit BatchNorm, zero attentions: the same values for a given seed.
@@ -69,10 +64,7 @@ fn initialise(exe: &Executor, g: &Graph, seed: u64) {
             Role::Param if t.shape.len() == 1 => vec![1.0; n],
             Role::Param => {
                 let fan_in: usize = t.shape[1..].iter().product();
-                randn(&mut r, n)
-                    .iter()
-                    .map(|v| v * (2.0 / fan_in as f64).sqrt())
-                    .collect()
+                randn(&mut r, n).iter().map(|v| v * (2.0 / fan_in as f64).sqrt()).collect()
             }
             Role::State if t.name.ends_with("running_var") => vec![1.0; n],
             Role::State => vec![0.0; n],
@@ -90,11 +82,7 @@ fn batch(exe: &Executor, net: &Net) {
     let images: Vec<f64> = labels
         .iter()
         .flat_map(|&l| {
-            means[l as usize]
-                .iter()
-                .zip(randn(&mut r, 3 * 81))
-                .map(|(m, n)| m + 0.5 * n)
-                .collect::<Vec<_>>()
+            means[l as usize].iter().zip(randn(&mut r, 3 * 81)).map(|(m, n)| m + 0.5 * n).collect::<Vec<_>>()
         })
         .collect();
     exe.write(net.images, &to_f32(&images)).unwrap();
@@ -102,13 +90,7 @@ fn batch(exe: &Executor, net: &Net) {
 }
 
 fn trainer(gpu: Arc<Gpu>, net: &Net) -> Executor {
-    let sgd = Sgd {
-        lr: 0.05,
-        momentum: 0.9,
-        dampening: 0.0,
-        weight_decay: 1e-4,
-        nesterov: false,
-    };
+    let sgd = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
     let exe = Executor::new(gpu, &net.graph, Plan::train(net.loss, sgd)).unwrap();
     initialise(&exe, &net.graph, 3);
     batch(&exe, net);
@@ -135,11 +117,7 @@ fn a_kernel_dna_net_learns_a_fixed_batch_with_one_submit_per_step() {
     let (buffers, submissions) = (gpu.buffers_created(), gpu.submissions());
     let mut stats = first.clone();
     stats.extend(train(&mut exe, 79));
-    assert_eq!(
-        gpu.buffers_created(),
-        buffers,
-        "buffers were created after the first step"
-    );
+    assert_eq!(gpu.buffers_created(), buffers, "buffers were created after the first step");
     assert_eq!(gpu.submissions() - submissions, 79, "one submission per step");
     assert_eq!(
         stats.iter().map(|s| s.step).collect::<Vec<_>>(),
@@ -149,11 +127,7 @@ fn a_kernel_dna_net_learns_a_fixed_batch_with_one_submit_per_step() {
     let start = stats[0].loss;
     let end = stats.last().unwrap();
     assert!(start.is_finite() && start > 0.5, "initial loss {start}");
-    assert!(
-        end.loss < start / 10.0,
-        "loss went from {start} to {} in 80 steps",
-        end.loss
-    );
+    assert!(end.loss < start / 10.0, "loss went from {start} to {} in 80 steps", end.loss);
     assert_eq!(end.correct, BATCH as f32, "the fixed batch is classified right");
 }
 

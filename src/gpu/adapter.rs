@@ -91,21 +91,14 @@ pub fn choose(adapters: Vec<wgpu::Adapter>, filter: Option<&str>) -> Result<wgpu
     match filter {
         Some(f) => {
             let needle = f.to_lowercase();
-            let names: Vec<String> = ranked
-                .iter()
-                .map(|(s, _)| format!("{} ({:?})", s.name, s.backend))
-                .collect();
-            ranked
-                .into_iter()
-                .find(|(s, _)| s.name.to_lowercase().contains(&needle))
-                .map(|(_, a)| a)
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "no adapter name contains {f:?} (from --adapter or WGPU_ADAPTER_NAME); \
+            let names: Vec<String> = ranked.iter().map(|(s, _)| format!("{} ({:?})", s.name, s.backend)).collect();
+            ranked.into_iter().find(|(s, _)| s.name.to_lowercase().contains(&needle)).map(|(_, a)| a).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no adapter name contains {f:?} (from --adapter or WGPU_ADAPTER_NAME); \
                          available: {}",
-                        names.join(", ")
-                    )
-                })
+                    names.join(", ")
+                )
+            })
         }
         None => Ok(ranked.into_iter().next().expect("non-empty").1),
     }

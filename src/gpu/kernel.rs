@@ -78,10 +78,7 @@ impl Gpu {
             compilation_options: Default::default(),
             cache: None,
         });
-        let kernel = Kernel {
-            pipeline,
-            bindings: shaders::used_bindings(shader, entry),
-        };
+        let kernel = Kernel { pipeline, bindings: shaders::used_bindings(shader, entry) };
         pipelines.insert((shader, entry), kernel.clone());
         kernel
     }
@@ -125,12 +122,6 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Dispatch {
-            label: entry,
-            pipeline,
-            bind_group,
-            workgroups,
-            params: uniform,
-        }
+        Dispatch { label: entry, pipeline, bind_group, workgroups, params: uniform }
     }
 }

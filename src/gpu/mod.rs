@@ -29,11 +29,7 @@ pub struct GpuSlice {
 impl GpuSlice {
     pub fn whole(buffer: wgpu::Buffer) -> Self {
         let size = buffer.size();
-        GpuSlice {
-            buffer,
-            offset: 0,
-            size,
-        }
+        GpuSlice { buffer, offset: 0, size }
     }
 
     /// Number of 4-byte elements.
@@ -118,11 +114,7 @@ impl Gpu {
             4 * len as u64,
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         );
-        GpuSlice {
-            buffer,
-            offset: 0,
-            size: 4 * len.max(1) as u64,
-        }
+        GpuSlice { buffer, offset: 0, size: 4 * len.max(1) as u64 }
     }
 
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> GpuSlice {
@@ -134,12 +126,7 @@ impl Gpu {
 
     pub fn write<T: bytemuck::Pod>(&self, slice: &GpuSlice, data: &[T]) {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        assert!(
-            bytes.len() as u64 <= slice.size,
-            "write of {} bytes into a {}-byte slice",
-            bytes.len(),
-            slice.size
-        );
+        assert!(bytes.len() as u64 <= slice.size, "write of {} bytes into a {}-byte slice", bytes.len(), slice.size);
         if !bytes.is_empty() {
             self.queue.write_buffer(&slice.buffer, slice.offset, bytes);
         }
@@ -151,8 +138,7 @@ impl Gpu {
     }
 
     pub fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
-        self.device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
     /// Records `dispatches` into one compute pass and submits them.
@@ -181,9 +167,7 @@ impl Gpu {
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .context("waiting for the GPU")?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).context("waiting for the GPU")?;
         rx.recv()?.context("mapping a readback buffer")?;
         let data = bytemuck::cast_slice(&staging.get_mapped_range(..)?).to_vec();
         staging.unmap();
@@ -192,9 +176,7 @@ impl Gpu {
 
     /// Blocks until every submitted command has finished.
     pub fn wait(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .context("waiting for the GPU")?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).context("waiting for the GPU")?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub const FAMILIES: &[(&str, &str)] = &[
     ("activation", include_str!("../../shaders/activation.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
+    ("conv_gemm", include_str!("../../shaders/conv_gemm.wgsl")),
     ("linear", include_str!("../../shaders/linear.wgsl")),
     ("loss", include_str!("../../shaders/loss.wgsl")),
     ("modulate", include_str!("../../shaders/modulate.wgsl")),
@@ -17,10 +18,8 @@ pub const FAMILIES: &[(&str, &str)] = &[
 
 /// The full source of a kernel family, prelude included.
 pub fn source(family: &str) -> String {
-    let (_, body) = FAMILIES
-        .iter()
-        .find(|(name, _)| *name == family)
-        .unwrap_or_else(|| panic!("no shader family {family:?}"));
+    let (_, body) =
+        FAMILIES.iter().find(|(name, _)| *name == family).unwrap_or_else(|| panic!("no shader family {family:?}"));
     format!("{COMMON}\n{body}")
 }
 
@@ -28,12 +27,9 @@ pub fn source(family: &str) -> String {
 pub fn validate(family: &str) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
     let src = source(family);
     let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::default(),
-    )
-    .validate(&module)
-    .map_err(|e| e.emit_to_string(&src))?;
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
+        .validate(&module)
+        .map_err(|e| e.emit_to_string(&src))?;
     Ok((module, info))
 }
 

@@ -32,21 +32,11 @@ pub struct Plan {
 
 impl Plan {
     pub fn eval() -> Plan {
-        Plan {
-            mode: Mode::Eval,
-            backward_from: Vec::new(),
-            input_grads: false,
-            optimizer: None,
-        }
+        Plan { mode: Mode::Eval, backward_from: Vec::new(), input_grads: false, optimizer: None }
     }
 
     pub fn train(loss: TensorId, optimizer: Sgd) -> Plan {
-        Plan {
-            mode: Mode::Train,
-            backward_from: vec![loss],
-            input_grads: false,
-            optimizer: Some(optimizer),
-        }
+        Plan { mode: Mode::Train, backward_from: vec![loss], input_grads: false, optimizer: Some(optimizer) }
     }
 }
 
@@ -108,12 +98,7 @@ impl Executor {
         let scratch: Vec<Vec<GpuSlice>> = graph
             .nodes
             .iter()
-            .map(|n| {
-                n.op.scratch()
-                    .iter()
-                    .map(|&len| gpu.storage(n.op.name(), len))
-                    .collect()
-            })
+            .map(|n| n.op.scratch().iter().map(|&len| gpu.storage(n.op.name(), len)).collect())
             .collect();
 
         let bound = |i: usize| Bound {
@@ -121,9 +106,8 @@ impl Executor {
             outputs: graph.nodes[i].outputs.iter().map(|t| &values[t.0]).collect(),
             scratch: scratch[i].iter().collect(),
         };
-        let forward = (0..graph.nodes.len())
-            .flat_map(|i| graph.nodes[i].op.forward(&gpu, &bound(i), plan.mode))
-            .collect();
+        let forward =
+            (0..graph.nodes.len()).flat_map(|i| graph.nodes[i].op.forward(&gpu, &bound(i), plan.mode)).collect();
 
         let mut exe = Executor {
             gpu: gpu.clone(),
@@ -167,11 +151,7 @@ impl Executor {
             requires[i] = t.role == Role::Param || (t.role == Role::Input && self.plan.input_grads);
         }
         for node in &graph.nodes {
-            let any = node
-                .inputs
-                .iter()
-                .enumerate()
-                .any(|(i, t)| node.op.differentiable(i) && requires[t.0]);
+            let any = node.inputs.iter().enumerate().any(|(i, t)| node.op.differentiable(i) && requires[t.0]);
             for t in &node.outputs {
                 requires[t.0] = any;
             }
@@ -246,12 +226,7 @@ impl Executor {
                 outputs,
                 inputs: targets
                     .iter()
-                    .map(|o| {
-                        o.as_ref().map(|(slice, accumulate)| GradTarget {
-                            slice,
-                            accumulate: *accumulate,
-                        })
-                    })
+                    .map(|o| o.as_ref().map(|(slice, accumulate)| GradTarget { slice, accumulate: *accumulate }))
                     .collect(),
             };
             let bound = Bound {
@@ -301,16 +276,9 @@ impl Executor {
 
     /// Sets the gradient a backward pass starts from (only the root's is kept between runs).
     pub fn write_grad(&self, t: TensorId, data: &[f32]) -> Result<()> {
-        let slice = self.grads[t.0]
-            .as_ref()
-            .context("tensor has no gradient in this plan")?;
+        let slice = self.grads[t.0].as_ref().context("tensor has no gradient in this plan")?;
         if data.len() != slice.len() {
-            bail!(
-                "gradient of tensor {} holds {} values, got {}",
-                t.0,
-                slice.len(),
-                data.len()
-            );
+            bail!("gradient of tensor {} holds {} values, got {}", t.0, slice.len(), data.len());
         }
         self.gpu.write(slice, data);
         Ok(())
@@ -321,9 +289,7 @@ impl Executor {
     }
 
     pub fn read_grad(&self, t: TensorId) -> Result<Vec<f32>> {
-        let slice = self.grads[t.0]
-            .as_ref()
-            .context("tensor has no gradient in this plan")?;
+        let slice = self.grads[t.0].as_ref().context("tensor has no gradient in this plan")?;
         self.gpu.read(slice)
     }
 
@@ -356,16 +322,9 @@ impl Executor {
             }
         }
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("kdna.step"),
-                timestamp_writes: None,
-            });
-            for d in self
-                .forward
-                .iter()
-                .chain(&self.backward)
-                .chain(self.optimizer.iter().map(|(d, _)| d))
-            {
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kdna.step"), timestamp_writes: None });
+            for d in self.forward.iter().chain(&self.backward).chain(self.optimizer.iter().map(|(d, _)| d)) {
                 d.record(&mut pass);
             }
         }
@@ -436,15 +395,8 @@ fn sgd_dispatches(gpu: &Gpu, weights: &Weights, sgd: &Sgd) -> Vec<(Dispatch, usi
     let mut offset = 0;
     while offset < params.size {
         let size = max_chunk.min(params.size - offset);
-        let part = |s: &GpuSlice| GpuSlice {
-            buffer: s.buffer.clone(),
-            offset,
-            size,
-        };
-        out.push((
-            sgd.dispatch(gpu, &part(&params), &part(&grads), &part(&velocity), true),
-            (size / 4) as usize,
-        ));
+        let part = |s: &GpuSlice| GpuSlice { buffer: s.buffer.clone(), offset, size };
+        out.push((sgd.dispatch(gpu, &part(&params), &part(&grads), &part(&velocity), true), (size / 4) as usize));
         offset += size;
     }
     out
@@ -454,22 +406,11 @@ impl Readback {
     fn new(gpu: &Gpu, source: GpuSlice) -> Readback {
         let staging = (0..READBACK_RING)
             .map(|_| {
-                gpu.create_buffer(
-                    "kdna.loss.readback",
-                    8,
-                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                )
+                gpu.create_buffer("kdna.loss.readback", 8, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)
             })
             .collect();
         let (notify, mapped) = mpsc::channel();
-        Readback {
-            source,
-            staging,
-            in_flight: VecDeque::new(),
-            mapped,
-            notify,
-            done: Vec::new(),
-        }
+        Readback { source, staging, in_flight: VecDeque::new(), mapped, notify, done: Vec::new() }
     }
 
     /// A ring slot not in flight, waiting for the oldest step if all are.
@@ -484,9 +425,7 @@ impl Readback {
     fn wait_one(&mut self, gpu: &Gpu) -> Result<()> {
         let before = self.in_flight.len();
         while self.in_flight.len() == before {
-            gpu.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .context("waiting for the GPU")?;
+            gpu.device.poll(wgpu::PollType::wait_indefinitely()).context("waiting for the GPU")?;
             self.collect();
         }
         Ok(())
@@ -505,11 +444,7 @@ impl Readback {
                 bytemuck::cast_slice(&view).to_vec()
             };
             self.staging[slot].unmap();
-            self.done.push(StepStats {
-                step,
-                loss: values[0],
-                correct: values.get(1).copied().unwrap_or(0.0),
-            });
+            self.done.push(StepStats { step, loss: values[0], correct: values.get(1).copied().unwrap_or(0.0) });
         }
         self.done.sort_by_key(|s| s.step);
     }

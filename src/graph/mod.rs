@@ -60,11 +60,7 @@ impl Graph {
     }
 
     fn tensor(&mut self, name: impl Into<String>, shape: &[usize], role: Role) -> TensorId {
-        self.tensors.push(TensorInfo {
-            name: name.into(),
-            shape: shape.to_vec(),
-            role,
-        });
+        self.tensors.push(TensorInfo { name: name.into(), shape: shape.to_vec(), role });
         TensorId(self.tensors.len() - 1)
     }
 
@@ -115,21 +111,13 @@ impl Graph {
             .enumerate()
             .map(|(i, s)| self.tensor(format!("{name}#{}.{i}", self.nodes.len()), s, Role::Activation))
             .collect();
-        self.nodes.push(Node {
-            op: Box::new(op),
-            inputs: inputs.to_vec(),
-            outputs,
-        });
+        self.nodes.push(Node { op: Box::new(op), inputs: inputs.to_vec(), outputs });
         self.nodes.last().unwrap().outputs.clone()
     }
 
     /// Parameters in graph order.
     pub fn params(&self) -> impl Iterator<Item = (TensorId, &TensorInfo)> {
-        self.tensors
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.role == Role::Param)
-            .map(|(i, t)| (TensorId(i), t))
+        self.tensors.iter().enumerate().filter(|(_, t)| t.role == Role::Param).map(|(i, t)| (TensorId(i), t))
     }
 }
 

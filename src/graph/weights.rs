@@ -42,13 +42,7 @@ impl Weights {
         let mut offset = 0u64;
         for (_, t) in graph.params() {
             names.push(t.name.clone());
-            slots.insert(
-                t.name.clone(),
-                Slot {
-                    shape: t.shape.clone(),
-                    offset,
-                },
-            );
+            slots.insert(t.name.clone(), Slot { shape: t.shape.clone(), offset });
             offset = (offset + 4 * t.numel() as u64).next_multiple_of(align);
         }
         let arena_bytes = offset.max(4);
@@ -82,11 +76,7 @@ impl Weights {
             };
             match known {
                 None => bail!("the graph's tensor {:?} is not among these weights", t.name),
-                Some(false) => bail!(
-                    "the graph's tensor {:?} has shape {:?}, unlike these weights",
-                    t.name,
-                    t.shape
-                ),
+                Some(false) => bail!("the graph's tensor {:?} has shape {:?}, unlike these weights", t.name, t.shape),
                 Some(true) => {}
             }
         }
@@ -96,11 +86,7 @@ impl Weights {
     fn slice(&self, buffer: &wgpu::Buffer, name: &str) -> Option<GpuSlice> {
         let slot = self.slots.get(name)?;
         let size = 4 * slot.shape.iter().product::<usize>().max(1) as u64;
-        Some(GpuSlice {
-            buffer: buffer.clone(),
-            offset: slot.offset,
-            size,
-        })
+        Some(GpuSlice { buffer: buffer.clone(), offset: slot.offset, size })
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {

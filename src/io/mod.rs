@@ -28,34 +28,13 @@ pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     for (name, view) in file.tensors() {
         let raw = view.data();
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            Dtype::F64 => raw
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
-                .collect(),
-            Dtype::I64 => raw
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
-                .collect(),
-            Dtype::I32 => raw
-                .chunks_exact(4)
-                .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32)
-                .collect(),
-            other => bail!(
-                "{}: tensor {name:?} has dtype {other:?}; kdna reads F32, F64, I64 and I32",
-                path.display()
-            ),
+            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::F64 => raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+            Dtype::I64 => raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+            Dtype::I32 => raw.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+            other => bail!("{}: tensor {name:?} has dtype {other:?}; kdna reads F32, F64, I64 and I32", path.display()),
         };
-        out.insert(
-            name,
-            HostTensor {
-                shape: view.shape().to_vec(),
-                data,
-            },
-        );
+        out.insert(name, HostTensor { shape: view.shape().to_vec(), data });
     }
     Ok(out)
 }

@@ -28,11 +28,7 @@ pub fn conv2d(
 ) -> Result<TensorId> {
     let c_in = g.shape(x)[1];
     let weight = g.param(&format!("{prefix}.weight"), &[c_out, c_in / cfg.groups, kernel, kernel])?;
-    let bias = if bias {
-        Some(g.param(&format!("{prefix}.bias"), &[c_out])?)
-    } else {
-        None
-    };
+    let bias = if bias { Some(g.param(&format!("{prefix}.bias"), &[c_out])?) } else { None };
     g.conv2d(x, weight, bias, cfg)
 }
 
@@ -44,10 +40,7 @@ pub fn conv2d(
 pub fn router(g: &mut Graph, x: TensorId, prefix: &str, rd_ratio: usize) -> Result<TensorId> {
     let c = g.shape(x)[1];
     let rd = c / rd_ratio;
-    anyhow::ensure!(
-        rd > 0,
-        "router {prefix}: {c} channels / ratio {rd_ratio} leaves no hidden units"
-    );
+    anyhow::ensure!(rd > 0, "router {prefix}: {c} channels / ratio {rd_ratio} leaves no hidden units");
     let fc1 = g.param(&format!("{prefix}.fc1.weight"), &[rd, c, 1, 1])?;
     let fc2 = g.param(&format!("{prefix}.fc2.weight"), &[c, rd, 1, 1])?;
     let fc2_bias = g.param(&format!("{prefix}.fc2.bias"), &[c])?;

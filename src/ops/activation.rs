@@ -23,12 +23,7 @@ struct ElementwiseParams {
 }
 
 fn params(len: usize, kind: u32, accumulate: u32) -> ElementwiseParams {
-    ElementwiseParams {
-        len: len as u32,
-        kind,
-        accumulate,
-        _pad: 0,
-    }
+    ElementwiseParams { len: len as u32, kind, accumulate, _pad: 0 }
 }
 
 /// Graph node: `[x] -> [act(x)]`.
@@ -48,13 +43,7 @@ impl Op for ActivationOp {
 
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
         let p = params(self.len, self.kind as u32, 0);
-        vec![gpu.dispatch(
-            "activation",
-            "activation_forward",
-            &p,
-            &[b.inputs[0], b.outputs[0]],
-            grid(self.len),
-        )]
+        vec![gpu.dispatch("activation", "activation_forward", &p, &[b.inputs[0], b.outputs[0]], grid(self.len))]
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
@@ -77,13 +66,7 @@ impl Op for Add {
 
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
         let p = params(self.len, 0, 0);
-        vec![gpu.dispatch(
-            "activation",
-            "add_forward",
-            &p,
-            &[b.inputs[0], b.inputs[1], b.outputs[0]],
-            grid(self.len),
-        )]
+        vec![gpu.dispatch("activation", "add_forward", &p, &[b.inputs[0], b.inputs[1], b.outputs[0]], grid(self.len))]
     }
 
     fn backward(&self, gpu: &Gpu, _b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
@@ -93,13 +76,7 @@ impl Op for Add {
             .flatten()
             .map(|dx| {
                 let p = params(self.len, 0, accumulate_flag(dx));
-                gpu.dispatch(
-                    "activation",
-                    "pass_gradient",
-                    &p,
-                    &[grads.outputs[0], dx.slice],
-                    grid(self.len),
-                )
+                gpu.dispatch("activation", "pass_gradient", &p, &[grads.outputs[0], dx.slice], grid(self.len))
             })
             .collect()
     }
@@ -128,12 +105,7 @@ impl Graph {
     pub fn add(&mut self, a: TensorId, b: TensorId) -> Result<TensorId> {
         let shape = self.shape(a).to_vec();
         if self.shape(b) != shape.as_slice() {
-            return Err(shape_error(
-                "add",
-                "second operand",
-                self.shape(b),
-                &format!("{shape:?}"),
-            ));
+            return Err(shape_error("add", "second operand", self.shape(b), &format!("{shape:?}")));
         }
         let len = shape.iter().product();
         Ok(self.push(Add { len }, &[a, b], &[shape])[0])

@@ -69,9 +69,7 @@ impl Op for BatchNorm {
     }
 
     fn forward(&self, gpu: &Gpu, b: &Bound, mode: Mode) -> Vec<Dispatch> {
-        let [x, weight, bias, mean, var] = b.inputs[..] else {
-            unreachable!("batchnorm takes 5 inputs")
-        };
+        let [x, weight, bias, mean, var] = b.inputs[..] else { unreachable!("batchnorm takes 5 inputs") };
         let saved = b.scratch[0];
         let params = self.params(mode);
         let stats = match mode {
@@ -82,13 +80,9 @@ impl Op for BatchNorm {
                 &[x, mean, var, saved],
                 [self.channels as u32, 1, 1],
             ),
-            Mode::Eval => gpu.dispatch(
-                "norm",
-                "batchnorm_stats_eval",
-                &params,
-                &[mean, var, saved],
-                grid(self.channels),
-            ),
+            Mode::Eval => {
+                gpu.dispatch("norm", "batchnorm_stats_eval", &params, &[mean, var, saved], grid(self.channels))
+            }
         };
         let apply = gpu.dispatch(
             "norm",
@@ -163,13 +157,7 @@ impl Graph {
         if channels > 65535 {
             bail!("batchnorm: {channels} channels exceed the 65535 the kernels dispatch");
         }
-        let op = BatchNorm {
-            batch: shape[0],
-            channels,
-            spatial: shape[2..].iter().product(),
-            eps,
-            momentum,
-        };
+        let op = BatchNorm { batch: shape[0], channels, spatial: shape[2..].iter().product(), eps, momentum };
         Ok(self.push(op, &[x, weight, bias, running_mean, running_var], &[shape])[0])
     }
 }

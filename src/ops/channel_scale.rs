@@ -24,12 +24,7 @@ struct ScaleParams {
 
 impl ChannelScale {
     fn params(&self, accumulate: u32) -> ScaleParams {
-        ScaleParams {
-            planes: self.planes as u32,
-            spatial: self.spatial as u32,
-            accumulate,
-            _pad: 0,
-        }
+        ScaleParams { planes: self.planes as u32, spatial: self.spatial as u32, accumulate, _pad: 0 }
     }
 }
 
@@ -56,13 +51,7 @@ impl Op for ChannelScale {
         if let Some(dx) = grads.inputs[0] {
             let p = self.params(accumulate_flag(&dx));
             let n = self.planes * self.spatial;
-            out.push(gpu.dispatch(
-                "router",
-                "channel_scale_backward_input",
-                &p,
-                &[dy, b.inputs[1], dx.slice],
-                grid(n),
-            ));
+            out.push(gpu.dispatch("router", "channel_scale_backward_input", &p, &[dy, b.inputs[1], dx.slice], grid(n)));
         }
         if let Some(dgate) = grads.inputs[1] {
             let p = self.params(accumulate_flag(&dgate));
@@ -81,20 +70,8 @@ impl Graph {
             return Err(shape_error("channel_scale", "input", &shape, "[N, C, H, W]"));
         };
         if self.shape(gate) != [n, c] {
-            return Err(shape_error(
-                "channel_scale",
-                "gate",
-                self.shape(gate),
-                &format!("[{n}, {c}]"),
-            ));
+            return Err(shape_error("channel_scale", "gate", self.shape(gate), &format!("[{n}, {c}]")));
         }
-        Ok(self.push(
-            ChannelScale {
-                planes: n * c,
-                spatial: h * w,
-            },
-            &[x, gate],
-            &[shape],
-        )[0])
+        Ok(self.push(ChannelScale { planes: n * c, spatial: h * w }, &[x, gate], &[shape])[0])
     }
 }

@@ -1,4 +1,8 @@
-//! 2-D convolution (`shaders/conv.wgsl`): stride, zero padding, groups, optional bias.
+//! 2-D convolution: stride, zero padding, groups, optional bias.
+//!
+//! Ungrouped convolutions run as implicit GEMM with register tiles (`shaders/conv_gemm.wgsl`,
+//! over weight copies packed per pass); grouped and depthwise ones run the direct kernels of
+//! `shaders/conv.wgsl`. The choice depends on the shape alone, so it never changes within a run.
 
 use anyhow::{Result, bail};
 
@@ -8,6 +12,17 @@ use crate::graph::{Graph, TensorId, shape_error};
 
 /// Results per invocation along each tile side (`TILE` in conv.wgsl).
 const TILE: usize = 8;
+/// Channels and pixels per invocation of the implicit-GEMM kernels (conv_gemm.wgsl).
+const GEMM_CHANNELS: usize = 16;
+const GEMM_PIXELS: usize = 8;
+/// Invocations per workgroup of the implicit-GEMM kernels; a workgroup shares a channel tile.
+const GEMM_GROUP: usize = 16;
+
+/// Workgroups of an implicit-GEMM kernel: pixel (or k) tiles in groups, channel tiles, batch.
+fn gemm_grid(columns: usize, channels: usize, batch: usize) -> [u32; 3] {
+    let groups = columns.div_ceil(GEMM_PIXELS * GEMM_GROUP);
+    [groups as u32, channels.div_ceil(GEMM_CHANNELS) as u32, batch as u32]
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dConfig {
@@ -18,11 +33,7 @@ pub struct Conv2dConfig {
 
 impl Conv2dConfig {
     pub fn new(stride: usize, padding: usize) -> Self {
-        Conv2dConfig {
-            stride: (stride, stride),
-            padding: (padding, padding),
-            groups: 1,
-        }
+        Conv2dConfig { stride: (stride, stride), padding: (padding, padding), groups: 1 }
     }
 
     pub fn groups(self, groups: usize) -> Self {
@@ -67,18 +78,7 @@ impl Conv2dShape {
         }
         let out_h = (h + 2 * ph - kernel_h) / cfg.stride.0 + 1;
         let out_w = (w + 2 * pw - kernel_w) / cfg.stride.1 + 1;
-        Ok(Conv2dShape {
-            batch,
-            c_in,
-            h,
-            w,
-            c_out,
-            kernel_h,
-            kernel_w,
-            out_h,
-            out_w,
-            cfg,
-        })
+        Ok(Conv2dShape { batch, c_in, h, w, c_out, kernel_h, kernel_w, out_h, out_w, cfg })
     }
 
     pub fn output(&self) -> Vec<usize> {
@@ -87,6 +87,16 @@ impl Conv2dShape {
 
     pub fn weight(&self) -> Vec<usize> {
         vec![self.c_out, self.c_in / self.cfg.groups, self.kernel_h, self.kernel_w]
+    }
+
+    /// Whether the implicit-GEMM kernels run this shape (else the direct ones).
+    pub fn uses_gemm(&self) -> bool {
+        self.cfg.groups == 1
+    }
+
+    /// Weights per output channel (the GEMM reduction length).
+    fn k_len(&self) -> usize {
+        self.c_in / self.cfg.groups * self.kernel_h * self.kernel_w
     }
 
     /// Floating-point operations of the forward pass (2 per multiply-add).
@@ -150,13 +160,42 @@ impl Op for Conv2d {
         "conv2d"
     }
 
+    fn scratch(&self) -> Vec<usize> {
+        let s = &self.shape;
+        if !s.uses_gemm() {
+            return Vec::new();
+        }
+        let taps = s.kernel_h * s.kernel_w;
+        // Packed weights for forward ([k][c_out padded]) and for the input gradient
+        // ([c_out][tap][c_in padded]).
+        vec![
+            s.k_len() * s.c_out.next_multiple_of(GEMM_CHANNELS),
+            s.c_out * taps * s.c_in.next_multiple_of(GEMM_CHANNELS),
+        ]
+    }
+
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
         let s = &self.shape;
         let g = s.cfg.groups;
-        let tiles = s.batch * g * (s.c_out / g).div_ceil(TILE) * (s.out_h * s.out_w).div_ceil(TILE);
         let none = placeholder(gpu);
         let bias = if self.has_bias { b.inputs[2] } else { &none };
         let params = s.params(self.has_bias, 0);
+        let pixels = s.out_h * s.out_w;
+        if s.uses_gemm() {
+            let packed = b.scratch[0];
+            let workgroups = gemm_grid(pixels, s.c_out, s.batch);
+            return vec![
+                gpu.dispatch("conv_gemm", "pack_weight_forward", &params, &[b.inputs[1], packed], grid(packed.len())),
+                gpu.dispatch(
+                    "conv_gemm",
+                    "conv_gemm_forward",
+                    &params,
+                    &[b.inputs[0], packed, bias, b.outputs[0]],
+                    workgroups,
+                ),
+            ];
+        }
+        let tiles = s.batch * g * (s.c_out / g).div_ceil(TILE) * pixels.div_ceil(TILE);
         vec![gpu.dispatch(
             "conv",
             "conv2d_forward",
@@ -172,27 +211,39 @@ impl Op for Conv2d {
         let dy = grads.outputs[0];
         let mut out = Vec::new();
         if let Some(dx) = grads.inputs[0] {
-            let tiles = s.batch * g * (s.c_in / g).div_ceil(TILE) * (s.h * s.w).div_ceil(TILE);
             let params = s.params(self.has_bias, accumulate_flag(&dx));
-            out.push(gpu.dispatch(
-                "conv",
-                "conv2d_backward_input",
-                &params,
-                &[dy, b.inputs[1], dx.slice],
-                grid(tiles),
-            ));
+            let pixels = s.h * s.w;
+            if s.uses_gemm() {
+                let packed = b.scratch[1];
+                let workgroups = gemm_grid(pixels, s.c_in, s.batch);
+                let pack = gpu.dispatch(
+                    "conv_gemm",
+                    "pack_weight_backward",
+                    &params,
+                    &[b.inputs[1], packed],
+                    grid(packed.len()),
+                );
+                let buffers = [dy, packed, dx.slice];
+                out.extend([
+                    pack,
+                    gpu.dispatch("conv_gemm", "conv_gemm_backward_input", &params, &buffers, workgroups),
+                ]);
+            } else {
+                let tiles = s.batch * g * (s.c_in / g).div_ceil(TILE) * pixels.div_ceil(TILE);
+                let buffers = [dy, b.inputs[1], dx.slice];
+                out.push(gpu.dispatch("conv", "conv2d_backward_input", &params, &buffers, grid(tiles)));
+            }
         }
         if let Some(dw) = grads.inputs[1] {
-            let k_len = s.c_in / g * s.kernel_h * s.kernel_w;
-            let tiles = g * (s.c_out / g).div_ceil(TILE) * k_len.div_ceil(TILE);
             let params = s.params(self.has_bias, accumulate_flag(&dw));
-            out.push(gpu.dispatch(
-                "conv",
-                "conv2d_backward_weight",
-                &params,
-                &[b.inputs[0], dy, dw.slice],
-                grid(tiles),
-            ));
+            let buffers = [b.inputs[0], dy, dw.slice];
+            out.push(if s.uses_gemm() {
+                let workgroups = gemm_grid(s.k_len(), s.c_out, 1);
+                gpu.dispatch("conv_gemm", "conv_gemm_backward_weight", &params, &buffers, workgroups)
+            } else {
+                let tiles = g * (s.c_out / g).div_ceil(TILE) * s.k_len().div_ceil(TILE);
+                gpu.dispatch("conv", "conv2d_backward_weight", &params, &buffers, grid(tiles))
+            });
         }
         if let Some(Some(db)) = grads.inputs.get(2) {
             let params = s.params(self.has_bias, accumulate_flag(db));
@@ -215,23 +266,11 @@ impl Graph {
         let mut inputs = vec![x, weight];
         if let Some(b) = bias {
             if self.shape(b) != [shape.c_out] {
-                return Err(shape_error(
-                    "conv2d",
-                    "bias",
-                    self.shape(b),
-                    &format!("[{}]", shape.c_out),
-                ));
+                return Err(shape_error("conv2d", "bias", self.shape(b), &format!("[{}]", shape.c_out)));
             }
             inputs.push(b);
         }
         let out = shape.output();
-        Ok(self.push(
-            Conv2d {
-                shape,
-                has_bias: bias.is_some(),
-            },
-            &inputs,
-            &[out],
-        )[0])
+        Ok(self.push(Conv2d { shape, has_bias: bias.is_some() }, &inputs, &[out])[0])
     }
 }

@@ -25,12 +25,7 @@ struct LossParams {
 
 impl CrossEntropy {
     fn params(&self, accumulate: u32) -> LossParams {
-        LossParams {
-            batch: self.batch as u32,
-            classes: self.classes as u32,
-            smoothing: self.smoothing,
-            accumulate,
-        }
+        LossParams { batch: self.batch as u32, classes: self.classes as u32, smoothing: self.smoothing, accumulate }
     }
 }
 
@@ -59,13 +54,7 @@ impl Op for CrossEntropy {
                 &[b.inputs[0], b.inputs[1], per_sample],
                 grid(self.batch),
             ),
-            gpu.dispatch(
-                "loss",
-                "cross_entropy_reduce",
-                &p,
-                &[per_sample, b.outputs[0]],
-                [1, 1, 1],
-            ),
+            gpu.dispatch("loss", "cross_entropy_reduce", &p, &[per_sample, b.outputs[0]], [1, 1, 1]),
         ]
     }
 
@@ -73,13 +62,7 @@ impl Op for CrossEntropy {
         let Some(dlogits) = grads.inputs[0] else { return vec![] };
         let p = self.params(accumulate_flag(&dlogits));
         let buffers = [b.inputs[0], b.inputs[1], grads.outputs[0], dlogits.slice];
-        vec![gpu.dispatch(
-            "loss",
-            "cross_entropy_backward",
-            &p,
-            &buffers,
-            grid(self.batch * self.classes),
-        )]
+        vec![gpu.dispatch("loss", "cross_entropy_backward", &p, &buffers, grid(self.batch * self.classes))]
     }
 }
 
@@ -87,12 +70,7 @@ impl Graph {
     /// Mean cross-entropy of `logits` [N, classes] against `labels`; output [loss, correct].
     pub fn cross_entropy(&mut self, logits: TensorId, labels: TensorId, smoothing: f32) -> Result<TensorId> {
         let &[batch, classes] = self.shape(logits) else {
-            return Err(shape_error(
-                "cross_entropy",
-                "logits",
-                self.shape(logits),
-                "[N, classes]",
-            ));
+            return Err(shape_error("cross_entropy", "logits", self.shape(logits), "[N, classes]"));
         };
         if self.info(labels).role != Role::Labels || self.shape(labels) != [batch] {
             bail!("cross_entropy: labels must be a labels tensor of shape [{batch}]");
@@ -100,14 +78,6 @@ impl Graph {
         if !(0.0..1.0).contains(&smoothing) {
             bail!("cross_entropy: label smoothing {smoothing} must be in [0, 1)");
         }
-        Ok(self.push(
-            CrossEntropy {
-                batch,
-                classes,
-                smoothing,
-            },
-            &[logits, labels],
-            &[vec![2]],
-        )[0])
+        Ok(self.push(CrossEntropy { batch, classes, smoothing }, &[logits, labels], &[vec![2]])[0])
     }
 }

@@ -49,13 +49,7 @@ impl Op for Linear {
         let none = placeholder(gpu);
         let bias = if self.has_bias { b.inputs[2] } else { &none };
         let buffers = [b.inputs[0], b.inputs[1], bias, b.outputs[0]];
-        vec![gpu.dispatch(
-            "linear",
-            "linear_forward",
-            &self.params(0),
-            &buffers,
-            grid(self.batch * self.out_features),
-        )]
+        vec![gpu.dispatch("linear", "linear_forward", &self.params(0), &buffers, grid(self.batch * self.out_features))]
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
@@ -64,34 +58,16 @@ impl Op for Linear {
         if let Some(dx) = grads.inputs[0] {
             let p = self.params(accumulate_flag(&dx));
             let n = self.batch * self.in_features;
-            out.push(gpu.dispatch(
-                "linear",
-                "linear_backward_input",
-                &p,
-                &[dy, b.inputs[1], dx.slice],
-                grid(n),
-            ));
+            out.push(gpu.dispatch("linear", "linear_backward_input", &p, &[dy, b.inputs[1], dx.slice], grid(n)));
         }
         if let Some(dw) = grads.inputs[1] {
             let p = self.params(accumulate_flag(&dw));
             let n = self.out_features * self.in_features;
-            out.push(gpu.dispatch(
-                "linear",
-                "linear_backward_weight",
-                &p,
-                &[b.inputs[0], dy, dw.slice],
-                grid(n),
-            ));
+            out.push(gpu.dispatch("linear", "linear_backward_weight", &p, &[b.inputs[0], dy, dw.slice], grid(n)));
         }
         if let Some(Some(db)) = grads.inputs.get(2) {
             let p = self.params(accumulate_flag(db));
-            out.push(gpu.dispatch(
-                "linear",
-                "linear_backward_bias",
-                &p,
-                &[dy, db.slice],
-                grid(self.out_features),
-            ));
+            out.push(gpu.dispatch("linear", "linear_backward_bias", &p, &[dy, db.slice], grid(self.out_features)));
         }
         out
     }
@@ -106,31 +82,16 @@ impl Graph {
         let wshape = self.shape(weight);
         let out_features = wshape[0];
         if wshape.len() < 2 || wshape[1] != in_features || wshape[2..].iter().any(|&d| d != 1) {
-            return Err(shape_error(
-                "linear",
-                "weight",
-                wshape,
-                &format!("[out, {in_features}]"),
-            ));
+            return Err(shape_error("linear", "weight", wshape, &format!("[out, {in_features}]")));
         }
         let mut inputs = vec![x, weight];
         if let Some(b) = bias {
             if self.shape(b) != [out_features] {
-                return Err(shape_error(
-                    "linear",
-                    "bias",
-                    self.shape(b),
-                    &format!("[{out_features}]"),
-                ));
+                return Err(shape_error("linear", "bias", self.shape(b), &format!("[{out_features}]")));
             }
             inputs.push(b);
         }
-        let op = Linear {
-            batch,
-            in_features,
-            out_features,
-            has_bias: bias.is_some(),
-        };
+        let op = Linear { batch, in_features, out_features, has_bias: bias.is_some() };
         Ok(self.push(op, &inputs, &[vec![batch, out_features]])[0])
     }
 }

@@ -102,13 +102,7 @@ impl Op for Modulate {
                 // The parent's gradient sums over children: all but the first add.
                 let accumulate = t.accumulate || (always_add && c > 0);
                 let buffers = [parent, spatial, filter, grads.outputs[c], t.slice];
-                out.push(gpu.dispatch(
-                    "modulate",
-                    entry,
-                    &self.params(k, accumulate),
-                    &buffers,
-                    grid(invocations),
-                ));
+                out.push(gpu.dispatch("modulate", entry, &self.params(k, accumulate), &buffers, grid(invocations)));
             }
         };
         each("modulate_backward_parent", grads.inputs[0], self.c_out * self.fan, true);
@@ -140,29 +134,16 @@ impl Graph {
         let filter_len: usize = fshape.iter().product();
         let rows = filter_len / c_out;
         if !filter_len.is_multiple_of(c_out) || !(fshape[0] == rows || (rows == 1 && fshape[0] == c_out)) {
-            return Err(shape_error(
-                "modulate",
-                "filter attention",
-                &fshape,
-                &format!("[R, {c_out}, 1, ...]"),
-            ));
+            return Err(shape_error("modulate", "filter attention", &fshape, &format!("[R, {c_out}, 1, ...]")));
         }
         if let Some(s) = spatial {
             let sshape = self.shape(s);
             if sshape.iter().product::<usize>() != rows * taps {
-                return Err(shape_error(
-                    "modulate",
-                    "spatial attention",
-                    sshape,
-                    &format!("[{rows}, 1, 1, kh, kw]"),
-                ));
+                return Err(shape_error("modulate", "spatial attention", sshape, &format!("[{rows}, 1, 1, kh, kw]")));
             }
         }
         if children == 0 || first_child + children > rows {
-            bail!(
-                "modulate: children {first_child}..{} outside the {rows} attention rows",
-                first_child + children
-            );
+            bail!("modulate: children {first_child}..{} outside the {rows} attention rows", first_child + children);
         }
         let op = Modulate {
             first_child,

@@ -72,13 +72,7 @@ impl Op for MaxPool2d {
         let Some(dx) = grads.inputs[0] else { return vec![] };
         let buffers = [grads.outputs[0], b.scratch[0], dx.slice];
         let inputs = self.planes * self.h * self.w;
-        vec![gpu.dispatch(
-            "pool",
-            "maxpool_backward",
-            &self.params(accumulate_flag(&dx)),
-            &buffers,
-            grid(inputs),
-        )]
+        vec![gpu.dispatch("pool", "maxpool_backward", &self.params(accumulate_flag(&dx)), &buffers, grid(inputs))]
     }
 }
 
@@ -91,13 +85,7 @@ pub struct GlobalAvgPool {
 
 impl GlobalAvgPool {
     fn params(&self, accumulate: u32) -> PoolParams {
-        PoolParams {
-            planes: self.planes as u32,
-            h: self.spatial as u32,
-            w: 1,
-            accumulate,
-            ..Default::default()
-        }
+        PoolParams { planes: self.planes as u32, h: self.spatial as u32, w: 1, accumulate, ..Default::default() }
     }
 }
 
@@ -108,33 +96,19 @@ impl Op for GlobalAvgPool {
 
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
         let buffers = [b.inputs[0], b.outputs[0]];
-        vec![gpu.dispatch(
-            "pool",
-            "global_avgpool_forward",
-            &self.params(0),
-            &buffers,
-            grid(self.planes),
-        )]
+        vec![gpu.dispatch("pool", "global_avgpool_forward", &self.params(0), &buffers, grid(self.planes))]
     }
 
     fn backward(&self, gpu: &Gpu, _b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
         let Some(dx) = grads.inputs[0] else { return vec![] };
         let buffers = [grads.outputs[0], dx.slice];
         let p = self.params(accumulate_flag(&dx));
-        vec![gpu.dispatch(
-            "pool",
-            "global_avgpool_backward",
-            &p,
-            &buffers,
-            grid(self.planes * self.spatial),
-        )]
+        vec![gpu.dispatch("pool", "global_avgpool_backward", &p, &buffers, grid(self.planes * self.spatial))]
     }
 }
 
 fn nchw(op: &str, shape: &[usize]) -> Result<[usize; 4]> {
-    shape
-        .try_into()
-        .map_err(|_| shape_error(op, "input", shape, "[N, C, H, W]"))
+    shape.try_into().map_err(|_| shape_error(op, "input", shape, "[N, C, H, W]"))
 }
 
 impl Graph {
@@ -146,29 +120,13 @@ impl Graph {
         }
         let out_h = (h + 2 * pad - kernel) / stride + 1;
         let out_w = (w + 2 * pad - kernel) / stride + 1;
-        let op = MaxPool2d {
-            planes: n * c,
-            h,
-            w,
-            out_h,
-            out_w,
-            kernel,
-            stride,
-            pad,
-        };
+        let op = MaxPool2d { planes: n * c, h, w, out_h, out_w, kernel, stride, pad };
         Ok(self.push(op, &[x], &[vec![n, c, out_h, out_w]])[0])
     }
 
     /// Mean over H and W: [N, C, H, W] -> [N, C].
     pub fn global_avgpool(&mut self, x: TensorId) -> Result<TensorId> {
         let [n, c, h, w] = nchw("global_avgpool", self.shape(x))?;
-        Ok(self.push(
-            GlobalAvgPool {
-                planes: n * c,
-                spatial: h * w,
-            },
-            &[x],
-            &[vec![n, c]],
-        )[0])
+        Ok(self.push(GlobalAvgPool { planes: n * c, spatial: h * w }, &[x], &[vec![n, c]])[0])
     }
 }

@@ -14,13 +14,7 @@ pub struct Sgd {
 
 impl Default for Sgd {
     fn default() -> Self {
-        Sgd {
-            lr: 0.1,
-            momentum: 0.9,
-            dampening: 0.0,
-            weight_decay: 1e-4,
-            nesterov: false,
-        }
+        Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false }
     }
 }
 
@@ -61,12 +55,6 @@ impl Sgd {
         first_step: bool,
     ) -> Dispatch {
         let len = param.len();
-        gpu.dispatch(
-            "optim",
-            "sgd_step",
-            &self.params(len, first_step),
-            &[param, grad, velocity],
-            grid(len),
-        )
+        gpu.dispatch("optim", "sgd_step", &self.params(len, first_step), &[param, grad, velocity], grid(len))
     }
 }

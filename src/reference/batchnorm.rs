@@ -43,12 +43,8 @@ pub fn forward_train(
     let (mean, var) = batch_stats(b, x);
     let count = (b.batch * b.spatial) as f64;
     let m = b.momentum as f64;
-    let new_mean = (0..b.channels)
-        .map(|c| (1.0 - m) * running_mean[c] + m * mean[c])
-        .collect();
-    let new_var = (0..b.channels)
-        .map(|c| (1.0 - m) * running_var[c] + m * var[c] * count / (count - 1.0))
-        .collect();
+    let new_mean = (0..b.channels).map(|c| (1.0 - m) * running_mean[c] + m * mean[c]).collect();
+    let new_var = (0..b.channels).map(|c| (1.0 - m) * running_var[c] + m * var[c] * count / (count - 1.0)).collect();
     (normalise(b, x, w, bias, &mean, &var), new_mean, new_var)
 }
 

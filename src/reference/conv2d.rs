@@ -38,9 +38,8 @@ fn for_each_tap(s: &Conv2dShape, mut f: impl FnMut(usize, usize, usize)) {
 
 pub fn forward(s: &Conv2dShape, x: &[f64], w: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
     let pixels = s.out_h * s.out_w;
-    let mut y: Vec<f64> = (0..s.batch * s.c_out * pixels)
-        .map(|i| bias.map_or(0.0, |b| b[(i / pixels) % s.c_out]))
-        .collect();
+    let mut y: Vec<f64> =
+        (0..s.batch * s.c_out * pixels).map(|i| bias.map_or(0.0, |b| b[(i / pixels) % s.c_out])).collect();
     for_each_tap(s, |yi, wi, xi| y[yi] += w[wi] * x[xi]);
     y
 }

@@ -6,9 +6,7 @@ pub fn forward(l: &Linear, x: &[f64], w: &[f64], bias: Option<&[f64]>) -> Vec<f6
     let mut y = Vec::with_capacity(l.batch * l.out_features);
     for n in 0..l.batch {
         for o in 0..l.out_features {
-            let dot: f64 = (0..l.in_features)
-                .map(|k| x[n * l.in_features + k] * w[o * l.in_features + k])
-                .sum();
+            let dot: f64 = (0..l.in_features).map(|k| x[n * l.in_features + k] * w[o * l.in_features + k]).sum();
             y.push(dot + bias.map_or(0.0, |b| b[o]));
         }
     }

@@ -44,13 +44,9 @@ pub fn maxpool_backward(p: &MaxPool2d, argmax: &[usize], dy: &[f64]) -> Vec<f64>
 
 /// Mean of each plane of `spatial` elements.
 pub fn global_avgpool_forward(x: &[f64], spatial: usize) -> Vec<f64> {
-    x.chunks(spatial)
-        .map(|c| c.iter().sum::<f64>() / spatial as f64)
-        .collect()
+    x.chunks(spatial).map(|c| c.iter().sum::<f64>() / spatial as f64).collect()
 }
 
 pub fn global_avgpool_backward(dy: &[f64], spatial: usize) -> Vec<f64> {
-    dy.iter()
-        .flat_map(|g| std::iter::repeat_n(g / spatial as f64, spatial))
-        .collect()
+    dy.iter().flat_map(|g| std::iter::repeat_n(g / spatial as f64, spatial)).collect()
 }

@@ -8,11 +8,7 @@ pub fn step(opt: &Sgd, param: &mut [f64], grad: &[f64], velocity: &mut [f64], fi
     for i in 0..param.len() {
         let mut d = grad[i] + opt.weight_decay as f64 * param[i];
         if m != 0.0 {
-            velocity[i] = if first_step {
-                d
-            } else {
-                m * velocity[i] + (1.0 - opt.dampening as f64) * d
-            };
+            velocity[i] = if first_step { d } else { m * velocity[i] + (1.0 - opt.dampening as f64) * d };
             d = if opt.nesterov { d + m * velocity[i] } else { velocity[i] };
         }
         param[i] -= opt.lr as f64 * d;

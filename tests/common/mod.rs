@@ -57,13 +57,7 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// The golden tolerance: max|got - want| <= tol * max(1, max|want|).
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: {} values, expected {}",
-        got.len(),
-        want.len()
-    );
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
     let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
     let (worst, at) = got
         .iter()
@@ -83,6 +77,5 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
 /// A missing adapter fails the test rather than skipping it.
 pub fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| Arc::new(Gpu::new(None).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e:#}"))))
-        .clone()
+    GPU.get_or_init(|| Arc::new(Gpu::new(None).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e:#}")))).clone()
 }

@@ -1,0 +1,348 @@
+// Convolution as implicit GEMM with register tiles, for ungrouped convolutions (NCHW
+// activations, OIHW weights). Each invocation owns 16 channels x 8 pixels of results, held in
+// eight 4x4 matrices (`Tile`) rather than an array: software adapters keep them in registers
+// only when every access is static. Per reduction step it loads 8 activations (gathers) and
+// 16 weights (four vec4 loads from a weight copy packed channel-minor), for 128 multiply-adds.
+//
+// Each workgroup shares one channel tile, so weight loads have the same address in every
+// invocation: software adapters then load once and broadcast instead of gathering per lane.
+//
+// Kernels that `conv.wgsl` also has give the same results up to float rounding order; which
+// family runs is fixed per shape (src/ops/conv2d.rs), so a run never switches between them.
+
+struct ConvParams {
+    batch: u32,
+    c_in: u32,
+    h: u32,
+    w: u32,
+    c_out: u32,
+    out_h: u32,
+    out_w: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_h: u32,
+    pad_w: u32,
+    groups: u32,
+    has_bias: u32,
+    accumulate: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: ConvParams;
+
+const CHANNELS: u32 = 16u;
+const PIXELS: u32 = 8u;
+// Invocations per workgroup, each with its own pixel tile (src/ops/conv2d.rs `GEMM_GROUP`).
+const GROUP: u32 = 16u;
+
+// Results for channels 4c..4c+3 (matrix columns) of pixels 0..3 (`a`) and 4..7 (`b`).
+struct Tile {
+    a0: mat4x4<f32>, a1: mat4x4<f32>, a2: mat4x4<f32>, a3: mat4x4<f32>,
+    b0: mat4x4<f32>, b1: mat4x4<f32>, b2: mat4x4<f32>, b3: mat4x4<f32>,
+}
+
+fn outer(px: vec4<f32>, ch: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(px * ch.x, px * ch.y, px * ch.z, px * ch.w);
+}
+
+// tile += pixels (xa, xb) x channels (c0..c3), an outer product of 8 by 16 values.
+fn tile_fma(t: ptr<function, Tile>, xa: vec4<f32>, xb: vec4<f32>, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) {
+    (*t).a0 += outer(xa, c0); (*t).a1 += outer(xa, c1); (*t).a2 += outer(xa, c2); (*t).a3 += outer(xa, c3);
+    (*t).b0 += outer(xb, c0); (*t).b1 += outer(xb, c1); (*t).b2 += outer(xb, c2); (*t).b3 += outer(xb, c3);
+}
+
+fn padded(n: u32) -> u32 {
+    return (n + CHANNELS - 1u) / CHANNELS * CHANNELS;
+}
+
+// Each buffer has its gather, `at` where `inside`, zero elsewhere (WGSL passes no storage
+// pointers to functions).
+fn masked(v: vec4<f32>, inside: vec4<bool>) -> vec4<f32> {
+    return select(vec4<f32>(0.0), v, inside);
+}
+
+// ---------------------------------------------------------------- weight packing
+@group(0) @binding(1) var<storage, read> pack_w: array<f32>;
+@group(0) @binding(2) var<storage, read_write> pack_out: array<f32>;
+
+// Forward copy: packed[k][c_out padded to 16], k = (ci, ky, kx). Invocations: k x padded c_out.
+@compute @workgroup_size(64)
+fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let cpad = padded(p.c_out);
+    let k_len = p.c_in * p.kernel_h * p.kernel_w;
+    if (i >= k_len * cpad) { return; }
+    let k = i / cpad;
+    let co = i % cpad;
+    pack_out[i] = select(0.0, pack_w[min(co, p.c_out - 1u) * k_len + k], co < p.c_out);
+}
+
+// Input-gradient copy: packed[co][tap][c_in padded to 16]. Invocations: c_out x taps x padded c_in.
+@compute @workgroup_size(64)
+fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let cpad = padded(p.c_in);
+    let taps = p.kernel_h * p.kernel_w;
+    if (i >= p.c_out * taps * cpad) { return; }
+    let ci = i % cpad;
+    let tap = (i / cpad) % taps;
+    let co = i / (cpad * taps);
+    pack_out[i] = select(0.0, pack_w[(co * p.c_in + min(ci, p.c_in - 1u)) * taps + tap], ci < p.c_in);
+}
+
+// ---------------------------------------------------------------- forward
+@group(0) @binding(1) var<storage, read> fwd_x: array<f32>;
+@group(0) @binding(2) var<storage, read> fwd_wp: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> fwd_bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> fwd_y: array<f32>;
+
+fn gather_fwd_x(at: vec4<u32>, inside: vec4<bool>) -> vec4<f32> {
+    return masked(vec4<f32>(fwd_x[at.x], fwd_x[at.y], fwd_x[at.z], fwd_x[at.w]), inside);
+}
+
+// Workgroups: ceil(out_h * out_w / (8 * GROUP)) x ceil(c_out / 16) x batch.
+@compute @workgroup_size(16)
+fn conv_gemm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let pixels = p.out_h * p.out_w;
+    let pt = wg.x * GROUP + lane;
+    let ct = wg.y;
+    let n = wg.z;
+
+    let last = vec4<u32>(pixels - 1u);
+    let pa = min(vec4<u32>(0u, 1u, 2u, 3u) + pt * PIXELS, last);
+    let pb = min(vec4<u32>(4u, 5u, 6u, 7u) + pt * PIXELS, last);
+    let y0a = vec4<i32>((pa / p.out_w) * p.stride_h) - i32(p.pad_h);
+    let x0a = vec4<i32>((pa % p.out_w) * p.stride_w) - i32(p.pad_w);
+    let y0b = vec4<i32>((pb / p.out_w) * p.stride_h) - i32(p.pad_h);
+    let x0b = vec4<i32>((pb % p.out_w) * p.stride_w) - i32(p.pad_w);
+    let hi = vec4<i32>(i32(p.h) - 1);
+    let wi = vec4<i32>(i32(p.w) - 1);
+    let zero = vec4<i32>(0);
+
+    var tile: Tile;
+    let quads = padded(p.c_out) / 4u;
+    var k = 0u;
+    for (var ci = 0u; ci < p.c_in; ci++) {
+        let base = (n * p.c_in + ci) * p.h * p.w;
+        for (var ky = 0u; ky < p.kernel_h; ky++) {
+            let iya = y0a + i32(ky);
+            let iyb = y0b + i32(ky);
+            let rowa = vec4<u32>(clamp(iya, zero, hi)) * p.w + base;
+            let rowb = vec4<u32>(clamp(iyb, zero, hi)) * p.w + base;
+            let ya_in = iya >= zero & iya <= hi;
+            let yb_in = iyb >= zero & iyb <= hi;
+            for (var kx = 0u; kx < p.kernel_w; kx++) {
+                let ixa = x0a + i32(kx);
+                let ixb = x0b + i32(kx);
+                let xa = gather_fwd_x(rowa + vec4<u32>(clamp(ixa, zero, wi)), ya_in & ixa >= zero & ixa <= wi);
+                let xb = gather_fwd_x(rowb + vec4<u32>(clamp(ixb, zero, wi)), yb_in & ixb >= zero & ixb <= wi);
+                let wq = k * quads + ct * 4u;
+                tile_fma(&tile, xa, xb, fwd_wp[wq], fwd_wp[wq + 1u], fwd_wp[wq + 2u], fwd_wp[wq + 3u]);
+                k++;
+            }
+        }
+    }
+    let c0 = ct * CHANNELS;
+    let y0 = n * p.c_out;
+    let px0 = pt * PIXELS;
+    store_fwd(tile.a0, y0, c0, px0); store_fwd(tile.a1, y0, c0 + 4u, px0);
+    store_fwd(tile.a2, y0, c0 + 8u, px0); store_fwd(tile.a3, y0, c0 + 12u, px0);
+    store_fwd(tile.b0, y0, c0, px0 + 4u); store_fwd(tile.b1, y0, c0 + 4u, px0 + 4u);
+    store_fwd(tile.b2, y0, c0 + 8u, px0 + 4u); store_fwd(tile.b3, y0, c0 + 12u, px0 + 4u);
+}
+
+// Stores one 4-channel x 4-pixel block of output (plus bias), skipping what lies outside.
+fn store_fwd(m: mat4x4<f32>, y0: u32, c0: u32, px0: u32) {
+    store_fwd_column(m[0], y0, c0, px0);
+    store_fwd_column(m[1], y0, c0 + 1u, px0);
+    store_fwd_column(m[2], y0, c0 + 2u, px0);
+    store_fwd_column(m[3], y0, c0 + 3u, px0);
+}
+
+fn store_fwd_column(v: vec4<f32>, y0: u32, co: u32, px0: u32) {
+    if (co >= p.c_out) { return; }
+    let pixels = p.out_h * p.out_w;
+    let at = (y0 + co) * pixels + px0;
+    let v_b = v + select(0.0, fwd_bias[co], p.has_bias != 0u);
+    if (px0 < pixels) { fwd_y[at] = v_b.x; }
+    if (px0 + 1u < pixels) { fwd_y[at + 1u] = v_b.y; }
+    if (px0 + 2u < pixels) { fwd_y[at + 2u] = v_b.z; }
+    if (px0 + 3u < pixels) { fwd_y[at + 3u] = v_b.w; }
+}
+
+// ---------------------------------------------------------------- gradient to the input
+@group(0) @binding(1) var<storage, read> bin_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> bin_wp: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> bin_dx: array<f32>;
+
+fn gather_bin_dy(at: vec4<u32>, inside: vec4<bool>) -> vec4<f32> {
+    return masked(vec4<f32>(bin_dy[at.x], bin_dy[at.y], bin_dy[at.z], bin_dy[at.w]), inside);
+}
+
+// dx[n, ci, iy, ix] = sum_{co, ky, kx} w[co, ci, ky, kx] * dy[n, co, (iy + pad - ky) / s, ...]
+// where the division is exact. Workgroups: ceil(h * w / (8 * GROUP)) x ceil(c_in / 16) x batch.
+@compute @workgroup_size(16)
+fn conv_gemm_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let pixels = p.h * p.w;
+    let pt = wg.x * GROUP + lane;
+    let ct = wg.y;
+    let n = wg.z;
+
+    let last = vec4<u32>(pixels - 1u);
+    let pa = min(vec4<u32>(0u, 1u, 2u, 3u) + pt * PIXELS, last);
+    let pb = min(vec4<u32>(4u, 5u, 6u, 7u) + pt * PIXELS, last);
+    let ya = vec4<i32>(pa / p.w) + i32(p.pad_h);
+    let xa = vec4<i32>(pa % p.w) + i32(p.pad_w);
+    let yb = vec4<i32>(pb / p.w) + i32(p.pad_h);
+    let xb = vec4<i32>(pb % p.w) + i32(p.pad_w);
+    let sh = vec4<i32>(i32(p.stride_h));
+    let sw = vec4<i32>(i32(p.stride_w));
+    let oh = vec4<i32>(i32(p.out_h));
+    let ow = vec4<i32>(i32(p.out_w));
+    let zero = vec4<i32>(0);
+
+    var tile: Tile;
+    let taps = p.kernel_h * p.kernel_w;
+    let quads = padded(p.c_in) / 4u;
+    for (var co = 0u; co < p.c_out; co++) {
+        let base = (n * p.c_out + co) * p.out_h * p.out_w;
+        for (var ky = 0u; ky < p.kernel_h; ky++) {
+            // Output rows whose window puts tap ky on these input rows.
+            let sya = ya - i32(ky);
+            let syb = yb - i32(ky);
+            let oya = sya / sh;
+            let oyb = syb / sh;
+            let ya_hit = sya >= zero & sya % sh == zero & oya < oh;
+            let yb_hit = syb >= zero & syb % sh == zero & oyb < oh;
+            let rowa = vec4<u32>(clamp(oya, zero, oh - 1)) * p.out_w + base;
+            let rowb = vec4<u32>(clamp(oyb, zero, oh - 1)) * p.out_w + base;
+            for (var kx = 0u; kx < p.kernel_w; kx++) {
+                let sxa = xa - i32(kx);
+                let sxb = xb - i32(kx);
+                let oxa = sxa / sw;
+                let oxb = sxb / sw;
+                let hit_a = ya_hit & sxa >= zero & sxa % sw == zero & oxa < ow;
+                let hit_b = yb_hit & sxb >= zero & sxb % sw == zero & oxb < ow;
+                let ga = gather_bin_dy(rowa + vec4<u32>(clamp(oxa, zero, ow - 1)), hit_a);
+                let gb = gather_bin_dy(rowb + vec4<u32>(clamp(oxb, zero, ow - 1)), hit_b);
+                let wq = (co * taps + ky * p.kernel_w + kx) * quads + ct * 4u;
+                tile_fma(&tile, ga, gb, bin_wp[wq], bin_wp[wq + 1u], bin_wp[wq + 2u], bin_wp[wq + 3u]);
+            }
+        }
+    }
+    let c0 = ct * CHANNELS;
+    let px0 = pt * PIXELS;
+    store_bin(tile.a0, n, c0, px0); store_bin(tile.a1, n, c0 + 4u, px0);
+    store_bin(tile.a2, n, c0 + 8u, px0); store_bin(tile.a3, n, c0 + 12u, px0);
+    store_bin(tile.b0, n, c0, px0 + 4u); store_bin(tile.b1, n, c0 + 4u, px0 + 4u);
+    store_bin(tile.b2, n, c0 + 8u, px0 + 4u); store_bin(tile.b3, n, c0 + 12u, px0 + 4u);
+}
+
+fn store_bin(m: mat4x4<f32>, n: u32, c0: u32, px0: u32) {
+    store_bin_column(m[0], n, c0, px0);
+    store_bin_column(m[1], n, c0 + 1u, px0);
+    store_bin_column(m[2], n, c0 + 2u, px0);
+    store_bin_column(m[3], n, c0 + 3u, px0);
+}
+
+fn store_bin_column(v: vec4<f32>, n: u32, ci: u32, px0: u32) {
+    if (ci >= p.c_in) { return; }
+    let pixels = p.h * p.w;
+    let at = (n * p.c_in + ci) * pixels + px0;
+    if (px0 < pixels) { bin_dx[at] = accumulated(bin_dx[at], v.x, p.accumulate); }
+    if (px0 + 1u < pixels) { bin_dx[at + 1u] = accumulated(bin_dx[at + 1u], v.y, p.accumulate); }
+    if (px0 + 2u < pixels) { bin_dx[at + 2u] = accumulated(bin_dx[at + 2u], v.z, p.accumulate); }
+    if (px0 + 3u < pixels) { bin_dx[at + 3u] = accumulated(bin_dx[at + 3u], v.w, p.accumulate); }
+}
+
+// ---------------------------------------------------------------- gradient to the weight
+@group(0) @binding(1) var<storage, read> bw_x: array<f32>;
+@group(0) @binding(2) var<storage, read> bw_dy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bw_dw: array<f32>;
+
+fn gather_bw_x(at: vec4<u32>, inside: vec4<bool>) -> vec4<f32> {
+    return masked(vec4<f32>(bw_x[at.x], bw_x[at.y], bw_x[at.z], bw_x[at.w]), inside);
+}
+
+fn gather_bw_dy(at: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(bw_dy[at.x], bw_dy[at.y], bw_dy[at.z], bw_dy[at.w]);
+}
+
+// dw[co, k] = sum_{n, oy, ox} dy[n, co, oy, ox] * x[n, ci(k), oy*s - pad + ky(k), ox*s - pad + kx(k)].
+// Tiles: 16 output channels x 8 values of k = (ci, ky, kx); each reduces over the batch and
+// every output pixel in a fixed order. Workgroups: ceil(c_in * kh * kw / (8 * GROUP)) x ceil(c_out / 16).
+@compute @workgroup_size(16)
+fn conv_gemm_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let taps = p.kernel_h * p.kernel_w;
+    let k_len = p.c_in * taps;
+    let kt = wg.x * GROUP + lane;
+    let ct = wg.y;
+
+    let last = vec4<u32>(k_len - 1u);
+    let ka = min(vec4<u32>(0u, 1u, 2u, 3u) + kt * PIXELS, last);
+    let kb = min(vec4<u32>(4u, 5u, 6u, 7u) + kt * PIXELS, last);
+    let plane = p.h * p.w;
+    let chan_a = (ka / taps) * plane;
+    let chan_b = (kb / taps) * plane;
+    let kya = vec4<i32>((ka % taps) / p.kernel_w) - i32(p.pad_h);
+    let kyb = vec4<i32>((kb % taps) / p.kernel_w) - i32(p.pad_h);
+    let kxa = vec4<i32>(ka % p.kernel_w) - i32(p.pad_w);
+    let kxb = vec4<i32>(kb % p.kernel_w) - i32(p.pad_w);
+    let hi = vec4<i32>(i32(p.h) - 1);
+    let wi = vec4<i32>(i32(p.w) - 1);
+    let zero = vec4<i32>(0);
+    let out_pixels = p.out_h * p.out_w;
+    // Channels past c_out read the last channel; their results are never stored.
+    let co_last = p.c_out - 1u;
+    let c4 = vec4<u32>(0u, 1u, 2u, 3u) + ct * CHANNELS;
+
+    var tile: Tile;
+    for (var n = 0u; n < p.batch; n++) {
+        let x_base = n * p.c_in * plane;
+        let dy0 = min(c4, vec4<u32>(co_last)) * out_pixels + n * p.c_out * out_pixels;
+        let dy1 = min(c4 + 4u, vec4<u32>(co_last)) * out_pixels + n * p.c_out * out_pixels;
+        let dy2 = min(c4 + 8u, vec4<u32>(co_last)) * out_pixels + n * p.c_out * out_pixels;
+        let dy3 = min(c4 + 12u, vec4<u32>(co_last)) * out_pixels + n * p.c_out * out_pixels;
+        for (var oy = 0u; oy < p.out_h; oy++) {
+            let iya = kya + i32(oy * p.stride_h);
+            let iyb = kyb + i32(oy * p.stride_h);
+            let rowa = vec4<u32>(clamp(iya, zero, hi)) * p.w + chan_a + x_base;
+            let rowb = vec4<u32>(clamp(iyb, zero, hi)) * p.w + chan_b + x_base;
+            let ya_in = iya >= zero & iya <= hi;
+            let yb_in = iyb >= zero & iyb <= hi;
+            for (var ox = 0u; ox < p.out_w; ox++) {
+                let ixa = kxa + i32(ox * p.stride_w);
+                let ixb = kxb + i32(ox * p.stride_w);
+                let xa = gather_bw_x(rowa + vec4<u32>(clamp(ixa, zero, wi)), ya_in & ixa >= zero & ixa <= wi);
+                let xb = gather_bw_x(rowb + vec4<u32>(clamp(ixb, zero, wi)), yb_in & ixb >= zero & ixb <= wi);
+                let px = oy * p.out_w + ox;
+                tile_fma(&tile, xa, xb,
+                    gather_bw_dy(dy0 + px), gather_bw_dy(dy1 + px), gather_bw_dy(dy2 + px), gather_bw_dy(dy3 + px));
+            }
+        }
+    }
+    let c0 = ct * CHANNELS;
+    let k0 = kt * PIXELS;
+    store_bw(tile.a0, c0, k0); store_bw(tile.a1, c0 + 4u, k0);
+    store_bw(tile.a2, c0 + 8u, k0); store_bw(tile.a3, c0 + 12u, k0);
+    store_bw(tile.b0, c0, k0 + 4u); store_bw(tile.b1, c0 + 4u, k0 + 4u);
+    store_bw(tile.b2, c0 + 8u, k0 + 4u); store_bw(tile.b3, c0 + 12u, k0 + 4u);
+}
+
+fn store_bw(m: mat4x4<f32>, c0: u32, k0: u32) {
+    store_bw_column(m[0], c0, k0);
+    store_bw_column(m[1], c0 + 1u, k0);
+    store_bw_column(m[2], c0 + 2u, k0);
+    store_bw_column(m[3], c0 + 3u, k0);
+}
+
+fn store_bw_column(v: vec4<f32>, co: u32, k0: u32) {
+    let k_len = p.c_in * p.kernel_h * p.kernel_w;
+    if (co >= p.c_out) { return; }
+    let at = co * k_len + k0;
+    if (k0 < k_len) { bw_dw[at] = accumulated(bw_dw[at], v.x, p.accumulate); }
+    if (k0 + 1u < k_len) { bw_dw[at + 1u] = accumulated(bw_dw[at + 1u], v.y, p.accumulate); }
+    if (k0 + 2u < k_len) { bw_dw[at + 2u] = accumulated(bw_dw[at + 2u], v.z, p.accumulate); }
+    if (k0 + 3u < k_len) { bw_dw[at + 3u] = accumulated(bw_dw[at + 3u], v.w, p.accumulate); }
+}
