@@ -316,3 +316,14 @@ fn sgd_matches_reference_over_steps() {
         assert_close(&format!("velocity after step {step}"), &to_f64(&gpu.read(&gv).unwrap()), &velocity, 1e-6);
     }
 }
+
+#[test]
+fn a_tensor_beyond_the_binding_limit_is_a_clear_error() {
+    let gpu = gpu();
+    let limit = gpu.device.limits().max_storage_buffer_binding_size as usize;
+    let mut g = Graph::new();
+    let x = g.input("images", &[limit / 4 + 1, 1, 1, 1]);
+    let y = g.relu(x);
+    let err = Executor::new(gpu, &g, plan(Mode::Train, y)).err().expect("too large to bind").to_string();
+    assert!(err.contains("\"images\"") && err.contains("smaller batch"), "{err}");
+}

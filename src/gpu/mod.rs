@@ -174,6 +174,17 @@ impl Gpu {
         Ok(data)
     }
 
+    /// Runs `allocate`, turning an out-of-memory error of the device into an error that
+    /// names `what` (instead of wgpu's default, a panic).
+    pub fn allocation<T>(&self, what: &str, allocate: impl FnOnce() -> T) -> Result<T> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let value = allocate();
+        match pollster::block_on(scope.pop()) {
+            None => Ok(value),
+            Some(e) => anyhow::bail!("out of GPU memory for {what} on {}: {e}", self.info.name),
+        }
+    }
+
     /// Blocks until every submitted command has finished.
     pub fn wait(&self) -> Result<()> {
         self.device.poll(wgpu::PollType::wait_indefinitely()).context("waiting for the GPU")?;

@@ -79,13 +79,21 @@ pub struct Executor {
 impl Executor {
     /// An executor with weights of its own (zero-filled until written).
     pub fn new(gpu: Arc<Gpu>, graph: &Graph, plan: Plan) -> Result<Executor> {
-        let weights = Arc::new(Weights::new(&gpu, graph));
+        check_sizes(&gpu, graph)?;
+        let weights = Arc::new(gpu.allocation("the parameters", || Weights::new(&gpu, graph))?);
         Self::with_weights(gpu, graph, plan, weights)
     }
 
     /// An executor over shared weights (e.g. an eval graph beside the training graph).
     pub fn with_weights(gpu: Arc<Gpu>, graph: &Graph, plan: Plan, weights: Arc<Weights>) -> Result<Executor> {
         weights.check(graph)?;
+        check_sizes(&gpu, graph)?;
+        let batch = graph.tensors.iter().find(|t| t.role == Role::Input).map(|t| t.shape.first().copied().unwrap_or(1));
+        let what = format!("the activations of a batch of {}", batch.unwrap_or(1));
+        gpu.clone().allocation(&what, || Self::plan(gpu, graph, plan, weights))?
+    }
+
+    fn plan(gpu: Arc<Gpu>, graph: &Graph, plan: Plan, weights: Arc<Weights>) -> Result<Executor> {
         let values = graph
             .tensors
             .iter()
@@ -383,6 +391,22 @@ impl Executor {
     pub fn dispatch_counts(&self) -> (usize, usize, usize) {
         (self.forward.len(), self.backward.len(), self.optimizer.len())
     }
+}
+
+/// Every tensor must fit one storage binding of this adapter.
+fn check_sizes(gpu: &Gpu, graph: &Graph) -> Result<()> {
+    let limit = gpu.device.limits().max_storage_buffer_binding_size;
+    if let Some(t) = graph.tensors.iter().find(|t| 4 * t.numel() as u64 > limit) {
+        bail!(
+            "tensor {:?} {:?} needs {} MiB, more than the {} MiB one buffer binding may hold on {}; use a smaller batch",
+            t.name,
+            t.shape,
+            4 * t.numel() as u64 >> 20,
+            limit >> 20,
+            gpu.info.name
+        );
+    }
+    Ok(())
 }
 
 /// SGD over the parameter arena, in chunks no larger than one storage binding may be.
