@@ -401,7 +401,7 @@ fn check_sizes(gpu: &Gpu, graph: &Graph) -> Result<()> {
             "tensor {:?} {:?} needs {} MiB, more than the {} MiB one buffer binding may hold on {}; use a smaller batch",
             t.name,
             t.shape,
-            4 * t.numel() as u64 >> 20,
+            (4 * t.numel() as u64) >> 20,
             limit >> 20,
             gpu.info.name
         );
