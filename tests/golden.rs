@@ -11,7 +11,7 @@ use std::sync::Arc;
 use common::{assert_close, gpu, to_f64};
 use kdna::graph::{Executor, Graph, Plan, Role, TensorId};
 use kdna::io::{HostTensor, load_safetensors};
-use kdna::models::layers;
+use kdna::models::layers::{self, ConvInit};
 use kdna::ops::Mode;
 use kdna::ops::conv2d::Conv2dConfig;
 use kdna::ops::sgd::Sgd;
@@ -108,7 +108,7 @@ fn modulation_golden() {
 
 #[test]
 fn router_golden() {
-    check_block("se", |g, x| layers::router(g, x, "se", 4).unwrap());
+    check_block("se", |g, x| layers::router(g, x, "se", 4, ConvInit::TorchDefault).unwrap());
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn routed_child_conv_golden() {
         let filter = g.param("static_filter_attn", &[12, 1, 1, 1]).unwrap();
         // A single child: the attention tensors have no child dimension here, one row.
         let child = g.modulate(parent, Some(spatial), filter, 0, 1).unwrap()[0];
-        let routed = layers::router(g, x, "se.se", 4).unwrap();
+        let routed = layers::router(g, x, "se.se", 4, ConvInit::TorchDefault).unwrap();
         g.conv2d(routed, child, None, Conv2dConfig::new(1, 1)).unwrap()
     });
 }

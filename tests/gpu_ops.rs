@@ -5,7 +5,7 @@
 mod common;
 
 use common::{assert_close, f32_exact, gpu, randn, rng, to_f32, to_f64};
-use kdna::graph::{Executor, Graph, Plan, TensorId};
+use kdna::graph::{Executor, Graph, Init, Plan, TensorId};
 use kdna::ops::Mode;
 use kdna::ops::activation::Activation;
 use kdna::ops::batchnorm::BatchNorm;
@@ -129,8 +129,8 @@ fn batchnorm_matches_reference_in_both_modes() {
             let x = g.input("x", &shape);
             let w = g.param("weight", &[c]).unwrap();
             let b = g.param("bias", &[c]).unwrap();
-            let rm = g.state("running_mean", &[c]).unwrap();
-            let rv = g.state("running_var", &[c]).unwrap();
+            let rm = g.state("running_mean", &[c], Init::Zeros).unwrap();
+            let rv = g.state("running_var", &[c], Init::Ones).unwrap();
             let y = g.batchnorm(x, w, b, rm, rv, 1e-5, 0.1).unwrap();
             let mut exe = Executor::new(gpu(), &g, plan(mode, y)).unwrap();
             let mut rng = rng(300 + i as u64);

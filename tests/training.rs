@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::{randn, rng, to_f32};
 use kdna::gpu::Gpu;
 use kdna::graph::{Executor, Graph, Plan, Role, StepStats, TensorId};
-use kdna::models::layers;
+use kdna::models::layers::{self, ConvInit};
 use kdna::ops::conv2d::Conv2dConfig;
 use kdna::ops::sgd::Sgd;
 
@@ -28,7 +28,7 @@ fn kdna_net() -> Net {
     let images = g.input("images", &[BATCH, 3, 9, 9]);
     let labels = g.labels("labels", BATCH);
     let same = Conv2dConfig::new(1, 1);
-    let x = layers::conv2d(&mut g, images, "stem", 8, 3, same, false).unwrap();
+    let x = layers::conv2d(&mut g, images, "stem", 8, 3, same, false, ConvInit::KaimingFanOut).unwrap();
     let x = layers::batchnorm(&mut g, x, "stem_bn").unwrap();
     let mut x = g.relu(x);
     // The parent conv, used itself and through two children.
@@ -37,7 +37,7 @@ fn kdna_net() -> Net {
     let filter = g.param("static_filter_attn", &[2, 8, 1, 1, 1]).unwrap();
     let kids = g.modulate(parent, Some(spatial), filter, 0, 2).unwrap();
     for (i, &kid) in kids.iter().enumerate() {
-        let routed = layers::router(&mut g, x, &format!("se.{i}"), 4).unwrap();
+        let routed = layers::router(&mut g, x, &format!("se.{i}"), 4, ConvInit::KaimingFanOut).unwrap();
         let y = g.conv2d(routed, kid, None, same).unwrap();
         let y = layers::batchnorm(&mut g, y, &format!("bns.{i}")).unwrap();
         let y = g.relu(y);

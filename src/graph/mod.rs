@@ -28,11 +28,23 @@ pub enum Role {
     Activation,
 }
 
+/// How a parameter or state tensor starts (the distributions PyTorch initialises with).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// Normal with mean 0 and this standard deviation.
+    Normal(f32),
+    /// Uniform on [-bound, bound].
+    Uniform(f32),
+}
+
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
     pub name: String,
     pub shape: Vec<usize>,
     pub role: Role,
+    pub init: Init,
 }
 
 impl TensorInfo {
@@ -60,7 +72,7 @@ impl Graph {
     }
 
     fn tensor(&mut self, name: impl Into<String>, shape: &[usize], role: Role) -> TensorId {
-        self.tensors.push(TensorInfo { name: name.into(), shape: shape.to_vec(), role });
+        self.tensors.push(TensorInfo { name: name.into(), shape: shape.to_vec(), role, init: Init::Zeros });
         TensorId(self.tensors.len() - 1)
     }
 
@@ -72,16 +84,26 @@ impl Graph {
         self.tensor(name, &[batch], Role::Labels)
     }
 
-    /// A trained parameter. Names are the PyTorch state-dict keys; a name may appear once.
+    /// A trained parameter, starting at zero. Names are the PyTorch state-dict keys; a name
+    /// may appear once.
     pub fn param(&mut self, name: &str, shape: &[usize]) -> Result<TensorId> {
-        self.unique(name)?;
-        Ok(self.tensor(name, shape, Role::Param))
+        self.param_init(name, shape, Init::Zeros)
     }
 
-    /// A persistent untrained buffer (running statistics).
-    pub fn state(&mut self, name: &str, shape: &[usize]) -> Result<TensorId> {
+    /// A trained parameter that starts as `init` says.
+    pub fn param_init(&mut self, name: &str, shape: &[usize], init: Init) -> Result<TensorId> {
         self.unique(name)?;
-        Ok(self.tensor(name, shape, Role::State))
+        let t = self.tensor(name, shape, Role::Param);
+        self.tensors[t.0].init = init;
+        Ok(t)
+    }
+
+    /// A persistent untrained buffer (running statistics) that starts as `init` says.
+    pub fn state(&mut self, name: &str, shape: &[usize], init: Init) -> Result<TensorId> {
+        self.unique(name)?;
+        let t = self.tensor(name, shape, Role::State);
+        self.tensors[t.0].init = init;
+        Ok(t)
     }
 
     fn unique(&self, name: &str) -> Result<()> {
