@@ -1,3 +1,97 @@
-//! Layers built from ops, with PyTorch's parameter names.
+//! The networks, baseline and KernelDNA, built as graphs with PyTorch's state-dict names.
 
 pub mod layers;
+pub mod mobilenet;
+pub mod resnet;
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{Result, bail};
+
+use crate::graph::{Graph, TensorId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arch {
+    ResNet18,
+    ResNet50,
+    MobileNetV2,
+    /// MobileNetV2 at width 0.5.
+    MobileNetV2Half,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 4] = [Arch::ResNet18, Arch::ResNet50, Arch::MobileNetV2, Arch::MobileNetV2Half];
+
+    /// The name `--arch` takes (the seed's spelling).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::ResNet18 => "resnet18",
+            Arch::ResNet50 => "resnet50",
+            Arch::MobileNetV2 => "mobilenet_v2",
+            Arch::MobileNetV2Half => "mobilenet_v2_1d2",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Arch> {
+        match Arch::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(s)) {
+            Some(a) => Ok(a),
+            None => {
+                let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+                bail!("unknown architecture {s:?}; kdna knows {}", names.join(", "))
+            }
+        }
+    }
+}
+
+/// Which network: the architecture, KernelDNA or the torchvision baseline, and the classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub arch: Arch,
+    pub kdna: bool,
+    pub classes: usize,
+}
+
+/// A network's graph for one batch shape, and its interface tensors.
+pub struct Network {
+    pub graph: Graph,
+    pub images: TensorId,
+    pub labels: TensorId,
+    pub logits: TensorId,
+    /// [mean cross-entropy, correct top-1 count].
+    pub loss: TensorId,
+}
+
+/// Builds `spec` for batches of `batch` images of `res` x `res` pixels.
+pub fn build(spec: ModelSpec, batch: usize, res: usize, label_smoothing: f32) -> Result<Network> {
+    if spec.classes == 0 {
+        bail!("a network needs at least one class");
+    }
+    let mut g = Graph::new();
+    let images = g.input("images", &[batch, 3, res, res]);
+    let labels = g.labels("labels", batch);
+    let logits = match spec.arch {
+        Arch::ResNet18 => resnet::resnet18(&mut g, images, spec.classes, spec.kdna)?,
+        Arch::ResNet50 => resnet::resnet50(&mut g, images, spec.classes, spec.kdna)?,
+        Arch::MobileNetV2 => mobilenet::mobilenet_v2(&mut g, images, spec.classes, 1.0, spec.kdna)?,
+        Arch::MobileNetV2Half => mobilenet::mobilenet_v2(&mut g, images, spec.classes, 0.5, spec.kdna)?,
+    };
+    let loss = g.cross_entropy(logits, labels, label_smoothing)?;
+    Ok(Network { graph: g, images, labels, logits, loss })
+}
+
+/// Number of trained parameters (buffers such as running statistics excluded), as
+/// `sum(p.numel() for p in model.parameters())`.
+pub fn parameter_count(g: &Graph) -> usize {
+    g.params().map(|(_, t)| t.numel()).sum()
+}

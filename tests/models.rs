@@ -1,0 +1,32 @@
+//! The networks' structure, checked without a GPU: parameter counts equal PyTorch's.
+
+use kdna::models::{Arch, ModelSpec, build, parameter_count};
+
+fn params(arch: Arch, kdna: bool) -> usize {
+    let net = build(ModelSpec { arch, kdna, classes: 1000 }, 2, 64, 0.0).unwrap();
+    parameter_count(&net.graph)
+}
+
+#[test]
+fn parameter_counts_match_pytorch() {
+    // sum(p.numel() for p in model.parameters()) of torchvision and the KernelDNA reference.
+    let want = [
+        (Arch::ResNet18, 11_689_512, 9_240_798),
+        (Arch::ResNet50, 25_557_032, 22_778_060),
+        (Arch::MobileNetV2, 3_504_872, 3_136_840),
+        (Arch::MobileNetV2Half, 1_968_680, 1_878_232),
+    ];
+    for (arch, baseline, kdna) in want {
+        assert_eq!(params(arch, false), baseline, "{arch} baseline");
+        assert_eq!(params(arch, true), kdna, "{arch} KernelDNA");
+    }
+}
+
+#[test]
+fn architecture_names_parse() {
+    for arch in Arch::ALL {
+        assert_eq!(arch.name().parse::<Arch>().unwrap(), arch);
+    }
+    let err = "resnet19".parse::<Arch>().unwrap_err().to_string();
+    assert!(err.contains("resnet18") && err.contains("mobilenet_v2_1d2"), "{err}");
+}
