@@ -2,9 +2,18 @@
 //
 // Train mode normalises with the batch mean and biased variance and moves the running
 // statistics by `momentum` towards the batch mean and the *unbiased* variance. Eval mode
-// normalises with the running statistics. Both modes keep `saved` = [mean[C], invstd[C]] for
-// the apply and backward kernels. Per-channel reductions run in one workgroup per channel with
-// a fixed tree order, so results are deterministic.
+// normalises with the running statistics. Per-channel reductions run in one workgroup per
+// channel with a fixed tree order, so results are deterministic.
+//
+// Precision: the input gradient in train mode, dx = w * invstd * ((dy - mean(dy)) - c * beta)
+// with c = x - mean and beta = sum(dy * c) / (count * (var + eps)), cancels almost completely
+// when few values share a channel (a router's BatchNorm sees one per sample: at batch 2 the
+// true result is ~eps / var of either term). f32 leaves it with a few percent of error, so the
+// statistics, the sums and that difference are carried as double-float pairs (hi + lo, ~44
+// bits), the way torch's CPU kernels accumulate in double.
+//
+// `saved` (6 x C): mean.hi, invstd (f32, for the apply kernel), mean.lo, (var + eps) as a
+// pair, and spare. `sums` (4 x C): mean(dy) and beta, as pairs.
 
 struct NormParams {
     batch: u32,
@@ -23,16 +32,60 @@ struct NormParams {
 
 @group(0) @binding(0) var<uniform> p: NormParams;
 
-const REDUCE: u32 = 64u;
-var<workgroup> partial: array<f32, REDUCE>;
+// ---------------------------------------------------------------- double-float arithmetic
+// A value is vec2(hi, lo) with |lo| <= ulp(hi) / 2. Error-free transformations (Knuth's
+// two-sum, fma-based two-product), as in the QD library.
 
-// Sums `value` over the workgroup; every invocation gets the total.
-fn workgroup_sum(lane: u32, value: f32) -> f32 {
+fn two_sum(a: f32, b: f32) -> vec2<f32> {
+    let s = a + b;
+    let bb = s - a;
+    return vec2<f32>(s, (a - (s - bb)) + (b - bb));
+}
+
+fn quick_two_sum(a: f32, b: f32) -> vec2<f32> {
+    let s = a + b;
+    return vec2<f32>(s, b - (s - a));
+}
+
+fn df_add(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let s = two_sum(a.x, b.x);
+    let t = two_sum(a.y, b.y);
+    let u = quick_two_sum(s.x, s.y + t.x);
+    return quick_two_sum(u.x, u.y + t.y);
+}
+
+fn df_neg(a: vec2<f32>) -> vec2<f32> {
+    return -a;
+}
+
+fn df_mul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let hi = a.x * b.x;
+    let lo = fma(a.x, b.x, -hi) + (a.x * b.y + a.y * b.x);
+    return quick_two_sum(hi, lo);
+}
+
+fn df_div(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let q1 = a.x / b.x;
+    let r = df_add(a, df_neg(df_mul(vec2<f32>(q1, 0.0), b)));
+    let q2 = r.x / b.x;
+    let r2 = df_add(r, df_neg(df_mul(vec2<f32>(q2, 0.0), b)));
+    return df_add(quick_two_sum(q1, q2), vec2<f32>(r2.x / b.x, 0.0));
+}
+
+fn df(a: f32) -> vec2<f32> {
+    return vec2<f32>(a, 0.0);
+}
+
+const REDUCE: u32 = 64u;
+var<workgroup> partial: array<vec2<f32>, REDUCE>;
+
+// Sums `value` over the workgroup in a fixed tree order; every invocation gets the total.
+fn workgroup_sum(lane: u32, value: vec2<f32>) -> vec2<f32> {
     partial[lane] = value;
     workgroupBarrier();
     for (var stride = REDUCE / 2u; stride > 0u; stride = stride / 2u) {
         if (lane < stride) {
-            partial[lane] += partial[lane + stride];
+            partial[lane] = df_add(partial[lane], partial[lane + stride]);
         }
         workgroupBarrier();
     }
@@ -57,22 +110,27 @@ fn element(c: u32, i: u32) -> u32 {
 fn batchnorm_stats_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let c = wid.x;
     let count = p.batch * p.spatial;
-    var sum = 0.0;
+    var sum = df(0.0);
     for (var i = lane; i < count; i += REDUCE) {
-        sum += st_x[element(c, i)];
+        sum = df_add(sum, df(st_x[element(c, i)]));
     }
-    let mean = workgroup_sum(lane, sum) / f32(count);
-    var sq = 0.0;
+    let mean = df_div(workgroup_sum(lane, sum), df(f32(count)));
+    var sq = df(0.0);
     for (var i = lane; i < count; i += REDUCE) {
-        let d = st_x[element(c, i)] - mean;
-        sq += d * d;
+        let d = df_add(df(st_x[element(c, i)]), df_neg(mean));
+        sq = df_add(sq, df_mul(d, d));
     }
-    let var_biased = workgroup_sum(lane, sq) / f32(count);
+    let var_biased = df_div(workgroup_sum(lane, sq), df(f32(count)));
     if (lane == 0u) {
-        st_saved[c] = mean;
-        st_saved[p.channels + c] = inverseSqrt(var_biased + p.eps);
-        let unbiased = var_biased * f32(count) / f32(max(count, 2u) - 1u);
-        st_running_mean[c] = (1.0 - p.momentum) * st_running_mean[c] + p.momentum * mean;
+        let var_eps = df_add(var_biased, df(p.eps));
+        let ch = p.channels;
+        st_saved[c] = mean.x;
+        st_saved[ch + c] = 1.0 / sqrt(var_eps.x);
+        st_saved[2u * ch + c] = mean.y;
+        st_saved[3u * ch + c] = var_eps.x;
+        st_saved[4u * ch + c] = var_eps.y;
+        let unbiased = var_biased.x * f32(count) / f32(max(count, 2u) - 1u);
+        st_running_mean[c] = (1.0 - p.momentum) * st_running_mean[c] + p.momentum * mean.x;
         st_running_var[c] = (1.0 - p.momentum) * st_running_var[c] + p.momentum * unbiased;
     }
 }
@@ -85,9 +143,14 @@ fn batchnorm_stats_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
 @compute @workgroup_size(64)
 fn batchnorm_stats_eval(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = flat_index(gid, nwg);
-    if (c >= p.channels) { return; }
+    let ch = p.channels;
+    if (c >= ch) { return; }
+    let var_eps = df_add(df(ev_running_var[c]), df(p.eps));
     ev_saved[c] = ev_running_mean[c];
-    ev_saved[p.channels + c] = inverseSqrt(ev_running_var[c] + p.eps);
+    ev_saved[ch + c] = 1.0 / sqrt(var_eps.x);
+    ev_saved[2u * ch + c] = 0.0;
+    ev_saved[3u * ch + c] = var_eps.x;
+    ev_saved[4u * ch + c] = var_eps.y;
 }
 
 // ---------------------------------------------------------------- normalise
@@ -97,14 +160,16 @@ fn batchnorm_stats_eval(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 @group(0) @binding(4) var<storage, read> ap_saved: array<f32>;
 @group(0) @binding(5) var<storage, read_write> ap_y: array<f32>;
 
-// y = (x - mean) * invstd * weight + bias. Invocations: every element.
+// y = (x - mean) * invstd * weight + bias, centring with both parts of the mean: values of a
+// nearly constant channel sit within a few ulps of it. Invocations: every element.
 @compute @workgroup_size(64)
 fn batchnorm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if (i >= p.batch * p.channels * p.spatial) { return; }
-    let c = (i / p.spatial) % p.channels;
-    let scale = ap_saved[p.channels + c] * ap_weight[c];
-    ap_y[i] = (ap_x[i] - ap_saved[c]) * scale + ap_bias[c];
+    let ch = p.channels;
+    if (i >= p.batch * ch * p.spatial) { return; }
+    let c = (i / p.spatial) % ch;
+    let scale = ap_saved[ch + c] * ap_weight[c];
+    ap_y[i] = ((ap_x[i] - ap_saved[c]) - ap_saved[2u * ch + c]) * scale + ap_bias[c];
 }
 
 // ---------------------------------------------------------------- backward
@@ -115,28 +180,35 @@ fn batchnorm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 @group(0) @binding(5) var<storage, read_write> br_dbias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> br_sums: array<f32>;
 
-// dbias = sum(dy), dweight = sum(dy * xhat); both sums are also kept for the input gradient.
-// Workgroups: channels.
+// dbias = sum(dy), dweight = sum(dy * c) * invstd; mean(dy) and beta kept for the input
+// gradient. Workgroups: channels.
 @compute @workgroup_size(64)
 fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let c = wid.x;
+    let ch = p.channels;
     let count = p.batch * p.spatial;
-    let mean = br_saved[c];
-    let invstd = br_saved[p.channels + c];
-    var sum_dy = 0.0;
-    var sum_dy_xhat = 0.0;
+    let mean = vec2<f32>(br_saved[c], br_saved[2u * ch + c]);
+    var sum_dy = df(0.0);
+    var sum_dy_c = df(0.0);
     for (var i = lane; i < count; i += REDUCE) {
         let at = element(c, i);
-        sum_dy += br_dy[at];
-        sum_dy_xhat += br_dy[at] * (br_x[at] - mean) * invstd;
+        let dy = df(br_dy[at]);
+        sum_dy = df_add(sum_dy, dy);
+        sum_dy_c = df_add(sum_dy_c, df_mul(dy, df_add(df(br_x[at]), df_neg(mean))));
     }
     sum_dy = workgroup_sum(lane, sum_dy);
-    sum_dy_xhat = workgroup_sum(lane, sum_dy_xhat);
+    sum_dy_c = workgroup_sum(lane, sum_dy_c);
     if (lane == 0u) {
-        br_dbias[c] = accumulated(br_dbias[c], sum_dy, p.accumulate_bias);
-        br_dweight[c] = accumulated(br_dweight[c], sum_dy_xhat, p.accumulate_weight);
-        br_sums[c] = sum_dy;
-        br_sums[p.channels + c] = sum_dy_xhat;
+        let invstd = br_saved[ch + c];
+        br_dbias[c] = accumulated(br_dbias[c], sum_dy.x, p.accumulate_bias);
+        br_dweight[c] = accumulated(br_dweight[c], sum_dy_c.x * invstd, p.accumulate_weight);
+        let var_eps = vec2<f32>(br_saved[3u * ch + c], br_saved[4u * ch + c]);
+        let mean_dy = df_div(sum_dy, df(f32(count)));
+        let beta = df_div(sum_dy_c, df_mul(df(f32(count)), var_eps));
+        br_sums[c] = mean_dy.x;
+        br_sums[ch + c] = mean_dy.y;
+        br_sums[2u * ch + c] = beta.x;
+        br_sums[3u * ch + c] = beta.y;
     }
 }
 
@@ -147,19 +219,23 @@ fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
 @group(0) @binding(5) var<storage, read> bi_sums: array<f32>;
 @group(0) @binding(6) var<storage, read_write> bi_dx: array<f32>;
 
-// Train: dx = weight * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)).
+// Train: dx = weight * invstd * ((dy - mean(dy)) - (x - mean) * beta), in double-float.
 // Eval (statistics are constants): dx = weight * invstd * dy. Invocations: every element.
 @compute @workgroup_size(64)
 fn batchnorm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if (i >= p.batch * p.channels * p.spatial) { return; }
-    let c = (i / p.spatial) % p.channels;
-    let invstd = bi_saved[p.channels + c];
+    let ch = p.channels;
+    if (i >= p.batch * ch * p.spatial) { return; }
+    let c = (i / p.spatial) % ch;
+    let invstd = bi_saved[ch + c];
     var g = bi_dy[i];
     if (p.training != 0u) {
-        let count = f32(p.batch * p.spatial);
-        let xhat = (bi_x[i] - bi_saved[c]) * invstd;
-        g = g - bi_sums[c] / count - xhat * bi_sums[p.channels + c] / count;
+        let mean = vec2<f32>(bi_saved[c], bi_saved[2u * ch + c]);
+        let mean_dy = vec2<f32>(bi_sums[c], bi_sums[ch + c]);
+        let beta = vec2<f32>(bi_sums[2u * ch + c], bi_sums[3u * ch + c]);
+        let centred = df_add(df(bi_x[i]), df_neg(mean));
+        let r = df_add(df_add(df(g), df_neg(mean_dy)), df_neg(df_mul(centred, beta)));
+        g = r.x + r.y;
     }
     bi_dx[i] = accumulated(bi_dx[i], bi_weight[c] * invstd * g, p.accumulate_input);
 }

@@ -12,6 +12,7 @@ use common::{assert_close, gpu, to_f64};
 use kdna::graph::{Executor, Graph, Plan, Role, TensorId};
 use kdna::io::{HostTensor, load_safetensors};
 use kdna::models::layers::{self, ConvInit};
+use kdna::models::{mobilenet, resnet};
 use kdna::ops::Mode;
 use kdna::ops::conv2d::Conv2dConfig;
 use kdna::ops::sgd::Sgd;
@@ -159,4 +160,19 @@ fn cross_entropy_golden() {
         let grad = to_f64(&exe.read_grad(logits).unwrap());
         assert_close(&format!("grad, smoothing {tag}"), &grad, &want(&f, &format!("grad.smoothing{tag}")), TOL);
     }
+}
+
+#[test]
+fn resnet18_stage_golden() {
+    check_block("resnet18_stage", |g, x| resnet::resnet18_stage(g, x, "", 16, 2).unwrap());
+}
+
+#[test]
+fn resnet50_stage4_golden() {
+    check_block("resnet50_stage4", |g, x| resnet::resnet50_stage4(g, x, "", 8, 1).unwrap());
+}
+
+#[test]
+fn mobilenetv2_cluster_golden() {
+    check_block("mobilenetv2_cluster", |g, x| mobilenet::mobilenet_cluster(g, x, "", 16, 2, 2).unwrap());
 }

@@ -37,7 +37,14 @@ fn default_bias(fan_in: usize) -> Init {
 }
 
 /// A conv weight parameter `name` ([c_out, c_in / groups, kernel, kernel]).
-pub fn conv_weight(g: &mut Graph, name: &str, c_out: usize, c_in_per_group: usize, kernel: usize, init: ConvInit) -> Result<TensorId> {
+pub fn conv_weight(
+    g: &mut Graph,
+    name: &str,
+    c_out: usize,
+    c_in_per_group: usize,
+    kernel: usize,
+    init: ConvInit,
+) -> Result<TensorId> {
     let shape = [c_out, c_in_per_group, kernel, kernel];
     g.param_init(name, &shape, init.weight(&shape))
 }

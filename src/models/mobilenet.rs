@@ -36,7 +36,14 @@ fn conv_bn(
 }
 
 /// torchvision's InvertedResidual named `prefix`.
-fn inverted_residual(g: &mut Graph, x: TensorId, prefix: &str, out: usize, stride: usize, t: usize) -> Result<TensorId> {
+fn inverted_residual(
+    g: &mut Graph,
+    x: TensorId,
+    prefix: &str,
+    out: usize,
+    stride: usize,
+    t: usize,
+) -> Result<TensorId> {
     let inp = g.shape(x)[1];
     let hidden = inp * t;
     let init = ConvInit::KaimingFanOut;
@@ -59,7 +66,14 @@ fn inverted_residual(g: &mut Graph, x: TensorId, prefix: &str, out: usize, strid
 
 /// The reference's `_ib_layers` named `prefix` (pw1, bn1, dw, bn2, pw2, bn3); `pw1`/`pw2` are
 /// given because kids share them.
-fn ib_layers(g: &mut Graph, x: TensorId, prefix: &str, pw1: TensorId, pw2: TensorId, stride: usize) -> Result<TensorId> {
+fn ib_layers(
+    g: &mut Graph,
+    x: TensorId,
+    prefix: &str,
+    pw1: TensorId,
+    pw2: TensorId,
+    stride: usize,
+) -> Result<TensorId> {
     let init = ConvInit::TorchDefault;
     let hidden = g.shape(pw1)[0];
     let k = |name: &str| key(prefix, name);
@@ -94,7 +108,14 @@ fn kid_block(g: &mut Graph, x: TensorId, prefix: &str, w1: TensorId, w3: TensorI
 /// KernelDNA's MobileNetV2 cluster named `prefix`: a transition block (inp -> out, stride),
 /// `n_kids` kids whose pointwise convs are filter-modulated children of last_block's, then
 /// last_block.
-pub fn mobilenet_cluster(g: &mut Graph, x: TensorId, prefix: &str, out: usize, stride: usize, n_kids: usize) -> Result<TensorId> {
+pub fn mobilenet_cluster(
+    g: &mut Graph,
+    x: TensorId,
+    prefix: &str,
+    out: usize,
+    stride: usize,
+    n_kids: usize,
+) -> Result<TensorId> {
     let inp = g.shape(x)[1];
     let k = |name: &str| key(prefix, name);
     let t_pw1 = pointwise(g, &k("transition.layers.pw1.weight"), inp * 6, inp)?;
@@ -118,7 +139,8 @@ pub fn mobilenet_cluster(g: &mut Graph, x: TensorId, prefix: &str, out: usize, s
 pub fn mobilenet_v2(g: &mut Graph, images: TensorId, classes: usize, width: f64, kdna: bool) -> Result<TensorId> {
     let init = ConvInit::KaimingFanOut;
     let stem_channels = make_divisible(32.0 * width);
-    let mut x = conv_bn(g, images, "features.0.0", "features.0.1", stem_channels, 3, Conv2dConfig::new(2, 1), true, init)?;
+    let mut x =
+        conv_bn(g, images, "features.0.0", "features.0.1", stem_channels, 3, Conv2dConfig::new(2, 1), true, init)?;
     let mut index = 1;
     for (stage, &(t, c, n, s)) in STAGES.iter().enumerate() {
         let out = make_divisible(c as f64 * width);
@@ -135,14 +157,31 @@ pub fn mobilenet_v2(g: &mut Graph, images: TensorId, classes: usize, width: f64,
             }
             _ => {
                 for i in 0..n {
-                    x = inverted_residual(g, x, &format!("features.{}", index + i), out, if i == 0 { s } else { 1 }, t)?;
+                    x = inverted_residual(
+                        g,
+                        x,
+                        &format!("features.{}", index + i),
+                        out,
+                        if i == 0 { s } else { 1 },
+                        t,
+                    )?;
                 }
             }
         }
         index += n;
     }
     let last = make_divisible(1280.0 * width.max(1.0));
-    let x = conv_bn(g, x, &format!("features.{index}.0"), &format!("features.{index}.1"), last, 1, Conv2dConfig::new(1, 0), true, init)?;
+    let x = conv_bn(
+        g,
+        x,
+        &format!("features.{index}.0"),
+        &format!("features.{index}.1"),
+        last,
+        1,
+        Conv2dConfig::new(1, 0),
+        true,
+        init,
+    )?;
     let pooled = g.global_avgpool(x)?;
     linear(g, pooled, "classifier.1", classes, LinearInit::Normal(0.01))
 }

@@ -16,7 +16,16 @@ fn conv_bn_with(g: &mut Graph, x: TensorId, weight: TensorId, stride: usize, bn:
 
 /// conv (bias-free, "same" padding) -> bn.
 #[allow(clippy::too_many_arguments)]
-fn conv_bn(g: &mut Graph, x: TensorId, conv: &str, bn: &str, c_out: usize, kernel: usize, stride: usize, init: ConvInit) -> Result<TensorId> {
+fn conv_bn(
+    g: &mut Graph,
+    x: TensorId,
+    conv: &str,
+    bn: &str,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    init: ConvInit,
+) -> Result<TensorId> {
     let y = conv2d(g, x, conv, c_out, kernel, Conv2dConfig::new(stride, kernel / 2), false, init)?;
     batchnorm(g, y, bn)
 }
@@ -55,7 +64,14 @@ fn basic_block(g: &mut Graph, x: TensorId, prefix: &str, planes: usize, stride: 
 }
 
 /// A routed child conv: `bn(conv(router(x), child))`.
-fn routed_child(g: &mut Graph, x: TensorId, child: TensorId, router_name: &str, bn: &str, init: ConvInit) -> Result<TensorId> {
+fn routed_child(
+    g: &mut Graph,
+    x: TensorId,
+    child: TensorId,
+    router_name: &str,
+    bn: &str,
+    init: ConvInit,
+) -> Result<TensorId> {
     let routed = router(g, x, router_name, 4, init)?;
     conv_bn_with(g, routed, child, 1, bn)
 }
@@ -112,8 +128,11 @@ pub fn resnet18(g: &mut Graph, images: TensorId, classes: usize, kdna: bool) -> 
 /// torchvision's Bottleneck named `prefix` (stride on the 3x3 conv).
 fn bottleneck(g: &mut Graph, x: TensorId, prefix: &str, planes: usize, stride: usize) -> Result<TensorId> {
     let out = planes * 4;
-    let identity =
-        if stride != 1 || g.shape(x)[1] != out { downsample(g, x, &key(prefix, "downsample"), out, stride)? } else { x };
+    let identity = if stride != 1 || g.shape(x)[1] != out {
+        downsample(g, x, &key(prefix, "downsample"), out, stride)?
+    } else {
+        x
+    };
     let init = ConvInit::KaimingFanOut;
     let y = conv_bn(g, x, &key(prefix, "conv1"), &key(prefix, "bn1"), planes, 1, 1, init)?;
     let y = g.relu(y);

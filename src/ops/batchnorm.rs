@@ -54,14 +54,15 @@ impl BatchNorm {
     }
 }
 
-// Inputs: x, weight, bias, running_mean, running_var. Scratch: saved [mean, invstd], sums.
+// Inputs: x, weight, bias, running_mean, running_var. Scratch: saved statistics, backward sums.
 impl Op for BatchNorm {
     fn name(&self) -> &'static str {
         "batchnorm"
     }
 
     fn scratch(&self) -> Vec<usize> {
-        vec![2 * self.channels, 2 * self.channels]
+        // Saved statistics and backward sums, laid out as norm.wgsl describes.
+        vec![6 * self.channels, 4 * self.channels]
     }
 
     fn differentiable(&self, input: usize) -> bool {
