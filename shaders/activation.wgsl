@@ -26,7 +26,7 @@ fn activation_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     switch p.kind {
         case RELU: { y = max(x, 0.0); }
         case RELU6: { y = clamp(x, 0.0, 6.0); }
-        default: { y = 1.0 / (1.0 + exp(-x)); }
+        default: { y = 1.0 / (1.0 + exp_accurate(-x)); }
     }
     fwd_y[i] = y;
 }

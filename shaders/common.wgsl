@@ -14,3 +14,22 @@ fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
 fn accumulated(old: f32, value: f32, accumulate: u32) -> f32 {
     return select(value, old + value, accumulate != 0u);
 }
+
+// e^x to about 1 ulp. Drivers may implement the builtin exp() to within 3 + 2|x| ulp (some
+// software rasterisers do), and the router's gates need better: a gate's error passes into
+// every later activation and a BatchNorm over a nearly constant channel amplifies it.
+// Cody-Waite reduction x = k ln2 + r, |r| <= ln2 / 2, then a degree-7 Taylor polynomial.
+fn exp_accurate(x: f32) -> f32 {
+    let xc = clamp(x, -87.0, 88.0);
+    let k = round(xc * 1.442695041);
+    let r = (xc - k * 0.693145752) - k * 1.42860677e-6;
+    var q = 1.0 / 5040.0;
+    q = fma(q, r, 1.0 / 720.0);
+    q = fma(q, r, 1.0 / 120.0);
+    q = fma(q, r, 1.0 / 24.0);
+    q = fma(q, r, 1.0 / 6.0);
+    q = fma(q, r, 0.5);
+    q = fma(q, r, 1.0);
+    q = fma(q, r, 1.0);
+    return ldexp(q, i32(k));
+}

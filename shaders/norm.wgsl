@@ -25,7 +25,8 @@ struct NormParams {
     accumulate_weight: u32,
     accumulate_bias: u32,
     accumulate_input: u32,
-    _pad0: u32,
+    // Always 1.0; see `opaque`.
+    one: f32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -34,16 +35,23 @@ struct NormParams {
 
 // ---------------------------------------------------------------- double-float arithmetic
 // A value is vec2(hi, lo) with |lo| <= ulp(hi) / 2. Error-free transformations (Knuth's
-// two-sum, fma-based two-product), as in the QD library.
+// two-sum, Dekker's two-product), as in the QD library.
+
+// Shader compilers may simplify (a + b) - a to b, which erases the rounding error these
+// transformations exist to capture. Multiplying by a uniform the compiler cannot see is 1.0
+// keeps each rounded result as computed.
+fn opaque(x: f32) -> f32 {
+    return x * p.one;
+}
 
 fn two_sum(a: f32, b: f32) -> vec2<f32> {
-    let s = a + b;
+    let s = opaque(a + b);
     let bb = s - a;
     return vec2<f32>(s, (a - (s - bb)) + (b - bb));
 }
 
 fn quick_two_sum(a: f32, b: f32) -> vec2<f32> {
-    let s = a + b;
+    let s = opaque(a + b);
     return vec2<f32>(s, b - (s - a));
 }
 
@@ -58,10 +66,26 @@ fn df_neg(a: vec2<f32>) -> vec2<f32> {
     return -a;
 }
 
+// Veltkamp's split of a into two 12-bit halves, so that products of halves are exact.
+fn split(a: f32) -> vec2<f32> {
+    let t = opaque(4097.0 * a);
+    let hi = opaque(t - opaque(t - a));
+    return vec2<f32>(hi, a - hi);
+}
+
+// Dekker's exact product a * b = p + err. (fma would be shorter, but WGSL lets a driver
+// compute fma with two roundings.)
+fn two_prod(a: f32, b: f32) -> vec2<f32> {
+    let p = opaque(a * b);
+    let x = split(a);
+    let y = split(b);
+    let err = opaque(opaque(opaque(x.x * y.x - p) + x.x * y.y) + x.y * y.x) + x.y * y.y;
+    return vec2<f32>(p, err);
+}
+
 fn df_mul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-    let hi = a.x * b.x;
-    let lo = fma(a.x, b.x, -hi) + (a.x * b.y + a.y * b.x);
-    return quick_two_sum(hi, lo);
+    let p = two_prod(a.x, b.x);
+    return quick_two_sum(p.x, p.y + (a.x * b.y + a.y * b.x));
 }
 
 fn df_div(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {

@@ -168,6 +168,11 @@ fn resnet18_stage_golden() {
 }
 
 #[test]
+fn resnet50_stage3_golden() {
+    check_block("resnet50_stage3", |g, x| resnet::resnet50_stage3(g, x, "", 8, 3).unwrap());
+}
+
+#[test]
 fn resnet50_stage4_golden() {
     check_block("resnet50_stage4", |g, x| resnet::resnet50_stage4(g, x, "", 8, 1).unwrap());
 }

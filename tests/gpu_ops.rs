@@ -327,3 +327,36 @@ fn a_tensor_beyond_the_binding_limit_is_a_clear_error() {
     let err = Executor::new(gpu, &g, plan(Mode::Train, y)).err().expect("too large to bind").to_string();
     assert!(err.contains("\"images\"") && err.contains("smaller batch"), "{err}");
 }
+
+/// A router's BatchNorm sees one value per sample: at batch 2 the input gradient is a
+/// near-total cancellation (the true result is ~eps / var of each term), which the kernels
+/// must still get right, as torch's double accumulators do.
+#[test]
+fn batchnorm_input_gradient_survives_cancellation_at_batch_two() {
+    let mut g = Graph::new();
+    let x = g.input("x", &[2, 5]);
+    let w = g.param("weight", &[5]).unwrap();
+    let b = g.param("bias", &[5]).unwrap();
+    let rm = g.state("running_mean", &[5], Init::Zeros).unwrap();
+    let rv = g.state("running_var", &[5], Init::Ones).unwrap();
+    let y = g.batchnorm(x, w, b, rm, rv, 1e-5, 0.1).unwrap();
+    let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+    // Channel spreads from 1e-2 to 1: eps / var from 1e-1 down to 1e-5.
+    let xv = f32_exact(vec![1.8, 4.87, -2.51, -1.12, 0.3, 1.49, 5.06, -3.37, -1.30, 0.31]);
+    exe.write(x, &to_f32(&xv)).unwrap();
+    let wv = f32_exact(vec![0.9, 1.1, 1.3, 0.7, 1.0]);
+    exe.write(w, &to_f32(&wv)).unwrap();
+    let mut rng = rng(310);
+    let dy = seed_grad(&exe, &g, y, &mut rng);
+    exe.run().unwrap();
+    let op = BatchNorm { batch: 2, channels: 5, spatial: 1, eps: 1e-5, momentum: 0.1 };
+    let (dx, _, _) = r::batchnorm::backward(&op, &xv, &wv, &dy, None);
+    // Each channel's gradient against its own size: plain f32 is off by up to 1e-2 here.
+    let got = read_grad(&exe, x);
+    for c in 0..5 {
+        let (g2, w2) = ([got[c], got[5 + c]], [dx[c], dx[5 + c]]);
+        let scale = w2[0].abs().max(w2[1].abs());
+        let err = (g2[0] - w2[0]).abs().max((g2[1] - w2[1]).abs());
+        assert!(err <= 1e-5 * scale, "channel {c}: got {g2:?}, want {w2:?}");
+    }
+}

@@ -30,7 +30,9 @@ struct NormParams {
     accumulate_weight: u32,
     accumulate_bias: u32,
     accumulate_input: u32,
-    _pad: [u32; 3],
+    /// Always 1.0: norm.wgsl multiplies by it to keep error-free transformations intact.
+    one: f32,
+    _pad: [u32; 2],
 }
 
 impl BatchNorm {
@@ -45,7 +47,8 @@ impl BatchNorm {
             accumulate_weight: 0,
             accumulate_bias: 0,
             accumulate_input: 0,
-            _pad: [0; 3],
+            one: 1.0,
+            _pad: [0; 2],
         }
     }
 
