@@ -13,7 +13,8 @@ struct ModulateParams {
     taps: u32,
     has_spatial: u32,
     accumulate: u32,
-    _pad: u32,
+    // Always 1.0, for double_float.wgsl.
+    one: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: ModulateParams;
@@ -67,45 +68,50 @@ fn modulate_backward_parent(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     bwd_out[e] = accumulated(bwd_out[e], sum, p.accumulate);
 }
 
+// The attention gradients sum over a whole kernel (c_out x c_in x taps terms, 262144 per
+// tap in ResNet18's layer4) and come out far smaller than the terms: each reduction runs in a
+// workgroup, in double-float, in a fixed order.
+
 // dspatial[k, tap] = sum_{co, f with f % taps == tap} dchild[k, co, f] * parent[co, f] * (1 + filter[k, co]).
-// Invocations: children x taps; writes rows first_child .. of the spatial gradient.
+// Workgroups: children x taps; writes rows first_child .. of the spatial gradient.
 @compute @workgroup_size(64)
-fn modulate_backward_spatial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    if (i >= p.children * p.taps) { return; }
-    let c = i / p.taps;
-    let tap = i % p.taps;
+fn modulate_backward_spatial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let c = wid.x / p.taps;
+    let tap = wid.x % p.taps;
     let k = p.first_child + c;
     let per_child = p.c_out * p.fan;
-    var sum = 0.0;
-    for (var co = 0u; co < p.c_out; co++) {
-        var row = 0.0;
-        for (var f = tap; f < p.fan; f += p.taps) {
-            let e = co * p.fan + f;
-            row += bwd_dchildren[c * per_child + e] * bwd_parent[e];
-        }
-        sum += row * (1.0 + bwd_filter[k * p.c_out + co]);
+    let rows = p.fan / p.taps;
+    var sum = df(0.0);
+    for (var j = lane; j < p.c_out * rows; j += REDUCE) {
+        let co = j / rows;
+        let e = co * p.fan + (j % rows) * p.taps + tap;
+        let term = two_prod(bwd_dchildren[c * per_child + e], bwd_parent[e]);
+        sum = df_add(sum, df_mul(term, df(1.0 + bwd_filter[k * p.c_out + co])));
     }
-    let at = k * p.taps + tap;
-    bwd_out[at] = accumulated(bwd_out[at], sum, p.accumulate);
+    sum = workgroup_sum(lane, sum);
+    if (lane == 0u) {
+        let at = k * p.taps + tap;
+        bwd_out[at] = accumulated(bwd_out[at], sum.x + sum.y, p.accumulate);
+    }
 }
 
 // dfilter[k, co] = sum_f dchild[k, co, f] * parent[co, f] * (1 + spatial[k, f % taps]).
-// Invocations: children x c_out; writes rows first_child .. of the filter gradient.
+// Workgroups: children x c_out; writes rows first_child .. of the filter gradient.
 @compute @workgroup_size(64)
-fn modulate_backward_filter(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    if (i >= p.children * p.c_out) { return; }
-    let c = i / p.c_out;
-    let co = i % p.c_out;
+fn modulate_backward_filter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let c = wid.x / p.c_out;
+    let co = wid.x % p.c_out;
     let k = p.first_child + c;
     let per_child = p.c_out * p.fan;
-    var sum = 0.0;
-    for (var f = 0u; f < p.fan; f++) {
+    var sum = df(0.0);
+    for (var f = lane; f < p.fan; f += REDUCE) {
         let e = co * p.fan + f;
         let s = spatial_factor(bwd_spatial[select(0u, k * p.taps + f % p.taps, p.has_spatial != 0u)]);
-        sum += bwd_dchildren[c * per_child + e] * bwd_parent[e] * s;
+        sum = df_add(sum, df_mul(two_prod(bwd_dchildren[c * per_child + e], bwd_parent[e]), df(s)));
     }
-    let at = k * p.c_out + co;
-    bwd_out[at] = accumulated(bwd_out[at], sum, p.accumulate);
+    sum = workgroup_sum(lane, sum);
+    if (lane == 0u) {
+        let at = k * p.c_out + co;
+        bwd_out[at] = accumulated(bwd_out[at], sum.x + sum.y, p.accumulate);
+    }
 }

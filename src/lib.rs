@@ -1,5 +1,6 @@
 //! kdna: KernelDNA networks trained with WGSL kernels on any GPU wgpu reaches.
 
+pub mod commands;
 pub mod gpu;
 pub mod graph;
 pub mod io;

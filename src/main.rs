@@ -1,10 +1,13 @@
 //! The `kdna` command line.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
-use kdna::gpu::{AdapterSummary, adapter};
+use clap::{Args, Parser, Subcommand};
+use kdna::gpu::{AdapterSummary, Gpu, adapter};
+use kdna::models::Arch;
 
 #[derive(Parser)]
 #[command(
@@ -27,12 +30,52 @@ struct Cli {
 enum Command {
     /// List every GPU adapter wgpu can reach, with the features and limits kdna uses.
     Devices,
+    /// Run one batch through a network in eval and train mode and write its logits, loss and
+    /// every gradient under PyTorch's names, to compare a port with torch tensor by tensor.
+    Parity(ParityArgs),
+}
+
+/// Which network: `--arch`, `--baseline`, `--num-classes` (and the seed's `--customize`).
+#[derive(Args)]
+struct ModelArgs {
+    /// Architecture: resnet18, resnet50, mobilenet_v2, mobilenet_v2_1d2 (MobileNetV2 0.5x).
+    #[arg(long, value_parser = parse_arch)]
+    arch: Arch,
+    /// The torchvision network instead of its KernelDNA version (KernelDNA is the default).
+    #[arg(long)]
+    baseline: bool,
+    /// Accepted for the seed's command lines; KernelDNA is already the default.
+    #[arg(long, hide_short_help = true)]
+    customize: bool,
+    /// Classes of the classifier [default: the classifier's rows in the weights, else 1000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    num_classes: Option<u32>,
+}
+
+#[derive(Args)]
+struct ParityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The network's state dict (safetensors, PyTorch names and layouts).
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// safetensors with `images` [N, 3, H, W] (f32) and `labels` [N] (i64 or i32).
+    #[arg(long, value_name = "FILE")]
+    batch: PathBuf,
+    /// Where to write `logits.eval`, `logits`, `loss` and `grad.<param>` (safetensors).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices => devices(cli.adapter.as_deref()),
+        Command::Parity(args) => parity(cli.adapter.as_deref(), args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,6 +110,15 @@ fn devices(filter: Option<&str>) -> Result<()> {
         );
     }
     println!("The adapter marked * is the one kdna uses; choose another with --adapter SUBSTRING.");
+    Ok(())
+}
+
+fn parity(adapter: Option<&str>, args: ParityArgs) -> Result<()> {
+    let gpu = Arc::new(Gpu::new(adapter)?);
+    let m = &args.model;
+    let classes = m.num_classes.map(|n| n as usize);
+    kdna::commands::parity::run(gpu, m.arch, m.baseline, classes, &args.weights, &args.batch, &args.out)?;
+    println!("wrote {}", args.out.display());
     Ok(())
 }
 

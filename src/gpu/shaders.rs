@@ -1,6 +1,9 @@
 //! The WGSL sources, compiled into the binary. `shaders/common.wgsl` is prepended to each.
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
+/// Double-float arithmetic, prepended to the families that use it.
+const DOUBLE_FLOAT: &str = include_str!("../../shaders/double_float.wgsl");
+const USES_DOUBLE_FLOAT: &[&str] = &["modulate", "norm"];
 
 /// Every kernel family: (name, source without the common prelude).
 pub const FAMILIES: &[(&str, &str)] = &[
@@ -16,11 +19,12 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("router", include_str!("../../shaders/router.wgsl")),
 ];
 
-/// The full source of a kernel family, prelude included.
+/// The full source of a kernel family, preludes included.
 pub fn source(family: &str) -> String {
     let (_, body) =
         FAMILIES.iter().find(|(name, _)| *name == family).unwrap_or_else(|| panic!("no shader family {family:?}"));
-    format!("{COMMON}\n{body}")
+    let double_float = if USES_DOUBLE_FLOAT.contains(&family) { DOUBLE_FLOAT } else { "" };
+    format!("{COMMON}\n{double_float}\n{body}")
 }
 
 /// Parses and validates a family with naga, as wgpu will; returns naga's readable report.

@@ -316,6 +316,9 @@ impl Executor {
     }
 
     fn record(&mut self) -> wgpu::CommandEncoder {
+        if self.plan.mode == Mode::Train {
+            self.weights.count_batchnorm_pass();
+        }
         if let Some(sgd) = &self.plan.optimizer {
             let first = self.weights.optimizer_steps() == 0;
             for (d, len) in &self.optimizer {

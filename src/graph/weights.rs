@@ -5,13 +5,15 @@
 //! Parameters live in one arena buffer (each tensor aligned for binding), with gradient and
 //! momentum arenas of the same layout, so the optimizer updates everything in one dispatch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Result, bail};
 
-use super::{Graph, Role};
+use super::{Graph, Init, Role};
 use crate::gpu::{Gpu, GpuSlice};
+use crate::io::{HostTensor, StateDict};
 
 #[derive(Clone, Debug)]
 pub struct Slot {
@@ -30,6 +32,8 @@ pub struct Weights {
     arena_bytes: u64,
     states: HashMap<String, GpuSlice>,
     state_names: Vec<String>,
+    /// BatchNorm's `num_batches_tracked`, by state-dict key: train-mode runs add one.
+    batch_counters: Mutex<BTreeMap<String, i64>>,
     optimizer_steps: AtomicU64,
 }
 
@@ -49,9 +53,13 @@ impl Weights {
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let mut states = HashMap::new();
         let mut state_names = Vec::new();
+        let mut batch_counters = BTreeMap::new();
         for t in graph.tensors.iter().filter(|t| t.role == Role::State) {
             state_names.push(t.name.clone());
             states.insert(t.name.clone(), gpu.storage(&t.name, t.numel()));
+            if let Some(bn) = t.name.strip_suffix("running_mean") {
+                batch_counters.insert(format!("{bn}num_batches_tracked"), 0);
+            }
         }
         Weights {
             names,
@@ -62,7 +70,94 @@ impl Weights {
             arena_bytes,
             states,
             state_names,
+            batch_counters: Mutex::new(batch_counters),
             optimizer_steps: AtomicU64::new(0),
+        }
+    }
+
+    /// Draws every parameter and state from the distribution its tensor declares (`Init`).
+    /// Each tensor's stream depends only on `seed` and its name, so adding a layer never
+    /// changes how the others start.
+    pub fn initialise(&self, gpu: &Gpu, graph: &Graph, seed: u64) {
+        for t in graph.tensors.iter().filter(|t| matches!(t.role, Role::Param | Role::State)) {
+            let values = sample(t.init, t.numel(), seed ^ fnv1a(&t.name));
+            let slice = if t.role == Role::Param { self.param(&t.name) } else { self.state(&t.name) };
+            gpu.write(&slice.expect("tensor of this graph"), &values);
+        }
+    }
+
+    /// Every parameter, running statistic and batch counter, under PyTorch's names.
+    pub fn export(&self, gpu: &Gpu) -> Result<StateDict> {
+        let arena: Vec<f32> = gpu.read(&self.arenas()[0])?;
+        let mut floats = BTreeMap::new();
+        for name in &self.names {
+            let slot = &self.slots[name];
+            let start = (slot.offset / 4) as usize;
+            let data = arena[start..start + slot.shape.iter().product::<usize>()].to_vec();
+            floats.insert(name.clone(), HostTensor { shape: slot.shape.clone(), data });
+        }
+        for name in &self.state_names {
+            let data: Vec<f32> = gpu.read(&self.states[name])?;
+            floats.insert(name.clone(), HostTensor { shape: vec![data.len()], data });
+        }
+        Ok(StateDict { floats, counters: self.batch_counters.lock().unwrap().clone() })
+    }
+
+    /// Loads a state dict holding exactly these tensors (a missing, extra or mis-shaped key is
+    /// an error naming it, and nothing is written then).
+    pub fn import(&self, gpu: &Gpu, dict: &StateDict) -> Result<()> {
+        let counters = self.batch_counters.lock().unwrap().clone();
+        let expected = |k: &str| self.slots.contains_key(k) || self.states.contains_key(k);
+        let missing: Vec<&str> = (self.names.iter().chain(&self.state_names))
+            .map(String::as_str)
+            .filter(|k| !dict.floats.contains_key(*k))
+            .chain(counters.keys().map(String::as_str).filter(|k| !dict.counters.contains_key(*k)))
+            .collect();
+        let extra: Vec<&str> = (dict.floats.keys().filter(|k| !expected(k)))
+            .chain(dict.counters.keys().filter(|k| !counters.contains_key(*k)))
+            .map(String::as_str)
+            .collect();
+        let mut misshaped = Vec::new();
+        for (k, t) in &dict.floats {
+            let want = match (self.slots.get(k), self.states.get(k)) {
+                (Some(slot), _) => slot.shape.clone(),
+                (None, Some(state)) => vec![state.len()],
+                _ => continue,
+            };
+            if t.shape != want && !(self.states.contains_key(k) && t.numel() == want[0]) {
+                misshaped.push(format!("{k}: file {:?}, network {want:?}", t.shape));
+            }
+        }
+        let mut problems = Vec::new();
+        if !missing.is_empty() {
+            problems.push(format!("missing keys: {}", missing.join(", ")));
+        }
+        if !extra.is_empty() {
+            problems.push(format!("unexpected keys: {}", extra.join(", ")));
+        }
+        if !misshaped.is_empty() {
+            problems.push(format!("shape mismatches: {}", misshaped.join("; ")));
+        }
+        if !problems.is_empty() {
+            bail!("the weights do not fit this network: {}", problems.join(". "));
+        }
+        for name in &self.names {
+            gpu.write(&self.param(name).expect("known"), &dict.floats[name].data);
+        }
+        for name in &self.state_names {
+            gpu.write(&self.states[name], &dict.floats[name].data);
+        }
+        let mut own = self.batch_counters.lock().unwrap();
+        for (k, v) in own.iter_mut() {
+            *v = dict.counters[k];
+        }
+        Ok(())
+    }
+
+    /// One train-mode pass of every BatchNorm (torch counts them in `num_batches_tracked`).
+    pub(crate) fn count_batchnorm_pass(&self) {
+        for v in self.batch_counters.lock().unwrap().values_mut() {
+            *v += 1;
         }
     }
 
@@ -124,5 +219,27 @@ impl Weights {
 
     pub(crate) fn count_optimizer_step(&self) {
         self.optimizer_steps.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn sample(init: Init, n: usize, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    match init {
+        Init::Zeros => vec![0.0; n],
+        Init::Ones => vec![1.0; n],
+        Init::Uniform(bound) => (0..n).map(|_| rng.random_range(-bound..=bound)).collect(),
+        Init::Normal(std) => (0..n)
+            .map(|_| {
+                // Box-Muller on (0, 1]: no log of zero.
+                let u1: f64 = 1.0 - rng.random::<f64>();
+                let u2: f64 = rng.random();
+                (std as f64 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            })
+            .collect(),
     }
 }

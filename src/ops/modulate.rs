@@ -37,7 +37,8 @@ struct ModulateParams {
     taps: u32,
     has_spatial: u32,
     accumulate: u32,
-    _pad: u32,
+    /// Always 1.0 (see shaders/double_float.wgsl).
+    one: f32,
 }
 
 impl Modulate {
@@ -51,7 +52,7 @@ impl Modulate {
             taps: self.taps as u32,
             has_spatial: self.has_spatial as u32,
             accumulate: accumulate as u32,
-            _pad: 0,
+            one: 1.0,
         }
     }
 
@@ -96,20 +97,21 @@ impl Op for Modulate {
         let spatial = if self.has_spatial { b.inputs[1] } else { &none };
         let (parent, filter) = (b.inputs[0], b.inputs[2]);
         let mut out = Vec::new();
-        let mut each = |entry: &'static str, target: Option<GradTarget>, invocations: usize, always_add: bool| {
+        let mut each = |entry: &'static str, target: Option<GradTarget>, workgroups: [u32; 3], always_add: bool| {
             let Some(t) = target else { return };
             for (c, k) in self.rows() {
                 // The parent's gradient sums over children: all but the first add.
                 let accumulate = t.accumulate || (always_add && c > 0);
                 let buffers = [parent, spatial, filter, grads.outputs[c], t.slice];
-                out.push(gpu.dispatch("modulate", entry, &self.params(k, accumulate), &buffers, grid(invocations)));
+                out.push(gpu.dispatch("modulate", entry, &self.params(k, accumulate), &buffers, workgroups));
             }
         };
-        each("modulate_backward_parent", grads.inputs[0], self.c_out * self.fan, true);
+        each("modulate_backward_parent", grads.inputs[0], grid(self.c_out * self.fan), true);
+        // One 64-invocation workgroup per attention value.
         if self.has_spatial {
-            each("modulate_backward_spatial", grads.inputs[1], self.taps, false);
+            each("modulate_backward_spatial", grads.inputs[1], [self.taps as u32, 1, 1], false);
         }
-        each("modulate_backward_filter", grads.inputs[2], self.c_out, false);
+        each("modulate_backward_filter", grads.inputs[2], [self.c_out as u32, 1, 1], false);
         out
     }
 }

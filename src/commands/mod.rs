@@ -1,0 +1,3 @@
+//! What the `kdna` subcommands do, as library functions the CLI and tests share.
+
+pub mod parity;
