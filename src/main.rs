@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use kdna::gpu::{AdapterSummary, Gpu, adapter};
-use kdna::models::Arch;
+use kdna::models::{Arch, ModelSpec};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +33,24 @@ enum Command {
     /// Run one batch through a network in eval and train mode and write its logits, loss and
     /// every gradient under PyTorch's names, to compare a port with torch tensor by tensor.
     Parity(ParityArgs),
+    /// Measure a network: its parameters and multiply-accumulates per image (`--params`).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Count parameters and multiply-accumulates of every conv and linear layer, router
+    /// projections included (torchvision's convention). This is what bench measures.
+    #[arg(long)]
+    params: bool,
+    /// Input resolution (square images).
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(1..))]
+    res: u32,
+    /// Print one JSON object as the last line of output.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Which network: `--arch`, `--baseline`, `--num-classes` (and the seed's `--customize`).
@@ -47,7 +65,8 @@ struct ModelArgs {
     /// Accepted for the seed's command lines; KernelDNA is already the default.
     #[arg(long, hide_short_help = true)]
     customize: bool,
-    /// Classes of the classifier [default: the classifier's rows in the weights, else 1000].
+    /// Classes of the classifier [default: for parity the classifier's rows in the weights;
+    /// otherwise 1000].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     num_classes: Option<u32>,
 }
@@ -76,6 +95,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Devices => devices(cli.adapter.as_deref()),
         Command::Parity(args) => parity(cli.adapter.as_deref(), args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,6 +140,38 @@ fn parity(adapter: Option<&str>, args: ParityArgs) -> Result<()> {
     kdna::commands::parity::run(gpu, m.arch, m.baseline, classes, &args.weights, &args.batch, &args.out)?;
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let m = &args.model;
+    let spec = ModelSpec { arch: m.arch, kdna: !m.baseline, classes: m.num_classes.map_or(1000, |n| n as usize) };
+    let report = kdna::commands::bench::params(spec, args.res as usize)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let family = if report.baseline { "baseline" } else { "KernelDNA" };
+        println!("{} ({family}, {} classes, {}x{})", report.arch, report.classes, report.res, report.res);
+        println!("  parameters        {:>14}", group_digits(report.params as u64));
+        println!(
+            "  multiply-adds     {:>14}  ({:.3} G per image)",
+            group_digits(report.macs),
+            report.macs as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
+/// 11689512 -> "11,689,512".
+fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
 }
 
 fn yes_no(b: bool) -> &'static str {

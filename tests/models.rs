@@ -1,6 +1,6 @@
 //! The networks' structure, checked without a GPU: parameter counts equal PyTorch's.
 
-use kdna::models::{Arch, ModelSpec, build, parameter_count};
+use kdna::models::{Arch, ModelSpec, build, macs_per_image, parameter_count};
 
 fn params(arch: Arch, kdna: bool) -> usize {
     let net = build(ModelSpec { arch, kdna, classes: 1000 }, 2, 64, 0.0).unwrap();
@@ -29,4 +29,17 @@ fn architecture_names_parse() {
     }
     let err = "resnet19".parse::<Arch>().unwrap_err().to_string();
     assert!(err.contains("resnet18") && err.contains("mobilenet_v2_1d2"), "{err}");
+}
+
+#[test]
+fn multiply_accumulates_match_pytorch_at_224() {
+    // torchvision's model table (and the same count for the KernelDNA reference), in GMACs.
+    let want = [(Arch::ResNet18, 1.814, 2.277), (Arch::ResNet50, 4.089, 4.308), (Arch::MobileNetV2, 0.301, 0.301)];
+    for (arch, baseline, kdna) in want {
+        for (kdna_net, g) in [(false, baseline), (true, kdna)] {
+            let net = build(ModelSpec { arch, kdna: kdna_net, classes: 1000 }, 1, 224, 0.0).unwrap();
+            let got = macs_per_image(&net) as f64 / 1e9;
+            assert!((got / g - 1.0).abs() < 0.005, "{arch} kdna={kdna_net}: {got:.4} GMACs, PyTorch counts {g}");
+        }
+    }
 }

@@ -130,16 +130,19 @@ impl Weights {
         }
         let mut problems = Vec::new();
         if !missing.is_empty() {
-            problems.push(format!("missing keys: {}", missing.join(", ")));
+            problems.push(format!("{} missing keys: {}", missing.len(), abbreviated(&missing, ", ")));
         }
         if !extra.is_empty() {
-            problems.push(format!("unexpected keys: {}", extra.join(", ")));
+            problems.push(format!("{} unexpected keys: {}", extra.len(), abbreviated(&extra, ", ")));
         }
         if !misshaped.is_empty() {
-            problems.push(format!("shape mismatches: {}", misshaped.join("; ")));
+            let misshaped: Vec<&str> = misshaped.iter().map(String::as_str).collect();
+            problems.push(format!("{} shape mismatches: {}", misshaped.len(), abbreviated(&misshaped, "; ")));
         }
         if !problems.is_empty() {
-            bail!("the weights do not fit this network: {}", problems.join(". "));
+            let hint =
+                if missing.len() + extra.len() > 10 { " (is it for another --arch, or --baseline?)" } else { "" };
+            bail!("the weights do not fit this network{hint}: {}", problems.join(". "));
         }
         for name in &self.names {
             gpu.write(&self.param(name).expect("known"), &dict.floats[name].data);
@@ -220,6 +223,13 @@ impl Weights {
     pub(crate) fn count_optimizer_step(&self) {
         self.optimizer_steps.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The first ten items joined by `sep`, and how many more there are.
+fn abbreviated(items: &[&str], sep: &str) -> String {
+    const SHOWN: usize = 10;
+    let head = items[..items.len().min(SHOWN)].join(sep);
+    if items.len() > SHOWN { format!("{head} ... and {} more", items.len() - SHOWN) } else { head }
 }
 
 fn fnv1a(s: &str) -> u64 {

@@ -95,3 +95,10 @@ pub fn build(spec: ModelSpec, batch: usize, res: usize, label_smoothing: f32) ->
 pub fn parameter_count(g: &Graph) -> usize {
     g.params().map(|(_, t)| t.numel()).sum()
 }
+
+/// Multiply-accumulates of one forward pass per image: convolutions and fully connected
+/// layers, router projections included (torchvision's model-table convention).
+pub fn macs_per_image(net: &Network) -> u64 {
+    let batch = net.graph.shape(net.images)[0] as u64;
+    net.graph.nodes.iter().map(|n| n.op.macs()).sum::<u64>() / batch
+}

@@ -160,6 +160,10 @@ impl Op for Conv2d {
         "conv2d"
     }
 
+    fn macs(&self) -> u64 {
+        (self.shape.flops() / 2.0) as u64
+    }
+
     fn scratch(&self) -> Vec<usize> {
         let s = &self.shape;
         if !s.uses_gemm() {

@@ -45,6 +45,10 @@ impl Op for Linear {
         "linear"
     }
 
+    fn macs(&self) -> u64 {
+        (self.batch * self.in_features * self.out_features) as u64
+    }
+
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
         let none = placeholder(gpu);
         let bias = if self.has_bias { b.inputs[2] } else { &none };

@@ -65,6 +65,12 @@ pub trait Op: Send + Sync {
         true
     }
 
+    /// Multiply-accumulates of the forward pass for the whole batch, counted for convolutions
+    /// and fully connected layers only (torchvision's convention for model tables).
+    fn macs(&self) -> u64 {
+        0
+    }
+
     fn forward(&self, gpu: &Gpu, bound: &Bound, mode: Mode) -> Vec<Dispatch>;
 
     fn backward(&self, gpu: &Gpu, bound: &Bound, grads: &Grads, mode: Mode) -> Vec<Dispatch>;

@@ -1,0 +1,87 @@
+//! Weights in and out: initialisation, safetensors state dicts with PyTorch names, and the
+//! errors a wrong file gets.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::gpu;
+use kdna::graph::{Executor, Plan, Weights};
+use kdna::io::StateDict;
+use kdna::models::{Arch, ModelSpec, build};
+
+fn resnet18() -> kdna::models::Network {
+    build(ModelSpec { arch: Arch::ResNet18, kdna: true, classes: 10 }, 2, 32, 0.0).unwrap()
+}
+
+fn std_dev(v: &[f32]) -> f64 {
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+    (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+}
+
+#[test]
+fn initialisation_follows_torch_and_round_trips_through_a_file() {
+    let gpu = gpu();
+    let net = resnet18();
+    let weights = Weights::new(&gpu, &net.graph);
+    weights.initialise(&gpu, &net.graph, 1);
+    let dict = weights.export(&gpu).unwrap();
+
+    // torchvision: Kaiming-normal fan-out convs; BN ones and zeros; KernelDNA attentions zero.
+    let conv = &dict.floats["layer1.0.conv1.weight"].data;
+    let want = (2.0 / (64.0 * 9.0) as f64).sqrt();
+    assert!((std_dev(conv) / want - 1.0).abs() < 0.05, "conv std {} vs {want}", std_dev(conv));
+    assert!(dict.floats["layer3.static_spatial_attn"].data.iter().all(|&v| v == 0.0));
+    assert!(dict.floats["layer3.bns.0.weight"].data.iter().all(|&v| v == 1.0));
+    assert!(dict.floats["bn1.running_var"].data.iter().all(|&v| v == 1.0));
+    // torch.nn.Linear's default: U(±1/sqrt(fan_in)).
+    let bound = 1.0 / (512f32).sqrt();
+    assert!(dict.floats["fc.weight"].data.iter().all(|v| v.abs() <= bound));
+    assert_eq!(dict.counters["layer3.se.0.se.bn.num_batches_tracked"], 0);
+
+    let dir = std::env::temp_dir().join(format!("kdna-weights-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.safetensors");
+    dict.save(&path).unwrap();
+    let loaded = StateDict::load(&path).unwrap();
+    assert_eq!(loaded, dict);
+    let other = Weights::new(&gpu, &net.graph);
+    other.import(&gpu, &loaded).unwrap();
+    assert_eq!(other.export(&gpu).unwrap(), dict);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_train_mode_run_counts_batches_like_torch() {
+    let gpu = gpu();
+    let net = resnet18();
+    let mut exe = Executor::new(gpu.clone(), &net.graph, Plan::eval()).unwrap();
+    exe.run().unwrap();
+    let plan =
+        Plan { mode: kdna::ops::Mode::Train, backward_from: vec![net.loss], input_grads: false, optimizer: None };
+    let mut train = Executor::with_weights(gpu.clone(), &net.graph, plan, Arc::clone(exe.weights())).unwrap();
+    train.run().unwrap();
+    train.run().unwrap();
+    let counters = exe.weights().export(&gpu).unwrap().counters;
+    assert!(counters.values().all(|&n| n == 2), "eval runs count nothing, train runs one each: {counters:?}");
+}
+
+#[test]
+fn a_file_that_does_not_fit_names_the_keys() {
+    let gpu = gpu();
+    let net = resnet18();
+    let weights = Weights::new(&gpu, &net.graph);
+    let mut dict = weights.export(&gpu).unwrap();
+    dict.floats.remove("layer2.0.conv1.weight");
+    dict.counters.remove("bn1.num_batches_tracked");
+    dict.floats.insert("layer5.weight".into(), dict.floats["fc.bias"].clone());
+    dict.floats.get_mut("fc.weight").unwrap().shape = vec![512, 10];
+    let err = weights.import(&gpu, &dict).unwrap_err().to_string();
+    for part in [
+        "2 missing keys: layer2.0.conv1.weight, bn1.num_batches_tracked",
+        "1 unexpected keys: layer5.weight",
+        "fc.weight: file [512, 10], network [10, 512]",
+    ] {
+        assert!(err.contains(part), "{part:?} not in: {err}");
+    }
+}
