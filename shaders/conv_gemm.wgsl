@@ -4,9 +4,6 @@
 // only when every access is static. Per reduction step it loads 8 activations (gathers) and
 // 16 weights (four vec4 loads from a weight copy packed channel-minor), for 128 multiply-adds.
 //
-// Each workgroup shares one channel tile, so weight loads have the same address in every
-// invocation: software adapters then load once and broadcast instead of gathering per lane.
-//
 // Kernels that `conv.wgsl` also has give the same results up to float rounding order; which
 // family runs is fixed per shape (src/ops/conv2d.rs), so a run never switches between them.
 
@@ -33,8 +30,6 @@ struct ConvParams {
 
 const CHANNELS: u32 = 16u;
 const PIXELS: u32 = 8u;
-// Invocations per workgroup, each with its own pixel tile (src/ops/conv2d.rs `GEMM_GROUP`).
-const GROUP: u32 = 16u;
 
 // Results for channels 4c..4c+3 (matrix columns) of pixels 0..3 (`a`) and 4..7 (`b`).
 struct Tile {
@@ -101,13 +96,17 @@ fn gather_fwd_x(at: vec4<u32>, inside: vec4<bool>) -> vec4<f32> {
     return masked(vec4<f32>(fwd_x[at.x], fwd_x[at.y], fwd_x[at.z], fwd_x[at.w]), inside);
 }
 
-// Workgroups: ceil(out_h * out_w / (8 * GROUP)) x ceil(c_out / 16) x batch.
-@compute @workgroup_size(16)
-fn conv_gemm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+// Invocations: batch x ceil(c_out / 16) x ceil(out_h * out_w / 8), pixel tiles fastest.
+@compute @workgroup_size(64)
+fn conv_gemm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let pixels = p.out_h * p.out_w;
-    let pt = wg.x * GROUP + lane;
-    let ct = wg.y;
-    let n = wg.z;
+    let pixel_tiles = (pixels + PIXELS - 1u) / PIXELS;
+    let channel_tiles = (p.c_out + CHANNELS - 1u) / CHANNELS;
+    var t = flat_index(gid, nwg);
+    if (t >= p.batch * channel_tiles * pixel_tiles) { return; }
+    let pt = t % pixel_tiles; t = t / pixel_tiles;
+    let ct = t % channel_tiles;
+    let n = t / channel_tiles;
 
     let last = vec4<u32>(pixels - 1u);
     let pa = min(vec4<u32>(0u, 1u, 2u, 3u) + pt * PIXELS, last);
@@ -181,13 +180,17 @@ fn gather_bin_dy(at: vec4<u32>, inside: vec4<bool>) -> vec4<f32> {
 }
 
 // dx[n, ci, iy, ix] = sum_{co, ky, kx} w[co, ci, ky, kx] * dy[n, co, (iy + pad - ky) / s, ...]
-// where the division is exact. Workgroups: ceil(h * w / (8 * GROUP)) x ceil(c_in / 16) x batch.
-@compute @workgroup_size(16)
-fn conv_gemm_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+// where the division is exact. Invocations: batch x ceil(c_in / 16) x ceil(h * w / 8).
+@compute @workgroup_size(64)
+fn conv_gemm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let pixels = p.h * p.w;
-    let pt = wg.x * GROUP + lane;
-    let ct = wg.y;
-    let n = wg.z;
+    let pixel_tiles = (pixels + PIXELS - 1u) / PIXELS;
+    let channel_tiles = (p.c_in + CHANNELS - 1u) / CHANNELS;
+    var t = flat_index(gid, nwg);
+    if (t >= p.batch * channel_tiles * pixel_tiles) { return; }
+    let pt = t % pixel_tiles; t = t / pixel_tiles;
+    let ct = t % channel_tiles;
+    let n = t / channel_tiles;
 
     let last = vec4<u32>(pixels - 1u);
     let pa = min(vec4<u32>(0u, 1u, 2u, 3u) + pt * PIXELS, last);
@@ -271,13 +274,17 @@ fn gather_bw_dy(at: vec4<u32>) -> vec4<f32> {
 
 // dw[co, k] = sum_{n, oy, ox} dy[n, co, oy, ox] * x[n, ci(k), oy*s - pad + ky(k), ox*s - pad + kx(k)].
 // Tiles: 16 output channels x 8 values of k = (ci, ky, kx); each reduces over the batch and
-// every output pixel in a fixed order. Workgroups: ceil(c_in * kh * kw / (8 * GROUP)) x ceil(c_out / 16).
-@compute @workgroup_size(16)
-fn conv_gemm_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+// every output pixel in a fixed order. Invocations: ceil(c_out / 16) x ceil(c_in * kh * kw / 8).
+@compute @workgroup_size(64)
+fn conv_gemm_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let taps = p.kernel_h * p.kernel_w;
     let k_len = p.c_in * taps;
-    let kt = wg.x * GROUP + lane;
-    let ct = wg.y;
+    let k_tiles = (k_len + PIXELS - 1u) / PIXELS;
+    let channel_tiles = (p.c_out + CHANNELS - 1u) / CHANNELS;
+    var t = flat_index(gid, nwg);
+    if (t >= channel_tiles * k_tiles) { return; }
+    let kt = t % k_tiles;
+    let ct = t / k_tiles;
 
     let last = vec4<u32>(k_len - 1u);
     let ka = min(vec4<u32>(0u, 1u, 2u, 3u) + kt * PIXELS, last);

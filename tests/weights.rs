@@ -29,7 +29,7 @@ fn initialisation_follows_torch_and_round_trips_through_a_file() {
 
     // torchvision: Kaiming-normal fan-out convs; BN ones and zeros; KernelDNA attentions zero.
     let conv = &dict.floats["layer1.0.conv1.weight"].data;
-    let want = (2.0 / (64.0 * 9.0) as f64).sqrt();
+    let want = (2.0f64 / (64.0 * 9.0)).sqrt();
     assert!((std_dev(conv) / want - 1.0).abs() < 0.05, "conv std {} vs {want}", std_dev(conv));
     assert!(dict.floats["layer3.static_spatial_attn"].data.iter().all(|&v| v == 0.0));
     assert!(dict.floats["layer3.bns.0.weight"].data.iter().all(|&v| v == 1.0));

@@ -390,6 +390,21 @@ impl Executor {
         self.poll_stats()
     }
 
+    /// Wall time of every dispatch of one run, each submitted alone and waited for: a coarse
+    /// profile that needs no timestamp queries (software adapters report wall time anyway).
+    /// Runs the step's work once, so parameters move if the plan has an optimizer.
+    pub fn profile(&mut self) -> Result<Vec<(&'static str, f64)>> {
+        let mut times = Vec::new();
+        let dispatches = self.forward.iter().chain(&self.backward).chain(self.optimizer.iter().map(|(d, _)| d));
+        for d in dispatches {
+            let start = std::time::Instant::now();
+            self.gpu.run(std::slice::from_ref(d));
+            self.gpu.wait()?;
+            times.push((d.label, start.elapsed().as_secs_f64()));
+        }
+        Ok(times)
+    }
+
     /// Number of dispatches per run (forward, backward, optimizer).
     pub fn dispatch_counts(&self) -> (usize, usize, usize) {
         (self.forward.len(), self.backward.len(), self.optimizer.len())

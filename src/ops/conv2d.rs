@@ -15,13 +15,9 @@ const TILE: usize = 8;
 /// Channels and pixels per invocation of the implicit-GEMM kernels (conv_gemm.wgsl).
 const GEMM_CHANNELS: usize = 16;
 const GEMM_PIXELS: usize = 8;
-/// Invocations per workgroup of the implicit-GEMM kernels; a workgroup shares a channel tile.
-const GEMM_GROUP: usize = 16;
-
-/// Workgroups of an implicit-GEMM kernel: pixel (or k) tiles in groups, channel tiles, batch.
+/// Grid of an implicit-GEMM kernel: one invocation per (batch, channel tile, pixel tile).
 fn gemm_grid(columns: usize, channels: usize, batch: usize) -> [u32; 3] {
-    let groups = columns.div_ceil(GEMM_PIXELS * GEMM_GROUP);
-    [groups as u32, channels.div_ceil(GEMM_CHANNELS) as u32, batch as u32]
+    grid(batch * channels.div_ceil(GEMM_CHANNELS) * columns.div_ceil(GEMM_PIXELS))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
