@@ -80,6 +80,22 @@ pub fn batchnorm(g: &mut Graph, x: TensorId, prefix: &str) -> Result<TensorId> {
     g.batchnorm(x, weight, bias, mean, var, 1e-5, 0.1)
 }
 
+/// A bias-free conv named `conv` followed by a BatchNorm named `bn`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn(
+    g: &mut Graph,
+    x: TensorId,
+    conv: &str,
+    bn: &str,
+    c_out: usize,
+    kernel: usize,
+    cfg: Conv2dConfig,
+    init: ConvInit,
+) -> Result<TensorId> {
+    let y = conv2d(g, x, conv, c_out, kernel, cfg, false, init)?;
+    batchnorm(g, y, bn)
+}
+
 /// How a fully connected layer starts.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LinearInit {

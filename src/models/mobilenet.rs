@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::layers::{ConvInit, LinearInit, batchnorm, conv_weight, conv2d, key, linear, router};
+use super::layers::{self, ConvInit, LinearInit, batchnorm, conv_weight, conv2d, key, linear, router};
 use crate::graph::{Graph, Init, TensorId};
 use crate::ops::conv2d::Conv2dConfig;
 
@@ -30,8 +30,7 @@ fn conv_bn(
     relu6: bool,
     init: ConvInit,
 ) -> Result<TensorId> {
-    let y = conv2d(g, x, conv, c_out, kernel, cfg, false, init)?;
-    let y = batchnorm(g, y, bn)?;
+    let y = layers::conv_bn(g, x, conv, bn, c_out, kernel, cfg, init)?;
     Ok(if relu6 { g.relu6(y) } else { y })
 }
 

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::layers::{ConvInit, LinearInit, batchnorm, conv_weight, conv2d, key, linear, router};
+use super::layers::{self, ConvInit, LinearInit, batchnorm, conv_weight, key, linear, router};
 use crate::graph::{Graph, Init, TensorId};
 use crate::ops::conv2d::Conv2dConfig;
 
@@ -14,7 +14,7 @@ fn conv_bn_with(g: &mut Graph, x: TensorId, weight: TensorId, stride: usize, bn:
     batchnorm(g, y, bn)
 }
 
-/// conv (bias-free, "same" padding) -> bn.
+/// A bias-free conv with "same" padding, then bn.
 #[allow(clippy::too_many_arguments)]
 fn conv_bn(
     g: &mut Graph,
@@ -26,8 +26,7 @@ fn conv_bn(
     stride: usize,
     init: ConvInit,
 ) -> Result<TensorId> {
-    let y = conv2d(g, x, conv, c_out, kernel, Conv2dConfig::new(stride, kernel / 2), false, init)?;
-    batchnorm(g, y, bn)
+    layers::conv_bn(g, x, conv, bn, c_out, kernel, Conv2dConfig::new(stride, kernel / 2), init)
 }
 
 /// torchvision's stem: 7x7/2 conv, bn, relu, 3x3/2 max pool.
