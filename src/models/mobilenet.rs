@@ -17,9 +17,9 @@ pub fn make_divisible(v: f64) -> usize {
 const STAGES: [(usize, usize, usize, usize); 7] =
     [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
 
-/// conv (no bias) -> bn -> optional relu6, the conv named `conv`, the bn `bn`.
+/// torchvision's Conv2dNormActivation: conv (no bias) named `conv`, bn named `bn`, relu6.
 #[allow(clippy::too_many_arguments)]
-fn conv_bn(
+fn conv_bn_relu6(
     g: &mut Graph,
     x: TensorId,
     conv: &str,
@@ -27,11 +27,10 @@ fn conv_bn(
     c_out: usize,
     kernel: usize,
     cfg: Conv2dConfig,
-    relu6: bool,
     init: ConvInit,
 ) -> Result<TensorId> {
     let y = layers::conv_bn(g, x, conv, bn, c_out, kernel, cfg, init)?;
-    Ok(if relu6 { g.relu6(y) } else { y })
+    Ok(g.relu6(y))
 }
 
 /// torchvision's InvertedResidual named `prefix`.
@@ -53,11 +52,11 @@ fn inverted_residual(
     let mut y = x;
     if t != 1 {
         let pw = Conv2dConfig::new(1, 0);
-        y = conv_bn(g, y, &key(&layer(i), "0"), &key(&layer(i), "1"), hidden, 1, pw, true, init)?;
+        y = conv_bn_relu6(g, y, &key(&layer(i), "0"), &key(&layer(i), "1"), hidden, 1, pw, init)?;
         i += 1;
     }
     let dw = Conv2dConfig::new(stride, 1).groups(hidden);
-    y = conv_bn(g, y, &key(&layer(i), "0"), &key(&layer(i), "1"), hidden, 3, dw, true, init)?;
+    y = conv_bn_relu6(g, y, &key(&layer(i), "0"), &key(&layer(i), "1"), hidden, 3, dw, init)?;
     y = conv2d(g, y, &layer(i + 1), out, 1, Conv2dConfig::new(1, 0), false, init)?;
     y = batchnorm(g, y, &layer(i + 2))?;
     if stride == 1 && inp == out { g.add(y, x) } else { Ok(y) }
@@ -79,7 +78,7 @@ fn ib_layers(
     let y = g.conv2d(x, pw1, None, Conv2dConfig::new(1, 0))?;
     let y = batchnorm(g, y, &k("bn1"))?;
     let y = g.relu6(y);
-    let y = conv_bn(g, y, &k("dw"), &k("bn2"), hidden, 3, Conv2dConfig::new(stride, 1).groups(hidden), true, init)?;
+    let y = conv_bn_relu6(g, y, &k("dw"), &k("bn2"), hidden, 3, Conv2dConfig::new(stride, 1).groups(hidden), init)?;
     let y = g.conv2d(y, pw2, None, Conv2dConfig::new(1, 0))?;
     batchnorm(g, y, &k("bn3"))
 }
@@ -97,7 +96,7 @@ fn kid_block(g: &mut Graph, x: TensorId, prefix: &str, w1: TensorId, w3: TensorI
     let y = g.conv2d(y, w1, None, Conv2dConfig::new(1, 0))?;
     let y = batchnorm(g, y, &k("bn1"))?;
     let y = g.relu6(y);
-    let y = conv_bn(g, y, &k("dwconv"), &k("bn2"), hidden, 3, Conv2dConfig::new(1, 1).groups(hidden), true, init)?;
+    let y = conv_bn_relu6(g, y, &k("dwconv"), &k("bn2"), hidden, 3, Conv2dConfig::new(1, 1).groups(hidden), init)?;
     let y = router(g, y, &k("se3.se"), 24, init)?;
     let y = g.conv2d(y, w3, None, Conv2dConfig::new(1, 0))?;
     let y = batchnorm(g, y, &k("bn3"))?;
@@ -139,7 +138,7 @@ pub fn mobilenet_v2(g: &mut Graph, images: TensorId, classes: usize, width: f64,
     let init = ConvInit::KaimingFanOut;
     let stem_channels = make_divisible(32.0 * width);
     let mut x =
-        conv_bn(g, images, "features.0.0", "features.0.1", stem_channels, 3, Conv2dConfig::new(2, 1), true, init)?;
+        conv_bn_relu6(g, images, "features.0.0", "features.0.1", stem_channels, 3, Conv2dConfig::new(2, 1), init)?;
     let mut index = 1;
     for (stage, &(t, c, n, s)) in STAGES.iter().enumerate() {
         let out = make_divisible(c as f64 * width);
@@ -170,7 +169,7 @@ pub fn mobilenet_v2(g: &mut Graph, images: TensorId, classes: usize, width: f64,
         index += n;
     }
     let last = make_divisible(1280.0 * width.max(1.0));
-    let x = conv_bn(
+    let x = conv_bn_relu6(
         g,
         x,
         &format!("features.{index}.0"),
@@ -178,7 +177,6 @@ pub fn mobilenet_v2(g: &mut Graph, images: TensorId, classes: usize, width: f64,
         last,
         1,
         Conv2dConfig::new(1, 0),
-        true,
         init,
     )?;
     let pooled = g.global_avgpool(x)?;
