@@ -85,3 +85,50 @@ fn a_file_that_does_not_fit_names_the_keys() {
         assert!(err.contains(part), "{part:?} not in: {err}");
     }
 }
+
+/// `init_from_baseline`: shared layers bit-identical, every parent and every child kernel equal
+/// to the pretrained conv it maps from, attentions zero, routers as initialised.
+#[test]
+fn kernel_dna_networks_start_from_a_pretrained_baseline() {
+    use kdna::models::pretrained::{init_from_baseline, layer_map, source_key};
+    let gpu = gpu();
+    for arch in [Arch::ResNet18, Arch::ResNet50, Arch::MobileNetV2Half] {
+        let spec = |kdna| ModelSpec { arch, kdna, classes: 10 };
+        let base_net = build(spec(false), 2, 32, 0.0).unwrap();
+        let base = Weights::new(&gpu, &base_net.graph);
+        base.initialise(&gpu, &base_net.graph, 1);
+        let baseline = base.export(&gpu).unwrap();
+
+        let net = build(spec(true), 2, 32, 0.0).unwrap();
+        let mut exe = Executor::new(gpu.clone(), &net.graph, Plan::eval()).unwrap();
+        exe.weights().initialise(&gpu, &net.graph, 2);
+        let fresh = exe.weights().export(&gpu).unwrap();
+        let mut dict = fresh.clone();
+        init_from_baseline(arch, &mut dict, &baseline).unwrap();
+        exe.weights().import(&gpu, &dict).unwrap();
+
+        let map = layer_map(arch);
+        for (key, t) in &dict.floats {
+            if key.contains("static_") {
+                assert!(t.data.iter().all(|&v| v == 0.0), "{arch}: {key} is not zero");
+            } else if let Some(src) = source_key(&map, key, &baseline) {
+                assert_eq!(t.data, baseline.floats[&src].data, "{arch}: {key} differs from {src}");
+            } else {
+                assert!(key.contains(".se"), "{arch}: {key} has no pretrained source and is not a router");
+                assert_eq!(t.data, fresh.floats[key].data, "{arch}: router {key} changed");
+            }
+        }
+        // Children, as the network computes them, equal their parent's pretrained conv.
+        exe.run().unwrap();
+        let mut children = 0;
+        for node in net.graph.nodes.iter().filter(|n| n.op.name() == "modulate") {
+            let parent = &net.graph.info(node.inputs[0]).name;
+            let src = source_key(&map, parent, &baseline).expect("every parent has a pretrained source");
+            for &child in &node.outputs {
+                assert_eq!(exe.read(child).unwrap(), baseline.floats[&src].data, "{arch}: child of {parent}");
+                children += 1;
+            }
+        }
+        assert!(children >= 3, "{arch}: {children} children checked");
+    }
+}

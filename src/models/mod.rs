@@ -2,6 +2,7 @@
 
 pub mod layers;
 pub mod mobilenet;
+pub mod pretrained;
 pub mod resnet;
 
 use std::fmt;
