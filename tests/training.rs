@@ -129,6 +129,12 @@ fn a_kernel_dna_net_learns_a_fixed_batch_with_one_submit_per_step() {
     assert!(start.is_finite() && start > 0.5, "initial loss {start}");
     assert!(end.loss < start / 10.0, "loss went from {start} to {} in 80 steps", end.loss);
     assert_eq!(end.correct, BATCH as f32, "the fixed batch is classified right");
+
+    // The coarse profile times every dispatch of a step once.
+    let (forward, backward, optimizer) = exe.dispatch_counts();
+    let profile = exe.profile().unwrap();
+    assert_eq!(profile.len(), forward + backward + optimizer);
+    assert!(profile.iter().any(|(label, _)| *label == "sgd_step"));
 }
 
 #[test]
