@@ -132,3 +132,58 @@ fn kernel_dna_networks_start_from_a_pretrained_baseline() {
         assert!(children >= 3, "{arch}: {children} children checked");
     }
 }
+
+/// Eval with children computed once and BatchNorm folded into the layers before it gives the
+/// same logits as the graph it came from.
+#[test]
+fn folded_eval_matches_unfolded_eval_for_every_architecture() {
+    use kdna::graph::fold::fold;
+    let gpu = gpu();
+    for arch in Arch::ALL {
+        for kdna in [false, true] {
+            let net = build(ModelSpec { arch, kdna, classes: 10 }, 2, 32, 0.0).unwrap();
+            let mut exe = Executor::new(gpu.clone(), &net.graph, Plan::eval()).unwrap();
+            exe.weights().initialise(&gpu, &net.graph, 3);
+            // Statistics, affines, attentions and the classifier away from their initial
+            // values, so every folded term carries signal.
+            let mut dict = exe.weights().export(&gpu).unwrap();
+            let mut rng = common::rng(11);
+            for (key, t) in dict.floats.iter_mut() {
+                let noise = common::randn(&mut rng, t.data.len());
+                for (v, z) in t.data.iter_mut().zip(noise) {
+                    let z = z as f32;
+                    *v = if key.ends_with("running_var") {
+                        0.5 + z.abs()
+                    } else if key.ends_with("running_mean") || key.contains("attn") || key.ends_with(".bias") {
+                        0.2 * z
+                    } else if t.shape.len() == 1 {
+                        1.0 + 0.2 * z
+                    } else if key.starts_with("fc.") || key.starts_with("classifier.") {
+                        z
+                    } else {
+                        *v
+                    };
+                }
+            }
+            exe.weights().import(&gpu, &dict).unwrap();
+            let images: Vec<f32> = common::randn(&mut rng, 2 * 3 * 32 * 32).iter().map(|&v| v as f32).collect();
+            exe.write(net.images, &images).unwrap();
+            exe.run().unwrap();
+            let want: Vec<f64> = exe.read(net.logits).unwrap().iter().map(|&v| v as f64).collect();
+
+            let folded = fold(&net.graph, &dict).unwrap();
+            let ops: Vec<&str> = folded.graph.nodes.iter().map(|n| n.op.name()).collect();
+            assert!(!ops.contains(&"batchnorm") && !ops.contains(&"modulate"), "{arch}: {ops:?}");
+            let mut fexe = Executor::new(gpu.clone(), &folded.graph, Plan::eval()).unwrap();
+            fexe.weights().import(&gpu, &folded.weights).unwrap();
+            fexe.write(folded.tensors[&net.images], &images).unwrap();
+            fexe.run().unwrap();
+            let got: Vec<f64> = fexe.read(folded.tensors[&net.logits]).unwrap().iter().map(|&v| v as f64).collect();
+            let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            assert!(scale > 1.0, "{arch}: logits too small to test ({scale})");
+            common::assert_close(&format!("{arch} kdna={kdna} folded logits"), &got, &want, 1e-4);
+            let dispatches = (exe.dispatch_counts().0, fexe.dispatch_counts().0);
+            assert!(dispatches.1 < dispatches.0, "{arch}: {dispatches:?} dispatches");
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Networks as graphs of ops over tensors, and the executor that runs them.
 
 mod executor;
+pub mod fold;
 mod weights;
 
 pub use executor::{Executor, Plan, StepStats};
@@ -127,13 +128,18 @@ impl Graph {
 
     /// Adds `op` reading `inputs` and producing activations of `output_shapes`.
     pub fn push(&mut self, op: impl Op + 'static, inputs: &[TensorId], output_shapes: &[Vec<usize>]) -> Vec<TensorId> {
+        self.push_boxed(Box::new(op), inputs, output_shapes)
+    }
+
+    /// [`Graph::push`] for an op already boxed (a copy from another graph).
+    pub fn push_boxed(&mut self, op: Box<dyn Op>, inputs: &[TensorId], output_shapes: &[Vec<usize>]) -> Vec<TensorId> {
         let name = op.name();
         let outputs = output_shapes
             .iter()
             .enumerate()
             .map(|(i, s)| self.tensor(format!("{name}#{}.{i}", self.nodes.len()), s, Role::Activation))
             .collect();
-        self.nodes.push(Node { op: Box::new(op), inputs: inputs.to_vec(), outputs });
+        self.nodes.push(Node { op, inputs: inputs.to_vec(), outputs });
         self.nodes.last().unwrap().outputs.clone()
     }
 

@@ -27,6 +27,7 @@ fn params(len: usize, kind: u32, accumulate: u32) -> ElementwiseParams {
 }
 
 /// Graph node: `[x] -> [act(x)]`.
+#[derive(Clone, Debug)]
 pub struct ActivationOp {
     pub kind: Activation,
     pub len: usize,
@@ -55,6 +56,7 @@ impl Op for ActivationOp {
 }
 
 /// Graph node: `[a, b] -> [a + b]`.
+#[derive(Clone, Debug)]
 pub struct Add {
     pub len: usize,
 }

@@ -146,6 +146,7 @@ struct ConvParams {
 }
 
 /// Graph node: inputs `[x, weight]` or `[x, weight, bias]`, output `[y]`.
+#[derive(Clone, Debug)]
 pub struct Conv2d {
     pub shape: Conv2dShape,
     pub has_bias: bool,

@@ -45,7 +45,23 @@ pub struct Grads<'a> {
     pub inputs: Vec<Option<GradTarget<'a>>>,
 }
 
-pub trait Op: Send + Sync {
+/// Copying and inspecting ops behind `dyn Op` (graph rewrites such as inference folding).
+pub trait OpObject {
+    fn boxed_clone(&self) -> Box<dyn Op>;
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<T: Op + Clone + 'static> OpObject for T {
+    fn boxed_clone(&self) -> Box<dyn Op> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+pub trait Op: OpObject + Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Element counts of buffers the op keeps from forward to backward (statistics, argmax).

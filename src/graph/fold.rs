@@ -1,0 +1,139 @@
+//! Inference folding: an eval-only copy of a graph in which child kernels are constants
+//! computed once, and every BatchNorm that only follows a conv or linear layer is folded into
+//! that layer's weight and bias. Same outputs as eval mode, fewer dispatches.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{Context, Result};
+
+use super::{Graph, Role, TensorId};
+use crate::io::{HostTensor, StateDict};
+use crate::ops::batchnorm::BatchNorm;
+use crate::ops::conv2d::Conv2d;
+use crate::ops::linear::Linear;
+use crate::ops::modulate::Modulate;
+
+/// The folded graph, its weights, and where the original graph's tensors went.
+pub struct Folded {
+    pub graph: Graph,
+    pub weights: StateDict,
+    /// Original tensor -> folded tensor, for inputs, labels and every surviving activation.
+    pub tensors: HashMap<TensorId, TensorId>,
+}
+
+/// Folds `graph` with the weights in `values` (parameters and running statistics by name).
+pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
+    let value = |t: TensorId, known: &HashMap<TensorId, Vec<f32>>| -> Result<Vec<f32>> {
+        if let Some(v) = known.get(&t) {
+            return Ok(v.clone());
+        }
+        let name = &graph.info(t).name;
+        Ok(values.floats.get(name).with_context(|| format!("no value for {name:?}"))?.data.clone())
+    };
+    let mut consumers = vec![0usize; graph.tensors.len()];
+    for node in &graph.nodes {
+        for t in &node.inputs {
+            consumers[t.0] += 1;
+        }
+    }
+    let mut g = Graph::new();
+    let mut weights = BTreeMap::new();
+    let mut map: HashMap<TensorId, TensorId> = HashMap::new();
+    // Values of constants created here (child kernels), by original tensor.
+    let mut constants: HashMap<TensorId, Vec<f32>> = HashMap::new();
+    let mut folded_bn = vec![false; graph.nodes.len()];
+
+    for (i, t) in graph.tensors.iter().enumerate() {
+        match t.role {
+            Role::Input => drop(map.insert(TensorId(i), g.input(&t.name, &t.shape))),
+            Role::Labels => drop(map.insert(TensorId(i), g.labels(&t.name, t.shape[0]))),
+            _ => {}
+        }
+    }
+    for (n, node) in graph.nodes.iter().enumerate() {
+        if folded_bn[n] {
+            continue;
+        }
+        let any = node.op.as_any();
+        if let Some(m) = any.downcast_ref::<Modulate>() {
+            // Children become constants: the same product, in the same order, as the kernel.
+            let parent = value(node.inputs[0], &constants)?;
+            let spatial = if m.has_spatial { Some(value(node.inputs[1], &constants)?) } else { None };
+            let filter = value(node.inputs[2], &constants)?;
+            for (c, &child) in node.outputs.iter().enumerate() {
+                let k = m.first_child + c;
+                let kernel: Vec<f32> = (0..parent.len())
+                    .map(|e| {
+                        let s = spatial.as_ref().map_or(1.0, |s| 1.0 + s[k * m.taps + (e % m.fan) % m.taps]);
+                        parent[e] * s * (1.0 + filter[k * m.c_out + e / m.fan])
+                    })
+                    .collect();
+                constants.insert(child, kernel);
+            }
+            continue;
+        }
+        // A conv or linear layer whose only consumer is a BatchNorm absorbs it.
+        let out = node.outputs[0];
+        let bn_node = (consumers[out.0] == 1)
+            .then(|| graph.nodes.iter().position(|b| b.inputs.first() == Some(&out)))
+            .flatten()
+            .filter(|&b| graph.nodes[b].op.as_any().is::<BatchNorm>());
+        let layer_bias =
+            any.downcast_ref::<Conv2d>().map(|c| c.has_bias).or(any.downcast_ref::<Linear>().map(|l| l.has_bias));
+        if let (Some(b), Some(has_bias)) = (bn_node, layer_bias) {
+            let bn_inputs = &graph.nodes[b].inputs;
+            let bn = graph.nodes[b].op.as_any().downcast_ref::<BatchNorm>().expect("checked");
+            let [gamma, beta, mean, var] = [1, 2, 3, 4].map(|i| value(bn_inputs[i], &constants));
+            let (gamma, beta, mean, var) = (gamma?, beta?, mean?, var?);
+            let w = value(node.inputs[1], &constants)?;
+            let c_out = gamma.len();
+            let per_out = w.len() / c_out;
+            let scale: Vec<f32> = (0..c_out).map(|c| gamma[c] / (var[c] + bn.eps).sqrt()).collect();
+            let bias_in = if has_bias { value(node.inputs[2], &constants)? } else { vec![0.0; c_out] };
+            let folded_w: Vec<f32> = w.iter().enumerate().map(|(e, v)| v * scale[e / per_out]).collect();
+            let folded_b: Vec<f32> = (0..c_out).map(|c| beta[c] + (bias_in[c] - mean[c]) * scale[c]).collect();
+            let w_shape = graph.shape(node.inputs[1]).to_vec();
+            let base = format!("folded.{n}");
+            let w_id = g.param(&format!("{base}.weight"), &w_shape)?;
+            let b_id = g.param(&format!("{base}.bias"), &[c_out])?;
+            weights.insert(format!("{base}.weight"), HostTensor { shape: w_shape, data: folded_w });
+            weights.insert(format!("{base}.bias"), HostTensor { shape: vec![c_out], data: folded_b });
+            let x = map[&node.inputs[0]];
+            let y = match any.downcast_ref::<Conv2d>() {
+                Some(conv) => g.conv2d(x, w_id, Some(b_id), conv.shape.cfg)?,
+                None => g.linear(x, w_id, Some(b_id))?,
+            };
+            map.insert(graph.nodes[b].outputs[0], y);
+            folded_bn[b] = true;
+            continue;
+        }
+        // Anything else is copied, its parameters and states with it.
+        let mut inputs = Vec::new();
+        for &t in &node.inputs {
+            if let Some(&mapped) = map.get(&t) {
+                inputs.push(mapped);
+                continue;
+            }
+            let info = graph.info(t);
+            let name = if constants.contains_key(&t) { format!("constant.{}", t.0) } else { info.name.clone() };
+            let id = match info.role {
+                Role::State => g.state(&name, &info.shape, info.init)?,
+                _ => g.param(&name, &info.shape)?,
+            };
+            weights.insert(name, HostTensor { shape: info.shape.clone(), data: value(t, &constants)? });
+            map.insert(t, id);
+            inputs.push(id);
+        }
+        let shapes: Vec<Vec<usize>> = node.outputs.iter().map(|&t| graph.shape(t).to_vec()).collect();
+        let outputs = g.push_boxed(node.op.boxed_clone(), &inputs, &shapes);
+        for (&old, new) in node.outputs.iter().zip(outputs) {
+            map.insert(old, new);
+        }
+    }
+    let counters = weights
+        .keys()
+        .filter_map(|k| k.strip_suffix("running_mean"))
+        .map(|bn| (format!("{bn}num_batches_tracked"), 0))
+        .collect();
+    Ok(Folded { graph: g, weights: StateDict { floats: weights, counters }, tensors: map })
+}
