@@ -79,6 +79,7 @@ pub struct Executor {
 impl Executor {
     /// An executor with weights of its own (zero-filled until written).
     pub fn new(gpu: Arc<Gpu>, graph: &Graph, plan: Plan) -> Result<Executor> {
+        // Before the parameter arena exists: an oversized tensor is an error, not an allocation.
         check_sizes(&gpu, graph)?;
         let weights = Arc::new(gpu.allocation("the parameters", || Weights::new(&gpu, graph))?);
         Self::with_weights(gpu, graph, plan, weights)
