@@ -7,24 +7,7 @@
 // Kernels that `conv.wgsl` also has give the same results up to float rounding order; which
 // family runs is fixed per shape (src/ops/conv2d.rs), so a run never switches between them.
 
-struct ConvParams {
-    batch: u32,
-    c_in: u32,
-    h: u32,
-    w: u32,
-    c_out: u32,
-    out_h: u32,
-    out_w: u32,
-    kernel_h: u32,
-    kernel_w: u32,
-    stride_h: u32,
-    stride_w: u32,
-    pad_h: u32,
-    pad_w: u32,
-    groups: u32,
-    has_bias: u32,
-    accumulate: u32,
-}
+// ConvParams comes from conv_params.wgsl.
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
 

@@ -1,9 +1,19 @@
 //! The WGSL sources, compiled into the binary. `shaders/common.wgsl` is prepended to each.
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
-/// Double-float arithmetic, prepended to the families that use it.
+/// Double-float arithmetic, for the families with reductions that cancel.
 const DOUBLE_FLOAT: &str = include_str!("../../shaders/double_float.wgsl");
-const USES_DOUBLE_FLOAT: &[&str] = &["modulate", "norm"];
+/// The convolution parameter struct, shared by both convolution families.
+const CONV_PARAMS: &str = include_str!("../../shaders/conv_params.wgsl");
+
+/// What a family needs prepended besides common.wgsl.
+fn preludes(family: &str) -> &'static [&'static str] {
+    match family {
+        "modulate" | "norm" => &[DOUBLE_FLOAT],
+        "conv" | "conv_gemm" => &[CONV_PARAMS],
+        _ => &[],
+    }
+}
 
 /// Every kernel family: (name, source without the common prelude).
 pub const FAMILIES: &[(&str, &str)] = &[
@@ -23,8 +33,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
 pub fn source(family: &str) -> String {
     let (_, body) =
         FAMILIES.iter().find(|(name, _)| *name == family).unwrap_or_else(|| panic!("no shader family {family:?}"));
-    let double_float = if USES_DOUBLE_FLOAT.contains(&family) { DOUBLE_FLOAT } else { "" };
-    format!("{COMMON}\n{double_float}\n{body}")
+    format!("{COMMON}\n{}\n{body}", preludes(family).join("\n"))
 }
 
 /// Parses and validates a family with naga, as wgpu will; returns naga's readable report.
