@@ -51,7 +51,10 @@ type ConvCase = ([usize; 4], usize, (usize, usize), Conv2dConfig, bool);
 #[test]
 fn conv2d_matches_reference() {
     let cfg = |stride, padding, groups| Conv2dConfig { stride, padding, groups };
-    let cases: [ConvCase; 9] = [
+    let cases: [ConvCase; 11] = [
+        // Depthwise, stride 1 with bias and a 7x7 window (ConvNeXt's).
+        ([1, 5, 13, 11], 5, (3, 3), cfg((1, 1), (1, 1), 5), true),
+        ([3, 4, 9, 9], 4, (7, 7), cfg((1, 1), (3, 3), 4), true),
         // More than one channel tile on every axis and several pixel workgroups.
         ([1, 21, 17, 19], 18, (3, 3), cfg((1, 1), (1, 1), 1), true),
         ([3, 6, 9, 7], 9, (3, 3), cfg((2, 2), (1, 1), 1), false),

@@ -3,14 +3,14 @@
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// Double-float arithmetic, for the families with reductions that cancel.
 const DOUBLE_FLOAT: &str = include_str!("../../shaders/double_float.wgsl");
-/// The convolution parameter struct, shared by both convolution families.
+/// The convolution parameter struct, shared by the convolution families.
 const CONV_PARAMS: &str = include_str!("../../shaders/conv_params.wgsl");
 
 /// What a family needs prepended besides common.wgsl.
 fn preludes(family: &str) -> &'static [&'static str] {
     match family {
         "modulate" | "norm" => &[DOUBLE_FLOAT],
-        "conv" | "conv_gemm" => &[CONV_PARAMS],
+        "conv" | "conv_gemm" | "depthwise" => &[CONV_PARAMS],
         _ => &[],
     }
 }
@@ -20,6 +20,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("activation", include_str!("../../shaders/activation.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
     ("conv_gemm", include_str!("../../shaders/conv_gemm.wgsl")),
+    ("depthwise", include_str!("../../shaders/depthwise.wgsl")),
     ("linear", include_str!("../../shaders/linear.wgsl")),
     ("loss", include_str!("../../shaders/loss.wgsl")),
     ("modulate", include_str!("../../shaders/modulate.wgsl")),

@@ -1,8 +1,9 @@
 //! 2-D convolution: stride, zero padding, groups, optional bias.
 //!
-//! Ungrouped convolutions run as implicit GEMM with register tiles (`shaders/conv_gemm.wgsl`,
-//! over weight copies packed per pass); grouped and depthwise ones run the direct kernels of
-//! `shaders/conv.wgsl`. The choice depends on the shape alone, so it never changes within a run.
+//! Three kernel families, chosen by shape alone (so the choice never changes within a run):
+//! ungrouped convolutions run as implicit GEMM with register tiles (`shaders/conv_gemm.wgsl`,
+//! over weight copies packed per pass), depthwise ones (one filter per channel) run
+//! `shaders/depthwise.wgsl`, other grouped ones the direct kernels of `shaders/conv.wgsl`.
 
 use anyhow::{Result, bail};
 
@@ -15,9 +16,20 @@ const TILE: usize = 8;
 /// Channels and pixels per invocation of the implicit-GEMM kernels (conv_gemm.wgsl).
 const GEMM_CHANNELS: usize = 16;
 const GEMM_PIXELS: usize = 8;
+/// Pixels per invocation of the depthwise kernels (depthwise.wgsl).
+const DEPTHWISE_PIXELS: usize = 8;
+
 /// Grid of an implicit-GEMM kernel: one invocation per (batch, channel tile, pixel tile).
 fn gemm_grid(columns: usize, channels: usize, batch: usize) -> [u32; 3] {
     grid(batch * channels.div_ceil(GEMM_CHANNELS) * columns.div_ceil(GEMM_PIXELS))
+}
+
+/// Which kernels compute a convolution (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKernel {
+    Gemm,
+    Depthwise,
+    Direct,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,9 +97,19 @@ impl Conv2dShape {
         vec![self.c_out, self.c_in / self.cfg.groups, self.kernel_h, self.kernel_w]
     }
 
-    /// Whether the implicit-GEMM kernels run this shape (else the direct ones).
-    pub fn uses_gemm(&self) -> bool {
-        self.cfg.groups == 1
+    /// The kernel family that runs this shape.
+    pub fn kernel(&self) -> ConvKernel {
+        if self.cfg.groups == 1 {
+            ConvKernel::Gemm
+        } else if self.cfg.groups == self.c_in
+            && self.c_in == self.c_out
+            // The weight gradient runs a workgroup per (channel, tap) along one grid axis.
+            && self.c_out * self.kernel_h * self.kernel_w <= 65535
+        {
+            ConvKernel::Depthwise
+        } else {
+            ConvKernel::Direct
+        }
     }
 
     /// Weights per output channel (the GEMM reduction length).
@@ -163,7 +185,7 @@ impl Op for Conv2d {
 
     fn scratch(&self) -> Vec<usize> {
         let s = &self.shape;
-        if !s.uses_gemm() {
+        if s.kernel() != ConvKernel::Gemm {
             return Vec::new();
         }
         let taps = s.kernel_h * s.kernel_w;
@@ -182,28 +204,32 @@ impl Op for Conv2d {
         let bias = if self.has_bias { b.inputs[2] } else { &none };
         let params = s.params(self.has_bias, 0);
         let pixels = s.out_h * s.out_w;
-        if s.uses_gemm() {
-            let packed = b.scratch[0];
-            let workgroups = gemm_grid(pixels, s.c_out, s.batch);
-            return vec![
-                gpu.dispatch("conv_gemm", "pack_weight_forward", &params, &[b.inputs[1], packed], grid(packed.len())),
-                gpu.dispatch(
-                    "conv_gemm",
-                    "conv_gemm_forward",
-                    &params,
-                    &[b.inputs[0], packed, bias, b.outputs[0]],
-                    workgroups,
-                ),
-            ];
+        let buffers = [b.inputs[0], b.inputs[1], bias, b.outputs[0]];
+        match s.kernel() {
+            ConvKernel::Gemm => {
+                let packed = b.scratch[0];
+                let workgroups = gemm_grid(pixels, s.c_out, s.batch);
+                let pack = [b.inputs[1], packed];
+                vec![
+                    gpu.dispatch("conv_gemm", "pack_weight_forward", &params, &pack, grid(packed.len())),
+                    gpu.dispatch(
+                        "conv_gemm",
+                        "conv_gemm_forward",
+                        &params,
+                        &[b.inputs[0], packed, bias, b.outputs[0]],
+                        workgroups,
+                    ),
+                ]
+            }
+            ConvKernel::Depthwise => {
+                let tiles = s.batch * s.c_out * pixels.div_ceil(DEPTHWISE_PIXELS);
+                vec![gpu.dispatch("depthwise", "depthwise_forward", &params, &buffers, grid(tiles))]
+            }
+            ConvKernel::Direct => {
+                let tiles = s.batch * g * (s.c_out / g).div_ceil(TILE) * pixels.div_ceil(TILE);
+                vec![gpu.dispatch("conv", "conv2d_forward", &params, &buffers, grid(tiles))]
+            }
         }
-        let tiles = s.batch * g * (s.c_out / g).div_ceil(TILE) * pixels.div_ceil(TILE);
-        vec![gpu.dispatch(
-            "conv",
-            "conv2d_forward",
-            &params,
-            &[b.inputs[0], b.inputs[1], bias, b.outputs[0]],
-            grid(tiles),
-        )]
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
@@ -214,36 +240,46 @@ impl Op for Conv2d {
         if let Some(dx) = grads.inputs[0] {
             let params = s.params(self.has_bias, accumulate_flag(&dx));
             let pixels = s.h * s.w;
-            if s.uses_gemm() {
-                let packed = b.scratch[1];
-                let workgroups = gemm_grid(pixels, s.c_in, s.batch);
-                let pack = gpu.dispatch(
-                    "conv_gemm",
-                    "pack_weight_backward",
-                    &params,
-                    &[b.inputs[1], packed],
-                    grid(packed.len()),
-                );
-                let buffers = [dy, packed, dx.slice];
-                out.extend([
-                    pack,
-                    gpu.dispatch("conv_gemm", "conv_gemm_backward_input", &params, &buffers, workgroups),
-                ]);
-            } else {
-                let tiles = s.batch * g * (s.c_in / g).div_ceil(TILE) * pixels.div_ceil(TILE);
-                let buffers = [dy, b.inputs[1], dx.slice];
-                out.push(gpu.dispatch("conv", "conv2d_backward_input", &params, &buffers, grid(tiles)));
+            match s.kernel() {
+                ConvKernel::Gemm => {
+                    let packed = b.scratch[1];
+                    let workgroups = gemm_grid(pixels, s.c_in, s.batch);
+                    let pack = [b.inputs[1], packed];
+                    let buffers = [dy, packed, dx.slice];
+                    out.extend([
+                        gpu.dispatch("conv_gemm", "pack_weight_backward", &params, &pack, grid(packed.len())),
+                        gpu.dispatch("conv_gemm", "conv_gemm_backward_input", &params, &buffers, workgroups),
+                    ]);
+                }
+                ConvKernel::Depthwise => {
+                    let tiles = s.batch * s.c_in * pixels.div_ceil(DEPTHWISE_PIXELS);
+                    let buffers = [dy, b.inputs[1], dx.slice];
+                    out.push(gpu.dispatch("depthwise", "depthwise_backward_input", &params, &buffers, grid(tiles)));
+                }
+                ConvKernel::Direct => {
+                    let tiles = s.batch * g * (s.c_in / g).div_ceil(TILE) * pixels.div_ceil(TILE);
+                    let buffers = [dy, b.inputs[1], dx.slice];
+                    out.push(gpu.dispatch("conv", "conv2d_backward_input", &params, &buffers, grid(tiles)));
+                }
             }
         }
         if let Some(dw) = grads.inputs[1] {
             let params = s.params(self.has_bias, accumulate_flag(&dw));
             let buffers = [b.inputs[0], dy, dw.slice];
-            out.push(if s.uses_gemm() {
-                let workgroups = gemm_grid(s.k_len(), s.c_out, 1);
-                gpu.dispatch("conv_gemm", "conv_gemm_backward_weight", &params, &buffers, workgroups)
-            } else {
-                let tiles = g * (s.c_out / g).div_ceil(TILE) * s.k_len().div_ceil(TILE);
-                gpu.dispatch("conv", "conv2d_backward_weight", &params, &buffers, grid(tiles))
+            out.push(match s.kernel() {
+                ConvKernel::Gemm => {
+                    let workgroups = gemm_grid(s.k_len(), s.c_out, 1);
+                    gpu.dispatch("conv_gemm", "conv_gemm_backward_weight", &params, &buffers, workgroups)
+                }
+                ConvKernel::Depthwise => {
+                    // One workgroup per (channel, tap).
+                    let workgroups = [(s.c_out * s.kernel_h * s.kernel_w) as u32, 1, 1];
+                    gpu.dispatch("depthwise", "depthwise_backward_weight", &params, &buffers, workgroups)
+                }
+                ConvKernel::Direct => {
+                    let tiles = g * (s.c_out / g).div_ceil(TILE) * s.k_len().div_ceil(TILE);
+                    gpu.dispatch("conv", "conv2d_backward_weight", &params, &buffers, grid(tiles))
+                }
             });
         }
         if let Some(Some(db)) = grads.inputs.get(2) {
