@@ -7,7 +7,7 @@
 // multiply-adds: on software adapters every load is a per-lane scalar loop, so arithmetic per
 // load decides speed.
 
-// ConvParams comes from conv_params.wgsl.
+// ConvParams comes from conv_common.wgsl.
 
 const TILE: u32 = 8u;
 

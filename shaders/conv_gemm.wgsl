@@ -7,12 +7,11 @@
 // Kernels that `conv.wgsl` also has give the same results up to float rounding order; which
 // family runs is fixed per shape (src/ops/conv2d.rs), so a run never switches between them.
 
-// ConvParams comes from conv_params.wgsl.
+// ConvParams comes from conv_common.wgsl.
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
 
 const CHANNELS: u32 = 16u;
-const PIXELS: u32 = 8u;
 
 // Results for channels 4c..4c+3 (matrix columns) of pixels 0..3 (`a`) and 4..7 (`b`).
 struct Tile {
@@ -32,12 +31,6 @@ fn tile_fma(t: ptr<function, Tile>, xa: vec4<f32>, xb: vec4<f32>, c0: vec4<f32>,
 
 fn padded(n: u32) -> u32 {
     return (n + CHANNELS - 1u) / CHANNELS * CHANNELS;
-}
-
-// Each buffer has its gather, `at` where `inside`, zero elsewhere (WGSL passes no storage
-// pointers to functions).
-fn masked(v: vec4<f32>, inside: vec4<bool>) -> vec4<f32> {
-    return select(vec4<f32>(0.0), v, inside);
 }
 
 // ---------------------------------------------------------------- weight packing
@@ -75,6 +68,7 @@ fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 @group(0) @binding(3) var<storage, read> fwd_bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> fwd_y: array<f32>;
 
+// Each buffer has its gather (WGSL passes no storage pointers to functions).
 fn gather_fwd_x(at: vec4<u32>, inside: vec4<bool>) -> vec4<f32> {
     return masked(vec4<f32>(fwd_x[at.x], fwd_x[at.y], fwd_x[at.z], fwd_x[at.w]), inside);
 }
@@ -91,9 +85,8 @@ fn conv_gemm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     let ct = t % channel_tiles;
     let n = t / channel_tiles;
 
-    let last = vec4<u32>(pixels - 1u);
-    let pa = min(vec4<u32>(0u, 1u, 2u, 3u) + pt * PIXELS, last);
-    let pb = min(vec4<u32>(4u, 5u, 6u, 7u) + pt * PIXELS, last);
+    let pa = tile_lo(pt * PIXELS, pixels);
+    let pb = tile_hi(pt * PIXELS, pixels);
     let y0a = vec4<i32>((pa / p.out_w) * p.stride_h) - i32(p.pad_h);
     let x0a = vec4<i32>((pa % p.out_w) * p.stride_w) - i32(p.pad_w);
     let y0b = vec4<i32>((pb / p.out_w) * p.stride_h) - i32(p.pad_h);
@@ -175,9 +168,8 @@ fn conv_gemm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     let ct = t % channel_tiles;
     let n = t / channel_tiles;
 
-    let last = vec4<u32>(pixels - 1u);
-    let pa = min(vec4<u32>(0u, 1u, 2u, 3u) + pt * PIXELS, last);
-    let pb = min(vec4<u32>(4u, 5u, 6u, 7u) + pt * PIXELS, last);
+    let pa = tile_lo(pt * PIXELS, pixels);
+    let pb = tile_hi(pt * PIXELS, pixels);
     let ya = vec4<i32>(pa / p.w) + i32(p.pad_h);
     let xa = vec4<i32>(pa % p.w) + i32(p.pad_w);
     let yb = vec4<i32>(pb / p.w) + i32(p.pad_h);
@@ -269,9 +261,8 @@ fn conv_gemm_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     let kt = t % k_tiles;
     let ct = t / k_tiles;
 
-    let last = vec4<u32>(k_len - 1u);
-    let ka = min(vec4<u32>(0u, 1u, 2u, 3u) + kt * PIXELS, last);
-    let kb = min(vec4<u32>(4u, 5u, 6u, 7u) + kt * PIXELS, last);
+    let ka = tile_lo(kt * PIXELS, k_len);
+    let kb = tile_hi(kt * PIXELS, k_len);
     let plane = p.h * p.w;
     let chan_a = (ka / taps) * plane;
     let chan_b = (kb / taps) * plane;

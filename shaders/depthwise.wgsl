@@ -4,12 +4,7 @@
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
 
-const PIXELS: u32 = 8u;
 const REDUCE: u32 = 64u;
-
-fn masked(v: vec4<f32>, inside: vec4<bool>) -> vec4<f32> {
-    return select(vec4<f32>(0.0), v, inside);
-}
 
 // ---------------------------------------------------------------- forward
 @group(0) @binding(1) var<storage, read> fwd_x: array<f32>;
@@ -31,9 +26,8 @@ fn depthwise_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     let pt = t % tiles;
     let plane = t / tiles;          // n * channels + c
     let c = plane % p.c_out;
-    let last = vec4<u32>(pixels - 1u);
-    let pa = min(vec4<u32>(0u, 1u, 2u, 3u) + pt * PIXELS, last);
-    let pb = min(vec4<u32>(4u, 5u, 6u, 7u) + pt * PIXELS, last);
+    let pa = tile_lo(pt * PIXELS, pixels);
+    let pb = tile_hi(pt * PIXELS, pixels);
     let y0a = vec4<i32>((pa / p.out_w) * p.stride_h) - i32(p.pad_h);
     let x0a = vec4<i32>((pa % p.out_w) * p.stride_w) - i32(p.pad_w);
     let y0b = vec4<i32>((pb / p.out_w) * p.stride_h) - i32(p.pad_h);
@@ -85,9 +79,8 @@ fn depthwise_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     let pt = t % tiles;
     let plane = t / tiles;
     let c = plane % p.c_in;
-    let last = vec4<u32>(pixels - 1u);
-    let pa = min(vec4<u32>(0u, 1u, 2u, 3u) + pt * PIXELS, last);
-    let pb = min(vec4<u32>(4u, 5u, 6u, 7u) + pt * PIXELS, last);
+    let pa = tile_lo(pt * PIXELS, pixels);
+    let pb = tile_hi(pt * PIXELS, pixels);
     let ya = vec4<i32>(pa / p.w) + i32(p.pad_h);
     let xa = vec4<i32>(pa % p.w) + i32(p.pad_w);
     let yb = vec4<i32>(pb / p.w) + i32(p.pad_h);

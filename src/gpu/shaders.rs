@@ -3,14 +3,14 @@
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// Double-float arithmetic, for the families with reductions that cancel.
 const DOUBLE_FLOAT: &str = include_str!("../../shaders/double_float.wgsl");
-/// The convolution parameter struct, shared by the convolution families.
-const CONV_PARAMS: &str = include_str!("../../shaders/conv_params.wgsl");
+/// What the convolution families share (parameter struct, pixel tiles).
+const CONV_COMMON: &str = include_str!("../../shaders/conv_common.wgsl");
 
 /// What a family needs prepended besides common.wgsl.
 fn preludes(family: &str) -> &'static [&'static str] {
     match family {
         "modulate" | "norm" => &[DOUBLE_FLOAT],
-        "conv" | "conv_gemm" | "depthwise" => &[CONV_PARAMS],
+        "conv" | "conv_gemm" | "depthwise" => &[CONV_COMMON],
         _ => &[],
     }
 }

@@ -1,0 +1,41 @@
+// What the convolution families (conv.wgsl, conv_gemm.wgsl, depthwise.wgsl) share: the
+// parameter struct, mirrored by `ConvParams` in src/ops/conv2d.rs, and the 8-wide pixel tiles
+// that conv_gemm and depthwise hold in two vec4s.
+
+struct ConvParams {
+    batch: u32,
+    c_in: u32,
+    h: u32,
+    w: u32,
+    c_out: u32,
+    out_h: u32,
+    out_w: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_h: u32,
+    pad_w: u32,
+    groups: u32,
+    has_bias: u32,
+    accumulate: u32,
+}
+
+// Pixels (or reduction indices) per invocation tile (src/ops/conv2d.rs `GEMM_PIXELS`,
+// `DEPTHWISE_PIXELS`).
+const PIXELS: u32 = 8u;
+
+// Indices first .. first + 3 and first + 4 .. first + 7 of a tile, clamped to count - 1 so
+// that loads past the end stay in bounds (their results are never stored).
+fn tile_lo(first: u32, count: u32) -> vec4<u32> {
+    return min(vec4<u32>(0u, 1u, 2u, 3u) + first, vec4<u32>(count - 1u));
+}
+
+fn tile_hi(first: u32, count: u32) -> vec4<u32> {
+    return min(vec4<u32>(4u, 5u, 6u, 7u) + first, vec4<u32>(count - 1u));
+}
+
+// The gathered values where `inside`, zero elsewhere (padding).
+fn masked(v: vec4<f32>, inside: vec4<bool>) -> vec4<f32> {
+    return select(vec4<f32>(0.0), v, inside);
+}
