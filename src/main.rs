@@ -33,7 +33,8 @@ enum Command {
     /// Run one batch through a network in eval and train mode and write its logits, loss and
     /// every gradient under PyTorch's names, to compare a port with torch tensor by tensor.
     Parity(ParityArgs),
-    /// Measure a network: its parameters and multiply-accumulates per image (`--params`).
+    /// Measure a network: its parameters and multiply-accumulates per image (`--params`), its
+    /// eval throughput and latency (`--latency`) and training step time (`--train`).
     Bench(BenchArgs),
 }
 
@@ -42,9 +43,29 @@ struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Count parameters and multiply-accumulates of every conv and linear layer, router
-    /// projections included (torchvision's convention). This is what bench measures.
+    /// projections included (torchvision's convention). The default when nothing else is asked.
     #[arg(long)]
     params: bool,
+    /// Time eval as metrics.py does: the folded network (children and BatchNorms computed at
+    /// load), warm-up, then timed batches with a device sync each; throughput and latency as
+    /// mean ± std.
+    #[arg(long)]
+    latency: bool,
+    /// Also time whole training steps (forward, backward, SGD), in the same call.
+    #[arg(long)]
+    train: bool,
+    /// Print the time of one training step by kernel entry point (each dispatch run alone).
+    #[arg(long)]
+    profile: bool,
+    /// Timed iterations.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    iter: u32,
+    /// Untimed iterations before timing (pipeline compilation happens in the first).
+    #[arg(long, default_value_t = 10)]
+    warmup: u32,
+    /// Images per batch when timing.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
     /// Input resolution (square images).
     #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(1..))]
     res: u32,
@@ -95,7 +116,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Devices => devices(cli.adapter.as_deref()),
         Command::Parity(args) => parity(cli.adapter.as_deref(), args),
-        Command::Bench(args) => bench(args),
+        Command::Bench(args) => bench(cli.adapter.as_deref(), args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,14 +163,60 @@ fn parity(adapter: Option<&str>, args: ParityArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench(args: BenchArgs) -> Result<()> {
+fn bench(adapter: Option<&str>, args: BenchArgs) -> Result<()> {
     let m = &args.model;
     let spec = ModelSpec { arch: m.arch, kdna: !m.baseline, classes: m.num_classes.map_or(1000, |n| n as usize) };
+    let family = if m.baseline { "baseline" } else { "KernelDNA" };
+    if args.profile {
+        let gpu = Arc::new(Gpu::new(adapter)?);
+        let rows = kdna::commands::bench::profile(gpu, spec, args.batch_size as usize, args.res as usize)?;
+        let total: f64 = rows.iter().map(|r| r.2).sum();
+        println!("{:<36} {:>10} {:>10} {:>7}", "kernel", "dispatches", "seconds", "share");
+        for (entry, n, secs) in rows {
+            println!("{entry:<36} {n:>10} {secs:>10.4} {:>6.1}%", 100.0 * secs / total);
+        }
+        println!("{:<36} {:>10} {total:>10.4}", "total", "");
+        return Ok(());
+    }
+    if args.latency || args.train {
+        if args.train && args.batch_size < 2 {
+            anyhow::bail!("--train needs --batch-size of at least 2 (train-mode BatchNorm)");
+        }
+        let gpu = Arc::new(Gpu::new(adapter)?);
+        let timing = kdna::commands::bench::Timing {
+            batch: args.batch_size as usize,
+            res: args.res as usize,
+            iters: args.iter as usize,
+            warmup: args.warmup as usize,
+            train: args.train,
+        };
+        let quiet = args.json;
+        let r = kdna::commands::bench::latency(gpu, spec, timing, &|what| {
+            if !quiet {
+                eprintln!("timing {what}: {} warm-up + {} iterations", timing.warmup, timing.iters);
+            }
+        })?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        println!(
+            "{} ({family}, {} classes), batch {}, {}x{}, on {}",
+            r.arch, r.classes, r.batch, r.res, r.res, r.adapter
+        );
+        println!("  parameters        {:>14}", group_digits(r.params as u64));
+        println!("  multiply-adds     {:>14}  ({:.3} G per image)", group_digits(r.macs), r.macs as f64 / 1e9);
+        println!("  eval throughput   {:>10.1} ± {:.1} images/s", r.eval_img_s, r.eval_img_s_std);
+        println!("  eval latency      {:>10.2} ± {:.2} ms per batch", r.latency_ms, r.latency_ms_std);
+        if let (Some(step), Some(std), Some(img_s)) = (r.train_step_s, r.train_step_s_std, r.train_img_s) {
+            println!("  training step     {:>10.4} ± {:.4} s  ({img_s:.1} images/s)", step, std);
+        }
+        return Ok(());
+    }
     let report = kdna::commands::bench::params(spec, args.res as usize)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        let family = if report.baseline { "baseline" } else { "KernelDNA" };
         println!("{} ({family}, {} classes, {}x{})", report.arch, report.classes, report.res, report.res);
         println!("  parameters        {:>14}", group_digits(report.params as u64));
         println!(

@@ -1,9 +1,19 @@
-//! `kdna bench`: what a network costs.
+//! `kdna bench`: what a network costs — its size (`--params`) and its speed on an adapter
+//! (`--latency`, `--train`), measured as metrics.py does: warm-up, then timed iterations with
+//! a device sync each.
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Result;
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
+use crate::gpu::Gpu;
+use crate::graph::fold::fold;
+use crate::graph::{Executor, Plan};
 use crate::models::{ModelSpec, build, macs_per_image, parameter_count};
+use crate::ops::sgd::Sgd;
 
 /// Parameters and multiply-accumulates of one network at one resolution.
 #[derive(Clone, Debug, Serialize)]
@@ -27,4 +37,154 @@ pub fn params(spec: ModelSpec, res: usize) -> Result<ParamsReport> {
         params: parameter_count(&net.graph),
         macs: macs_per_image(&net),
     })
+}
+
+/// How to time a network.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub batch: usize,
+    pub res: usize,
+    /// Timed iterations (each waits for the device).
+    pub iters: usize,
+    /// Untimed iterations first: pipeline compilation, caches, clocks.
+    pub warmup: usize,
+    /// Time training steps (forward, backward, SGD) as well as eval.
+    pub train: bool,
+}
+
+/// Mean and standard deviation of a set of samples.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl Spread {
+    fn of(samples: &[f64]) -> Spread {
+        let n = samples.len().max(1) as f64;
+        let mean = samples.iter().sum::<f64>() / n;
+        let var = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        Spread { mean, std: var.sqrt() }
+    }
+}
+
+/// What `kdna bench --latency [--train] --json` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyReport {
+    pub arch: String,
+    pub baseline: bool,
+    pub adapter: String,
+    pub batch: usize,
+    pub res: usize,
+    pub classes: usize,
+    pub params: usize,
+    pub macs: u64,
+    pub iters: usize,
+    /// Eval throughput on the folded network (children and BatchNorms folded at load).
+    pub eval_img_s: f64,
+    pub eval_img_s_std: f64,
+    /// Wall time of one eval batch.
+    pub latency_ms: f64,
+    pub latency_ms_std: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_step_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_step_s_std: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_img_s: Option<f64>,
+}
+
+/// Times eval (and, with `timing.train`, training steps) of `spec` on random weights and
+/// images. `progress` hears what is being measured.
+pub fn latency(gpu: Arc<Gpu>, spec: ModelSpec, timing: Timing, progress: &dyn Fn(&str)) -> Result<LatencyReport> {
+    let net = build(spec, timing.batch, timing.res, 0.0)?;
+    let mut rng = StdRng::seed_from_u64(0);
+    let images: Vec<f32> = (0..net.graph.info(net.images).numel()).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let labels: Vec<u32> = (0..timing.batch).map(|_| rng.random_range(0..spec.classes as u32)).collect();
+
+    let mut train = Executor::new(gpu.clone(), &net.graph, Plan::train(net.loss, Sgd { lr: 1e-3, ..Sgd::default() }))?;
+    train.weights().initialise(&gpu, &net.graph, 0);
+    train.write(net.images, &images)?;
+    train.write_labels(net.labels, &labels)?;
+
+    let mut train_times = None;
+    if timing.train {
+        progress("training steps");
+        train_times = Some(time(&gpu, timing, || {
+            train.step()?;
+            Ok(())
+        })?);
+        train.finish()?;
+    }
+
+    progress("eval (folded)");
+    let folded = fold(&net.graph, &train.weights().export(&gpu)?)?;
+    drop(train);
+    let mut eval = Executor::new(gpu.clone(), &folded.graph, Plan::eval())?;
+    eval.weights().import(&gpu, &folded.weights)?;
+    eval.write(folded.tensors[&net.images], &images)?;
+    let eval_times = time(&gpu, timing, || eval.run())?;
+
+    let batch = timing.batch as f64;
+    let throughput: Vec<f64> = eval_times.iter().map(|t| batch / t).collect();
+    let latency_ms: Vec<f64> = eval_times.iter().map(|t| t * 1e3).collect();
+    let (throughput, latency_ms) = (Spread::of(&throughput), Spread::of(&latency_ms));
+    let train = train_times.as_deref().map(Spread::of);
+    Ok(LatencyReport {
+        arch: spec.arch.name().to_string(),
+        baseline: !spec.kdna,
+        adapter: gpu.info.name.clone(),
+        batch: timing.batch,
+        res: timing.res,
+        classes: spec.classes,
+        params: parameter_count(&net.graph),
+        macs: macs_per_image(&net),
+        iters: timing.iters,
+        eval_img_s: throughput.mean,
+        eval_img_s_std: throughput.std,
+        latency_ms: latency_ms.mean,
+        latency_ms_std: latency_ms.std,
+        train_step_s: train.map(|s| s.mean),
+        train_step_s_std: train.map(|s| s.std),
+        train_img_s: train.map(|s| batch / s.mean),
+    })
+}
+
+/// Wall time of `timing.iters` runs of `work`, each followed by a device sync, after
+/// `timing.warmup` untimed ones.
+fn time(gpu: &Gpu, timing: Timing, mut work: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    for _ in 0..timing.warmup {
+        work()?;
+        gpu.wait()?;
+    }
+    let mut times = Vec::with_capacity(timing.iters);
+    for _ in 0..timing.iters {
+        let start = Instant::now();
+        work()?;
+        gpu.wait()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(times)
+}
+
+/// Time spent per kernel entry point in one training step (each dispatch run alone and
+/// waited for), largest first: (entry point, dispatches, seconds).
+pub fn profile(gpu: Arc<Gpu>, spec: ModelSpec, batch: usize, res: usize) -> Result<Vec<(String, usize, f64)>> {
+    let net = build(spec, batch, res, 0.0)?;
+    let mut exe = Executor::new(gpu.clone(), &net.graph, Plan::train(net.loss, Sgd::default()))?;
+    exe.weights().initialise(&gpu, &net.graph, 0);
+    exe.write_labels(net.labels, &vec![0; batch])?;
+    exe.profile()?; // compiles every pipeline
+    let mut by_entry: Vec<(String, usize, f64)> = Vec::new();
+    for (label, secs) in exe.profile()? {
+        match by_entry.iter_mut().find(|(l, _, _)| l == label) {
+            Some(row) => {
+                row.1 += 1;
+                row.2 += secs;
+            }
+            None => by_entry.push((label.to_string(), 1, secs)),
+        }
+    }
+    by_entry.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok(by_entry)
 }
