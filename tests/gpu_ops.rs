@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 const TOL: f64 = 2e-5;
 
 fn plan(mode: Mode, root: TensorId) -> Plan {
-    Plan { mode, backward_from: vec![root], input_grads: true, optimizer: None }
+    Plan { mode, backward_from: vec![root], input_grads: true, optimizer: None, frozen: Default::default() }
 }
 
 /// Random values, already rounded to f32, written into `t`.

@@ -57,8 +57,13 @@ fn a_train_mode_run_counts_batches_like_torch() {
     let net = resnet18();
     let mut exe = Executor::new(gpu.clone(), &net.graph, Plan::eval()).unwrap();
     exe.run().unwrap();
-    let plan =
-        Plan { mode: kdna::ops::Mode::Train, backward_from: vec![net.loss], input_grads: false, optimizer: None };
+    let plan = Plan {
+        mode: kdna::ops::Mode::Train,
+        backward_from: vec![net.loss],
+        input_grads: false,
+        optimizer: None,
+        frozen: Default::default(),
+    };
     let mut train = Executor::with_weights(gpu.clone(), &net.graph, plan, Arc::clone(exe.weights())).unwrap();
     train.run().unwrap();
     train.run().unwrap();

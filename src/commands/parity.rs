@@ -68,7 +68,13 @@ pub fn run(
     eval.run()?;
     let logits_eval = eval.read(net.logits)?;
 
-    let plan = Plan { mode: Mode::Train, backward_from: vec![net.loss], input_grads: false, optimizer: None };
+    let plan = Plan {
+        mode: Mode::Train,
+        backward_from: vec![net.loss],
+        input_grads: false,
+        optimizer: None,
+        frozen: Default::default(),
+    };
     let mut train = Executor::with_weights(gpu, &net.graph, plan, Arc::clone(eval.weights()))?;
     train.write(net.images, &images.data)?;
     train.write_labels(net.labels, &label_values)?;

@@ -28,15 +28,29 @@ pub struct Plan {
     pub input_grads: bool,
     /// Update the parameters after backward.
     pub optimizer: Option<Sgd>,
+    /// Parameters the optimizer leaves alone (their gradients are still computed).
+    pub frozen: HashSet<String>,
 }
 
 impl Plan {
     pub fn eval() -> Plan {
-        Plan { mode: Mode::Eval, backward_from: Vec::new(), input_grads: false, optimizer: None }
+        Plan {
+            mode: Mode::Eval,
+            backward_from: Vec::new(),
+            input_grads: false,
+            optimizer: None,
+            frozen: HashSet::new(),
+        }
     }
 
     pub fn train(loss: TensorId, optimizer: Sgd) -> Plan {
-        Plan { mode: Mode::Train, backward_from: vec![loss], input_grads: false, optimizer: Some(optimizer) }
+        Plan {
+            mode: Mode::Train,
+            backward_from: vec![loss],
+            input_grads: false,
+            optimizer: Some(optimizer),
+            frozen: HashSet::new(),
+        }
     }
 }
 
@@ -139,7 +153,7 @@ impl Executor {
             if plan.backward_from.is_empty() {
                 bail!("an optimizer needs a loss to backpropagate from");
             }
-            exe.optimizer = sgd_dispatches(&gpu, &weights, &sgd);
+            exe.optimizer = sgd_dispatches(&gpu, &weights, &sgd, &plan.frozen);
         }
         exe.values = values;
         Ok(exe)
@@ -428,19 +442,31 @@ fn check_sizes(gpu: &Gpu, graph: &Graph) -> Result<()> {
     Ok(())
 }
 
-/// SGD over the parameter arena, in chunks no larger than one storage binding may be.
-fn sgd_dispatches(gpu: &Gpu, weights: &Weights, sgd: &Sgd) -> Vec<(Dispatch, usize)> {
+/// SGD over the parameter arena: one dispatch per run of adjacent trainable parameters, in
+/// chunks no larger than one storage binding may be.
+fn sgd_dispatches(gpu: &Gpu, weights: &Weights, sgd: &Sgd, frozen: &HashSet<String>) -> Vec<(Dispatch, usize)> {
     let limits = gpu.device.limits();
     let align = limits.min_storage_buffer_offset_alignment as u64;
     let max_chunk = (limits.max_storage_buffer_binding_size / align * align).max(align);
     let [params, grads, velocity] = weights.arenas();
+    // Trainable byte ranges, merged where only alignment padding separates them.
+    let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+    for name in weights.names.iter().filter(|n| !frozen.contains(*n)) {
+        let r = weights.byte_range(name).expect("own parameter");
+        match ranges.last_mut() {
+            Some(last) if r.start <= last.end.next_multiple_of(align) => last.end = r.end,
+            _ => ranges.push(r),
+        }
+    }
     let mut out = Vec::new();
-    let mut offset = 0;
-    while offset < params.size {
-        let size = max_chunk.min(params.size - offset);
-        let part = |s: &GpuSlice| GpuSlice { buffer: s.buffer.clone(), offset, size };
-        out.push((sgd.dispatch(gpu, &part(&params), &part(&grads), &part(&velocity), true), (size / 4) as usize));
-        offset += size;
+    for range in ranges {
+        let mut offset = range.start;
+        while offset < range.end {
+            let size = max_chunk.min(range.end - offset);
+            let part = |s: &GpuSlice| GpuSlice { buffer: s.buffer.clone(), offset, size };
+            out.push((sgd.dispatch(gpu, &part(&params), &part(&grads), &part(&velocity), true), (size / 4) as usize));
+            offset += size;
+        }
     }
     out
 }

@@ -103,6 +103,43 @@ impl Weights {
         Ok(StateDict { floats, counters: self.batch_counters.lock().unwrap().clone() })
     }
 
+    /// The optimizer's momentum of every parameter, by parameter name.
+    pub fn export_momentum(&self, gpu: &Gpu) -> Result<BTreeMap<String, HostTensor>> {
+        let arena: Vec<f32> = gpu.read(&self.arenas()[2])?;
+        Ok(self
+            .names
+            .iter()
+            .map(|name| {
+                let slot = &self.slots[name];
+                let start = (slot.offset / 4) as usize;
+                let data = arena[start..start + slot.shape.iter().product::<usize>()].to_vec();
+                (name.clone(), HostTensor { shape: slot.shape.clone(), data })
+            })
+            .collect())
+    }
+
+    /// Restores momentum saved by [`Weights::export_momentum`] (every parameter's, with its
+    /// shape) and the number of optimizer steps taken, so the next step is not a first step.
+    pub fn import_momentum(&self, gpu: &Gpu, momentum: &BTreeMap<String, HostTensor>, steps: u64) -> Result<()> {
+        for name in &self.names {
+            let t = momentum.get(name).ok_or_else(|| anyhow::anyhow!("no momentum for parameter {name:?}"))?;
+            if t.shape != self.slots[name].shape {
+                bail!("momentum of {name:?} has shape {:?}, the parameter {:?}", t.shape, self.slots[name].shape);
+            }
+        }
+        for name in &self.names {
+            gpu.write(&self.slice(&self.velocity, name).expect("known"), &momentum[name].data);
+        }
+        self.optimizer_steps.store(steps, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Byte range of a parameter in the arenas.
+    pub fn byte_range(&self, name: &str) -> Option<std::ops::Range<u64>> {
+        let slot = self.slots.get(name)?;
+        Some(slot.offset..slot.offset + 4 * slot.shape.iter().product::<usize>() as u64)
+    }
+
     /// Loads a state dict holding exactly these tensors (a missing, extra or mis-shaped key is
     /// an error naming it, and nothing is written then).
     pub fn import(&self, gpu: &Gpu, dict: &StateDict) -> Result<()> {

@@ -1,7 +1,7 @@
 //! PyTorch state dicts in safetensors files: float tensors under their module paths, and the
 //! integer `num_batches_tracked` of every BatchNorm.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -22,9 +22,17 @@ impl StateDict {
     /// by kdna. Float tensors may be F32, F64, F16 or BF16 (converted to f32); integer tensors
     /// must be scalars (I64 or I32).
     pub fn load(path: &Path) -> Result<StateDict> {
+        Ok(Self::load_with_metadata(path)?.0)
+    }
+
+    /// [`StateDict::load`], and the file's header metadata (empty when it has none).
+    pub fn load_with_metadata(path: &Path) -> Result<(StateDict, HashMap<String, String>)> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .with_context(|| format!("{} is not a safetensors file (truncated or corrupt?)", path.display()))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
         let file = SafeTensors::deserialize(&bytes)
-            .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+            .with_context(|| format!("{} is not a safetensors file (truncated or corrupt?)", path.display()))?;
         let mut dict = StateDict::default();
         for (name, view) in file.tensors() {
             let raw = view.data();
@@ -49,11 +57,16 @@ impl StateDict {
             };
             dict.floats.insert(name, HostTensor { shape, data: floats });
         }
-        Ok(dict)
+        Ok((dict, metadata))
     }
 
     /// Writes the state dict (F32 tensors, I64 scalars with shape []), atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_with_metadata(path, None)
+    }
+
+    /// [`StateDict::save`] with string metadata in the safetensors header.
+    pub fn save_with_metadata(&self, path: &Path, metadata: Option<HashMap<String, String>>) -> Result<()> {
         let float_bytes: Vec<(&String, &HostTensor, Vec<u8>)> =
             self.floats.iter().map(|(k, t)| (k, t, t.data.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
         let int_bytes: Vec<(&String, [u8; 8])> = self.counters.iter().map(|(k, v)| (k, v.to_le_bytes())).collect();
@@ -64,7 +77,7 @@ impl StateDict {
         for (name, bytes) in &int_bytes {
             views.push(((*name).clone(), TensorView::new(Dtype::I64, vec![], bytes)?));
         }
-        let bytes = safetensors::serialize(views, None).context("encoding safetensors")?;
+        let bytes = safetensors::serialize(views, metadata).context("encoding safetensors")?;
         write_atomically(path, &bytes)
     }
 }

@@ -41,6 +41,12 @@ impl fmt::Display for Arch {
     }
 }
 
+impl serde::Serialize for Arch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 impl FromStr for Arch {
     type Err = anyhow::Error;
 

@@ -1,0 +1,111 @@
+//! Checkpoints: one safetensors file holding the weights under their PyTorch names, the
+//! optimizer's momentum under `optimizer.<param key>`, and everything else as JSON in the
+//! header metadata (key `kdna`) — one file, written atomically, so it is always consistent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::schedule::Schedule;
+use crate::io::{HostTensor, StateDict};
+
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const BEST_FILE: &str = "model_best.safetensors";
+const FORMAT: &str = "kdna-checkpoint";
+const METADATA_KEY: &str = "kdna";
+const MOMENTUM_PREFIX: &str = "optimizer.";
+
+/// What a checkpoint records beside its tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    pub format: String,
+    pub version: u32,
+    /// Epochs completed.
+    pub epoch: usize,
+    pub best_acc1: f64,
+    pub arch: String,
+    pub baseline: bool,
+    pub num_classes: usize,
+    pub res: usize,
+    /// Dataset kind (`--dataset` name) and where it was (`--data`), for `kdna eval`.
+    pub dataset: String,
+    pub data: Option<String>,
+    pub schedule: Schedule,
+    pub optimizer_steps: u64,
+    /// The arguments of the run that wrote it.
+    pub args: serde_json::Value,
+}
+
+impl CheckpointInfo {
+    pub fn new_v1() -> CheckpointInfo {
+        CheckpointInfo {
+            format: FORMAT.into(),
+            version: 1,
+            epoch: 0,
+            best_acc1: 0.0,
+            arch: String::new(),
+            baseline: false,
+            num_classes: 0,
+            res: 0,
+            dataset: String::new(),
+            data: None,
+            schedule: Schedule { lr: 0.0, eta_min: 0.0, epochs: 0, warmup_epochs: 0 },
+            optimizer_steps: 0,
+            args: serde_json::Value::Null,
+        }
+    }
+}
+
+/// A checkpoint read back.
+pub struct Checkpoint {
+    pub info: CheckpointInfo,
+    pub weights: StateDict,
+    pub momentum: BTreeMap<String, HostTensor>,
+}
+
+pub fn save(
+    path: &Path,
+    info: &CheckpointInfo,
+    weights: &StateDict,
+    momentum: &BTreeMap<String, HostTensor>,
+) -> Result<()> {
+    let mut all = weights.clone();
+    for (k, t) in momentum {
+        all.floats.insert(format!("{MOMENTUM_PREFIX}{k}"), t.clone());
+    }
+    let metadata = HashMap::from([(METADATA_KEY.to_string(), serde_json::to_string(info)?)]);
+    all.save_with_metadata(path, Some(metadata)).with_context(|| format!("saving checkpoint {}", path.display()))
+}
+
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    if !path.exists() {
+        bail!("checkpoint {} does not exist", path.display());
+    }
+    let (mut dict, metadata) = StateDict::load_with_metadata(path)?;
+    let Some(json) = metadata.get(METADATA_KEY) else {
+        bail!(
+            "{} is not a kdna checkpoint (no `{METADATA_KEY}` metadata); plain weights start a run with --init-from \
+             (a baseline) or are evaluated with kdna parity",
+            path.display()
+        );
+    };
+    let info: CheckpointInfo =
+        serde_json::from_str(json).with_context(|| format!("{}: unreadable kdna metadata", path.display()))?;
+    if info.format != FORMAT || info.version != 1 {
+        bail!(
+            "{}: checkpoint format {} version {} is not one this kdna reads",
+            path.display(),
+            info.format,
+            info.version
+        );
+    }
+    let keys: Vec<String> = dict.floats.keys().filter(|k| k.starts_with(MOMENTUM_PREFIX)).cloned().collect();
+    let mut momentum = BTreeMap::new();
+    for k in keys {
+        let t = dict.floats.remove(&k).expect("listed");
+        momentum.insert(k[MOMENTUM_PREFIX.len()..].to_string(), t);
+    }
+    Ok(Checkpoint { info, weights: dict, momentum })
+}

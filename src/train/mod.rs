@@ -1,0 +1,554 @@
+//! The training loop: data, steps, schedule, progress, validation and checkpoints.
+
+pub mod checkpoint;
+pub mod evaluate;
+pub mod run_dir;
+pub mod schedule;
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::data::loader::LoaderConfig;
+use crate::data::{Augment, Dataset, DatasetKind, Loader};
+use crate::gpu::Gpu;
+use crate::graph::{Executor, Graph, Plan, StepStats};
+use crate::io::StateDict;
+use crate::models::{Arch, ModelSpec, Network, build, pretrained};
+use crate::ops::sgd::Sgd;
+use checkpoint::{BEST_FILE, CHECKPOINT_FILE, Checkpoint, CheckpointInfo};
+use evaluate::{Accuracy, EvalNet};
+use run_dir::RunDir;
+use schedule::Schedule;
+
+/// Everything a training run is told.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainConfig {
+    pub arch: Arch,
+    pub baseline: bool,
+    pub data: Option<PathBuf>,
+    pub dataset: Option<DatasetKind>,
+    pub epochs: usize,
+    pub warmup_epochs: usize,
+    pub lr: f64,
+    pub eta_min: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub batch_size: usize,
+    pub workers: usize,
+    pub print_freq: usize,
+    pub steps_per_epoch: Option<usize>,
+    pub res: usize,
+    pub label_smoothing: f64,
+    pub seed: u64,
+    pub log_dir: PathBuf,
+    pub ckpt_dir: PathBuf,
+    pub resume: Option<PathBuf>,
+    pub init_from: Option<PathBuf>,
+    /// Train only static attentions, routers and BatchNorms.
+    pub train_only_adapters: bool,
+    pub skip_bad: bool,
+    /// Draw progress bars (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub epochs: usize,
+    pub best_acc1: f64,
+    pub last: Option<Accuracy>,
+    pub train_img_s: f64,
+    pub loader_img_s: Option<f64>,
+    pub seconds: f64,
+    pub log_dir: PathBuf,
+}
+
+/// Which of the two data transforms a split of `kind` gets.
+fn augment_for(kind: DatasetKind, train: bool) -> Augment {
+    match (kind, train) {
+        (DatasetKind::ImageFolder, true) => Augment::FolderTrain,
+        (DatasetKind::ImageFolder, false) => Augment::FolderVal,
+        (_, true) => Augment::SmallTrain,
+        (_, false) => Augment::SmallVal,
+    }
+}
+
+fn loader_config(cfg: &TrainConfig, ds: &Dataset, epoch: usize, train: bool) -> LoaderConfig {
+    let (mean, std) = ds.kind.normalisation();
+    LoaderConfig {
+        res: cfg.res,
+        batch: cfg.batch_size,
+        workers: cfg.workers,
+        seed: cfg.seed,
+        epoch: epoch as u64,
+        shuffle: train,
+        augment: augment_for(ds.kind, train),
+        min_batch: if train { 2 } else { 1 },
+        skip_bad: cfg.skip_bad,
+        max_batches: if train { cfg.steps_per_epoch } else { None },
+        mean,
+        std,
+    }
+}
+
+/// Parameters `--train-only adapters` trains: static attentions, routers, BatchNorms.
+pub fn adapter_params(graph: &Graph) -> HashSet<String> {
+    let states: HashSet<&str> = graph.tensors.iter().map(|t| t.name.as_str()).collect();
+    graph
+        .params()
+        .map(|(_, t)| t.name.clone())
+        .filter(|name| {
+            let bn = name
+                .rsplit_once('.')
+                .is_some_and(|(prefix, _)| states.contains(format!("{prefix}.running_mean").as_str()));
+            name.contains("static_") || name.contains(".se.") || bn
+        })
+        .collect()
+}
+
+/// A training executor for one batch size over the shared weights.
+struct TrainNet {
+    exe: Executor,
+    net: Network,
+}
+
+struct Trainer {
+    gpu: Arc<Gpu>,
+    cfg: TrainConfig,
+    spec: ModelSpec,
+    sgd: Sgd,
+    frozen: HashSet<String>,
+    nets: Vec<(usize, TrainNet)>,
+}
+
+impl Trainer {
+    fn net(&mut self, batch: usize) -> Result<&mut TrainNet> {
+        if !self.nets.iter().any(|(b, _)| *b == batch) {
+            let weights = self.nets.first().map(|(_, n)| n.exe.weights().clone());
+            let net = build(self.spec, batch, self.cfg.res, self.cfg.label_smoothing as f32)?;
+            let mut plan = Plan::train(net.loss, self.sgd);
+            plan.frozen = self.frozen.clone();
+            let exe = match weights {
+                Some(w) => Executor::with_weights(self.gpu.clone(), &net.graph, plan, w)?,
+                None => Executor::new(self.gpu.clone(), &net.graph, plan)?,
+            };
+            self.nets.push((batch, TrainNet { exe, net }));
+        }
+        Ok(&mut self.nets.iter_mut().find(|(b, _)| *b == batch).expect("made").1)
+    }
+
+    fn main(&self) -> &TrainNet {
+        &self.nets[0].1
+    }
+
+    fn eval_net(&self, batch: usize) -> Result<EvalNet> {
+        let net = build(self.spec, batch, self.cfg.res, self.cfg.label_smoothing as f32)?;
+        let exe =
+            Executor::with_weights(self.gpu.clone(), &net.graph, Plan::eval(), self.main().exe.weights().clone())?;
+        Ok(EvalNet { exe, images: net.images, logits: net.logits })
+    }
+}
+
+/// Trains as `cfg` says; `dataset` already opened (its class count sizes the classifier).
+pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summary> {
+    if cfg.batch_size < 2 {
+        bail!("--batch-size {} is too small: training needs at least 2 (train-mode BatchNorm)", cfg.batch_size);
+    }
+    if cfg.epochs == 0 {
+        bail!("--epochs must be at least 1");
+    }
+    let spec = ModelSpec { arch: cfg.arch, kdna: !cfg.baseline, classes: dataset.classes };
+    let schedule = Schedule { lr: cfg.lr, eta_min: cfg.eta_min, epochs: cfg.epochs, warmup_epochs: cfg.warmup_epochs };
+    let sgd = Sgd {
+        lr: schedule.lr_at(0) as f32,
+        momentum: cfg.momentum as f32,
+        dampening: 0.0,
+        weight_decay: cfg.weight_decay as f32,
+        nesterov: false,
+    };
+    // Load what a resume needs first: a bad checkpoint fails before any work.
+    let resume = cfg.resume.as_deref().map(checkpoint::load).transpose()?;
+    let mut trainer =
+        Trainer { gpu: gpu.clone(), cfg: cfg.clone(), spec, sgd, frozen: HashSet::new(), nets: Vec::new() };
+    {
+        let probe = build(spec, cfg.batch_size, cfg.res, 0.0)?;
+        if cfg.train_only_adapters {
+            if cfg.baseline {
+                bail!("--train-only adapters needs a KernelDNA network (drop --baseline)");
+            }
+            let adapters = adapter_params(&probe.graph);
+            trainer.frozen =
+                probe.graph.params().map(|(_, t)| t.name.clone()).filter(|n| !adapters.contains(n)).collect();
+        }
+    }
+    trainer.net(cfg.batch_size)?;
+    let (start_epoch, mut best_acc1) = initialise(&trainer, &cfg, &resume)?;
+    if start_epoch >= cfg.epochs {
+        bail!(
+            "the checkpoint has already trained {start_epoch} epochs; --epochs {} leaves nothing to do (raise --epochs)",
+            cfg.epochs
+        );
+    }
+
+    let config = json!({
+        "kdna_version": env!("CARGO_PKG_VERSION"),
+        "adapter": gpu.info.name,
+        "backend": format!("{:?}", gpu.info.backend),
+        "dataset": dataset.kind.name(),
+        "num_classes": dataset.classes,
+        "train_images": dataset.train.len(),
+        "val_images": dataset.val.len(),
+        "args": cfg,
+    });
+    let mut run = RunDir::create(&cfg.log_dir, &config)?;
+    std::fs::create_dir_all(&cfg.ckpt_dir)
+        .with_context(|| format!("creating checkpoint directory {}", cfg.ckpt_dir.display()))?;
+    let family = if cfg.baseline { "baseline" } else { "KernelDNA" };
+    let intro = format!(
+        "{} ({family}, {} parameters) on {} ({} classes, {} train / {} val images, {}x{}), adapter {}",
+        cfg.arch,
+        crate::models::parameter_count(&trainer.main().net.graph),
+        dataset.kind,
+        dataset.classes,
+        dataset.train.len(),
+        dataset.val.len(),
+        cfg.res,
+        cfg.res,
+        gpu.info.name
+    );
+    say(&mut run, &intro, None)?;
+    say(&mut run, &format!("run directory {}", cfg.log_dir.display()), None)?;
+
+    let train_split = Arc::new(dataset.train.clone());
+    let val_split = Arc::new(dataset.val.clone());
+    let started = Instant::now();
+    let mut trained_images = 0usize;
+    let mut train_seconds = 0.0f64;
+    let mut last = None;
+    for epoch in start_epoch..cfg.epochs {
+        let lr = schedule.lr_at(epoch);
+        let epoch_start = Instant::now();
+        let images = train_epoch(&mut trainer, &mut run, &train_split, &dataset, epoch, lr)?;
+        trained_images += images;
+        train_seconds += epoch_start.elapsed().as_secs_f64();
+
+        let acc = validate(&trainer, &val_split, &dataset, epoch)?;
+        run.record(&json!({"kind": "val", "epoch": epoch, "acc1": acc.acc1, "acc5": acc.acc5, "loss": acc.loss}))?;
+        let improved = acc.acc1 > best_acc1;
+        best_acc1 = best_acc1.max(acc.acc1);
+        say(
+            &mut run,
+            &format!(
+                "epoch {}/{}: val acc@1 {:.2}% acc@5 {:.2}% loss {:.4} (best {:.2}%), {:.0} s",
+                epoch + 1,
+                cfg.epochs,
+                acc.acc1,
+                acc.acc5,
+                acc.loss,
+                best_acc1,
+                epoch_start.elapsed().as_secs_f64()
+            ),
+            None,
+        )?;
+        last = Some(acc);
+
+        let weights = trainer.main().exe.weights().clone();
+        let state = weights.export(&gpu)?;
+        let info = CheckpointInfo {
+            epoch: epoch + 1,
+            best_acc1,
+            arch: cfg.arch.name().into(),
+            baseline: cfg.baseline,
+            num_classes: dataset.classes,
+            res: cfg.res,
+            dataset: dataset.kind.name().into(),
+            data: dataset.root.as_ref().map(|p| p.display().to_string()),
+            schedule,
+            optimizer_steps: weights.optimizer_steps(),
+            args: serde_json::to_value(&cfg)?,
+            ..CheckpointInfo::new_v1()
+        };
+        checkpoint::save(&cfg.ckpt_dir.join(CHECKPOINT_FILE), &info, &state, &weights.export_momentum(&gpu)?)?;
+        if improved {
+            state.save(&cfg.ckpt_dir.join(BEST_FILE))?;
+        }
+    }
+    Ok(Summary {
+        epochs: cfg.epochs,
+        best_acc1,
+        last,
+        train_img_s: trained_images as f64 / train_seconds.max(1e-9),
+        loader_img_s: None,
+        seconds: started.elapsed().as_secs_f64(),
+        log_dir: cfg.log_dir.clone(),
+    })
+}
+
+/// Sets the weights: from a checkpoint (resume), a baseline (init-from), or the seed.
+/// Returns the first epoch to train and the best accuracy so far.
+fn initialise(trainer: &Trainer, cfg: &TrainConfig, resume: &Option<Checkpoint>) -> Result<(usize, f64)> {
+    let gpu = &trainer.gpu;
+    let weights = trainer.main().exe.weights();
+    let graph = &trainer.main().net.graph;
+    if let Some(ck) = resume {
+        let path = cfg.resume.as_deref().expect("resume");
+        let family = |b: bool| if b { "baseline" } else { "KernelDNA" };
+        weights.import(gpu, &ck.weights).with_context(|| {
+            format!(
+                "{} holds a {} {} network with {} classes; this run is a {} {} with {}",
+                path.display(),
+                family(ck.info.baseline),
+                ck.info.arch,
+                ck.info.num_classes,
+                family(cfg.baseline),
+                cfg.arch,
+                trainer.spec.classes
+            )
+        })?;
+        weights
+            .import_momentum(gpu, &ck.momentum, ck.info.optimizer_steps)
+            .with_context(|| format!("{}: optimizer state", path.display()))?;
+        return Ok((ck.info.epoch, ck.info.best_acc1));
+    }
+    weights.initialise(gpu, graph, cfg.seed);
+    if let Some(path) = &cfg.init_from {
+        if cfg.baseline {
+            bail!("--init-from starts a KernelDNA network from a baseline; drop --baseline");
+        }
+        let mut baseline = StateDict::load(path)?;
+        let mut fresh = weights.export(gpu)?;
+        // A classifier for another class count starts fresh, as in fine-tuning.
+        baseline.floats.retain(|k, t| fresh.floats.get(k).is_none_or(|f| f.shape == t.shape));
+        pretrained::init_from_baseline(cfg.arch, &mut fresh, &baseline)
+            .with_context(|| format!("--init-from {}", path.display()))?;
+        weights.import(gpu, &fresh)?;
+    }
+    Ok((0, 0.0))
+}
+
+/// One epoch of training; returns the images trained on.
+fn train_epoch(
+    trainer: &mut Trainer,
+    run: &mut RunDir,
+    split: &Arc<crate::data::Split>,
+    ds: &Dataset,
+    epoch: usize,
+    lr: f64,
+) -> Result<usize> {
+    let cfg = trainer.cfg.clone();
+    let loader = Loader::new(split.clone(), loader_config(&cfg, ds, epoch, true));
+    let steps = loader.len();
+    let bar = progress_bar(&cfg, steps, &format!("epoch {}/{}", epoch + 1, cfg.epochs));
+    let mut meter = Meter::new(epoch, steps, lr, cfg.print_freq.max(1));
+    let started = Instant::now();
+    let mut current: Option<usize> = None;
+    let mut skipped = 0usize;
+    for batch in loader {
+        let batch = batch?;
+        skipped += batch.skipped.len();
+        for s in &batch.skipped {
+            run.log(&format!("skipped {s}"))?;
+        }
+        if batch.len() < 2 {
+            continue;
+        }
+        let size = batch.len();
+        // Stats arrive per executor; finish the previous one so they stay in step order.
+        if let Some(prev) = current.filter(|&p| p != size) {
+            let stats = trainer.net(prev)?.exe.finish()?;
+            meter.take(stats, run, &bar, started)?;
+        }
+        current = Some(size);
+        let net = trainer.net(size)?;
+        net.exe.set_lr(lr as f32);
+        net.exe.write(net.net.images, &batch.images)?;
+        net.exe.write_labels(net.net.labels, &batch.labels)?;
+        net.exe.step()?;
+        meter.sizes.push_back(size);
+        let stats = net.exe.poll_stats()?;
+        meter.take(stats, run, &bar, started)?;
+    }
+    if let Some(size) = current {
+        let stats = trainer.net(size)?.exe.finish()?;
+        meter.take(stats, run, &bar, started)?;
+    }
+    bar.finish_and_clear();
+    if skipped > 0 {
+        say(run, &format!("epoch {}: skipped {skipped} unreadable images (see log.txt)", epoch + 1), None)?;
+    }
+    Ok(meter.images)
+}
+
+/// Running loss and accuracy of an epoch, logged every `print_freq` steps.
+struct Meter {
+    epoch: usize,
+    steps: usize,
+    lr: f64,
+    print_freq: usize,
+    /// Batch sizes of submitted steps whose statistics have not arrived.
+    sizes: VecDeque<usize>,
+    done: usize,
+    images: usize,
+    window: (f64, f64, usize, usize),
+}
+
+impl Meter {
+    fn new(epoch: usize, steps: usize, lr: f64, print_freq: usize) -> Meter {
+        Meter { epoch, steps, lr, print_freq, sizes: VecDeque::new(), done: 0, images: 0, window: (0.0, 0.0, 0, 0) }
+    }
+
+    fn take(&mut self, stats: Vec<StepStats>, run: &mut RunDir, bar: &ProgressBar, started: Instant) -> Result<()> {
+        for s in stats {
+            let size = self.sizes.pop_front().unwrap_or(1);
+            if !s.loss.is_finite() {
+                bail!(
+                    "the loss became {} at epoch {} step {}; stopped. The last good checkpoint (if any) is kept; \
+                     try a lower --lr",
+                    s.loss,
+                    self.epoch + 1,
+                    self.done
+                );
+            }
+            self.done += 1;
+            self.images += size;
+            let w = &mut self.window;
+            w.0 += s.loss as f64;
+            w.1 += s.correct as f64;
+            w.2 += 1;
+            w.3 += size;
+            let img_s = self.images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let (loss, acc1) = (w.0 / w.2 as f64, 100.0 * w.1 / w.3 as f64);
+            bar.set_position(self.done as u64);
+            bar.set_message(format!("loss {loss:.4} acc@1 {acc1:5.2}% lr {:.4} {img_s:.0} img/s", self.lr));
+            if self.done % self.print_freq == 0 || self.done == self.steps {
+                let step = self.done - 1;
+                run.record(&json!({"kind": "train", "epoch": self.epoch, "step": step, "loss": loss, "acc1": acc1,
+                                   "lr": self.lr, "img_s": img_s}))?;
+                let line = format!(
+                    "epoch {} [{}/{}] loss {loss:.4} acc@1 {acc1:.2}% lr {:.5} {img_s:.1} img/s",
+                    self.epoch + 1,
+                    self.done,
+                    self.steps,
+                    self.lr
+                );
+                run.log(&line)?;
+                if bar.is_hidden() {
+                    println!("{line}");
+                }
+                self.window = (0.0, 0.0, 0, 0);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate(trainer: &Trainer, split: &Arc<crate::data::Split>, ds: &Dataset, epoch: usize) -> Result<Accuracy> {
+    let cfg = &trainer.cfg;
+    let lc = loader_config(cfg, ds, epoch, false);
+    let bar = progress_bar(cfg, crate::data::loader::batch_count(split.len(), &lc), "validate");
+    let acc =
+        evaluate::evaluate(split.clone(), lc, cfg.label_smoothing, &mut |b| trainer.eval_net(b), &mut |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    Ok(acc)
+}
+
+fn progress_bar(cfg: &TrainConfig, len: usize, prefix: &str) -> ProgressBar {
+    if !cfg.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
+/// Prints a line (above any progress bar) and logs it.
+fn say(run: &mut RunDir, line: &str, bar: Option<&ProgressBar>) -> Result<()> {
+    match bar {
+        Some(b) => b.println(line),
+        None => println!("{line}"),
+    }
+    run.log(line)
+}
+
+/// Loader-only throughput: images per second the background threads produce with nothing
+/// else running (so the note can compare it with training).
+pub fn measure_loader(cfg: &TrainConfig, ds: &Dataset, batches: usize) -> Result<f64> {
+    let mut lc = loader_config(cfg, ds, 0, true);
+    lc.max_batches = Some(batches);
+    let start = Instant::now();
+    let mut n = 0;
+    for b in Loader::new(Arc::new(ds.train.clone()), lc) {
+        n += b?.len();
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// Evaluates the network of checkpoint `path` on `data` (or the dataset it records), folded:
+/// children and BatchNorms computed once.
+pub fn evaluate_checkpoint(
+    gpu: Arc<Gpu>,
+    path: &Path,
+    data: Option<&Path>,
+    dataset: Option<DatasetKind>,
+    batch: usize,
+    workers: usize,
+) -> Result<(CheckpointInfo, Accuracy)> {
+    let ck = checkpoint::load(path)?;
+    let info = ck.info.clone();
+    let arch: Arch = info.arch.parse()?;
+    let ds = match (data, dataset) {
+        (None, None) => {
+            let kind: DatasetKind = info.dataset.parse()?;
+            let root = info.data.as_ref().map(PathBuf::from);
+            Dataset::open(root.as_deref(), Some(kind))
+                .with_context(|| format!("the dataset recorded in {} is gone; give --data", path.display()))?
+        }
+        (d, k) => Dataset::open(d, k)?,
+    };
+    if ds.classes != info.num_classes {
+        bail!("{} was trained on {} classes; {} has {}", path.display(), info.num_classes, ds.kind, ds.classes);
+    }
+    let spec = ModelSpec { arch, kdna: !info.baseline, classes: info.num_classes };
+    let (mean, std) = ds.kind.normalisation();
+    let lc = LoaderConfig {
+        res: info.res,
+        batch,
+        workers,
+        seed: 0,
+        epoch: 0,
+        shuffle: false,
+        augment: augment_for(ds.kind, false),
+        min_batch: 1,
+        skip_bad: false,
+        max_batches: None,
+        mean,
+        std,
+    };
+    // Check the weights fit before folding (a clear error naming keys).
+    let probe = build(spec, 1, info.res, 0.0)?;
+    let check = Executor::new(gpu.clone(), &probe.graph, Plan::eval())?;
+    check.weights().import(&gpu, &ck.weights).with_context(|| format!("loading {}", path.display()))?;
+    drop(check);
+    let smoothing = info.args.get("label_smoothing").and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let mut make = |b: usize| -> Result<EvalNet> {
+        let net = build(spec, b, info.res, smoothing as f32)?;
+        let folded = crate::graph::fold::fold(&net.graph, &ck.weights)?;
+        let exe = Executor::new(gpu.clone(), &folded.graph, Plan::eval())?;
+        exe.weights().import(&gpu, &folded.weights)?;
+        Ok(EvalNet { exe, images: folded.tensors[&net.images], logits: folded.tensors[&net.logits] })
+    };
+    let acc = evaluate::evaluate(Arc::new(ds.val.clone()), lc, smoothing, &mut make, &mut |_| {})?;
+    Ok((info, acc))
+}
