@@ -160,7 +160,7 @@ mod tests {
                 let raw = v * 255.0;
                 assert!(raw.abs() < 1e-3 || sq.iter().any(|&s| (s as f32 - raw).abs() < 1e-3), "{raw}");
             }
-            seen_pad |= out[..64].iter().any(|v| *v == 0.0);
+            seen_pad |= out[..64].contains(&0.0);
             // A flipped row reads right to left: its values fall along the row.
             seen_flip |= out[9] * 255.0 > out[10] * 255.0 + 0.5 && out[10] != 0.0;
         }

@@ -427,7 +427,7 @@ impl Meter {
             let (loss, acc1) = (w.0 / w.2 as f64, 100.0 * w.1 / w.3 as f64);
             bar.set_position(self.done as u64);
             bar.set_message(format!("loss {loss:.4} acc@1 {acc1:5.2}% lr {:.4} {img_s:.0} img/s", self.lr));
-            if self.done % self.print_freq == 0 || self.done == self.steps {
+            if self.done.is_multiple_of(self.print_freq) || self.done == self.steps {
                 let step = self.done - 1;
                 run.record(&json!({"kind": "train", "epoch": self.epoch, "step": step, "loss": loss, "acc1": acc1,
                                    "lr": self.lr, "img_s": img_s}))?;
