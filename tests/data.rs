@@ -119,7 +119,7 @@ fn config(batch: usize, augment: Augment) -> LoaderConfig {
 }
 
 fn err(r: anyhow::Result<Dataset>) -> String {
-    format!("{:#}", r.err().expect("an error"))
+    format!("{:#}", r.expect_err("an error"))
 }
 
 #[test]
