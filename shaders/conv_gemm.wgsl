@@ -1,8 +1,9 @@
 // Convolution as implicit GEMM with register tiles, for ungrouped convolutions (NCHW
-// activations, OIHW weights). Each invocation owns 16 channels x 8 pixels of results, held in
-// eight 4x4 matrices (`Tile`) rather than an array: software adapters keep them in registers
-// only when every access is static. Per reduction step it loads 8 activations (gathers) and
-// 16 weights (four vec4 loads from a weight copy packed channel-minor), for 128 multiply-adds.
+// activations, OIHW weights). Forward and input-gradient invocations own 32 channels x 8
+// pixels of results, held in sixteen 4x4 matrices (two `Tile`s) rather than an array: software
+// adapters keep them in registers only when every access is static. Per reduction step they
+// load 8 activations (gathers) and 32 weights (eight vec4 loads from a weight copy packed
+// channel-minor), for 256 multiply-adds. The weight gradient tiles 16 channels x 8 taps.
 //
 // Kernels that `conv.wgsl` also has give the same results up to float rounding order; which
 // family runs is fixed per shape (src/ops/conv2d.rs), so a run never switches between them.
@@ -11,7 +12,10 @@
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
 
-const CHANNELS: u32 = 16u;
+// Channels per invocation tile of the forward and input-gradient kernels (two Tiles), and
+// the padding of the packed weights; the weight-gradient kernel tiles 16 (one Tile).
+const CHANNELS: u32 = 32u;
+const WEIGHT_CHANNELS: u32 = 16u;
 
 // Results for channels 4c..4c+3 (matrix columns) of pixels 0..3 (`a`) and 4..7 (`b`).
 struct Tile {
@@ -37,7 +41,7 @@ fn padded(n: u32) -> u32 {
 @group(0) @binding(1) var<storage, read> pack_w: array<f32>;
 @group(0) @binding(2) var<storage, read_write> pack_out: array<f32>;
 
-// Forward copy: packed[k][c_out padded to 16], k = (ci, ky, kx). Invocations: k x padded c_out.
+// Forward copy: packed[k][c_out padded to 32], k = (ci, ky, kx). Invocations: k x padded c_out.
 @compute @workgroup_size(64)
 fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
@@ -49,7 +53,7 @@ fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
     pack_out[i] = select(0.0, pack_w[min(co, p.c_out - 1u) * k_len + k], co < p.c_out);
 }
 
-// Input-gradient copy: packed[co][tap][c_in padded to 16]. Invocations: c_out x taps x padded c_in.
+// Input-gradient copy: packed[co][tap][c_in padded to 32]. Invocations: c_out x taps x padded c_in.
 @compute @workgroup_size(64)
 fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
@@ -73,20 +77,27 @@ fn gather_fwd_x(at: vec4<u32>, inside: vec4<bool>) -> vec4<f32> {
     return masked(vec4<f32>(fwd_x[at.x], fwd_x[at.y], fwd_x[at.z], fwd_x[at.w]), inside);
 }
 
-// Invocations: batch x ceil(c_out / 16) x ceil(out_h * out_w / 8), pixel tiles fastest.
+// Pixel tiles run over the whole batch (pixel q = n * out_h * out_w + oy * out_w + ox), so
+// small late-stage maps (2x2, 1x1) still fill every tile.
+// Invocations: ceil(c_out / 16) x ceil(batch * out_h * out_w / 8), pixel tiles fastest.
 @compute @workgroup_size(64)
 fn conv_gemm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let pixels = p.out_h * p.out_w;
-    let pixel_tiles = (pixels + PIXELS - 1u) / PIXELS;
+    let total = p.batch * pixels;
+    let pixel_tiles = (total + PIXELS - 1u) / PIXELS;
     let channel_tiles = (p.c_out + CHANNELS - 1u) / CHANNELS;
-    var t = flat_index(gid, nwg);
-    if (t >= p.batch * channel_tiles * pixel_tiles) { return; }
-    let pt = t % pixel_tiles; t = t / pixel_tiles;
-    let ct = t % channel_tiles;
-    let n = t / channel_tiles;
+    let t = flat_index(gid, nwg);
+    if (t >= channel_tiles * pixel_tiles) { return; }
+    let pt = t % pixel_tiles;
+    let ct = t / pixel_tiles;
 
-    let pa = tile_lo(pt * PIXELS, pixels);
-    let pb = tile_hi(pt * PIXELS, pixels);
+    let qa = tile_lo(pt * PIXELS, total);
+    let qb = tile_hi(pt * PIXELS, total);
+    let pa = qa % pixels;
+    let pb = qb % pixels;
+    let plane = p.h * p.w;
+    let na = (qa / pixels) * p.c_in * plane;
+    let nb = (qb / pixels) * p.c_in * plane;
     let y0a = vec4<i32>((pa / p.out_w) * p.stride_h) - i32(p.pad_h);
     let x0a = vec4<i32>((pa % p.out_w) * p.stride_w) - i32(p.pad_w);
     let y0b = vec4<i32>((pb / p.out_w) * p.stride_h) - i32(p.pad_h);
@@ -95,16 +106,19 @@ fn conv_gemm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     let wi = vec4<i32>(i32(p.w) - 1);
     let zero = vec4<i32>(0);
 
+    // Channels c0 .. c0 + 15 in `tile`, c0 + 16 .. c0 + 31 in `upper`.
     var tile: Tile;
+    var upper: Tile;
     let quads = padded(p.c_out) / 4u;
     var k = 0u;
     for (var ci = 0u; ci < p.c_in; ci++) {
-        let base = (n * p.c_in + ci) * p.h * p.w;
+        let base_a = na + ci * plane;
+        let base_b = nb + ci * plane;
         for (var ky = 0u; ky < p.kernel_h; ky++) {
             let iya = y0a + i32(ky);
             let iyb = y0b + i32(ky);
-            let rowa = vec4<u32>(clamp(iya, zero, hi)) * p.w + base;
-            let rowb = vec4<u32>(clamp(iyb, zero, hi)) * p.w + base;
+            let rowa = vec4<u32>(clamp(iya, zero, hi)) * p.w + base_a;
+            let rowb = vec4<u32>(clamp(iyb, zero, hi)) * p.w + base_b;
             let ya_in = iya >= zero & iya <= hi;
             let yb_in = iyb >= zero & iyb <= hi;
             for (var kx = 0u; kx < p.kernel_w; kx++) {
@@ -112,38 +126,47 @@ fn conv_gemm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
                 let ixb = x0b + i32(kx);
                 let xa = gather_fwd_x(rowa + vec4<u32>(clamp(ixa, zero, wi)), ya_in & ixa >= zero & ixa <= wi);
                 let xb = gather_fwd_x(rowb + vec4<u32>(clamp(ixb, zero, wi)), yb_in & ixb >= zero & ixb <= wi);
-                let wq = k * quads + ct * 4u;
+                let wq = k * quads + ct * 8u;
                 tile_fma(&tile, xa, xb, fwd_wp[wq], fwd_wp[wq + 1u], fwd_wp[wq + 2u], fwd_wp[wq + 3u]);
+                tile_fma(&upper, xa, xb, fwd_wp[wq + 4u], fwd_wp[wq + 5u], fwd_wp[wq + 6u], fwd_wp[wq + 7u]);
                 k++;
             }
         }
     }
     let c0 = ct * CHANNELS;
-    let y0 = n * p.c_out;
-    let px0 = pt * PIXELS;
-    store_fwd(tile.a0, y0, c0, px0); store_fwd(tile.a1, y0, c0 + 4u, px0);
-    store_fwd(tile.a2, y0, c0 + 8u, px0); store_fwd(tile.a3, y0, c0 + 12u, px0);
-    store_fwd(tile.b0, y0, c0, px0 + 4u); store_fwd(tile.b1, y0, c0 + 4u, px0 + 4u);
-    store_fwd(tile.b2, y0, c0 + 8u, px0 + 4u); store_fwd(tile.b3, y0, c0 + 12u, px0 + 4u);
+    let q0 = pt * PIXELS;
+    store_fwd(tile.a0, c0, q0); store_fwd(tile.a1, c0 + 4u, q0);
+    store_fwd(tile.a2, c0 + 8u, q0); store_fwd(tile.a3, c0 + 12u, q0);
+    store_fwd(tile.b0, c0, q0 + 4u); store_fwd(tile.b1, c0 + 4u, q0 + 4u);
+    store_fwd(tile.b2, c0 + 8u, q0 + 4u); store_fwd(tile.b3, c0 + 12u, q0 + 4u);
+    store_fwd(upper.a0, c0 + 16u, q0); store_fwd(upper.a1, c0 + 20u, q0);
+    store_fwd(upper.a2, c0 + 24u, q0); store_fwd(upper.a3, c0 + 28u, q0);
+    store_fwd(upper.b0, c0 + 16u, q0 + 4u); store_fwd(upper.b1, c0 + 20u, q0 + 4u);
+    store_fwd(upper.b2, c0 + 24u, q0 + 4u); store_fwd(upper.b3, c0 + 28u, q0 + 4u);
 }
 
 // Stores one 4-channel x 4-pixel block of output (plus bias), skipping what lies outside.
-fn store_fwd(m: mat4x4<f32>, y0: u32, c0: u32, px0: u32) {
-    store_fwd_column(m[0], y0, c0, px0);
-    store_fwd_column(m[1], y0, c0 + 1u, px0);
-    store_fwd_column(m[2], y0, c0 + 2u, px0);
-    store_fwd_column(m[3], y0, c0 + 3u, px0);
+fn store_fwd(m: mat4x4<f32>, c0: u32, q0: u32) {
+    store_fwd_column(m[0], c0, q0);
+    store_fwd_column(m[1], c0 + 1u, q0);
+    store_fwd_column(m[2], c0 + 2u, q0);
+    store_fwd_column(m[3], c0 + 3u, q0);
 }
 
-fn store_fwd_column(v: vec4<f32>, y0: u32, co: u32, px0: u32) {
-    if (co >= p.c_out) { return; }
+// Output index of channel `co` at batch-wide pixel `q`.
+fn fwd_at(co: u32, q: u32) -> u32 {
     let pixels = p.out_h * p.out_w;
-    let at = (y0 + co) * pixels + px0;
+    return ((q / pixels) * p.c_out + co) * pixels + q % pixels;
+}
+
+fn store_fwd_column(v: vec4<f32>, co: u32, q0: u32) {
+    if (co >= p.c_out) { return; }
+    let total = p.batch * p.out_h * p.out_w;
     let v_b = v + select(0.0, fwd_bias[co], p.has_bias != 0u);
-    if (px0 < pixels) { fwd_y[at] = v_b.x; }
-    if (px0 + 1u < pixels) { fwd_y[at + 1u] = v_b.y; }
-    if (px0 + 2u < pixels) { fwd_y[at + 2u] = v_b.z; }
-    if (px0 + 3u < pixels) { fwd_y[at + 3u] = v_b.w; }
+    if (q0 < total) { fwd_y[fwd_at(co, q0)] = v_b.x; }
+    if (q0 + 1u < total) { fwd_y[fwd_at(co, q0 + 1u)] = v_b.y; }
+    if (q0 + 2u < total) { fwd_y[fwd_at(co, q0 + 2u)] = v_b.z; }
+    if (q0 + 3u < total) { fwd_y[fwd_at(co, q0 + 3u)] = v_b.w; }
 }
 
 // ---------------------------------------------------------------- gradient to the input
@@ -156,20 +179,26 @@ fn gather_bin_dy(at: vec4<u32>, inside: vec4<bool>) -> vec4<f32> {
 }
 
 // dx[n, ci, iy, ix] = sum_{co, ky, kx} w[co, ci, ky, kx] * dy[n, co, (iy + pad - ky) / s, ...]
-// where the division is exact. Invocations: batch x ceil(c_in / 16) x ceil(h * w / 8).
+// where the division is exact. Pixel tiles run over the whole batch, as in the forward.
+// Invocations: ceil(c_in / 16) x ceil(batch * h * w / 8).
 @compute @workgroup_size(64)
 fn conv_gemm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let pixels = p.h * p.w;
-    let pixel_tiles = (pixels + PIXELS - 1u) / PIXELS;
+    let total = p.batch * pixels;
+    let pixel_tiles = (total + PIXELS - 1u) / PIXELS;
     let channel_tiles = (p.c_in + CHANNELS - 1u) / CHANNELS;
-    var t = flat_index(gid, nwg);
-    if (t >= p.batch * channel_tiles * pixel_tiles) { return; }
-    let pt = t % pixel_tiles; t = t / pixel_tiles;
-    let ct = t % channel_tiles;
-    let n = t / channel_tiles;
+    let t = flat_index(gid, nwg);
+    if (t >= channel_tiles * pixel_tiles) { return; }
+    let pt = t % pixel_tiles;
+    let ct = t / pixel_tiles;
 
-    let pa = tile_lo(pt * PIXELS, pixels);
-    let pb = tile_hi(pt * PIXELS, pixels);
+    let qa = tile_lo(pt * PIXELS, total);
+    let qb = tile_hi(pt * PIXELS, total);
+    let pa = qa % pixels;
+    let pb = qb % pixels;
+    let out_plane = p.out_h * p.out_w;
+    let na = (qa / pixels) * p.c_out * out_plane;
+    let nb = (qb / pixels) * p.c_out * out_plane;
     let ya = vec4<i32>(pa / p.w) + i32(p.pad_h);
     let xa = vec4<i32>(pa % p.w) + i32(p.pad_w);
     let yb = vec4<i32>(pb / p.w) + i32(p.pad_h);
@@ -181,10 +210,12 @@ fn conv_gemm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     let zero = vec4<i32>(0);
 
     var tile: Tile;
+    var upper: Tile;
     let taps = p.kernel_h * p.kernel_w;
     let quads = padded(p.c_in) / 4u;
     for (var co = 0u; co < p.c_out; co++) {
-        let base = (n * p.c_out + co) * p.out_h * p.out_w;
+        let base_a = na + co * out_plane;
+        let base_b = nb + co * out_plane;
         for (var ky = 0u; ky < p.kernel_h; ky++) {
             // Output rows whose window puts tap ky on these input rows.
             let sya = ya - i32(ky);
@@ -193,8 +224,8 @@ fn conv_gemm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
             let oyb = syb / sh;
             let ya_hit = sya >= zero & sya % sh == zero & oya < oh;
             let yb_hit = syb >= zero & syb % sh == zero & oyb < oh;
-            let rowa = vec4<u32>(clamp(oya, zero, oh - 1)) * p.out_w + base;
-            let rowb = vec4<u32>(clamp(oyb, zero, oh - 1)) * p.out_w + base;
+            let rowa = vec4<u32>(clamp(oya, zero, oh - 1)) * p.out_w + base_a;
+            let rowb = vec4<u32>(clamp(oyb, zero, oh - 1)) * p.out_w + base_b;
             for (var kx = 0u; kx < p.kernel_w; kx++) {
                 let sxa = xa - i32(kx);
                 let sxb = xb - i32(kx);
@@ -204,34 +235,44 @@ fn conv_gemm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
                 let hit_b = yb_hit & sxb >= zero & sxb % sw == zero & oxb < ow;
                 let ga = gather_bin_dy(rowa + vec4<u32>(clamp(oxa, zero, ow - 1)), hit_a);
                 let gb = gather_bin_dy(rowb + vec4<u32>(clamp(oxb, zero, ow - 1)), hit_b);
-                let wq = (co * taps + ky * p.kernel_w + kx) * quads + ct * 4u;
+                let wq = (co * taps + ky * p.kernel_w + kx) * quads + ct * 8u;
                 tile_fma(&tile, ga, gb, bin_wp[wq], bin_wp[wq + 1u], bin_wp[wq + 2u], bin_wp[wq + 3u]);
+                tile_fma(&upper, ga, gb, bin_wp[wq + 4u], bin_wp[wq + 5u], bin_wp[wq + 6u], bin_wp[wq + 7u]);
             }
         }
     }
     let c0 = ct * CHANNELS;
-    let px0 = pt * PIXELS;
-    store_bin(tile.a0, n, c0, px0); store_bin(tile.a1, n, c0 + 4u, px0);
-    store_bin(tile.a2, n, c0 + 8u, px0); store_bin(tile.a3, n, c0 + 12u, px0);
-    store_bin(tile.b0, n, c0, px0 + 4u); store_bin(tile.b1, n, c0 + 4u, px0 + 4u);
-    store_bin(tile.b2, n, c0 + 8u, px0 + 4u); store_bin(tile.b3, n, c0 + 12u, px0 + 4u);
+    let q0 = pt * PIXELS;
+    store_bin(tile.a0, c0, q0); store_bin(tile.a1, c0 + 4u, q0);
+    store_bin(tile.a2, c0 + 8u, q0); store_bin(tile.a3, c0 + 12u, q0);
+    store_bin(tile.b0, c0, q0 + 4u); store_bin(tile.b1, c0 + 4u, q0 + 4u);
+    store_bin(tile.b2, c0 + 8u, q0 + 4u); store_bin(tile.b3, c0 + 12u, q0 + 4u);
+    store_bin(upper.a0, c0 + 16u, q0); store_bin(upper.a1, c0 + 20u, q0);
+    store_bin(upper.a2, c0 + 24u, q0); store_bin(upper.a3, c0 + 28u, q0);
+    store_bin(upper.b0, c0 + 16u, q0 + 4u); store_bin(upper.b1, c0 + 20u, q0 + 4u);
+    store_bin(upper.b2, c0 + 24u, q0 + 4u); store_bin(upper.b3, c0 + 28u, q0 + 4u);
 }
 
-fn store_bin(m: mat4x4<f32>, n: u32, c0: u32, px0: u32) {
-    store_bin_column(m[0], n, c0, px0);
-    store_bin_column(m[1], n, c0 + 1u, px0);
-    store_bin_column(m[2], n, c0 + 2u, px0);
-    store_bin_column(m[3], n, c0 + 3u, px0);
+fn store_bin(m: mat4x4<f32>, c0: u32, q0: u32) {
+    store_bin_column(m[0], c0, q0);
+    store_bin_column(m[1], c0 + 1u, q0);
+    store_bin_column(m[2], c0 + 2u, q0);
+    store_bin_column(m[3], c0 + 3u, q0);
 }
 
-fn store_bin_column(v: vec4<f32>, n: u32, ci: u32, px0: u32) {
-    if (ci >= p.c_in) { return; }
+fn store_bin_one(ci: u32, q: u32, v: f32) {
     let pixels = p.h * p.w;
-    let at = (n * p.c_in + ci) * pixels + px0;
-    if (px0 < pixels) { bin_dx[at] = accumulated(bin_dx[at], v.x, p.accumulate); }
-    if (px0 + 1u < pixels) { bin_dx[at + 1u] = accumulated(bin_dx[at + 1u], v.y, p.accumulate); }
-    if (px0 + 2u < pixels) { bin_dx[at + 2u] = accumulated(bin_dx[at + 2u], v.z, p.accumulate); }
-    if (px0 + 3u < pixels) { bin_dx[at + 3u] = accumulated(bin_dx[at + 3u], v.w, p.accumulate); }
+    let at = ((q / pixels) * p.c_in + ci) * pixels + q % pixels;
+    bin_dx[at] = accumulated(bin_dx[at], v, p.accumulate);
+}
+
+fn store_bin_column(v: vec4<f32>, ci: u32, q0: u32) {
+    if (ci >= p.c_in) { return; }
+    let total = p.batch * p.h * p.w;
+    if (q0 < total) { store_bin_one(ci, q0, v.x); }
+    if (q0 + 1u < total) { store_bin_one(ci, q0 + 1u, v.y); }
+    if (q0 + 2u < total) { store_bin_one(ci, q0 + 2u, v.z); }
+    if (q0 + 3u < total) { store_bin_one(ci, q0 + 3u, v.w); }
 }
 
 // ---------------------------------------------------------------- gradient to the weight
@@ -255,7 +296,7 @@ fn conv_gemm_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     let taps = p.kernel_h * p.kernel_w;
     let k_len = p.c_in * taps;
     let k_tiles = (k_len + PIXELS - 1u) / PIXELS;
-    let channel_tiles = (p.c_out + CHANNELS - 1u) / CHANNELS;
+    let channel_tiles = (p.c_out + WEIGHT_CHANNELS - 1u) / WEIGHT_CHANNELS;
     var t = flat_index(gid, nwg);
     if (t >= channel_tiles * k_tiles) { return; }
     let kt = t % k_tiles;
@@ -276,7 +317,7 @@ fn conv_gemm_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     let out_pixels = p.out_h * p.out_w;
     // Channels past c_out read the last channel; their results are never stored.
     let co_last = p.c_out - 1u;
-    let c4 = vec4<u32>(0u, 1u, 2u, 3u) + ct * CHANNELS;
+    let c4 = vec4<u32>(0u, 1u, 2u, 3u) + ct * WEIGHT_CHANNELS;
 
     var tile: Tile;
     for (var n = 0u; n < p.batch; n++) {
@@ -303,7 +344,7 @@ fn conv_gemm_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @bui
             }
         }
     }
-    let c0 = ct * CHANNELS;
+    let c0 = ct * WEIGHT_CHANNELS;
     let k0 = kt * PIXELS;
     store_bw(tile.a0, c0, k0); store_bw(tile.a1, c0 + 4u, k0);
     store_bw(tile.a2, c0 + 8u, k0); store_bw(tile.a3, c0 + 12u, k0);

@@ -14,14 +14,15 @@ use crate::graph::{Graph, TensorId, shape_error};
 /// Results per invocation along each tile side (`TILE` in conv.wgsl).
 const TILE: usize = 8;
 /// Channels and pixels per invocation of the implicit-GEMM kernels (conv_gemm.wgsl).
-const GEMM_CHANNELS: usize = 16;
+const GEMM_CHANNELS: usize = 32;
+const GEMM_WEIGHT_CHANNELS: usize = 16;
 const GEMM_PIXELS: usize = 8;
 /// Pixels per invocation of the depthwise kernels (depthwise.wgsl).
 const DEPTHWISE_PIXELS: usize = 8;
 
-/// Grid of an implicit-GEMM kernel: one invocation per (batch, channel tile, pixel tile).
-fn gemm_grid(columns: usize, channels: usize, batch: usize) -> [u32; 3] {
-    grid(batch * channels.div_ceil(GEMM_CHANNELS) * columns.div_ceil(GEMM_PIXELS))
+/// Grid of an implicit-GEMM kernel: one invocation per (channel tile, tile of batch-wide pixels).
+fn gemm_grid(columns: usize, channels: usize, tile_channels: usize) -> [u32; 3] {
+    grid(channels.div_ceil(tile_channels) * columns.div_ceil(GEMM_PIXELS))
 }
 
 /// Which kernels compute a convolution (see the module comment).
@@ -208,7 +209,7 @@ impl Op for Conv2d {
         match s.kernel() {
             ConvKernel::Gemm => {
                 let packed = b.scratch[0];
-                let workgroups = gemm_grid(pixels, s.c_out, s.batch);
+                let workgroups = gemm_grid(s.batch * pixels, s.c_out, GEMM_CHANNELS);
                 let pack = [b.inputs[1], packed];
                 vec![
                     gpu.dispatch("conv_gemm", "pack_weight_forward", &params, &pack, grid(packed.len())),
@@ -243,7 +244,7 @@ impl Op for Conv2d {
             match s.kernel() {
                 ConvKernel::Gemm => {
                     let packed = b.scratch[1];
-                    let workgroups = gemm_grid(pixels, s.c_in, s.batch);
+                    let workgroups = gemm_grid(s.batch * pixels, s.c_in, GEMM_CHANNELS);
                     let pack = [b.inputs[1], packed];
                     let buffers = [dy, packed, dx.slice];
                     out.extend([
@@ -268,7 +269,7 @@ impl Op for Conv2d {
             let buffers = [b.inputs[0], dy, dw.slice];
             out.push(match s.kernel() {
                 ConvKernel::Gemm => {
-                    let workgroups = gemm_grid(s.k_len(), s.c_out, 1);
+                    let workgroups = gemm_grid(s.k_len(), s.c_out, GEMM_WEIGHT_CHANNELS);
                     gpu.dispatch("conv_gemm", "conv_gemm_backward_weight", &params, &buffers, workgroups)
                 }
                 ConvKernel::Depthwise => {
