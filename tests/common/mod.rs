@@ -79,3 +79,22 @@ pub fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
     GPU.get_or_init(|| Arc::new(Gpu::new(None).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e:#}")))).clone()
 }
+
+/// Writes MNIST-format IDX files (train-* and t10k-*, both the same) holding the first `n`
+/// images of the embedded Fashion-MNIST set: a real-format dataset small enough for tests.
+pub fn write_idx_dataset(dir: &std::path::Path, n: usize) {
+    let ds = kdna::data::Dataset::open(None, None).unwrap();
+    let kdna::data::Samples::Memory(a) = &ds.train.samples else { panic!("embedded set is in memory") };
+    let mut images = vec![0, 0, 8, 3];
+    for v in [n as u32, 28, 28] {
+        images.extend(v.to_be_bytes());
+    }
+    images.extend(&a.pixels[..n * 784]);
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend((n as u32).to_be_bytes());
+    labels.extend(ds.train.labels[..n].iter().map(|&l| l as u8));
+    for prefix in ["train", "t10k"] {
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), &images).unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), &labels).unwrap();
+    }
+}
