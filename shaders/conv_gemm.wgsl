@@ -66,6 +66,21 @@ fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     pack_out[i] = select(0.0, pack_w[(co * p.c_in + min(ci, p.c_in - 1u)) * taps + tap], ci < p.c_in);
 }
 
+// Output-gradient copy for the weight gradient: dy [n][c_out][pixel] to channels-last
+// [n * pixels][c_out padded to 16], so a tile's 16 channels load as four vec4s.
+// Invocations: batch * out_h * out_w x padded c_out.
+@compute @workgroup_size(64)
+fn pack_gradient_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let cpad = (p.c_out + WEIGHT_CHANNELS - 1u) / WEIGHT_CHANNELS * WEIGHT_CHANNELS;
+    let pixels = p.out_h * p.out_w;
+    if (i >= p.batch * pixels * cpad) { return; }
+    let co = i % cpad;
+    let q = i / cpad;
+    let at = ((q / pixels) * p.c_out + min(co, p.c_out - 1u)) * pixels + q % pixels;
+    pack_out[i] = select(0.0, pack_w[at], co < p.c_out);
+}
+
 // ---------------------------------------------------------------- forward
 @group(0) @binding(1) var<storage, read> fwd_x: array<f32>;
 @group(0) @binding(2) var<storage, read> fwd_wp: array<vec4<f32>>;
@@ -277,15 +292,12 @@ fn store_bin_column(v: vec4<f32>, ci: u32, q0: u32) {
 
 // ---------------------------------------------------------------- gradient to the weight
 @group(0) @binding(1) var<storage, read> bw_x: array<f32>;
-@group(0) @binding(2) var<storage, read> bw_dy: array<f32>;
+// dy channels-last (pack_gradient_channels_last).
+@group(0) @binding(2) var<storage, read> bw_dy_last: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> bw_dw: array<f32>;
 
 fn gather_bw_x(at: vec4<u32>, inside: vec4<bool>) -> vec4<f32> {
     return masked(vec4<f32>(bw_x[at.x], bw_x[at.y], bw_x[at.z], bw_x[at.w]), inside);
-}
-
-fn gather_bw_dy(at: vec4<u32>) -> vec4<f32> {
-    return vec4<f32>(bw_dy[at.x], bw_dy[at.y], bw_dy[at.z], bw_dy[at.w]);
 }
 
 // dw[co, k] = sum_{n, oy, ox} dy[n, co, oy, ox] * x[n, ci(k), oy*s - pad + ky(k), ox*s - pad + kx(k)].
@@ -315,17 +327,12 @@ fn conv_gemm_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     let wi = vec4<i32>(i32(p.w) - 1);
     let zero = vec4<i32>(0);
     let out_pixels = p.out_h * p.out_w;
-    // Channels past c_out read the last channel; their results are never stored.
-    let co_last = p.c_out - 1u;
-    let c4 = vec4<u32>(0u, 1u, 2u, 3u) + ct * WEIGHT_CHANNELS;
+    let quads = (p.c_out + WEIGHT_CHANNELS - 1u) / WEIGHT_CHANNELS * 4u;
 
     var tile: Tile;
     for (var n = 0u; n < p.batch; n++) {
         let x_base = n * p.c_in * plane;
-        let dy0 = min(c4, vec4<u32>(co_last)) * out_pixels + n * p.c_out * out_pixels;
-        let dy1 = min(c4 + 4u, vec4<u32>(co_last)) * out_pixels + n * p.c_out * out_pixels;
-        let dy2 = min(c4 + 8u, vec4<u32>(co_last)) * out_pixels + n * p.c_out * out_pixels;
-        let dy3 = min(c4 + 12u, vec4<u32>(co_last)) * out_pixels + n * p.c_out * out_pixels;
+        let dy_base = n * out_pixels * quads + ct * 4u;
         for (var oy = 0u; oy < p.out_h; oy++) {
             let iya = kya + i32(oy * p.stride_h);
             let iyb = kyb + i32(oy * p.stride_h);
@@ -338,9 +345,8 @@ fn conv_gemm_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @bui
                 let ixb = kxb + i32(ox * p.stride_w);
                 let xa = gather_bw_x(rowa + vec4<u32>(clamp(ixa, zero, wi)), ya_in & ixa >= zero & ixa <= wi);
                 let xb = gather_bw_x(rowb + vec4<u32>(clamp(ixb, zero, wi)), yb_in & ixb >= zero & ixb <= wi);
-                let px = oy * p.out_w + ox;
-                tile_fma(&tile, xa, xb,
-                    gather_bw_dy(dy0 + px), gather_bw_dy(dy1 + px), gather_bw_dy(dy2 + px), gather_bw_dy(dy3 + px));
+                let g = dy_base + (oy * p.out_w + ox) * quads;
+                tile_fma(&tile, xa, xb, bw_dy_last[g], bw_dy_last[g + 1u], bw_dy_last[g + 2u], bw_dy_last[g + 3u]);
             }
         }
     }

@@ -123,7 +123,7 @@ struct TrainDefaults {
     print_freq: usize,
 }
 
-const EMBEDDED_DEFAULTS: TrainDefaults = TrainDefaults { epochs: 4, lr: 0.05, batch_size: 64, res: 28, print_freq: 10 };
+const EMBEDDED_DEFAULTS: TrainDefaults = TrainDefaults { epochs: 4, lr: 0.02, batch_size: 64, res: 28, print_freq: 10 };
 const DATA_DEFAULTS: TrainDefaults = TrainDefaults { epochs: 90, lr: 0.1, batch_size: 256, res: 224, print_freq: 10 };
 
 #[derive(Args)]
@@ -152,7 +152,7 @@ struct TrainArgs {
     /// Epochs of linear learning-rate warm-up before the cosine decay.
     #[arg(long, default_value_t = 0)]
     warmup_epochs: usize,
-    /// Peak learning rate [default: 0.05 on the embedded set, 0.1 with --data].
+    /// Peak learning rate [default: 0.02 on the embedded set, 0.1 with --data].
     #[arg(long, visible_alias = "learning-rate")]
     lr: Option<f64>,
     /// Learning rate the cosine decay ends at.

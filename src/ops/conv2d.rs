@@ -195,6 +195,7 @@ impl Op for Conv2d {
         vec![
             s.k_len() * s.c_out.next_multiple_of(GEMM_CHANNELS),
             s.c_out * taps * s.c_in.next_multiple_of(GEMM_CHANNELS),
+            s.batch * s.out_h * s.out_w * s.c_out.next_multiple_of(GEMM_WEIGHT_CHANNELS),
         ]
     }
 
@@ -267,21 +268,28 @@ impl Op for Conv2d {
         if let Some(dw) = grads.inputs[1] {
             let params = s.params(self.has_bias, accumulate_flag(&dw));
             let buffers = [b.inputs[0], dy, dw.slice];
-            out.push(match s.kernel() {
+            match s.kernel() {
                 ConvKernel::Gemm => {
+                    // dy channels-last first, so the kernel loads a tile's channels as vec4s.
+                    let dy_last = b.scratch[2];
+                    let pack = [dy, dy_last];
                     let workgroups = gemm_grid(s.k_len(), s.c_out, GEMM_WEIGHT_CHANNELS);
-                    gpu.dispatch("conv_gemm", "conv_gemm_backward_weight", &params, &buffers, workgroups)
+                    let buffers = [b.inputs[0], dy_last, dw.slice];
+                    out.extend([
+                        gpu.dispatch("conv_gemm", "pack_gradient_channels_last", &params, &pack, grid(dy_last.len())),
+                        gpu.dispatch("conv_gemm", "conv_gemm_backward_weight", &params, &buffers, workgroups),
+                    ]);
                 }
                 ConvKernel::Depthwise => {
                     // One workgroup per (channel, tap).
                     let workgroups = [(s.c_out * s.kernel_h * s.kernel_w) as u32, 1, 1];
-                    gpu.dispatch("depthwise", "depthwise_backward_weight", &params, &buffers, workgroups)
+                    out.push(gpu.dispatch("depthwise", "depthwise_backward_weight", &params, &buffers, workgroups));
                 }
                 ConvKernel::Direct => {
                     let tiles = g * (s.c_out / g).div_ceil(TILE) * s.k_len().div_ceil(TILE);
-                    gpu.dispatch("conv", "conv2d_backward_weight", &params, &buffers, grid(tiles))
+                    out.push(gpu.dispatch("conv", "conv2d_backward_weight", &params, &buffers, grid(tiles)));
                 }
-            });
+            }
         }
         if let Some(Some(db)) = grads.inputs.get(2) {
             let params = s.params(self.has_bias, accumulate_flag(db));
