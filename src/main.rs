@@ -300,10 +300,12 @@ fn train(adapter: Option<&str>, a: TrainArgs) -> Result<()> {
     let gpu = Arc::new(Gpu::new(adapter)?);
     let summary = kdna::train::train(gpu, cfg, dataset)?;
     println!(
-        "done: best val acc@1 {:.2}% in {:.0} s ({:.1} training images/s); run directory {}",
+        "done: best val acc@1 {:.2}% in {:.0} s ({:.1} training images/s, {:.1}% of training time waiting for data); \
+         run directory {}",
         summary.best_acc1,
         summary.seconds,
         summary.train_img_s,
+        100.0 * summary.data_wait,
         summary.log_dir.display()
     );
     Ok(())

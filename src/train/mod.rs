@@ -65,7 +65,8 @@ pub struct Summary {
     pub best_acc1: f64,
     pub last: Option<Accuracy>,
     pub train_img_s: f64,
-    pub loader_img_s: Option<f64>,
+    /// Share of training time spent waiting for the data loader (0 when it keeps ahead).
+    pub data_wait: f64,
     pub seconds: f64,
     pub log_dir: PathBuf,
 }
@@ -231,12 +232,14 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
     let started = Instant::now();
     let mut trained_images = 0usize;
     let mut train_seconds = 0.0f64;
+    let mut data_wait_seconds = 0.0f64;
     let mut last = None;
     for epoch in start_epoch..cfg.epochs {
         let lr = schedule.lr_at(epoch);
         let epoch_start = Instant::now();
-        let images = train_epoch(&mut trainer, &mut run, &train_split, &dataset, epoch, lr)?;
+        let (images, waited) = train_epoch(&mut trainer, &mut run, &train_split, &dataset, epoch, lr)?;
         trained_images += images;
+        data_wait_seconds += waited;
         train_seconds += epoch_start.elapsed().as_secs_f64();
 
         let acc = validate(&trainer, &val_split, &dataset, epoch)?;
@@ -285,7 +288,7 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
         best_acc1,
         last,
         train_img_s: trained_images as f64 / train_seconds.max(1e-9),
-        loader_img_s: None,
+        data_wait: data_wait_seconds / train_seconds.max(1e-9),
         seconds: started.elapsed().as_secs_f64(),
         log_dir: cfg.log_dir.clone(),
     })
@@ -333,7 +336,8 @@ fn initialise(trainer: &Trainer, cfg: &TrainConfig, resume: &Option<Checkpoint>)
     Ok((0, 0.0))
 }
 
-/// One epoch of training; returns the images trained on.
+/// One epoch of training; returns the images trained on and the seconds spent waiting for
+/// the loader.
 fn train_epoch(
     trainer: &mut Trainer,
     run: &mut RunDir,
@@ -341,7 +345,7 @@ fn train_epoch(
     ds: &Dataset,
     epoch: usize,
     lr: f64,
-) -> Result<usize> {
+) -> Result<(usize, f64)> {
     let cfg = trainer.cfg.clone();
     let loader = Loader::new(split.clone(), loader_config(&cfg, ds, epoch, true));
     let steps = loader.len();
@@ -350,7 +354,12 @@ fn train_epoch(
     let started = Instant::now();
     let mut current: Option<usize> = None;
     let mut skipped = 0usize;
-    for batch in loader {
+    let mut waited = 0.0f64;
+    let mut batches = loader;
+    loop {
+        let wait = Instant::now();
+        let Some(batch) = batches.next() else { break };
+        waited += wait.elapsed().as_secs_f64();
         let batch = batch?;
         skipped += batch.skipped.len();
         for s in &batch.skipped {
@@ -380,10 +389,17 @@ fn train_epoch(
         meter.take(stats, run, &bar, started)?;
     }
     bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    run.log(&format!(
+        "epoch {}: {} images in {seconds:.1} s, {:.1}% of it waiting for data",
+        epoch + 1,
+        meter.images,
+        100.0 * waited / seconds.max(1e-9)
+    ))?;
     if skipped > 0 {
         say(run, &format!("epoch {}: skipped {skipped} unreadable images (see log.txt)", epoch + 1), None)?;
     }
-    Ok(meter.images)
+    Ok((meter.images, waited))
 }
 
 /// Running loss and accuracy of an epoch, logged every `print_freq` steps.
@@ -480,19 +496,6 @@ fn say(run: &mut RunDir, line: &str, bar: Option<&ProgressBar>) -> Result<()> {
         None => println!("{line}"),
     }
     run.log(line)
-}
-
-/// Loader-only throughput: images per second the background threads produce with nothing
-/// else running (so the note can compare it with training).
-pub fn measure_loader(cfg: &TrainConfig, ds: &Dataset, batches: usize) -> Result<f64> {
-    let mut lc = loader_config(cfg, ds, 0, true);
-    lc.max_batches = Some(batches);
-    let start = Instant::now();
-    let mut n = 0;
-    for b in Loader::new(Arc::new(ds.train.clone()), lc) {
-        n += b?.len();
-    }
-    Ok(n as f64 / start.elapsed().as_secs_f64().max(1e-9))
 }
 
 /// Evaluates the network of checkpoint `path` on `data` (or the dataset it records), folded:
