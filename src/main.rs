@@ -176,7 +176,8 @@ struct TrainArgs {
     /// Cut every epoch to this many steps (smoke runs).
     #[arg(long, value_name = "N")]
     steps_per_epoch: Option<usize>,
-    /// Input resolution [default: 28 on the embedded set, 224 with --data].
+    /// Input resolution [default: the images' own size for MNIST-like sets (28) and CIFAR (32);
+    /// 224 for image folders].
     #[arg(long)]
     res: Option<usize>,
     /// Label smoothing of the cross-entropy loss.
@@ -264,12 +265,18 @@ fn train(adapter: Option<&str>, a: TrainArgs) -> Result<()> {
     if batch_size < 2 {
         anyhow::bail!("--batch-size {batch_size} is too small: training needs at least 2 (train-mode BatchNorm)");
     }
-    let res = a.res.unwrap_or(defaults.res);
+    // Open the data before the GPU: a bad directory fails fast.
+    let dataset = Dataset::open(a.data.as_deref(), a.dataset)?;
+    // Small-image sets train at their own size; folders at main.py's 224.
+    let native = match dataset.kind {
+        DatasetKind::ImageFolder => defaults.res,
+        DatasetKind::Cifar10 | DatasetKind::Cifar100 => 32,
+        DatasetKind::Embedded | DatasetKind::Mnist | DatasetKind::FashionMnist => 28,
+    };
+    let res = a.res.unwrap_or(native);
     if res < 8 {
         anyhow::bail!("--res {res} is too small: the networks downsample by 32 (use at least 8)");
     }
-    // Open the data before the GPU: a bad directory fails fast.
-    let dataset = Dataset::open(a.data.as_deref(), a.dataset)?;
     let log_dir = a.log_dir.unwrap_or_else(|| kdna::train::run_dir::default_path(a.arch.name()));
     let cfg = TrainConfig {
         arch: a.arch,
