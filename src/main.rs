@@ -119,12 +119,11 @@ struct TrainDefaults {
     epochs: usize,
     lr: f64,
     batch_size: usize,
-    res: usize,
     print_freq: usize,
 }
 
-const EMBEDDED_DEFAULTS: TrainDefaults = TrainDefaults { epochs: 4, lr: 0.02, batch_size: 64, res: 28, print_freq: 10 };
-const DATA_DEFAULTS: TrainDefaults = TrainDefaults { epochs: 90, lr: 0.1, batch_size: 256, res: 224, print_freq: 10 };
+const EMBEDDED_DEFAULTS: TrainDefaults = TrainDefaults { epochs: 4, lr: 0.02, batch_size: 64, print_freq: 10 };
+const DATA_DEFAULTS: TrainDefaults = TrainDefaults { epochs: 90, lr: 0.1, batch_size: 256, print_freq: 10 };
 
 #[derive(Args)]
 struct TrainArgs {
@@ -262,14 +261,11 @@ fn train(adapter: Option<&str>, a: TrainArgs) -> Result<()> {
     }
     let defaults = if a.data.is_some() { &DATA_DEFAULTS } else { &EMBEDDED_DEFAULTS };
     let batch_size = a.batch_size.unwrap_or(defaults.batch_size);
-    if batch_size < 2 {
-        anyhow::bail!("--batch-size {batch_size} is too small: training needs at least 2 (train-mode BatchNorm)");
-    }
     // Open the data before the GPU: a bad directory fails fast.
     let dataset = Dataset::open(a.data.as_deref(), a.dataset)?;
     // Small-image sets train at their own size; folders at main.py's 224.
     let native = match dataset.kind {
-        DatasetKind::ImageFolder => defaults.res,
+        DatasetKind::ImageFolder => 224,
         DatasetKind::Cifar10 | DatasetKind::Cifar100 => 32,
         DatasetKind::Embedded | DatasetKind::Mnist | DatasetKind::FashionMnist => 28,
     };

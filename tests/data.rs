@@ -1,9 +1,10 @@
 //! Datasets in their real on-disk formats, built here from the embedded Fashion-MNIST images:
 //! what each loader reads, and the clear errors bad files get.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+
+mod common;
 
 use kdna::data::loader::{LoaderConfig, batch_count};
 use kdna::data::{Augment, Dataset, DatasetKind, ImageArray, Loader, Samples};
@@ -16,36 +17,6 @@ fn array(ds: &Dataset) -> &ImageArray {
     match &ds.train.samples {
         Samples::Memory(a) => a,
         Samples::Files(_) => panic!("embedded set is in memory"),
-    }
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
-
-/// IDX files of the first `n` embedded images, as train-* and t10k-*.
-fn write_idx(dir: &Path, n: usize, gz: bool) {
-    let ds = embedded();
-    let a = array(&ds);
-    let mut images = vec![0, 0, 8, 3];
-    for v in [n as u32, 28, 28] {
-        images.extend(v.to_be_bytes());
-    }
-    images.extend(&a.pixels[..n * 784]);
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend((n as u32).to_be_bytes());
-    labels.extend(ds.train.labels[..n].iter().map(|&l| l as u8));
-    for prefix in ["train", "t10k"] {
-        let (i, l) = (format!("{prefix}-images-idx3-ubyte"), format!("{prefix}-labels-idx1-ubyte"));
-        if gz {
-            std::fs::write(dir.join(format!("{i}.gz")), gzip(&images)).unwrap();
-            std::fs::write(dir.join(format!("{l}.gz")), gzip(&labels)).unwrap();
-        } else {
-            std::fs::write(dir.join(i), &images).unwrap();
-            std::fs::write(dir.join(l), &labels).unwrap();
-        }
     }
 }
 
@@ -136,8 +107,8 @@ fn embedded_set_is_class_balanced_fashion_mnist() {
 #[test]
 fn idx_reads_gzipped_and_raw_alike() {
     let (gz, raw) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    write_idx(gz.path(), 30, true);
-    write_idx(raw.path(), 30, false);
+    common::write_idx_dataset(gz.path(), 30, true);
+    common::write_idx_dataset(raw.path(), 30, false);
     let a = Dataset::open(Some(gz.path()), Some(DatasetKind::FashionMnist)).unwrap();
     let b = Dataset::open(Some(raw.path()), None).unwrap();
     assert_eq!(b.kind, DatasetKind::Mnist, "a folder not named fashion reads as MNIST");
@@ -258,14 +229,14 @@ fn a_corrupt_image_fails_naming_it_or_is_skipped_and_counted() {
 #[test]
 fn truncated_files_and_bad_labels_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    write_idx(dir.path(), 10, false);
+    common::write_idx_dataset(dir.path(), 10, false);
     let images = dir.path().join("train-images-idx3-ubyte");
     let bytes = std::fs::read(&images).unwrap();
     std::fs::write(&images, &bytes[..bytes.len() - 100]).unwrap();
     let e = err(Dataset::open(Some(dir.path()), None));
     assert!(e.contains("train-images-idx3-ubyte is truncated"), "{e}");
 
-    write_idx(dir.path(), 10, false);
+    common::write_idx_dataset(dir.path(), 10, false);
     let labels = dir.path().join("t10k-labels-idx1-ubyte");
     let mut bytes = std::fs::read(&labels).unwrap();
     bytes[8 + 3] = 12;
@@ -274,7 +245,7 @@ fn truncated_files_and_bad_labels_are_named() {
     assert!(e.contains("label 12 of image 3 is out of range"), "{e}");
 
     let gz = tempfile::tempdir().unwrap();
-    write_idx(gz.path(), 10, true);
+    common::write_idx_dataset(gz.path(), 10, true);
     let f = gz.path().join("train-images-idx3-ubyte.gz");
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();

@@ -16,7 +16,7 @@ fn kdna(args: &[&str]) -> (bool, String, String) {
 
 fn dataset(n: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    common::write_idx_dataset(dir.path(), n);
+    common::write_idx_dataset(dir.path(), n, false);
     dir
 }
 

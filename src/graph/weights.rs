@@ -88,14 +88,7 @@ impl Weights {
 
     /// Every parameter, running statistic and batch counter, under PyTorch's names.
     pub fn export(&self, gpu: &Gpu) -> Result<StateDict> {
-        let arena: Vec<f32> = gpu.read(&self.arenas()[0])?;
-        let mut floats = BTreeMap::new();
-        for name in &self.names {
-            let slot = &self.slots[name];
-            let start = (slot.offset / 4) as usize;
-            let data = arena[start..start + slot.shape.iter().product::<usize>()].to_vec();
-            floats.insert(name.clone(), HostTensor { shape: slot.shape.clone(), data });
-        }
+        let mut floats = self.read_arena(gpu, &self.params)?;
         for name in &self.state_names {
             let data: Vec<f32> = gpu.read(&self.states[name])?;
             floats.insert(name.clone(), HostTensor { shape: vec![data.len()], data });
@@ -105,14 +98,19 @@ impl Weights {
 
     /// The optimizer's momentum of every parameter, by parameter name.
     pub fn export_momentum(&self, gpu: &Gpu) -> Result<BTreeMap<String, HostTensor>> {
-        let arena: Vec<f32> = gpu.read(&self.arenas()[2])?;
+        self.read_arena(gpu, &self.velocity)
+    }
+
+    /// One arena (parameters, gradients or momentum) read back, split by parameter.
+    fn read_arena(&self, gpu: &Gpu, arena: &wgpu::Buffer) -> Result<BTreeMap<String, HostTensor>> {
+        let values: Vec<f32> = gpu.read(&GpuSlice { buffer: arena.clone(), offset: 0, size: self.arena_bytes })?;
         Ok(self
             .names
             .iter()
             .map(|name| {
                 let slot = &self.slots[name];
                 let start = (slot.offset / 4) as usize;
-                let data = arena[start..start + slot.shape.iter().product::<usize>()].to_vec();
+                let data = values[start..start + slot.shape.iter().product::<usize>()].to_vec();
                 (name.clone(), HostTensor { shape: slot.shape.clone(), data })
             })
             .collect())

@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::data::loader::LoaderConfig;
 use crate::data::{Augment, Dataset, DatasetKind, Loader};
 use crate::gpu::Gpu;
-use crate::graph::{Executor, Graph, Plan, StepStats};
+use crate::graph::{Executor, Graph, Plan, StepStats, Weights};
 use crate::io::StateDict;
 use crate::models::{Arch, ModelSpec, Network, build, pretrained};
 use crate::ops::sgd::Sgd;
@@ -81,22 +81,53 @@ fn augment_for(kind: DatasetKind, train: bool) -> Augment {
     }
 }
 
-fn loader_config(cfg: &TrainConfig, ds: &Dataset, epoch: usize, train: bool) -> LoaderConfig {
-    let (mean, std) = ds.kind.normalisation();
+/// The training split's loader for `epoch`: shuffled, augmented, short epochs honoured.
+fn train_loader_config(cfg: &TrainConfig, kind: DatasetKind, epoch: usize) -> LoaderConfig {
     LoaderConfig {
-        res: cfg.res,
         batch: cfg.batch_size,
-        workers: cfg.workers,
         seed: cfg.seed,
         epoch: epoch as u64,
-        shuffle: train,
-        augment: augment_for(ds.kind, train),
-        min_batch: if train { 2 } else { 1 },
-        skip_bad: cfg.skip_bad,
-        max_batches: if train { cfg.steps_per_epoch } else { None },
+        shuffle: true,
+        augment: augment_for(kind, true),
+        min_batch: 2,
+        max_batches: cfg.steps_per_epoch,
+        ..validation_loader_config(kind, cfg.res, cfg.batch_size, cfg.workers, cfg.skip_bad)
+    }
+}
+
+/// A validation split's loader: in order, every image, the deterministic transform.
+fn validation_loader_config(
+    kind: DatasetKind,
+    res: usize,
+    batch: usize,
+    workers: usize,
+    skip_bad: bool,
+) -> LoaderConfig {
+    let (mean, std) = kind.normalisation();
+    LoaderConfig {
+        res,
+        batch,
+        workers,
+        seed: 0,
+        epoch: 0,
+        shuffle: false,
+        augment: augment_for(kind, false),
+        min_batch: 1,
+        skip_bad,
+        max_batches: None,
         mean,
         std,
     }
+}
+
+/// Parameters the optimizer leaves alone: with `--train-only adapters`, all but static
+/// attentions, routers and BatchNorms.
+fn frozen_params(graph: &Graph, train_only_adapters: bool) -> HashSet<String> {
+    if !train_only_adapters {
+        return HashSet::new();
+    }
+    let adapters = adapter_params(graph);
+    graph.params().map(|(_, t)| t.name.clone()).filter(|n| !adapters.contains(n)).collect()
 }
 
 /// Parameters `--train-only adapters` trains: static attentions, routers, BatchNorms.
@@ -125,7 +156,6 @@ struct Trainer {
     cfg: TrainConfig,
     spec: ModelSpec,
     sgd: Sgd,
-    frozen: HashSet<String>,
     nets: Vec<(usize, TrainNet)>,
 }
 
@@ -135,7 +165,7 @@ impl Trainer {
             let weights = self.nets.first().map(|(_, n)| n.exe.weights().clone());
             let net = build(self.spec, batch, self.cfg.res, self.cfg.label_smoothing as f32)?;
             let mut plan = Plan::train(net.loss, self.sgd);
-            plan.frozen = self.frozen.clone();
+            plan.frozen = frozen_params(&net.graph, self.cfg.train_only_adapters);
             let exe = match weights {
                 Some(w) => Executor::with_weights(self.gpu.clone(), &net.graph, plan, w)?,
                 None => Executor::new(self.gpu.clone(), &net.graph, plan)?,
@@ -176,19 +206,10 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
     };
     // Load what a resume needs first: a bad checkpoint fails before any work.
     let resume = cfg.resume.as_deref().map(checkpoint::load).transpose()?;
-    let mut trainer =
-        Trainer { gpu: gpu.clone(), cfg: cfg.clone(), spec, sgd, frozen: HashSet::new(), nets: Vec::new() };
-    {
-        let probe = build(spec, cfg.batch_size, cfg.res, 0.0)?;
-        if cfg.train_only_adapters {
-            if cfg.baseline {
-                bail!("--train-only adapters needs a KernelDNA network (drop --baseline)");
-            }
-            let adapters = adapter_params(&probe.graph);
-            trainer.frozen =
-                probe.graph.params().map(|(_, t)| t.name.clone()).filter(|n| !adapters.contains(n)).collect();
-        }
+    if cfg.train_only_adapters && cfg.baseline {
+        bail!("--train-only adapters needs a KernelDNA network (drop --baseline)");
     }
+    let mut trainer = Trainer { gpu: gpu.clone(), cfg: cfg.clone(), spec, sgd, nets: Vec::new() };
     trainer.net(cfg.batch_size)?;
     let (start_epoch, mut best_acc1) = initialise(&trainer, &cfg, &resume)?;
     if start_epoch >= cfg.epochs {
@@ -224,8 +245,8 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
         cfg.res,
         gpu.info.name
     );
-    say(&mut run, &intro, None)?;
-    say(&mut run, &format!("run directory {}", cfg.log_dir.display()), None)?;
+    say(&mut run, &intro)?;
+    say(&mut run, &format!("run directory {}", cfg.log_dir.display()))?;
 
     let train_split = Arc::new(dataset.train.clone());
     let val_split = Arc::new(dataset.val.clone());
@@ -242,7 +263,7 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
         data_wait_seconds += waited;
         train_seconds += epoch_start.elapsed().as_secs_f64();
 
-        let acc = validate(&trainer, &val_split, &dataset, epoch)?;
+        let acc = validate(&trainer, &val_split, &dataset)?;
         run.record(&json!({"kind": "val", "epoch": epoch, "acc1": acc.acc1, "acc5": acc.acc5, "loss": acc.loss}))?;
         let improved = acc.acc1 > best_acc1;
         best_acc1 = best_acc1.max(acc.acc1);
@@ -258,7 +279,6 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
                 best_acc1,
                 epoch_start.elapsed().as_secs_f64()
             ),
-            None,
         )?;
         last = Some(acc);
 
@@ -347,7 +367,7 @@ fn train_epoch(
     lr: f64,
 ) -> Result<(usize, f64)> {
     let cfg = trainer.cfg.clone();
-    let loader = Loader::new(split.clone(), loader_config(&cfg, ds, epoch, true));
+    let loader = Loader::new(split.clone(), train_loader_config(&cfg, ds.kind, epoch));
     let steps = loader.len();
     let bar = progress_bar(&cfg, steps, &format!("epoch {}/{}", epoch + 1, cfg.epochs));
     let mut meter = Meter::new(epoch, steps, lr, cfg.print_freq.max(1));
@@ -397,7 +417,7 @@ fn train_epoch(
         100.0 * waited / seconds.max(1e-9)
     ))?;
     if skipped > 0 {
-        say(run, &format!("epoch {}: skipped {skipped} unreadable images (see log.txt)", epoch + 1), None)?;
+        say(run, &format!("epoch {}: skipped {skipped} unreadable images (see log.txt)", epoch + 1))?;
     }
     Ok((meter.images, waited))
 }
@@ -465,9 +485,9 @@ impl Meter {
     }
 }
 
-fn validate(trainer: &Trainer, split: &Arc<crate::data::Split>, ds: &Dataset, epoch: usize) -> Result<Accuracy> {
+fn validate(trainer: &Trainer, split: &Arc<crate::data::Split>, ds: &Dataset) -> Result<Accuracy> {
     let cfg = &trainer.cfg;
-    let lc = loader_config(cfg, ds, epoch, false);
+    let lc = validation_loader_config(ds.kind, cfg.res, cfg.batch_size, cfg.workers, cfg.skip_bad);
     let bar = progress_bar(cfg, crate::data::loader::batch_count(split.len(), &lc), "validate");
     let acc =
         evaluate::evaluate(split.clone(), lc, cfg.label_smoothing, &mut |b| trainer.eval_net(b), &mut |_| bar.inc(1))?;
@@ -489,12 +509,9 @@ fn progress_bar(cfg: &TrainConfig, len: usize, prefix: &str) -> ProgressBar {
     bar
 }
 
-/// Prints a line (above any progress bar) and logs it.
-fn say(run: &mut RunDir, line: &str, bar: Option<&ProgressBar>) -> Result<()> {
-    match bar {
-        Some(b) => b.println(line),
-        None => println!("{line}"),
-    }
+/// Prints a line and logs it.
+fn say(run: &mut RunDir, line: &str) -> Result<()> {
+    println!("{line}");
     run.log(line)
 }
 
@@ -524,26 +541,12 @@ pub fn evaluate_checkpoint(
         bail!("{} was trained on {} classes; {} has {}", path.display(), info.num_classes, ds.kind, ds.classes);
     }
     let spec = ModelSpec { arch, kdna: !info.baseline, classes: info.num_classes };
-    let (mean, std) = ds.kind.normalisation();
-    let lc = LoaderConfig {
-        res: info.res,
-        batch,
-        workers,
-        seed: 0,
-        epoch: 0,
-        shuffle: false,
-        augment: augment_for(ds.kind, false),
-        min_batch: 1,
-        skip_bad: false,
-        max_batches: None,
-        mean,
-        std,
-    };
+    let lc = validation_loader_config(ds.kind, info.res, batch, workers, false);
     // Check the weights fit before folding (a clear error naming keys).
     let probe = build(spec, 1, info.res, 0.0)?;
-    let check = Executor::new(gpu.clone(), &probe.graph, Plan::eval())?;
-    check.weights().import(&gpu, &ck.weights).with_context(|| format!("loading {}", path.display()))?;
-    drop(check);
+    Weights::new(&gpu, &probe.graph)
+        .import(&gpu, &ck.weights)
+        .with_context(|| format!("loading {}", path.display()))?;
     let smoothing = info.args.get("label_smoothing").and_then(|v| v.as_f64()).unwrap_or(0.0);
     let mut make = |b: usize| -> Result<EvalNet> {
         let net = build(spec, b, info.res, smoothing as f32)?;

@@ -80,9 +80,11 @@ pub fn gpu() -> Arc<Gpu> {
     GPU.get_or_init(|| Arc::new(Gpu::new(None).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e:#}")))).clone()
 }
 
-/// Writes MNIST-format IDX files (train-* and t10k-*, both the same) holding the first `n`
-/// images of the embedded Fashion-MNIST set: a real-format dataset small enough for tests.
-pub fn write_idx_dataset(dir: &std::path::Path, n: usize) {
+/// Writes MNIST-format IDX files (train-* and t10k-*, both the same), gzipped or raw, holding
+/// the first `n` images of the embedded Fashion-MNIST set: a real-format dataset small enough
+/// for tests.
+pub fn write_idx_dataset(dir: &std::path::Path, n: usize, gz: bool) {
+    use std::io::Write;
     let ds = kdna::data::Dataset::open(None, None).unwrap();
     let kdna::data::Samples::Memory(a) = &ds.train.samples else { panic!("embedded set is in memory") };
     let mut images = vec![0, 0, 8, 3];
@@ -94,7 +96,15 @@ pub fn write_idx_dataset(dir: &std::path::Path, n: usize) {
     labels.extend((n as u32).to_be_bytes());
     labels.extend(ds.train.labels[..n].iter().map(|&l| l as u8));
     for prefix in ["train", "t10k"] {
-        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), &images).unwrap();
-        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), &labels).unwrap();
+        for (name, bytes) in [("images-idx3-ubyte", &images), ("labels-idx1-ubyte", &labels)] {
+            let path = dir.join(format!("{prefix}-{name}"));
+            if gz {
+                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                enc.write_all(bytes).unwrap();
+                std::fs::write(path.with_file_name(format!("{prefix}-{name}.gz")), enc.finish().unwrap()).unwrap();
+            } else {
+                std::fs::write(path, bytes).unwrap();
+            }
+        }
     }
 }
