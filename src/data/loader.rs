@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{Result, anyhow};
@@ -87,12 +87,11 @@ impl Loader {
         let counter = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let workers = cfg.workers.max(1);
-        let (tx, rx) = sync_channel(2 * workers);
-        let tx = Arc::new(Mutex::new(tx));
+        let (tx, rx) = sync_channel::<Delivery>(2 * workers);
         let handles = (0..workers)
             .map(|_| {
                 let (split, order, counter, stop) = (split.clone(), order.clone(), counter.clone(), stop.clone());
-                let tx: SyncSender<Delivery> = tx.lock().unwrap().clone();
+                let tx = tx.clone();
                 std::thread::spawn(move || {
                     loop {
                         let i = counter.fetch_add(1, Ordering::Relaxed);
