@@ -10,7 +10,15 @@ use std::process::Command;
 use kdna::train::checkpoint;
 
 fn kdna(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kdna")).args(args).output().expect("kdna runs");
+    // Without a runtime directory the Vulkan loader's window-system code prints a warning of
+    // its own to stderr; give kdna one, so stderr holds only what kdna says.
+    static RUNTIME_DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let runtime_dir = RUNTIME_DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_kdna"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .output()
+        .expect("kdna runs");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 

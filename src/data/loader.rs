@@ -3,9 +3,9 @@
 //! sample), so a batch's contents do not depend on the number of workers or on timing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{Result, anyhow};
