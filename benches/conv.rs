@@ -58,7 +58,7 @@ fn bench_layer(gpu: &Gpu, shape: Conv2dShape, quick: bool) -> [f64; 3] {
     let dy = gpu.upload("dy", &vec![1.0f32; numel(&shape.output())]);
     let dx = gpu.storage("dx", x.len());
     let dw = gpu.storage("dw", w.len());
-    let scratch: Vec<_> = op.scratch().iter().map(|&len| gpu.storage("scratch", len)).collect();
+    let scratch: Vec<_> = op.scratch(true).iter().map(|&len| gpu.storage("scratch", len)).collect();
     let bound = Bound { inputs: vec![&x, &w], outputs: vec![&y], scratch: scratch.iter().collect() };
     let forward = op.forward(gpu, &bound, Mode::Train);
     let input_target = GradTarget { slice: &dx, accumulate: false };

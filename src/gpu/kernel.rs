@@ -37,7 +37,12 @@ impl Dispatch {
 /// [`WORKGROUP`] threads per group. Large grids fold into y, since a dimension is limited to
 /// 65535 groups; kernels rebuild the flat index with `flat_index` in `shaders/common.wgsl`.
 pub fn grid(invocations: usize) -> [u32; 3] {
-    let groups = invocations.div_ceil(WORKGROUP as usize).max(1);
+    grid_of(invocations, WORKGROUP)
+}
+
+/// [`grid`] for kernels of `workgroup` threads per group.
+pub fn grid_of(invocations: usize, workgroup: u32) -> [u32; 3] {
+    let groups = invocations.div_ceil(workgroup as usize).max(1);
     let x = groups.min(65535);
     [x as u32, groups.div_ceil(x) as u32, 1]
 }

@@ -5,6 +5,7 @@
 //! can prove the executor's steady state allocates nothing and submits once per step.
 
 pub mod adapter;
+pub mod conv_tiles;
 mod kernel;
 pub mod shaders;
 
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result};
 
 pub use adapter::AdapterSummary;
-pub use kernel::{Dispatch, grid};
+pub use kernel::{Dispatch, grid, grid_of};
 
 /// Workgroup size of every one-dimensional kernel (see `shaders/common.wgsl`).
 pub const WORKGROUP: u32 = 64;
@@ -39,6 +40,12 @@ impl GpuSlice {
 
     pub fn is_empty(&self) -> bool {
         self.size == 0
+    }
+
+    /// `len` elements from element `start` on (a byte offset the binding alignment allows).
+    pub fn range(&self, start: usize, len: usize) -> GpuSlice {
+        assert!(4 * (start + len) as u64 <= self.size, "range {start}+{len} past a slice of {} elements", self.len());
+        GpuSlice { buffer: self.buffer.clone(), offset: self.offset + 4 * start as u64, size: 4 * len as u64 }
     }
 
     pub fn binding(&self) -> wgpu::BindingResource<'_> {
@@ -107,12 +114,17 @@ impl Gpu {
         })
     }
 
-    /// A zero-filled storage buffer of `len` f32 (or u32) elements.
+    /// A zero-filled storage buffer of `len` f32 (or u32) elements. It may also be bound as a
+    /// uniform buffer (in ranges of at most 64 KiB): kernels read packed weights that way, since
+    /// software adapters load a uniform buffer's workgroup-uniform values once per workgroup.
     pub fn storage(&self, label: &str, len: usize) -> GpuSlice {
         let buffer = self.create_buffer(
             label,
             4 * len as u64,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
         );
         GpuSlice { buffer, offset: 0, size: 4 * len.max(1) as u64 }
     }

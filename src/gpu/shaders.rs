@@ -10,7 +10,7 @@ const CONV_COMMON: &str = include_str!("../../shaders/conv_common.wgsl");
 fn preludes(family: &str) -> &'static [&'static str] {
     match family {
         "modulate" | "norm" => &[DOUBLE_FLOAT],
-        "conv" | "conv_gemm" | "depthwise" => &[CONV_COMMON],
+        "conv" | "depthwise" => &[CONV_COMMON],
         _ => &[],
     }
 }
@@ -19,7 +19,7 @@ fn preludes(family: &str) -> &'static [&'static str] {
 pub const FAMILIES: &[(&str, &str)] = &[
     ("activation", include_str!("../../shaders/activation.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
-    ("conv_gemm", include_str!("../../shaders/conv_gemm.wgsl")),
+    ("conv_tile", include_str!("../../shaders/conv_tile.wgsl")),
     ("depthwise", include_str!("../../shaders/depthwise.wgsl")),
     ("linear", include_str!("../../shaders/linear.wgsl")),
     ("loss", include_str!("../../shaders/loss.wgsl")),
@@ -34,6 +34,8 @@ pub const FAMILIES: &[(&str, &str)] = &[
 pub fn source(family: &str) -> String {
     let (_, body) =
         FAMILIES.iter().find(|(name, _)| *name == family).unwrap_or_else(|| panic!("no shader family {family:?}"));
+    // conv_tile's entry points are templates, instantiated per tile size.
+    let body = if family == "conv_tile" { super::conv_tiles::expand(body) } else { body.to_string() };
     format!("{COMMON}\n{}\n{body}", preludes(family).join("\n"))
 }
 

@@ -118,10 +118,11 @@ impl Executor {
                 _ => gpu.storage(&t.name, t.numel()),
             })
             .collect::<Vec<_>>();
+        let backward = !plan.backward_from.is_empty();
         let scratch: Vec<Vec<GpuSlice>> = graph
             .nodes
             .iter()
-            .map(|n| n.op.scratch().iter().map(|&len| gpu.storage(n.op.name(), len)).collect())
+            .map(|n| n.op.scratch(backward).iter().map(|&len| gpu.storage(n.op.name(), len)).collect())
             .collect();
 
         let bound = |i: usize| Bound {

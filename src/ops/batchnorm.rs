@@ -63,7 +63,7 @@ impl Op for BatchNorm {
         "batchnorm"
     }
 
-    fn scratch(&self) -> Vec<usize> {
+    fn scratch(&self, _backward: bool) -> Vec<usize> {
         // Saved statistics and backward sums, laid out as norm.wgsl describes.
         vec![6 * self.channels, 4 * self.channels]
     }

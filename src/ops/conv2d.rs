@@ -1,29 +1,22 @@
 //! 2-D convolution: stride, zero padding, groups, optional bias.
 //!
 //! Three kernel families, chosen by shape alone (so the choice never changes within a run):
-//! ungrouped convolutions run as implicit GEMM with register tiles (`shaders/conv_gemm.wgsl`,
-//! over weight copies packed per pass), depthwise ones (one filter per channel) run
-//! `shaders/depthwise.wgsl`, other grouped ones the direct kernels of `shaders/conv.wgsl`.
+//! ungrouped convolutions run as implicit GEMM with register tiles over channels-last copies
+//! (`shaders/conv_tile.wgsl`, planned in `conv_gemm.rs`), depthwise ones (one filter per
+//! channel) run `shaders/depthwise.wgsl`, other grouped ones the direct kernels of
+//! `shaders/conv.wgsl`.
 
 use anyhow::{Result, bail};
 
+use super::conv_gemm::GemmPlan;
 use super::{Bound, Grads, Mode, Op, accumulate_flag, placeholder};
 use crate::gpu::{Dispatch, Gpu, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
 /// Results per invocation along each tile side (`TILE` in conv.wgsl).
 const TILE: usize = 8;
-/// Channels and pixels per invocation of the implicit-GEMM kernels (conv_gemm.wgsl).
-const GEMM_CHANNELS: usize = 32;
-const GEMM_WEIGHT_CHANNELS: usize = 16;
-const GEMM_PIXELS: usize = 8;
 /// Pixels per invocation of the depthwise kernels (depthwise.wgsl).
 const DEPTHWISE_PIXELS: usize = 8;
-
-/// Grid of an implicit-GEMM kernel: one invocation per (channel tile, tile of batch-wide pixels).
-fn gemm_grid(columns: usize, channels: usize, tile_channels: usize) -> [u32; 3] {
-    grid(channels.div_ceil(tile_channels) * columns.div_ceil(GEMM_PIXELS))
-}
 
 /// Which kernels compute a convolution (see the module comment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,19 +177,11 @@ impl Op for Conv2d {
         (self.shape.flops() / 2.0) as u64
     }
 
-    fn scratch(&self) -> Vec<usize> {
-        let s = &self.shape;
-        if s.kernel() != ConvKernel::Gemm {
-            return Vec::new();
+    fn scratch(&self, backward: bool) -> Vec<usize> {
+        match self.shape.kernel() {
+            ConvKernel::Gemm => GemmPlan::new(&self.shape).scratch(backward),
+            _ => Vec::new(),
         }
-        let taps = s.kernel_h * s.kernel_w;
-        // Packed weights for forward ([k][c_out padded]) and for the input gradient
-        // ([c_out][tap][c_in padded]).
-        vec![
-            s.k_len() * s.c_out.next_multiple_of(GEMM_CHANNELS),
-            s.c_out * taps * s.c_in.next_multiple_of(GEMM_CHANNELS),
-            s.batch * s.out_h * s.out_w * s.c_out.next_multiple_of(GEMM_WEIGHT_CHANNELS),
-        ]
     }
 
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
@@ -208,21 +193,7 @@ impl Op for Conv2d {
         let pixels = s.out_h * s.out_w;
         let buffers = [b.inputs[0], b.inputs[1], bias, b.outputs[0]];
         match s.kernel() {
-            ConvKernel::Gemm => {
-                let packed = b.scratch[0];
-                let workgroups = gemm_grid(s.batch * pixels, s.c_out, GEMM_CHANNELS);
-                let pack = [b.inputs[1], packed];
-                vec![
-                    gpu.dispatch("conv_gemm", "pack_weight_forward", &params, &pack, grid(packed.len())),
-                    gpu.dispatch(
-                        "conv_gemm",
-                        "conv_gemm_forward",
-                        &params,
-                        &[b.inputs[0], packed, bias, b.outputs[0]],
-                        workgroups,
-                    ),
-                ]
-            }
+            ConvKernel::Gemm => GemmPlan::new(s).forward(gpu, buffers, self.has_bias, &b.scratch),
             ConvKernel::Depthwise => {
                 let tiles = s.batch * s.c_out * pixels.div_ceil(DEPTHWISE_PIXELS);
                 vec![gpu.dispatch("depthwise", "depthwise_forward", &params, &buffers, grid(tiles))]
@@ -244,14 +215,8 @@ impl Op for Conv2d {
             let pixels = s.h * s.w;
             match s.kernel() {
                 ConvKernel::Gemm => {
-                    let packed = b.scratch[1];
-                    let workgroups = gemm_grid(s.batch * pixels, s.c_in, GEMM_CHANNELS);
-                    let pack = [b.inputs[1], packed];
-                    let buffers = [dy, packed, dx.slice];
-                    out.extend([
-                        gpu.dispatch("conv_gemm", "pack_weight_backward", &params, &pack, grid(packed.len())),
-                        gpu.dispatch("conv_gemm", "conv_gemm_backward_input", &params, &buffers, workgroups),
-                    ]);
+                    let buffers = [dy, b.inputs[1], dx.slice];
+                    out.extend(GemmPlan::new(s).backward_input(gpu, buffers, dx.accumulate, &b.scratch));
                 }
                 ConvKernel::Depthwise => {
                     let tiles = s.batch * s.c_in * pixels.div_ceil(DEPTHWISE_PIXELS);
@@ -270,15 +235,12 @@ impl Op for Conv2d {
             let buffers = [b.inputs[0], dy, dw.slice];
             match s.kernel() {
                 ConvKernel::Gemm => {
-                    // dy channels-last first, so the kernel loads a tile's channels as vec4s.
-                    let dy_last = b.scratch[2];
-                    let pack = [dy, dy_last];
-                    let workgroups = gemm_grid(s.k_len(), s.c_out, GEMM_WEIGHT_CHANNELS);
-                    let buffers = [b.inputs[0], dy_last, dw.slice];
-                    out.extend([
-                        gpu.dispatch("conv_gemm", "pack_gradient_channels_last", &params, &pack, grid(dy_last.len())),
-                        gpu.dispatch("conv_gemm", "conv_gemm_backward_weight", &params, &buffers, workgroups),
-                    ]);
+                    out.extend(GemmPlan::new(s).backward_weight(
+                        gpu,
+                        [b.inputs[0], dy, dw.slice],
+                        dw.accumulate,
+                        &b.scratch,
+                    ));
                 }
                 ConvKernel::Depthwise => {
                     // One workgroup per (channel, tap).

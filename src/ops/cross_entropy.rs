@@ -35,7 +35,7 @@ impl Op for CrossEntropy {
         "cross_entropy"
     }
 
-    fn scratch(&self) -> Vec<usize> {
+    fn scratch(&self, _backward: bool) -> Vec<usize> {
         vec![2 * self.batch]
     }
 

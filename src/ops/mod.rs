@@ -8,6 +8,7 @@ pub mod activation;
 pub mod batchnorm;
 pub mod channel_scale;
 pub mod conv2d;
+pub mod conv_gemm;
 pub mod cross_entropy;
 pub mod linear;
 pub mod modulate;
@@ -64,8 +65,9 @@ impl<T: Op + Clone + 'static> OpObject for T {
 pub trait Op: OpObject + Send + Sync {
     fn name(&self) -> &'static str;
 
-    /// Element counts of buffers the op keeps from forward to backward (statistics, argmax).
-    fn scratch(&self) -> Vec<usize> {
+    /// Element counts of buffers the op keeps (statistics, argmax, layout copies); `backward`
+    /// says whether the graph will also run the op's backward pass.
+    fn scratch(&self, _backward: bool) -> Vec<usize> {
         Vec::new()
     }
 

@@ -58,7 +58,7 @@ impl Op for MaxPool2d {
         "maxpool2d"
     }
 
-    fn scratch(&self) -> Vec<usize> {
+    fn scratch(&self, _backward: bool) -> Vec<usize> {
         vec![self.planes * self.out_h * self.out_w]
     }
 

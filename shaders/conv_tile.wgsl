@@ -1,0 +1,345 @@
+// Ungrouped convolution as implicit GEMM over channels-last copies, with register tiles.
+//
+// The activations are first copied to a zero-padded channels-last buffer
+// [batch][in_h][in_w][in_quads] of vec4s (channels padded to a multiple of 4), so the inner
+// loop has no bounds checks and loads four input channels per access. Software adapters run
+// invocations in SIMD lanes and pay a scalar loop per lane for every storage load, but load a
+// uniform buffer's value once for the whole workgroup when its index is the same in every
+// invocation. So the forward kernel reads its weights from a uniform buffer — in 64 KiB
+// blocks of at most STEPS (tap, input quad) steps, one dispatch per block and output-channel
+// tile, later blocks adding to the output — and each invocation holds a large block of
+// results (P pixels x C channels, P * C = 512) per input load.
+//
+// The `@template` entry points below are instantiated per tile size by src/gpu/conv_tiles.rs:
+// the name's size suffix is filled in, and each marker comment becomes the unrolled code
+// for that size (named values only: software adapters keep a block in registers only when
+// every access is static). Every result sums its terms in the same order whatever the tile
+// size, so the choice of size never changes a result.
+//
+// The input gradient is the forward kernel run over dy (dilated by the stride and padded by
+// kernel - 1 - pad) with the weights flipped and transposed; the weight gradient splits its
+// reduction over batch-wide pixels into `chunks` partial sums that a second kernel adds in a
+// fixed order.
+
+struct TileParams {
+    // Channels-last input: batch x in_h x in_w x in_quads vec4s.
+    batch: u32,
+    in_h: u32,
+    in_w: u32,
+    in_quads: u32,
+    // Output: [batch][c_out][out_h][out_w]; weights rows padded to out_pad channels.
+    c_out: u32,
+    out_h: u32,
+    out_w: u32,
+    out_pad: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    // Copies: the source [batch][channels][src_h][src_w], placed at (top, left) of the
+    // destination with dilation - 1 zeros between neighbours.
+    channels: u32,
+    src_h: u32,
+    src_w: u32,
+    dilation_h: u32,
+    dilation_w: u32,
+    top: i32,
+    left: i32,
+    // Weight-gradient reduction split: chunks of chunk_len batch-wide pixels.
+    chunks: u32,
+    chunk_len: u32,
+    has_bias: u32,
+    accumulate: u32,
+    // Weight packing: the weight's [c_out][c_in][kernel_h][kernel_w] sizes.
+    weight_out: u32,
+    weight_in: u32,
+    // Forward-style kernels: output channels per tile (packing) and, per dispatch, the first
+    // output channel and the (tap, input quad) steps of its weight block.
+    tile: u32,
+    c0: u32,
+    tap0: u32,
+    tap1: u32,
+    quad0: u32,
+    quad1: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: TileParams;
+
+// Invocations per workgroup of every kernel here (src/gpu/conv_tiles.rs `TILE_WORKGROUP`):
+// small, so that the few large tiles of a late-stage layer still spread over every core.
+const TILE_WORKGROUP: u32 = 16u;
+// Output channels per weight-gradient tile.
+const WEIGHT_TILE_OUT: u32 = 32u;
+
+fn tile_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return gid.x + gid.y * groups.x * TILE_WORKGROUP;
+}
+
+// ---------------------------------------------------------------- copies and packing
+@group(0) @binding(1) var<storage, read> copy_src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> copy_dst: array<f32>;
+
+// [batch][channels][src_h][src_w] -> [batch][in_h][in_w][in_quads * 4], zero outside the
+// placed (and dilated) source and in the padding channels. Invocations: every destination float.
+@compute @workgroup_size(64)
+fn to_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    let lanes = p.in_quads * 4u;
+    if (i >= p.batch * p.in_h * p.in_w * lanes) { return; }
+    let c = i % lanes;
+    let xd = i32((i / lanes) % p.in_w) - p.left;
+    let yd = i32((i / (lanes * p.in_w)) % p.in_h) - p.top;
+    let n = i / (lanes * p.in_w * p.in_h);
+    let dh = i32(p.dilation_h);
+    let dw = i32(p.dilation_w);
+    let sx = xd / dw;
+    let sy = yd / dh;
+    let inside = c < p.channels && xd >= 0 && yd >= 0 && xd % dw == 0 && yd % dh == 0
+        && sx < i32(p.src_w) && sy < i32(p.src_h);
+    var v = 0.0;
+    if (inside) {
+        v = copy_src[((n * p.channels + c) * p.src_h + u32(sy)) * p.src_w + u32(sx)];
+    }
+    copy_dst[i] = v;
+}
+
+// dy [batch][c_out][out_h][out_w] -> [batch * out_h * out_w][out_pad], for the weight gradient.
+// Invocations: every destination float.
+@compute @workgroup_size(64)
+fn gradient_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    let pixels = p.out_h * p.out_w;
+    if (i >= p.batch * pixels * p.out_pad) { return; }
+    let co = i % p.out_pad;
+    let q = i / p.out_pad;
+    var v = 0.0;
+    if (co < p.c_out) {
+        v = copy_src[((q / pixels) * p.c_out + co) * pixels + q % pixels];
+    }
+    copy_dst[i] = v;
+}
+
+// (tap, input quad) steps per weight block: a block of the widest tile (64 channels) fills
+// 64 KiB, the most a uniform binding may hold.
+const STEPS: u32 = 64u;
+const BLOCK_VEC4S: u32 = 4096u;
+
+// Weight blocks per output-channel tile: whole taps per block while a tap has at most STEPS
+// quads, else each tap split into ceil(in_quads / STEPS) blocks (src/ops/conv_gemm.rs mirrors this).
+fn weight_blocks() -> u32 {
+    let taps = p.kernel_h * p.kernel_w;
+    if (p.in_quads <= STEPS) {
+        let per = STEPS / p.in_quads;
+        return (taps + per - 1u) / per;
+    }
+    return taps * ((p.in_quads + STEPS - 1u) / STEPS);
+}
+
+// Block b's steps: taps tap0 .. tap1 x quads quad0 .. quad1, in that order.
+fn block_steps(b: u32) -> vec4<u32> {
+    let taps = p.kernel_h * p.kernel_w;
+    if (p.in_quads <= STEPS) {
+        let per = STEPS / p.in_quads;
+        return vec4<u32>(b * per, min(taps, (b + 1u) * per), 0u, p.in_quads);
+    }
+    let split = (p.in_quads + STEPS - 1u) / STEPS;
+    let quad0 = (b % split) * STEPS;
+    return vec4<u32>(b / split, b / split + 1u, quad0, min(p.in_quads, quad0 + STEPS));
+}
+
+// Where destination float i of the packed weights comes from, as (output channel, input
+// channel, tap), or none (vec3(~0)): blocks of BLOCK_VEC4S vec4s, tile-major, each
+// [step][input lane][tile channels].
+fn packed_source(i: u32) -> vec3<u32> {
+    let none = vec3<u32>(0xffffffffu);
+    let block = i / (4u * BLOCK_VEC4S);
+    let r = i % (4u * BLOCK_VEC4S);
+    let k = r / (4u * p.tile);
+    if (k >= STEPS) { return none; }
+    let blocks = weight_blocks();
+    let steps = block_steps(block % blocks);
+    let nq = steps.w - steps.z;
+    let tap = steps.x + k / nq;
+    let c = (block / blocks) * p.tile + r % p.tile;
+    let lane = (r / p.tile) % 4u;
+    if (tap >= steps.y) { return none; }
+    return vec3<u32>(c, (steps.z + k % nq) * 4u + lane, tap);
+}
+
+// Forward weights from w [weight_out][weight_in][kh][kw]: the kernel's outputs are the
+// weight's outputs. Invocations: every destination float.
+@compute @workgroup_size(64)
+fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if (i >= arrayLength(&copy_dst)) { return; }
+    let src = packed_source(i);
+    var v = 0.0;
+    if (src.x < p.weight_out && src.y < p.weight_in) {
+        v = copy_src[(src.x * p.weight_in + src.y) * p.kernel_h * p.kernel_w + src.z];
+    }
+    copy_dst[i] = v;
+}
+
+// Input-gradient weights: the kernel's outputs are the weight's input channels, its inputs
+// the weight's output channels, and the taps are flipped. Invocations: every destination float.
+@compute @workgroup_size(64)
+fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if (i >= arrayLength(&copy_dst)) { return; }
+    let src = packed_source(i);
+    let taps = p.kernel_h * p.kernel_w;
+    var v = 0.0;
+    if (src.x < p.weight_in && src.y < p.weight_out) {
+        v = copy_src[(src.y * p.weight_in + src.x) * taps + (taps - 1u - src.z)];
+    }
+    copy_dst[i] = v;
+}
+
+// ---------------------------------------------------------------- forward (and input gradient)
+@group(0) @binding(1) var<storage, read> tf_x: array<vec4<f32>>;
+// One weight block (pack_weight_forward / pack_weight_backward).
+@group(0) @binding(2) var<uniform> tf_w: array<vec4<f32>, BLOCK_VEC4S>;
+@group(0) @binding(3) var<storage, read> tf_bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> tf_y: array<f32>;
+
+// Index (in vec4s) of the top-left corner of output pixel q's window in the input copy.
+fn window(q: u32) -> u32 {
+    let pixels = p.out_h * p.out_w;
+    let r = q % pixels;
+    let y = (r / p.out_w) * p.stride_h;
+    let x = (r % p.out_w) * p.stride_w;
+    return (((q / pixels) * p.in_h + y) * p.in_w + x) * p.in_quads;
+}
+
+// Four output channels c .. c + 3 of batch-wide pixel q, plus the bias; nothing outside.
+fn store_forward(q: u32, c: u32, v: vec4<f32>) {
+    let pixels = p.out_h * p.out_w;
+    if (q >= p.batch * pixels) { return; }
+    let at = (q / pixels) * p.c_out * pixels + q % pixels;
+    for (var k = 0u; k < 4u; k++) {
+        let co = c + k;
+        if (co < p.c_out) {
+            let value = v[k] + select(0.0, tf_bias[co], p.has_bias != 0u);
+            let i = at + co * pixels;
+            tf_y[i] = accumulated(tf_y[i], value, p.accumulate);
+        }
+    }
+}
+
+// One invocation: P batch-wide pixels x C output channels over one weight block. Per step (one
+// tap, four input channels) it loads P input vec4s (per invocation) and C weight vec4s (per
+// workgroup) for 4 * P * C multiply-adds. Invocations: ceil(batch * out_h * out_w / P).
+//@template forward
+@compute @workgroup_size(16)
+fn conv_tile_forward_C(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    //@sizes
+    let total = p.batch * p.out_h * p.out_w;
+    // No early return for the tiles past the end (their pixels clamp to the last and are not
+    // stored): software adapters run everything after a divergent return under a lane mask.
+    let q0 = tile_index(gid, nwg) * P;
+    let c0 = p.c0;
+    let last = total - 1u;
+    //@pixels
+    //@declare
+    let row = p.in_w * p.in_quads;
+    var k = 0u;
+    for (var tap = p.tap0; tap < p.tap1; tap++) {
+        let tap_offset = (tap / p.kernel_w) * row + (tap % p.kernel_w) * p.in_quads;
+        for (var quad = p.quad0; quad < p.quad1; quad++) {
+            let off = tap_offset + quad;
+            let w = k * C;
+            //@step
+            k++;
+        }
+    }
+    //@store
+}
+//@end
+
+// ---------------------------------------------------------------- weight gradient
+@group(0) @binding(1) var<storage, read> tw_x: array<vec4<f32>>;
+// dy channels-last (gradient_channels_last).
+@group(0) @binding(2) var<storage, read> tw_dy: array<vec4<f32>>;
+// Partial sums [chunk][out_pad][tap][in_quads * 4].
+@group(0) @binding(3) var<storage, read_write> tw_part: array<vec4<f32>>;
+
+fn outer(x: vec4<f32>, d: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(x * d.x, x * d.y, x * d.z, x * d.w);
+}
+
+// Columns k of m: output channel c + k, four input channels from quad on.
+fn store_weight_partial(chunk: u32, tap: u32, c: u32, quad: u32, m: mat4x4<f32>) {
+    let taps = p.kernel_h * p.kernel_w;
+    for (var k = 0u; k < 4u; k++) {
+        tw_part[((chunk * p.out_pad + c + k) * taps + tap) * p.in_quads + quad] = m[k];
+    }
+}
+
+// One invocation: 32 output channels x I input channels of one tap, summed over one chunk of
+// batch-wide pixels; per pixel 8 + I / 4 vec4 loads for 32 * I multiply-adds. The output tile
+// and chunk are the workgroup's (y, z), invocations differ by tap and input tile (x).
+// Workgroups: ceil(taps * in_quads * 4 / I / 16) x (out_pad / 32) x chunks.
+//@template weight
+@compute @workgroup_size(16)
+fn conv_tile_weight_I(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    //@sizes
+    let taps = p.kernel_h * p.kernel_w;
+    let in_tiles = p.in_quads * 4u / I;
+    if (gid.x >= taps * in_tiles) { return; }
+    let quad0 = (gid.x % in_tiles) * (I / 4u);
+    let tap = gid.x / in_tiles;
+    let c0 = wid.y * WEIGHT_TILE_OUT;
+    let chunk = wid.z;
+    let tap_offset = ((tap / p.kernel_w) * p.in_w + tap % p.kernel_w) * p.in_quads + quad0;
+    let total = p.batch * p.out_h * p.out_w;
+    let start = chunk * p.chunk_len;
+    let end = min(total, start + p.chunk_len);
+    // The pixel's (image, row, column), stepped without divisions (they cost a scalar loop
+    // per lane on software adapters).
+    let pixels = p.out_h * p.out_w;
+    var n = start / pixels;
+    var oy = (start % pixels) / p.out_w;
+    var ox = start % p.out_w;
+    let step = p.stride_w * p.in_quads;
+    var xq = ((n * p.in_h + oy * p.stride_h) * p.in_w + ox * p.stride_w) * p.in_quads + tap_offset;
+    //@declare
+    for (var q = start; q < end; q++) {
+        let dq = (q * p.out_pad + c0) / 4u;
+        //@step
+        ox++;
+        xq += step;
+        if (ox == p.out_w) {
+            ox = 0u;
+            oy++;
+            if (oy == p.out_h) {
+                oy = 0u;
+                n++;
+            }
+            xq = ((n * p.in_h + oy * p.stride_h) * p.in_w) * p.in_quads + tap_offset;
+        }
+    }
+    //@store
+}
+//@end
+
+@group(0) @binding(1) var<storage, read> tr_part: array<f32>;
+@group(0) @binding(2) var<storage, read_write> tr_dw: array<f32>;
+
+// dw [weight_out][weight_in][kh][kw] = the chunks' partial sums, added in chunk order.
+// Invocations: every weight.
+@compute @workgroup_size(64)
+fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    let taps = p.kernel_h * p.kernel_w;
+    if (i >= p.weight_out * p.weight_in * taps) { return; }
+    let tap = i % taps;
+    let ci = (i / taps) % p.weight_in;
+    let co = i / (taps * p.weight_in);
+    let lanes = p.in_quads * 4u;
+    var sum = 0.0;
+    for (var s = 0u; s < p.chunks; s++) {
+        sum += tr_part[((s * p.out_pad + co) * taps + tap) * lanes + ci];
+    }
+    tr_dw[i] = accumulated(tr_dw[i], sum, p.accumulate);
+}

@@ -1,0 +1,201 @@
+//! Instantiates the `//@template` entry points of `shaders/conv_tile.wgsl` per tile size.
+//!
+//! A template is an entry point whose name ends in `_C` (forward) or `_I` (weight gradient)
+//! and whose body holds `//@` marker lines. Each size gets a copy with the suffix replaced by
+//! the size and every marker replaced by straight-line code over named values: software
+//! adapters keep a register block only when every access to it is static, and naga has no
+//! loop unrolling to make that so.
+
+/// Output channels per forward tile, and the pixels that go with each (512 results: on
+/// lavapipe, 1024 run no faster and take LLVM minutes to compile, 256 run slower).
+pub const FORWARD_TILES: [(u32, u32); 3] = [(16, 32), (32, 16), (64, 8)];
+/// Input channels per weight-gradient tile (32 output channels each).
+pub const WEIGHT_TILES: [u32; 4] = [4, 8, 16, 32];
+/// Output channels of every weight-gradient tile (`WEIGHT_TILE_OUT` in the shader).
+pub const WEIGHT_TILE_OUT: u32 = 32;
+/// Invocations per workgroup of the tile kernels (`TILE_WORKGROUP` in the shader).
+pub const TILE_WORKGROUP: u32 = 16;
+
+/// The forward entry point for tiles of `channels` output channels x `pixels` pixels.
+pub fn forward_entry(channels: u32, pixels: u32) -> &'static str {
+    match (channels, pixels) {
+        (16, 32) => "conv_tile_forward_16x32",
+        (32, 16) => "conv_tile_forward_32x16",
+        (64, 8) => "conv_tile_forward_64x8",
+        _ => panic!("no forward tile of {channels} channels x {pixels} pixels"),
+    }
+}
+
+/// The weight-gradient entry point for tiles of `inputs` input channels.
+pub fn weight_entry(inputs: u32) -> &'static str {
+    match inputs {
+        4 => "conv_tile_weight_4",
+        8 => "conv_tile_weight_8",
+        16 => "conv_tile_weight_16",
+        32 => "conv_tile_weight_32",
+        _ => panic!("no weight-gradient tile of {inputs} input channels"),
+    }
+}
+
+/// `source` with each template replaced by its instances.
+pub fn expand(source: &str) -> String {
+    let mut out = String::with_capacity(source.len() * 8);
+    let mut lines = source.lines();
+    while let Some(line) = lines.next() {
+        let Some(kind) = line.trim().strip_prefix("//@template ") else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "//@end").collect();
+        match kind {
+            "forward" => {
+                for (channels, pixels) in FORWARD_TILES {
+                    instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}"), &Forward { channels, pixels });
+                }
+            }
+            "weight" => {
+                for inputs in WEIGHT_TILES {
+                    instantiate(&mut out, &body, "_I(", &inputs.to_string(), &Weight { inputs });
+                }
+            }
+            other => panic!("conv_tile.wgsl: unknown template {other:?}"),
+        }
+    }
+    out
+}
+
+/// The code a template's markers stand for, for one tile size.
+trait Tile {
+    fn marker(&self, name: &str) -> Vec<String>;
+}
+
+fn instantiate(out: &mut String, body: &[&str], suffix: &str, size: &str, tile: &dyn Tile) {
+    for line in body {
+        let trimmed = line.trim();
+        if let Some(marker) = trimmed.strip_prefix("//@") {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            for code in tile.marker(marker) {
+                out.push_str(indent);
+                out.push_str(&code);
+                out.push('\n');
+            }
+        } else {
+            out.push_str(&line.replace(suffix, &format!("_{size}(")));
+            out.push('\n');
+        }
+    }
+}
+
+/// `channels` output channels x `pixels` batch-wide pixels; results `a{pixel}_{quad}` (vec4
+/// over four output channels), a step's weights `w{input lane}_{quad}`.
+struct Forward {
+    channels: u32,
+    pixels: u32,
+}
+
+impl Tile for Forward {
+    fn marker(&self, name: &str) -> Vec<String> {
+        let quads = self.channels / 4;
+        let mut code = Vec::new();
+        match name {
+            "sizes" => code.push(format!("const P: u32 = {}u; const C: u32 = {}u;", self.pixels, self.channels)),
+            "pixels" => {
+                code.extend((0..self.pixels).map(|i| format!("let b{i} = window(min(q0 + {i}u, last));")));
+            }
+            "declare" => {
+                for i in 0..self.pixels {
+                    code.push((0..quads).map(|j| format!("var a{i}_{j} = vec4<f32>();")).collect::<Vec<_>>().join(" "));
+                }
+            }
+            "step" => {
+                for k in 0..4 {
+                    code.push(
+                        (0..quads)
+                            .map(|j| format!("let w{k}_{j} = tf_w[w + {}u];", k * quads + j))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    );
+                }
+                for i in 0..self.pixels {
+                    code.push(format!("let x{i} = tf_x[b{i} + off];"));
+                    for j in 0..quads {
+                        code.push(format!(
+                            "a{i}_{j} += x{i}.x * w0_{j}; a{i}_{j} += x{i}.y * w1_{j}; a{i}_{j} += x{i}.z * w2_{j}; a{i}_{j} += x{i}.w * w3_{j};"
+                        ));
+                    }
+                }
+            }
+            "store" => {
+                for i in 0..self.pixels {
+                    for j in 0..quads {
+                        code.push(format!("store_forward(q0 + {i}u, c0 + {}u, a{i}_{j});", 4 * j));
+                    }
+                }
+            }
+            other => panic!("conv_tile.wgsl: unknown forward marker {other:?}"),
+        }
+        code
+    }
+}
+
+/// 32 output channels x `inputs` input channels of one tap; results `a{out quad}_{in quad}`
+/// (column k: output channel 4 * out quad + k over four input channels).
+struct Weight {
+    inputs: u32,
+}
+
+impl Tile for Weight {
+    fn marker(&self, name: &str) -> Vec<String> {
+        let outs = WEIGHT_TILE_OUT / 4;
+        let ins = self.inputs / 4;
+        let mut code = Vec::new();
+        match name {
+            "sizes" => code.push(format!("const I: u32 = {}u;", self.inputs)),
+            "declare" => {
+                for j in 0..outs {
+                    code.push((0..ins).map(|i| format!("var a{j}_{i} = mat4x4<f32>();")).collect::<Vec<_>>().join(" "));
+                }
+            }
+            "step" => {
+                code.extend((0..outs).map(|j| format!("let d{j} = tw_dy[dq + {j}u];")));
+                for i in 0..ins {
+                    code.push(format!("let x{i} = tw_x[xq + {i}u];"));
+                    code.push(
+                        (0..outs).map(|j| format!("a{j}_{i} += outer(x{i}, d{j});")).collect::<Vec<_>>().join(" "),
+                    );
+                }
+            }
+            "store" => {
+                for j in 0..outs {
+                    for i in 0..ins {
+                        code.push(format!(
+                            "store_weight_partial(chunk, tap, c0 + {}u, quad0 + {i}u, a{j}_{i});",
+                            4 * j
+                        ));
+                    }
+                }
+            }
+            other => panic!("conv_tile.wgsl: unknown weight marker {other:?}"),
+        }
+        code
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_size_becomes_an_entry_point_without_markers() {
+        let src = expand(include_str!("../../shaders/conv_tile.wgsl"));
+        for (c, p) in FORWARD_TILES {
+            assert!(src.contains(&format!("fn {}(", forward_entry(c, p))));
+        }
+        for i in WEIGHT_TILES {
+            assert!(src.contains(&format!("fn {}(", weight_entry(i))));
+        }
+        assert!(!src.contains("//@"), "a marker was left in the expanded source");
+        assert!(!src.contains("_C(") && !src.contains("_I("));
+    }
+}

@@ -1,0 +1,388 @@
+//! Ungrouped convolution as implicit GEMM over channels-last copies (`shaders/conv_tile.wgsl`).
+//!
+//! Every size here — tile shapes, copy layouts, how the weight gradient splits its reduction —
+//! follows from the convolution's shape alone, so a shape computes the same sums in the same
+//! order on every run, and a resumed or repeated seeded run stays bit-identical.
+
+use std::ops::Range;
+
+use super::conv2d::Conv2dShape;
+use crate::gpu::conv_tiles::{
+    FORWARD_TILES, TILE_WORKGROUP, WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry, weight_entry,
+};
+use crate::gpu::{Dispatch, Gpu, GpuSlice, grid, grid_of};
+
+/// Fewest batch-wide pixels per weight-gradient chunk: shorter chunks cost more in partial
+/// sums written than they gain in parallelism.
+const MIN_CHUNK: usize = 256;
+/// Weight-gradient invocations (tiles x chunks) to aim for, so that a layer with few tiles
+/// (early layers: few channels, many pixels) still fills a GPU.
+const TARGET_INVOCATIONS: usize = 8192;
+/// Most floats the weight gradient's partial sums may take.
+const MAX_PARTIAL_FLOATS: usize = 16 << 20;
+
+/// Buffers an ungrouped convolution keeps (`Op::scratch` order).
+const X_LAST: usize = 0;
+const W_FORWARD: usize = 1;
+const DY_LAST_PADDED: usize = 2;
+const W_BACKWARD: usize = 3;
+const DY_LAST: usize = 4;
+const PARTIALS: usize = 5;
+
+/// Mirrors `TileParams` in conv_tile.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct TileParams {
+    batch: u32,
+    in_h: u32,
+    in_w: u32,
+    in_quads: u32,
+    c_out: u32,
+    out_h: u32,
+    out_w: u32,
+    out_pad: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    channels: u32,
+    src_h: u32,
+    src_w: u32,
+    dilation_h: u32,
+    dilation_w: u32,
+    top: i32,
+    left: i32,
+    chunks: u32,
+    chunk_len: u32,
+    has_bias: u32,
+    accumulate: u32,
+    weight_out: u32,
+    weight_in: u32,
+    tile: u32,
+    c0: u32,
+    tap0: u32,
+    tap1: u32,
+    quad0: u32,
+    quad1: u32,
+    _pad: u32,
+}
+
+/// (tap, input quad) steps per weight block, and the block's size in floats (64 KiB, the most
+/// a uniform binding may hold): `STEPS` and `BLOCK_VEC4S` in conv_tile.wgsl.
+const STEPS: usize = 64;
+const BLOCK_FLOATS: usize = 16384;
+
+/// The weight blocks of one output-channel tile, as (taps, input quads) ranges: whole taps per
+/// block while a tap has at most STEPS quads, else each tap split (`block_steps` in the shader).
+fn weight_blocks(taps: usize, in_quads: usize) -> Vec<(Range<usize>, Range<usize>)> {
+    if in_quads <= STEPS {
+        let per = STEPS / in_quads;
+        (0..taps.div_ceil(per)).map(|b| (b * per..taps.min((b + 1) * per), 0..in_quads)).collect()
+    } else {
+        let split = in_quads.div_ceil(STEPS);
+        (0..taps * split)
+            .map(|b| {
+                let quad0 = (b % split) * STEPS;
+                (b / split..b / split + 1, quad0..in_quads.min(quad0 + STEPS))
+            })
+            .collect()
+    }
+}
+
+/// Packs the weights into uniform blocks, then runs the forward-style tile kernel once per
+/// (output-channel tile, weight block), in block order: the first writes the output (plus the
+/// bias, or adds to it with `accumulate`), the others add to it.
+fn tile_dispatches(
+    gpu: &Gpu,
+    params: TileParams,
+    (channels, pixels): (u32, u32),
+    [input, packed, weight, bias, output]: [&GpuSlice; 5],
+    has_bias: bool,
+    accumulate: bool,
+    pack_entry: &'static str,
+) -> Vec<Dispatch> {
+    let params = TileParams { tile: channels, ..params };
+    let mut out = vec![gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], grid(packed.len()))];
+    let blocks = weight_blocks((params.kernel_h * params.kernel_w) as usize, params.in_quads as usize);
+    let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
+    for tile in 0..params.out_pad / channels {
+        for (b, (taps, quads)) in blocks.iter().enumerate() {
+            let first = b == 0;
+            let block = packed.range((tile as usize * blocks.len() + b) * BLOCK_FLOATS, BLOCK_FLOATS);
+            let params = TileParams {
+                c0: tile * channels,
+                tap0: taps.start as u32,
+                tap1: taps.end as u32,
+                quad0: quads.start as u32,
+                quad1: quads.end as u32,
+                has_bias: (has_bias && first) as u32,
+                accumulate: (accumulate || !first) as u32,
+                ..params
+            };
+            out.push(gpu.dispatch(
+                "conv_tile",
+                forward_entry(channels, pixels),
+                &params,
+                &[input, &block, bias, output],
+                grid_of(pixel_tiles, TILE_WORKGROUP),
+            ));
+        }
+    }
+    out
+}
+
+/// The sizes of one convolution's kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmPlan {
+    shape: Conv2dShape,
+    /// Output channels and pixels of a forward tile.
+    forward_tile: (u32, u32),
+    /// The same for the input gradient (whose outputs are the input channels).
+    backward_tile: (u32, u32),
+    /// Input channels of a weight-gradient tile.
+    weight_inputs: u32,
+    /// Input channel quads of the channels-last input copy (a multiple of weight_inputs / 4).
+    x_quads: usize,
+    /// Output-gradient channel quads of the input gradient's channels-last copy.
+    dy_quads: usize,
+    /// The weight gradient's reduction split.
+    chunks: usize,
+    chunk_len: usize,
+}
+
+/// The smallest forward tile holding `channels` (the largest when none does).
+fn forward_tile(channels: usize) -> (u32, u32) {
+    FORWARD_TILES.into_iter().find(|&(c, _)| c as usize >= channels).unwrap_or(FORWARD_TILES[FORWARD_TILES.len() - 1])
+}
+
+impl GemmPlan {
+    pub fn new(shape: &Conv2dShape) -> GemmPlan {
+        let s = *shape;
+        let quads = s.c_in.div_ceil(4);
+        // The widest weight tile that divides the padded input channels.
+        let weight_inputs = WEIGHT_TILES.into_iter().rev().find(|&i| (4 * quads) % i as usize == 0).expect("4 divides");
+        let taps = s.kernel_h * s.kernel_w;
+        let total = s.batch * s.out_h * s.out_w;
+        let tiles = s.c_out.div_ceil(WEIGHT_TILE_OUT as usize) * taps * (4 * quads / weight_inputs as usize);
+        let partial_floats = s.c_out.next_multiple_of(WEIGHT_TILE_OUT as usize) * taps * 4 * quads;
+        let chunks = total
+            .div_ceil(MIN_CHUNK)
+            .min(TARGET_INVOCATIONS.div_ceil(tiles))
+            .min(MAX_PARTIAL_FLOATS / partial_floats)
+            .max(1);
+        let chunk_len = total.div_ceil(chunks);
+        GemmPlan {
+            shape: s,
+            forward_tile: forward_tile(s.c_out),
+            backward_tile: forward_tile(s.c_in),
+            weight_inputs,
+            x_quads: quads,
+            dy_quads: s.c_out.div_ceil(4),
+            chunks: total.div_ceil(chunk_len),
+            chunk_len,
+        }
+    }
+
+    fn forward_pad(&self) -> usize {
+        self.shape.c_out.next_multiple_of(self.forward_tile.0 as usize)
+    }
+
+    fn backward_pad(&self) -> usize {
+        self.shape.c_in.next_multiple_of(self.backward_tile.0 as usize)
+    }
+
+    fn weight_pad(&self) -> usize {
+        self.shape.c_out.next_multiple_of(WEIGHT_TILE_OUT as usize)
+    }
+
+    fn taps(&self) -> usize {
+        self.shape.kernel_h * self.shape.kernel_w
+    }
+
+    /// Sizes of the padded channels-last input copy (height, width).
+    fn x_last_size(&self) -> (usize, usize) {
+        let s = &self.shape;
+        (s.h + 2 * s.cfg.padding.0, s.w + 2 * s.cfg.padding.1)
+    }
+
+    /// Sizes of the input gradient's copy of dy: the input's size plus kernel - 1.
+    fn dy_last_size(&self) -> (usize, usize) {
+        let s = &self.shape;
+        (s.h + s.kernel_h - 1, s.w + s.kernel_w - 1)
+    }
+
+    /// Element counts of the buffers the convolution keeps; the last four only with a backward pass.
+    pub fn scratch(&self, backward: bool) -> Vec<usize> {
+        let s = &self.shape;
+        let (xh, xw) = self.x_last_size();
+        let (dh, dw) = self.dy_last_size();
+        let blocks = |tile: (u32, u32), pad: usize, quads: usize| {
+            pad / tile.0 as usize * weight_blocks(self.taps(), quads).len() * BLOCK_FLOATS
+        };
+        let mut sizes =
+            vec![s.batch * xh * xw * 4 * self.x_quads, blocks(self.forward_tile, self.forward_pad(), self.x_quads)];
+        if backward {
+            sizes.extend([
+                s.batch * dh * dw * 4 * self.dy_quads,
+                blocks(self.backward_tile, self.backward_pad(), self.dy_quads),
+                s.batch * s.out_h * s.out_w * self.weight_pad(),
+                self.chunks * self.weight_pad() * self.taps() * 4 * self.x_quads,
+            ]);
+        }
+        sizes
+    }
+
+    /// The parameters every kernel of this convolution shares.
+    fn params(&self) -> TileParams {
+        let s = &self.shape;
+        let u = |v: usize| v as u32;
+        TileParams {
+            batch: u(s.batch),
+            kernel_h: u(s.kernel_h),
+            kernel_w: u(s.kernel_w),
+            weight_out: u(s.c_out),
+            weight_in: u(s.c_in),
+            ..TileParams::default()
+        }
+    }
+
+    /// The forward convolution's view: the padded input copy to the output.
+    fn forward_params(&self) -> TileParams {
+        let s = &self.shape;
+        let (xh, xw) = self.x_last_size();
+        let u = |v: usize| v as u32;
+        TileParams {
+            in_h: u(xh),
+            in_w: u(xw),
+            in_quads: u(self.x_quads),
+            c_out: u(s.c_out),
+            out_h: u(s.out_h),
+            out_w: u(s.out_w),
+            stride_h: u(s.cfg.stride.0),
+            stride_w: u(s.cfg.stride.1),
+            ..self.params()
+        }
+    }
+
+    /// Copies x to the padded channels-last layout (forward and weight gradient both read it).
+    fn copy_x(&self, gpu: &Gpu, x: &GpuSlice, scratch: &[&GpuSlice]) -> Dispatch {
+        let s = &self.shape;
+        let params = TileParams {
+            channels: s.c_in as u32,
+            src_h: s.h as u32,
+            src_w: s.w as u32,
+            dilation_h: 1,
+            dilation_w: 1,
+            top: s.cfg.padding.0 as i32,
+            left: s.cfg.padding.1 as i32,
+            ..self.forward_params()
+        };
+        let dst = scratch[X_LAST];
+        gpu.dispatch("conv_tile", "to_channels_last", &params, &[x, dst], grid(dst.len()))
+    }
+
+    /// y = conv(x, w) + bias.
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        [x, w, bias, y]: [&GpuSlice; 4],
+        has_bias: bool,
+        scratch: &[&GpuSlice],
+    ) -> Vec<Dispatch> {
+        let params = TileParams { out_pad: self.forward_pad() as u32, ..self.forward_params() };
+        let mut out = vec![self.copy_x(gpu, x, scratch)];
+        out.extend(tile_dispatches(
+            gpu,
+            params,
+            self.forward_tile,
+            [scratch[X_LAST], scratch[W_FORWARD], w, bias, y],
+            has_bias,
+            false,
+            "pack_weight_forward",
+        ));
+        out
+    }
+
+    /// dx (+)= the gradient to the input: the forward kernel over dy dilated by the stride and
+    /// padded by kernel - 1 - pad, with the weights transposed and flipped.
+    pub fn backward_input(
+        &self,
+        gpu: &Gpu,
+        [dy, w, dx]: [&GpuSlice; 3],
+        accumulate: bool,
+        scratch: &[&GpuSlice],
+    ) -> Vec<Dispatch> {
+        let s = &self.shape;
+        let (dh, dw) = self.dy_last_size();
+        let u = |v: usize| v as u32;
+        let params = TileParams {
+            in_h: u(dh),
+            in_w: u(dw),
+            in_quads: u(self.dy_quads),
+            c_out: u(s.c_in),
+            out_h: u(s.h),
+            out_w: u(s.w),
+            out_pad: u(self.backward_pad()),
+            stride_h: 1,
+            stride_w: 1,
+            channels: u(s.c_out),
+            src_h: u(s.out_h),
+            src_w: u(s.out_w),
+            dilation_h: u(s.cfg.stride.0),
+            dilation_w: u(s.cfg.stride.1),
+            top: (s.kernel_h - 1) as i32 - s.cfg.padding.0 as i32,
+            left: (s.kernel_w - 1) as i32 - s.cfg.padding.1 as i32,
+            ..self.params()
+        };
+        let dy_last = scratch[DY_LAST_PADDED];
+        let mut out = vec![gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last], grid(dy_last.len()))];
+        // The kernel's bias binding is read only with a bias: any buffer does.
+        out.extend(tile_dispatches(
+            gpu,
+            params,
+            self.backward_tile,
+            [dy_last, scratch[W_BACKWARD], w, w, dx],
+            false,
+            accumulate,
+            "pack_weight_backward",
+        ));
+        out
+    }
+
+    /// dw (+)= the gradient to the weight, in chunk partial sums added in a fixed order.
+    pub fn backward_weight(
+        &self,
+        gpu: &Gpu,
+        [x, dy, dw]: [&GpuSlice; 3],
+        accumulate: bool,
+        scratch: &[&GpuSlice],
+    ) -> Vec<Dispatch> {
+        let params = TileParams {
+            out_pad: self.weight_pad() as u32,
+            chunks: self.chunks as u32,
+            chunk_len: self.chunk_len as u32,
+            accumulate: accumulate as u32,
+            ..self.forward_params()
+        };
+        let (dy_last, partials) = (scratch[DY_LAST], scratch[PARTIALS]);
+        let lanes = self.taps() * (4 * self.x_quads / self.weight_inputs as usize);
+        let workgroups = [
+            lanes.div_ceil(TILE_WORKGROUP as usize) as u32,
+            (self.weight_pad() / WEIGHT_TILE_OUT as usize) as u32,
+            self.chunks as u32,
+        ];
+        let weights = self.shape.c_out * self.shape.c_in * self.taps();
+        vec![
+            self.copy_x(gpu, x, scratch),
+            gpu.dispatch("conv_tile", "gradient_channels_last", &params, &[dy, dy_last], grid(dy_last.len())),
+            gpu.dispatch(
+                "conv_tile",
+                weight_entry(self.weight_inputs),
+                &params,
+                &[scratch[X_LAST], dy_last, partials],
+                workgroups,
+            ),
+            gpu.dispatch("conv_tile", "reduce_weight_partials", &params, &[partials, dw], grid(weights)),
+        ]
+    }
+}
