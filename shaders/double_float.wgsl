@@ -12,17 +12,15 @@ fn opaque(x: f32) -> f32 {
     return x * p.one;
 }
 
-// Every intermediate is opaque: a compiler may otherwise simplify s - (s - a) to a, whatever
-// s is (NVIDIA's Vulkan compiler does), which turns two-sum into quick-two-sum.
 fn two_sum(a: f32, b: f32) -> vec2<f32> {
     let s = opaque(a + b);
-    let bb = opaque(s - a);
-    return vec2<f32>(s, (a - opaque(s - bb)) + (b - bb));
+    let bb = s - a;
+    return vec2<f32>(s, (a - (s - bb)) + (b - bb));
 }
 
 fn quick_two_sum(a: f32, b: f32) -> vec2<f32> {
     let s = opaque(a + b);
-    return vec2<f32>(s, b - opaque(s - a));
+    return vec2<f32>(s, b - (s - a));
 }
 
 fn df_add(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
