@@ -198,8 +198,9 @@ fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 
 // ---------------------------------------------------------------- forward (and input gradient)
 @group(0) @binding(1) var<storage, read> tf_x: array<vec4<f32>>;
-// One weight block (pack_weight_forward / pack_weight_backward).
+// One weight block (pack_weight_forward / pack_weight_backward), or all of them.
 @group(0) @binding(2) var<uniform> tf_w: array<vec4<f32>, BLOCK_VEC4S>;
+@group(0) @binding(2) var<storage, read> ts_w: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> tf_bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> tf_y: array<f32>;
 
@@ -212,6 +213,20 @@ fn window(q: u32) -> u32 {
     return (((q / pixels) * p.in_h + y) * p.in_w + x) * p.in_quads;
 }
 
+// A result block's starting value: the output already there when adding to it (a gradient
+// with several contributors, or a later weight block), else zero. Starting from it, rather than
+// adding it at the end, makes every variant sum in the same order.
+fn initial_forward(q: u32, c: u32) -> vec4<f32> {
+    var v = vec4<f32>();
+    let pixels = p.out_h * p.out_w;
+    if (p.accumulate == 0u || q >= p.batch * pixels) { return v; }
+    let at = (q / pixels) * p.c_out * pixels + q % pixels;
+    for (var k = 0u; k < 4u; k++) {
+        if (c + k < p.c_out) { v[k] = tf_y[at + (c + k) * pixels]; }
+    }
+    return v;
+}
+
 // Four output channels c .. c + 3 of batch-wide pixel q, plus the bias; nothing outside.
 fn store_forward(q: u32, c: u32, v: vec4<f32>) {
     let pixels = p.out_h * p.out_w;
@@ -220,9 +235,7 @@ fn store_forward(q: u32, c: u32, v: vec4<f32>) {
     for (var k = 0u; k < 4u; k++) {
         let co = c + k;
         if (co < p.c_out) {
-            let value = v[k] + select(0.0, tf_bias[co], p.has_bias != 0u);
-            let i = at + co * pixels;
-            tf_y[i] = accumulated(tf_y[i], value, p.accumulate);
+            tf_y[at + co * pixels] = v[k] + select(0.0, tf_bias[co], p.has_bias != 0u);
         }
     }
 }
@@ -251,6 +264,41 @@ fn conv_tile_forward_C(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
             let w = k * C;
             //@step
             k++;
+        }
+    }
+    //@store
+}
+//@end
+
+// The same result tile with the weights read from storage, every block in one dispatch: for
+// layers with few pixels (late stages, small images), where one dispatch per block would leave
+// most cores idle. Sums in the same order as the uniform variant.
+// Invocations: (out_pad / C) x ceil(batch * out_h * out_w / P), pixel tiles fastest.
+//@template forward_storage
+@compute @workgroup_size(16)
+fn conv_tile_forward_storage_C(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    //@sizes
+    let total = p.batch * p.out_h * p.out_w;
+    let pixel_tiles = (total + P - 1u) / P;
+    let t = tile_index(gid, nwg);
+    if (t >= pixel_tiles * (p.out_pad / C)) { return; }
+    let q0 = (t % pixel_tiles) * P;
+    let c0 = (t / pixel_tiles) * C;
+    let last = total - 1u;
+    //@pixels
+    //@declare
+    let row = p.in_w * p.in_quads;
+    let blocks = weight_blocks();
+    for (var b = 0u; b < blocks; b++) {
+        let steps = block_steps(b);
+        var w = ((c0 / C) * blocks + b) * BLOCK_VEC4S;
+        for (var tap = steps.x; tap < steps.y; tap++) {
+            let tap_offset = (tap / p.kernel_w) * row + (tap % p.kernel_w) * p.in_quads;
+            for (var quad = steps.z; quad < steps.w; quad++) {
+                let off = tap_offset + quad;
+                //@step
+                w += C;
+            }
         }
     }
     //@store

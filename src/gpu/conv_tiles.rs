@@ -16,12 +16,16 @@ pub const WEIGHT_TILE_OUT: u32 = 32;
 /// Invocations per workgroup of the tile kernels (`TILE_WORKGROUP` in the shader).
 pub const TILE_WORKGROUP: u32 = 16;
 
-/// The forward entry point for tiles of `channels` output channels x `pixels` pixels.
-pub fn forward_entry(channels: u32, pixels: u32) -> &'static str {
-    match (channels, pixels) {
-        (16, 32) => "conv_tile_forward_16x32",
-        (32, 16) => "conv_tile_forward_32x16",
-        (64, 8) => "conv_tile_forward_64x8",
+/// The forward entry point for tiles of `channels` output channels x `pixels` pixels, with
+/// the weights in uniform blocks or (`storage`) in one storage buffer.
+pub fn forward_entry(channels: u32, pixels: u32, storage: bool) -> &'static str {
+    match (channels, pixels, storage) {
+        (16, 32, false) => "conv_tile_forward_16x32",
+        (32, 16, false) => "conv_tile_forward_32x16",
+        (64, 8, false) => "conv_tile_forward_64x8",
+        (16, 32, true) => "conv_tile_forward_storage_16x32",
+        (32, 16, true) => "conv_tile_forward_storage_32x16",
+        (64, 8, true) => "conv_tile_forward_storage_64x8",
         _ => panic!("no forward tile of {channels} channels x {pixels} pixels"),
     }
 }
@@ -49,9 +53,11 @@ pub fn expand(source: &str) -> String {
         };
         let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "//@end").collect();
         match kind {
-            "forward" => {
+            "forward" | "forward_storage" => {
+                let weights = if kind == "forward" { "tf_w" } else { "ts_w" };
                 for (channels, pixels) in FORWARD_TILES {
-                    instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}"), &Forward { channels, pixels });
+                    let tile = Forward { channels, pixels, weights };
+                    instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}"), &tile);
                 }
             }
             "weight" => {
@@ -92,6 +98,8 @@ fn instantiate(out: &mut String, body: &[&str], suffix: &str, size: &str, tile: 
 struct Forward {
     channels: u32,
     pixels: u32,
+    /// The weight buffer's name in the shader.
+    weights: &'static str,
 }
 
 impl Tile for Forward {
@@ -105,14 +113,19 @@ impl Tile for Forward {
             }
             "declare" => {
                 for i in 0..self.pixels {
-                    code.push((0..quads).map(|j| format!("var a{i}_{j} = vec4<f32>();")).collect::<Vec<_>>().join(" "));
+                    code.push(
+                        (0..quads)
+                            .map(|j| format!("var a{i}_{j} = initial_forward(q0 + {i}u, c0 + {}u);", 4 * j))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    );
                 }
             }
             "step" => {
                 for k in 0..4 {
                     code.push(
                         (0..quads)
-                            .map(|j| format!("let w{k}_{j} = tf_w[w + {}u];", k * quads + j))
+                            .map(|j| format!("let w{k}_{j} = {}[w + {}u];", self.weights, k * quads + j))
                             .collect::<Vec<_>>()
                             .join(" "),
                     );
@@ -190,7 +203,8 @@ mod tests {
     fn every_size_becomes_an_entry_point_without_markers() {
         let src = expand(include_str!("../../shaders/conv_tile.wgsl"));
         for (c, p) in FORWARD_TILES {
-            assert!(src.contains(&format!("fn {}(", forward_entry(c, p))));
+            assert!(src.contains(&format!("fn {}(", forward_entry(c, p, false))));
+            assert!(src.contains(&format!("fn {}(", forward_entry(c, p, true))));
         }
         for i in WEIGHT_TILES {
             assert!(src.contains(&format!("fn {}(", weight_entry(i))));

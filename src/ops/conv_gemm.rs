@@ -89,9 +89,15 @@ fn weight_blocks(taps: usize, in_quads: usize) -> Vec<(Range<usize>, Range<usize
     }
 }
 
-/// Packs the weights into uniform blocks, then runs the forward-style tile kernel once per
-/// (output-channel tile, weight block), in block order: the first writes the output (plus the
-/// bias, or adds to it with `accumulate`), the others add to it.
+/// Batch-wide output pixels from which a convolution reads its weights as uniform blocks (one
+/// dispatch per block and channel tile); below it, one dispatch reads them all from storage,
+/// since the few pixel tiles of a per-block dispatch would leave most cores idle.
+const UNIFORM_MIN_PIXELS: u32 = 1024;
+
+/// Packs the weights into blocks, then runs the forward-style tile kernel: once per (output
+/// channel tile, weight block), in block order, each block adding to what the previous left
+/// (the first to the output already there with `accumulate`); or, for few pixels, once over
+/// every block. Both sum in the same order. The last block adds the bias.
 fn tile_dispatches(
     gpu: &Gpu,
     params: TileParams,
@@ -104,10 +110,22 @@ fn tile_dispatches(
     let params = TileParams { tile: channels, ..params };
     let mut out = vec![gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], grid(packed.len()))];
     let blocks = weight_blocks((params.kernel_h * params.kernel_w) as usize, params.in_quads as usize);
-    let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
-    for tile in 0..params.out_pad / channels {
+    let total = params.batch * params.out_h * params.out_w;
+    let pixel_tiles = total.div_ceil(pixels) as usize;
+    let channel_tiles = params.out_pad / channels;
+    if total < UNIFORM_MIN_PIXELS {
+        let params = TileParams { has_bias: has_bias as u32, accumulate: accumulate as u32, ..params };
+        out.push(gpu.dispatch(
+            "conv_tile",
+            forward_entry(channels, pixels, true),
+            &params,
+            &[input, packed, bias, output],
+            grid_of(channel_tiles as usize * pixel_tiles, TILE_WORKGROUP),
+        ));
+        return out;
+    }
+    for tile in 0..channel_tiles {
         for (b, (taps, quads)) in blocks.iter().enumerate() {
-            let first = b == 0;
             let block = packed.range((tile as usize * blocks.len() + b) * BLOCK_FLOATS, BLOCK_FLOATS);
             let params = TileParams {
                 c0: tile * channels,
@@ -115,13 +133,13 @@ fn tile_dispatches(
                 tap1: taps.end as u32,
                 quad0: quads.start as u32,
                 quad1: quads.end as u32,
-                has_bias: (has_bias && first) as u32,
-                accumulate: (accumulate || !first) as u32,
+                has_bias: (has_bias && b + 1 == blocks.len()) as u32,
+                accumulate: (accumulate || b > 0) as u32,
                 ..params
             };
             out.push(gpu.dispatch(
                 "conv_tile",
-                forward_entry(channels, pixels),
+                forward_entry(channels, pixels, false),
                 &params,
                 &[input, &block, bias, output],
                 grid_of(pixel_tiles, TILE_WORKGROUP),
@@ -160,7 +178,8 @@ impl GemmPlan {
         let s = *shape;
         let quads = s.c_in.div_ceil(4);
         // The widest weight tile that divides the padded input channels.
-        let weight_inputs = WEIGHT_TILES.into_iter().rev().find(|&i| (4 * quads) % i as usize == 0).expect("4 divides");
+        let weight_inputs =
+            WEIGHT_TILES.into_iter().rev().find(|&i| (4 * quads).is_multiple_of(i as usize)).expect("4 divides");
         let taps = s.kernel_h * s.kernel_w;
         let total = s.batch * s.out_h * s.out_w;
         let tiles = s.c_out.div_ceil(WEIGHT_TILE_OUT as usize) * taps * (4 * quads / weight_inputs as usize);
