@@ -9,6 +9,7 @@ use kdna::graph::{Executor, Graph, Init, Plan, TensorId};
 use kdna::ops::Mode;
 use kdna::ops::activation::Activation;
 use kdna::ops::batchnorm::BatchNorm;
+use kdna::ops::conv_gemm::GemmPlan;
 use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape};
 use kdna::ops::linear::Linear;
 use kdna::ops::modulate::Modulate;
@@ -93,6 +94,37 @@ fn conv2d_matches_reference() {
             assert_close(&format!("{case} db"), &read_grad(&exe, b), &db, TOL);
         }
     }
+}
+
+/// The two ways an ungrouped conv reads its weights (uniform blocks, one dispatch each; or all
+/// from storage in one dispatch) sum in the same order, so which one a shape gets never changes
+/// a result: forward with bias, and an input gradient added to one already there.
+#[test]
+fn conv_weight_paths_agree_bit_for_bit() {
+    let gpu = gpu();
+    let shape = Conv2dShape::new(&[2, 300, 9, 7], &[40, 300, 3, 3], Conv2dConfig::new(2, 1)).unwrap();
+    let mut rng = rng(7);
+    let numel = |s: &[usize]| s.iter().product::<usize>();
+    let x = gpu.upload("x", &to_f32(&randn(&mut rng, numel(&[2, 300, 9, 7]))));
+    let w = gpu.upload("w", &to_f32(&randn(&mut rng, numel(&shape.weight()))));
+    let bias = gpu.upload("bias", &to_f32(&randn(&mut rng, 40)));
+    let dy = gpu.upload("dy", &to_f32(&randn(&mut rng, numel(&shape.output()))));
+    let dx_start = to_f32(&randn(&mut rng, numel(&[2, 300, 9, 7])));
+    let results = [true, false].map(|uniform| {
+        let plan = GemmPlan::new(&shape).with_uniform_weights(uniform);
+        let scratch: Vec<_> = plan.scratch(true).iter().map(|&n| gpu.storage("scratch", n)).collect();
+        let scratch: Vec<_> = scratch.iter().collect();
+        let y = gpu.storage("y", numel(&shape.output()));
+        let dx = gpu.upload("dx", &dx_start);
+        let mut dispatches = plan.forward(&gpu, [&x, &w, &bias, &y], true, &scratch);
+        dispatches.extend(plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch));
+        gpu.run(&dispatches);
+        (gpu.read::<f32>(&y).unwrap(), gpu.read::<f32>(&dx).unwrap())
+    });
+    let differing = |a: &[f32], b: &[f32]| a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+    assert_eq!(differing(&results[0].0, &results[1].0), 0, "forward values that differ");
+    assert_eq!(differing(&results[0].1, &results[1].1), 0, "input-gradient values that differ");
+    assert!(results[0].0.iter().any(|&v| v != 0.0) && results[0].1 != dx_start, "nothing was computed");
 }
 
 #[test]

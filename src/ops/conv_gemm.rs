@@ -92,11 +92,11 @@ fn weight_blocks(taps: usize, in_quads: usize) -> Vec<(Range<usize>, Range<usize
 /// Batch-wide output pixels from which a convolution reads its weights as uniform blocks (one
 /// dispatch per block and channel tile); below it, one dispatch reads them all from storage,
 /// since the few pixel tiles of a per-block dispatch would leave most cores idle.
-const UNIFORM_MIN_PIXELS: u32 = 1024;
+const UNIFORM_MIN_PIXELS: usize = 1024;
 
-/// Packs the weights into blocks, then runs the forward-style tile kernel: once per (output
-/// channel tile, weight block), in block order, each block adding to what the previous left
-/// (the first to the output already there with `accumulate`); or, for few pixels, once over
+/// Packs the weights into blocks, then runs the forward-style tile kernel: with `uniform`, once
+/// per (output channel tile, weight block), in block order, each block adding to what the
+/// previous left (the first to the output already there with `accumulate`); else once over
 /// every block. Both sum in the same order. The last block adds the bias.
 fn tile_dispatches(
     gpu: &Gpu,
@@ -105,15 +105,15 @@ fn tile_dispatches(
     [input, packed, weight, bias, output]: [&GpuSlice; 5],
     has_bias: bool,
     accumulate: bool,
+    uniform: bool,
     pack_entry: &'static str,
 ) -> Vec<Dispatch> {
     let params = TileParams { tile: channels, ..params };
     let mut out = vec![gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], grid(packed.len()))];
     let blocks = weight_blocks((params.kernel_h * params.kernel_w) as usize, params.in_quads as usize);
-    let total = params.batch * params.out_h * params.out_w;
-    let pixel_tiles = total.div_ceil(pixels) as usize;
+    let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
     let channel_tiles = params.out_pad / channels;
-    if total < UNIFORM_MIN_PIXELS {
+    if !uniform {
         let params = TileParams { has_bias: has_bias as u32, accumulate: accumulate as u32, ..params };
         out.push(gpu.dispatch(
             "conv_tile",
@@ -166,6 +166,9 @@ pub struct GemmPlan {
     /// The weight gradient's reduction split.
     chunks: usize,
     chunk_len: usize,
+    /// Whether the forward and the input gradient read their weights as uniform blocks.
+    uniform_forward: bool,
+    uniform_backward: bool,
 }
 
 /// The smallest forward tile holding `channels` (the largest when none does).
@@ -199,7 +202,15 @@ impl GemmPlan {
             dy_quads: s.c_out.div_ceil(4),
             chunks: total.div_ceil(chunk_len),
             chunk_len,
+            uniform_forward: total >= UNIFORM_MIN_PIXELS,
+            uniform_backward: s.batch * s.h * s.w >= UNIFORM_MIN_PIXELS,
         }
+    }
+
+    /// The same plan with the weights read one way in both passes, whatever the pixel count
+    /// (for tests: both ways sum in the same order).
+    pub fn with_uniform_weights(self, uniform: bool) -> GemmPlan {
+        GemmPlan { uniform_forward: uniform, uniform_backward: uniform, ..self }
     }
 
     fn forward_pad(&self) -> usize {
@@ -317,6 +328,7 @@ impl GemmPlan {
             [scratch[X_LAST], scratch[W_FORWARD], w, bias, y],
             has_bias,
             false,
+            self.uniform_forward,
             "pack_weight_forward",
         ));
         out
@@ -363,6 +375,7 @@ impl GemmPlan {
             [dy_last, scratch[W_BACKWARD], w, w, dx],
             false,
             accumulate,
+            self.uniform_backward,
             "pack_weight_backward",
         ));
         out
