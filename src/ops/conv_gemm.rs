@@ -96,25 +96,23 @@ const UNIFORM_MIN_PIXELS: usize = 1024;
 
 /// Packs the weights into blocks, then runs the forward-style tile kernel: with `uniform`, once
 /// per (output channel tile, weight block), in block order, each block adding to what the
-/// previous left (the first to the output already there with `accumulate`); else once over
-/// every block. Both sum in the same order. The last block adds the bias.
+/// previous left (the first to the output already there when `params.accumulate`); else once
+/// over every block. Both sum in the same order. The last block adds the bias (`params.has_bias`).
 fn tile_dispatches(
     gpu: &Gpu,
     params: TileParams,
     (channels, pixels): (u32, u32),
     [input, packed, weight, bias, output]: [&GpuSlice; 5],
-    has_bias: bool,
-    accumulate: bool,
     uniform: bool,
     pack_entry: &'static str,
 ) -> Vec<Dispatch> {
+    let (has_bias, accumulate) = (params.has_bias != 0, params.accumulate != 0);
     let params = TileParams { tile: channels, ..params };
     let mut out = vec![gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], grid(packed.len()))];
     let blocks = weight_blocks((params.kernel_h * params.kernel_w) as usize, params.in_quads as usize);
     let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
     let channel_tiles = params.out_pad / channels;
     if !uniform {
-        let params = TileParams { has_bias: has_bias as u32, accumulate: accumulate as u32, ..params };
         out.push(gpu.dispatch(
             "conv_tile",
             forward_entry(channels, pixels, true),
@@ -319,15 +317,14 @@ impl GemmPlan {
         has_bias: bool,
         scratch: &[&GpuSlice],
     ) -> Vec<Dispatch> {
-        let params = TileParams { out_pad: self.forward_pad() as u32, ..self.forward_params() };
+        let params =
+            TileParams { out_pad: self.forward_pad() as u32, has_bias: has_bias as u32, ..self.forward_params() };
         let mut out = vec![self.copy_x(gpu, x, scratch)];
         out.extend(tile_dispatches(
             gpu,
             params,
             self.forward_tile,
             [scratch[X_LAST], scratch[W_FORWARD], w, bias, y],
-            has_bias,
-            false,
             self.uniform_forward,
             "pack_weight_forward",
         ));
@@ -363,6 +360,7 @@ impl GemmPlan {
             dilation_w: u(s.cfg.stride.1),
             top: (s.kernel_h - 1) as i32 - s.cfg.padding.0 as i32,
             left: (s.kernel_w - 1) as i32 - s.cfg.padding.1 as i32,
+            accumulate: accumulate as u32,
             ..self.params()
         };
         let dy_last = scratch[DY_LAST_PADDED];
@@ -373,8 +371,6 @@ impl GemmPlan {
             params,
             self.backward_tile,
             [dy_last, scratch[W_BACKWARD], w, w, dx],
-            false,
-            accumulate,
             self.uniform_backward,
             "pack_weight_backward",
         ));
