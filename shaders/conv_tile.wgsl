@@ -61,7 +61,12 @@ struct TileParams {
     tap1: u32,
     quad0: u32,
     quad1: u32,
-    _pad: u32,
+    // The weight's own kernel: kernel_h x kernel_w above are its used taps, from (ky0, kx0) on
+    // (taps that only ever meet padding are skipped).
+    ky0: u32,
+    kx0: u32,
+    full_kernel_w: u32,
+    full_taps: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: TileParams;
@@ -167,6 +172,11 @@ fn packed_source(i: u32) -> vec3<u32> {
     return vec3<u32>(c, (steps.z + k % nq) * 4u + lane, tap);
 }
 
+// The weight's own tap index of used tap t.
+fn full_tap(t: u32) -> u32 {
+    return (t / p.kernel_w + p.ky0) * p.full_kernel_w + t % p.kernel_w + p.kx0;
+}
+
 // Forward weights from w [weight_out][weight_in][kh][kw]: the kernel's outputs are the
 // weight's outputs. Invocations: every destination float.
 @compute @workgroup_size(64)
@@ -176,7 +186,7 @@ fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
     let src = packed_source(i);
     var v = 0.0;
     if (src.x < p.weight_out && src.y < p.weight_in) {
-        v = copy_src[(src.x * p.weight_in + src.y) * p.kernel_h * p.kernel_w + src.z];
+        v = copy_src[(src.x * p.weight_in + src.y) * p.full_taps + full_tap(src.z)];
     }
     copy_dst[i] = v;
 }
@@ -191,7 +201,7 @@ fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     let taps = p.kernel_h * p.kernel_w;
     var v = 0.0;
     if (src.x < p.weight_in && src.y < p.weight_out) {
-        v = copy_src[(src.y * p.weight_in + src.x) * taps + (taps - 1u - src.z)];
+        v = copy_src[(src.y * p.weight_in + src.x) * p.full_taps + full_tap(taps - 1u - src.z)];
     }
     copy_dst[i] = v;
 }
@@ -374,20 +384,24 @@ fn conv_tile_weight_I(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(wo
 @group(0) @binding(1) var<storage, read> tr_part: array<f32>;
 @group(0) @binding(2) var<storage, read_write> tr_dw: array<f32>;
 
-// dw [weight_out][weight_in][kh][kw] = the chunks' partial sums, added in chunk order.
-// Invocations: every weight.
+// dw [weight_out][weight_in][kh][kw] = the chunks' partial sums, added in chunk order (zero
+// for the taps that only meet padding). Invocations: every weight.
 @compute @workgroup_size(64)
 fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 64u;
-    let taps = p.kernel_h * p.kernel_w;
-    if (i >= p.weight_out * p.weight_in * taps) { return; }
-    let tap = i % taps;
-    let ci = (i / taps) % p.weight_in;
-    let co = i / (taps * p.weight_in);
-    let lanes = p.in_quads * 4u;
+    if (i >= p.weight_out * p.weight_in * p.full_taps) { return; }
+    let ci = (i / p.full_taps) % p.weight_in;
+    let co = i / (p.full_taps * p.weight_in);
+    let ky = i32((i % p.full_taps) / p.full_kernel_w) - i32(p.ky0);
+    let kx = i32(i % p.full_kernel_w) - i32(p.kx0);
     var sum = 0.0;
-    for (var s = 0u; s < p.chunks; s++) {
-        sum += tr_part[((s * p.out_pad + co) * taps + tap) * lanes + ci];
+    if (ky >= 0 && ky < i32(p.kernel_h) && kx >= 0 && kx < i32(p.kernel_w)) {
+        let taps = p.kernel_h * p.kernel_w;
+        let tap = u32(ky) * p.kernel_w + u32(kx);
+        let lanes = p.in_quads * 4u;
+        for (var s = 0u; s < p.chunks; s++) {
+            sum += tr_part[((s * p.out_pad + co) * taps + tap) * lanes + ci];
+        }
     }
     tr_dw[i] = accumulated(tr_dw[i], sum, p.accumulate);
 }

@@ -64,7 +64,11 @@ struct TileParams {
     tap1: u32,
     quad0: u32,
     quad1: u32,
-    _pad: u32,
+    // The weight's own kernel: the kernels above see only the taps from (ky0, kx0) on.
+    ky0: u32,
+    kx0: u32,
+    full_kernel_w: u32,
+    full_taps: u32,
 }
 
 /// (tap, input quad) steps per weight block, and the block's size in floats (64 KiB, the most
@@ -151,6 +155,15 @@ fn tile_dispatches(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmPlan {
     shape: Conv2dShape,
+    /// The taps some output's window puts on the input (others only ever meet padding, as a
+    /// 3x3 kernel's outer ring on a 1x1 map): first row and column, rows and columns.
+    ky0: usize,
+    kx0: usize,
+    kernel_h: usize,
+    kernel_w: usize,
+    /// The padding before the first used tap (negative where the first rows go unused).
+    pad_h: i32,
+    pad_w: i32,
     /// Output channels and pixels of a forward tile.
     forward_tile: (u32, u32),
     /// The same for the input gradient (whose outputs are the input channels).
@@ -174,14 +187,26 @@ fn forward_tile(channels: usize) -> (u32, u32) {
     FORWARD_TILES.into_iter().find(|&(c, _)| c as usize >= channels).unwrap_or(FORWARD_TILES[FORWARD_TILES.len() - 1])
 }
 
+/// The taps along one axis that put some output's window on the input: (first, count). Taps
+/// outside it multiply only padding, so skipping them leaves every sum as it is.
+fn used_taps(kernel: usize, pad: usize, stride: usize, size: usize, out: usize) -> (usize, usize) {
+    let used = |t: usize| (0..out).any(|o| (pad..pad + size).contains(&(o * stride + t)));
+    match ((0..kernel).find(|&t| used(t)), (0..kernel).rev().find(|&t| used(t))) {
+        (Some(first), Some(last)) => (first, last + 1 - first),
+        _ => (0, kernel),
+    }
+}
+
 impl GemmPlan {
     pub fn new(shape: &Conv2dShape) -> GemmPlan {
         let s = *shape;
+        let (ky0, kernel_h) = used_taps(s.kernel_h, s.cfg.padding.0, s.cfg.stride.0, s.h, s.out_h);
+        let (kx0, kernel_w) = used_taps(s.kernel_w, s.cfg.padding.1, s.cfg.stride.1, s.w, s.out_w);
         let quads = s.c_in.div_ceil(4);
         // The widest weight tile that divides the padded input channels.
         let weight_inputs =
             WEIGHT_TILES.into_iter().rev().find(|&i| (4 * quads).is_multiple_of(i as usize)).expect("4 divides");
-        let taps = s.kernel_h * s.kernel_w;
+        let taps = kernel_h * kernel_w;
         let total = s.batch * s.out_h * s.out_w;
         let tiles = s.c_out.div_ceil(WEIGHT_TILE_OUT as usize) * taps * (4 * quads / weight_inputs as usize);
         let partial_floats = s.c_out.next_multiple_of(WEIGHT_TILE_OUT as usize) * taps * 4 * quads;
@@ -193,6 +218,12 @@ impl GemmPlan {
         let chunk_len = total.div_ceil(chunks);
         GemmPlan {
             shape: s,
+            ky0,
+            kx0,
+            kernel_h,
+            kernel_w,
+            pad_h: s.cfg.padding.0 as i32 - ky0 as i32,
+            pad_w: s.cfg.padding.1 as i32 - kx0 as i32,
             forward_tile: forward_tile(s.c_out),
             backward_tile: forward_tile(s.c_in),
             weight_inputs,
@@ -224,19 +255,20 @@ impl GemmPlan {
     }
 
     fn taps(&self) -> usize {
-        self.shape.kernel_h * self.shape.kernel_w
+        self.kernel_h * self.kernel_w
     }
 
-    /// Sizes of the padded channels-last input copy (height, width).
+    /// Sizes of the padded channels-last input copy (height, width): the rows and columns the
+    /// used taps reach.
     fn x_last_size(&self) -> (usize, usize) {
         let s = &self.shape;
-        (s.h + 2 * s.cfg.padding.0, s.w + 2 * s.cfg.padding.1)
+        ((s.out_h - 1) * s.cfg.stride.0 + self.kernel_h, (s.out_w - 1) * s.cfg.stride.1 + self.kernel_w)
     }
 
     /// Sizes of the input gradient's copy of dy: the input's size plus kernel - 1.
     fn dy_last_size(&self) -> (usize, usize) {
         let s = &self.shape;
-        (s.h + s.kernel_h - 1, s.w + s.kernel_w - 1)
+        (s.h + self.kernel_h - 1, s.w + self.kernel_w - 1)
     }
 
     /// Element counts of the buffers the convolution keeps; the last four only with a backward pass.
@@ -266,8 +298,12 @@ impl GemmPlan {
         let u = |v: usize| v as u32;
         TileParams {
             batch: u(s.batch),
-            kernel_h: u(s.kernel_h),
-            kernel_w: u(s.kernel_w),
+            kernel_h: u(self.kernel_h),
+            kernel_w: u(self.kernel_w),
+            ky0: u(self.ky0),
+            kx0: u(self.kx0),
+            full_kernel_w: u(s.kernel_w),
+            full_taps: u(s.kernel_h * s.kernel_w),
             weight_out: u(s.c_out),
             weight_in: u(s.c_in),
             ..TileParams::default()
@@ -301,8 +337,8 @@ impl GemmPlan {
             src_w: s.w as u32,
             dilation_h: 1,
             dilation_w: 1,
-            top: s.cfg.padding.0 as i32,
-            left: s.cfg.padding.1 as i32,
+            top: self.pad_h,
+            left: self.pad_w,
             ..self.forward_params()
         };
         let dst = scratch[X_LAST];
@@ -358,8 +394,8 @@ impl GemmPlan {
             src_w: u(s.out_w),
             dilation_h: u(s.cfg.stride.0),
             dilation_w: u(s.cfg.stride.1),
-            top: (s.kernel_h - 1) as i32 - s.cfg.padding.0 as i32,
-            left: (s.kernel_w - 1) as i32 - s.cfg.padding.1 as i32,
+            top: (self.kernel_h - 1) as i32 - self.pad_h,
+            left: (self.kernel_w - 1) as i32 - self.pad_w,
             accumulate: accumulate as u32,
             ..self.params()
         };
@@ -399,7 +435,7 @@ impl GemmPlan {
             (self.weight_pad() / WEIGHT_TILE_OUT as usize) as u32,
             self.chunks as u32,
         ];
-        let weights = self.shape.c_out * self.shape.c_in * self.taps();
+        let weights = self.shape.c_out * self.shape.c_in * self.shape.kernel_h * self.shape.kernel_w;
         vec![
             self.copy_x(gpu, x, scratch),
             gpu.dispatch("conv_tile", "gradient_channels_last", &params, &[dy, dy_last], grid(dy_last.len())),
