@@ -14,59 +14,130 @@ struct LinearParams {
 
 @group(0) @binding(0) var<uniform> p: LinearParams;
 
+// Each invocation computes a 4 x 4 block of results, so a step's 8 loads serve 16
+// multiply-adds (software adapters pay a per-lane loop for every load); every result still
+// sums its terms in order with one fma each. Indices past the end are clamped for loading and
+// never stored.
+fn quad(first: u32, count: u32) -> vec4<u32> {
+    return min(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(count - 1u));
+}
+
+// The first (row, column) of invocation t's block, columns fastest.
+fn block(t: u32, cols: u32) -> vec2<u32> {
+    let col_blocks = (cols + 3u) / 4u;
+    return vec2<u32>((t / col_blocks) * 4u, (t % col_blocks) * 4u);
+}
+
+fn blocks(rows: u32, cols: u32) -> u32 {
+    return ((rows + 3u) / 4u) * ((cols + 3u) / 4u);
+}
+
 @group(0) @binding(1) var<storage, read> fwd_x: array<f32>;
 @group(0) @binding(2) var<storage, read> fwd_w: array<f32>;
 @group(0) @binding(3) var<storage, read> fwd_bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> fwd_y: array<f32>;
 
-// Invocations: batch x out.
+// y[n, o] = bias[o] + sum_k x[n, k] w[o, k]. Invocations: 4 x 4 blocks of (sample, output).
 @compute @workgroup_size(64)
 fn linear_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    if (i >= p.batch * p.out_features) { return; }
-    let n = i / p.out_features;
-    let o = i % p.out_features;
-    var sum = select(0.0, fwd_bias[o], p.has_bias != 0u);
-    for (var k = 0u; k < p.in_features; k++) {
-        sum = fma(fwd_x[n * p.in_features + k], fwd_w[o * p.in_features + k], sum);
+    let t = flat_index(gid, nwg);
+    if (t >= blocks(p.batch, p.out_features)) { return; }
+    let at = block(t, p.out_features);
+    let n = quad(at.x, p.batch);
+    let o = quad(at.y, p.out_features);
+    let has = p.has_bias != 0u;
+    // a_j: output o_j of the four samples.
+    var a0 = vec4<f32>(select(0.0, fwd_bias[o.x], has));
+    var a1 = vec4<f32>(select(0.0, fwd_bias[o.y], has));
+    var a2 = vec4<f32>(select(0.0, fwd_bias[o.z], has));
+    var a3 = vec4<f32>(select(0.0, fwd_bias[o.w], has));
+    let f = p.in_features;
+    for (var k = 0u; k < f; k++) {
+        let x = vec4<f32>(fwd_x[n.x * f + k], fwd_x[n.y * f + k], fwd_x[n.z * f + k], fwd_x[n.w * f + k]);
+        a0 = fma(x, vec4<f32>(fwd_w[o.x * f + k]), a0);
+        a1 = fma(x, vec4<f32>(fwd_w[o.y * f + k]), a1);
+        a2 = fma(x, vec4<f32>(fwd_w[o.z * f + k]), a2);
+        a3 = fma(x, vec4<f32>(fwd_w[o.w * f + k]), a3);
     }
-    fwd_y[i] = sum;
+    let out = p.out_features;
+    for (var s = 0u; s < 4u; s++) {
+        if (at.x + s >= p.batch) { break; }
+        let row = (at.x + s) * out + at.y;
+        if (at.y < out) { fwd_y[row] = a0[s]; }
+        if (at.y + 1u < out) { fwd_y[row + 1u] = a1[s]; }
+        if (at.y + 2u < out) { fwd_y[row + 2u] = a2[s]; }
+        if (at.y + 3u < out) { fwd_y[row + 3u] = a3[s]; }
+    }
 }
 
 @group(0) @binding(1) var<storage, read> bi_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> bi_w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> bi_dx: array<f32>;
 
-// dx[n, k] = sum_o dy[n, o] w[o, k]. Invocations: batch x in.
+// dx[n, k] = sum_o dy[n, o] w[o, k]. Invocations: 4 x 4 blocks of (sample, input).
 @compute @workgroup_size(64)
 fn linear_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    if (i >= p.batch * p.in_features) { return; }
-    let n = i / p.in_features;
-    let k = i % p.in_features;
-    var sum = 0.0;
-    for (var o = 0u; o < p.out_features; o++) {
-        sum = fma(bi_dy[n * p.out_features + o], bi_w[o * p.in_features + k], sum);
+    let t = flat_index(gid, nwg);
+    if (t >= blocks(p.batch, p.in_features)) { return; }
+    let at = block(t, p.in_features);
+    let n = quad(at.x, p.batch);
+    let k = quad(at.y, p.in_features);
+    var a0 = vec4<f32>();
+    var a1 = vec4<f32>();
+    var a2 = vec4<f32>();
+    var a3 = vec4<f32>();
+    let f = p.in_features;
+    let out = p.out_features;
+    for (var o = 0u; o < out; o++) {
+        let dy = vec4<f32>(bi_dy[n.x * out + o], bi_dy[n.y * out + o], bi_dy[n.z * out + o], bi_dy[n.w * out + o]);
+        a0 = fma(dy, vec4<f32>(bi_w[o * f + k.x]), a0);
+        a1 = fma(dy, vec4<f32>(bi_w[o * f + k.y]), a1);
+        a2 = fma(dy, vec4<f32>(bi_w[o * f + k.z]), a2);
+        a3 = fma(dy, vec4<f32>(bi_w[o * f + k.w]), a3);
     }
-    bi_dx[i] = accumulated(bi_dx[i], sum, p.accumulate);
+    for (var s = 0u; s < 4u; s++) {
+        if (at.x + s >= p.batch) { break; }
+        let row = (at.x + s) * f + at.y;
+        if (at.y < f) { bi_dx[row] = accumulated(bi_dx[row], a0[s], p.accumulate); }
+        if (at.y + 1u < f) { bi_dx[row + 1u] = accumulated(bi_dx[row + 1u], a1[s], p.accumulate); }
+        if (at.y + 2u < f) { bi_dx[row + 2u] = accumulated(bi_dx[row + 2u], a2[s], p.accumulate); }
+        if (at.y + 3u < f) { bi_dx[row + 3u] = accumulated(bi_dx[row + 3u], a3[s], p.accumulate); }
+    }
 }
 
 @group(0) @binding(1) var<storage, read> bw_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bw_dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> bw_dw: array<f32>;
 
-// dw[o, k] = sum_n dy[n, o] x[n, k]. Invocations: out x in.
+// dw[o, k] = sum_n dy[n, o] x[n, k]. Invocations: 4 x 4 blocks of (output, input).
 @compute @workgroup_size(64)
 fn linear_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    if (i >= p.out_features * p.in_features) { return; }
-    let o = i / p.in_features;
-    let k = i % p.in_features;
-    var sum = 0.0;
+    let t = flat_index(gid, nwg);
+    if (t >= blocks(p.out_features, p.in_features)) { return; }
+    let at = block(t, p.in_features);
+    let o = quad(at.x, p.out_features);
+    let k = quad(at.y, p.in_features);
+    var a0 = vec4<f32>();
+    var a1 = vec4<f32>();
+    var a2 = vec4<f32>();
+    var a3 = vec4<f32>();
+    let f = p.in_features;
+    let out = p.out_features;
     for (var n = 0u; n < p.batch; n++) {
-        sum = fma(bw_dy[n * p.out_features + o], bw_x[n * p.in_features + k], sum);
+        let dy = vec4<f32>(bw_dy[n * out + o.x], bw_dy[n * out + o.y], bw_dy[n * out + o.z], bw_dy[n * out + o.w]);
+        a0 = fma(dy, vec4<f32>(bw_x[n * f + k.x]), a0);
+        a1 = fma(dy, vec4<f32>(bw_x[n * f + k.y]), a1);
+        a2 = fma(dy, vec4<f32>(bw_x[n * f + k.z]), a2);
+        a3 = fma(dy, vec4<f32>(bw_x[n * f + k.w]), a3);
     }
-    bw_dw[i] = accumulated(bw_dw[i], sum, p.accumulate);
+    for (var s = 0u; s < 4u; s++) {
+        if (at.x + s >= out) { break; }
+        let row = (at.x + s) * f + at.y;
+        if (at.y < f) { bw_dw[row] = accumulated(bw_dw[row], a0[s], p.accumulate); }
+        if (at.y + 1u < f) { bw_dw[row + 1u] = accumulated(bw_dw[row + 1u], a1[s], p.accumulate); }
+        if (at.y + 2u < f) { bw_dw[row + 2u] = accumulated(bw_dw[row + 2u], a2[s], p.accumulate); }
+        if (at.y + 3u < f) { bw_dw[row + 3u] = accumulated(bw_dw[row + 3u], a3[s], p.accumulate); }
+    }
 }
 
 @group(0) @binding(1) var<storage, read> bb_dy: array<f32>;

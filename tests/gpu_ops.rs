@@ -277,11 +277,12 @@ fn pooling_matches_reference() {
 
 #[test]
 fn linear_matches_reference() {
-    for bias in [true, false] {
+    // Results come in 4 x 4 blocks: sizes that leave partial blocks on every side.
+    for ((batch, in_features, out_features), bias) in [((3, 13, 7), true), ((3, 13, 7), false), ((9, 6, 10), true)] {
         let mut g = Graph::new();
-        let x = g.input("x", &[3, 13]);
-        let w = g.param("w", &[7, 13, 1, 1]).unwrap();
-        let b = bias.then(|| g.param("b", &[7]).unwrap());
+        let x = g.input("x", &[batch, in_features]);
+        let w = g.param("w", &[out_features, in_features, 1, 1]).unwrap();
+        let b = bias.then(|| g.param("b", &[out_features]).unwrap());
         let y = g.linear(x, w, b).unwrap();
         let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
         let mut rng = rng(600);
@@ -289,7 +290,7 @@ fn linear_matches_reference() {
         let bv = b.map(|b| feed(&exe, &g, b, &mut rng));
         let dy = seed_grad(&exe, &g, y, &mut rng);
         exe.run().unwrap();
-        let l = Linear { batch: 3, in_features: 13, out_features: 7, has_bias: bias };
+        let l = Linear { batch, in_features, out_features, has_bias: bias };
         assert_close("y", &read(&exe, y), &r::linear::forward(&l, &xv, &wv, bv.as_deref()), TOL);
         let (dx, dw, db) = r::linear::backward(&l, &xv, &wv, &dy);
         assert_close("dx", &read_grad(&exe, x), &dx, TOL);

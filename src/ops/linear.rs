@@ -39,6 +39,11 @@ impl Linear {
     }
 }
 
+/// Invocations of the matrix kernels: one per 4 x 4 block of results (`blocks` in linear.wgsl).
+fn blocks(rows: usize, cols: usize) -> usize {
+    rows.div_ceil(4) * cols.div_ceil(4)
+}
+
 // Inputs: x, weight[, bias]. Output: y.
 impl Op for Linear {
     fn name(&self) -> &'static str {
@@ -53,7 +58,8 @@ impl Op for Linear {
         let none = placeholder(gpu);
         let bias = if self.has_bias { b.inputs[2] } else { &none };
         let buffers = [b.inputs[0], b.inputs[1], bias, b.outputs[0]];
-        vec![gpu.dispatch("linear", "linear_forward", &self.params(0), &buffers, grid(self.batch * self.out_features))]
+        let blocks = blocks(self.batch, self.out_features);
+        vec![gpu.dispatch("linear", "linear_forward", &self.params(0), &buffers, grid(blocks))]
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
@@ -61,12 +67,12 @@ impl Op for Linear {
         let mut out = Vec::new();
         if let Some(dx) = grads.inputs[0] {
             let p = self.params(accumulate_flag(&dx));
-            let n = self.batch * self.in_features;
+            let n = blocks(self.batch, self.in_features);
             out.push(gpu.dispatch("linear", "linear_backward_input", &p, &[dy, b.inputs[1], dx.slice], grid(n)));
         }
         if let Some(dw) = grads.inputs[1] {
             let p = self.params(accumulate_flag(&dw));
-            let n = self.out_features * self.in_features;
+            let n = blocks(self.out_features, self.in_features);
             out.push(gpu.dispatch("linear", "linear_backward_weight", &p, &[b.inputs[0], dy, dw.slice], grid(n)));
         }
         if let Some(Some(db)) = grads.inputs.get(2) {
