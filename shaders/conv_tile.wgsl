@@ -89,7 +89,7 @@ fn tile_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
 // placed (and dilated) source and in the padding channels. Invocations: every destination float.
 @compute @workgroup_size(64)
 fn to_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 64u;
+    let i = flat_index(gid, nwg);
     let lanes = p.in_quads * 4u;
     if (i >= p.batch * p.in_h * p.in_w * lanes) { return; }
     let c = i % lanes;
@@ -113,7 +113,7 @@ fn to_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
 // Invocations: every destination float.
 @compute @workgroup_size(64)
 fn gradient_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 64u;
+    let i = flat_index(gid, nwg);
     let pixels = p.out_h * p.out_w;
     if (i >= p.batch * pixels * p.out_pad) { return; }
     let co = i % p.out_pad;
@@ -181,7 +181,7 @@ fn full_tap(t: u32) -> u32 {
 // weight's outputs. Invocations: every destination float.
 @compute @workgroup_size(64)
 fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 64u;
+    let i = flat_index(gid, nwg);
     if (i >= arrayLength(&copy_dst)) { return; }
     let src = packed_source(i);
     var v = 0.0;
@@ -195,7 +195,7 @@ fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
 // the weight's output channels, and the taps are flipped. Invocations: every destination float.
 @compute @workgroup_size(64)
 fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 64u;
+    let i = flat_index(gid, nwg);
     if (i >= arrayLength(&copy_dst)) { return; }
     let src = packed_source(i);
     let taps = p.kernel_h * p.kernel_w;
@@ -388,7 +388,7 @@ fn conv_tile_weight_I(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(wo
 // for the taps that only meet padding). Invocations: every weight.
 @compute @workgroup_size(64)
 fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 64u;
+    let i = flat_index(gid, nwg);
     if (i >= p.weight_out * p.weight_in * p.full_taps) { return; }
     let ci = (i / p.full_taps) % p.weight_in;
     let co = i / (p.full_taps * p.weight_in);

@@ -235,12 +235,7 @@ impl Op for Conv2d {
             let buffers = [b.inputs[0], dy, dw.slice];
             match s.kernel() {
                 ConvKernel::Gemm => {
-                    out.extend(GemmPlan::new(s).backward_weight(
-                        gpu,
-                        [b.inputs[0], dy, dw.slice],
-                        dw.accumulate,
-                        &b.scratch,
-                    ));
+                    out.extend(GemmPlan::new(s).backward_weight(gpu, buffers, dw.accumulate, &b.scratch));
                 }
                 ConvKernel::Depthwise => {
                     // One workgroup per (channel, tap).

@@ -113,7 +113,6 @@ fn tile_dispatches(
     let (has_bias, accumulate) = (params.has_bias != 0, params.accumulate != 0);
     let params = TileParams { tile: channels, ..params };
     let mut out = vec![gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], grid(packed.len()))];
-    let blocks = weight_blocks((params.kernel_h * params.kernel_w) as usize, params.in_quads as usize);
     let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
     let channel_tiles = params.out_pad / channels;
     if !uniform {
@@ -126,6 +125,7 @@ fn tile_dispatches(
         ));
         return out;
     }
+    let blocks = weight_blocks((params.kernel_h * params.kernel_w) as usize, params.in_quads as usize);
     for tile in 0..channel_tiles {
         for (b, (taps, quads)) in blocks.iter().enumerate() {
             let block = packed.range((tile as usize * blocks.len() + b) * BLOCK_FLOATS, BLOCK_FLOATS);
