@@ -70,9 +70,23 @@ fn linear_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
 }
 
+// The input and weight gradients' output, [rows][cols], written (or added to) in 4 x 4 blocks.
+@group(0) @binding(3) var<storage, read_write> grad_out: array<f32>;
+
+// Block at (row0, col0) of a [rows][cols] gradient; a_j holds column col0 + j of four rows.
+fn store_gradient_block(row0: u32, col0: u32, rows: u32, cols: u32, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>) {
+    for (var s = 0u; s < 4u; s++) {
+        if (row0 + s >= rows) { break; }
+        let at = (row0 + s) * cols + col0;
+        if (col0 < cols) { grad_out[at] = accumulated(grad_out[at], a0[s], p.accumulate); }
+        if (col0 + 1u < cols) { grad_out[at + 1u] = accumulated(grad_out[at + 1u], a1[s], p.accumulate); }
+        if (col0 + 2u < cols) { grad_out[at + 2u] = accumulated(grad_out[at + 2u], a2[s], p.accumulate); }
+        if (col0 + 3u < cols) { grad_out[at + 3u] = accumulated(grad_out[at + 3u], a3[s], p.accumulate); }
+    }
+}
+
 @group(0) @binding(1) var<storage, read> bi_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> bi_w: array<f32>;
-@group(0) @binding(3) var<storage, read_write> bi_dx: array<f32>;
 
 // dx[n, k] = sum_o dy[n, o] w[o, k]. Invocations: 4 x 4 blocks of (sample, input).
 @compute @workgroup_size(64)
@@ -95,19 +109,11 @@ fn linear_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
         a2 = fma(dy, vec4<f32>(bi_w[o * f + k.z]), a2);
         a3 = fma(dy, vec4<f32>(bi_w[o * f + k.w]), a3);
     }
-    for (var s = 0u; s < 4u; s++) {
-        if (at.x + s >= p.batch) { break; }
-        let row = (at.x + s) * f + at.y;
-        if (at.y < f) { bi_dx[row] = accumulated(bi_dx[row], a0[s], p.accumulate); }
-        if (at.y + 1u < f) { bi_dx[row + 1u] = accumulated(bi_dx[row + 1u], a1[s], p.accumulate); }
-        if (at.y + 2u < f) { bi_dx[row + 2u] = accumulated(bi_dx[row + 2u], a2[s], p.accumulate); }
-        if (at.y + 3u < f) { bi_dx[row + 3u] = accumulated(bi_dx[row + 3u], a3[s], p.accumulate); }
-    }
+    store_gradient_block(at.x, at.y, p.batch, f, a0, a1, a2, a3);
 }
 
 @group(0) @binding(1) var<storage, read> bw_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bw_dy: array<f32>;
-@group(0) @binding(3) var<storage, read_write> bw_dw: array<f32>;
 
 // dw[o, k] = sum_n dy[n, o] x[n, k]. Invocations: 4 x 4 blocks of (output, input).
 @compute @workgroup_size(64)
@@ -130,14 +136,7 @@ fn linear_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builti
         a2 = fma(dy, vec4<f32>(bw_x[n * f + k.z]), a2);
         a3 = fma(dy, vec4<f32>(bw_x[n * f + k.w]), a3);
     }
-    for (var s = 0u; s < 4u; s++) {
-        if (at.x + s >= out) { break; }
-        let row = (at.x + s) * f + at.y;
-        if (at.y < f) { bw_dw[row] = accumulated(bw_dw[row], a0[s], p.accumulate); }
-        if (at.y + 1u < f) { bw_dw[row + 1u] = accumulated(bw_dw[row + 1u], a1[s], p.accumulate); }
-        if (at.y + 2u < f) { bw_dw[row + 2u] = accumulated(bw_dw[row + 2u], a2[s], p.accumulate); }
-        if (at.y + 3u < f) { bw_dw[row + 3u] = accumulated(bw_dw[row + 3u], a3[s], p.accumulate); }
-    }
+    store_gradient_block(at.x, at.y, out, f, a0, a1, a2, a3);
 }
 
 @group(0) @binding(1) var<storage, read> bb_dy: array<f32>;
