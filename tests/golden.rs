@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{assert_close, gpu, to_f64};
+use common::{assert_close, gpu, gradient_plan, to_f64};
 use kdna::graph::{Executor, Graph, Plan, Role, TensorId};
 use kdna::io::{HostTensor, load_safetensors};
 use kdna::models::layers::{self, ConvInit};
@@ -59,13 +59,7 @@ fn check_block(name: &str, build: impl Fn(&mut Graph, TensorId) -> TensorId) {
     eval.run().unwrap();
     assert_close(&format!("{name} output.eval"), &to_f64(&eval.read(y).unwrap()), &want(&f, "output.eval"), TOL);
 
-    let plan = Plan {
-        mode: Mode::Train,
-        backward_from: vec![y],
-        input_grads: true,
-        optimizer: None,
-        frozen: Default::default(),
-    };
+    let plan = gradient_plan(Mode::Train, vec![y], true);
     let mut train = Executor::with_weights(gpu, &g, plan, Arc::clone(eval.weights())).unwrap();
     train.write(x, &f["input"].data).unwrap();
     train.write_grad(y, &f["grad_output"].data).unwrap();
@@ -91,13 +85,7 @@ fn modulation_golden() {
     let spatial = g.param("static_spatial_attn", &f["static_spatial_attn"].shape).unwrap();
     let filter = g.param("static_filter_attn", &f["static_filter_attn"].shape).unwrap();
     let kids = g.modulate(parent, Some(spatial), filter, 0, 3).unwrap();
-    let plan = Plan {
-        mode: Mode::Train,
-        backward_from: kids.clone(),
-        input_grads: false,
-        optimizer: None,
-        frozen: Default::default(),
-    };
+    let plan = gradient_plan(Mode::Train, kids.clone(), false);
     let mut exe = Executor::new(gpu(), &g, plan).unwrap();
     for (t, key) in [(parent, "parent"), (spatial, "static_spatial_attn"), (filter, "static_filter_attn")] {
         exe.write(t, &f[key].data).unwrap();
@@ -161,13 +149,7 @@ fn cross_entropy_golden() {
         let logits = g.input("logits", &f["logits"].shape);
         let labels = g.labels("labels", f["labels"].numel());
         let loss = g.cross_entropy(logits, labels, tag.parse().unwrap()).unwrap();
-        let plan = Plan {
-            mode: Mode::Train,
-            backward_from: vec![loss],
-            input_grads: true,
-            optimizer: None,
-            frozen: Default::default(),
-        };
+        let plan = gradient_plan(Mode::Train, vec![loss], true);
         let mut exe = Executor::new(gpu(), &g, plan).unwrap();
         exe.write(logits, &f["logits"].data).unwrap();
         let label_values: Vec<u32> = f["labels"].data.iter().map(|&l| l as u32).collect();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, f32_exact, gpu, randn, rng, to_f32, to_f64};
+use common::{assert_close, f32_exact, gpu, gradient_plan, randn, rng, to_f32, to_f64};
 use kdna::graph::{Executor, Graph, Init, Plan, TensorId};
 use kdna::ops::Mode;
 use kdna::ops::activation::Activation;
@@ -22,7 +22,7 @@ use rand::rngs::StdRng;
 const TOL: f64 = 2e-5;
 
 fn plan(mode: Mode, root: TensorId) -> Plan {
-    Plan { mode, backward_from: vec![root], input_grads: true, optimizer: None, frozen: Default::default() }
+    gradient_plan(mode, vec![root], true)
 }
 
 /// Random values, already rounded to f32, written into `t`.

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::gpu;
+use common::{gpu, gradient_plan};
 use kdna::graph::{Executor, Plan, Weights};
 use kdna::io::StateDict;
 use kdna::models::{Arch, ModelSpec, build};
@@ -57,13 +57,7 @@ fn a_train_mode_run_counts_batches_like_torch() {
     let net = resnet18();
     let mut exe = Executor::new(gpu.clone(), &net.graph, Plan::eval()).unwrap();
     exe.run().unwrap();
-    let plan = Plan {
-        mode: kdna::ops::Mode::Train,
-        backward_from: vec![net.loss],
-        input_grads: false,
-        optimizer: None,
-        frozen: Default::default(),
-    };
+    let plan = gradient_plan(kdna::ops::Mode::Train, vec![net.loss], false);
     let mut train = Executor::with_weights(gpu.clone(), &net.graph, plan, Arc::clone(exe.weights())).unwrap();
     train.run().unwrap();
     train.run().unwrap();
