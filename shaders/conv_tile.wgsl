@@ -280,20 +280,24 @@ fn conv_tile_forward_C(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
 }
 //@end
 
-// The same result tile with the weights read from storage, every block in one dispatch: for
-// layers with few pixels (late stages, small images), where one dispatch per block would leave
-// most cores idle. Sums in the same order as the uniform variant.
-// Invocations: (out_pad / C) x ceil(batch * out_h * out_w / P), pixel tiles fastest.
+// The same result tile with the weights read from storage, every block in one dispatch. Sums
+// in the same order as the uniform variant. With subgroups (family conv_tile_subgroup) each
+// lane loads one of eight weight vec4s and the subgroup shares them by broadcast: an eighth of
+// the loads, which software adapters pay per lane even when every lane reads the same value.
+// Invocations: ceil(batch * out_h * out_w / P) (x, y) x out_pad / C (z): a workgroup's lanes
+// share their output channels, and tiles past the end compute (clamped) but store nothing, so
+// every lane of a subgroup takes part in the broadcasts.
 //@template forward_storage
 @compute @workgroup_size(16)
-fn conv_tile_forward_storage_C(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn conv_tile_forward_storage_C(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    //@lane
+) {
     //@sizes
     let total = p.batch * p.out_h * p.out_w;
-    let pixel_tiles = (total + P - 1u) / P;
-    let t = tile_index(gid, nwg);
-    if (t >= pixel_tiles * (p.out_pad / C)) { return; }
-    let q0 = (t % pixel_tiles) * P;
-    let c0 = (t / pixel_tiles) * C;
+    let q0 = tile_index(gid, nwg) * P;
+    let c0 = gid.z * C;
     let last = total - 1u;
     //@pixels
     //@declare
@@ -337,16 +341,22 @@ fn store_weight_partial(chunk: u32, tap: u32, c: u32, quad: u32, m: mat4x4<f32>)
 // One invocation: 32 output channels x I input channels of one tap, summed over one chunk of
 // batch-wide pixels; per pixel 8 + I / 4 vec4 loads for 32 * I multiply-adds. The output tile
 // and chunk are the workgroup's (y, z), invocations differ by tap and input tile (x).
+// With subgroups, the dy loads every lane shares are broadcast as in the forward kernel (and
+// lanes past the end compute a clamped tile but store nothing).
 // Workgroups: ceil(taps * in_quads * 4 / I / 16) x (out_pad / 32) x chunks.
 //@template weight
 @compute @workgroup_size(16)
-fn conv_tile_weight_I(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn conv_tile_weight_I(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    //@lane
+) {
     //@sizes
     let taps = p.kernel_h * p.kernel_w;
     let in_tiles = p.in_quads * 4u / I;
-    if (gid.x >= taps * in_tiles) { return; }
-    let quad0 = (gid.x % in_tiles) * (I / 4u);
-    let tap = gid.x / in_tiles;
+    let lane_tile = min(gid.x, taps * in_tiles - 1u);
+    let quad0 = (lane_tile % in_tiles) * (I / 4u);
+    let tap = lane_tile / in_tiles;
     let c0 = wid.y * WEIGHT_TILE_OUT;
     let chunk = wid.z;
     let tap_offset = ((tap / p.kernel_w) * p.in_w + tap % p.kernel_w) * p.in_quads + quad0;
@@ -377,7 +387,9 @@ fn conv_tile_weight_I(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(wo
             xq = ((n * p.in_h + oy * p.stride_h) * p.in_w) * p.in_quads + tap_offset;
         }
     }
-    //@store
+    if (gid.x < taps * in_tiles) {
+        //@store
+    }
 }
 //@end
 

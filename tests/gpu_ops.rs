@@ -9,7 +9,7 @@ use kdna::graph::{Executor, Graph, Init, Plan, TensorId};
 use kdna::ops::Mode;
 use kdna::ops::activation::Activation;
 use kdna::ops::batchnorm::BatchNorm;
-use kdna::ops::conv_gemm::GemmPlan;
+use kdna::ops::conv_gemm::{GemmPlan, WeightReads};
 use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape};
 use kdna::ops::linear::Linear;
 use kdna::ops::modulate::Modulate;
@@ -101,12 +101,14 @@ fn conv2d_matches_reference() {
     }
 }
 
-/// The two ways an ungrouped conv reads its weights (uniform blocks, one dispatch each; or all
-/// from storage in one dispatch) sum in the same order, so which one a shape gets never changes
-/// a result: forward with bias, and an input gradient added to one already there.
+/// The ways an ungrouped conv reads its weights (uniform blocks, one dispatch each; all from
+/// storage in one dispatch; the same with subgroup broadcasts, which the weight gradient uses
+/// too) sum in the same order, so which one a shape gets never changes a result: forward with
+/// bias, an input gradient added to one already there, and the weight gradient.
 #[test]
 fn conv_weight_paths_agree_bit_for_bit() {
     let gpu = gpu();
+    assert!(gpu.subgroups, "the test adapter has no subgroups of eight lanes: the broadcast path goes untested");
     let shape = Conv2dShape::new(&[2, 300, 9, 7], &[40, 300, 3, 3], Conv2dConfig::new(2, 1)).unwrap();
     let mut rng = rng(7);
     let numel = |s: &[usize]| s.iter().product::<usize>();
@@ -115,21 +117,29 @@ fn conv_weight_paths_agree_bit_for_bit() {
     let bias = gpu.upload("bias", &to_f32(&randn(&mut rng, 40)));
     let dy = gpu.upload("dy", &to_f32(&randn(&mut rng, numel(&shape.output()))));
     let dx_start = to_f32(&randn(&mut rng, numel(&[2, 300, 9, 7])));
-    let results = [true, false].map(|uniform| {
-        let plan = GemmPlan::new(&shape).with_uniform_weights(uniform);
+    let reads = [WeightReads::UniformBlocks, WeightReads::Storage, WeightReads::SubgroupStorage];
+    let results = reads.map(|reads| {
+        let plan = GemmPlan::new(&shape).with_weight_reads(reads);
         let scratch: Vec<_> = plan.scratch(true).iter().map(|&n| gpu.storage("scratch", n)).collect();
         let scratch: Vec<_> = scratch.iter().collect();
         let y = gpu.storage("y", numel(&shape.output()));
         let dx = gpu.upload("dx", &dx_start);
+        let dw = gpu.storage("dw", numel(&shape.weight()));
         let mut dispatches = plan.forward(&gpu, [&x, &w, &bias, &y], true, &scratch);
         dispatches.extend(plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch));
+        dispatches.extend(plan.backward_weight(&gpu, [&x, &dy, &dw], false, &scratch));
         gpu.run(&dispatches);
-        (gpu.read::<f32>(&y).unwrap(), gpu.read::<f32>(&dx).unwrap())
+        [&y, &dx, &dw].map(|b| gpu.read::<f32>(b).unwrap())
     });
     let differing = |a: &[f32], b: &[f32]| a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
-    assert_eq!(differing(&results[0].0, &results[1].0), 0, "forward values that differ");
-    assert_eq!(differing(&results[0].1, &results[1].1), 0, "input-gradient values that differ");
-    assert!(results[0].0.iter().any(|&v| v != 0.0) && results[0].1 != dx_start, "nothing was computed");
+    for (r, result) in reads.iter().zip(&results).skip(1) {
+        for (name, (a, b)) in ["forward", "input-gradient", "weight-gradient"].iter().zip(results[0].iter().zip(result))
+        {
+            assert_eq!(differing(a, b), 0, "{name} values that differ between {:?} and {r:?}", reads[0]);
+        }
+    }
+    let [y, dx, dw] = &results[0];
+    assert!(y.iter().any(|&v| v != 0.0) && *dx != dx_start && dw.iter().any(|&v| v != 0.0), "nothing was computed");
 }
 
 #[test]

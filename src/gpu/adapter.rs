@@ -13,6 +13,8 @@ pub struct AdapterSummary {
     pub timestamps: bool,
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// The fewest lanes a subgroup may have (0 without subgroups).
+    pub subgroup_min_size: u32,
     pub max_storage_buffer_binding: u64,
     pub max_buffer_size: u64,
     pub max_workgroup_storage: u32,
@@ -33,6 +35,7 @@ impl AdapterSummary {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: if features.contains(wgpu::Features::SUBGROUP) { info.subgroup_min_size } else { 0 },
             max_storage_buffer_binding: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,

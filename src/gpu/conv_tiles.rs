@@ -41,8 +41,11 @@ pub fn weight_entry(inputs: u32) -> &'static str {
     }
 }
 
-/// `source` with each template replaced by its instances.
-pub fn expand(source: &str) -> String {
+/// `source` with each template replaced by its instances; with `subgroups`, the kernels that
+/// read values shared by a whole subgroup load them once per eight lanes and broadcast them
+/// (for the family conv_tile_subgroup, compiled only where the adapter has subgroups of at
+/// least eight lanes).
+pub fn expand(source: &str, subgroups: bool) -> String {
     let mut out = String::with_capacity(source.len() * 8);
     let mut lines = source.lines();
     while let Some(line) = lines.next() {
@@ -54,15 +57,17 @@ pub fn expand(source: &str) -> String {
         let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "//@end").collect();
         match kind {
             "forward" | "forward_storage" => {
-                let weights = if kind == "forward" { "tf_w" } else { "ts_w" };
+                let storage = kind == "forward_storage";
+                let weights = if storage { "ts_w" } else { "tf_w" };
                 for (channels, pixels) in FORWARD_TILES {
-                    let tile = Forward { channels, pixels, weights };
+                    let tile = Forward { channels, pixels, weights, broadcast: storage && subgroups };
                     instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}"), &tile);
                 }
             }
             "weight" => {
                 for inputs in WEIGHT_TILES {
-                    instantiate(&mut out, &body, "_I(", &inputs.to_string(), &Weight { inputs });
+                    let tile = Weight { inputs, broadcast: subgroups };
+                    instantiate(&mut out, &body, "_I(", &inputs.to_string(), &tile);
                 }
             }
             other => panic!("conv_tile.wgsl: unknown template {other:?}"),
@@ -100,6 +105,36 @@ struct Forward {
     pixels: u32,
     /// The weight buffer's name in the shader.
     weights: &'static str,
+    /// Whether a subgroup shares its weight loads ([`expand`]).
+    broadcast: bool,
+}
+
+/// The entry point parameter that names the invocation's subgroup lane, when broadcasting.
+fn lane_parameter(broadcast: bool) -> Vec<String> {
+    if broadcast { vec!["@builtin(subgroup_invocation_id) subgroup_lane: u32,".into()] } else { vec![] }
+}
+
+/// `values` shared by every lane of a subgroup: `names[i] = source[first + i]`, loaded as one
+/// vec4 per lane for each eight values and broadcast (`names.len()` a multiple of eight), or
+/// loaded directly.
+fn shared_loads(names: &[String], source: &str, first: &str, broadcast: bool) -> Vec<String> {
+    if !broadcast {
+        return names.iter().enumerate().map(|(i, name)| format!("let {name} = {source}[{first} + {i}u];")).collect();
+    }
+    assert!(names.len().is_multiple_of(8), "broadcast loads come in eights");
+    let mut code = Vec::new();
+    for (g, group) in names.chunks(8).enumerate() {
+        code.push(format!("let {}_lanes = {source}[{first} + {}u + (subgroup_lane & 7u)];", group[0], 8 * g));
+        code.push(
+            group
+                .iter()
+                .enumerate()
+                .map(|(m, name)| format!("let {name} = subgroupBroadcast({}_lanes, {m}u);", group[0]))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    code
 }
 
 impl Tile for Forward {
@@ -108,6 +143,7 @@ impl Tile for Forward {
         let mut code = Vec::new();
         match name {
             "sizes" => code.push(format!("const P: u32 = {}u; const C: u32 = {}u;", self.pixels, self.channels)),
+            "lane" => code = lane_parameter(self.broadcast),
             "pixels" => {
                 code.extend((0..self.pixels).map(|i| format!("let b{i} = window(min(q0 + {i}u, last));")));
             }
@@ -122,14 +158,8 @@ impl Tile for Forward {
                 }
             }
             "step" => {
-                for k in 0..4 {
-                    code.push(
-                        (0..quads)
-                            .map(|j| format!("let w{k}_{j} = {}[w + {}u];", self.weights, k * quads + j))
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                    );
-                }
+                let names: Vec<String> = (0..4).flat_map(|k| (0..quads).map(move |j| format!("w{k}_{j}"))).collect();
+                code = shared_loads(&names, self.weights, "w", self.broadcast);
                 for i in 0..self.pixels {
                     code.push(format!("let x{i} = tf_x[b{i} + off];"));
                     for j in 0..quads {
@@ -156,6 +186,8 @@ impl Tile for Forward {
 /// (column k: output channel 4 * out quad + k over four input channels).
 struct Weight {
     inputs: u32,
+    /// Whether a subgroup shares its dy loads ([`expand`]).
+    broadcast: bool,
 }
 
 impl Tile for Weight {
@@ -165,13 +197,15 @@ impl Tile for Weight {
         let mut code = Vec::new();
         match name {
             "sizes" => code.push(format!("const I: u32 = {}u;", self.inputs)),
+            "lane" => code = lane_parameter(self.broadcast),
             "declare" => {
                 for j in 0..outs {
                     code.push((0..ins).map(|i| format!("var a{j}_{i} = mat4x4<f32>();")).collect::<Vec<_>>().join(" "));
                 }
             }
             "step" => {
-                code.extend((0..outs).map(|j| format!("let d{j} = tw_dy[dq + {j}u];")));
+                let names: Vec<String> = (0..outs).map(|j| format!("d{j}")).collect();
+                code = shared_loads(&names, "tw_dy", "dq", self.broadcast);
                 for i in 0..ins {
                     code.push(format!("let x{i} = tw_x[xq + {i}u];"));
                     code.push(
@@ -201,7 +235,7 @@ mod tests {
 
     #[test]
     fn every_size_becomes_an_entry_point_without_markers() {
-        let src = expand(include_str!("../../shaders/conv_tile.wgsl"));
+        let src = expand(include_str!("../../shaders/conv_tile.wgsl"), false);
         for (c, p) in FORWARD_TILES {
             assert!(src.contains(&format!("fn {}(", forward_entry(c, p, false))));
             assert!(src.contains(&format!("fn {}(", forward_entry(c, p, true))));

@@ -62,6 +62,8 @@ pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: AdapterSummary,
+    /// Whether kernels may use subgroups (of at least eight lanes) on this device.
+    pub subgroups: bool,
     kernels: kernel::KernelCache,
     buffers_created: AtomicU64,
     submissions: AtomicU64,
@@ -73,9 +75,12 @@ impl Gpu {
         let instance = adapter::instance();
         let chosen = adapter::choose(adapter::enumerate(&instance), filter)?;
         let info = AdapterSummary::of(&chosen);
+        // Subgroups of at least eight lanes let kernels share loads (conv_tile_subgroup);
+        // KDNA_SUBGROUPS=0 turns them off (to compare, or to get round a driver's bug).
+        let subgroups = info.subgroup_min_size >= 8 && std::env::var("KDNA_SUBGROUPS").map_or(true, |v| v != "0");
         let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
             label: Some("kdna"),
-            required_features: wgpu::Features::empty(),
+            required_features: if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() },
             // Ask for everything the adapter offers: big networks need big storage bindings.
             required_limits: chosen.limits(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
@@ -87,6 +92,7 @@ impl Gpu {
             device,
             queue,
             info,
+            subgroups,
             kernels: kernel::KernelCache::default(),
             buffers_created: AtomicU64::new(0),
             submissions: AtomicU64::new(0),

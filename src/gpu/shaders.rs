@@ -20,6 +20,8 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("activation", include_str!("../../shaders/activation.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
     ("conv_tile", include_str!("../../shaders/conv_tile.wgsl")),
+    // The same kernels where weights shared by a subgroup are loaded once per subgroup.
+    ("conv_tile_subgroup", include_str!("../../shaders/conv_tile.wgsl")),
     ("depthwise", include_str!("../../shaders/depthwise.wgsl")),
     ("linear", include_str!("../../shaders/linear.wgsl")),
     ("loss", include_str!("../../shaders/loss.wgsl")),
@@ -35,7 +37,12 @@ pub fn source(family: &str) -> String {
     let (_, body) =
         FAMILIES.iter().find(|(name, _)| *name == family).unwrap_or_else(|| panic!("no shader family {family:?}"));
     // conv_tile's entry points are templates, instantiated per tile size.
-    let body = if family == "conv_tile" { super::conv_tiles::expand(body) } else { body.to_string() };
+    // (naga takes subgroup operations without WGSL's `enable subgroups`, and rejects it.)
+    let body = match family {
+        "conv_tile" => super::conv_tiles::expand(body, false),
+        "conv_tile_subgroup" => super::conv_tiles::expand(body, true),
+        _ => body.to_string(),
+    };
     format!("{COMMON}\n{}\n{body}", preludes(family).join("\n"))
 }
 
@@ -43,7 +50,9 @@ pub fn source(family: &str) -> String {
 pub fn validate(family: &str) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
     let src = source(family);
     let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::SUBGROUP)
+        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
         .validate(&module)
         .map_err(|e| e.emit_to_string(&src))?;
     Ok((module, info))

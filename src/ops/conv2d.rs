@@ -193,7 +193,7 @@ impl Op for Conv2d {
         let pixels = s.out_h * s.out_w;
         let buffers = [b.inputs[0], b.inputs[1], bias, b.outputs[0]];
         match s.kernel() {
-            ConvKernel::Gemm => GemmPlan::new(s).forward(gpu, buffers, self.has_bias, &b.scratch),
+            ConvKernel::Gemm => GemmPlan::for_device(s, gpu).forward(gpu, buffers, self.has_bias, &b.scratch),
             ConvKernel::Depthwise => {
                 let tiles = s.batch * s.c_out * pixels.div_ceil(DEPTHWISE_PIXELS);
                 vec![gpu.dispatch("depthwise", "depthwise_forward", &params, &buffers, grid(tiles))]
@@ -216,7 +216,7 @@ impl Op for Conv2d {
             match s.kernel() {
                 ConvKernel::Gemm => {
                     let buffers = [dy, b.inputs[1], dx.slice];
-                    out.extend(GemmPlan::new(s).backward_input(gpu, buffers, dx.accumulate, &b.scratch));
+                    out.extend(GemmPlan::for_device(s, gpu).backward_input(gpu, buffers, dx.accumulate, &b.scratch));
                 }
                 ConvKernel::Depthwise => {
                     let tiles = s.batch * s.c_in * pixels.div_ceil(DEPTHWISE_PIXELS);
@@ -235,7 +235,7 @@ impl Op for Conv2d {
             let buffers = [b.inputs[0], dy, dw.slice];
             match s.kernel() {
                 ConvKernel::Gemm => {
-                    out.extend(GemmPlan::new(s).backward_weight(gpu, buffers, dw.accumulate, &b.scratch));
+                    out.extend(GemmPlan::for_device(s, gpu).backward_weight(gpu, buffers, dw.accumulate, &b.scratch));
                 }
                 ConvKernel::Depthwise => {
                     // One workgroup per (channel, tap).

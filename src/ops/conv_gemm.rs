@@ -93,21 +93,51 @@ fn weight_blocks(taps: usize, in_quads: usize) -> Vec<(Range<usize>, Range<usize
     }
 }
 
-/// Batch-wide output pixels from which a convolution reads its weights as uniform blocks (one
-/// dispatch per block and channel tile); below it, one dispatch reads them all from storage,
-/// since the few pixel tiles of a per-block dispatch would leave most cores idle.
+/// Without subgroups: batch-wide output pixels from which a convolution reads its weights as
+/// uniform blocks (one dispatch per block and channel tile); below it, one dispatch reads them
+/// all from storage, since the few pixel tiles of a per-block dispatch would leave most cores
+/// idle. (Subgroup broadcasts beat both on lavapipe at every size measured.)
 const UNIFORM_MIN_PIXELS: usize = 1024;
 
-/// Packs the weights into blocks, then runs the forward-style tile kernel: with `uniform`, once
-/// per (output channel tile, weight block), in block order, each block adding to what the
+/// How the forward-style kernel reads its packed weights. Every way sums each result in the
+/// same order, so the choice never changes a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightReads {
+    /// One dispatch per (output channel tile, 64 KiB block), the block read as a uniform buffer
+    /// (a workgroup-uniform uniform load is one scalar load on software adapters).
+    UniformBlocks,
+    /// One dispatch over every block, read from storage.
+    Storage,
+    /// As `Storage`, each eight lanes of a subgroup loading eight values at once and sharing
+    /// them by broadcast (family conv_tile_subgroup; also used by the weight gradient).
+    SubgroupStorage,
+}
+
+impl WeightReads {
+    /// The fastest way on `gpu` for a pass over `pixels` batch-wide output pixels.
+    fn choose(gpu_subgroups: bool, pixels: usize) -> WeightReads {
+        match (gpu_subgroups, pixels >= UNIFORM_MIN_PIXELS) {
+            (true, _) => WeightReads::SubgroupStorage,
+            (false, true) => WeightReads::UniformBlocks,
+            (false, false) => WeightReads::Storage,
+        }
+    }
+
+    fn family(self) -> &'static str {
+        if self == WeightReads::SubgroupStorage { "conv_tile_subgroup" } else { "conv_tile" }
+    }
+}
+
+/// Packs the weights into blocks, then runs the forward-style tile kernel: with uniform blocks,
+/// once per (output channel tile, weight block), in block order, each block adding to what the
 /// previous left (the first to the output already there when `params.accumulate`); else once
-/// over every block. Both sum in the same order. The last block adds the bias (`params.has_bias`).
+/// over every block. All sum in the same order. The last block adds the bias (`params.has_bias`).
 fn tile_dispatches(
     gpu: &Gpu,
     params: TileParams,
     (channels, pixels): (u32, u32),
     [input, packed, weight, bias, output]: [&GpuSlice; 5],
-    uniform: bool,
+    reads: WeightReads,
     pack_entry: &'static str,
 ) -> Vec<Dispatch> {
     let (has_bias, accumulate) = (params.has_bias != 0, params.accumulate != 0);
@@ -115,13 +145,14 @@ fn tile_dispatches(
     let mut out = vec![gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], grid(packed.len()))];
     let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
     let channel_tiles = params.out_pad / channels;
-    if !uniform {
+    if reads != WeightReads::UniformBlocks {
+        let [x, y, _] = grid_of(pixel_tiles, TILE_WORKGROUP);
         out.push(gpu.dispatch(
-            "conv_tile",
+            reads.family(),
             forward_entry(channels, pixels, true),
             &params,
             &[input, packed, bias, output],
-            grid_of(channel_tiles as usize * pixel_tiles, TILE_WORKGROUP),
+            [x, y, channel_tiles],
         ));
         return out;
     }
@@ -177,9 +208,11 @@ pub struct GemmPlan {
     /// The weight gradient's reduction split.
     chunks: usize,
     chunk_len: usize,
-    /// Whether the forward and the input gradient read their weights as uniform blocks.
-    uniform_forward: bool,
-    uniform_backward: bool,
+    /// How the forward and the input gradient read their weights.
+    forward_reads: WeightReads,
+    backward_reads: WeightReads,
+    /// Whether the weight gradient shares its dy loads across subgroups.
+    weight_subgroups: bool,
 }
 
 /// The smallest forward tile holding `channels` (the largest when none does).
@@ -198,6 +231,23 @@ fn used_taps(kernel: usize, pad: usize, stride: usize, size: usize, out: usize) 
 }
 
 impl GemmPlan {
+    /// The plan for `gpu`.
+    pub fn for_device(shape: &Conv2dShape, gpu: &Gpu) -> GemmPlan {
+        GemmPlan::with_subgroups(shape, gpu.subgroups)
+    }
+
+    /// The plan for a device with or without subgroups (of at least eight lanes).
+    pub fn with_subgroups(shape: &Conv2dShape, subgroups: bool) -> GemmPlan {
+        let s = shape;
+        GemmPlan {
+            forward_reads: WeightReads::choose(subgroups, s.batch * s.out_h * s.out_w),
+            backward_reads: WeightReads::choose(subgroups, s.batch * s.h * s.w),
+            weight_subgroups: subgroups,
+            ..GemmPlan::new(shape)
+        }
+    }
+
+    /// The plan's sizes, with the kernels of a device without subgroups.
     pub fn new(shape: &Conv2dShape) -> GemmPlan {
         let s = *shape;
         let (ky0, kernel_h) = used_taps(s.kernel_h, s.cfg.padding.0, s.cfg.stride.0, s.h, s.out_h);
@@ -231,15 +281,18 @@ impl GemmPlan {
             dy_quads: s.c_out.div_ceil(4),
             chunks: total.div_ceil(chunk_len),
             chunk_len,
-            uniform_forward: total >= UNIFORM_MIN_PIXELS,
-            uniform_backward: s.batch * s.h * s.w >= UNIFORM_MIN_PIXELS,
+            forward_reads: WeightReads::choose(false, total),
+            backward_reads: WeightReads::choose(false, s.batch * s.h * s.w),
+            weight_subgroups: false,
         }
     }
 
-    /// The same plan with the weights read one way in both passes, whatever the pixel count
-    /// (for tests: both ways sum in the same order).
-    pub fn with_uniform_weights(self, uniform: bool) -> GemmPlan {
-        GemmPlan { uniform_forward: uniform, uniform_backward: uniform, ..self }
+    /// The same plan with the weights read one way in both passes, whatever the pixel count,
+    /// and the weight gradient sharing loads across subgroups exactly when `reads` does (for
+    /// tests: every way sums in the same order).
+    pub fn with_weight_reads(self, reads: WeightReads) -> GemmPlan {
+        let weight_subgroups = reads == WeightReads::SubgroupStorage;
+        GemmPlan { forward_reads: reads, backward_reads: reads, weight_subgroups, ..self }
     }
 
     fn forward_pad(&self) -> usize {
@@ -361,7 +414,7 @@ impl GemmPlan {
             params,
             self.forward_tile,
             [scratch[X_LAST], scratch[W_FORWARD], w, bias, y],
-            self.uniform_forward,
+            self.forward_reads,
             "pack_weight_forward",
         ));
         out
@@ -407,7 +460,7 @@ impl GemmPlan {
             params,
             self.backward_tile,
             [dy_last, scratch[W_BACKWARD], w, w, dx],
-            self.uniform_backward,
+            self.backward_reads,
             "pack_weight_backward",
         ));
         out
@@ -440,7 +493,7 @@ impl GemmPlan {
             self.copy_x(gpu, x, scratch),
             gpu.dispatch("conv_tile", "gradient_channels_last", &params, &[dy, dy_last], grid(dy_last.len())),
             gpu.dispatch(
-                "conv_tile",
+                if self.weight_subgroups { "conv_tile_subgroup" } else { "conv_tile" },
                 weight_entry(self.weight_inputs),
                 &params,
                 &[scratch[X_LAST], dy_last, partials],
