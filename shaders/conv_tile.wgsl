@@ -83,44 +83,48 @@ fn tile_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
 
 // ---------------------------------------------------------------- copies and packing
 @group(0) @binding(1) var<storage, read> copy_src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> copy_dst: array<f32>;
+@group(0) @binding(2) var<storage, read_write> copy_dst: array<vec4<f32>>;
 
-// [batch][channels][src_h][src_w] -> [batch][in_h][in_w][in_quads * 4], zero outside the
-// placed (and dilated) source and in the padding channels. Invocations: every destination float.
+// [batch][channels][src_h][src_w] -> [batch][in_h][in_w][in_quads] vec4s, zero outside the
+// placed (and dilated) source and in the padding channels. Invocations: every destination vec4.
 @compute @workgroup_size(64)
 fn to_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    let lanes = p.in_quads * 4u;
-    if (i >= p.batch * p.in_h * p.in_w * lanes) { return; }
-    let c = i % lanes;
-    let xd = i32((i / lanes) % p.in_w) - p.left;
-    let yd = i32((i / (lanes * p.in_w)) % p.in_h) - p.top;
-    let n = i / (lanes * p.in_w * p.in_h);
+    if (i >= p.batch * p.in_h * p.in_w * p.in_quads) { return; }
+    let quad = i % p.in_quads;
+    let xd = i32((i / p.in_quads) % p.in_w) - p.left;
+    let yd = i32((i / (p.in_quads * p.in_w)) % p.in_h) - p.top;
+    let n = i / (p.in_quads * p.in_w * p.in_h);
     let dh = i32(p.dilation_h);
     let dw = i32(p.dilation_w);
     let sx = xd / dw;
     let sy = yd / dh;
-    let inside = c < p.channels && xd >= 0 && yd >= 0 && xd % dw == 0 && yd % dh == 0
-        && sx < i32(p.src_w) && sy < i32(p.src_h);
-    var v = 0.0;
+    let inside = xd >= 0 && yd >= 0 && xd % dw == 0 && yd % dh == 0 && sx < i32(p.src_w) && sy < i32(p.src_h);
+    var v = vec4<f32>();
     if (inside) {
-        v = copy_src[((n * p.channels + c) * p.src_h + u32(sy)) * p.src_w + u32(sx)];
+        let plane = p.src_h * p.src_w;
+        let at = ((n * p.channels + quad * 4u) * p.src_h + u32(sy)) * p.src_w + u32(sx);
+        for (var k = 0u; k < 4u; k++) {
+            if (quad * 4u + k < p.channels) { v[k] = copy_src[at + k * plane]; }
+        }
     }
     copy_dst[i] = v;
 }
 
-// dy [batch][c_out][out_h][out_w] -> [batch * out_h * out_w][out_pad], for the weight gradient.
-// Invocations: every destination float.
+// dy [batch][c_out][out_h][out_w] -> [batch * out_h * out_w][out_pad / 4] vec4s, for the weight
+// gradient. Invocations: every destination vec4.
 @compute @workgroup_size(64)
 fn gradient_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     let pixels = p.out_h * p.out_w;
-    if (i >= p.batch * pixels * p.out_pad) { return; }
-    let co = i % p.out_pad;
-    let q = i / p.out_pad;
-    var v = 0.0;
-    if (co < p.c_out) {
-        v = copy_src[((q / pixels) * p.c_out + co) * pixels + q % pixels];
+    let quads = p.out_pad / 4u;
+    if (i >= p.batch * pixels * quads) { return; }
+    let c = (i % quads) * 4u;
+    let q = i / quads;
+    let at = ((q / pixels) * p.c_out + c) * pixels + q % pixels;
+    var v = vec4<f32>();
+    for (var k = 0u; k < 4u; k++) {
+        if (c + k < p.c_out) { v[k] = copy_src[at + k * pixels]; }
     }
     copy_dst[i] = v;
 }
@@ -178,32 +182,39 @@ fn full_tap(t: u32) -> u32 {
 }
 
 // Forward weights from w [weight_out][weight_in][kh][kw]: the kernel's outputs are the
-// weight's outputs. Invocations: every destination float.
+// weight's outputs. Invocations: every destination vec4 (four output channels of one input
+// channel and tap; "none" has every component ~0, so the first test rejects it).
 @compute @workgroup_size(64)
 fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    if (i >= arrayLength(&copy_dst)) { return; }
-    let src = packed_source(i);
-    var v = 0.0;
-    if (src.x < p.weight_out && src.y < p.weight_in) {
-        v = copy_src[(src.x * p.weight_in + src.y) * p.full_taps + full_tap(src.z)];
+    let j = flat_index(gid, nwg);
+    if (j >= arrayLength(&copy_dst)) { return; }
+    let src = packed_source(4u * j);
+    var v = vec4<f32>();
+    if (src.y < p.weight_in) {
+        let at = (src.x * p.weight_in + src.y) * p.full_taps + full_tap(src.z);
+        for (var k = 0u; k < 4u; k++) {
+            if (src.x + k < p.weight_out) { v[k] = copy_src[at + k * p.weight_in * p.full_taps]; }
+        }
     }
-    copy_dst[i] = v;
+    copy_dst[j] = v;
 }
 
 // Input-gradient weights: the kernel's outputs are the weight's input channels, its inputs
-// the weight's output channels, and the taps are flipped. Invocations: every destination float.
+// the weight's output channels, and the taps are flipped. Invocations: every destination vec4.
 @compute @workgroup_size(64)
 fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    if (i >= arrayLength(&copy_dst)) { return; }
-    let src = packed_source(i);
+    let j = flat_index(gid, nwg);
+    if (j >= arrayLength(&copy_dst)) { return; }
+    let src = packed_source(4u * j);
     let taps = p.kernel_h * p.kernel_w;
-    var v = 0.0;
-    if (src.x < p.weight_in && src.y < p.weight_out) {
-        v = copy_src[(src.y * p.weight_in + src.x) * p.full_taps + full_tap(taps - 1u - src.z)];
+    var v = vec4<f32>();
+    if (src.y < p.weight_out) {
+        let at = (src.y * p.weight_in + src.x) * p.full_taps + full_tap(taps - 1u - src.z);
+        for (var k = 0u; k < 4u; k++) {
+            if (src.x + k < p.weight_in) { v[k] = copy_src[at + k * p.full_taps]; }
+        }
     }
-    copy_dst[i] = v;
+    copy_dst[j] = v;
 }
 
 // ---------------------------------------------------------------- forward (and input gradient)
@@ -393,27 +404,34 @@ fn conv_tile_weight_I(
 }
 //@end
 
-@group(0) @binding(1) var<storage, read> tr_part: array<f32>;
+@group(0) @binding(1) var<storage, read> tr_part: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> tr_dw: array<f32>;
 
 // dw [weight_out][weight_in][kh][kw] = the chunks' partial sums, added in chunk order (zero
-// for the taps that only meet padding). Invocations: every weight.
+// for the taps that only meet padding), four input channels per invocation (one vec4 load
+// per chunk). Invocations: weight_out x in_quads x full_taps, taps fastest.
 @compute @workgroup_size(64)
 fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if (i >= p.weight_out * p.weight_in * p.full_taps) { return; }
-    let ci = (i / p.full_taps) % p.weight_in;
-    let co = i / (p.full_taps * p.weight_in);
-    let ky = i32((i % p.full_taps) / p.full_kernel_w) - i32(p.ky0);
-    let kx = i32(i % p.full_kernel_w) - i32(p.kx0);
-    var sum = 0.0;
+    if (i >= p.weight_out * p.in_quads * p.full_taps) { return; }
+    let t = i % p.full_taps;
+    let quad = (i / p.full_taps) % p.in_quads;
+    let co = i / (p.full_taps * p.in_quads);
+    let ky = i32(t / p.full_kernel_w) - i32(p.ky0);
+    let kx = i32(t % p.full_kernel_w) - i32(p.kx0);
+    var sum = vec4<f32>();
     if (ky >= 0 && ky < i32(p.kernel_h) && kx >= 0 && kx < i32(p.kernel_w)) {
         let taps = p.kernel_h * p.kernel_w;
         let tap = u32(ky) * p.kernel_w + u32(kx);
-        let lanes = p.in_quads * 4u;
         for (var s = 0u; s < p.chunks; s++) {
-            sum += tr_part[((s * p.out_pad + co) * taps + tap) * lanes + ci];
+            sum += tr_part[((s * p.out_pad + co) * taps + tap) * p.in_quads + quad];
         }
     }
-    tr_dw[i] = accumulated(tr_dw[i], sum, p.accumulate);
+    for (var k = 0u; k < 4u; k++) {
+        let ci = quad * 4u + k;
+        if (ci < p.weight_in) {
+            let at = (co * p.weight_in + ci) * p.full_taps + t;
+            tr_dw[at] = accumulated(tr_dw[at], sum[k], p.accumulate);
+        }
+    }
 }

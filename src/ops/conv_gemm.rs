@@ -142,7 +142,7 @@ fn tile_dispatches(
 ) -> Vec<Dispatch> {
     let (has_bias, accumulate) = (params.has_bias != 0, params.accumulate != 0);
     let params = TileParams { tile: channels, ..params };
-    let mut out = vec![gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], grid(packed.len()))];
+    let mut out = vec![gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], grid(packed.len() / 4))];
     let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
     let channel_tiles = params.out_pad / channels;
     if reads != WeightReads::UniformBlocks {
@@ -395,7 +395,7 @@ impl GemmPlan {
             ..self.forward_params()
         };
         let dst = scratch[X_LAST];
-        gpu.dispatch("conv_tile", "to_channels_last", &params, &[x, dst], grid(dst.len()))
+        gpu.dispatch("conv_tile", "to_channels_last", &params, &[x, dst], grid(dst.len() / 4))
     }
 
     /// y = conv(x, w) + bias.
@@ -453,7 +453,7 @@ impl GemmPlan {
             ..self.params()
         };
         let dy_last = scratch[DY_LAST_PADDED];
-        let mut out = vec![gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last], grid(dy_last.len()))];
+        let mut out = vec![gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last], grid(dy_last.len() / 4))];
         // The kernel's bias binding is read only with a bias: any buffer does.
         out.extend(tile_dispatches(
             gpu,
@@ -488,10 +488,10 @@ impl GemmPlan {
             (self.weight_pad() / WEIGHT_TILE_OUT as usize) as u32,
             self.chunks as u32,
         ];
-        let weights = self.shape.c_out * self.shape.c_in * self.shape.kernel_h * self.shape.kernel_w;
+        let reductions = self.shape.c_out * self.x_quads * self.shape.kernel_h * self.shape.kernel_w;
         vec![
             self.copy_x(gpu, x, scratch),
-            gpu.dispatch("conv_tile", "gradient_channels_last", &params, &[dy, dy_last], grid(dy_last.len())),
+            gpu.dispatch("conv_tile", "gradient_channels_last", &params, &[dy, dy_last], grid(dy_last.len() / 4)),
             gpu.dispatch(
                 if self.weight_subgroups { "conv_tile_subgroup" } else { "conv_tile" },
                 weight_entry(self.weight_inputs),
@@ -499,7 +499,7 @@ impl GemmPlan {
                 &[scratch[X_LAST], dy_last, partials],
                 workgroups,
             ),
-            gpu.dispatch("conv_tile", "reduce_weight_partials", &params, &[partials, dw], grid(weights)),
+            gpu.dispatch("conv_tile", "reduce_weight_partials", &params, &[partials, dw], grid(reductions)),
         ]
     }
 }
