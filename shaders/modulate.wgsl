@@ -19,14 +19,17 @@ struct ModulateParams {
 
 @group(0) @binding(0) var<uniform> p: ModulateParams;
 
+// Every kernel reads the attentions at bindings 2 and 3 (spatial: [rows][taps]; filter:
+// [rows][c_out]).
+@group(0) @binding(2) var<storage, read> spatial_attention: array<f32>;
+@group(0) @binding(3) var<storage, read> filter_attention: array<f32>;
+
 fn spatial_factor(spatial_value: f32) -> f32 {
     return select(1.0, 1.0 + spatial_value, p.has_spatial != 0u);
 }
 
 // ---------------------------------------------------------------- forward
 @group(0) @binding(1) var<storage, read> fwd_parent: array<f32>;
-@group(0) @binding(2) var<storage, read> fwd_spatial: array<f32>;
-@group(0) @binding(3) var<storage, read> fwd_filter: array<f32>;
 @group(0) @binding(4) var<storage, read_write> fwd_children: array<f32>;
 
 // Invocations: children x c_out x fan.
@@ -39,14 +42,36 @@ fn modulate_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let e = i % per_child;
     let co = e / p.fan;
     let tap = (e % p.fan) % p.taps;
-    let s = spatial_factor(fwd_spatial[select(0u, k * p.taps + tap, p.has_spatial != 0u)]);
-    fwd_children[i] = fwd_parent[e] * s * (1.0 + fwd_filter[k * p.c_out + co]);
+    let s = spatial_factor(spatial_attention[select(0u, k * p.taps + tap, p.has_spatial != 0u)]);
+    fwd_children[i] = fwd_parent[e] * s * (1.0 + filter_attention[k * p.c_out + co]);
+}
+
+// The same, four consecutive weights per invocation (when fan is a multiple of four, so the
+// four share an output channel); their taps are consecutive modulo taps.
+@group(0) @binding(1) var<storage, read> fwd_parent4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> fwd_children4: array<vec4<f32>>;
+
+// The spatial factors of weights f .. f + 3 of one output channel of child k.
+fn spatial_factors(k: u32, f: u32) -> vec4<f32> {
+    var s = vec4<f32>(1.0);
+    if (p.has_spatial != 0u) {
+        for (var j = 0u; j < 4u; j++) { s[j] = 1.0 + spatial_attention[k * p.taps + (f + j) % p.taps]; }
+    }
+    return s;
+}
+
+// Invocations: c_out x fan / 4 (one child per dispatch).
+@compute @workgroup_size(64)
+fn modulate_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.c_out * p.fan / 4u) { return; }
+    let k = p.first_child;
+    let s = spatial_factors(k, (4u * i) % p.fan);
+    fwd_children4[i] = fwd_parent4[i] * s * (1.0 + filter_attention[k * p.c_out + 4u * i / p.fan]);
 }
 
 // ---------------------------------------------------------------- backward
 @group(0) @binding(1) var<storage, read> bwd_parent: array<f32>;
-@group(0) @binding(2) var<storage, read> bwd_spatial: array<f32>;
-@group(0) @binding(3) var<storage, read> bwd_filter: array<f32>;
 @group(0) @binding(4) var<storage, read> bwd_dchildren: array<f32>;
 @group(0) @binding(5) var<storage, read_write> bwd_out: array<f32>;
 
@@ -62,10 +87,30 @@ fn modulate_backward_parent(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     var sum = 0.0;
     for (var c = 0u; c < p.children; c++) {
         let k = p.first_child + c;
-        let s = spatial_factor(bwd_spatial[select(0u, k * p.taps + tap, p.has_spatial != 0u)]);
-        sum += bwd_dchildren[c * per_child + e] * s * (1.0 + bwd_filter[k * p.c_out + co]);
+        let s = spatial_factor(spatial_attention[select(0u, k * p.taps + tap, p.has_spatial != 0u)]);
+        sum += bwd_dchildren[c * per_child + e] * s * (1.0 + filter_attention[k * p.c_out + co]);
     }
     bwd_out[e] = accumulated(bwd_out[e], sum, p.accumulate);
+}
+
+@group(0) @binding(4) var<storage, read> bwd_dchildren4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> bwd_out4: array<vec4<f32>>;
+
+// The same, four consecutive weights per invocation (fan a multiple of four).
+// Invocations: c_out x fan / 4.
+@compute @workgroup_size(64)
+fn modulate_backward_parent_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let per_child = p.c_out * p.fan / 4u;
+    if (i >= per_child) { return; }
+    let co = 4u * i / p.fan;
+    let f = (4u * i) % p.fan;
+    var sum = vec4<f32>();
+    for (var c = 0u; c < p.children; c++) {
+        let k = p.first_child + c;
+        sum += bwd_dchildren4[c * per_child + i] * spatial_factors(k, f) * (1.0 + filter_attention[k * p.c_out + co]);
+    }
+    bwd_out4[i] = select(sum, bwd_out4[i] + sum, p.accumulate != 0u);
 }
 
 // The attention gradients sum over a whole kernel (c_out x c_in x taps terms, 262144 per
@@ -86,7 +131,7 @@ fn modulate_backward_spatial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
         let co = j / rows;
         let e = co * p.fan + (j % rows) * p.taps + tap;
         let term = two_prod(bwd_dchildren[c * per_child + e], bwd_parent[e]);
-        sum = df_add(sum, df_mul(term, df(1.0 + bwd_filter[k * p.c_out + co])));
+        sum = df_add(sum, df_mul(term, df(1.0 + filter_attention[k * p.c_out + co])));
     }
     sum = workgroup_sum(lane, sum);
     if (lane == 0u) {
@@ -106,7 +151,7 @@ fn modulate_backward_filter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loca
     var sum = df(0.0);
     for (var f = lane; f < p.fan; f += REDUCE) {
         let e = co * p.fan + f;
-        let s = spatial_factor(bwd_spatial[select(0u, k * p.taps + f % p.taps, p.has_spatial != 0u)]);
+        let s = spatial_factor(spatial_attention[select(0u, k * p.taps + f % p.taps, p.has_spatial != 0u)]);
         sum = df_add(sum, df_mul(two_prod(bwd_dchildren[c * per_child + e], bwd_parent[e]), df(s)));
     }
     sum = workgroup_sum(lane, sum);

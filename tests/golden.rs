@@ -135,7 +135,9 @@ fn sgd_golden() {
     let velocity = gpu.storage("velocity", param.len());
     for step in 0..3 {
         gpu.write(&grad, &f[&format!("grad.{step}")].data);
-        gpu.run(&[opt.dispatch(&gpu, &param, &grad, &velocity, step == 0)]);
+        let dispatches: Vec<_> =
+            opt.dispatches(&gpu, &param, &grad, &velocity, step == 0).into_iter().map(|(d, _)| d).collect();
+        gpu.run(&dispatches);
         let key = format!("param.{}", step + 1);
         assert_close(&key, &to_f64(&gpu.read(&param).unwrap()), &want(&f, &key), TOL);
     }

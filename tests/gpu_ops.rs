@@ -144,9 +144,10 @@ fn conv_weight_paths_agree_bit_for_bit() {
 
 #[test]
 fn modulation_matches_reference() {
-    for has_spatial in [true, false] {
+    // 3 input channels: 27 weights per output channel, one at a time; 4: 36, four at a time.
+    for (has_spatial, c_in) in [(true, 3), (false, 3), (true, 4), (false, 4)] {
         let mut g = Graph::new();
-        let parent = g.param("parent", &[5, 3, 3, 3]).unwrap();
+        let parent = g.param("parent", &[5, c_in, 3, 3]).unwrap();
         let spatial = g.param("spatial", &[3, 1, 1, 3, 3]).unwrap();
         let filter = g.param("filter", &[3, 5, 1, 1, 1]).unwrap();
         // Children 1 and 2 of 3 rows; row 0 is left to another parent.
@@ -160,7 +161,7 @@ fn modulation_matches_reference() {
         let fv = feed(&exe, &g, filter, &mut rng);
         let dy = seed_grad(&exe, &g, root, &mut rng);
         exe.run().unwrap();
-        let m = Modulate { first_child: 1, children: 2, rows: 3, c_out: 5, fan: 27, taps: 9, has_spatial };
+        let m = Modulate { first_child: 1, children: 2, rows: 3, c_out: 5, fan: 9 * c_in, taps: 9, has_spatial };
         let sp = has_spatial.then_some(sv.as_slice());
         let want = r::modulate::forward(&m, &pv, sp, &fv);
         assert_close("child 1", &read(&exe, kids[0]), &want[0], TOL);
@@ -365,7 +366,9 @@ fn sgd_matches_reference_over_steps() {
         let opt = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.1, weight_decay: 1e-3, nesterov };
         let grad = f32_exact(randn(&mut rng, n));
         gpu.write(&gg, &to_f32(&grad));
-        gpu.run(&[opt.dispatch(&gpu, &gp, &gg, &gv, step == 0)]);
+        let dispatches: Vec<_> = opt.dispatches(&gpu, &gp, &gg, &gv, step == 0).into_iter().map(|(d, _)| d).collect();
+        assert_eq!(dispatches.len(), 2, "{n} elements: a four-wide part and a rest");
+        gpu.run(&dispatches);
         r::sgd::step(&opt, &mut param, &grad, &mut velocity, step == 0);
         assert_close(&format!("param after step {step}"), &to_f64(&gpu.read(&gp).unwrap()), &param, 1e-6);
         assert_close(&format!("velocity after step {step}"), &to_f64(&gpu.read(&gv).unwrap()), &velocity, 1e-6);

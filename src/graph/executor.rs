@@ -465,7 +465,7 @@ fn sgd_dispatches(gpu: &Gpu, weights: &Weights, sgd: &Sgd, frozen: &HashSet<Stri
         while offset < range.end {
             let size = max_chunk.min(range.end - offset);
             let part = |s: &GpuSlice| GpuSlice { buffer: s.buffer.clone(), offset, size };
-            out.push((sgd.dispatch(gpu, &part(&params), &part(&grads), &part(&velocity), true), (size / 4) as usize));
+            out.extend(sgd.dispatches(gpu, &part(&params), &part(&grads), &part(&velocity), true));
             offset += size;
         }
     }

@@ -453,7 +453,8 @@ impl GemmPlan {
             ..self.params()
         };
         let dy_last = scratch[DY_LAST_PADDED];
-        let mut out = vec![gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last], grid(dy_last.len() / 4))];
+        let mut out =
+            vec![gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last], grid(dy_last.len() / 4))];
         // The kernel's bias binding is read only with a bias: any buffer does.
         out.extend(tile_dispatches(
             gpu,

@@ -56,6 +56,17 @@ impl Modulate {
         }
     }
 
+    /// The entry point of an elementwise kernel (`entry` or its four-wide `_quads` version,
+    /// when four consecutive weights always share an output channel) and its invocations.
+    fn elementwise(&self, entry: &'static str) -> (&'static str, usize) {
+        let weights = self.c_out * self.fan;
+        match (self.fan.is_multiple_of(4), entry) {
+            (true, "modulate_forward") => ("modulate_forward_quads", weights / 4),
+            (true, "modulate_backward_parent") => ("modulate_backward_parent_quads", weights / 4),
+            _ => (entry, weights),
+        }
+    }
+
     fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         (0..self.children).map(|c| (c, self.first_child + c))
     }
@@ -81,13 +92,8 @@ impl Op for Modulate {
         self.rows()
             .map(|(c, k)| {
                 let buffers = [b.inputs[0], spatial, filter, b.outputs[c]];
-                gpu.dispatch(
-                    "modulate",
-                    "modulate_forward",
-                    &self.params(k, false),
-                    &buffers,
-                    grid(self.c_out * self.fan),
-                )
+                let (entry, invocations) = self.elementwise("modulate_forward");
+                gpu.dispatch("modulate", entry, &self.params(k, false), &buffers, grid(invocations))
             })
             .collect()
     }
@@ -106,7 +112,8 @@ impl Op for Modulate {
                 out.push(gpu.dispatch("modulate", entry, &self.params(k, accumulate), &buffers, workgroups));
             }
         };
-        each("modulate_backward_parent", grads.inputs[0], grid(self.c_out * self.fan), true);
+        let (entry, invocations) = self.elementwise("modulate_backward_parent");
+        each(entry, grads.inputs[0], grid(invocations), true);
         // One 64-invocation workgroup per attention value.
         if self.has_spatial {
             each("modulate_backward_spatial", grads.inputs[1], [self.taps as u32, 1, 1], false);

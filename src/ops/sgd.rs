@@ -45,16 +45,42 @@ impl Sgd {
         }
     }
 
-    /// One update of `param` from `grad`, keeping momentum in `velocity` (all the same length).
-    pub fn dispatch(
+    /// One update of `param` from `grad`, keeping momentum in `velocity` (all the same length):
+    /// four elements per invocation over the longest prefix that a binding may end and the
+    /// next begin at, then one per invocation over the rest. Each with its element count.
+    pub fn dispatches(
         &self,
         gpu: &Gpu,
         param: &GpuSlice,
         grad: &GpuSlice,
         velocity: &GpuSlice,
         first_step: bool,
-    ) -> Dispatch {
-        let len = param.len();
-        gpu.dispatch("optim", "sgd_step", &self.params(len, first_step), &[param, grad, velocity], grid(len))
+    ) -> Vec<(Dispatch, usize)> {
+        let align = gpu.device.limits().min_storage_buffer_offset_alignment.max(16) as u64;
+        let quads = param.size / align * align;
+        let part = |s: &GpuSlice, offset: u64, size: u64| GpuSlice {
+            buffer: s.buffer.clone(),
+            offset: s.offset + offset,
+            size,
+        };
+        let mut out = Vec::new();
+        for (entry, offset, size, per_invocation) in
+            [("sgd_step_quads", 0, quads, 4), ("sgd_step", quads, param.size - quads, 1)]
+        {
+            if size == 0 {
+                continue;
+            }
+            let len = (size / 4) as usize;
+            let buffers = [param, grad, velocity].map(|s| part(s, offset, size));
+            let dispatch = gpu.dispatch(
+                "optim",
+                entry,
+                &self.params(len, first_step),
+                &[&buffers[0], &buffers[1], &buffers[2]],
+                grid(len / per_invocation),
+            );
+            out.push((dispatch, len));
+        }
+        out
     }
 }
