@@ -35,9 +35,42 @@ struct NormParams {
 
 @group(0) @binding(0) var<uniform> p: NormParams;
 
-// Flat offset of the i-th element (over batch x spatial) of channel c.
-fn element(c: u32, i: u32) -> u32 {
-    return ((i / p.spatial) * p.channels + c) * p.spatial + i % p.spatial;
+// A lane's walk over one channel's elements (batch x spatial, flat index lane, lane + REDUCE,
+// ...) by (sample, position), stepped without divisions: integer division is a scalar loop
+// per lane on software adapters, and costs more than the arithmetic around it.
+struct Walk {
+    n: u32,
+    s: u32,
+}
+
+fn walk_start(lane: u32) -> Walk {
+    return Walk(lane / p.spatial, lane % p.spatial);
+}
+
+fn walk_next(w: Walk) -> Walk {
+    var next = Walk(w.n + REDUCE / p.spatial, w.s + REDUCE % p.spatial);
+    if (next.s >= p.spatial) {
+        next.s -= p.spatial;
+        next.n += 1u;
+    }
+    return next;
+}
+
+fn walk_offset(w: Walk, c: u32) -> u32 {
+    return (w.n * p.channels + c) * p.spatial + w.s;
+}
+
+// Elementwise kernels take runs of up to ELEMENT_RUN elements of one (sample, channel) plane
+// per invocation, loading the channel's statistics once per run.
+const ELEMENT_RUN: u32 = 8u;
+
+// The run of invocation r: (first offset, elements, channel), or elements 0 past the end.
+fn element_run(r: u32) -> vec3<u32> {
+    let runs = (p.spatial + ELEMENT_RUN - 1u) / ELEMENT_RUN;
+    let plane = r / runs;
+    if (plane >= p.batch * p.channels) { return vec3<u32>(0u); }
+    let first = (r % runs) * ELEMENT_RUN;
+    return vec3<u32>(plane * p.spatial + first, min(ELEMENT_RUN, p.spatial - first), plane % p.channels);
 }
 
 // ---------------------------------------------------------------- statistics
@@ -52,14 +85,18 @@ fn batchnorm_stats_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     let c = wid.x;
     let count = p.batch * p.spatial;
     var sum = df(0.0);
+    var w = walk_start(lane);
     for (var i = lane; i < count; i += REDUCE) {
-        sum = df_add(sum, df(st_x[element(c, i)]));
+        sum = df_add(sum, df(st_x[walk_offset(w, c)]));
+        w = walk_next(w);
     }
     let mean = df_div(workgroup_sum(lane, sum), df(f32(count)));
     var sq = df(0.0);
+    w = walk_start(lane);
     for (var i = lane; i < count; i += REDUCE) {
-        let d = df_add(df(st_x[element(c, i)]), df_neg(mean));
+        let d = df_add(df(st_x[walk_offset(w, c)]), df_neg(mean));
         sq = df_add(sq, df_mul(d, d));
+        w = walk_next(w);
     }
     let var_biased = df_div(workgroup_sum(lane, sq), df(f32(count)));
     if (lane == 0u) {
@@ -102,15 +139,18 @@ fn batchnorm_stats_eval(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 @group(0) @binding(5) var<storage, read_write> ap_y: array<f32>;
 
 // y = (x - mean) * invstd * weight + bias, centring with both parts of the mean: values of a
-// nearly constant channel sit within a few ulps of it. Invocations: every element.
+// nearly constant channel sit within a few ulps of it. Invocations: every element run.
 @compute @workgroup_size(64)
 fn batchnorm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
+    let run = element_run(flat_index(gid, nwg));
     let ch = p.channels;
-    if (i >= p.batch * ch * p.spatial) { return; }
-    let c = (i / p.spatial) % ch;
+    let c = run.z;
     let scale = ap_saved[ch + c] * ap_weight[c];
-    ap_y[i] = ((ap_x[i] - ap_saved[c]) - ap_saved[2u * ch + c]) * scale + ap_bias[c];
+    let mean = vec2<f32>(ap_saved[c], ap_saved[2u * ch + c]);
+    let bias = ap_bias[c];
+    for (var i = run.x; i < run.x + run.y; i++) {
+        ap_y[i] = ((ap_x[i] - mean.x) - mean.y) * scale + bias;
+    }
 }
 
 // ---------------------------------------------------------------- backward
@@ -131,11 +171,13 @@ fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
     let mean = vec2<f32>(br_saved[c], br_saved[2u * ch + c]);
     var sum_dy = df(0.0);
     var sum_dy_c = df(0.0);
+    var w = walk_start(lane);
     for (var i = lane; i < count; i += REDUCE) {
-        let at = element(c, i);
+        let at = walk_offset(w, c);
         let dy = df(br_dy[at]);
         sum_dy = df_add(sum_dy, dy);
         sum_dy_c = df_add(sum_dy_c, df_mul(dy, df_add(df(br_x[at]), df_neg(mean))));
+        w = walk_next(w);
     }
     sum_dy = workgroup_sum(lane, sum_dy);
     sum_dy_c = workgroup_sum(lane, sum_dy_c);
@@ -161,22 +203,23 @@ fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
 @group(0) @binding(6) var<storage, read_write> bi_dx: array<f32>;
 
 // Train: dx = weight * invstd * ((dy - mean(dy)) - (x - mean) * beta), in double-float.
-// Eval (statistics are constants): dx = weight * invstd * dy. Invocations: every element.
+// Eval (statistics are constants): dx = weight * invstd * dy. Invocations: every element run.
 @compute @workgroup_size(64)
 fn batchnorm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
+    let run = element_run(flat_index(gid, nwg));
     let ch = p.channels;
-    if (i >= p.batch * ch * p.spatial) { return; }
-    let c = (i / p.spatial) % ch;
-    let invstd = bi_saved[ch + c];
-    var g = bi_dy[i];
-    if (p.training != 0u) {
-        let mean = vec2<f32>(bi_saved[c], bi_saved[2u * ch + c]);
-        let mean_dy = vec2<f32>(bi_sums[c], bi_sums[ch + c]);
-        let beta = vec2<f32>(bi_sums[2u * ch + c], bi_sums[3u * ch + c]);
-        let centred = df_add(df(bi_x[i]), df_neg(mean));
-        let r = df_add(df_add(df(g), df_neg(mean_dy)), df_neg(df_mul(centred, beta)));
-        g = r.x + r.y;
+    let c = run.z;
+    let scale = bi_weight[c] * bi_saved[ch + c];
+    let mean = vec2<f32>(bi_saved[c], bi_saved[2u * ch + c]);
+    let mean_dy = vec2<f32>(bi_sums[c], bi_sums[ch + c]);
+    let beta = vec2<f32>(bi_sums[2u * ch + c], bi_sums[3u * ch + c]);
+    for (var i = run.x; i < run.x + run.y; i++) {
+        var g = bi_dy[i];
+        if (p.training != 0u) {
+            let centred = df_add(df(bi_x[i]), df_neg(mean));
+            let r = df_add(df_add(df(g), df_neg(mean_dy)), df_neg(df_mul(centred, beta)));
+            g = r.x + r.y;
+        }
+        bi_dx[i] = accumulated(bi_dx[i], scale * g, p.accumulate_input);
     }
-    bi_dx[i] = accumulated(bi_dx[i], bi_weight[c] * invstd * g, p.accumulate_input);
 }

@@ -52,10 +52,15 @@ impl BatchNorm {
         }
     }
 
-    fn elements(&self) -> usize {
-        self.batch * self.channels * self.spatial
+    /// Invocations of the elementwise kernels: runs of up to `ELEMENT_RUN` (norm.wgsl)
+    /// elements of one (sample, channel) plane.
+    fn element_runs(&self) -> usize {
+        self.batch * self.channels * self.spatial.div_ceil(ELEMENT_RUN)
     }
 }
+
+/// Elements per invocation of the elementwise kernels (`ELEMENT_RUN` in norm.wgsl).
+const ELEMENT_RUN: usize = 8;
 
 // Inputs: x, weight, bias, running_mean, running_var. Scratch: saved statistics, backward sums.
 impl Op for BatchNorm {
@@ -93,7 +98,7 @@ impl Op for BatchNorm {
             "batchnorm_apply",
             &params,
             &[x, weight, bias, saved, b.outputs[0]],
-            grid(self.elements()),
+            grid(self.element_runs()),
         );
         vec![stats, apply]
     }
@@ -123,7 +128,7 @@ impl Op for BatchNorm {
                 "batchnorm_backward_input",
                 &params,
                 &[x, dy, weight, saved, sums, dx.slice],
-                grid(self.elements()),
+                grid(self.element_runs()),
             ));
         }
         out
