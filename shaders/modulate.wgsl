@@ -127,11 +127,20 @@ fn modulate_backward_spatial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
     let per_child = p.c_out * p.fan;
     let rows = p.fan / p.taps;
     var sum = df(0.0);
+    // Element j = co * rows + row, stepped by REDUCE without divisions (a scalar loop per lane
+    // on software adapters).
+    var co = lane / rows;
+    var row = lane % rows;
     for (var j = lane; j < p.c_out * rows; j += REDUCE) {
-        let co = j / rows;
-        let e = co * p.fan + (j % rows) * p.taps + tap;
+        let e = co * p.fan + row * p.taps + tap;
         let term = two_prod(bwd_dchildren[c * per_child + e], bwd_parent[e]);
         sum = df_add(sum, df_mul(term, df(1.0 + filter_attention[k * p.c_out + co])));
+        co += REDUCE / rows;
+        row += REDUCE % rows;
+        if (row >= rows) {
+            row -= rows;
+            co += 1u;
+        }
     }
     sum = workgroup_sum(lane, sum);
     if (lane == 0u) {
@@ -149,10 +158,13 @@ fn modulate_backward_filter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loca
     let k = p.first_child + c;
     let per_child = p.c_out * p.fan;
     var sum = df(0.0);
+    var tap = lane % p.taps;
     for (var f = lane; f < p.fan; f += REDUCE) {
         let e = co * p.fan + f;
-        let s = spatial_factor(spatial_attention[select(0u, k * p.taps + f % p.taps, p.has_spatial != 0u)]);
+        let s = spatial_factor(spatial_attention[select(0u, k * p.taps + tap, p.has_spatial != 0u)]);
         sum = df_add(sum, df_mul(two_prod(bwd_dchildren[c * per_child + e], bwd_parent[e]), df(s)));
+        tap += REDUCE % p.taps;
+        if (tap >= p.taps) { tap -= p.taps; }
     }
     sum = workgroup_sum(lane, sum);
     if (lane == 0u) {
