@@ -172,3 +172,56 @@ fn modulate_backward_filter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loca
         bwd_out[at] = accumulated(bwd_out[at], sum.x + sum.y, p.accumulate);
     }
 }
+
+// Both attention gradients of a 3x3 child in one pass over the kernel (ResNet children),
+// instead of one pass each: per output channel co, the terms dchild * parent of each tap are
+// summed over the input channels (double-float), giving dfilter[k, co] at once and per-tap
+// partial sums that modulate_backward_spatial_partials adds over co in order.
+// Workgroups: c_out (one child per dispatch). Partials: [c_out][9] double-float pairs.
+const FUSED_TAPS: u32 = 9u;
+@group(0) @binding(6) var<storage, read_write> tap_partials: array<vec2<f32>>;
+
+@compute @workgroup_size(64)
+fn modulate_backward_attention_3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let co = wid.x;
+    let k = p.first_child;
+    let rows = p.fan / FUSED_TAPS;
+    var factor: array<f32, FUSED_TAPS>;
+    for (var t = 0u; t < FUSED_TAPS; t++) { factor[t] = 1.0 + spatial_attention[k * FUSED_TAPS + t]; }
+    var filter_sum = df(0.0);
+    var tap_sum: array<vec2<f32>, FUSED_TAPS>;
+    for (var row = lane; row < rows; row += REDUCE) {
+        let e = co * p.fan + row * FUSED_TAPS;
+        for (var t = 0u; t < FUSED_TAPS; t++) {
+            let term = two_prod(bwd_dchildren[e + t], bwd_parent[e + t]);
+            filter_sum = df_add(filter_sum, df_mul(term, df(factor[t])));
+            tap_sum[t] = df_add(tap_sum[t], term);
+        }
+    }
+    filter_sum = workgroup_sum(lane, filter_sum);
+    if (lane == 0u) {
+        let at = k * p.c_out + co;
+        bwd_out[at] = accumulated(bwd_out[at], filter_sum.x + filter_sum.y, p.accumulate);
+    }
+    for (var t = 0u; t < FUSED_TAPS; t++) {
+        let total = workgroup_sum(lane, tap_sum[t]);
+        if (lane == 0u) { tap_partials[co * FUSED_TAPS + t] = total; }
+    }
+}
+
+// dspatial[k, tap] = sum_co partial[co][tap] * (1 + filter[k, co]), in double-float.
+// Workgroups: 9 (one child per dispatch).
+@compute @workgroup_size(64)
+fn modulate_backward_spatial_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let tap = wid.x;
+    let k = p.first_child;
+    var sum = df(0.0);
+    for (var co = lane; co < p.c_out; co += REDUCE) {
+        sum = df_add(sum, df_mul(tap_partials[co * FUSED_TAPS + tap], df(1.0 + filter_attention[k * p.c_out + co])));
+    }
+    sum = workgroup_sum(lane, sum);
+    if (lane == 0u) {
+        let at = k * FUSED_TAPS + tap;
+        bwd_out[at] = accumulated(bwd_out[at], sum.x + sum.y, p.accumulate);
+    }
+}

@@ -145,10 +145,12 @@ fn conv_weight_paths_agree_bit_for_bit() {
 #[test]
 fn modulation_matches_reference() {
     // 3 input channels: 27 weights per output channel, one at a time; 4: 36, four at a time.
-    for (has_spatial, c_in) in [(true, 3), (false, 3), (true, 4), (false, 4)] {
+    // 3x3 kernels with a spatial attention take the fused attention gradient, 1x3 the general.
+    let cases = [(true, 3, 3), (false, 3, 3), (true, 4, 3), (false, 4, 3), (true, 4, 1), (true, 3, 1)];
+    for (has_spatial, c_in, kh) in cases {
         let mut g = Graph::new();
-        let parent = g.param("parent", &[5, c_in, 3, 3]).unwrap();
-        let spatial = g.param("spatial", &[3, 1, 1, 3, 3]).unwrap();
+        let parent = g.param("parent", &[5, c_in, kh, 3]).unwrap();
+        let spatial = g.param("spatial", &[3, 1, 1, kh, 3]).unwrap();
         let filter = g.param("filter", &[3, 5, 1, 1, 1]).unwrap();
         // Children 1 and 2 of 3 rows; row 0 is left to another parent.
         let kids = g.modulate(parent, has_spatial.then_some(spatial), filter, 1, 2).unwrap();
@@ -161,7 +163,8 @@ fn modulation_matches_reference() {
         let fv = feed(&exe, &g, filter, &mut rng);
         let dy = seed_grad(&exe, &g, root, &mut rng);
         exe.run().unwrap();
-        let m = Modulate { first_child: 1, children: 2, rows: 3, c_out: 5, fan: 9 * c_in, taps: 9, has_spatial };
+        let m =
+            Modulate { first_child: 1, children: 2, rows: 3, c_out: 5, fan: 3 * kh * c_in, taps: 3 * kh, has_spatial };
         let sp = has_spatial.then_some(sv.as_slice());
         let want = r::modulate::forward(&m, &pv, sp, &fv);
         assert_close("child 1", &read(&exe, kids[0]), &want[0], TOL);

@@ -67,6 +67,12 @@ impl Modulate {
         }
     }
 
+    /// Whether both attention gradients come from one pass (3x3 children with a spatial
+    /// attention: `modulate_backward_attention_3x3`), when both are wanted.
+    fn fused_attention(&self) -> bool {
+        self.has_spatial && self.taps == 9
+    }
+
     fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         (0..self.children).map(|c| (c, self.first_child + c))
     }
@@ -75,6 +81,11 @@ impl Modulate {
 impl Op for Modulate {
     fn name(&self) -> &'static str {
         "modulate"
+    }
+
+    fn scratch(&self, backward: bool) -> Vec<usize> {
+        // Per-tap partial sums (double-float pairs) of the fused attention gradients.
+        if backward && self.fused_attention() { vec![self.c_out * 9 * 2] } else { Vec::new() }
     }
 
     fn differentiable(&self, input: usize) -> bool {
@@ -114,6 +125,25 @@ impl Op for Modulate {
         };
         let (entry, invocations) = self.elementwise("modulate_backward_parent");
         each(entry, grads.inputs[0], grid(invocations), true);
+        if let (true, Some(ds), Some(dfilter)) = (self.fused_attention(), grads.inputs[1], grads.inputs[2]) {
+            // One pass over each child for both attention gradients, then the spatial sums.
+            let partials = b.scratch[0];
+            for (c, k) in self.rows() {
+                let kernel = [parent, spatial, filter, grads.outputs[c], dfilter.slice, partials];
+                let params = self.params(k, dfilter.accumulate);
+                out.push(gpu.dispatch(
+                    "modulate",
+                    "modulate_backward_attention_3x3",
+                    &params,
+                    &kernel,
+                    [self.c_out as u32, 1, 1],
+                ));
+                let sums = [parent, spatial, filter, grads.outputs[c], ds.slice, partials];
+                let params = self.params(k, ds.accumulate);
+                out.push(gpu.dispatch("modulate", "modulate_backward_spatial_partials", &params, &sums, [9, 1, 1]));
+            }
+            return out;
+        }
         // One 64-invocation workgroup per attention value.
         if self.has_spatial {
             each("modulate_backward_spatial", grads.inputs[1], [self.taps as u32, 1, 1], false);
