@@ -67,6 +67,22 @@ struct TileParams {
     kx0: u32,
     full_kernel_w: u32,
     full_taps: u32,
+    // One phase of a strided input gradient (zero: a dense output and a plain flip). Outputs
+    // go to every store_stride-th pixel of [batch][c_out][store_h][store_w] from (store_y0,
+    // store_x0); the kernel's tap (a, b) is tap (tap0 + tap_step * (a, b)) of the used taps
+    // (flip_h x flip_w), flipped.
+    store_h: u32,
+    store_w: u32,
+    store_stride_h: u32,
+    store_stride_w: u32,
+    store_y0: u32,
+    store_x0: u32,
+    flip_h: u32,
+    flip_w: u32,
+    tap_step_h: u32,
+    tap_step_w: u32,
+    tap0_h: u32,
+    tap0_w: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: TileParams;
@@ -200,16 +216,21 @@ fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
 }
 
 // Input-gradient weights: the kernel's outputs are the weight's input channels, its inputs
-// the weight's output channels, and the taps are flipped. Invocations: every destination vec4.
+// the weight's output channels, and the taps are flipped (and, for one phase of a strided
+// input gradient, every tap_step-th). Invocations: every destination vec4.
 @compute @workgroup_size(64)
 fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let j = flat_index(gid, nwg);
     if (j >= arrayLength(&copy_dst)) { return; }
     let src = packed_source(4u * j);
-    let taps = p.kernel_h * p.kernel_w;
     var v = vec4<f32>();
     if (src.y < p.weight_out) {
-        let at = (src.y * p.weight_in + src.x) * p.full_taps + full_tap(taps - 1u - src.z);
+        let flip_h = select(p.kernel_h, p.flip_h, p.flip_h != 0u);
+        let flip_w = select(p.kernel_w, p.flip_w, p.flip_w != 0u);
+        let ty = flip_h - 1u - (p.tap0_h + max(p.tap_step_h, 1u) * (src.z / p.kernel_w));
+        let tx = flip_w - 1u - (p.tap0_w + max(p.tap_step_w, 1u) * (src.z % p.kernel_w));
+        let tap = (ty + p.ky0) * p.full_kernel_w + tx + p.kx0;
+        let at = (src.y * p.weight_in + src.x) * p.full_taps + tap;
         for (var k = 0u; k < 4u; k++) {
             if (src.x + k < p.weight_in) { v[k] = copy_src[at + k * p.full_taps]; }
         }
@@ -239,24 +260,34 @@ fn window(q: u32) -> u32 {
 // adding it at the end, makes every variant sum in the same order.
 fn initial_forward(q: u32, c: u32) -> vec4<f32> {
     var v = vec4<f32>();
-    let pixels = p.out_h * p.out_w;
-    if (p.accumulate == 0u || q >= p.batch * pixels) { return v; }
-    let at = (q / pixels) * p.c_out * pixels + q % pixels;
+    if (p.accumulate == 0u || q >= p.batch * p.out_h * p.out_w) { return v; }
+    let at = output_offset(q);
     for (var k = 0u; k < 4u; k++) {
-        if (c + k < p.c_out) { v[k] = tf_y[at + (c + k) * pixels]; }
+        if (c + k < p.c_out) { v[k] = tf_y[at.x + (c + k) * at.y]; }
     }
     return v;
 }
 
+// Where batch-wide output pixel q's channel 0 lies in the output, and the distance between
+// channels: a dense [batch][c_out][out_h][out_w], or one phase of a strided input gradient.
+fn output_offset(q: u32) -> vec2<u32> {
+    let pixels = p.out_h * p.out_w;
+    let r = q % pixels;
+    let y = (r / p.out_w) * max(p.store_stride_h, 1u) + p.store_y0;
+    let x = (r % p.out_w) * max(p.store_stride_w, 1u) + p.store_x0;
+    let h = select(p.out_h, p.store_h, p.store_h != 0u);
+    let w = select(p.out_w, p.store_w, p.store_w != 0u);
+    return vec2<u32>(((q / pixels) * p.c_out * h + y) * w + x, h * w);
+}
+
 // Four output channels c .. c + 3 of batch-wide pixel q, plus the bias; nothing outside.
 fn store_forward(q: u32, c: u32, v: vec4<f32>) {
-    let pixels = p.out_h * p.out_w;
-    if (q >= p.batch * pixels) { return; }
-    let at = (q / pixels) * p.c_out * pixels + q % pixels;
+    if (q >= p.batch * p.out_h * p.out_w) { return; }
+    let at = output_offset(q);
     for (var k = 0u; k < 4u; k++) {
         let co = c + k;
         if (co < p.c_out) {
-            tf_y[at + co * pixels] = v[k] + select(0.0, tf_bias[co], p.has_bias != 0u);
+            tf_y[at.x + co * at.y] = v[k] + select(0.0, tf_bias[co], p.has_bias != 0u);
         }
     }
 }

@@ -69,6 +69,60 @@ struct TileParams {
     kx0: u32,
     full_kernel_w: u32,
     full_taps: u32,
+    // One phase of a strided input gradient (`InputPhase`); zero for dense outputs.
+    store_h: u32,
+    store_w: u32,
+    store_stride_h: u32,
+    store_stride_w: u32,
+    store_y0: u32,
+    store_x0: u32,
+    flip_h: u32,
+    flip_w: u32,
+    tap_step_h: u32,
+    tap_step_w: u32,
+    tap0_h: u32,
+    tap0_w: u32,
+}
+
+/// One phase of the input gradient along one axis: the input positions first, first + stride,
+/// ... (`outputs` of them), which only the flipped used taps tap0, tap0 + stride, ... (`taps`
+/// of them) reach, from dy row `base` + (output index) + (tap index) on. Splitting a strided
+/// convolution's input gradient into stride x stride such phases skips the zeros a dilated
+/// dy would hold (three quarters of the work at stride 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct InputPhase {
+    first: usize,
+    outputs: usize,
+    tap0: usize,
+    taps: usize,
+    base: i32,
+}
+
+impl InputPhase {
+    /// The phases along an axis of `size` input positions, for `kernel` used taps, padding
+    /// `pad` before the first of them, and `stride`; positions a phase never reaches are left out.
+    fn along(size: usize, kernel: usize, pad: i32, stride: usize) -> Vec<InputPhase> {
+        // dy[0] sits at `top` in the dilated, padded dy of the stride-1 formulation.
+        let top = kernel as i32 - 1 - pad;
+        let s = stride as i32;
+        (0..stride.min(size))
+            .map(|first| {
+                let tap0 = (top - first as i32).rem_euclid(s) as usize;
+                InputPhase {
+                    first,
+                    outputs: (size - first).div_ceil(stride),
+                    tap0,
+                    taps: if tap0 < kernel { (kernel - tap0).div_ceil(stride) } else { 0 },
+                    base: (first as i32 + tap0 as i32 - top) / s,
+                }
+            })
+            .collect()
+    }
+
+    /// Rows of this phase's dy copy: the outputs plus the taps' reach.
+    fn copy_size(&self) -> usize {
+        self.outputs + self.taps.max(1) - 1
+    }
 }
 
 /// (tap, input quad) steps per weight block, and the block's size in floats (64 KiB, the most
@@ -142,7 +196,15 @@ fn tile_dispatches(
 ) -> Vec<Dispatch> {
     let (has_bias, accumulate) = (params.has_bias != 0, params.accumulate != 0);
     let params = TileParams { tile: channels, ..params };
-    let mut out = vec![gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], grid(packed.len() / 4))];
+    let mut out = Vec::new();
+    // A phase of an input gradient that no tap reaches only stores what is there (or zeros).
+    let reads = match (params.kernel_h * params.kernel_w, reads) {
+        (0, WeightReads::UniformBlocks) => WeightReads::Storage,
+        _ => reads,
+    };
+    if params.kernel_h * params.kernel_w > 0 {
+        out.push(gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], grid(packed.len() / 4)));
+    }
     let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
     let channel_tiles = params.out_pad / channels;
     if reads != WeightReads::UniformBlocks {
@@ -318,10 +380,20 @@ impl GemmPlan {
         ((s.out_h - 1) * s.cfg.stride.0 + self.kernel_h, (s.out_w - 1) * s.cfg.stride.1 + self.kernel_w)
     }
 
-    /// Sizes of the input gradient's copy of dy: the input's size plus kernel - 1.
-    fn dy_last_size(&self) -> (usize, usize) {
+    /// The input gradient's phases along each axis (one per axis without a stride).
+    fn input_phases(&self) -> (Vec<InputPhase>, Vec<InputPhase>) {
         let s = &self.shape;
-        (s.h + self.kernel_h - 1, s.w + self.kernel_w - 1)
+        (
+            InputPhase::along(s.h, self.kernel_h, self.pad_h, s.cfg.stride.0),
+            InputPhase::along(s.w, self.kernel_w, self.pad_w, s.cfg.stride.1),
+        )
+    }
+
+    /// Sizes of the input gradient's copy of dy: room for the largest phase.
+    fn dy_last_size(&self) -> (usize, usize) {
+        let (rows, cols) = self.input_phases();
+        let largest = |phases: &[InputPhase]| phases.iter().map(InputPhase::copy_size).max().unwrap_or(1);
+        (largest(&rows), largest(&cols))
     }
 
     /// Element counts of the buffers the convolution keeps; the last four only with a backward pass.
@@ -420,8 +492,9 @@ impl GemmPlan {
         out
     }
 
-    /// dx (+)= the gradient to the input: the forward kernel over dy dilated by the stride and
-    /// padded by kernel - 1 - pad, with the weights transposed and flipped.
+    /// dx (+)= the gradient to the input: the forward kernel over dy padded by kernel - 1 - pad,
+    /// with the weights transposed and flipped; with a stride, once per phase ([`InputPhase`]),
+    /// each writing its own input positions.
     pub fn backward_input(
         &self,
         gpu: &Gpu,
@@ -430,40 +503,60 @@ impl GemmPlan {
         scratch: &[&GpuSlice],
     ) -> Vec<Dispatch> {
         let s = &self.shape;
-        let (dh, dw) = self.dy_last_size();
         let u = |v: usize| v as u32;
-        let params = TileParams {
-            in_h: u(dh),
-            in_w: u(dw),
-            in_quads: u(self.dy_quads),
-            c_out: u(s.c_in),
-            out_h: u(s.h),
-            out_w: u(s.w),
-            out_pad: u(self.backward_pad()),
-            stride_h: 1,
-            stride_w: 1,
-            channels: u(s.c_out),
-            src_h: u(s.out_h),
-            src_w: u(s.out_w),
-            dilation_h: u(s.cfg.stride.0),
-            dilation_w: u(s.cfg.stride.1),
-            top: (self.kernel_h - 1) as i32 - self.pad_h,
-            left: (self.kernel_w - 1) as i32 - self.pad_w,
-            accumulate: accumulate as u32,
-            ..self.params()
-        };
         let dy_last = scratch[DY_LAST_PADDED];
-        let mut out =
-            vec![gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last], grid(dy_last.len() / 4))];
-        // The kernel's bias binding is read only with a bias: any buffer does.
-        out.extend(tile_dispatches(
-            gpu,
-            params,
-            self.backward_tile,
-            [dy_last, scratch[W_BACKWARD], w, w, dx],
-            self.backward_reads,
-            "pack_weight_backward",
-        ));
+        let (rows, cols) = self.input_phases();
+        let mut out = Vec::new();
+        for row in &rows {
+            for col in &cols {
+                let (in_h, in_w) = (row.copy_size(), col.copy_size());
+                let params = TileParams {
+                    in_h: u(in_h),
+                    in_w: u(in_w),
+                    in_quads: u(self.dy_quads),
+                    c_out: u(s.c_in),
+                    out_h: u(row.outputs),
+                    out_w: u(col.outputs),
+                    out_pad: u(self.backward_pad()),
+                    stride_h: 1,
+                    stride_w: 1,
+                    kernel_h: u(row.taps),
+                    kernel_w: u(col.taps),
+                    channels: u(s.c_out),
+                    src_h: u(s.out_h),
+                    src_w: u(s.out_w),
+                    dilation_h: 1,
+                    dilation_w: 1,
+                    top: -row.base,
+                    left: -col.base,
+                    accumulate: accumulate as u32,
+                    store_h: u(s.h),
+                    store_w: u(s.w),
+                    store_stride_h: u(s.cfg.stride.0),
+                    store_stride_w: u(s.cfg.stride.1),
+                    store_y0: u(row.first),
+                    store_x0: u(col.first),
+                    flip_h: u(self.kernel_h),
+                    flip_w: u(self.kernel_w),
+                    tap_step_h: u(s.cfg.stride.0),
+                    tap_step_w: u(s.cfg.stride.1),
+                    tap0_h: u(row.tap0),
+                    tap0_w: u(col.tap0),
+                    ..self.params()
+                };
+                let copy = grid(s.batch * in_h * in_w * self.dy_quads);
+                out.push(gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last], copy));
+                // The kernel's bias binding is read only with a bias: any buffer does.
+                out.extend(tile_dispatches(
+                    gpu,
+                    params,
+                    self.backward_tile,
+                    [dy_last, scratch[W_BACKWARD], w, w, dx],
+                    self.backward_reads,
+                    "pack_weight_backward",
+                ));
+            }
+        }
         out
     }
 
