@@ -597,3 +597,52 @@ impl GemmPlan {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::InputPhase;
+    use std::collections::BTreeSet;
+
+    /// Every (input row, dy row, tap) term of a strided convolution's input gradient comes from
+    /// exactly one phase, and every term a phase computes exists: dx[y] = sum over o, k with
+    /// o * stride + k - pad = y of dy[o] * w[k].
+    #[test]
+    fn phases_cover_every_term_of_the_input_gradient_once() {
+        for stride in 1..=4 {
+            for kernel in 1..=5 {
+                for pad in 0..kernel {
+                    for size in 1..=9usize {
+                        let Some(out) = (size + 2 * pad).checked_sub(kernel).map(|n| n / stride + 1) else {
+                            continue;
+                        };
+                        let mut want = BTreeSet::new();
+                        for o in 0..out {
+                            for k in 0..kernel {
+                                if let Some(y) = (o * stride + k).checked_sub(pad).filter(|&y| y < size) {
+                                    want.insert((y, o, k));
+                                }
+                            }
+                        }
+                        let mut got = BTreeSet::new();
+                        let phases = InputPhase::along(size, kernel, pad as i32, stride);
+                        for ph in &phases {
+                            for i in 0..ph.outputs {
+                                for j in 0..ph.taps {
+                                    let m = i as i32 + ph.base + j as i32;
+                                    // The phase's flipped tap tap0 + stride * j is the weight's kernel - 1 - that.
+                                    let k = kernel - 1 - (ph.tap0 + stride * j);
+                                    if (0..out as i32).contains(&m) {
+                                        assert!(got.insert((ph.first + stride * i, m as usize, k)), "a term twice");
+                                    }
+                                }
+                            }
+                        }
+                        assert_eq!(got, want, "stride {stride}, kernel {kernel}, pad {pad}, size {size}");
+                        let positions: usize = phases.iter().map(|ph| ph.outputs).sum();
+                        assert_eq!(positions, size, "every input position belongs to one phase");
+                    }
+                }
+            }
+        }
+    }
+}
