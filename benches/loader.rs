@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kdna::data::augment::Augment;
+use kdna::data::Dataset;
 use kdna::data::loader::{Loader, LoaderConfig};
-use kdna::data::{Dataset, DatasetKind};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -23,11 +22,8 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1)
     });
-    let (res, augment) = match ds.kind {
-        DatasetKind::ImageFolder => (224, Augment::FolderTrain),
-        DatasetKind::Cifar10 | DatasetKind::Cifar100 => (32, Augment::SmallTrain),
-        _ => (28, Augment::SmallTrain),
-    };
+    // What `kdna train` loads by default for this kind of data.
+    let res = ds.kind.native_res();
     let (mean, std) = ds.kind.normalisation();
     let cfg = LoaderConfig {
         res,
@@ -36,7 +32,7 @@ fn main() {
         seed: 0,
         epoch: 0,
         shuffle: true,
-        augment,
+        augment: ds.kind.augment(true),
         min_batch: 2,
         skip_bad: false,
         max_batches: None,

@@ -267,13 +267,7 @@ fn train(adapter: Option<&str>, a: TrainArgs) -> Result<()> {
     let batch_size = a.batch_size.unwrap_or(defaults.batch_size);
     // Open the data before the GPU: a bad directory fails fast.
     let dataset = Dataset::open(a.data.as_deref(), a.dataset)?;
-    // Small-image sets train at their own size; folders at main.py's 224.
-    let native = match dataset.kind {
-        DatasetKind::ImageFolder => 224,
-        DatasetKind::Cifar10 | DatasetKind::Cifar100 => 32,
-        DatasetKind::Embedded | DatasetKind::Mnist | DatasetKind::FashionMnist => 28,
-    };
-    let res = a.res.unwrap_or(native);
+    let res = a.res.unwrap_or(dataset.kind.native_res());
     if res < 8 {
         anyhow::bail!("--res {res} is too small: the networks downsample by 32 (use at least 8)");
     }

@@ -54,6 +54,26 @@ impl DatasetKind {
         }
     }
 
+    /// The resolution this kind trains at unless `--res` says otherwise: the images' own size
+    /// for MNIST-like sets (28) and CIFAR (32), main.py's 224 for folders.
+    pub fn native_res(self) -> usize {
+        match self {
+            DatasetKind::ImageFolder => 224,
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 => 32,
+            DatasetKind::Embedded | DatasetKind::Mnist | DatasetKind::FashionMnist => 28,
+        }
+    }
+
+    /// The transform of this kind's training (`train`) or validation split.
+    pub fn augment(self, train: bool) -> Augment {
+        match (self, train) {
+            (DatasetKind::ImageFolder, true) => Augment::FolderTrain,
+            (DatasetKind::ImageFolder, false) => Augment::FolderVal,
+            (_, true) => Augment::SmallTrain,
+            (_, false) => Augment::SmallVal,
+        }
+    }
+
     /// Per-channel mean and standard deviation (of pixel values in 0..1) the images are
     /// normalised with: the usual published figures for each set.
     pub fn normalisation(self) -> ([f32; 3], [f32; 3]) {

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::data::loader::LoaderConfig;
-use crate::data::{Augment, Dataset, DatasetKind, Loader};
+use crate::data::{Dataset, DatasetKind, Loader};
 use crate::gpu::Gpu;
 use crate::graph::{Executor, Graph, Plan, StepStats, Weights};
 use crate::io::StateDict;
@@ -71,16 +71,6 @@ pub struct Summary {
     pub log_dir: PathBuf,
 }
 
-/// Which of the two data transforms a split of `kind` gets.
-fn augment_for(kind: DatasetKind, train: bool) -> Augment {
-    match (kind, train) {
-        (DatasetKind::ImageFolder, true) => Augment::FolderTrain,
-        (DatasetKind::ImageFolder, false) => Augment::FolderVal,
-        (_, true) => Augment::SmallTrain,
-        (_, false) => Augment::SmallVal,
-    }
-}
-
 /// The training split's loader for `epoch`: shuffled, augmented, short epochs honoured.
 fn train_loader_config(cfg: &TrainConfig, kind: DatasetKind, epoch: usize) -> LoaderConfig {
     LoaderConfig {
@@ -88,7 +78,7 @@ fn train_loader_config(cfg: &TrainConfig, kind: DatasetKind, epoch: usize) -> Lo
         seed: cfg.seed,
         epoch: epoch as u64,
         shuffle: true,
-        augment: augment_for(kind, true),
+        augment: kind.augment(true),
         min_batch: 2,
         max_batches: cfg.steps_per_epoch,
         ..validation_loader_config(kind, cfg.res, cfg.batch_size, cfg.workers, cfg.skip_bad)
@@ -111,7 +101,7 @@ fn validation_loader_config(
         seed: 0,
         epoch: 0,
         shuffle: false,
-        augment: augment_for(kind, false),
+        augment: kind.augment(false),
         min_batch: 1,
         skip_bad,
         max_batches: None,
