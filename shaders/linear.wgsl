@@ -59,11 +59,6 @@ fn linear_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         a2 = fma(x, vec4<f32>(fwd_w[o.z * f + k]), a2);
         a3 = fma(x, vec4<f32>(fwd_w[o.w * f + k]), a3);
     }
-    store_forward_block(at, a0, a1, a2, a3);
-}
-
-// Outputs at.y .. at.y + 3 (a0 .. a3) of samples at.x .. at.x + 3.
-fn store_forward_block(at: vec2<u32>, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>) {
     let out = p.out_features;
     for (var s = 0u; s < 4u; s++) {
         if (at.x + s >= p.batch) { break; }
@@ -73,38 +68,6 @@ fn store_forward_block(at: vec2<u32>, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32
         if (at.y + 2u < out) { fwd_y[row + 2u] = a2[s]; }
         if (at.y + 3u < out) { fwd_y[row + 3u] = a3[s]; }
     }
-}
-
-// The same with four in_features per step (in_features a multiple of four): 8 vec4 loads
-// serve 64 multiply-adds, each result still summed in order of k.
-@group(0) @binding(1) var<storage, read> fwd_x4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> fwd_w4: array<vec4<f32>>;
-
-@compute @workgroup_size(64)
-fn linear_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    if (t >= blocks(p.batch, p.out_features)) { return; }
-    let at = block(t, p.out_features);
-    let n = quad(at.x, p.batch);
-    let o = quad(at.y, p.out_features);
-    let has = p.has_bias != 0u;
-    var a0 = vec4<f32>(select(0.0, fwd_bias[o.x], has));
-    var a1 = vec4<f32>(select(0.0, fwd_bias[o.y], has));
-    var a2 = vec4<f32>(select(0.0, fwd_bias[o.z], has));
-    var a3 = vec4<f32>(select(0.0, fwd_bias[o.w], has));
-    let q = p.in_features / 4u;
-    for (var k = 0u; k < q; k++) {
-        let x = mat4x4<f32>(fwd_x4[n.x * q + k], fwd_x4[n.y * q + k], fwd_x4[n.z * q + k], fwd_x4[n.w * q + k]);
-        let w = mat4x4<f32>(fwd_w4[o.x * q + k], fwd_w4[o.y * q + k], fwd_w4[o.z * q + k], fwd_w4[o.w * q + k]);
-        for (var j = 0u; j < 4u; j++) {
-            let xj = vec4<f32>(x[0][j], x[1][j], x[2][j], x[3][j]);
-            a0 = fma(xj, vec4<f32>(w[0][j]), a0);
-            a1 = fma(xj, vec4<f32>(w[1][j]), a1);
-            a2 = fma(xj, vec4<f32>(w[2][j]), a2);
-            a3 = fma(xj, vec4<f32>(w[3][j]), a3);
-        }
-    }
-    store_forward_block(at, a0, a1, a2, a3);
 }
 
 // The input and weight gradients' output, [rows][cols], written (or added to) in 4 x 4 blocks.
@@ -149,37 +112,6 @@ fn linear_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     store_gradient_block(at.x, at.y, p.batch, f, a0, a1, a2, a3);
 }
 
-@group(0) @binding(1) var<storage, read> bi_dy4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> bi_w4: array<vec4<f32>>;
-
-// The same with four outputs per step (in and out features multiples of four).
-@compute @workgroup_size(64)
-fn linear_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    if (t >= blocks(p.batch, p.in_features)) { return; }
-    let at = block(t, p.in_features);
-    let n = quad(at.x, p.batch);
-    var a0 = vec4<f32>();
-    var a1 = vec4<f32>();
-    var a2 = vec4<f32>();
-    var a3 = vec4<f32>();
-    let q = p.in_features / 4u;
-    let outs = p.out_features / 4u;
-    let k = at.y / 4u;
-    for (var o = 0u; o < outs; o++) {
-        let dy = mat4x4<f32>(bi_dy4[n.x * outs + o], bi_dy4[n.y * outs + o], bi_dy4[n.z * outs + o], bi_dy4[n.w * outs + o]);
-        for (var j = 0u; j < 4u; j++) {
-            let dyj = vec4<f32>(dy[0][j], dy[1][j], dy[2][j], dy[3][j]);
-            let w = bi_w4[(4u * o + j) * q + k];
-            a0 = fma(dyj, vec4<f32>(w.x), a0);
-            a1 = fma(dyj, vec4<f32>(w.y), a1);
-            a2 = fma(dyj, vec4<f32>(w.z), a2);
-            a3 = fma(dyj, vec4<f32>(w.w), a3);
-        }
-    }
-    store_gradient_block(at.x, at.y, p.batch, p.in_features, a0, a1, a2, a3);
-}
-
 @group(0) @binding(1) var<storage, read> bw_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bw_dy: array<f32>;
 
@@ -205,33 +137,6 @@ fn linear_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builti
         a3 = fma(dy, vec4<f32>(bw_x[n * f + k.w]), a3);
     }
     store_gradient_block(at.x, at.y, out, f, a0, a1, a2, a3);
-}
-
-@group(0) @binding(1) var<storage, read> bw_x4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> bw_dy4: array<vec4<f32>>;
-
-// The same with whole vec4 loads (in and out features multiples of four): 2 per 16
-// multiply-adds.
-@compute @workgroup_size(64)
-fn linear_backward_weight_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    if (t >= blocks(p.out_features, p.in_features)) { return; }
-    let at = block(t, p.in_features);
-    var a0 = vec4<f32>();
-    var a1 = vec4<f32>();
-    var a2 = vec4<f32>();
-    var a3 = vec4<f32>();
-    let q = p.in_features / 4u;
-    let outs = p.out_features / 4u;
-    for (var n = 0u; n < p.batch; n++) {
-        let dy = bw_dy4[n * outs + at.x / 4u];
-        let x = bw_x4[n * q + at.y / 4u];
-        a0 = fma(dy, vec4<f32>(x.x), a0);
-        a1 = fma(dy, vec4<f32>(x.y), a1);
-        a2 = fma(dy, vec4<f32>(x.z), a2);
-        a3 = fma(dy, vec4<f32>(x.w), a3);
-    }
-    store_gradient_block(at.x, at.y, p.out_features, p.in_features, a0, a1, a2, a3);
 }
 
 @group(0) @binding(1) var<storage, read> bb_dy: array<f32>;

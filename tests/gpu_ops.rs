@@ -292,8 +292,7 @@ fn pooling_matches_reference() {
 
 #[test]
 fn linear_matches_reference() {
-    // Results come in 4 x 4 blocks: sizes that leave partial blocks on every side; features in
-    // multiples of four take the four-wide kernels (forward alone when only inputs are).
+    // Results come in 4 x 4 blocks: sizes that leave partial blocks on every side, and whole ones.
     let cases = [((3, 13, 7), true), ((3, 13, 7), false), ((9, 6, 10), true), ((6, 12, 8), true), ((5, 8, 6), false)];
     for ((batch, in_features, out_features), bias) in cases {
         let mut g = Graph::new();

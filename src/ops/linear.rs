@@ -59,26 +59,21 @@ impl Op for Linear {
         let bias = if self.has_bias { b.inputs[2] } else { &none };
         let buffers = [b.inputs[0], b.inputs[1], bias, b.outputs[0]];
         let blocks = blocks(self.batch, self.out_features);
-        let entry = if self.in_features.is_multiple_of(4) { "linear_forward_quads" } else { "linear_forward" };
-        vec![gpu.dispatch("linear", entry, &self.params(0), &buffers, grid(blocks))]
+        vec![gpu.dispatch("linear", "linear_forward", &self.params(0), &buffers, grid(blocks))]
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
         let dy = grads.outputs[0];
-        // Rows of both x and dy in whole vec4s: the four-wide kernels.
-        let quads = self.in_features.is_multiple_of(4) && self.out_features.is_multiple_of(4);
         let mut out = Vec::new();
         if let Some(dx) = grads.inputs[0] {
             let p = self.params(accumulate_flag(&dx));
             let n = blocks(self.batch, self.in_features);
-            let entry = if quads { "linear_backward_input_quads" } else { "linear_backward_input" };
-            out.push(gpu.dispatch("linear", entry, &p, &[dy, b.inputs[1], dx.slice], grid(n)));
+            out.push(gpu.dispatch("linear", "linear_backward_input", &p, &[dy, b.inputs[1], dx.slice], grid(n)));
         }
         if let Some(dw) = grads.inputs[1] {
             let p = self.params(accumulate_flag(&dw));
             let n = blocks(self.out_features, self.in_features);
-            let entry = if quads { "linear_backward_weight_quads" } else { "linear_backward_weight" };
-            out.push(gpu.dispatch("linear", entry, &p, &[b.inputs[0], dy, dw.slice], grid(n)));
+            out.push(gpu.dispatch("linear", "linear_backward_weight", &p, &[b.inputs[0], dy, dw.slice], grid(n)));
         }
         if let Some(Some(db)) = grads.inputs.get(2) {
             let p = self.params(accumulate_flag(db));
