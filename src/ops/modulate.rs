@@ -12,6 +12,10 @@ use super::{Bound, GradTarget, Grads, Mode, Op, placeholder};
 use crate::gpu::{Dispatch, Gpu, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
+/// Taps of the children whose attention gradients come from one pass (`FUSED_TAPS` in
+/// modulate.wgsl: 3x3 kernels).
+const FUSED_TAPS: usize = 9;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Modulate {
     /// Rows of the attention tensors this node uses.
@@ -70,7 +74,7 @@ impl Modulate {
     /// Whether both attention gradients come from one pass (3x3 children with a spatial
     /// attention: `modulate_backward_attention_3x3`), when both are wanted.
     fn fused_attention(&self) -> bool {
-        self.has_spatial && self.taps == 9
+        self.has_spatial && self.taps == FUSED_TAPS
     }
 
     fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
@@ -85,7 +89,7 @@ impl Op for Modulate {
 
     fn scratch(&self, backward: bool) -> Vec<usize> {
         // Per-tap partial sums (double-float pairs) of the fused attention gradients.
-        if backward && self.fused_attention() { vec![self.c_out * 9 * 2] } else { Vec::new() }
+        if backward && self.fused_attention() { vec![self.c_out * FUSED_TAPS * 2] } else { Vec::new() }
     }
 
     fn differentiable(&self, input: usize) -> bool {
@@ -140,7 +144,13 @@ impl Op for Modulate {
                 ));
                 let sums = [parent, spatial, filter, grads.outputs[c], ds.slice, partials];
                 let params = self.params(k, ds.accumulate);
-                out.push(gpu.dispatch("modulate", "modulate_backward_spatial_partials", &params, &sums, [9, 1, 1]));
+                out.push(gpu.dispatch(
+                    "modulate",
+                    "modulate_backward_spatial_partials",
+                    &params,
+                    &sums,
+                    [FUSED_TAPS as u32, 1, 1],
+                ));
             }
             return out;
         }

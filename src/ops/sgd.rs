@@ -56,22 +56,17 @@ impl Sgd {
         velocity: &GpuSlice,
         first_step: bool,
     ) -> Vec<(Dispatch, usize)> {
-        let align = gpu.device.limits().min_storage_buffer_offset_alignment.max(16) as u64;
-        let quads = param.size / align * align;
-        let part = |s: &GpuSlice, offset: u64, size: u64| GpuSlice {
-            buffer: s.buffer.clone(),
-            offset: s.offset + offset,
-            size,
-        };
+        // Elements a binding's offset must be a multiple of (and a multiple of four).
+        let align = (gpu.device.limits().min_storage_buffer_offset_alignment.max(16) / 4) as usize;
+        let quads = param.len() / align * align;
         let mut out = Vec::new();
-        for (entry, offset, size, per_invocation) in
-            [("sgd_step_quads", 0, quads, 4), ("sgd_step", quads, param.size - quads, 1)]
+        for (entry, start, len, per_invocation) in
+            [("sgd_step_quads", 0, quads, 4), ("sgd_step", quads, param.len() - quads, 1)]
         {
-            if size == 0 {
+            if len == 0 {
                 continue;
             }
-            let len = (size / 4) as usize;
-            let buffers = [param, grad, velocity].map(|s| part(s, offset, size));
+            let buffers = [param, grad, velocity].map(|s| s.range(start, len));
             let dispatch = gpu.dispatch(
                 "optim",
                 entry,
