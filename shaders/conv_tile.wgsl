@@ -192,9 +192,9 @@ fn packed_source(i: u32) -> vec3<u32> {
     return vec3<u32>(c, (steps.z + k % nq) * 4u + lane, tap);
 }
 
-// The weight's own tap index of used tap t.
-fn full_tap(t: u32) -> u32 {
-    return (t / p.kernel_w + p.ky0) * p.full_kernel_w + t % p.kernel_w + p.kx0;
+// The weight's own tap index of the used tap at row ky, column kx.
+fn full_tap(ky: u32, kx: u32) -> u32 {
+    return (ky + p.ky0) * p.full_kernel_w + kx + p.kx0;
 }
 
 // Forward weights from w [weight_out][weight_in][kh][kw]: the kernel's outputs are the
@@ -207,7 +207,7 @@ fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
     let src = packed_source(4u * j);
     var v = vec4<f32>();
     if (src.y < p.weight_in) {
-        let at = (src.x * p.weight_in + src.y) * p.full_taps + full_tap(src.z);
+        let at = (src.x * p.weight_in + src.y) * p.full_taps + full_tap(src.z / p.kernel_w, src.z % p.kernel_w);
         for (var k = 0u; k < 4u; k++) {
             if (src.x + k < p.weight_out) { v[k] = copy_src[at + k * p.weight_in * p.full_taps]; }
         }
@@ -229,8 +229,7 @@ fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
         let flip_w = select(p.kernel_w, p.flip_w, p.flip_w != 0u);
         let ty = flip_h - 1u - (p.tap0_h + max(p.tap_step_h, 1u) * (src.z / p.kernel_w));
         let tx = flip_w - 1u - (p.tap0_w + max(p.tap_step_w, 1u) * (src.z % p.kernel_w));
-        let tap = (ty + p.ky0) * p.full_kernel_w + tx + p.kx0;
-        let at = (src.y * p.weight_in + src.x) * p.full_taps + tap;
+        let at = (src.y * p.weight_in + src.x) * p.full_taps + full_tap(ty, tx);
         for (var k = 0u; k < 4u; k++) {
             if (src.x + k < p.weight_in) { v[k] = copy_src[at + k * p.full_taps]; }
         }
