@@ -292,8 +292,17 @@ fn pooling_matches_reference() {
 
 #[test]
 fn linear_matches_reference() {
-    // Results come in 4 x 4 blocks: sizes that leave partial blocks on every side, and whole ones.
-    let cases = [((3, 13, 7), true), ((3, 13, 7), false), ((9, 6, 10), true), ((6, 12, 8), true), ((5, 8, 6), false)];
+    // A linear layer runs as a 1x1 convolution's GEMM: feature counts off the channel quads,
+    // batches off the 8-pixel tiles, and sizes spanning several channel tiles and weight tiles.
+    let cases = [
+        ((3, 13, 7), true),
+        ((3, 13, 7), false),
+        ((9, 6, 10), true),
+        ((6, 12, 8), true),
+        ((5, 8, 6), false),
+        ((37, 70, 130), true),
+        ((2, 96, 10), true),
+    ];
     for ((batch, in_features, out_features), bias) in cases {
         let mut g = Graph::new();
         let x = g.input("x", &[batch, in_features]);

@@ -1,10 +1,12 @@
-//! Fully connected layer (`shaders/linear.wgsl`): `y = x w^T + b` on [N, in] rows. Also the
-//! router's 1x1 projections, whose torch weights are [out, in, 1, 1] with the same layout.
+//! Fully connected layer: `y = x w^T + b` on [N, in] rows, run as the 1x1 convolution it is
+//! (`conv_gemm.rs`). Also the router's 1x1 projections, whose torch weights are
+//! [out, in, 1, 1] with the same layout.
 
 use anyhow::Result;
 
-use super::{Bound, Grads, Mode, Op, accumulate_flag, placeholder};
-use crate::gpu::{Dispatch, Gpu, grid};
+use super::conv2d::{Conv2d, Conv2dConfig, Conv2dShape};
+use super::{Bound, Grads, Mode, Op};
+use crate::gpu::{Dispatch, Gpu};
 use crate::graph::{Graph, TensorId, shape_error};
 
 #[derive(Clone, Copy, Debug)]
@@ -15,33 +17,19 @@ pub struct Linear {
     pub has_bias: bool,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct LinearParams {
-    batch: u32,
-    in_features: u32,
-    out_features: u32,
-    has_bias: u32,
-    accumulate: u32,
-    _pad: [u32; 3],
-}
-
 impl Linear {
-    fn params(&self, accumulate: u32) -> LinearParams {
-        LinearParams {
-            batch: self.batch as u32,
-            in_features: self.in_features as u32,
-            out_features: self.out_features as u32,
-            has_bias: self.has_bias as u32,
-            accumulate,
-            _pad: [0; 3],
-        }
+    /// The same product as a 1x1 convolution over [N, in, 1, 1]: x, weight, bias and y have
+    /// the same layout either way, so the layer runs the convolution's GEMM kernels (register
+    /// tiles with shared weight loads) instead of kernels of its own.
+    fn conv(&self) -> Conv2d {
+        let shape = Conv2dShape::new(
+            &[self.batch, self.in_features, 1, 1],
+            &[self.out_features, self.in_features, 1, 1],
+            Conv2dConfig::new(1, 0),
+        )
+        .expect("a 1x1 convolution fits any [N, in] x [out, in] product");
+        Conv2d { shape, has_bias: self.has_bias }
     }
-}
-
-/// Invocations of the matrix kernels: one per 4 x 4 block of results (`blocks` in linear.wgsl).
-fn blocks(rows: usize, cols: usize) -> usize {
-    rows.div_ceil(4) * cols.div_ceil(4)
 }
 
 // Inputs: x, weight[, bias]. Output: y.
@@ -54,32 +42,16 @@ impl Op for Linear {
         (self.batch * self.in_features * self.out_features) as u64
     }
 
-    fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
-        let none = placeholder(gpu);
-        let bias = if self.has_bias { b.inputs[2] } else { &none };
-        let buffers = [b.inputs[0], b.inputs[1], bias, b.outputs[0]];
-        let blocks = blocks(self.batch, self.out_features);
-        vec![gpu.dispatch("linear", "linear_forward", &self.params(0), &buffers, grid(blocks))]
+    fn scratch(&self, backward: bool) -> Vec<usize> {
+        self.conv().scratch(backward)
     }
 
-    fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
-        let dy = grads.outputs[0];
-        let mut out = Vec::new();
-        if let Some(dx) = grads.inputs[0] {
-            let p = self.params(accumulate_flag(&dx));
-            let n = blocks(self.batch, self.in_features);
-            out.push(gpu.dispatch("linear", "linear_backward_input", &p, &[dy, b.inputs[1], dx.slice], grid(n)));
-        }
-        if let Some(dw) = grads.inputs[1] {
-            let p = self.params(accumulate_flag(&dw));
-            let n = blocks(self.out_features, self.in_features);
-            out.push(gpu.dispatch("linear", "linear_backward_weight", &p, &[b.inputs[0], dy, dw.slice], grid(n)));
-        }
-        if let Some(Some(db)) = grads.inputs.get(2) {
-            let p = self.params(accumulate_flag(db));
-            out.push(gpu.dispatch("linear", "linear_backward_bias", &p, &[dy, db.slice], grid(self.out_features)));
-        }
-        out
+    fn forward(&self, gpu: &Gpu, b: &Bound, mode: Mode) -> Vec<Dispatch> {
+        self.conv().forward(gpu, b, mode)
+    }
+
+    fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, mode: Mode) -> Vec<Dispatch> {
+        self.conv().backward(gpu, b, grads, mode)
     }
 }
 
