@@ -4,6 +4,11 @@
 // The children use rows first_child .. first_child + children of the attention tensors, so
 // one attention tensor can serve children of several parents. Without a spatial attention
 // (MobileNetV2, ConvNeXt) its factor is 1.
+//
+// Taps no consumer reads (a 3x3 kernel's outer ring on a 1x1 map, which the conv leaves out)
+// need not be computed: `live_taps` has a bit per tap (row-major) that some consumer reads.
+// The `_live` kernels and the fused attention gradient skip the others; a child's unread taps
+// are left as they are, and their gradients, which the consumers write as zeros, add nothing.
 
 struct ModulateParams {
     children: u32,
@@ -15,6 +20,10 @@ struct ModulateParams {
     accumulate: u32,
     // Always 1.0, for double_float.wgsl.
     one: f32,
+    live_taps: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ModulateParams;
@@ -26,6 +35,10 @@ struct ModulateParams {
 
 fn spatial_factor(spatial_value: f32) -> f32 {
     return select(1.0, 1.0 + spatial_value, p.has_spatial != 0u);
+}
+
+fn live(tap: u32) -> bool {
+    return ((p.live_taps >> tap) & 1u) != 0u;
 }
 
 // ---------------------------------------------------------------- forward
@@ -70,6 +83,23 @@ fn modulate_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     fwd_children4[i] = fwd_parent4[i] * s * (1.0 + filter_attention[k * p.c_out + 4u * i / p.fan]);
 }
 
+// The same products at the live taps only. Invocations: c_out x fan / taps (one row of taps
+// each; one child per dispatch).
+@compute @workgroup_size(64)
+fn modulate_forward_live(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = flat_index(gid, nwg);
+    if (r >= p.c_out * p.fan / p.taps) { return; }
+    let k = p.first_child;
+    let filter_factor = 1.0 + filter_attention[k * p.c_out + r * p.taps / p.fan];
+    for (var t = 0u; t < p.taps; t++) {
+        if (live(t)) {
+            let e = r * p.taps + t;
+            let s = spatial_factor(spatial_attention[select(0u, k * p.taps + t, p.has_spatial != 0u)]);
+            fwd_children[e] = fwd_parent[e] * s * filter_factor;
+        }
+    }
+}
+
 // ---------------------------------------------------------------- backward
 @group(0) @binding(1) var<storage, read> bwd_parent: array<f32>;
 @group(0) @binding(4) var<storage, read> bwd_dchildren: array<f32>;
@@ -111,6 +141,30 @@ fn modulate_backward_parent_quads(@builtin(global_invocation_id) gid: vec3<u32>,
         sum += bwd_dchildren4[c * per_child + i] * spatial_factors(k, f) * (1.0 + filter_attention[k * p.c_out + co]);
     }
     bwd_out4[i] = select(sum, bwd_out4[i] + sum, p.accumulate != 0u);
+}
+
+// The same at the live taps; the others' gradient is zero (written when not accumulating).
+// Invocations: c_out x fan / taps (one row of taps each).
+@compute @workgroup_size(64)
+fn modulate_backward_parent_live(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = flat_index(gid, nwg);
+    if (r >= p.c_out * p.fan / p.taps) { return; }
+    let co = r * p.taps / p.fan;
+    let per_child = p.c_out * p.fan;
+    for (var t = 0u; t < p.taps; t++) {
+        let e = r * p.taps + t;
+        var sum = 0.0;
+        if (live(t)) {
+            for (var c = 0u; c < p.children; c++) {
+                let k = p.first_child + c;
+                let s = spatial_factor(spatial_attention[select(0u, k * p.taps + t, p.has_spatial != 0u)]);
+                sum += bwd_dchildren[c * per_child + e] * s * (1.0 + filter_attention[k * p.c_out + co]);
+            }
+            bwd_out[e] = accumulated(bwd_out[e], sum, p.accumulate);
+        } else if (p.accumulate == 0u) {
+            bwd_out[e] = 0.0;
+        }
+    }
 }
 
 // The attention gradients sum over a whole kernel (c_out x c_in x taps terms, 262144 per
@@ -193,9 +247,11 @@ fn modulate_backward_attention_3x3(@builtin(workgroup_id) wid: vec3<u32>, @built
     for (var row = lane; row < rows; row += REDUCE) {
         let e = co * p.fan + row * FUSED_TAPS;
         for (var t = 0u; t < FUSED_TAPS; t++) {
-            let term = two_prod(bwd_dchildren[e + t], bwd_parent[e + t]);
-            filter_sum = df_add(filter_sum, df_mul(term, df(factor[t])));
-            tap_sum[t] = df_add(tap_sum[t], term);
+            if (live(t)) {
+                let term = two_prod(bwd_dchildren[e + t], bwd_parent[e + t]);
+                filter_sum = df_add(filter_sum, df_mul(term, df(factor[t])));
+                tap_sum[t] = df_add(tap_sum[t], term);
+            }
         }
     }
     filter_sum = workgroup_sum(lane, filter_sum);
@@ -204,7 +260,9 @@ fn modulate_backward_attention_3x3(@builtin(workgroup_id) wid: vec3<u32>, @built
         bwd_out[at] = accumulated(bwd_out[at], filter_sum.x + filter_sum.y, p.accumulate);
     }
     for (var t = 0u; t < FUSED_TAPS; t++) {
-        let total = workgroup_sum(lane, tap_sum[t]);
+        // An unread tap's terms are all zero (its dchild is); its partial is zero.
+        var total = vec2<f32>();
+        if (live(t)) { total = workgroup_sum(lane, tap_sum[t]); }
         if (lane == 0u) { tap_partials[co * FUSED_TAPS + t] = total; }
     }
 }

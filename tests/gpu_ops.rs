@@ -163,8 +163,16 @@ fn modulation_matches_reference() {
         let fv = feed(&exe, &g, filter, &mut rng);
         let dy = seed_grad(&exe, &g, root, &mut rng);
         exe.run().unwrap();
-        let m =
-            Modulate { first_child: 1, children: 2, rows: 3, c_out: 5, fan: 3 * kh * c_in, taps: 3 * kh, has_spatial };
+        let m = Modulate {
+            first_child: 1,
+            children: 2,
+            rows: 3,
+            c_out: 5,
+            fan: 3 * kh * c_in,
+            taps: 3 * kh,
+            has_spatial,
+            live_taps: None,
+        };
         let sp = has_spatial.then_some(sv.as_slice());
         let want = r::modulate::forward(&m, &pv, sp, &fv);
         assert_close("child 1", &read(&exe, kids[0]), &want[0], TOL);
@@ -176,6 +184,49 @@ fn modulation_matches_reference() {
             assert_close("dspatial", &read_grad(&exe, spatial), &ds, TOL);
         }
     }
+}
+
+#[test]
+fn modulation_computes_only_the_taps_its_convs_read() {
+    // Child 0 feeds a conv on 1x1 maps (the centre tap), child 1 a conv on 2x1 maps (the
+    // centre column): the node computes taps 1, 4 and 7, and the gradients still match.
+    let (c_out, c_in) = (6, 5);
+    let mut g = Graph::new();
+    let parent = g.param("parent", &[c_out, c_in, 3, 3]).unwrap();
+    let spatial = g.param("spatial", &[2, 1, 1, 3, 3]).unwrap();
+    let filter = g.param("filter", &[2, c_out, 1, 1, 1]).unwrap();
+    let kids = g.modulate(parent, Some(spatial), filter, 0, 2).unwrap();
+    let (xs0, xs1) = ([3, c_in, 1, 1], [2, c_in, 2, 1]);
+    let x0 = g.input("x0", &xs0);
+    let x1 = g.input("x1", &xs1);
+    let y0 = g.conv2d(x0, kids[0], None, Conv2dConfig::new(1, 1)).unwrap();
+    let y1 = g.conv2d(x1, kids[1], None, Conv2dConfig::new(1, 1)).unwrap();
+    let node = g.nodes.iter().find_map(|n| n.op.as_any().downcast_ref::<Modulate>()).unwrap();
+    assert_eq!(node.live_taps, Some(1 << 1 | 1 << 4 | 1 << 7), "the node should compute the centre column");
+    let m = *node;
+
+    let mut exe = Executor::new(gpu(), &g, gradient_plan(Mode::Train, vec![y0, y1], false)).unwrap();
+    let mut rng = rng(250);
+    let pv = feed(&exe, &g, parent, &mut rng);
+    let sv = feed(&exe, &g, spatial, &mut rng);
+    let fv = feed(&exe, &g, filter, &mut rng);
+    let (x0v, x1v) = (feed(&exe, &g, x0, &mut rng), feed(&exe, &g, x1, &mut rng));
+    let (dy0, dy1) = (seed_grad(&exe, &g, y0, &mut rng), seed_grad(&exe, &g, y1, &mut rng));
+    // Stale values where the parent's gradient has unread taps must be overwritten with zeros.
+    exe.write_grad(parent, &vec![7.0; c_out * c_in * 9]).unwrap();
+    exe.run().unwrap();
+
+    let children = r::modulate::forward(&m, &pv, Some(&sv), &fv);
+    let shape = |xs: &[usize]| Conv2dShape::new(xs, &[c_out, c_in, 3, 3], Conv2dConfig::new(1, 1)).unwrap();
+    let (s0, s1) = (shape(&xs0), shape(&xs1));
+    assert_close("y0", &read(&exe, y0), &r::conv2d::forward(&s0, &x0v, &children[0], None), TOL);
+    assert_close("y1", &read(&exe, y1), &r::conv2d::forward(&s1, &x1v, &children[1], None), TOL);
+    let (_, dchild0, _) = r::conv2d::backward(&s0, &x0v, &children[0], &dy0);
+    let (_, dchild1, _) = r::conv2d::backward(&s1, &x1v, &children[1], &dy1);
+    let (dp, ds, df) = r::modulate::backward(&m, &pv, Some(&sv), &fv, &[dchild0, dchild1]);
+    assert_close("dparent", &read_grad(&exe, parent), &dp, TOL);
+    assert_close("dspatial", &read_grad(&exe, spatial), &ds, TOL);
+    assert_close("dfilter", &read_grad(&exe, filter), &df, TOL);
 }
 
 #[test]

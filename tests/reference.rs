@@ -32,7 +32,16 @@ fn conv2d_gradients() {
 fn modulate_gradients() {
     for has_spatial in [true, false] {
         // Children 1 and 2 of 3 attention rows: the node's rows only.
-        let m = Modulate { first_child: 1, children: 2, rows: 3, c_out: 4, fan: 3 * 9, taps: 9, has_spatial };
+        let m = Modulate {
+            first_child: 1,
+            children: 2,
+            rows: 3,
+            c_out: 4,
+            fan: 3 * 9,
+            taps: 9,
+            has_spatial,
+            live_taps: None,
+        };
         let mut g = rng(2);
         let parent = randn(&mut g, 4 * 27);
         let spatial = randn(&mut g, 3 * 9);

@@ -133,6 +133,14 @@ impl Graph {
 
     /// [`Graph::push`] for an op already boxed (a copy from another graph).
     pub fn push_boxed(&mut self, op: Box<dyn Op>, inputs: &[TensorId], output_shapes: &[Vec<usize>]) -> Vec<TensorId> {
+        // Producers learn which taps of their outputs this op reads.
+        for (i, t) in inputs.iter().enumerate() {
+            let taps = op.taps_read(i);
+            if let Some(producer) = self.nodes.iter_mut().rev().find(|n| n.outputs.contains(t)) {
+                let output = producer.outputs.iter().position(|o| o == t).expect("found by output");
+                producer.op.read_by(output, taps);
+            }
+        }
         let name = op.name();
         let outputs = output_shapes
             .iter()

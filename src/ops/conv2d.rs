@@ -177,6 +177,12 @@ impl Op for Conv2d {
         (self.shape.flops() / 2.0) as u64
     }
 
+    fn taps_read(&self, input: usize) -> Option<u32> {
+        (input == 1 && self.shape.kernel() == ConvKernel::Gemm)
+            .then(|| GemmPlan::new(&self.shape).taps_read())
+            .flatten()
+    }
+
     fn scratch(&self, backward: bool) -> Vec<usize> {
         match self.shape.kernel() {
             ConvKernel::Gemm => GemmPlan::new(&self.shape).scratch(backward),

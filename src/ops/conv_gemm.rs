@@ -357,6 +357,17 @@ impl GemmPlan {
         GemmPlan { forward_reads: reads, backward_reads: reads, weight_subgroups, ..self }
     }
 
+    /// The weight taps these kernels read, a bit per tap (row-major), for kernels of at most 32
+    /// taps.
+    pub fn taps_read(&self) -> Option<u32> {
+        let s = &self.shape;
+        (s.kernel_h * s.kernel_w <= 32).then(|| {
+            let rows = self.ky0..self.ky0 + self.kernel_h;
+            let cols = self.kx0..self.kx0 + self.kernel_w;
+            rows.flat_map(|ky| cols.clone().map(move |kx| 1 << (ky * s.kernel_w + kx))).sum()
+        })
+    }
+
     fn forward_pad(&self) -> usize {
         self.shape.c_out.next_multiple_of(self.forward_tile.0 as usize)
     }

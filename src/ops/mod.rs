@@ -83,6 +83,17 @@ pub trait Op: OpObject + Send + Sync {
         true
     }
 
+    /// The taps of input `i` (a kernel) this op reads, one bit per tap in row-major order,
+    /// where it reads fewer than all (a conv leaves out taps that only ever meet padding);
+    /// `None`: every element.
+    fn taps_read(&self, _input: usize) -> Option<u32> {
+        None
+    }
+
+    /// Told, as a consumer joins the graph, which taps of output `output` it reads (`None`:
+    /// all). An op that can leave unread taps uncomputed (modulation) keeps the union.
+    fn read_by(&mut self, _output: usize, _taps: Option<u32>) {}
+
     /// Multiply-accumulates of the forward pass for the whole batch, counted for convolutions
     /// and fully connected layers only (torchvision's convention for model tables).
     fn macs(&self) -> u64 {
