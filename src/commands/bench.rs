@@ -176,10 +176,7 @@ pub fn profile(gpu: Arc<Gpu>, spec: ModelSpec, batch: usize, res: usize) -> Resu
     exe.write_labels(net.labels, &vec![0; batch])?;
     exe.profile()?; // compiles every pipeline
     let mut by_entry: Vec<(String, usize, f64)> = Vec::new();
-    for (i, (label, secs)) in exe.profile()?.into_iter().enumerate() {
-        if std::env::var_os("KDNA_PROFILE_ALL").is_some() {
-            eprintln!("{i:4} {label:40} {:.2} ms", secs * 1e3);
-        }
+    for (label, secs) in exe.profile()? {
         match by_entry.iter_mut().find(|(l, _, _)| l == label) {
             Some(row) => {
                 row.1 += 1;
