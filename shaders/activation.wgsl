@@ -1,4 +1,6 @@
-// Element-wise activations, residual add and gradient accumulation.
+// Element-wise activations, residual add and gradient accumulation. The `_quads` kernels take
+// four elements per invocation (vec4 loads and stores; lengths that are multiples of four):
+// on software adapters elementwise passes are bound by memory accesses, which vec4s halve.
 
 struct ElementwiseParams {
     len: u32,
@@ -31,6 +33,21 @@ fn activation_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     fwd_y[i] = y;
 }
 
+@group(0) @binding(1) var<storage, read> fwd_x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> fwd_y4: array<vec4<f32>>;
+
+// relu and relu6 (sigmoid, on a router's few gates, stays scalar).
+@compute @workgroup_size(64)
+fn activation_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len / 4u) { return; }
+    let x = fwd_x4[i];
+    switch p.kind {
+        case RELU: { fwd_y4[i] = max(x, vec4<f32>(0.0)); }
+        default: { fwd_y4[i] = clamp(x, vec4<f32>(0.0), vec4<f32>(6.0)); }
+    }
+}
+
 @group(0) @binding(1) var<storage, read> bwd_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bwd_y: array<f32>;
 @group(0) @binding(3) var<storage, read> bwd_dy: array<f32>;
@@ -50,6 +67,24 @@ fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
         default: { let y = bwd_y[i]; dx = dy * y * (1.0 - y); }
     }
     bwd_dx[i] = accumulated(bwd_dx[i], dx, p.accumulate);
+}
+
+@group(0) @binding(1) var<storage, read> bwd_x4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bwd_dy4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> bwd_dx4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn activation_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len / 4u) { return; }
+    let x = bwd_x4[i];
+    let zero = vec4<f32>(0.0);
+    var dx: vec4<f32>;
+    switch p.kind {
+        case RELU: { dx = select(zero, bwd_dy4[i], x > zero); }
+        default: { dx = select(zero, bwd_dy4[i], x > zero & x < vec4<f32>(6.0)); }
+    }
+    bwd_dx4[i] = select(dx, bwd_dx4[i] + dx, p.accumulate != 0u);
 }
 
 @group(0) @binding(1) var<storage, read> add_a: array<f32>;
@@ -73,4 +108,25 @@ fn pass_gradient(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let i = flat_index(gid, nwg);
     if (i >= p.len) { return; }
     pass_dx[i] = accumulated(pass_dx[i], pass_dy[i], p.accumulate);
+}
+
+@group(0) @binding(1) var<storage, read> add_a4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> add_b4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> add_y4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn add_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len / 4u) { return; }
+    add_y4[i] = add_a4[i] + add_b4[i];
+}
+
+@group(0) @binding(1) var<storage, read> pass_dy4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> pass_dx4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn pass_gradient_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len / 4u) { return; }
+    pass_dx4[i] = select(pass_dy4[i], pass_dx4[i] + pass_dy4[i], p.accumulate != 0u);
 }

@@ -281,13 +281,17 @@ fn batchnorm_matches_reference_in_both_modes() {
 
 #[test]
 fn activations_match_reference() {
-    for kind in [Activation::Relu, Activation::Relu6, Activation::Sigmoid] {
+    // 1155 elements (scalar kernels) and 420 (four per invocation).
+    let shapes = [[3, 7, 11, 5], [2, 6, 5, 7]];
+    for (kind, shape) in
+        [Activation::Relu, Activation::Relu6, Activation::Sigmoid].into_iter().flat_map(|k| shapes.map(|s| (k, s)))
+    {
         let mut g = Graph::new();
-        let x = g.input("x", &[3, 7, 11, 5]);
+        let x = g.input("x", &shape);
         let y = g.activation(x, kind);
         let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
         let mut rng = rng(400);
-        let xv: Vec<f64> = f32_exact(randn(&mut rng, 3 * 7 * 11 * 5).iter().map(|v| 5.0 * v).collect());
+        let xv: Vec<f64> = f32_exact(randn(&mut rng, shape.iter().product()).iter().map(|v| 5.0 * v).collect());
         exe.write(x, &to_f32(&xv)).unwrap();
         let dy = seed_grad(&exe, &g, y, &mut rng);
         exe.run().unwrap();
@@ -299,19 +303,41 @@ fn activations_match_reference() {
 
 #[test]
 fn residual_add_sends_the_gradient_to_both_inputs() {
-    let mut g = Graph::new();
-    let a = g.input("a", &[3, 5, 3]);
-    let b = g.input("b", &[3, 5, 3]);
-    let y = g.add(a, b).unwrap();
-    let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
-    let mut rng = rng(450);
-    let (av, bv) = (feed(&exe, &g, a, &mut rng), feed(&exe, &g, b, &mut rng));
-    let dy = seed_grad(&exe, &g, y, &mut rng);
-    exe.run().unwrap();
-    let sum: Vec<f64> = av.iter().zip(&bv).map(|(x, y)| x + y).collect();
-    assert_close("a + b", &read(&exe, y), &sum, TOL);
-    assert_close("da", &read_grad(&exe, a), &dy, 0.0);
-    assert_close("db", &read_grad(&exe, b), &dy, 0.0);
+    // 45 elements (scalar kernels) and 120 (four per invocation).
+    for shape in [[3, 5, 3], [2, 4, 15]] {
+        let mut g = Graph::new();
+        let a = g.input("a", &shape);
+        let b = g.input("b", &shape);
+        let y = g.add(a, b).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(450);
+        let (av, bv) = (feed(&exe, &g, a, &mut rng), feed(&exe, &g, b, &mut rng));
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let sum: Vec<f64> = av.iter().zip(&bv).map(|(x, y)| x + y).collect();
+        assert_close("a + b", &read(&exe, y), &sum, TOL);
+        assert_close("da", &read_grad(&exe, a), &dy, 0.0);
+        assert_close("db", &read_grad(&exe, b), &dy, 0.0);
+    }
+}
+
+#[test]
+fn gradients_of_a_tensor_used_twice_add_up() {
+    // x feeds both operands of an add and a relu: the second and third contributions add.
+    for shape in [[3, 5, 3], [2, 4, 15]] {
+        let mut g = Graph::new();
+        let x = g.input("x", &shape);
+        let doubled = g.add(x, x).unwrap();
+        let rectified = g.relu(x);
+        let y = g.add(doubled, rectified).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(460);
+        let xv = feed(&exe, &g, x, &mut rng);
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let want: Vec<f64> = xv.iter().zip(&dy).map(|(x, d)| 2.0 * d + if *x > 0.0 { *d } else { 0.0 }).collect();
+        assert_close("dx", &read_grad(&exe, x), &want, TOL);
+    }
 }
 
 #[test]

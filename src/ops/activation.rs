@@ -26,6 +26,11 @@ fn params(len: usize, kind: u32, accumulate: u32) -> ElementwiseParams {
     ElementwiseParams { len: len as u32, kind, accumulate, _pad: 0 }
 }
 
+/// `entry` or its four-wide `_quads` version where the length allows, and its grid.
+fn elementwise(entry: &'static str, quads: &'static str, len: usize, four_wide: bool) -> (&'static str, [u32; 3]) {
+    if four_wide && len.is_multiple_of(4) { (quads, grid(len / 4)) } else { (entry, grid(len)) }
+}
+
 /// Graph node: `[x] -> [act(x)]`.
 #[derive(Clone, Debug)]
 pub struct ActivationOp {
@@ -44,14 +49,23 @@ impl Op for ActivationOp {
 
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
         let p = params(self.len, self.kind as u32, 0);
-        vec![gpu.dispatch("activation", "activation_forward", &p, &[b.inputs[0], b.outputs[0]], grid(self.len))]
+        let (entry, grid) = self.entry("activation_forward", "activation_forward_quads");
+        vec![gpu.dispatch("activation", entry, &p, &[b.inputs[0], b.outputs[0]], grid)]
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
         let Some(dx) = grads.inputs[0] else { return vec![] };
         let p = params(self.len, self.kind as u32, accumulate_flag(&dx));
         let buffers = [b.inputs[0], b.outputs[0], grads.outputs[0], dx.slice];
-        vec![gpu.dispatch("activation", "activation_backward", &p, &buffers, grid(self.len))]
+        let (entry, grid) = self.entry("activation_backward", "activation_backward_quads");
+        vec![gpu.dispatch("activation", entry, &p, &buffers, grid)]
+    }
+}
+
+impl ActivationOp {
+    /// Sigmoids (a router's few gates) stay scalar.
+    fn entry(&self, entry: &'static str, quads: &'static str) -> (&'static str, [u32; 3]) {
+        elementwise(entry, quads, self.len, self.kind != Activation::Sigmoid)
     }
 }
 
@@ -68,7 +82,8 @@ impl Op for Add {
 
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
         let p = params(self.len, 0, 0);
-        vec![gpu.dispatch("activation", "add_forward", &p, &[b.inputs[0], b.inputs[1], b.outputs[0]], grid(self.len))]
+        let (entry, grid) = elementwise("add_forward", "add_forward_quads", self.len, true);
+        vec![gpu.dispatch("activation", entry, &p, &[b.inputs[0], b.inputs[1], b.outputs[0]], grid)]
     }
 
     fn backward(&self, gpu: &Gpu, _b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
@@ -78,7 +93,8 @@ impl Op for Add {
             .flatten()
             .map(|dx| {
                 let p = params(self.len, 0, accumulate_flag(dx));
-                gpu.dispatch("activation", "pass_gradient", &p, &[grads.outputs[0], dx.slice], grid(self.len))
+                let (entry, grid) = elementwise("pass_gradient", "pass_gradient_quads", self.len, true);
+                gpu.dispatch("activation", entry, &p, &[grads.outputs[0], dx.slice], grid)
             })
             .collect()
     }
