@@ -83,6 +83,10 @@ struct TileParams {
     tap_step_w: u32,
     tap0_h: u32,
     tap0_w: u32,
+    // Where the first output's window starts in the input copy (one band of a convolution
+    // split by the taps its outputs read; zero otherwise).
+    window_y0: u32,
+    window_x0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: TileParams;
@@ -249,8 +253,8 @@ fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 fn window(q: u32) -> u32 {
     let pixels = p.out_h * p.out_w;
     let r = q % pixels;
-    let y = (r / p.out_w) * p.stride_h;
-    let x = (r % p.out_w) * p.stride_w;
+    let y = (r / p.out_w) * p.stride_h + p.window_y0;
+    let x = (r % p.out_w) * p.stride_w + p.window_x0;
     return (((q / pixels) * p.in_h + y) * p.in_w + x) * p.in_quads;
 }
 

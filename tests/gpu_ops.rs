@@ -52,7 +52,7 @@ type ConvCase = ([usize; 4], usize, (usize, usize), Conv2dConfig, bool);
 #[test]
 fn conv2d_matches_reference() {
     let cfg = |stride, padding, groups| Conv2dConfig { stride, padding, groups };
-    let cases: [ConvCase; 16] = [
+    let cases: [ConvCase; 18] = [
         // Depthwise, stride 1 with bias and a 7x7 window (ConvNeXt's).
         ([1, 5, 13, 11], 5, (3, 3), cfg((1, 1), (1, 1), 5), true),
         ([3, 4, 9, 9], 4, (7, 7), cfg((1, 1), (3, 3), 4), true),
@@ -75,6 +75,10 @@ fn conv2d_matches_reference() {
         ([3, 12, 1, 1], 10, (3, 3), cfg((1, 1), (1, 1), 1), true),
         ([2, 9, 2, 1], 7, (3, 3), cfg((1, 1), (1, 1), 1), false),
         ([1, 6, 2, 2], 5, (3, 3), cfg((2, 2), (1, 1), 1), false),
+        // 2x2 maps split into four bands of outputs that read the same taps (forward and input
+        // gradient), and a stride-2 input gradient whose phases split.
+        ([2, 10, 2, 2], 12, (3, 3), cfg((1, 1), (1, 1), 1), true),
+        ([2, 8, 4, 4], 6, (3, 3), cfg((2, 2), (1, 1), 1), false),
     ];
     for (i, &(xs, c_out, k, cfg, bias)) in cases.iter().enumerate() {
         let groups = cfg.groups;

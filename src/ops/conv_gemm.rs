@@ -82,6 +82,8 @@ struct TileParams {
     tap_step_w: u32,
     tap0_h: u32,
     tap0_w: u32,
+    window_y0: u32,
+    window_x0: u32,
 }
 
 /// One phase of the input gradient along one axis: the input positions first, first + stride,
@@ -123,6 +125,50 @@ impl InputPhase {
     fn copy_size(&self) -> usize {
         self.outputs + self.taps.max(1) - 1
     }
+}
+
+/// Consecutive outputs along one axis that read real data through the same taps: outputs
+/// `first .. first + count`, through taps `tap0 .. tap0 + taps` of the pass's (used) taps.
+/// Near a border of a small map most taps meet only padding (three of a 3x3 kernel's rows on
+/// a 2x2 map's edge), and the implicit GEMM would multiply those zeros like any other value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Band {
+    first: usize,
+    count: usize,
+    tap0: usize,
+    taps: usize,
+}
+
+/// The bands of `outputs` outputs whose tap j reads copy position `o * stride + j`
+/// (`taps` taps), real data lying at copy positions `data` (padding around it).
+fn bands(outputs: usize, stride: usize, taps: usize, data: Range<i64>) -> Vec<Band> {
+    let mut out: Vec<Band> = Vec::new();
+    for o in 0..outputs {
+        let at = (o * stride) as i64;
+        let lo = (data.start - at).clamp(0, taps as i64) as usize;
+        let hi = (data.end - at).clamp(0, taps as i64) as usize;
+        let (tap0, taps) = if hi > lo { (lo, hi - lo) } else { (0, 0) };
+        match out.last_mut() {
+            Some(b) if (b.tap0, b.taps) == (tap0, taps) => b.count += 1,
+            _ => out.push(Band { first: o, count: 1, tap0, taps }),
+        }
+    }
+    out
+}
+
+/// Largest number of regions (row bands x column bands) a pass is split into: each costs a
+/// weight packing and a dispatch, and a small region leaves cores idle. On lavapipe, 2x2 maps
+/// (four regions) run a 3x3 conv in half the time, while 4x4 and 7x7 maps (nine) gain little
+/// or lose.
+const MAX_BANDS: usize = 4;
+
+/// The regions (row band, column band) of a pass whose unsplit form costs `full` (output,
+/// tap) pairs per sample, where splitting spares at least a tenth of them.
+fn worth_splitting(rows: &[Band], cols: &[Band], full: usize) -> Option<Vec<(Band, Band)>> {
+    let work = |bands: &[Band]| bands.iter().map(|b| b.count * b.taps).sum::<usize>();
+    let regions = rows.len() * cols.len();
+    (regions > 1 && regions <= MAX_BANDS && 10 * work(rows) * work(cols) <= 9 * full)
+        .then(|| rows.iter().flat_map(|&r| cols.iter().map(move |&c| (r, c))).collect())
 }
 
 /// (tap, input quad) steps per weight block, and the block's size in floats (64 KiB, the most
@@ -415,8 +461,11 @@ impl GemmPlan {
         let blocks = |tile: (u32, u32), pad: usize, quads: usize| {
             pad / tile.0 as usize * weight_blocks(self.taps(), quads).len() * BLOCK_FLOATS
         };
-        let mut sizes =
-            vec![s.batch * xh * xw * 4 * self.x_quads, blocks(self.forward_tile, self.forward_pad(), self.x_quads)];
+        let forward_weights = match self.forward_bands() {
+            Some(regions) => regions.iter().map(|(r, c)| self.forward_packing(r.taps * c.taps)).sum(),
+            None => blocks(self.forward_tile, self.forward_pad(), self.x_quads),
+        };
+        let mut sizes = vec![s.batch * xh * xw * 4 * self.x_quads, forward_weights];
         if backward {
             sizes.extend([
                 s.batch * dh * dw * 4 * self.dy_quads,
@@ -481,7 +530,8 @@ impl GemmPlan {
         gpu.dispatch("conv_tile", "to_channels_last", &params, &[x, dst], grid(dst.len() / 4))
     }
 
-    /// y = conv(x, w) + bias.
+    /// y = conv(x, w) + bias: one pass over every used tap, or one per band of outputs that
+    /// read the same taps ([`Band`]), each with the weights of its taps packed apart.
     pub fn forward(
         &self,
         gpu: &Gpu,
@@ -492,15 +542,63 @@ impl GemmPlan {
         let params =
             TileParams { out_pad: self.forward_pad() as u32, has_bias: has_bias as u32, ..self.forward_params() };
         let mut out = vec![self.copy_x(gpu, x, scratch)];
-        out.extend(tile_dispatches(
-            gpu,
-            params,
-            self.forward_tile,
-            [scratch[X_LAST], scratch[W_FORWARD], w, bias, y],
-            self.forward_reads,
-            "pack_weight_forward",
-        ));
+        let pass = |params: TileParams, packed: &GpuSlice| {
+            let buffers = [scratch[X_LAST], packed, w, bias, y];
+            tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads, "pack_weight_forward")
+        };
+        let Some(regions) = self.forward_bands() else {
+            out.extend(pass(params, scratch[W_FORWARD]));
+            return out;
+        };
+        let s = &self.shape;
+        let u = |v: usize| v as u32;
+        let mut offset = 0;
+        for (row, col) in regions {
+            let len = self.forward_packing(row.taps * col.taps);
+            let band = TileParams {
+                out_h: u(row.count),
+                out_w: u(col.count),
+                kernel_h: u(row.taps),
+                kernel_w: u(col.taps),
+                ky0: u(self.ky0 + row.tap0),
+                kx0: u(self.kx0 + col.tap0),
+                window_y0: u(row.first * s.cfg.stride.0 + row.tap0),
+                window_x0: u(col.first * s.cfg.stride.1 + col.tap0),
+                store_h: u(s.out_h),
+                store_w: u(s.out_w),
+                store_stride_h: 1,
+                store_stride_w: 1,
+                store_y0: u(row.first),
+                store_x0: u(col.first),
+                ..params
+            };
+            out.extend(pass(band, &scratch[W_FORWARD].range(offset, len)));
+            offset += len;
+        }
         out
+    }
+
+    /// The forward pass's bands (row band, column band), where splitting spares at least a
+    /// tenth of the multiply-adds; `None`: one pass.
+    fn forward_bands(&self) -> Option<Vec<(Band, Band)>> {
+        let s = &self.shape;
+        let data = |pad: i32, size: usize| pad as i64..pad as i64 + size as i64;
+        let rows = bands(s.out_h, s.cfg.stride.0, self.kernel_h, data(self.pad_h, s.h));
+        let cols = bands(s.out_w, s.cfg.stride.1, self.kernel_w, data(self.pad_w, s.w));
+        worth_splitting(&rows, &cols, self.kernel_h * s.out_h * self.kernel_w * s.out_w)
+    }
+
+    /// Floats of the forward weights packed for `taps` taps (at least one block, so that a
+    /// band no tap reaches still binds a buffer).
+    fn forward_packing(&self, taps: usize) -> usize {
+        let blocks = weight_blocks(taps, self.x_quads).len().max(1);
+        self.forward_pad() / self.forward_tile.0 as usize * blocks * BLOCK_FLOATS
+    }
+
+    /// The same for the input gradient's weights (`taps` taps of one phase or band).
+    fn backward_packing(&self, taps: u32) -> usize {
+        let blocks = weight_blocks(taps as usize, self.dy_quads).len().max(1);
+        self.backward_pad() / self.backward_tile.0 as usize * blocks * BLOCK_FLOATS
     }
 
     /// dx (+)= the gradient to the input: the forward kernel over dy padded by kernel - 1 - pad,
@@ -557,15 +655,39 @@ impl GemmPlan {
                 };
                 let copy = grid(s.batch * in_h * in_w * self.dy_quads);
                 out.push(gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last], copy));
-                // The kernel's bias binding is read only with a bias: any buffer does.
-                out.extend(tile_dispatches(
-                    gpu,
-                    params,
-                    self.backward_tile,
-                    [dy_last, scratch[W_BACKWARD], w, w, dx],
-                    self.backward_reads,
-                    "pack_weight_backward",
-                ));
+                // The kernel's bias binding is read only with a bias: any buffer does. Bands
+                // run one after another through the same packed-weight buffer.
+                let pass = |params: TileParams| {
+                    // Packed for this pass's taps only.
+                    let packed = scratch[W_BACKWARD].range(0, self.backward_packing(params.kernel_h * params.kernel_w));
+                    let (tile, reads) = (self.backward_tile, self.backward_reads);
+                    tile_dispatches(gpu, params, tile, [dy_last, &packed, w, w, dx], reads, "pack_weight_backward")
+                };
+                // dy's real rows lie at copy rows -base .. out_h - base (the rest is padding).
+                let data = |phase: &InputPhase, size: usize| -phase.base as i64..size as i64 - phase.base as i64;
+                let row_bands = bands(row.outputs, 1, row.taps, data(row, s.out_h));
+                let col_bands = bands(col.outputs, 1, col.taps, data(col, s.out_w));
+                let Some(regions) =
+                    worth_splitting(&row_bands, &col_bands, row.taps * row.outputs * col.taps * col.outputs)
+                else {
+                    out.extend(pass(params));
+                    continue;
+                };
+                for (rb, cb) in regions {
+                    out.extend(pass(TileParams {
+                        out_h: u(rb.count),
+                        out_w: u(cb.count),
+                        kernel_h: u(rb.taps),
+                        kernel_w: u(cb.taps),
+                        tap0_h: u(row.tap0 + s.cfg.stride.0 * rb.tap0),
+                        tap0_w: u(col.tap0 + s.cfg.stride.1 * cb.tap0),
+                        window_y0: u(rb.first + rb.tap0),
+                        window_x0: u(cb.first + cb.tap0),
+                        store_y0: u(row.first + s.cfg.stride.0 * rb.first),
+                        store_x0: u(col.first + s.cfg.stride.1 * cb.first),
+                        ..params
+                    }));
+                }
             }
         }
         out
@@ -611,7 +733,7 @@ impl GemmPlan {
 
 #[cfg(test)]
 mod tests {
-    use super::InputPhase;
+    use super::{InputPhase, bands};
     use std::collections::BTreeSet;
 
     /// Every (input row, dy row, tap) term of a strided convolution's input gradient comes from
@@ -637,12 +759,15 @@ mod tests {
                         let mut got = BTreeSet::new();
                         let phases = InputPhase::along(size, kernel, pad as i32, stride);
                         for ph in &phases {
-                            for i in 0..ph.outputs {
-                                for j in 0..ph.taps {
-                                    let m = i as i32 + ph.base + j as i32;
-                                    // The phase's flipped tap tap0 + stride * j is the weight's kernel - 1 - that.
-                                    let k = kernel - 1 - (ph.tap0 + stride * j);
-                                    if (0..out as i32).contains(&m) {
+                            // Bands of the phase's outputs: dy's real rows lie at -base .. out - base.
+                            let data = -ph.base as i64..out as i64 - ph.base as i64;
+                            for band in bands(ph.outputs, 1, ph.taps, data) {
+                                for i in band.first..band.first + band.count {
+                                    for j in band.tap0..band.tap0 + band.taps {
+                                        let m = i as i32 + ph.base + j as i32;
+                                        // The phase's flipped tap tap0 + stride * j is the weight's kernel - 1 - that.
+                                        let k = kernel - 1 - (ph.tap0 + stride * j);
+                                        assert!((0..out as i32).contains(&m), "a band reads dy's padding");
                                         assert!(got.insert((ph.first + stride * i, m as usize, k)), "a term twice");
                                     }
                                 }
@@ -651,6 +776,40 @@ mod tests {
                         assert_eq!(got, want, "stride {stride}, kernel {kernel}, pad {pad}, size {size}");
                         let positions: usize = phases.iter().map(|ph| ph.outputs).sum();
                         assert_eq!(positions, size, "every input position belongs to one phase");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The forward pass's bands read every (output, tap) pair whose input is real exactly once,
+    /// and no padding.
+    #[test]
+    fn forward_bands_read_every_real_input_once() {
+        for stride in 1..=3 {
+            for kernel in 1..=5 {
+                for pad in 0..kernel {
+                    for size in 1..=9usize {
+                        let Some(out) = (size + 2 * pad).checked_sub(kernel).map(|n| n / stride + 1) else {
+                            continue;
+                        };
+                        let real = |o: usize, k: usize| (o * stride + k).checked_sub(pad).is_some_and(|y| y < size);
+                        let want: BTreeSet<_> = (0..out)
+                            .flat_map(|o| (0..kernel).map(move |k| (o, k)))
+                            .filter(|&(o, k)| real(o, k))
+                            .collect();
+                        let mut got = BTreeSet::new();
+                        let all = bands(out, stride, kernel, pad as i64..(pad + size) as i64);
+                        assert_eq!(all.iter().map(|b| b.count).sum::<usize>(), out, "every output in one band");
+                        for band in all {
+                            for o in band.first..band.first + band.count {
+                                for k in band.tap0..band.tap0 + band.taps {
+                                    assert!(real(o, k), "a band reads padding");
+                                    assert!(got.insert((o, k)), "a term twice");
+                                }
+                            }
+                        }
+                        assert_eq!(got, want, "stride {stride}, kernel {kernel}, pad {pad}, size {size}");
                     }
                 }
             }
