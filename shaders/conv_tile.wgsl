@@ -415,13 +415,21 @@ fn conv_tile_weight_I(
     var oy = (start % pixels) / p.out_w;
     var ox = start % p.out_w;
     let step = p.stride_w * p.in_quads;
-    var xq = ((n * p.in_h + oy * p.stride_h) * p.in_w + ox * p.stride_w) * p.in_quads + tap_offset;
+    let row0 = p.window_y0;
+    let col0 = p.window_x0 * p.in_quads + tap_offset;
+    var xq = ((n * p.in_h + oy * p.stride_h + row0) * p.in_w + ox * p.stride_w) * p.in_quads + col0;
+    // The pixel in dy (whose outputs a band of a split convolution places from (store_y0,
+    // store_x0) of the whole output).
+    let dy_h = select(p.out_h, p.store_h, p.store_h != 0u);
+    let dy_w = select(p.out_w, p.store_w, p.store_w != 0u);
+    var dp = (n * dy_h + oy + p.store_y0) * dy_w + ox + p.store_x0;
     //@declare
     for (var q = start; q < end; q++) {
-        let dq = (q * p.out_pad + c0) / 4u;
+        let dq = (dp * p.out_pad + c0) / 4u;
         //@step
         ox++;
         xq += step;
+        dp++;
         if (ox == p.out_w) {
             ox = 0u;
             oy++;
@@ -429,7 +437,8 @@ fn conv_tile_weight_I(
                 oy = 0u;
                 n++;
             }
-            xq = ((n * p.in_h + oy * p.stride_h) * p.in_w) * p.in_quads + tap_offset;
+            xq = ((n * p.in_h + oy * p.stride_h + row0) * p.in_w) * p.in_quads + col0;
+            dp = (n * dy_h + oy + p.store_y0) * dy_w + p.store_x0;
         }
     }
     if (gid.x < taps * in_tiles) {
@@ -466,6 +475,31 @@ fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builti
         if (ci < p.weight_in) {
             let at = (co * p.weight_in + ci) * p.full_taps + t;
             tr_dw[at] = accumulated(tr_dw[at], sum[k], p.accumulate);
+        }
+    }
+}
+
+// The same for the used taps alone, adding to dw (a later band of a split convolution, whose
+// other taps the first band's full reduction has written). Invocations: weight_out x in_quads
+// x kernel_h x kernel_w, taps fastest.
+@compute @workgroup_size(64)
+fn reduce_weight_partials_taps(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let taps = p.kernel_h * p.kernel_w;
+    if (i >= p.weight_out * p.in_quads * taps) { return; }
+    let tap = i % taps;
+    let quad = (i / taps) % p.in_quads;
+    let co = i / (taps * p.in_quads);
+    let t = full_tap(tap / p.kernel_w, tap % p.kernel_w);
+    var sum = vec4<f32>();
+    for (var s = 0u; s < p.chunks; s++) {
+        sum += tr_part[((s * p.out_pad + co) * taps + tap) * p.in_quads + quad];
+    }
+    for (var k = 0u; k < 4u; k++) {
+        let ci = quad * 4u + k;
+        if (ci < p.weight_in) {
+            let at = (co * p.weight_in + ci) * p.full_taps + t;
+            tr_dw[at] += sum[k];
         }
     }
 }

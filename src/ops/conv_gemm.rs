@@ -709,25 +709,75 @@ impl GemmPlan {
             ..self.forward_params()
         };
         let (dy_last, partials) = (scratch[DY_LAST], scratch[PARTIALS]);
-        let lanes = self.taps() * (4 * self.x_quads / self.weight_inputs as usize);
-        let workgroups = [
-            lanes.div_ceil(TILE_WORKGROUP as usize) as u32,
-            (self.weight_pad() / WEIGHT_TILE_OUT as usize) as u32,
-            self.chunks as u32,
-        ];
-        let reductions = self.shape.c_out * self.x_quads * self.shape.kernel_h * self.shape.kernel_w;
-        vec![
+        // Partial sums of one pass (or band), then their sum into dw; bands run one after
+        // another through the same partials, the first writing all of dw (as asked: its other
+        // taps zero or as they are) and the rest adding to their own taps.
+        let pass = |params: TileParams, first: bool| {
+            let taps = if first {
+                self.shape.kernel_h * self.shape.kernel_w
+            } else {
+                (params.kernel_h * params.kernel_w) as usize
+            };
+            let reduce = if first { "reduce_weight_partials" } else { "reduce_weight_partials_taps" };
+            let lanes = (params.kernel_h * params.kernel_w) as usize * (4 * self.x_quads / self.weight_inputs as usize);
+            let workgroups = [
+                lanes.div_ceil(TILE_WORKGROUP as usize) as u32,
+                (self.weight_pad() / WEIGHT_TILE_OUT as usize) as u32,
+                params.chunks,
+            ];
+            [
+                gpu.dispatch(
+                    if self.weight_subgroups { "conv_tile_subgroup" } else { "conv_tile" },
+                    weight_entry(self.weight_inputs),
+                    &params,
+                    &[scratch[X_LAST], dy_last, partials],
+                    workgroups,
+                ),
+                gpu.dispatch(
+                    "conv_tile",
+                    reduce,
+                    &params,
+                    &[partials, dw],
+                    grid(self.shape.c_out * self.x_quads * taps),
+                ),
+            ]
+        };
+        let mut out = vec![
             self.copy_x(gpu, x, scratch),
             gpu.dispatch("conv_tile", "gradient_channels_last", &params, &[dy, dy_last], grid(dy_last.len() / 4)),
-            gpu.dispatch(
-                if self.weight_subgroups { "conv_tile_subgroup" } else { "conv_tile" },
-                weight_entry(self.weight_inputs),
-                &params,
-                &[scratch[X_LAST], dy_last, partials],
-                workgroups,
-            ),
-            gpu.dispatch("conv_tile", "reduce_weight_partials", &params, &[partials, dw], grid(reductions)),
-        ]
+        ];
+        let Some(regions) = self.forward_bands() else {
+            out.extend(pass(params, true));
+            return out;
+        };
+        let s = &self.shape;
+        let u = |v: usize| v as u32;
+        for (i, (row, col)) in regions.into_iter().enumerate() {
+            // The band's pixels in as many chunks as the whole pass would take (or fewer).
+            let total = s.batch * row.count * col.count;
+            let chunk_len = total.div_ceil(self.chunks);
+            out.extend(pass(
+                TileParams {
+                    out_h: u(row.count),
+                    out_w: u(col.count),
+                    kernel_h: u(row.taps),
+                    kernel_w: u(col.taps),
+                    ky0: u(self.ky0 + row.tap0),
+                    kx0: u(self.kx0 + col.tap0),
+                    window_y0: u(row.first * s.cfg.stride.0 + row.tap0),
+                    window_x0: u(col.first * s.cfg.stride.1 + col.tap0),
+                    store_h: u(s.out_h),
+                    store_w: u(s.out_w),
+                    store_y0: u(row.first),
+                    store_x0: u(col.first),
+                    chunks: u(total.div_ceil(chunk_len)),
+                    chunk_len: u(chunk_len),
+                    ..params
+                },
+                i == 0,
+            ));
+        }
+        out
     }
 }
 
