@@ -241,7 +241,8 @@ impl Op for Conv2d {
             let buffers = [b.inputs[0], dy, dw.slice];
             match s.kernel() {
                 ConvKernel::Gemm => {
-                    out.extend(GemmPlan::for_device(s, gpu).backward_weight(gpu, buffers, dw.accumulate, &b.scratch));
+                    let plan = GemmPlan::for_device(s, gpu);
+                    out.extend(plan.backward_weight(gpu, [dy, dw.slice], dw.accumulate, &b.scratch));
                 }
                 ConvKernel::Depthwise => {
                     // One workgroup per (channel, tap).

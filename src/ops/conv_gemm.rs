@@ -693,11 +693,13 @@ impl GemmPlan {
         out
     }
 
-    /// dw (+)= the gradient to the weight, in chunk partial sums added in a fixed order.
+    /// dw (+)= the gradient to the weight, in chunk partial sums added in a fixed order. Reads
+    /// the channels-last copy of x that [`GemmPlan::forward`] left in the scratch (a step runs
+    /// the forward pass before the backward, and nothing else writes an op's scratch).
     pub fn backward_weight(
         &self,
         gpu: &Gpu,
-        [x, dy, dw]: [&GpuSlice; 3],
+        [dy, dw]: [&GpuSlice; 2],
         accumulate: bool,
         scratch: &[&GpuSlice],
     ) -> Vec<Dispatch> {
@@ -742,10 +744,8 @@ impl GemmPlan {
                 ),
             ]
         };
-        let mut out = vec![
-            self.copy_x(gpu, x, scratch),
-            gpu.dispatch("conv_tile", "gradient_channels_last", &params, &[dy, dy_last], grid(dy_last.len() / 4)),
-        ];
+        let mut out =
+            vec![gpu.dispatch("conv_tile", "gradient_channels_last", &params, &[dy, dy_last], grid(dy_last.len() / 4))];
         let Some(regions) = self.forward_bands() else {
             out.extend(pass(params, true));
             return out;
