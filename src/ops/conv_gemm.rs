@@ -323,9 +323,20 @@ pub struct GemmPlan {
     weight_subgroups: bool,
 }
 
-/// The smallest forward tile holding `channels` (the largest when none does).
-fn forward_tile(channels: usize) -> (u32, u32) {
-    FORWARD_TILES.into_iter().find(|&(c, _)| c as usize >= channels).unwrap_or(FORWARD_TILES[FORWARD_TILES.len() - 1])
+/// Batch-wide pixels from which a pass with few channels takes a narrower tile. Below it the
+/// widest tile serves: the work is small whatever the tile, and each tile size is a kernel
+/// that compiles for tens of seconds on lavapipe (a classifier's 10 outputs at batch 128
+/// would otherwise cost a run half a minute of compilation).
+const NARROW_TILE_MIN_PIXELS: usize = 1024;
+
+/// The smallest forward tile holding `channels` (the largest when none does, or when the pass
+/// has fewer than [`NARROW_TILE_MIN_PIXELS`] pixels).
+fn forward_tile(channels: usize, pixels: usize) -> (u32, u32) {
+    let widest = FORWARD_TILES[FORWARD_TILES.len() - 1];
+    if pixels < NARROW_TILE_MIN_PIXELS {
+        return widest;
+    }
+    FORWARD_TILES.into_iter().find(|&(c, _)| c as usize >= channels).unwrap_or(widest)
 }
 
 /// The taps along one axis that put some output's window on the input: (first, count). Taps
@@ -382,8 +393,8 @@ impl GemmPlan {
             kernel_w,
             pad_h: s.cfg.padding.0 as i32 - ky0 as i32,
             pad_w: s.cfg.padding.1 as i32 - kx0 as i32,
-            forward_tile: forward_tile(s.c_out),
-            backward_tile: forward_tile(s.c_in),
+            forward_tile: forward_tile(s.c_out, total),
+            backward_tile: forward_tile(s.c_in, s.batch * s.h * s.w),
             weight_inputs,
             x_quads: quads,
             dy_quads: s.c_out.div_ceil(4),
