@@ -8,4 +8,5 @@ pub mod io;
 pub mod models;
 pub mod ops;
 pub mod reference;
+pub mod telemetry;
 pub mod train;

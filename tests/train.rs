@@ -242,3 +242,82 @@ fn a_writer_killed_mid_write_leaves_a_loadable_checkpoint() {
     }
     assert!(seen_new, "the writer never finished a checkpoint; the test proved nothing");
 }
+
+#[test]
+fn telemetry_has_the_documented_shape_and_leaves_training_bit_for_bit_unchanged() {
+    use kdna::telemetry::probes::child_stats;
+    use kdna::telemetry::{Manifest, Reader, RecordKind};
+
+    let data = dataset(24);
+    let runs = tempfile::tempdir().unwrap();
+    let (with, without) = (runs.path().join("with"), runs.path().join("without"));
+    let short = ["--epochs", "1", "--steps-per-epoch", "2", "--telemetry-every"];
+    let (ok, _, err) = train(data.path(), &with, &[&short[..], &["1"]].concat());
+    assert!(ok, "{err}");
+    let (ok, _, err) = train(data.path(), &without, &[&short[..], &["0"]].concat());
+    assert!(ok, "{err}");
+    assert!(!without.join("telemetry.bin").exists() && !without.join("telemetry.json").exists());
+
+    // The probe's eval passes and the copies change nothing the run computes.
+    assert_eq!(losses(&with, 0), losses(&without, 0));
+    let ck = checkpoint::load(&with.join("checkpoint.safetensors")).unwrap();
+    let plain = checkpoint::load(&without.join("checkpoint.safetensors")).unwrap();
+    assert!(ck.weights == plain.weights && ck.momentum == plain.momentum, "weights differ with telemetry on");
+
+    let manifest = Manifest::load(&with.join("telemetry.json")).unwrap();
+    assert_eq!((manifest.arch.as_str(), manifest.kdna, manifest.every, manifest.res), ("resnet18", true, 1, 16));
+    assert_eq!((manifest.routers.len(), manifest.children.len()), (6, 6));
+    let probe = manifest.probe_labels.len();
+    assert_eq!(probe, 16, "the first 16 of the 24 validation images");
+
+    let mut reader = Reader::new(&with.join("telemetry.bin"));
+    reader.poll().unwrap();
+    assert_eq!(reader.corrupt, 0);
+    let seen: Vec<_> = reader.records.iter().map(|r| (r.kind, r.step, r.epoch)).collect();
+    assert_eq!(seen, [(RecordKind::Step, 1, 0), (RecordKind::Epoch, 2, 0)]);
+    for record in &reader.records {
+        let mut keys = 0;
+        let mut get = |key: String, shape: &[usize]| {
+            keys += 1;
+            let t = record.get(&key).unwrap_or_else(|| panic!("step {}: {key} missing", record.step));
+            assert_eq!(t.shape, shape, "{key}");
+            assert!(t.data.iter().all(|v| v.is_finite()), "{key}");
+            t.data.clone()
+        };
+        for r in &manifest.routers {
+            let c = r.channels;
+            let gates = get(format!("gate.probe/{}", r.name), &[probe, c]);
+            assert!(gates.iter().all(|g| (0.0..=1.0).contains(g)), "{}: gates are sigmoids", r.name);
+            let mean = get(format!("gate.mean/{}", r.name), &[c]);
+            let std = get(format!("gate.std/{}", r.name), &[c]);
+            assert!(mean.iter().zip(&std).all(|(m, s)| (0.0..=1.0).contains(m) && (0.0..=0.5).contains(s)));
+        }
+        for c in &manifest.children {
+            let [rows, cols] = c.cells();
+            get(format!("spatial/{}", c.name), &[3, 3]);
+            get(format!("filter/{}", c.name), &[c.c_out]);
+            let energy: f32 = get(format!("energy/{}", c.name), &[rows, cols]).iter().sum();
+            get(format!("delta/{}", c.name), &[rows, cols]);
+            let taps: f32 = get(format!("taps/{}", c.name), &[3, 3]).iter().sum();
+            assert!((energy - taps).abs() <= 1e-4 * energy, "{}: both sum the whole child's energy", c.name);
+            let cosine = get(format!("cosine/{}", c.name), &[1])[0];
+            assert!(cosine > 0.9 && cosine <= 1.0 + 1e-6, "{}: two steps from equal, got {cosine}", c.name);
+        }
+        assert_eq!(keys, record.tensors.len(), "no undocumented tensors");
+    }
+
+    // The epoch's record shows the weights the checkpoint holds.
+    let last = reader.records.last().unwrap();
+    for c in &manifest.children {
+        let stage = &c.stage;
+        let w = |k: String| ck.weights.floats[&k].data.clone();
+        let parent = w(c.parent.clone());
+        let spatial = w(format!("{stage}.static_spatial_attn"))[c.row * 9..][..9].to_vec();
+        let filter = w(format!("{stage}.static_filter_attn"))[c.row * c.c_out..][..c.c_out].to_vec();
+        assert_eq!(last.get(&format!("filter/{}", c.name)).unwrap().data, filter, "{}", c.name);
+        assert_eq!(last.get(&format!("spatial/{}", c.name)).unwrap().data, spatial, "{}", c.name);
+        let stats = child_stats(c, &parent, Some(&spatial), &filter);
+        assert_eq!(last.get(&format!("energy/{}", c.name)).unwrap().data, stats.energy, "{}", c.name);
+        assert_eq!(last.get(&format!("cosine/{}", c.name)).unwrap().data, [stats.cosine], "{}", c.name);
+    }
+}

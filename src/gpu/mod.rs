@@ -5,6 +5,7 @@
 //! can prove the executor's steady state allocates nothing and submits once per step.
 
 pub mod adapter;
+mod async_read;
 pub mod conv_tiles;
 mod kernel;
 pub mod shaders;
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result};
 
 pub use adapter::AdapterSummary;
+pub use async_read::AsyncRead;
 pub use kernel::{Dispatch, grid, grid_of};
 
 /// Workgroup size of every one-dimensional kernel (see `shaders/common.wgsl`).

@@ -308,6 +308,11 @@ impl Executor {
         Ok(())
     }
 
+    /// Where tensor `t` lives (for tools that copy values out themselves).
+    pub fn slice(&self, t: TensorId) -> &GpuSlice {
+        &self.values[t.0]
+    }
+
     pub fn read(&self, t: TensorId) -> Result<Vec<f32>> {
         self.gpu.read(&self.values[t.0])
     }

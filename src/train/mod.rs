@@ -22,6 +22,8 @@ use crate::graph::{Executor, Graph, Plan, StepStats, Weights};
 use crate::io::StateDict;
 use crate::models::{Arch, ModelSpec, Network, build, pretrained};
 use crate::ops::sgd::Sgd;
+use crate::telemetry::recorder::PROBE_IMAGES;
+use crate::telemetry::{RecordKind, Recorder};
 use checkpoint::{BEST_FILE, CHECKPOINT_FILE, Checkpoint, CheckpointInfo};
 use evaluate::{Accuracy, EvalNet};
 use run_dir::RunDir;
@@ -56,6 +58,8 @@ pub struct TrainConfig {
     pub skip_bad: bool,
     /// Draw progress bars (when stderr is a terminal).
     pub progress: bool,
+    /// Steps between telemetry records (0: no telemetry).
+    pub telemetry_every: usize,
 }
 
 /// How a run ended.
@@ -240,6 +244,7 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
 
     let train_split = Arc::new(dataset.train.clone());
     let val_split = Arc::new(dataset.val.clone());
+    let mut recorder = open_telemetry(&trainer, &run, &val_split, &dataset)?;
     let started = Instant::now();
     let mut trained_images = 0usize;
     let mut train_seconds = 0.0f64;
@@ -248,7 +253,7 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
     for epoch in start_epoch..cfg.epochs {
         let lr = schedule.lr_at(epoch);
         let epoch_start = Instant::now();
-        let (images, waited) = train_epoch(&mut trainer, &mut run, &train_split, &dataset, epoch, lr)?;
+        let (images, waited) = train_epoch(&mut trainer, &mut run, &mut recorder, &train_split, &dataset, epoch, lr)?;
         trained_images += images;
         data_wait_seconds += waited;
         train_seconds += epoch_start.elapsed().as_secs_f64();
@@ -292,6 +297,12 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
         if improved {
             state.save(&cfg.ckpt_dir.join(BEST_FILE))?;
         }
+    }
+    if let Some(rec) = &recorder {
+        run.log(&format!(
+            "telemetry: {} records, {:.2} s of host time (the probe batch's GPU time comes on top)",
+            rec.written, rec.seconds
+        ))?;
     }
     Ok(Summary {
         epochs: cfg.epochs,
@@ -351,6 +362,7 @@ fn initialise(trainer: &Trainer, cfg: &TrainConfig, resume: &Option<Checkpoint>)
 fn train_epoch(
     trainer: &mut Trainer,
     run: &mut RunDir,
+    recorder: &mut Option<Recorder>,
     split: &Arc<crate::data::Split>,
     ds: &Dataset,
     epoch: usize,
@@ -393,10 +405,23 @@ fn train_epoch(
         meter.sizes.push_back(size);
         let stats = net.exe.poll_stats()?;
         meter.take(stats, run, &bar, started)?;
+        if let Some(rec) = recorder.as_mut() {
+            rec.poll()?;
+            // The epoch's last step gets its own record below; the recorder reads the main
+            // executor's gates, so steps of other batch sizes are left out.
+            let step = trainer.main().exe.weights().optimizer_steps();
+            if rec.due(step) && meter.sizes.len() + meter.done < steps && size == cfg.batch_size {
+                rec.capture(RecordKind::Step, step, epoch)?;
+            }
+        }
     }
     if let Some(size) = current {
         let stats = trainer.net(size)?.exe.finish()?;
         meter.take(stats, run, &bar, started)?;
+    }
+    if let Some(rec) = recorder.as_mut() {
+        rec.capture(RecordKind::Epoch, trainer.main().exe.weights().optimizer_steps(), epoch)?;
+        rec.finish()?;
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
@@ -473,6 +498,35 @@ impl Meter {
         }
         Ok(())
     }
+}
+
+/// The telemetry recorder of a run (`None` when turned off or for networks without routers
+/// and children), with its probe batch: the first validation images.
+fn open_telemetry(
+    trainer: &Trainer,
+    run: &RunDir,
+    split: &Arc<crate::data::Split>,
+    ds: &Dataset,
+) -> Result<Option<Recorder>> {
+    let cfg = &trainer.cfg;
+    if cfg.telemetry_every == 0 || split.is_empty() {
+        return Ok(None);
+    }
+    let size = PROBE_IMAGES.min(split.len());
+    let lc = LoaderConfig { max_batches: Some(1), ..validation_loader_config(ds.kind, cfg.res, size, 1, cfg.skip_bad) };
+    let Some(batch) = Loader::new(split.clone(), lc).next().transpose()? else { return Ok(None) };
+    let main = trainer.main();
+    Recorder::open(
+        &run.path,
+        cfg.telemetry_every,
+        trainer.spec,
+        cfg.res,
+        &main.net.graph,
+        &main.exe,
+        &batch.images,
+        &batch.labels,
+        main.exe.weights().optimizer_steps(),
+    )
 }
 
 fn validate(trainer: &Trainer, split: &Arc<crate::data::Split>, ds: &Dataset) -> Result<Accuracy> {
