@@ -43,6 +43,18 @@ enum Command {
     /// Measure a network: its parameters and multiply-accumulates per image (`--params`), its
     /// eval throughput and latency (`--latency`) and training step time (`--train`).
     Bench(BenchArgs),
+    /// Open kdna-viewer on a run directory: router gates and child kernels, live while the
+    /// run trains (the run writes them with --telemetry-every).
+    Viewer(ViewerArgs),
+}
+
+#[derive(Args)]
+struct ViewerArgs {
+    /// The run directory (kdna train's --log-dir) [default: the newest run under ./runs].
+    run_dir: Option<PathBuf>,
+    /// Render the main views to this PNG without opening a window, then exit.
+    #[arg(long, value_name = "OUT.png", requires = "run_dir")]
+    screenshot: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -351,6 +363,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train(cli.adapter.as_deref(), *args),
         Command::Eval(args) => eval(cli.adapter.as_deref(), args),
         Command::Bench(args) => bench(cli.adapter.as_deref(), args),
+        Command::Viewer(args) => viewer(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -359,6 +372,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs kdna-viewer, found next to this executable or else on PATH, with `args`.
+fn viewer(args: ViewerArgs) -> Result<()> {
+    let name = format!("kdna-viewer{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe().ok().map(|exe| exe.with_file_name(&name)).filter(|p| p.is_file());
+    let program = beside.unwrap_or_else(|| PathBuf::from(&name));
+    let mut command = std::process::Command::new(&program);
+    if let Some(out) = &args.screenshot {
+        command.arg("--screenshot").arg(out);
+    }
+    command.args(&args.run_dir);
+    let status = match command.status() {
+        Ok(status) => status,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "{name} is neither next to kdna nor on PATH; build it with `cargo build --release -p kdna-viewer` \
+             (or `cargo build --release --workspace`, which puts it beside kdna)"
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("starting {}", program.display()))),
+    };
+    if !status.success() {
+        anyhow::bail!("kdna-viewer exited with {status}");
+    }
+    Ok(())
 }
 
 fn devices(filter: Option<&str>) -> Result<()> {

@@ -107,3 +107,16 @@ fn parity_writes_logits_loss_and_every_gradient_under_torch_names() {
     assert!(!ok && stderr.contains("another --arch"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn viewer_without_kdna_viewer_says_how_to_build_it() {
+    // A copy of kdna alone in a directory, with nothing on PATH: no kdna-viewer to find.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join(format!("kdna{}", std::env::consts::EXE_SUFFIX));
+    std::fs::copy(env!("CARGO_BIN_EXE_kdna"), &exe).unwrap();
+    let out = Command::new(&exe).args(["viewer", "runs/x"]).env("PATH", dir.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cargo build --release -p kdna-viewer"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
