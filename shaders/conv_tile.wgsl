@@ -464,17 +464,28 @@ fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     let kx = i32(t % p.full_kernel_w) - i32(p.kx0);
     var sum = vec4<f32>();
     if (ky >= 0 && ky < i32(p.kernel_h) && kx >= 0 && kx < i32(p.kernel_w)) {
-        let taps = p.kernel_h * p.kernel_w;
-        let tap = u32(ky) * p.kernel_w + u32(kx);
-        for (var s = 0u; s < p.chunks; s++) {
-            sum += tr_part[((s * p.out_pad + co) * taps + tap) * p.in_quads + quad];
-        }
+        sum = chunk_sum(co, u32(ky) * p.kernel_w + u32(kx), quad);
     }
+    store_weight_quad(co, quad, t, sum, p.accumulate);
+}
+
+// The partial sums of one (output channel, used tap, input quad), over the chunks in order.
+fn chunk_sum(co: u32, tap: u32, quad: u32) -> vec4<f32> {
+    let taps = p.kernel_h * p.kernel_w;
+    var sum = vec4<f32>();
+    for (var s = 0u; s < p.chunks; s++) {
+        sum += tr_part[((s * p.out_pad + co) * taps + tap) * p.in_quads + quad];
+    }
+    return sum;
+}
+
+// Four input channels' gradients at full-kernel tap `t`, written or added (`accumulate`).
+fn store_weight_quad(co: u32, quad: u32, t: u32, sum: vec4<f32>, accumulate: u32) {
     for (var k = 0u; k < 4u; k++) {
         let ci = quad * 4u + k;
         if (ci < p.weight_in) {
             let at = (co * p.weight_in + ci) * p.full_taps + t;
-            tr_dw[at] = accumulated(tr_dw[at], sum[k], p.accumulate);
+            tr_dw[at] = accumulated(tr_dw[at], sum[k], accumulate);
         }
     }
 }
@@ -491,15 +502,5 @@ fn reduce_weight_partials_taps(@builtin(global_invocation_id) gid: vec3<u32>, @b
     let quad = (i / taps) % p.in_quads;
     let co = i / (taps * p.in_quads);
     let t = full_tap(tap / p.kernel_w, tap % p.kernel_w);
-    var sum = vec4<f32>();
-    for (var s = 0u; s < p.chunks; s++) {
-        sum += tr_part[((s * p.out_pad + co) * taps + tap) * p.in_quads + quad];
-    }
-    for (var k = 0u; k < 4u; k++) {
-        let ci = quad * 4u + k;
-        if (ci < p.weight_in) {
-            let at = (co * p.weight_in + ci) * p.full_taps + t;
-            tr_dw[at] += sum[k];
-        }
-    }
+    store_weight_quad(co, quad, t, chunk_sum(co, tap, quad), 1u);
 }

@@ -230,8 +230,8 @@ struct TrainArgs {
     no_progress: bool,
     /// Write telemetry for `kdna viewer` (router gates on a fixed probe batch and the training
     /// batch, each child's attentions, energy and similarity to its parent) every N steps and
-    /// at each epoch's end; 0 turns it off. A record costs about what an eval pass over 16
-    /// images does (on lavapipe ~0.5 s, under 1% of training at the default).
+    /// at each epoch's end; 0 turns it off. A record costs about an eval pass over 16 images
+    /// (~0.45 s on a 2-core machine's lavapipe: under 1% of the default run's training time).
     #[arg(long, value_name = "N", default_value_t = 20)]
     telemetry_every: usize,
 }

@@ -99,6 +99,20 @@ fn a_resumed_run_logs_exactly_the_losses_of_an_uninterrupted_one() {
     for f in ["config.json", "log.txt", "metrics.jsonl", "checkpoint.safetensors", "model_best.safetensors"] {
         assert!(two.join(f).is_file(), "{f}");
     }
+
+    // Resumed into the same run directory, the second attempt's telemetry replaces the first's
+    // past the checkpoint, and equals it: the same seeded run.
+    let telemetry = |dir: &Path| {
+        let mut reader = kdna::telemetry::Reader::new(&dir.join("telemetry.bin"));
+        reader.poll().unwrap();
+        assert_eq!(reader.corrupt, 0);
+        reader.records
+    };
+    let first = telemetry(&two);
+    assert_eq!(first.iter().map(|r| r.step).collect::<Vec<_>>(), [3, 6], "epoch ends");
+    let (ok, _, err) = train(data.path(), &two, &["--epochs", "2", "--resume", ck.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(telemetry(&two), first);
 }
 
 #[test]

@@ -561,32 +561,38 @@ impl GemmPlan {
             out.extend(pass(params, scratch[W_FORWARD]));
             return out;
         };
-        let s = &self.shape;
-        let u = |v: usize| v as u32;
         let mut offset = 0;
         for (row, col) in regions {
             let len = self.forward_packing(row.taps * col.taps);
-            let band = TileParams {
-                out_h: u(row.count),
-                out_w: u(col.count),
-                kernel_h: u(row.taps),
-                kernel_w: u(col.taps),
-                ky0: u(self.ky0 + row.tap0),
-                kx0: u(self.kx0 + col.tap0),
-                window_y0: u(row.first * s.cfg.stride.0 + row.tap0),
-                window_x0: u(col.first * s.cfg.stride.1 + col.tap0),
-                store_h: u(s.out_h),
-                store_w: u(s.out_w),
-                store_stride_h: 1,
-                store_stride_w: 1,
-                store_y0: u(row.first),
-                store_x0: u(col.first),
-                ..params
-            };
-            out.extend(pass(band, &scratch[W_FORWARD].range(offset, len)));
+            out.extend(pass(self.band_params(params, &row, &col), &scratch[W_FORWARD].range(offset, len)));
             offset += len;
         }
         out
+    }
+
+    /// `params` narrowed to one region of outputs (a row band by a column band): its outputs,
+    /// the taps they read, where their windows start, and where they are stored in the whole
+    /// output (the forward pass's y; the weight gradient's dy pixels).
+    fn band_params(&self, params: TileParams, row: &Band, col: &Band) -> TileParams {
+        let s = &self.shape;
+        let u = |v: usize| v as u32;
+        TileParams {
+            out_h: u(row.count),
+            out_w: u(col.count),
+            kernel_h: u(row.taps),
+            kernel_w: u(col.taps),
+            ky0: u(self.ky0 + row.tap0),
+            kx0: u(self.kx0 + col.tap0),
+            window_y0: u(row.first * s.cfg.stride.0 + row.tap0),
+            window_x0: u(col.first * s.cfg.stride.1 + col.tap0),
+            store_h: u(s.out_h),
+            store_w: u(s.out_w),
+            store_stride_h: 1,
+            store_stride_w: 1,
+            store_y0: u(row.first),
+            store_x0: u(col.first),
+            ..params
+        }
     }
 
     /// The forward pass's bands (row band, column band), where splitting spares at least a
@@ -767,26 +773,12 @@ impl GemmPlan {
             // The band's pixels in as many chunks as the whole pass would take (or fewer).
             let total = s.batch * row.count * col.count;
             let chunk_len = total.div_ceil(self.chunks);
-            out.extend(pass(
-                TileParams {
-                    out_h: u(row.count),
-                    out_w: u(col.count),
-                    kernel_h: u(row.taps),
-                    kernel_w: u(col.taps),
-                    ky0: u(self.ky0 + row.tap0),
-                    kx0: u(self.kx0 + col.tap0),
-                    window_y0: u(row.first * s.cfg.stride.0 + row.tap0),
-                    window_x0: u(col.first * s.cfg.stride.1 + col.tap0),
-                    store_h: u(s.out_h),
-                    store_w: u(s.out_w),
-                    store_y0: u(row.first),
-                    store_x0: u(col.first),
-                    chunks: u(total.div_ceil(chunk_len)),
-                    chunk_len: u(chunk_len),
-                    ..params
-                },
-                i == 0,
-            ));
+            let band = TileParams {
+                chunks: u(total.div_ceil(chunk_len)),
+                chunk_len: u(chunk_len),
+                ..self.band_params(params, &row, &col)
+            };
+            out.extend(pass(band, i == 0));
         }
         out
     }

@@ -11,7 +11,6 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 
@@ -38,8 +37,7 @@ pub struct Recorder {
     read: AsyncRead,
     /// The record whose values are on their way.
     pending: Option<Record>,
-    /// Host time spent capturing and writing.
-    pub seconds: f64,
+    /// Records written (the start marker included).
     pub written: usize,
 }
 
@@ -116,7 +114,6 @@ impl Recorder {
             params,
             read,
             pending: None,
-            seconds: 0.0,
             written: 0,
         };
         recorder.append(&Record::new(RecordKind::Start, step, 0))?;
@@ -133,11 +130,9 @@ impl Recorder {
     /// finished first.
     pub fn capture(&mut self, kind: RecordKind, step: u64, epoch: usize) -> Result<()> {
         self.finish()?;
-        let start = Instant::now();
         self.probe.run()?;
         self.read.start(&self.gpu)?;
         self.pending = Some(Record::new(kind, step, epoch));
-        self.seconds += start.elapsed().as_secs_f64();
         Ok(())
     }
 
@@ -156,7 +151,6 @@ impl Recorder {
             return Ok(());
         }
         let Some(values) = self.read.take(&self.gpu, wait)? else { return Ok(()) };
-        let start = Instant::now();
         let mut record = self.pending.take().expect("pending");
         let (train_gates, rest) = values.split_at(self.routers.len());
         let (probe_gates, params) = rest.split_at(self.probe_gates.len());
@@ -185,9 +179,7 @@ impl Recorder {
             record.insert(format!("taps/{}", i.name), vec![i.kh, i.kw], stats.taps);
             record.insert(format!("cosine/{}", i.name), vec![1], vec![stats.cosine]);
         }
-        self.append(&record)?;
-        self.seconds += start.elapsed().as_secs_f64();
-        Ok(())
+        self.append(&record)
     }
 
     /// Appends a record in one write and flushes it.

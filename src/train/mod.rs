@@ -299,10 +299,7 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
         }
     }
     if let Some(rec) = &recorder {
-        run.log(&format!(
-            "telemetry: {} records, {:.2} s of host time (the probe batch's GPU time comes on top)",
-            rec.written, rec.seconds
-        ))?;
+        run.log(&format!("telemetry: {} records in {}", rec.written, crate::telemetry::RECORDS_FILE))?;
     }
     Ok(Summary {
         epochs: cfg.epochs,

@@ -1,6 +1,7 @@
 //! The viewer's window: a run picker and time controls on top, the network map on the left,
-//! curves, the selected router and the selected child in the middle. Files are read again
-//! twice a second, so a run that is training shows new records as they land.
+//! curves, the selected router and the selected child in the middle. The run's files are
+//! checked twice a second (in a window, by a thread that wakes it only when they change), so a
+//! run that is training shows new records as they land.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,9 +10,12 @@ use egui::{RichText, Ui, Vec2};
 
 use crate::run::{Run, find_runs};
 use crate::views::{self, Selection};
+use crate::watch::Watcher;
 
-/// How often files are read again.
+/// How often files are checked for changes.
 pub const REFRESH: Duration = Duration::from_millis(500);
+/// How often an idle window redraws anyway (the run picker's list).
+const IDLE_REPAINT: Duration = Duration::from_secs(5);
 
 pub struct ViewerApp {
     /// The directory whose runs the picker lists.
@@ -23,6 +27,8 @@ pub struct ViewerApp {
     follow: bool,
     path_input: String,
     last_refresh: Option<Instant>,
+    /// In a window: the thread that wakes it when the run's files change.
+    watcher: Option<Watcher>,
 }
 
 impl ViewerApp {
@@ -42,6 +48,7 @@ impl ViewerApp {
             follow: true,
             path_input: chosen.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             last_refresh: None,
+            watcher: None,
         };
         if let Some(dir) = chosen {
             app.open(&dir);
@@ -49,7 +56,20 @@ impl ViewerApp {
         app
     }
 
+    /// Wakes `ctx` whenever the open run's files change (a window's app; tests and screenshots
+    /// draw frames themselves).
+    pub fn watch(&mut self, ctx: egui::Context) {
+        let watcher = Watcher::spawn(ctx);
+        if let Some(run) = &self.run {
+            watcher.watch(&run.dir);
+        }
+        self.watcher = Some(watcher);
+    }
+
     pub fn open(&mut self, dir: &Path) {
+        if let Some(w) = &self.watcher {
+            w.watch(dir);
+        }
         self.run = Some(Run::open(dir));
         self.sel = Selection::default();
         self.follow = true;
@@ -65,9 +85,11 @@ impl ViewerApp {
         &mut self.sel
     }
 
-    /// Reads the files again if [`REFRESH`] has passed; returns whether anything arrived.
+    /// Reads the files again if the watcher saw a change or [`REFRESH`] has passed; returns
+    /// whether anything arrived.
     pub fn refresh(&mut self) -> bool {
-        if self.last_refresh.is_some_and(|t| t.elapsed() < REFRESH) {
+        let changed = self.watcher.as_ref().is_some_and(Watcher::take_changed);
+        if !changed && self.last_refresh.is_some_and(|t| t.elapsed() < REFRESH) {
             return false;
         }
         self.last_refresh = Some(Instant::now());
@@ -189,6 +211,6 @@ impl eframe::App for ViewerApp {
     fn ui(&mut self, ui: &mut Ui, _frame: &mut eframe::Frame) {
         self.refresh();
         ViewerApp::ui(self, ui);
-        ui.ctx().request_repaint_after(REFRESH);
+        ui.ctx().request_repaint_after(IDLE_REPAINT);
     }
 }

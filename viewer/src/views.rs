@@ -2,7 +2,7 @@
 //! network map, a router's gates, and a child kernel.
 
 use egui::{Color32, RichText, Sense, Ui, Vec2};
-use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints, VLine};
+use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints, Points, VLine};
 use kdna::telemetry::{ChildInfo, Record, RouterInfo};
 
 use crate::heatmap::{Scale, diverging, heatmap};
@@ -53,12 +53,12 @@ pub fn curves(ui: &mut Ui, run: &Run, at: Option<f64>, height: f32) {
         };
         plot("loss", "loss").show(ui, |p| {
             p.line(Line::new("train", PlotPoints::from(points(&|m| Some(m.loss), true))));
-            p.line(Line::new("val", PlotPoints::from(points(&|m| Some(m.loss), false))));
+            validation(p, points(&|m| Some(m.loss), false));
             marker(p);
         });
         plot("acc", "top-1 %").show(ui, |p| {
             p.line(Line::new("train", PlotPoints::from(points(&|m| Some(m.acc1), true))));
-            p.line(Line::new("val", PlotPoints::from(points(&|m| Some(m.acc1), false))));
+            validation(p, points(&|m| Some(m.acc1), false));
             marker(p);
         });
         plot("lr", "learning rate").show(ui, |p| {
@@ -66,6 +66,14 @@ pub fn curves(ui: &mut Ui, run: &Run, at: Option<f64>, height: f32) {
             marker(p);
         });
     });
+}
+
+/// Validation results, one per epoch: a line with a marker at each (the first epoch's alone
+/// would draw nothing as a line).
+fn validation(p: &mut egui_plot::PlotUi, points: Vec<[f64; 2]>) {
+    let color = Color32::from_rgb(86, 156, 214);
+    p.line(Line::new("val", PlotPoints::from(points.clone())).color(color));
+    p.points(Points::new("val", PlotPoints::from(points)).radius(3.0).color(color));
 }
 
 /// The network's stages, each parent with its children and the router gating each child;
