@@ -289,8 +289,9 @@ fn batchnorm_matches_reference_in_both_modes() {
 fn activations_match_reference() {
     // 1155 elements (scalar kernels) and 420 (four per invocation).
     let shapes = [[3, 7, 11, 5], [2, 6, 5, 7]];
-    for (kind, shape) in
-        [Activation::Relu, Activation::Relu6, Activation::Sigmoid].into_iter().flat_map(|k| shapes.map(|s| (k, s)))
+    for (kind, shape) in [Activation::Relu, Activation::Relu6, Activation::Sigmoid, Activation::Gelu]
+        .into_iter()
+        .flat_map(|k| shapes.map(|s| (k, s)))
     {
         let mut g = Graph::new();
         let x = g.input("x", &shape);

@@ -98,10 +98,19 @@ fn activation_gradients() {
     let x: Vec<f64> =
         randn(&mut g, 40).iter().map(|v| 4.0 * v).filter(|v| v.abs() > 0.01 && (v - 6.0).abs() > 0.01).collect();
     let dy = randn(&mut g, x.len());
-    for kind in [Activation::Relu, Activation::Relu6, Activation::Sigmoid] {
+    for kind in [Activation::Relu, Activation::Relu6, Activation::Sigmoid, Activation::Gelu] {
         let want = numeric_grad(&x, |x| dot(&r::elementwise::activation_forward(kind, x), &dy));
         assert_close(&format!("{kind:?}"), &r::elementwise::activation_backward(kind, &x, &dy), &want, TOL);
     }
+}
+
+#[test]
+fn gelu_is_the_exact_erf_form() {
+    // x * Phi(x) at points where Phi is known to double precision.
+    let x = [1.0, -3.0, 0.5, 0.0, 8.0];
+    let want = [0.8413447460685429, -3.0 * 0.0013498980316301, 0.5 * 0.6914624612740131, 0.0, 8.0];
+    let got = r::elementwise::activation_forward(Activation::Gelu, &x);
+    assert_close("gelu", &got, &want, 1e-13);
 }
 
 #[test]

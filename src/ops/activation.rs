@@ -1,4 +1,4 @@
-//! Element-wise ops (`shaders/activation.wgsl`): relu, relu6, sigmoid and the residual add.
+//! Element-wise ops (`shaders/activation.wgsl`): relu, relu6, sigmoid, GELU and the residual add.
 
 use anyhow::Result;
 
@@ -11,6 +11,9 @@ pub enum Activation {
     Relu = 0,
     Relu6 = 1,
     Sigmoid = 2,
+    /// The exact GELU, `x * Phi(x)` with Phi the normal distribution (torch's default,
+    /// `approximate="none"`).
+    Gelu = 3,
 }
 
 #[repr(C)]
@@ -44,6 +47,7 @@ impl Op for ActivationOp {
             Activation::Relu => "relu",
             Activation::Relu6 => "relu6",
             Activation::Sigmoid => "sigmoid",
+            Activation::Gelu => "gelu",
         }
     }
 
@@ -63,9 +67,9 @@ impl Op for ActivationOp {
 }
 
 impl ActivationOp {
-    /// Sigmoids (a router's few gates) stay scalar.
+    /// relu and relu6 run four wide; sigmoid (a router's few gates) and GELU stay scalar.
     fn entry(&self, entry: &'static str, quads: &'static str) -> (&'static str, [u32; 3]) {
-        elementwise(entry, quads, self.len, self.kind != Activation::Sigmoid)
+        elementwise(entry, quads, self.len, matches!(self.kind, Activation::Relu | Activation::Relu6))
     }
 }
 
@@ -117,6 +121,10 @@ impl Graph {
 
     pub fn sigmoid(&mut self, x: TensorId) -> TensorId {
         self.activation(x, Activation::Sigmoid)
+    }
+
+    pub fn gelu(&mut self, x: TensorId) -> TensorId {
+        self.activation(x, Activation::Gelu)
     }
 
     /// `a + b`, same shapes (residual connections).

@@ -8,6 +8,7 @@ pub fn activation_forward(kind: Activation, x: &[f64]) -> Vec<f64> {
             Activation::Relu => v.max(0.0),
             Activation::Relu6 => v.clamp(0.0, 6.0),
             Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+            Activation::Gelu => v * normal_cdf(v),
         })
         .collect()
 }
@@ -35,8 +36,14 @@ pub fn activation_backward(kind: Activation, x: &[f64], dy: &[f64]) -> Vec<f64> 
                 let s = 1.0 / (1.0 + (-v).exp());
                 g * s * (1.0 - s)
             }
+            Activation::Gelu => g * (normal_cdf(v) + v * (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt()),
         })
         .collect()
+}
+
+/// The standard normal distribution, `erfc(-x / sqrt 2) / 2`.
+pub fn normal_cdf(x: f64) -> f64 {
+    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
 }
 
 /// `x[n, c, :]` times `gate[n, c]`, with `spatial` elements per (n, c).
