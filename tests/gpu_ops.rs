@@ -11,6 +11,7 @@ use kdna::ops::activation::Activation;
 use kdna::ops::batchnorm::BatchNorm;
 use kdna::ops::conv_gemm::{GemmPlan, WeightReads};
 use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape};
+use kdna::ops::layernorm::LayerNorm;
 use kdna::ops::linear::Linear;
 use kdna::ops::modulate::Modulate;
 use kdna::ops::pool::MaxPool2d;
@@ -282,6 +283,36 @@ fn batchnorm_matches_reference_in_both_modes() {
             assert_close(&format!("{case} dweight"), &read_grad(&exe, w), &dw, TOL);
             assert_close(&format!("{case} dbias"), &read_grad(&exe, b), &db, TOL);
         }
+    }
+}
+
+#[test]
+fn layernorm_matches_reference() {
+    // 7 channels at 15 positions; 70 channels at one position ([N, C]: a parameter reduction
+    // over 2 values with 62 idle lanes); 3 channels at 143 positions (over 64 lanes, 3 workgroups
+    // of forward invocations).
+    for (i, shape) in [vec![3, 7, 5, 3], vec![2, 70], vec![1, 3, 11, 13]].into_iter().enumerate() {
+        let c = shape[1];
+        let mut g = Graph::new();
+        let x = g.input("x", &shape);
+        let w = g.param("weight", &[c]).unwrap();
+        let b = g.param("bias", &[c]).unwrap();
+        let y = g.layernorm(x, w, b, 1e-6).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(330 + i as u64);
+        // An offset and scale per position, as activations have.
+        let xv: Vec<f64> = f32_exact(feed(&exe, &g, x, &mut rng).iter().map(|v| 2.0 + 3.0 * v).collect());
+        exe.write(x, &to_f32(&xv)).unwrap();
+        let (wv, bv) = (feed(&exe, &g, w, &mut rng), feed(&exe, &g, b, &mut rng));
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let op = LayerNorm { batch: shape[0], channels: c, spatial: shape[2..].iter().product(), eps: 1e-6 };
+        let case = format!("{shape:?}");
+        assert_close(&format!("{case} y"), &read(&exe, y), &r::layernorm::forward(&op, &xv, &wv, &bv), TOL);
+        let (dx, dw, db) = r::layernorm::backward(&op, &xv, &wv, &dy);
+        assert_close(&format!("{case} dx"), &read_grad(&exe, x), &dx, TOL);
+        assert_close(&format!("{case} dweight"), &read_grad(&exe, w), &dw, TOL);
+        assert_close(&format!("{case} dbias"), &read_grad(&exe, b), &db, TOL);
     }
 }
 

@@ -6,6 +6,7 @@ use common::{assert_close, dot, numeric_grad, randn, rng};
 use kdna::ops::activation::Activation;
 use kdna::ops::batchnorm::BatchNorm;
 use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape};
+use kdna::ops::layernorm::LayerNorm;
 use kdna::ops::linear::Linear;
 use kdna::ops::modulate::Modulate;
 use kdna::ops::pool::MaxPool2d;
@@ -80,6 +81,28 @@ fn batchnorm_gradients_train_and_eval() {
     let (dx, dw, _) = r::batchnorm::backward(&b, &x, &w, &dy, Some((&rm, &rv)));
     assert_close("eval dx", &dx, &numeric_grad(&x, |x| eval(x, &w)), TOL);
     assert_close("eval dw", &dw, &numeric_grad(&w, |w| eval(&x, w)), TOL);
+}
+
+#[test]
+fn layernorm_gradients() {
+    let l = LayerNorm { batch: 2, channels: 5, spatial: 3, eps: 1e-6 };
+    let mut g = rng(31);
+    let n = 2 * 5 * 3;
+    let (x, w, bias, dy) = (randn(&mut g, n), randn(&mut g, 5), randn(&mut g, 5), randn(&mut g, n));
+    let f = |x: &[f64], w: &[f64], b: &[f64]| dot(&r::layernorm::forward(&l, x, w, b), &dy);
+    let (dx, dw, db) = r::layernorm::backward(&l, &x, &w, &dy);
+    assert_close("dx", &dx, &numeric_grad(&x, |x| f(x, &w, &bias)), 1e-5);
+    assert_close("dw", &dw, &numeric_grad(&w, |w| f(&x, w, &bias)), TOL);
+    assert_close("db", &db, &numeric_grad(&bias, |b| f(&x, &w, b)), TOL);
+    // Each (sample, position) comes out with mean 0 and variance 1 / (1 + eps / var) when the
+    // affine part is the identity.
+    let y = r::layernorm::forward(&l, &x, &[1.0; 5], &[0.0; 5]);
+    for (n, s) in [(0, 0), (1, 2)] {
+        let v: Vec<f64> = (0..5).map(|c| y[(n * 5 + c) * 3 + s]).collect();
+        let mean = v.iter().sum::<f64>() / 5.0;
+        let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / 5.0;
+        assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-4, "mean {mean}, var {var}");
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod channel_scale;
 pub mod conv2d;
 pub mod conv_gemm;
 pub mod cross_entropy;
+pub mod layernorm;
 pub mod linear;
 pub mod modulate;
 pub mod pool;

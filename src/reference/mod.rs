@@ -5,6 +5,7 @@
 pub mod batchnorm;
 pub mod conv2d;
 pub mod elementwise;
+pub mod layernorm;
 pub mod linear;
 pub mod loss;
 pub mod modulate;
