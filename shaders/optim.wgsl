@@ -55,3 +55,46 @@ fn sgd_step_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     param4[i] = r[0];
     if (p.momentum != 0.0) { velocity4[i] = r[1]; }
 }
+
+// torch.optim.AdamW, one step over a range (its own parameter struct; the host computes the
+// step's bias corrections in double precision, as torch does in Python floats).
+struct AdamWParams {
+    len: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    // lr / (1 - beta1^t) and sqrt(1 - beta2^t).
+    step_size: f32,
+    bias_correction2_sqrt: f32,
+    _pad3: u32,
+}
+
+@group(0) @binding(0) var<uniform> pa: AdamWParams;
+@group(0) @binding(1) var<storage, read_write> adam_param: array<f32>;
+@group(0) @binding(2) var<storage, read> adam_grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> adam_exp_avg: array<f32>;
+@group(0) @binding(4) var<storage, read_write> adam_exp_avg_sq: array<f32>;
+
+// w *= 1 - lr wd; m = lerp(m, g, 1 - beta1) (torch's lerp: from the nearer end);
+// v = beta2 v + (1 - beta2) g^2; w -= step_size m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
+// Invocations: every parameter element.
+@compute @workgroup_size(64)
+fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= pa.len) { return; }
+    let g = adam_grad[i];
+    let w = adam_param[i] * (1.0 - pa.lr * pa.weight_decay);
+    let m_old = adam_exp_avg[i];
+    let weight = 1.0 - pa.beta1;
+    let m = select(g - (g - m_old) * (1.0 - weight), m_old + weight * (g - m_old), weight < 0.5);
+    let v = adam_exp_avg_sq[i] * pa.beta2 + (1.0 - pa.beta2) * g * g;
+    let denom = sqrt(v) / pa.bias_correction2_sqrt + pa.eps;
+    adam_exp_avg[i] = m;
+    adam_exp_avg_sq[i] = v;
+    adam_param[i] = w - pa.step_size * (m / denom);
+}

@@ -14,6 +14,7 @@ use kdna::io::{HostTensor, load_safetensors};
 use kdna::models::layers::{self, ConvInit};
 use kdna::models::{mobilenet, resnet};
 use kdna::ops::Mode;
+use kdna::ops::adamw::AdamW;
 use kdna::ops::conv2d::Conv2dConfig;
 use kdna::ops::sgd::Sgd;
 
@@ -140,6 +141,31 @@ fn sgd_golden() {
         gpu.run(&dispatches);
         let key = format!("param.{}", step + 1);
         assert_close(&key, &to_f64(&gpu.read(&param).unwrap()), &want(&f, &key), TOL);
+    }
+}
+
+#[test]
+fn adamw_golden() {
+    // torch.optim.AdamW(lr=4e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05), 3 steps.
+    let f = fixture("adamw");
+    let gpu = gpu();
+    let opt = AdamW::default();
+    let param = gpu.upload("param", &f["param.0"].data);
+    let grad = gpu.storage("grad", param.len());
+    let (exp_avg, exp_avg_sq) = (gpu.storage("exp_avg", param.len()), gpu.storage("exp_avg_sq", param.len()));
+    let mut host = to_f64(&f["param.0"].data);
+    let (mut m, mut v) = (vec![0.0; host.len()], vec![0.0; host.len()]);
+    for step in 0..3 {
+        let g = &f[&format!("grad.{step}")].data;
+        gpu.write(&grad, g);
+        gpu.run(&[opt.dispatch(&gpu, [&param, &grad, &exp_avg, &exp_avg_sq], step + 1)]);
+        let key = format!("param.{}", step + 1);
+        // Updates are ~4e-3: a tolerance far below them (torch and the kernel both compute in
+        // f32, in the same order).
+        assert_close(&key, &to_f64(&gpu.read(&param).unwrap()), &want(&f, &key), 1e-6);
+        // The reference agrees with torch too.
+        kdna::reference::adamw::step(&opt, &mut host, &to_f64(g), &mut m, &mut v, step + 1);
+        assert_close(&format!("reference {key}"), &host, &want(&f, &key), 1e-6);
     }
 }
 

@@ -8,6 +8,7 @@ use common::{assert_close, f32_exact, gpu, gradient_plan, randn, rng, to_f32, to
 use kdna::graph::{Executor, Graph, Init, Plan, TensorId};
 use kdna::ops::Mode;
 use kdna::ops::activation::Activation;
+use kdna::ops::adamw::AdamW;
 use kdna::ops::batchnorm::BatchNorm;
 use kdna::ops::conv_gemm::{GemmPlan, WeightReads};
 use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape};
@@ -501,6 +502,30 @@ fn sgd_matches_reference_over_steps() {
         r::sgd::step(&opt, &mut param, &grad, &mut velocity, step == 0);
         assert_close(&format!("param after step {step}"), &to_f64(&gpu.read(&gp).unwrap()), &param, 1e-6);
         assert_close(&format!("velocity after step {step}"), &to_f64(&gpu.read(&gv).unwrap()), &velocity, 1e-6);
+    }
+}
+
+#[test]
+fn adamw_matches_reference_over_steps() {
+    let gpu = gpu();
+    let n = 1001;
+    let mut rng = rng(910);
+    let mut param = f32_exact(randn(&mut rng, n));
+    let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+    let gp = gpu.upload("param", &to_f32(&param));
+    let [gg, gm, gv] = ["grad", "exp_avg", "exp_avg_sq"].map(|name| gpu.storage(name, n));
+    // betas other than torch's defaults, so each enters its own place.
+    let opt = AdamW { lr: 0.01, beta1: 0.8, beta2: 0.99, eps: 1e-6, weight_decay: 0.1 };
+    for step in 1..=4 {
+        // Gradients of mixed scales: some moments meet eps.
+        let grad: Vec<f64> =
+            f32_exact(randn(&mut rng, n).iter().enumerate().map(|(i, g)| g * [1.0, 1e-4, 10.0][i % 3]).collect());
+        gpu.write(&gg, &to_f32(&grad));
+        gpu.run(&[opt.dispatch(&gpu, [&gp, &gg, &gm, &gv], step)]);
+        r::adamw::step(&opt, &mut param, &grad, &mut m, &mut v, step);
+        assert_close(&format!("param after step {step}"), &to_f64(&gpu.read(&gp).unwrap()), &param, 1e-6);
+        assert_close(&format!("exp_avg after step {step}"), &to_f64(&gpu.read(&gm).unwrap()), &m, 1e-6);
+        assert_close(&format!("exp_avg_sq after step {step}"), &to_f64(&gpu.read(&gv).unwrap()), &v, 1e-6);
     }
 }
 

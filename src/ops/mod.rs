@@ -5,6 +5,7 @@
 //! op has a plain-Rust twin in [`crate::reference`] that tests hold it to.
 
 pub mod activation;
+pub mod adamw;
 pub mod batchnorm;
 pub mod channel_scale;
 pub mod conv2d;

@@ -2,6 +2,7 @@
 //! to. Written for clarity, not speed; each function mirrors one kernel's formula, and takes
 //! the op's own shape struct so shapes are decided in one place.
 
+pub mod adamw;
 pub mod batchnorm;
 pub mod conv2d;
 pub mod elementwise;
