@@ -318,6 +318,31 @@ fn layernorm_matches_reference() {
 }
 
 #[test]
+fn layer_scale_matches_reference() {
+    // Gamma as torchvision shapes it ([C, 1, 1]); 195 positions per channel (over the 64 lanes
+    // of the gamma reduction) and one position.
+    for (i, shape) in [vec![2, 5, 13, 15], vec![3, 70]].into_iter().enumerate() {
+        let c = shape[1];
+        let mut g = Graph::new();
+        let x = g.input("x", &shape);
+        let gamma = g.param("layer_scale", &[c, 1, 1]).unwrap();
+        let y = g.layer_scale(x, gamma).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(360 + i as u64);
+        let (xv, gv) = (feed(&exe, &g, x, &mut rng), feed(&exe, &g, gamma, &mut rng));
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let spatial = shape[2..].iter().product();
+        let case = format!("{shape:?}");
+        let want = r::elementwise::layer_scale_forward(&xv, &gv, spatial);
+        assert_close(&format!("{case} y"), &read(&exe, y), &want, TOL);
+        let (dx, dgamma) = r::elementwise::layer_scale_backward(&xv, &gv, &dy, spatial);
+        assert_close(&format!("{case} dx"), &read_grad(&exe, x), &dx, TOL);
+        assert_close(&format!("{case} dgamma"), &read_grad(&exe, gamma), &dgamma, TOL);
+    }
+}
+
+#[test]
 fn activations_match_reference() {
     // 1155 elements (scalar kernels) and 420 (four per invocation).
     let shapes = [[3, 7, 11, 5], [2, 6, 5, 7]];

@@ -147,6 +147,16 @@ fn channel_scale_gradients() {
 }
 
 #[test]
+fn layer_scale_gradients() {
+    let mut g = rng(7);
+    let (x, gamma, dy) = (randn(&mut g, 2 * 3 * 4), randn(&mut g, 3), randn(&mut g, 2 * 3 * 4));
+    let (dx, dgamma) = r::elementwise::layer_scale_backward(&x, &gamma, &dy, 4);
+    let f = |x: &[f64], s: &[f64]| dot(&r::elementwise::layer_scale_forward(x, s, 4), &dy);
+    assert_close("dx", &dx, &numeric_grad(&x, |x| f(x, &gamma)), TOL);
+    assert_close("dgamma", &dgamma, &numeric_grad(&gamma, |s| f(&x, s)), TOL);
+}
+
+#[test]
 fn pooling_gradients() {
     let p = MaxPool2d { planes: 2, h: 7, w: 6, out_h: 4, out_w: 3, kernel: 3, stride: 2, pad: 1 };
     let mut g = rng(6);

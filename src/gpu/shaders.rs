@@ -23,6 +23,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     // The same kernels where weights shared by a subgroup are loaded once per subgroup.
     ("conv_tile_subgroup", include_str!("../../shaders/conv_tile.wgsl")),
     ("depthwise", include_str!("../../shaders/depthwise.wgsl")),
+    ("layer_scale", include_str!("../../shaders/layer_scale.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("loss", include_str!("../../shaders/loss.wgsl")),
     ("modulate", include_str!("../../shaders/modulate.wgsl")),

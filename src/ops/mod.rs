@@ -11,6 +11,7 @@ pub mod channel_scale;
 pub mod conv2d;
 pub mod conv_gemm;
 pub mod cross_entropy;
+pub mod layer_scale;
 pub mod layernorm;
 pub mod linear;
 pub mod modulate;

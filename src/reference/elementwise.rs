@@ -1,4 +1,5 @@
-//! Reference of [`crate::ops::activation`] and [`crate::ops::channel_scale`].
+//! Reference of [`crate::ops::activation`], [`crate::ops::channel_scale`] and
+//! [`crate::ops::layer_scale`].
 
 use crate::ops::activation::Activation;
 
@@ -59,4 +60,20 @@ pub fn channel_scale_backward(x: &[f64], gate: &[f64], dy: &[f64], spatial: usiz
         dgate[i / spatial] += g * x[i];
     }
     (dx, dgate)
+}
+
+/// `x[n, c, :]` times `gamma[c]`, with `spatial` elements per (n, c).
+pub fn layer_scale_forward(x: &[f64], gamma: &[f64], spatial: usize) -> Vec<f64> {
+    x.iter().enumerate().map(|(i, v)| v * gamma[(i / spatial) % gamma.len()]).collect()
+}
+
+/// Gradients (input, gamma).
+pub fn layer_scale_backward(x: &[f64], gamma: &[f64], dy: &[f64], spatial: usize) -> (Vec<f64>, Vec<f64>) {
+    let c = |i: usize| (i / spatial) % gamma.len();
+    let dx = dy.iter().enumerate().map(|(i, g)| g * gamma[c(i)]).collect();
+    let mut dgamma = vec![0.0; gamma.len()];
+    for (i, g) in dy.iter().enumerate() {
+        dgamma[c(i)] += g * x[i];
+    }
+    (dx, dgamma)
 }
