@@ -12,7 +12,7 @@ use common::{assert_close, gpu, gradient_plan, to_f64};
 use kdna::graph::{Executor, Graph, Plan, Role, TensorId};
 use kdna::io::{HostTensor, load_safetensors};
 use kdna::models::layers::{self, ConvInit};
-use kdna::models::{mobilenet, resnet};
+use kdna::models::{convnext, mobilenet, resnet};
 use kdna::ops::Mode;
 use kdna::ops::adamw::AdamW;
 use kdna::ops::conv2d::Conv2dConfig;
@@ -188,6 +188,12 @@ fn cross_entropy_golden() {
         let grad = to_f64(&exe.read_grad(logits).unwrap());
         assert_close(&format!("grad, smoothing {tag}"), &grad, &want(&f, &format!("grad.smoothing{tag}")), TOL);
     }
+}
+
+#[test]
+fn convnext_block_golden() {
+    // torchvision's CNBlock at dim 8, layer scale 0.5, stochastic depth off, on 9x9 maps.
+    check_block("convnext_block", |g, x| convnext::cn_block(g, x, "", 0.5).unwrap());
 }
 
 #[test]

@@ -52,6 +52,30 @@ fn initialisation_follows_torch_and_round_trips_through_a_file() {
 }
 
 #[test]
+fn convnext_initialisation_is_truncated_normal_and_constant() {
+    use kdna::graph::{Graph, Init};
+    let gpu = gpu();
+    let mut g = Graph::new();
+    g.param_init("pw.weight", &[100, 100], Init::TruncNormal(0.02)).unwrap();
+    // A deviation near the bounds shows the truncation: [-2, 2] holds ~82% of N(0, 1.5).
+    g.param_init("wide", &[10000], Init::TruncNormal(1.5)).unwrap();
+    g.param_init("layer_scale", &[7, 1, 1], Init::Constant(1e-6)).unwrap();
+    let weights = Weights::new(&gpu, &g);
+    weights.initialise(&gpu, &g, 5);
+    let dict = weights.export(&gpu).unwrap();
+    let pw = &dict.floats["pw.weight"].data;
+    assert!((std_dev(pw) / 0.02 - 1.0).abs() < 0.05, "std {}", std_dev(pw));
+    let wide = &dict.floats["wide"].data;
+    assert!(wide.iter().all(|v| v.abs() <= 2.0));
+    // The variance of N(0, 1.5) truncated to [-2, 2]: 1.5^2 (1 - 2 a phi(a) / (2 Phi(a) - 1)), a = 4/3.
+    let a = 2.0 / 1.5f64;
+    let phi = (-0.5 * a * a).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let want = 1.5 * (1.0 - 2.0 * a * phi / (2.0 * kdna::reference::elementwise::normal_cdf(a) - 1.0)).sqrt();
+    assert!((std_dev(wide) / want - 1.0).abs() < 0.03, "std {} vs {want}", std_dev(wide));
+    assert!(dict.floats["layer_scale"].data.iter().all(|&v| v == 1e-6));
+}
+
+#[test]
 fn a_train_mode_run_counts_batches_like_torch() {
     let gpu = gpu();
     let net = resnet18();

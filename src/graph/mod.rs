@@ -38,6 +38,11 @@ pub enum Init {
     Normal(f32),
     /// Uniform on [-bound, bound].
     Uniform(f32),
+    /// Every element this value (ConvNeXt's layer scale starts at 1e-6).
+    Constant(f32),
+    /// Normal with this standard deviation, redrawn outside [-2, 2] (torch's `trunc_normal_`
+    /// with its default bounds, as ConvNeXt initialises its convs and linear layers).
+    TruncNormal(f32),
 }
 
 #[derive(Clone, Debug)]

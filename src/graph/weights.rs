@@ -278,13 +278,24 @@ fn sample(init: Init, n: usize, seed: u64) -> Vec<f32> {
         Init::Zeros => vec![0.0; n],
         Init::Ones => vec![1.0; n],
         Init::Uniform(bound) => (0..n).map(|_| rng.random_range(-bound..=bound)).collect(),
-        Init::Normal(std) => (0..n)
+        Init::Constant(v) => vec![v; n],
+        Init::Normal(std) => (0..n).map(|_| (std as f64 * standard_normal(&mut rng)) as f32).collect(),
+        Init::TruncNormal(std) => (0..n)
             .map(|_| {
-                // Box-Muller on (0, 1]: no log of zero.
-                let u1: f64 = 1.0 - rng.random::<f64>();
-                let u2: f64 = rng.random();
-                (std as f64 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+                loop {
+                    let v = std as f64 * standard_normal(&mut rng);
+                    if v.abs() <= 2.0 {
+                        break v as f32;
+                    }
+                }
             })
             .collect(),
     }
+}
+
+/// Box-Muller on (0, 1]: no log of zero.
+fn standard_normal(rng: &mut impl rand::Rng) -> f64 {
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }

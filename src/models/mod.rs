@@ -1,5 +1,6 @@
 //! The networks, baseline and KernelDNA, built as graphs with PyTorch's state-dict names.
 
+pub mod convnext;
 pub mod layers;
 pub mod mobilenet;
 pub mod pretrained;

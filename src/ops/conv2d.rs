@@ -59,13 +59,17 @@ pub struct Conv2dShape {
 }
 
 impl Conv2dShape {
-    /// `x`: [N, C_in, H, W]; `weight`: [C_out, C_in / groups, kh, kw].
+    /// `x`: [N, C_in, H, W]; `weight`: [C_out, C_in / groups, kh, kw], or a linear layer's
+    /// [C_out, C_in] as a 1x1 kernel (the same values in the same order: a pointwise layer
+    /// applied to every position, as ConvNeXt's channels-last Linear layers are).
     pub fn new(x: &[usize], weight: &[usize], cfg: Conv2dConfig) -> Result<Self> {
         let &[batch, c_in, h, w] = x else {
             return Err(shape_error("conv2d", "input", x, "[N, C, H, W]"));
         };
-        let &[c_out, cin_g, kernel_h, kernel_w] = weight else {
-            return Err(shape_error("conv2d", "weight", weight, "[C_out, C_in/groups, kh, kw]"));
+        let (c_out, cin_g, kernel_h, kernel_w) = match *weight {
+            [o, i, kh, kw] => (o, i, kh, kw),
+            [o, i] => (o, i, 1, 1),
+            _ => return Err(shape_error("conv2d", "weight", weight, "[C_out, C_in/groups, kh, kw]")),
         };
         let g = cfg.groups;
         if g == 0 || c_in % g != 0 || c_out % g != 0 || cin_g != c_in / g {
