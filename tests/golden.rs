@@ -11,8 +11,9 @@ use std::sync::Arc;
 use common::{assert_close, gpu, gradient_plan, to_f64};
 use kdna::graph::{Executor, Graph, Plan, Role, TensorId};
 use kdna::io::{HostTensor, load_safetensors};
+use kdna::models::convnext::{self, BlockInit};
 use kdna::models::layers::{self, ConvInit};
-use kdna::models::{convnext, mobilenet, resnet};
+use kdna::models::{mobilenet, resnet};
 use kdna::ops::Mode;
 use kdna::ops::adamw::AdamW;
 use kdna::ops::conv2d::Conv2dConfig;
@@ -193,7 +194,18 @@ fn cross_entropy_golden() {
 #[test]
 fn convnext_block_golden() {
     // torchvision's CNBlock at dim 8, layer scale 0.5, stochastic depth off, on 9x9 maps.
-    check_block("convnext_block", |g, x| convnext::cn_block(g, x, "", 0.5).unwrap());
+    check_block("convnext_block", |g, x| convnext::cn_block(g, x, "", 0.5, BlockInit::Torchvision).unwrap());
+}
+
+#[test]
+fn convnext_stage3_golden() {
+    // kdna's KernelDNA ConvNeXt stage 3 at dim 8 with 2 kid/parent pairs.
+    check_block("convnext_stage3", |g, x| convnext::convnext_stage3(g, x, "", 2).unwrap());
+}
+
+#[test]
+fn convnext_stage4_golden() {
+    check_block("convnext_stage4", |g, x| convnext::convnext_stage4(g, x, "", 1).unwrap());
 }
 
 #[test]

@@ -32,7 +32,7 @@ impl ConvInit {
 }
 
 /// torch's default bias init for a layer with `fan_in` inputs per output: U(±1/sqrt(fan_in)).
-fn default_bias(fan_in: usize) -> Init {
+pub fn default_bias(fan_in: usize) -> Init {
     Init::Uniform(1.0 / (fan_in as f32).sqrt())
 }
 
