@@ -15,6 +15,7 @@ fn parameter_counts_match_pytorch() {
         (Arch::ResNet50, 25_557_032, 22_778_060),
         (Arch::MobileNetV2, 3_504_872, 3_136_840),
         (Arch::MobileNetV2Half, 1_968_680, 1_878_232),
+        (Arch::ConvNeXtTiny, 28_589_128, 21_339_592),
     ];
     for (arch, baseline, kdna) in want {
         assert_eq!(params(arch, false), baseline, "{arch} baseline");
@@ -27,6 +28,7 @@ fn architecture_names_parse() {
     for arch in Arch::ALL {
         assert_eq!(arch.name().parse::<Arch>().unwrap(), arch);
     }
+    assert_eq!("convNeXt-tiny".parse::<Arch>().unwrap(), Arch::ConvNeXtTiny, "the seed's spelling");
     let err = "resnet19".parse::<Arch>().unwrap_err().to_string();
     assert!(err.contains("resnet18") && err.contains("mobilenet_v2_1d2"), "{err}");
 }
@@ -34,7 +36,12 @@ fn architecture_names_parse() {
 #[test]
 fn multiply_accumulates_match_pytorch_at_224() {
     // torchvision's model table (and the same count for the KernelDNA reference), in GMACs.
-    let want = [(Arch::ResNet18, 1.814, 2.277), (Arch::ResNet50, 4.089, 4.308), (Arch::MobileNetV2, 0.301, 0.301)];
+    let want = [
+        (Arch::ResNet18, 1.814, 2.277),
+        (Arch::ResNet50, 4.089, 4.308),
+        (Arch::MobileNetV2, 0.301, 0.301),
+        (Arch::ConvNeXtTiny, 4.456, 4.458),
+    ];
     for (arch, baseline, kdna) in want {
         for (kdna_net, g) in [(false, baseline), (true, kdna)] {
             let net = build(ModelSpec { arch, kdna: kdna_net, classes: 1000 }, 1, 224, 0.0).unwrap();

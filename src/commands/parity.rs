@@ -18,6 +18,7 @@ fn classifier_key(arch: Arch) -> &'static str {
     match arch {
         Arch::ResNet18 | Arch::ResNet50 => "fc.weight",
         Arch::MobileNetV2 | Arch::MobileNetV2Half => "classifier.1.weight",
+        Arch::ConvNeXtTiny => "classifier.2.weight",
     }
 }
 

@@ -158,3 +158,58 @@ pub fn convnext_stage4(g: &mut Graph, x: TensorId, prefix: &str, n_kids: usize) 
     }
     last.apply(g, x)
 }
+
+/// Channels and blocks of ConvNeXt-Tiny's four stages.
+const TINY: [(usize, usize); 4] = [(96, 3), (192, 3), (384, 9), (768, 3)];
+
+/// The smallest input ConvNeXt takes: it downsamples 32x (a 4x4 stem, three 2x2 steps).
+pub const MIN_RES: usize = 32;
+
+/// torchvision's `convnext_tiny` (`--baseline`) or kdna's KernelDNA variant (stage 3 as block0
+/// + 4 kid/parent pairs, stage 4 as block0 + 1 kid + last block), stochastic depth off.
+pub fn convnext_tiny(g: &mut Graph, images: TensorId, classes: usize, kdna: bool) -> Result<TensorId> {
+    let res = g.shape(images)[2].min(g.shape(images)[3]);
+    if res < MIN_RES {
+        anyhow::bail!("convnext_tiny downsamples 32x: {res}x{res} inputs are below its minimum of {MIN_RES}x{MIN_RES}");
+    }
+    let init = BlockInit::Torchvision;
+    let layernorm2d = |g: &mut Graph, x: TensorId, prefix: &str| -> Result<TensorId> {
+        let c = g.shape(x)[1];
+        let w = g.param_init(&key(prefix, "weight"), &[c], Init::Ones)?;
+        let b = g.param_init(&key(prefix, "bias"), &[c], Init::Zeros)?;
+        g.layernorm(x, w, b, 1e-6)
+    };
+    let conv = |g: &mut Graph, x: TensorId, prefix: &str, out: usize, kernel: usize| -> Result<TensorId> {
+        let c = g.shape(x)[1];
+        let w = g.param_init(&key(prefix, "weight"), &[out, c, kernel, kernel], init.weight(c * kernel * kernel))?;
+        let b = g.param_init(&key(prefix, "bias"), &[out], init.bias(c * kernel * kernel))?;
+        g.conv2d(x, w, Some(b), Conv2dConfig::new(kernel, 0))
+    };
+    let x = conv(g, images, "features.0.0", TINY[0].0, 4)?;
+    let mut x = layernorm2d(g, x, "features.0.1")?;
+    for (stage, &(channels, blocks)) in TINY.iter().enumerate() {
+        let name = format!("features.{}", 2 * stage + 1);
+        x = match (kdna, stage) {
+            (true, 2) => convnext_stage3(g, x, &name, (blocks - 1) / 2)?,
+            (true, 3) => convnext_stage4(g, x, &name, blocks - 2)?,
+            _ => {
+                for block in 0..blocks {
+                    x = cn_block(g, x, &format!("{name}.{block}"), 1e-6, init)?;
+                }
+                x
+            }
+        };
+        if let Some(&(next, _)) = TINY.get(stage + 1) {
+            let down = format!("features.{}", 2 * stage + 2);
+            x = layernorm2d(g, x, &format!("{down}.0"))?;
+            x = conv(g, x, &format!("{down}.1"), next, 2)?;
+        }
+        debug_assert_eq!(g.shape(x)[1], TINY.get(stage + 1).map_or(channels, |s| s.0));
+    }
+    let pooled = g.global_avgpool(x)?;
+    let pooled = layernorm2d(g, pooled, "classifier.0")?;
+    let c = g.shape(pooled)[1];
+    let w = g.param_init("classifier.2.weight", &[classes, c], init.weight(c))?;
+    let b = g.param_init("classifier.2.bias", &[classes], init.bias(c))?;
+    g.linear(pooled, w, Some(b))
+}

@@ -20,10 +20,12 @@ pub enum Arch {
     MobileNetV2,
     /// MobileNetV2 at width 0.5.
     MobileNetV2Half,
+    ConvNeXtTiny,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 4] = [Arch::ResNet18, Arch::ResNet50, Arch::MobileNetV2, Arch::MobileNetV2Half];
+    pub const ALL: [Arch; 5] =
+        [Arch::ResNet18, Arch::ResNet50, Arch::MobileNetV2, Arch::MobileNetV2Half, Arch::ConvNeXtTiny];
 
     /// The name `--arch` takes (the seed's spelling).
     pub fn name(self) -> &'static str {
@@ -32,6 +34,23 @@ impl Arch {
             Arch::ResNet50 => "resnet50",
             Arch::MobileNetV2 => "mobilenet_v2",
             Arch::MobileNetV2Half => "mobilenet_v2_1d2",
+            Arch::ConvNeXtTiny => "convnext_tiny",
+        }
+    }
+
+    /// Other spellings `--arch` takes (the seed's README writes `convNeXt-tiny`).
+    fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Arch::ConvNeXtTiny => &["convnext-tiny"],
+            _ => &[],
+        }
+    }
+
+    /// The smallest input resolution the network takes.
+    pub fn min_res(self) -> usize {
+        match self {
+            Arch::ConvNeXtTiny => convnext::MIN_RES,
+            _ => 1,
         }
     }
 }
@@ -52,7 +71,9 @@ impl FromStr for Arch {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> Result<Arch> {
-        match Arch::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(s)) {
+        let known =
+            |a: &Arch| a.name().eq_ignore_ascii_case(s) || a.aliases().iter().any(|n| n.eq_ignore_ascii_case(s));
+        match Arch::ALL.into_iter().find(known) {
             Some(a) => Ok(a),
             None => {
                 let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
@@ -93,6 +114,7 @@ pub fn build(spec: ModelSpec, batch: usize, res: usize, label_smoothing: f32) ->
         Arch::ResNet50 => resnet::resnet50(&mut g, images, spec.classes, spec.kdna)?,
         Arch::MobileNetV2 => mobilenet::mobilenet_v2(&mut g, images, spec.classes, 1.0, spec.kdna)?,
         Arch::MobileNetV2Half => mobilenet::mobilenet_v2(&mut g, images, spec.classes, 0.5, spec.kdna)?,
+        Arch::ConvNeXtTiny => convnext::convnext_tiny(&mut g, images, spec.classes, spec.kdna)?,
     };
     let loss = g.cross_entropy(logits, labels, label_smoothing)?;
     Ok(Network { graph: g, images, labels, logits, loss })

@@ -83,6 +83,31 @@ pub fn layer_map(arch: Arch) -> Vec<(String, String)> {
                 }
             }
         }
+        Arch::ConvNeXtTiny => {
+            // A kid takes the block in its place: its depthwise conv, LayerNorm, pointwise biases
+            // and layer scale (its pointwise weights are its parent's).
+            let kid = |pair: &mut dyn FnMut(String, String), kdna: &str, base: &str| {
+                for (k, b) in [
+                    ("dwconv", "block.0"),
+                    ("norm", "block.2"),
+                    ("pw1_bias", "block.3.bias"),
+                    ("pw2_bias", "block.5.bias"),
+                    ("layer_scale", "layer_scale"),
+                ] {
+                    pair(format!("{kdna}.{k}"), format!("{base}.{b}"));
+                }
+            };
+            // features.5: block0, kid_i, parent_i over features.5.0 .. features.5.8.
+            pair("features.5.block0".into(), "features.5.0".into());
+            for i in 0..4 {
+                kid(&mut pair, &format!("features.5.kids.{i}"), &format!("features.5.{}", 2 * i + 1));
+                pair(format!("features.5.parents.{i}"), format!("features.5.{}", 2 * i + 2));
+            }
+            // features.7: block0, kid, last_block over features.7.0 .. features.7.2.
+            pair("features.7.block0".into(), "features.7.0".into());
+            kid(&mut pair, "features.7.blocks.0", "features.7.1");
+            pair("features.7.last_block".into(), "features.7.2".into());
+        }
     }
     map
 }
@@ -91,7 +116,7 @@ pub fn layer_map(arch: Arch) -> Vec<(String, String)> {
 /// the same key where the networks share the layer. `None` for routers and attentions.
 pub fn source_key(map: &[(String, String)], kdna_key: &str, baseline: &StateDict) -> Option<String> {
     for (k, b) in map {
-        if let Some(suffix) = kdna_key.strip_prefix(k.as_str()).filter(|s| s.starts_with('.')) {
+        if let Some(suffix) = kdna_key.strip_prefix(k.as_str()).filter(|s| s.is_empty() || s.starts_with('.')) {
             return Some(format!("{b}{suffix}"));
         }
     }
