@@ -63,3 +63,37 @@ fn layer_scale_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(l
         bw_dgamma[c] = accumulated(bw_dgamma[c], part[0], p.accumulate);
     }
 }
+
+// Stochastic depth, torchvision's "row" mode: in training each sample's residual branch is
+// kept (scaled by 1 / keep) or dropped whole, as `mask` (1 or 0 per sample, drawn by the
+// trainer) says; in eval it passes unchanged.
+struct DropPathParams {
+    batch: u32,
+    // Elements per sample.
+    per_sample: u32,
+    training: u32,
+    accumulate: u32,
+    // 1 / keep probability.
+    rescale: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> dp: DropPathParams;
+@group(0) @binding(1) var<storage, read> dp_in: array<f32>;
+@group(0) @binding(2) var<storage, read> dp_mask: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dp_out: array<f32>;
+
+fn drop_path_factor(i: u32) -> f32 {
+    return select(1.0, dp_mask[i / dp.per_sample] * dp.rescale, dp.training != 0u);
+}
+
+// y = x * factor (forward, from x) or dx (+)= dy * factor (backward, from dy): the same map.
+// Invocations: every element.
+@compute @workgroup_size(64)
+fn drop_path_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= dp.batch * dp.per_sample) { return; }
+    dp_out[i] = accumulated(dp_out[i], dp_in[i] * drop_path_factor(i), dp.accumulate);
+}

@@ -96,7 +96,8 @@ struct BenchArgs {
 /// Which network: `--arch`, `--baseline`, `--num-classes` (and the seed's `--customize`).
 #[derive(Args)]
 struct ModelArgs {
-    /// Architecture: resnet18, resnet50, mobilenet_v2, mobilenet_v2_1d2 (MobileNetV2 0.5x).
+    /// Architecture: resnet18, resnet50, mobilenet_v2, mobilenet_v2_1d2 (MobileNetV2 0.5x),
+    /// convnext_tiny (also convNeXt-tiny).
     #[arg(long, value_parser = parse_arch)]
     arch: Arch,
     /// The torchvision network instead of its KernelDNA version (KernelDNA is the default).
@@ -124,6 +125,17 @@ struct ParityArgs {
     /// Where to write `logits.eval`, `logits`, `loss` and `grad.<param>` (safetensors).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// Parity always runs without stochastic depth; 0 is accepted so a training command
+    /// line's flag can stay.
+    #[arg(long, value_name = "0", value_parser = parse_no_drop_path)]
+    drop_path: Option<f64>,
+}
+
+fn parse_no_drop_path(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if p == 0.0 => Ok(0.0),
+        _ => Err(format!("parity runs without stochastic depth; --drop-path {s} is not 0")),
+    }
 }
 
 /// Defaults of `kdna train` for the embedded set (no --data) and, with --data, main.py's.
@@ -152,7 +164,8 @@ struct TrainArgs {
     /// fashion-mnist, embedded.
     #[arg(long, value_name = "NAME", value_parser = parse_dataset)]
     dataset: Option<DatasetKind>,
-    /// Architecture: resnet18, resnet50, mobilenet_v2, mobilenet_v2_1d2.
+    /// Architecture: resnet18, resnet50, mobilenet_v2, mobilenet_v2_1d2, convnext_tiny (also
+    /// convNeXt-tiny; inputs of at least 32x32).
     #[arg(short, long, value_parser = parse_arch, default_value = "resnet18")]
     arch: Arch,
     /// Train the torchvision network instead of its KernelDNA version.
@@ -161,24 +174,43 @@ struct TrainArgs {
     /// Accepted for the seed's command lines; KernelDNA is already the default.
     #[arg(long, hide_short_help = true)]
     customize: bool,
+    /// Stochastic depth of ConvNeXt's last block (torchvision's linear schedule gives earlier
+    /// blocks less; each sample drops a block's residual branch whole) [default: 0.1 for
+    /// convnext_tiny; the other networks have none].
+    #[arg(long, value_name = "P")]
+    drop_path: Option<f64>,
     /// Epochs [default: 3 on the embedded set, 90 with --data].
     #[arg(long)]
     epochs: Option<usize>,
     /// Epochs of linear learning-rate warm-up before the cosine decay.
     #[arg(long, default_value_t = 0)]
     warmup_epochs: usize,
-    /// Peak learning rate [default: 0.01 on the embedded set, 0.1 with --data].
+    /// Optimizer: sgd (torch.optim.SGD, the seed's) or adamw (torch.optim.AdamW, ConvNeXt's).
+    #[arg(long, value_name = "NAME", value_parser = ["sgd", "adamw"], default_value = "sgd")]
+    opt: String,
+    /// Peak learning rate [default: 0.01 on the embedded set, 0.1 with --data; 4e-3 with
+    /// --opt adamw].
     #[arg(long, visible_alias = "learning-rate")]
     lr: Option<f64>,
     /// Learning rate the cosine decay ends at.
     #[arg(long, default_value_t = 0.0)]
     eta_min: f64,
-    /// Weight decay (L2, applied by SGD to every parameter, as torch.optim.SGD does).
-    #[arg(long, visible_alias = "weight-decay", default_value_t = 1e-4)]
-    wd: f64,
+    /// Weight decay: L2 added to the gradient by SGD (as torch.optim.SGD), decoupled by AdamW
+    /// [default: 1e-4; 0.05 with --opt adamw].
+    #[arg(long, visible_alias = "weight-decay")]
+    wd: Option<f64>,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
+    /// AdamW's first-moment decay.
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f64,
+    /// AdamW's second-moment decay.
+    #[arg(long, default_value_t = 0.999)]
+    beta2: f64,
+    /// AdamW's epsilon.
+    #[arg(long, default_value_t = 1e-8)]
+    eps: f64,
     /// Images per step [default: 128 on the embedded set, 256 with --data].
     #[arg(short, long)]
     batch_size: Option<usize>,
@@ -289,6 +321,20 @@ fn train(adapter: Option<&str>, a: TrainArgs) -> Result<()> {
     if res < 8 {
         anyhow::bail!("--res {res} is too small: the networks downsample by 32 (use at least 8)");
     }
+    let drop_path = match (a.arch, a.drop_path) {
+        (_, Some(p)) if !(0.0..1.0).contains(&p) => anyhow::bail!("--drop-path {p} must be at least 0 and below 1"),
+        (Arch::ConvNeXtTiny, p) => p.unwrap_or(0.1),
+        (arch, Some(p)) if p > 0.0 => {
+            anyhow::bail!("--drop-path applies to convnext_tiny; {arch} has no stochastic depth")
+        }
+        _ => 0.0,
+    };
+    let adamw = a.opt == "adamw";
+    for (flag, beta) in [("--beta1", a.beta1), ("--beta2", a.beta2)] {
+        if !(0.0..1.0).contains(&beta) {
+            anyhow::bail!("{flag} {beta} must be at least 0 and below 1");
+        }
+    }
     let log_dir = a.log_dir.unwrap_or_else(|| kdna::train::run_dir::default_path(a.arch.name()));
     let cfg = TrainConfig {
         arch: a.arch,
@@ -297,10 +343,13 @@ fn train(adapter: Option<&str>, a: TrainArgs) -> Result<()> {
         dataset: Some(dataset.kind),
         epochs: a.epochs.unwrap_or(defaults.epochs),
         warmup_epochs: a.warmup_epochs,
-        lr: a.lr.unwrap_or(defaults.lr),
+        lr: a.lr.unwrap_or(if adamw { 4e-3 } else { defaults.lr }),
         eta_min: a.eta_min,
-        weight_decay: a.wd,
+        weight_decay: a.wd.unwrap_or(if adamw { 0.05 } else { 1e-4 }),
         momentum: a.momentum,
+        optimizer: a.opt.clone(),
+        betas: [a.beta1, a.beta2],
+        eps: a.eps,
         batch_size,
         workers: a.workers.unwrap_or_else(default_workers).max(1),
         print_freq: a.print_freq.unwrap_or(defaults.print_freq).max(1),
@@ -316,6 +365,7 @@ fn train(adapter: Option<&str>, a: TrainArgs) -> Result<()> {
         skip_bad: a.skip_bad,
         progress: !a.no_progress,
         telemetry_every: a.telemetry_every,
+        drop_path: drop_path as f32,
     };
     let gpu = Arc::new(Gpu::new(adapter)?);
     let summary = kdna::train::train(gpu, cfg, dataset)?;
@@ -436,7 +486,12 @@ fn parity(adapter: Option<&str>, args: ParityArgs) -> Result<()> {
 
 fn bench(adapter: Option<&str>, args: BenchArgs) -> Result<()> {
     let m = &args.model;
-    let spec = ModelSpec { arch: m.arch, kdna: !m.baseline, classes: m.num_classes.map_or(1000, |n| n as usize) };
+    let spec = ModelSpec {
+        arch: m.arch,
+        kdna: !m.baseline,
+        classes: m.num_classes.map_or(1000, |n| n as usize),
+        drop_path: 0.0,
+    };
     let family = if m.baseline { "baseline" } else { "KernelDNA" };
     if args.profile {
         let gpu = Arc::new(Gpu::new(adapter)?);

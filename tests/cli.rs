@@ -58,7 +58,8 @@ fn bench_params_prints_one_json_line_last() {
 fn parity_inputs(dir: &std::path::Path, labels: [i64; 2]) -> (std::path::PathBuf, std::path::PathBuf) {
     use kdna::models::{Arch, ModelSpec, build};
     let gpu = std::sync::Arc::new(kdna::gpu::Gpu::new(None).unwrap());
-    let net = build(ModelSpec { arch: Arch::MobileNetV2Half, kdna: true, classes: 10 }, 2, 32, 0.0).unwrap();
+    let net =
+        build(ModelSpec { arch: Arch::MobileNetV2Half, kdna: true, classes: 10, drop_path: 0.0 }, 2, 32, 0.0).unwrap();
     let weights = kdna::graph::Weights::new(&gpu, &net.graph);
     weights.initialise(&gpu, &net.graph, 5);
     let w = dir.join("w.safetensors");

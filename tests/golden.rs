@@ -194,18 +194,18 @@ fn cross_entropy_golden() {
 #[test]
 fn convnext_block_golden() {
     // torchvision's CNBlock at dim 8, layer scale 0.5, stochastic depth off, on 9x9 maps.
-    check_block("convnext_block", |g, x| convnext::cn_block(g, x, "", 0.5, BlockInit::Torchvision).unwrap());
+    check_block("convnext_block", |g, x| convnext::cn_block(g, x, "", 0.5, 0.0, BlockInit::Torchvision).unwrap());
 }
 
 #[test]
 fn convnext_stage3_golden() {
     // kdna's KernelDNA ConvNeXt stage 3 at dim 8 with 2 kid/parent pairs.
-    check_block("convnext_stage3", |g, x| convnext::convnext_stage3(g, x, "", 2).unwrap());
+    check_block("convnext_stage3", |g, x| convnext::convnext_stage3(g, x, "", 2, &[]).unwrap());
 }
 
 #[test]
 fn convnext_stage4_golden() {
-    check_block("convnext_stage4", |g, x| convnext::convnext_stage4(g, x, "", 1).unwrap());
+    check_block("convnext_stage4", |g, x| convnext::convnext_stage4(g, x, "", 1, &[]).unwrap());
 }
 
 #[test]

@@ -343,6 +343,38 @@ fn layer_scale_matches_reference() {
 }
 
 #[test]
+fn drop_path_matches_reference_in_both_modes() {
+    let shape = [4, 3, 5, 7];
+    for mode in [Mode::Train, Mode::Eval] {
+        let mut g = Graph::new();
+        let x = g.input("x", &shape);
+        let y = g.drop_path(x, "mask", 0.3);
+        let mask_id = g.find("mask").unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(mode, y)).unwrap();
+        let mut rng = rng(370);
+        let xv = feed(&exe, &g, x, &mut rng);
+        let mask = [1.0, 0.0, 0.0, 1.0];
+        exe.write(mask_id, &mask.map(|m| m as f32)).unwrap();
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let train = mode == Mode::Train;
+        let case = format!("{mode:?}");
+        assert_close(&format!("{case} y"), &read(&exe, y), &r::elementwise::drop_path(&xv, &mask, 0.3, train), TOL);
+        assert_close(
+            &format!("{case} dx"),
+            &read_grad(&exe, x),
+            &r::elementwise::drop_path(&dy, &mask, 0.3, train),
+            TOL,
+        );
+    }
+    // Probability 0 adds nothing to the graph.
+    let mut g = Graph::new();
+    let x = g.input("x", &shape);
+    assert_eq!(g.drop_path(x, "mask", 0.0), x);
+    assert!(g.nodes.is_empty());
+}
+
+#[test]
 fn activations_match_reference() {
     // 1155 elements (scalar kernels) and 420 (four per invocation).
     let shapes = [[3, 7, 11, 5], [2, 6, 5, 7]];

@@ -3,7 +3,7 @@
 use kdna::models::{Arch, ModelSpec, build, macs_per_image, parameter_count};
 
 fn params(arch: Arch, kdna: bool) -> usize {
-    let net = build(ModelSpec { arch, kdna, classes: 1000 }, 2, 64, 0.0).unwrap();
+    let net = build(ModelSpec { arch, kdna, classes: 1000, drop_path: 0.0 }, 2, 64, 0.0).unwrap();
     parameter_count(&net.graph)
 }
 
@@ -44,7 +44,7 @@ fn multiply_accumulates_match_pytorch_at_224() {
     ];
     for (arch, baseline, kdna) in want {
         for (kdna_net, g) in [(false, baseline), (true, kdna)] {
-            let net = build(ModelSpec { arch, kdna: kdna_net, classes: 1000 }, 1, 224, 0.0).unwrap();
+            let net = build(ModelSpec { arch, kdna: kdna_net, classes: 1000, drop_path: 0.0 }, 1, 224, 0.0).unwrap();
             let got = macs_per_image(&net) as f64 / 1e9;
             assert!((got / g - 1.0).abs() < 0.005, "{arch} kdna={kdna_net}: {got:.4} GMACs, PyTorch counts {g}");
         }

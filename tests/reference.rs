@@ -157,6 +157,22 @@ fn layer_scale_gradients() {
 }
 
 #[test]
+fn drop_path_gradients() {
+    let mut g = rng(8);
+    let (x, dy) = (randn(&mut g, 4 * 6), randn(&mut g, 4 * 6));
+    let mask = [1.0, 0.0, 1.0, 1.0];
+    for train in [true, false] {
+        let dx = r::elementwise::drop_path(&dy, &mask, 0.25, train);
+        let want = numeric_grad(&x, |x| dot(&r::elementwise::drop_path(x, &mask, 0.25, train), &dy));
+        assert_close(&format!("train={train}"), &dx, &want, TOL);
+    }
+    // A dropped sample passes nothing; a kept one is scaled by 1 / (1 - p).
+    let y = r::elementwise::drop_path(&x, &mask, 0.25, true);
+    assert!(y[6..12].iter().all(|&v| v == 0.0));
+    assert_close("kept", &y[..6], &x[..6].iter().map(|v| v / 0.75).collect::<Vec<_>>(), 1e-15);
+}
+
+#[test]
 fn pooling_gradients() {
     let p = MaxPool2d { planes: 2, h: 7, w: 6, out_h: 4, out_w: 3, kernel: 3, stride: 2, pad: 1 };
     let mut g = rng(6);

@@ -180,7 +180,7 @@ fn discovery_finds_every_router_and_child_and_which_child_each_router_gates() {
     assert_eq!(stage_of("layer3.conv2.weight"), "layer3");
     assert_eq!(stage_of("features.6.last_block.layers.pw1.weight"), "features.6");
     for arch in Arch::ALL {
-        let net = build(ModelSpec { arch, kdna: true, classes: 10 }, 2, 32, 0.0).unwrap();
+        let net = build(ModelSpec { arch, kdna: true, classes: 10, drop_path: 0.0 }, 2, 32, 0.0).unwrap();
         let (routers, children) = discover(&net.graph);
         assert!(!children.is_empty(), "{arch}");
         let names: std::collections::HashSet<&str> = children.iter().map(|c| c.info.name.as_str()).collect();
@@ -194,11 +194,11 @@ fn discovery_finds_every_router_and_child_and_which_child_each_router_gates() {
             assert_eq!(child.info.c_in, r.info.channels, "{arch}: {}", r.info.name);
             assert_eq!(child.info.stage, r.info.stage, "{arch}: {}", r.info.name);
         }
-        let baseline = build(ModelSpec { arch, kdna: false, classes: 10 }, 2, 32, 0.0).unwrap();
+        let baseline = build(ModelSpec { arch, kdna: false, classes: 10, drop_path: 0.0 }, 2, 32, 0.0).unwrap();
         let (routers, children) = discover(&baseline.graph);
         assert!(routers.is_empty() && children.is_empty(), "{arch} baseline");
     }
-    let net = build(ModelSpec { arch: Arch::ResNet18, kdna: true, classes: 10 }, 2, 32, 0.0).unwrap();
+    let net = build(ModelSpec { arch: Arch::ResNet18, kdna: true, classes: 10, drop_path: 0.0 }, 2, 32, 0.0).unwrap();
     let (routers, children) = discover(&net.graph);
     assert_eq!(
         children.iter().map(|c| c.info.name.as_str()).collect::<Vec<_>>(),

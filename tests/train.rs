@@ -116,6 +116,34 @@ fn a_resumed_run_logs_exactly_the_losses_of_an_uninterrupted_one() {
 }
 
 #[test]
+fn adamw_runs_resume_exactly_and_checkpoint_both_moments() {
+    let data = dataset(24);
+    let runs = tempfile::tempdir().unwrap();
+    let (two, one, resumed) = (runs.path().join("two"), runs.path().join("one"), runs.path().join("resumed"));
+    let adamw = ["--opt", "adamw", "--lr", "0.002"];
+    let (ok, _, err) = train(data.path(), &two, &[&adamw[..], &["--epochs", "2"]].concat());
+    assert!(ok, "{err}");
+    let (ok, _, err) = train(data.path(), &one, &[&adamw[..], &["--epochs", "1"]].concat());
+    assert!(ok, "{err}");
+    let ck = one.join("checkpoint.safetensors");
+    let resume = ["--epochs", "2", "--resume", ck.to_str().unwrap()];
+    let (ok, _, err) = train(data.path(), &resumed, &[&adamw[..], &resume].concat());
+    assert!(ok, "{err}");
+    assert_eq!(losses(&resumed, 1), losses(&two, 1), "the resumed second epoch, both moments restored");
+
+    let saved = checkpoint::load(&ck).unwrap();
+    assert_eq!(saved.second_moment.len(), saved.momentum.len(), "a second moment for every parameter");
+    assert!(saved.second_moment.values().all(|t| t.data.iter().all(|&v| v >= 0.0)));
+    assert!(saved.second_moment.values().any(|t| t.data.iter().any(|&v| v > 0.0)));
+    assert_eq!(saved.info.args["optimizer"], "adamw");
+    assert_eq!(saved.info.args["weight_decay"], 0.05, "ConvNeXt's default with adamw");
+
+    // An AdamW checkpoint does not resume under SGD.
+    let (ok, _, err) = train(data.path(), &runs.path().join("sgd"), &resume);
+    assert_clear_error(ok, &err, "--opt adamw");
+}
+
+#[test]
 fn checkpoints_hold_weights_momentum_and_metadata_and_eval_reads_them() {
     let data = dataset(24);
     let run = tempfile::tempdir().unwrap();
@@ -215,7 +243,7 @@ fn helper_checkpoint_writer() {
     let Ok(path) = std::env::var(WRITER_ENV) else { return };
     let (info, weights, momentum) = sample_checkpoint(2, 4_000_000);
     loop {
-        checkpoint::save(Path::new(&path), &info, &weights, &momentum).unwrap();
+        checkpoint::save(Path::new(&path), &info, &weights, &[momentum.clone(), Default::default()]).unwrap();
     }
 }
 
@@ -236,7 +264,7 @@ fn a_writer_killed_mid_write_leaves_a_loadable_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let path: PathBuf = dir.path().join("checkpoint.safetensors");
     let (info, weights, momentum) = sample_checkpoint(1, 1000);
-    checkpoint::save(&path, &info, &weights, &momentum).unwrap();
+    checkpoint::save(&path, &info, &weights, &[momentum.clone(), Default::default()]).unwrap();
     let mut seen_new = false;
     for delay_ms in [30u64, 90, 170, 260, 400, 650] {
         let mut child = Command::new(std::env::current_exe().unwrap())

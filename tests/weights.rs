@@ -11,7 +11,7 @@ use kdna::io::StateDict;
 use kdna::models::{Arch, ModelSpec, build};
 
 fn resnet18() -> kdna::models::Network {
-    build(ModelSpec { arch: Arch::ResNet18, kdna: true, classes: 10 }, 2, 32, 0.0).unwrap()
+    build(ModelSpec { arch: Arch::ResNet18, kdna: true, classes: 10, drop_path: 0.0 }, 2, 32, 0.0).unwrap()
 }
 
 fn std_dev(v: &[f32]) -> f64 {
@@ -117,7 +117,7 @@ fn kernel_dna_networks_start_from_a_pretrained_baseline() {
     use kdna::ops::modulate::Modulate;
     let gpu = gpu();
     for arch in [Arch::ResNet18, Arch::ResNet50, Arch::MobileNetV2Half, Arch::ConvNeXtTiny] {
-        let spec = |kdna| ModelSpec { arch, kdna, classes: 10 };
+        let spec = |kdna| ModelSpec { arch, kdna, classes: 10, drop_path: 0.0 };
         let base_net = build(spec(false), 2, 32, 0.0).unwrap();
         let base = Weights::new(&gpu, &base_net.graph);
         base.initialise(&gpu, &base_net.graph, 1);
@@ -174,7 +174,7 @@ fn folded_eval_matches_unfolded_eval_for_every_architecture() {
     let gpu = gpu();
     for arch in Arch::ALL {
         for kdna in [false, true] {
-            let net = build(ModelSpec { arch, kdna, classes: 10 }, 2, 32, 0.0).unwrap();
+            let net = build(ModelSpec { arch, kdna, classes: 10, drop_path: 0.0 }, 2, 32, 0.0).unwrap();
             let mut exe = Executor::new(gpu.clone(), &net.graph, Plan::eval()).unwrap();
             exe.weights().initialise(&gpu, &net.graph, 3);
             // Statistics, affines, attentions and the classifier away from their initial

@@ -62,7 +62,7 @@ pub fn run(
         })
         .collect::<Result<_>>()?;
 
-    let net = build(ModelSpec { arch, kdna: !baseline, classes }, n, h, 0.0)?;
+    let net = build(ModelSpec { arch, kdna: !baseline, classes, drop_path: 0.0 }, n, h, 0.0)?;
     let mut eval = Executor::new(gpu.clone(), &net.graph, Plan::eval())?;
     eval.weights().import(&gpu, &dict).with_context(|| format!("loading {}", weights_path.display()))?;
     eval.write(net.images, &images.data)?;

@@ -14,8 +14,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{Graph, Role, TensorId, Weights};
 use crate::gpu::{Dispatch, Gpu, GpuSlice};
-use crate::ops::sgd::Sgd;
-use crate::ops::{Bound, GradTarget, Grads, Mode};
+use crate::ops::{Bound, GradTarget, Grads, Mode, Optimizer};
 
 /// What an executor does each run.
 #[derive(Clone, Debug)]
@@ -27,7 +26,7 @@ pub struct Plan {
     /// Also compute gradients to `Input` tensors (tests; training does not need them).
     pub input_grads: bool,
     /// Update the parameters after backward.
-    pub optimizer: Option<Sgd>,
+    pub optimizer: Option<Optimizer>,
     /// Parameters the optimizer leaves alone (their gradients are still computed).
     pub frozen: HashSet<String>,
 }
@@ -43,12 +42,12 @@ impl Plan {
         }
     }
 
-    pub fn train(loss: TensorId, optimizer: Sgd) -> Plan {
+    pub fn train(loss: TensorId, optimizer: impl Into<Optimizer>) -> Plan {
         Plan {
             mode: Mode::Train,
             backward_from: vec![loss],
             input_grads: false,
-            optimizer: Some(optimizer),
+            optimizer: Some(optimizer.into()),
             frozen: HashSet::new(),
         }
     }
@@ -150,11 +149,11 @@ impl Executor {
             exe.plan_backward(graph, &plan.backward_from, &values, &scratch)?;
             exe.readback = Some(Readback::new(&gpu, values[first.0].clone()));
         }
-        if let Some(sgd) = plan.optimizer {
+        if let Some(optimizer) = plan.optimizer {
             if plan.backward_from.is_empty() {
                 bail!("an optimizer needs a loss to backpropagate from");
             }
-            exe.optimizer = sgd_dispatches(&gpu, &weights, &sgd, &plan.frozen);
+            exe.optimizer = optimizer_dispatches(&gpu, &weights, &optimizer, &plan.frozen);
         }
         exe.values = values;
         Ok(exe)
@@ -324,8 +323,8 @@ impl Executor {
 
     /// Sets the learning rate of the next steps.
     pub fn set_lr(&mut self, lr: f32) {
-        if let Some(sgd) = &mut self.plan.optimizer {
-            sgd.lr = lr;
+        if let Some(optimizer) = &mut self.plan.optimizer {
+            optimizer.set_lr(lr);
         }
     }
 
@@ -340,10 +339,13 @@ impl Executor {
         if self.plan.mode == Mode::Train {
             self.weights.count_batchnorm_pass();
         }
-        if let Some(sgd) = &self.plan.optimizer {
-            let first = self.weights.optimizer_steps() == 0;
+        if let Some(optimizer) = &self.plan.optimizer {
+            let taken = self.weights.optimizer_steps();
             for (d, len) in &self.optimizer {
-                d.set_params(&self.gpu, &sgd.params(*len, first));
+                match optimizer {
+                    Optimizer::Sgd(sgd) => d.set_params(&self.gpu, &sgd.params(*len, taken == 0)),
+                    Optimizer::AdamW(adamw) => d.set_params(&self.gpu, &adamw.params(*len, taken + 1)),
+                }
             }
             self.weights.count_optimizer_step();
         }
@@ -448,13 +450,20 @@ fn check_sizes(gpu: &Gpu, graph: &Graph) -> Result<()> {
     Ok(())
 }
 
-/// SGD over the parameter arena: one dispatch per run of adjacent trainable parameters, in
-/// chunks no larger than one storage binding may be.
-fn sgd_dispatches(gpu: &Gpu, weights: &Weights, sgd: &Sgd, frozen: &HashSet<String>) -> Vec<(Dispatch, usize)> {
+/// The optimizer over the parameter arena: one dispatch per run of adjacent trainable
+/// parameters (SGD: two, four-wide and scalar), in chunks no larger than one storage binding
+/// may be.
+fn optimizer_dispatches(
+    gpu: &Gpu,
+    weights: &Weights,
+    optimizer: &Optimizer,
+    frozen: &HashSet<String>,
+) -> Vec<(Dispatch, usize)> {
     let limits = gpu.device.limits();
     let align = limits.min_storage_buffer_offset_alignment as u64;
     let max_chunk = (limits.max_storage_buffer_binding_size / align * align).max(align);
     let [params, grads, velocity] = weights.arenas();
+    let second = matches!(optimizer, Optimizer::AdamW(_)).then(|| weights.second_moment(gpu));
     // Trainable byte ranges, merged where only alignment padding separates them.
     let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
     for name in weights.names.iter().filter(|n| !frozen.contains(*n)) {
@@ -470,7 +479,14 @@ fn sgd_dispatches(gpu: &Gpu, weights: &Weights, sgd: &Sgd, frozen: &HashSet<Stri
         while offset < range.end {
             let size = max_chunk.min(range.end - offset);
             let part = |s: &GpuSlice| GpuSlice { buffer: s.buffer.clone(), offset, size };
-            out.extend(sgd.dispatches(gpu, &part(&params), &part(&grads), &part(&velocity), true));
+            let (p, g, m) = (part(&params), part(&grads), part(&velocity));
+            match (optimizer, &second) {
+                (Optimizer::Sgd(sgd), _) => out.extend(sgd.dispatches(gpu, &p, &g, &m, true)),
+                (Optimizer::AdamW(adamw), Some(v)) => {
+                    out.push((adamw.dispatch(gpu, [&p, &g, &m, &part(v)], 1), p.len()));
+                }
+                (Optimizer::AdamW(_), None) => unreachable!("AdamW's second moment is allocated above"),
+            }
             offset += size;
         }
     }

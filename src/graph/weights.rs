@@ -29,6 +29,8 @@ pub struct Weights {
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
     velocity: wgpu::Buffer,
+    /// AdamW's second moment (its first is `velocity`), made when an AdamW plan first needs it.
+    second_moment: std::sync::OnceLock<wgpu::Buffer>,
     arena_bytes: u64,
     states: HashMap<String, GpuSlice>,
     state_names: Vec<String>,
@@ -67,6 +69,7 @@ impl Weights {
             params: gpu.create_buffer("kdna.params", arena_bytes, usage),
             grads: gpu.create_buffer("kdna.grads", arena_bytes, usage),
             velocity: gpu.create_buffer("kdna.velocity", arena_bytes, usage),
+            second_moment: std::sync::OnceLock::new(),
             arena_bytes,
             states,
             state_names,
@@ -249,6 +252,40 @@ impl Weights {
             offset: 0,
             size: self.arena_bytes,
         })
+    }
+
+    /// AdamW's second-moment arena (same layout as the parameters), zero when first made.
+    pub fn second_moment(&self, gpu: &Gpu) -> GpuSlice {
+        let buffer = self.second_moment.get_or_init(|| {
+            let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+            gpu.create_buffer("kdna.second_moment", self.arena_bytes, usage)
+        });
+        GpuSlice { buffer: buffer.clone(), offset: 0, size: self.arena_bytes }
+    }
+
+    /// AdamW's second moment of every parameter, by name; empty when no AdamW plan ran.
+    pub fn export_second_moment(&self, gpu: &Gpu) -> Result<BTreeMap<String, HostTensor>> {
+        match self.second_moment.get() {
+            Some(buffer) => self.read_arena(gpu, buffer),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// Restores a second moment saved by [`Weights::export_second_moment`].
+    pub fn import_second_moment(&self, gpu: &Gpu, moment: &BTreeMap<String, HostTensor>) -> Result<()> {
+        for name in &self.names {
+            let t = moment.get(name).ok_or_else(|| anyhow::anyhow!("no second moment for parameter {name:?}"))?;
+            if t.shape != self.slots[name].shape {
+                bail!("second moment of {name:?} has shape {:?}, the parameter {:?}", t.shape, self.slots[name].shape);
+            }
+        }
+        let arena = self.second_moment(gpu);
+        for name in &self.names {
+            let range = self.byte_range(name).expect("known");
+            let slice = GpuSlice { buffer: arena.buffer.clone(), offset: range.start, size: range.end - range.start };
+            gpu.write(&slice, &moment[name].data);
+        }
+        Ok(())
     }
 
     pub fn optimizer_steps(&self) -> u64 {

@@ -42,7 +42,7 @@ impl BlockInit {
 }
 
 /// The parameters of a `CNBlock` named `prefix` at `c` channels.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CnBlock {
     dw_weight: TensorId,
     dw_bias: TensorId,
@@ -54,12 +54,22 @@ pub struct CnBlock {
     pub pw2: TensorId,
     pw2_bias: TensorId,
     gamma: TensorId,
+    /// Stochastic-depth probability of the residual branch (mask input `<prefix>.stochastic_depth`).
+    drop_path: f32,
+    prefix: String,
 }
 
 impl CnBlock {
     /// Adds the block's parameters (before it is applied, so kids can share its pointwise
     /// weights first); its layer scale starts at `layer_scale` (1e-6 in ConvNeXt-Tiny).
-    pub fn new(g: &mut Graph, prefix: &str, c: usize, layer_scale: f32, init: BlockInit) -> Result<CnBlock> {
+    pub fn new(
+        g: &mut Graph,
+        prefix: &str,
+        c: usize,
+        layer_scale: f32,
+        drop_path: f32,
+        init: BlockInit,
+    ) -> Result<CnBlock> {
         let k = |name: &str| key(prefix, name);
         Ok(CnBlock {
             dw_weight: g.param_init(&k("block.0.weight"), &[c, 1, 7, 7], init.weight(49))?,
@@ -71,10 +81,12 @@ impl CnBlock {
             pw2: g.param_init(&k("block.5.weight"), &[c, 4 * c], init.weight(4 * c))?,
             pw2_bias: g.param_init(&k("block.5.bias"), &[c], init.bias(4 * c))?,
             gamma: g.param_init(&k("layer_scale"), &[c, 1, 1], Init::Constant(layer_scale))?,
+            drop_path,
+            prefix: prefix.to_string(),
         })
     }
 
-    /// `x + layer_scale * block.5(gelu(block.3(block.2(block.0(x)))))`.
+    /// `x + drop_path(layer_scale * block.5(gelu(block.3(block.2(block.0(x))))))`.
     pub fn apply(&self, g: &mut Graph, x: TensorId) -> Result<TensorId> {
         let c = g.shape(x)[1];
         let y = g.conv2d(x, self.dw_weight, Some(self.dw_bias), Conv2dConfig::new(1, 3).groups(c))?;
@@ -83,14 +95,22 @@ impl CnBlock {
         let y = g.gelu(y);
         let y = g.conv2d(y, self.pw2, Some(self.pw2_bias), Conv2dConfig::new(1, 0))?;
         let y = g.layer_scale(y, self.gamma)?;
+        let y = g.drop_path(y, &key(&self.prefix, "stochastic_depth"), self.drop_path);
         g.add(x, y)
     }
 }
 
 /// torchvision's `CNBlock` named `prefix` on `x` ([N, C, H, W]).
-pub fn cn_block(g: &mut Graph, x: TensorId, prefix: &str, layer_scale: f32, init: BlockInit) -> Result<TensorId> {
+pub fn cn_block(
+    g: &mut Graph,
+    x: TensorId,
+    prefix: &str,
+    layer_scale: f32,
+    drop_path: f32,
+    init: BlockInit,
+) -> Result<TensorId> {
     let c = g.shape(x)[1];
-    CnBlock::new(g, prefix, c, layer_scale, init)?.apply(g, x)
+    CnBlock::new(g, prefix, c, layer_scale, drop_path, init)?.apply(g, x)
 }
 
 /// The reference's `ConvNeXtKid` named `prefix`: its own depthwise conv and LayerNorm, then the
@@ -126,15 +146,23 @@ fn filter_attentions(g: &mut Graph, prefix: &str, kids: usize, c: usize) -> Resu
     ))
 }
 
+/// Stochastic-depth probability of block `i` of a stage from its schedule (`probs`, one per
+/// block in torchvision's order; empty: off).
+fn prob(probs: &[f32], i: usize) -> f32 {
+    probs.get(i).copied().unwrap_or(0.0)
+}
+
 /// kdna's KernelDNA ConvNeXt stage 3 named `prefix`: block0, then `n` pairs of [kid_i,
-/// parent_i], kid_i sharing parent_i's pointwise weights (`kids.i`, `parents.i`).
-pub fn convnext_stage3(g: &mut Graph, x: TensorId, prefix: &str, n: usize) -> Result<TensorId> {
+/// parent_i], kid_i sharing parent_i's pointwise weights (`kids.i`, `parents.i`). `probs`: the
+/// stochastic depth of the stage's 2n + 1 block positions (kids have none, as in the reference).
+pub fn convnext_stage3(g: &mut Graph, x: TensorId, prefix: &str, n: usize, probs: &[f32]) -> Result<TensorId> {
     let k = |name: &str| key(prefix, name);
     let c = g.shape(x)[1];
-    let mut x = cn_block(g, x, &k("block0"), 1e-6, BlockInit::TorchDefault)?;
+    let init = BlockInit::TorchDefault;
+    let mut x = cn_block(g, x, &k("block0"), 1e-6, prob(probs, 0), init)?;
     let (attn1, attn2) = filter_attentions(g, prefix, n, c)?;
     for i in 0..n {
-        let parent = CnBlock::new(g, &k(&format!("parents.{i}")), c, 1e-6, BlockInit::TorchDefault)?;
+        let parent = CnBlock::new(g, &k(&format!("parents.{i}")), c, 1e-6, prob(probs, 2 + 2 * i), init)?;
         let w1 = g.modulate(parent.pw1, None, attn1, i, 1)?[0];
         let w2 = g.modulate(parent.pw2, None, attn2, i, 1)?[0];
         x = convnext_kid(g, x, &k(&format!("kids.{i}")), w1, w2)?;
@@ -144,13 +172,15 @@ pub fn convnext_stage3(g: &mut Graph, x: TensorId, prefix: &str, n: usize) -> Re
 }
 
 /// kdna's KernelDNA ConvNeXt stage 4 named `prefix`: block0, `n_kids` kids sharing the last
-/// block's pointwise weights (`blocks.i`), then the last block.
-pub fn convnext_stage4(g: &mut Graph, x: TensorId, prefix: &str, n_kids: usize) -> Result<TensorId> {
+/// block's pointwise weights (`blocks.i`), then the last block; `probs` as for stage 3
+/// (n_kids + 2 positions).
+pub fn convnext_stage4(g: &mut Graph, x: TensorId, prefix: &str, n_kids: usize, probs: &[f32]) -> Result<TensorId> {
     let k = |name: &str| key(prefix, name);
     let c = g.shape(x)[1];
-    let mut x = cn_block(g, x, &k("block0"), 1e-6, BlockInit::TorchDefault)?;
+    let init = BlockInit::TorchDefault;
+    let mut x = cn_block(g, x, &k("block0"), 1e-6, prob(probs, 0), init)?;
     let (attn1, attn2) = filter_attentions(g, prefix, n_kids, c)?;
-    let last = CnBlock::new(g, &k("last_block"), c, 1e-6, BlockInit::TorchDefault)?;
+    let last = CnBlock::new(g, &k("last_block"), c, 1e-6, prob(probs, n_kids + 1), init)?;
     let w1 = g.modulate(last.pw1, None, attn1, 0, n_kids)?;
     let w2 = g.modulate(last.pw2, None, attn2, 0, n_kids)?;
     for i in 0..n_kids {
@@ -166,11 +196,14 @@ const TINY: [(usize, usize); 4] = [(96, 3), (192, 3), (384, 9), (768, 3)];
 pub const MIN_RES: usize = 32;
 
 /// torchvision's `convnext_tiny` (`--baseline`) or kdna's KernelDNA variant (stage 3 as block0
-/// + 4 kid/parent pairs, stage 4 as block0 + 1 kid + last block), stochastic depth off.
-pub fn convnext_tiny(g: &mut Graph, images: TensorId, classes: usize, kdna: bool) -> Result<TensorId> {
+/// + 4 kid/parent pairs, stage 4 as block0 + 1 kid + last block). Stochastic depth follows
+/// torchvision's schedule: block i of the 18 drops with probability `drop_path * i / 17`.
+pub fn convnext_tiny(g: &mut Graph, images: TensorId, classes: usize, kdna: bool, drop_path: f32) -> Result<TensorId> {
     let res = g.shape(images)[2].min(g.shape(images)[3]);
     if res < MIN_RES {
-        anyhow::bail!("convnext_tiny downsamples 32x: {res}x{res} inputs are below its minimum of {MIN_RES}x{MIN_RES}");
+        anyhow::bail!(
+            "convnext_tiny downsamples 32x: {res}x{res} inputs are below its minimum of {MIN_RES}x{MIN_RES} (--res {MIN_RES} or more)"
+        );
     }
     let init = BlockInit::Torchvision;
     let layernorm2d = |g: &mut Graph, x: TensorId, prefix: &str| -> Result<TensorId> {
@@ -185,16 +218,21 @@ pub fn convnext_tiny(g: &mut Graph, images: TensorId, classes: usize, kdna: bool
         let b = g.param_init(&key(prefix, "bias"), &[out], init.bias(c * kernel * kernel))?;
         g.conv2d(x, w, Some(b), Conv2dConfig::new(kernel, 0))
     };
+    let total: usize = TINY.iter().map(|s| s.1).sum();
+    let schedule: Vec<f32> = (0..total).map(|i| drop_path * i as f32 / (total - 1) as f32).collect();
     let x = conv(g, images, "features.0.0", TINY[0].0, 4)?;
     let mut x = layernorm2d(g, x, "features.0.1")?;
+    let mut first = 0;
     for (stage, &(channels, blocks)) in TINY.iter().enumerate() {
         let name = format!("features.{}", 2 * stage + 1);
+        let probs = &schedule[first..first + blocks];
+        first += blocks;
         x = match (kdna, stage) {
-            (true, 2) => convnext_stage3(g, x, &name, (blocks - 1) / 2)?,
-            (true, 3) => convnext_stage4(g, x, &name, blocks - 2)?,
+            (true, 2) => convnext_stage3(g, x, &name, (blocks - 1) / 2, probs)?,
+            (true, 3) => convnext_stage4(g, x, &name, blocks - 2, probs)?,
             _ => {
-                for block in 0..blocks {
-                    x = cn_block(g, x, &format!("{name}.{block}"), 1e-6, init)?;
+                for (block, &p) in probs.iter().enumerate() {
+                    x = cn_block(g, x, &format!("{name}.{block}"), 1e-6, p, init)?;
                 }
                 x
             }

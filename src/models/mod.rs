@@ -83,12 +83,15 @@ impl FromStr for Arch {
     }
 }
 
-/// Which network: the architecture, KernelDNA or the torchvision baseline, and the classes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which network: the architecture, KernelDNA or the torchvision baseline, the classes, and
+/// the stochastic-depth probability of its last block (ConvNeXt; torchvision's linear schedule
+/// gives earlier blocks less; 0 leaves it out).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ModelSpec {
     pub arch: Arch,
     pub kdna: bool,
     pub classes: usize,
+    pub drop_path: f32,
 }
 
 /// A network's graph for one batch shape, and its interface tensors.
@@ -99,6 +102,9 @@ pub struct Network {
     pub logits: TensorId,
     /// [mean cross-entropy, correct top-1 count].
     pub loss: TensorId,
+    /// Stochastic-depth masks to draw before each training step: (mask input [N], drop
+    /// probability).
+    pub drop_paths: Vec<(TensorId, f32)>,
 }
 
 /// Builds `spec` for batches of `batch` images of `res` x `res` pixels.
@@ -114,10 +120,15 @@ pub fn build(spec: ModelSpec, batch: usize, res: usize, label_smoothing: f32) ->
         Arch::ResNet50 => resnet::resnet50(&mut g, images, spec.classes, spec.kdna)?,
         Arch::MobileNetV2 => mobilenet::mobilenet_v2(&mut g, images, spec.classes, 1.0, spec.kdna)?,
         Arch::MobileNetV2Half => mobilenet::mobilenet_v2(&mut g, images, spec.classes, 0.5, spec.kdna)?,
-        Arch::ConvNeXtTiny => convnext::convnext_tiny(&mut g, images, spec.classes, spec.kdna)?,
+        Arch::ConvNeXtTiny => convnext::convnext_tiny(&mut g, images, spec.classes, spec.kdna, spec.drop_path)?,
     };
     let loss = g.cross_entropy(logits, labels, label_smoothing)?;
-    Ok(Network { graph: g, images, labels, logits, loss })
+    let drop_paths = g
+        .nodes
+        .iter()
+        .filter_map(|n| n.op.as_any().downcast_ref::<crate::ops::drop_path::DropPath>().map(|d| (n.inputs[1], d.p)))
+        .collect();
+    Ok(Network { graph: g, images, labels, logits, loss, drop_paths })
 }
 
 /// Number of trained parameters (buffers such as running statistics excluded), as

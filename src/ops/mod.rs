@@ -11,6 +11,7 @@ pub mod channel_scale;
 pub mod conv2d;
 pub mod conv_gemm;
 pub mod cross_entropy;
+pub mod drop_path;
 pub mod layer_scale;
 pub mod layernorm;
 pub mod linear;
@@ -106,6 +107,41 @@ pub trait Op: OpObject + Send + Sync {
     fn forward(&self, gpu: &Gpu, bound: &Bound, mode: Mode) -> Vec<Dispatch>;
 
     fn backward(&self, gpu: &Gpu, bound: &Bound, grads: &Grads, mode: Mode) -> Vec<Dispatch>;
+}
+
+/// The optimizer a training plan updates parameters with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    Sgd(sgd::Sgd),
+    AdamW(adamw::AdamW),
+}
+
+impl Optimizer {
+    pub fn lr(&self) -> f32 {
+        match self {
+            Optimizer::Sgd(o) => o.lr,
+            Optimizer::AdamW(o) => o.lr,
+        }
+    }
+
+    pub fn set_lr(&mut self, lr: f32) {
+        match self {
+            Optimizer::Sgd(o) => o.lr = lr,
+            Optimizer::AdamW(o) => o.lr = lr,
+        }
+    }
+}
+
+impl From<sgd::Sgd> for Optimizer {
+    fn from(o: sgd::Sgd) -> Self {
+        Optimizer::Sgd(o)
+    }
+}
+
+impl From<adamw::AdamW> for Optimizer {
+    fn from(o: adamw::AdamW) -> Self {
+        Optimizer::AdamW(o)
+    }
 }
 
 /// `accumulate` flag of a gradient target, as the kernels take it.

@@ -1,5 +1,5 @@
 //! Reference of [`crate::ops::activation`], [`crate::ops::channel_scale`] and
-//! [`crate::ops::layer_scale`].
+//! [`crate::ops::layer_scale`] and [`crate::ops::drop_path`].
 
 use crate::ops::activation::Activation;
 
@@ -76,4 +76,11 @@ pub fn layer_scale_backward(x: &[f64], gamma: &[f64], dy: &[f64], spatial: usize
         dgamma[c(i)] += g * x[i];
     }
     (dx, dgamma)
+}
+
+/// Stochastic depth: in training `x[n, ...] * mask[n] / (1 - p)`, in eval `x`. Its gradient is
+/// the same map of dy.
+pub fn drop_path(x: &[f64], mask: &[f64], p: f64, train: bool) -> Vec<f64> {
+    let per_sample = x.len() / mask.len();
+    x.iter().enumerate().map(|(i, v)| if train { v * mask[i / per_sample] / (1.0 - p) } else { *v }).collect()
 }

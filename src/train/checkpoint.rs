@@ -1,5 +1,6 @@
 //! Checkpoints: one safetensors file holding the weights under their PyTorch names, the
-//! optimizer's momentum under `optimizer.<param key>`, and everything else as JSON in the
+//! optimizer's momentum (SGD's, or AdamW's first moment) under `optimizer.<param key>`,
+//! AdamW's second moment under `optimizer_sq.<param key>`, and everything else as JSON in the
 //! header metadata (key `kdna`) — one file, written atomically, so it is always consistent.
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,7 @@ pub const BEST_FILE: &str = "model_best.safetensors";
 const FORMAT: &str = "kdna-checkpoint";
 const METADATA_KEY: &str = "kdna";
 const MOMENTUM_PREFIX: &str = "optimizer.";
+const SECOND_MOMENT_PREFIX: &str = "optimizer_sq.";
 
 /// What a checkpoint records beside its tensors.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -63,17 +65,22 @@ pub struct Checkpoint {
     pub info: CheckpointInfo,
     pub weights: StateDict,
     pub momentum: BTreeMap<String, HostTensor>,
+    /// AdamW's second moment (empty for SGD).
+    pub second_moment: BTreeMap<String, HostTensor>,
 }
 
+/// Saves `weights` and the optimizer's `[momentum, second moment]` (the second empty for SGD).
 pub fn save(
     path: &Path,
     info: &CheckpointInfo,
     weights: &StateDict,
-    momentum: &BTreeMap<String, HostTensor>,
+    [momentum, second_moment]: &[BTreeMap<String, HostTensor>; 2],
 ) -> Result<()> {
     let mut all = weights.clone();
-    for (k, t) in momentum {
-        all.floats.insert(format!("{MOMENTUM_PREFIX}{k}"), t.clone());
+    for (prefix, moment) in [(MOMENTUM_PREFIX, momentum), (SECOND_MOMENT_PREFIX, second_moment)] {
+        for (k, t) in moment {
+            all.floats.insert(format!("{prefix}{k}"), t.clone());
+        }
     }
     let metadata = HashMap::from([(METADATA_KEY.to_string(), serde_json::to_string(info)?)]);
     all.save_with_metadata(path, Some(metadata)).with_context(|| format!("saving checkpoint {}", path.display()))
@@ -101,11 +108,11 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             info.version
         );
     }
-    let keys: Vec<String> = dict.floats.keys().filter(|k| k.starts_with(MOMENTUM_PREFIX)).cloned().collect();
-    let mut momentum = BTreeMap::new();
-    for k in keys {
-        let t = dict.floats.remove(&k).expect("listed");
-        momentum.insert(k[MOMENTUM_PREFIX.len()..].to_string(), t);
-    }
-    Ok(Checkpoint { info, weights: dict, momentum })
+    let mut take = |prefix: &str| -> BTreeMap<String, HostTensor> {
+        let keys: Vec<String> = dict.floats.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        keys.into_iter().map(|k| (k[prefix.len()..].to_string(), dict.floats.remove(&k).expect("listed"))).collect()
+    };
+    let momentum = take(MOMENTUM_PREFIX);
+    let second_moment = take(SECOND_MOMENT_PREFIX);
+    Ok(Checkpoint { info, weights: dict, momentum, second_moment })
 }

@@ -21,6 +21,8 @@ use crate::gpu::Gpu;
 use crate::graph::{Executor, Graph, Plan, StepStats, Weights};
 use crate::io::StateDict;
 use crate::models::{Arch, ModelSpec, Network, build, pretrained};
+use crate::ops::Optimizer;
+use crate::ops::adamw::AdamW;
 use crate::ops::sgd::Sgd;
 use crate::telemetry::recorder::PROBE_IMAGES;
 use crate::telemetry::{RecordKind, Recorder};
@@ -42,6 +44,11 @@ pub struct TrainConfig {
     pub eta_min: f64,
     pub weight_decay: f64,
     pub momentum: f64,
+    /// `sgd` or `adamw`.
+    pub optimizer: String,
+    /// AdamW's moment decays and epsilon.
+    pub betas: [f64; 2],
+    pub eps: f64,
     pub batch_size: usize,
     pub workers: usize,
     pub print_freq: usize,
@@ -60,6 +67,8 @@ pub struct TrainConfig {
     pub progress: bool,
     /// Steps between telemetry records (0: no telemetry).
     pub telemetry_every: usize,
+    /// Stochastic-depth probability of the last block (ConvNeXt).
+    pub drop_path: f32,
 }
 
 /// How a run ended.
@@ -149,7 +158,7 @@ struct Trainer {
     gpu: Arc<Gpu>,
     cfg: TrainConfig,
     spec: ModelSpec,
-    sgd: Sgd,
+    optimizer: Optimizer,
     nets: Vec<(usize, TrainNet)>,
 }
 
@@ -158,7 +167,7 @@ impl Trainer {
         if !self.nets.iter().any(|(b, _)| *b == batch) {
             let weights = self.nets.first().map(|(_, n)| n.exe.weights().clone());
             let net = build(self.spec, batch, self.cfg.res, self.cfg.label_smoothing as f32)?;
-            let mut plan = Plan::train(net.loss, self.sgd);
+            let mut plan = Plan::train(net.loss, self.optimizer);
             plan.frozen = frozen_params(&net.graph, self.cfg.train_only_adapters);
             let exe = match weights {
                 Some(w) => Executor::with_weights(self.gpu.clone(), &net.graph, plan, w)?,
@@ -189,21 +198,33 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
     if cfg.epochs == 0 {
         bail!("--epochs must be at least 1");
     }
-    let spec = ModelSpec { arch: cfg.arch, kdna: !cfg.baseline, classes: dataset.classes };
+    let spec = ModelSpec { arch: cfg.arch, kdna: !cfg.baseline, classes: dataset.classes, drop_path: cfg.drop_path };
     let schedule = Schedule { lr: cfg.lr, eta_min: cfg.eta_min, epochs: cfg.epochs, warmup_epochs: cfg.warmup_epochs };
-    let sgd = Sgd {
-        lr: schedule.lr_at(0) as f32,
-        momentum: cfg.momentum as f32,
-        dampening: 0.0,
-        weight_decay: cfg.weight_decay as f32,
-        nesterov: false,
+    let optimizer: Optimizer = match cfg.optimizer.as_str() {
+        "adamw" => AdamW {
+            lr: schedule.lr_at(0) as f32,
+            beta1: cfg.betas[0] as f32,
+            beta2: cfg.betas[1] as f32,
+            eps: cfg.eps as f32,
+            weight_decay: cfg.weight_decay as f32,
+        }
+        .into(),
+        "sgd" => Sgd {
+            lr: schedule.lr_at(0) as f32,
+            momentum: cfg.momentum as f32,
+            dampening: 0.0,
+            weight_decay: cfg.weight_decay as f32,
+            nesterov: false,
+        }
+        .into(),
+        other => bail!("unknown optimizer {other:?}; kdna has sgd and adamw"),
     };
     // Load what a resume needs first: a bad checkpoint fails before any work.
     let resume = cfg.resume.as_deref().map(checkpoint::load).transpose()?;
     if cfg.train_only_adapters && cfg.baseline {
         bail!("--train-only adapters needs a KernelDNA network (drop --baseline)");
     }
-    let mut trainer = Trainer { gpu: gpu.clone(), cfg: cfg.clone(), spec, sgd, nets: Vec::new() };
+    let mut trainer = Trainer { gpu: gpu.clone(), cfg: cfg.clone(), spec, optimizer, nets: Vec::new() };
     trainer.net(cfg.batch_size)?;
     let (start_epoch, mut best_acc1) = initialise(&trainer, &cfg, &resume)?;
     if start_epoch >= cfg.epochs {
@@ -293,7 +314,8 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
             args: serde_json::to_value(&cfg)?,
             ..CheckpointInfo::new_v1()
         };
-        checkpoint::save(&cfg.ckpt_dir.join(CHECKPOINT_FILE), &info, &state, &weights.export_momentum(&gpu)?)?;
+        let moments = [weights.export_momentum(&gpu)?, weights.export_second_moment(&gpu)?];
+        checkpoint::save(&cfg.ckpt_dir.join(CHECKPOINT_FILE), &info, &state, &moments)?;
         if improved {
             state.save(&cfg.ckpt_dir.join(BEST_FILE))?;
         }
@@ -333,9 +355,18 @@ fn initialise(trainer: &Trainer, cfg: &TrainConfig, resume: &Option<Checkpoint>)
                 trainer.spec.classes
             )
         })?;
+        let saved = ck.info.args.get("optimizer").and_then(|o| o.as_str()).unwrap_or("sgd");
+        if saved != cfg.optimizer {
+            bail!("{} was trained with --opt {saved}; resume it with the same optimizer", path.display());
+        }
         weights
             .import_momentum(gpu, &ck.momentum, ck.info.optimizer_steps)
             .with_context(|| format!("{}: optimizer state", path.display()))?;
+        if cfg.optimizer == "adamw" {
+            weights
+                .import_second_moment(gpu, &ck.second_moment)
+                .with_context(|| format!("{}: optimizer state", path.display()))?;
+        }
         return Ok((ck.info.epoch, ck.info.best_acc1));
     }
     weights.initialise(gpu, graph, cfg.seed);
@@ -396,6 +427,7 @@ fn train_epoch(
         current = Some(size);
         let net = trainer.net(size)?;
         net.exe.set_lr(lr as f32);
+        write_drop_masks(net, cfg.seed, epoch, meter.done + meter.sizes.len())?;
         net.exe.write(net.net.images, &batch.images)?;
         net.exe.write_labels(net.net.labels, &batch.labels)?;
         net.exe.step()?;
@@ -432,6 +464,26 @@ fn train_epoch(
         say(run, &format!("epoch {}: skipped {skipped} unreadable images (see log.txt)", epoch + 1))?;
     }
     Ok((meter.images, waited))
+}
+
+/// Draws this step's stochastic-depth masks: sample n of layer l keeps its residual branch with
+/// probability 1 - p, seeded by (seed, epoch, step, layer, sample), so a resumed run draws the
+/// same.
+fn write_drop_masks(net: &TrainNet, seed: u64, epoch: usize, step: usize) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    for (layer, &(mask, p)) in net.net.drop_paths.iter().enumerate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(crate::data::loader::mix(&[
+            seed,
+            0x64_726f_70,
+            epoch as u64,
+            step as u64,
+            layer as u64,
+        ]));
+        let batch = net.net.graph.shape(mask)[0];
+        let keep: Vec<f32> = (0..batch).map(|_| if rng.random::<f32>() < p { 0.0 } else { 1.0 }).collect();
+        net.exe.write(mask, &keep)?;
+    }
+    Ok(())
 }
 
 /// Running loss and accuracy of an epoch, logged every `print_freq` steps.
@@ -581,7 +633,7 @@ pub fn evaluate_checkpoint(
     if ds.classes != info.num_classes {
         bail!("{} was trained on {} classes; {} has {}", path.display(), info.num_classes, ds.kind, ds.classes);
     }
-    let spec = ModelSpec { arch, kdna: !info.baseline, classes: info.num_classes };
+    let spec = ModelSpec { arch, kdna: !info.baseline, classes: info.num_classes, drop_path: 0.0 };
     let lc = validation_loader_config(ds.kind, info.res, batch, workers, false);
     // Check the weights fit before folding (a clear error naming keys).
     let probe = build(spec, 1, info.res, 0.0)?;
