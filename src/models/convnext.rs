@@ -196,8 +196,8 @@ const TINY: [(usize, usize); 4] = [(96, 3), (192, 3), (384, 9), (768, 3)];
 pub const MIN_RES: usize = 32;
 
 /// torchvision's `convnext_tiny` (`--baseline`) or kdna's KernelDNA variant (stage 3 as block0
-/// + 4 kid/parent pairs, stage 4 as block0 + 1 kid + last block). Stochastic depth follows
-/// torchvision's schedule: block i of the 18 drops with probability `drop_path * i / 17`.
+/// and 4 kid/parent pairs, stage 4 as block0, 1 kid and the last block). Stochastic depth
+/// follows torchvision's schedule: block i of the 18 drops with probability `drop_path * i / 17`.
 pub fn convnext_tiny(g: &mut Graph, images: TensorId, classes: usize, kdna: bool, drop_path: f32) -> Result<TensorId> {
     let res = g.shape(images)[2].min(g.shape(images)[3]);
     if res < MIN_RES {

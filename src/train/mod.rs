@@ -474,7 +474,7 @@ fn write_drop_masks(net: &TrainNet, seed: u64, epoch: usize, step: usize) -> Res
     for (layer, &(mask, p)) in net.net.drop_paths.iter().enumerate() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(crate::data::loader::mix(&[
             seed,
-            0x64_726f_70,
+            0x6472_6f70,
             epoch as u64,
             step as u64,
             layer as u64,
