@@ -132,10 +132,8 @@ struct ParityArgs {
 }
 
 fn parse_no_drop_path(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(p) if p == 0.0 => Ok(0.0),
-        _ => Err(format!("parity runs without stochastic depth; --drop-path {s} is not 0")),
-    }
+    let zero = s.parse::<f64>().is_ok_and(|p| p == 0.0);
+    if zero { Ok(0.0) } else { Err(format!("parity runs without stochastic depth; --drop-path {s} is not 0")) }
 }
 
 /// Defaults of `kdna train` for the embedded set (no --data) and, with --data, main.py's.
