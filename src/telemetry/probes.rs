@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::graph::{Graph, Role, TensorId};
 use crate::ops::modulate::Modulate;
 
-/// Energy maps are summed over square blocks of channels so that neither side exceeds this
-/// (energy is additive, so a block's value is exact: the sum over its channels).
+/// Energy maps are summed over blocks of ceil(C / this) channels along each side, so neither
+/// side exceeds this (energy is additive, so a block's value is exact: the sum over its channels).
 pub const MAX_ENERGY_CELLS: usize = 64;
 
 /// A router of the network, as the manifest describes it.
