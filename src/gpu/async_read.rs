@@ -25,10 +25,6 @@ impl AsyncRead {
         AsyncRead { sources, staging, mapped: Arc::new(AtomicBool::new(false)), pending: false }
     }
 
-    pub fn is_pending(&self) -> bool {
-        self.pending
-    }
-
     /// Queues copies of every source, ordered after all work submitted so far.
     pub fn start(&mut self, gpu: &Gpu) -> Result<()> {
         if self.pending {

@@ -463,7 +463,6 @@ fn optimizer_dispatches(
     let align = limits.min_storage_buffer_offset_alignment as u64;
     let max_chunk = (limits.max_storage_buffer_binding_size / align * align).max(align);
     let [params, grads, velocity] = weights.arenas();
-    let second = matches!(optimizer, Optimizer::AdamW(_)).then(|| weights.second_moment(gpu));
     // Trainable byte ranges, merged where only alignment padding separates them.
     let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
     for name in weights.names.iter().filter(|n| !frozen.contains(*n)) {
@@ -480,12 +479,12 @@ fn optimizer_dispatches(
             let size = max_chunk.min(range.end - offset);
             let part = |s: &GpuSlice| GpuSlice { buffer: s.buffer.clone(), offset, size };
             let (p, g, m) = (part(&params), part(&grads), part(&velocity));
-            match (optimizer, &second) {
-                (Optimizer::Sgd(sgd), _) => out.extend(sgd.dispatches(gpu, &p, &g, &m, true)),
-                (Optimizer::AdamW(adamw), Some(v)) => {
-                    out.push((adamw.dispatch(gpu, [&p, &g, &m, &part(v)], 1), p.len()));
+            match optimizer {
+                Optimizer::Sgd(sgd) => out.extend(sgd.dispatches(gpu, &p, &g, &m, true)),
+                Optimizer::AdamW(adamw) => {
+                    let v = part(&weights.second_moment(gpu));
+                    out.push((adamw.dispatch(gpu, [&p, &g, &m, &v], 1), p.len()));
                 }
-                (Optimizer::AdamW(_), None) => unreachable!("AdamW's second moment is allocated above"),
             }
             offset += size;
         }

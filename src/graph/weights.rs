@@ -122,16 +122,29 @@ impl Weights {
     /// Restores momentum saved by [`Weights::export_momentum`] (every parameter's, with its
     /// shape) and the number of optimizer steps taken, so the next step is not a first step.
     pub fn import_momentum(&self, gpu: &Gpu, momentum: &BTreeMap<String, HostTensor>, steps: u64) -> Result<()> {
+        self.import_arena(gpu, &self.velocity, "momentum", momentum)?;
+        self.optimizer_steps.store(steps, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes every parameter's `values` into `arena`, after checking each is there with the
+    /// parameter's shape (`what` names the values in errors).
+    fn import_arena(
+        &self,
+        gpu: &Gpu,
+        arena: &wgpu::Buffer,
+        what: &str,
+        values: &BTreeMap<String, HostTensor>,
+    ) -> Result<()> {
         for name in &self.names {
-            let t = momentum.get(name).ok_or_else(|| anyhow::anyhow!("no momentum for parameter {name:?}"))?;
+            let t = values.get(name).ok_or_else(|| anyhow::anyhow!("no {what} for parameter {name:?}"))?;
             if t.shape != self.slots[name].shape {
-                bail!("momentum of {name:?} has shape {:?}, the parameter {:?}", t.shape, self.slots[name].shape);
+                bail!("{what} of {name:?} has shape {:?}, the parameter {:?}", t.shape, self.slots[name].shape);
             }
         }
         for name in &self.names {
-            gpu.write(&self.slice(&self.velocity, name).expect("known"), &momentum[name].data);
+            gpu.write(&self.slice(arena, name).expect("known"), &values[name].data);
         }
-        self.optimizer_steps.store(steps, Ordering::Relaxed);
         Ok(())
     }
 
@@ -273,19 +286,7 @@ impl Weights {
 
     /// Restores a second moment saved by [`Weights::export_second_moment`].
     pub fn import_second_moment(&self, gpu: &Gpu, moment: &BTreeMap<String, HostTensor>) -> Result<()> {
-        for name in &self.names {
-            let t = moment.get(name).ok_or_else(|| anyhow::anyhow!("no second moment for parameter {name:?}"))?;
-            if t.shape != self.slots[name].shape {
-                bail!("second moment of {name:?} has shape {:?}, the parameter {:?}", t.shape, self.slots[name].shape);
-            }
-        }
-        let arena = self.second_moment(gpu);
-        for name in &self.names {
-            let range = self.byte_range(name).expect("known");
-            let slice = GpuSlice { buffer: arena.buffer.clone(), offset: range.start, size: range.end - range.start };
-            gpu.write(&slice, &moment[name].data);
-        }
-        Ok(())
+        self.import_arena(gpu, &self.second_moment(gpu).buffer, "second moment", moment)
     }
 
     pub fn optimizer_steps(&self) -> u64 {

@@ -41,6 +41,14 @@ impl BlockInit {
     }
 }
 
+/// A LayerNorm's parameters `prefix.weight` (ones) and `prefix.bias` (zeros) over `c` channels.
+fn layernorm_params(g: &mut Graph, prefix: &str, c: usize) -> Result<(TensorId, TensorId)> {
+    Ok((
+        g.param_init(&key(prefix, "weight"), &[c], Init::Ones)?,
+        g.param_init(&key(prefix, "bias"), &[c], Init::Zeros)?,
+    ))
+}
+
 /// The parameters of a `CNBlock` named `prefix` at `c` channels.
 #[derive(Clone, Debug)]
 pub struct CnBlock {
@@ -71,11 +79,14 @@ impl CnBlock {
         init: BlockInit,
     ) -> Result<CnBlock> {
         let k = |name: &str| key(prefix, name);
+        let dw_weight = g.param_init(&k("block.0.weight"), &[c, 1, 7, 7], init.weight(49))?;
+        let dw_bias = g.param_init(&k("block.0.bias"), &[c], init.bias(49))?;
+        let (ln_weight, ln_bias) = layernorm_params(g, &k("block.2"), c)?;
         Ok(CnBlock {
-            dw_weight: g.param_init(&k("block.0.weight"), &[c, 1, 7, 7], init.weight(49))?,
-            dw_bias: g.param_init(&k("block.0.bias"), &[c], init.bias(49))?,
-            ln_weight: g.param_init(&k("block.2.weight"), &[c], Init::Ones)?,
-            ln_bias: g.param_init(&k("block.2.bias"), &[c], Init::Zeros)?,
+            dw_weight,
+            dw_bias,
+            ln_weight,
+            ln_bias,
             pw1: g.param_init(&k("block.3.weight"), &[4 * c, c], init.weight(c))?,
             pw1_bias: g.param_init(&k("block.3.bias"), &[4 * c], init.bias(c))?,
             pw2: g.param_init(&k("block.5.weight"), &[c, 4 * c], init.weight(4 * c))?,
@@ -121,8 +132,7 @@ pub fn convnext_kid(g: &mut Graph, x: TensorId, prefix: &str, w1: TensorId, w2: 
     let c = g.shape(x)[1];
     let dw_weight = g.param_init(&k("dwconv.weight"), &[c, 1, 7, 7], default_bias(49))?;
     let dw_bias = g.param_init(&k("dwconv.bias"), &[c], default_bias(49))?;
-    let ln_weight = g.param_init(&k("norm.weight"), &[c], Init::Ones)?;
-    let ln_bias = g.param_init(&k("norm.bias"), &[c], Init::Zeros)?;
+    let (ln_weight, ln_bias) = layernorm_params(g, &k("norm"), c)?;
     let pw1_bias = g.param_init(&k("pw1_bias"), &[4 * c], Init::Zeros)?;
     let pw2_bias = g.param_init(&k("pw2_bias"), &[c], Init::Zeros)?;
     let gamma = g.param_init(&k("layer_scale"), &[c, 1, 1], Init::Constant(1e-6))?;
@@ -207,9 +217,7 @@ pub fn convnext_tiny(g: &mut Graph, images: TensorId, classes: usize, kdna: bool
     }
     let init = BlockInit::Torchvision;
     let layernorm2d = |g: &mut Graph, x: TensorId, prefix: &str| -> Result<TensorId> {
-        let c = g.shape(x)[1];
-        let w = g.param_init(&key(prefix, "weight"), &[c], Init::Ones)?;
-        let b = g.param_init(&key(prefix, "bias"), &[c], Init::Zeros)?;
+        let (w, b) = layernorm_params(g, prefix, g.shape(x)[1])?;
         g.layernorm(x, w, b, 1e-6)
     };
     let conv = |g: &mut Graph, x: TensorId, prefix: &str, out: usize, kernel: usize| -> Result<TensorId> {

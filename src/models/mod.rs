@@ -45,14 +45,6 @@ impl Arch {
             _ => &[],
         }
     }
-
-    /// The smallest input resolution the network takes.
-    pub fn min_res(self) -> usize {
-        match self {
-            Arch::ConvNeXtTiny => convnext::MIN_RES,
-            _ => 1,
-        }
-    }
 }
 
 impl fmt::Display for Arch {

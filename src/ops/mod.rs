@@ -117,13 +117,6 @@ pub enum Optimizer {
 }
 
 impl Optimizer {
-    pub fn lr(&self) -> f32 {
-        match self {
-            Optimizer::Sgd(o) => o.lr,
-            Optimizer::AdamW(o) => o.lr,
-        }
-    }
-
     pub fn set_lr(&mut self, lr: f32) {
         match self {
             Optimizer::Sgd(o) => o.lr = lr,

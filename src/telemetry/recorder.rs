@@ -147,11 +147,9 @@ impl Recorder {
     }
 
     fn complete(&mut self, wait: bool) -> Result<()> {
-        if self.pending.is_none() {
-            return Ok(());
-        }
+        // The read is pending exactly when a record is.
         let Some(values) = self.read.take(&self.gpu, wait)? else { return Ok(()) };
-        let mut record = self.pending.take().expect("pending");
+        let mut record = self.pending.take().expect("a record for the read");
         let (train_gates, rest) = values.split_at(self.routers.len());
         let (probe_gates, params) = rest.split_at(self.probe_gates.len());
         for ((r, gates), probe) in self.routers.iter().zip(train_gates).zip(probe_gates) {

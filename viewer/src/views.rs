@@ -256,31 +256,24 @@ pub fn child_view(ui: &mut Ui, run: &Run, child: &ChildInfo, sel: &Selection, ma
                 value_grid(ui, t, child.kh, child.kw, &|v| scale.color(v), &|v| format!("{v:.2}"));
             }
         });
-        ui.vertical(|ui| {
+        let cells = if child.cell == [1, 1] {
+            "per output (rows) x input (columns) channel".to_string()
+        } else {
+            format!("per {}x{} block of output (rows) x input (columns) channels", child.cell[0], child.cell[1])
+        };
+        // One of the child's energy maps (`what`: energy or delta), on a log scale.
+        let energy_map = |ui: &mut Ui, what: &str, title: &str| {
             let [rows, cols] = child.cells();
-            let cells = if child.cell == [1, 1] {
-                "per output (rows) x input (columns) channel".to_string()
-            } else {
-                format!("per {}x{} block of output (rows) x input (columns) channels", child.cell[0], child.cell[1])
-            };
-            if let Some(e) = tensor(record, &key("energy")) {
-                let scale = Scale::fit_log(e);
-                ui.label(format!("child energy {cells}, {}", scale.describe()));
-                heatmap(ui, &format!("energy-{}", child.name), e, rows, cols, scale, map, &|r, c, v| {
+            if let Some(values) = tensor(record, &key(what)) {
+                let scale = Scale::fit_log(values);
+                ui.label(format!("{title}, {}", scale.describe()));
+                heatmap(ui, &format!("{what}-{}", child.name), values, rows, cols, scale, map, &|r, c, v| {
                     format!("outputs {}.., inputs {}..: {v:.4e}", r * child.cell[0], c * child.cell[1])
                 });
             }
-        });
-        ui.vertical(|ui| {
-            let [rows, cols] = child.cells();
-            if let Some(d) = tensor(record, &key("delta")) {
-                let scale = Scale::fit_log(d);
-                ui.label(format!("energy of child − parent, {}", scale.describe()));
-                heatmap(ui, &format!("delta-{}", child.name), d, rows, cols, scale, map, &|r, c, v| {
-                    format!("outputs {}.., inputs {}..: {v:.4e}", r * child.cell[0], c * child.cell[1])
-                });
-            }
-        });
+        };
+        ui.vertical(|ui| energy_map(ui, "energy", &format!("child energy {cells}")));
+        ui.vertical(|ui| energy_map(ui, "delta", "energy of child − parent"));
     });
     let bar_height = 110.0;
     ui.horizontal(|ui| {
