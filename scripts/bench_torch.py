@@ -29,6 +29,7 @@ ARCHS = {
     "resnet50": lambda kdna, n: kdna_ref.resnet50(kdna, n),
     "mobilenet_v2": lambda kdna, n: kdna_ref.mobilenet_v2(kdna, 1.0, n),
     "mobilenet_v2_1d2": lambda kdna, n: kdna_ref.mobilenet_v2(kdna, 0.5, n),
+    "convnext_tiny": lambda kdna, n: kdna_ref.convnext_tiny(kdna, n),
 }
 
 

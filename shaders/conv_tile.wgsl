@@ -504,3 +504,104 @@ fn reduce_weight_partials_taps(@builtin(global_invocation_id) gid: vec3<u32>, @b
     let t = full_tap(tap / p.kernel_w, tap % p.kernel_w);
     store_weight_quad(co, quad, t, chunk_sum(co, tap, quad), 1u);
 }
+
+// ---------------------------------------------------------------- workgroup-memory tiles
+// Real GPUs: each workgroup computes SHARED_PIXELS batch-wide pixels x 64 output channels (one
+// packed weight tile of pack_weight_forward / pack_weight_backward with tile = 64), staging
+// SHARED_STEPS (tap, input quad) steps of inputs and weights at a time in workgroup memory, so
+// each input and weight vec4 is loaded from memory once per workgroup instead of once per
+// invocation. An invocation holds 8 pixels x 4 channels. Every result sums its terms in the
+// same order as the register-tile kernels above (steps in tap, quad order; lanes x, y, z, w).
+const SHARED_PIXELS: u32 = 128u;
+const SHARED_STEPS: u32 = 4u;
+const SHARED_CHANNELS: u32 = 64u;
+var<workgroup> shared_x: array<vec4<f32>, 512>; // [step][pixel]
+var<workgroup> shared_w: array<vec4<f32>, 256>; // [step][input lane][channel quad]
+
+// The first of the 16 vec4s (64 channels x 4 input lanes) of step s of weight tile t, in
+// pack_weight_forward's layout (the inverse of packed_source).
+fn packed_step(t: u32, s: u32) -> u32 {
+    let tap = s / p.in_quads;
+    let quad = s % p.in_quads;
+    var b: u32;
+    var k: u32;
+    if (p.in_quads <= STEPS) {
+        let per = STEPS / p.in_quads;
+        b = tap / per;
+        k = (tap % per) * p.in_quads + quad;
+    } else {
+        b = tap * ((p.in_quads + STEPS - 1u) / STEPS) + quad / STEPS;
+        k = quad % STEPS;
+    }
+    return (t * weight_blocks() + b) * BLOCK_VEC4S + k * SHARED_CHANNELS;
+}
+
+// Where step s reads in the input copy, relative to a pixel's window.
+fn step_offset(s: u32) -> u32 {
+    let tap = s / p.in_quads;
+    return ((tap / p.kernel_w) * p.in_w + tap % p.kernel_w) * p.in_quads + s % p.in_quads;
+}
+
+// Workgroups: ceil(batch * out_h * out_w / SHARED_PIXELS) (x, y) x out_pad / 64 (z).
+@compute @workgroup_size(256)
+fn conv_shared_forward(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let total = p.batch * p.out_h * p.out_w;
+    let last = total - 1u;
+    let q0 = (wid.x + wid.y * nwg.x) * SHARED_PIXELS;
+    let t = wid.z;
+    // Loading: this invocation's step within a stage and its two pixels.
+    let load_step = lid % SHARED_STEPS;
+    let load_px = lid / SHARED_STEPS;
+    let window0 = window(min(q0 + load_px, last));
+    let window1 = window(min(q0 + load_px + 64u, last));
+    // Computing: four output channels and eight pixels, 16 apart.
+    let cq = lid % 16u;
+    let tp = lid / 16u;
+    let c = t * SHARED_CHANNELS + 4u * cq;
+    var a: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        a[i] = initial_forward(q0 + tp + 16u * i, c);
+    }
+    let steps = p.kernel_h * p.kernel_w * p.in_quads;
+    for (var s0 = 0u; s0 < steps; s0 += SHARED_STEPS) {
+        let s = s0 + load_step;
+        var x0 = vec4<f32>();
+        var x1 = vec4<f32>();
+        if (s < steps) {
+            let off = step_offset(s);
+            x0 = tf_x[window0 + off];
+            x1 = tf_x[window1 + off];
+        }
+        shared_x[load_step * SHARED_PIXELS + load_px] = x0;
+        shared_x[load_step * SHARED_PIXELS + load_px + 64u] = x1;
+        let ws = s0 + lid / 64u;
+        var w = vec4<f32>();
+        if (ws < steps) {
+            w = ts_w[packed_step(t, ws) + lid % 64u];
+        }
+        shared_w[lid] = w;
+        workgroupBarrier();
+        let n = min(SHARED_STEPS, steps - s0);
+        for (var k = 0u; k < n; k++) {
+            let w0 = shared_w[k * 64u + cq];
+            let w1 = shared_w[k * 64u + 16u + cq];
+            let w2 = shared_w[k * 64u + 32u + cq];
+            let w3 = shared_w[k * 64u + 48u + cq];
+            for (var i = 0u; i < 8u; i++) {
+                let x = shared_x[k * SHARED_PIXELS + tp + 16u * i];
+                a[i] += x.x * w0;
+                a[i] += x.y * w1;
+                a[i] += x.z * w2;
+                a[i] += x.w * w3;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 8u; i++) {
+        store_forward(q0 + tp + 16u * i, c, a[i]);
+    }
+}

@@ -111,43 +111,62 @@ fn conv2d_matches_reference() {
 
 /// The ways an ungrouped conv reads its weights (uniform blocks, one dispatch each; all from
 /// storage in one dispatch; the same with subgroup broadcasts, which the weight gradient uses
-/// too) sum in the same order, so which one a shape gets never changes a result: forward with
-/// bias, an input gradient added to one already there, and the weight gradient.
+/// too; workgroup-memory tiles) sum in the same order, so which one a shape gets never changes
+/// a result: forward with bias, an input gradient added to one already there, and the weight
+/// gradient. Shapes: more input quads than a weight block's steps, a stride, fewer outputs
+/// than a tile; and several pixel and channel tiles, each with a ragged end.
 #[test]
 fn conv_weight_paths_agree_bit_for_bit() {
     let gpu = gpu();
     assert!(gpu.subgroups, "the test adapter has no subgroups of eight lanes: the broadcast path goes untested");
-    let shape = Conv2dShape::new(&[2, 300, 9, 7], &[40, 300, 3, 3], Conv2dConfig::new(2, 1)).unwrap();
-    let mut rng = rng(7);
-    let numel = |s: &[usize]| s.iter().product::<usize>();
-    let x = gpu.upload("x", &to_f32(&randn(&mut rng, numel(&[2, 300, 9, 7]))));
-    let w = gpu.upload("w", &to_f32(&randn(&mut rng, numel(&shape.weight()))));
-    let bias = gpu.upload("bias", &to_f32(&randn(&mut rng, 40)));
-    let dy = gpu.upload("dy", &to_f32(&randn(&mut rng, numel(&shape.output()))));
-    let dx_start = to_f32(&randn(&mut rng, numel(&[2, 300, 9, 7])));
-    let reads = [WeightReads::UniformBlocks, WeightReads::Storage, WeightReads::SubgroupStorage];
-    let results = reads.map(|reads| {
-        let plan = GemmPlan::new(&shape).with_weight_reads(reads);
-        let scratch: Vec<_> = plan.scratch(true).iter().map(|&n| gpu.storage("scratch", n)).collect();
-        let scratch: Vec<_> = scratch.iter().collect();
-        let y = gpu.storage("y", numel(&shape.output()));
-        let dx = gpu.upload("dx", &dx_start);
-        let dw = gpu.storage("dw", numel(&shape.weight()));
-        let mut dispatches = plan.forward(&gpu, [&x, &w, &bias, &y], true, &scratch);
-        dispatches.extend(plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch));
-        dispatches.extend(plan.backward_weight(&gpu, [&dy, &dw], false, &scratch));
-        gpu.run(&dispatches);
-        [&y, &dx, &dw].map(|b| gpu.read::<f32>(b).unwrap())
-    });
-    let differing = |a: &[f32], b: &[f32]| a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
-    for (r, result) in reads.iter().zip(&results).skip(1) {
-        for (name, (a, b)) in ["forward", "input-gradient", "weight-gradient"].iter().zip(results[0].iter().zip(result))
-        {
-            assert_eq!(differing(a, b), 0, "{name} values that differ between {:?} and {r:?}", reads[0]);
+    let cases = [
+        ([2, 300, 9, 7], [40, 300, 3, 3], Conv2dConfig::new(2, 1)),
+        ([3, 20, 13, 11], [130, 20, 3, 3], Conv2dConfig::new(1, 1)),
+    ];
+    for (i, (xs, ws, cfg)) in cases.into_iter().enumerate() {
+        let shape = Conv2dShape::new(&xs, &ws, cfg).unwrap();
+        let mut rng = rng(7 + i as u64);
+        let numel = |s: &[usize]| s.iter().product::<usize>();
+        let (xv, wv) = (f32_exact(randn(&mut rng, numel(&xs))), f32_exact(randn(&mut rng, numel(&ws))));
+        let (bv, dyv) = (f32_exact(randn(&mut rng, ws[0])), f32_exact(randn(&mut rng, numel(&shape.output()))));
+        let [x, w, bias, dy] = [&xv, &wv, &bv, &dyv].map(|v| gpu.upload("input", &to_f32(v)));
+        let dx_start = to_f32(&randn(&mut rng, numel(&xs)));
+        let reads = [
+            WeightReads::UniformBlocks,
+            WeightReads::Storage,
+            WeightReads::SubgroupStorage,
+            WeightReads::WorkgroupTiles,
+        ];
+        let results = reads.map(|reads| {
+            let plan = GemmPlan::new(&shape).with_weight_reads(reads);
+            let scratch: Vec<_> = plan.scratch(true).iter().map(|&n| gpu.storage("scratch", n)).collect();
+            let scratch: Vec<_> = scratch.iter().collect();
+            let y = gpu.storage("y", numel(&shape.output()));
+            let dx = gpu.upload("dx", &dx_start);
+            let dw = gpu.storage("dw", numel(&shape.weight()));
+            let mut dispatches = plan.forward(&gpu, [&x, &w, &bias, &y], true, &scratch);
+            dispatches.extend(plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch));
+            dispatches.extend(plan.backward_weight(&gpu, [&dy, &dw], false, &scratch));
+            gpu.run(&dispatches);
+            [&y, &dx, &dw].map(|b| gpu.read::<f32>(b).unwrap())
+        });
+        let differing = |a: &[f32], b: &[f32]| a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        for (r, result) in reads.iter().zip(&results).skip(1) {
+            for (name, (a, b)) in
+                ["forward", "input-gradient", "weight-gradient"].iter().zip(results[0].iter().zip(result))
+            {
+                assert_eq!(differing(a, b), 0, "case {i}: {name} values that differ between {:?} and {r:?}", reads[0]);
+            }
         }
+        // And they are right.
+        let [y, dx, dw] = &results[0];
+        let (want_dx, want_dw, _) = r::conv2d::backward(&shape, &xv, &wv, &dyv);
+        let added: Vec<f64> = dx.iter().zip(&dx_start).map(|(a, b)| (a - b) as f64).collect();
+        let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        assert_close(&format!("case {i} y"), &wide(y), &r::conv2d::forward(&shape, &xv, &wv, Some(&bv)), TOL);
+        assert_close(&format!("case {i} dx"), &added, &want_dx, TOL);
+        assert_close(&format!("case {i} dw"), &wide(dw), &want_dw, TOL);
     }
-    let [y, dx, dw] = &results[0];
-    assert!(y.iter().any(|&v| v != 0.0) && *dx != dx_start && dw.iter().any(|&v| v != 0.0), "nothing was computed");
 }
 
 #[test]

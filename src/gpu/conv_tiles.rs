@@ -16,6 +16,10 @@ pub const WEIGHT_TILES: [u32; 2] = [4, 8];
 pub const WEIGHT_TILE_OUT: u32 = 32;
 /// Invocations per workgroup of the tile kernels (`TILE_WORKGROUP` in the shader).
 pub const TILE_WORKGROUP: u32 = 16;
+/// Batch-wide pixels and output channels of one workgroup of `conv_shared_forward`
+/// (`SHARED_PIXELS`, `SHARED_CHANNELS` in the shader): its weights are packed in tiles of 64.
+pub const SHARED_PIXELS: u32 = 128;
+pub const SHARED_CHANNELS: u32 = 64;
 
 /// The forward entry point for tiles of `channels` output channels x `pixels` pixels, with
 /// the weights in uniform blocks or (`storage`) in one storage buffer.

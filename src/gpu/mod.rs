@@ -66,6 +66,9 @@ pub struct Gpu {
     pub info: AdapterSummary,
     /// Whether kernels may use subgroups (of at least eight lanes) on this device.
     pub subgroups: bool,
+    /// Whether convolutions stage their tiles in workgroup memory (real GPUs) rather than
+    /// holding large register tiles per invocation (software adapters).
+    pub workgroup_tiles: bool,
     kernels: kernel::KernelCache,
     buffers_created: AtomicU64,
     submissions: AtomicU64,
@@ -80,6 +83,14 @@ impl Gpu {
         // Subgroups of at least eight lanes let kernels share loads (conv_tile_subgroup);
         // KDNA_SUBGROUPS=0 turns them off (to compare, or to get round a driver's bug).
         let subgroups = info.subgroup_min_size >= 8 && std::env::var("KDNA_SUBGROUPS").map_or(true, |v| v != "0");
+        // Workgroup-memory tiles are essential on real GPUs and never win on software adapters,
+        // whose large per-invocation register tiles they would replace; KDNA_WORKGROUP_TILES=0
+        // or 1 overrides the choice (to compare, or to test both kernels on one adapter).
+        let workgroup_tiles = match std::env::var("KDNA_WORKGROUP_TILES").as_deref() {
+            Ok("0") => false,
+            Ok("1") => true,
+            _ => info.device_type != wgpu::DeviceType::Cpu,
+        };
         let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
             label: Some("kdna"),
             required_features: if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() },
@@ -95,6 +106,7 @@ impl Gpu {
             queue,
             info,
             subgroups,
+            workgroup_tiles,
             kernels: kernel::KernelCache::default(),
             buffers_created: AtomicU64::new(0),
             submissions: AtomicU64::new(0),

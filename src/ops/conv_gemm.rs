@@ -8,7 +8,8 @@ use std::ops::Range;
 
 use super::conv2d::Conv2dShape;
 use crate::gpu::conv_tiles::{
-    FORWARD_TILES, TILE_WORKGROUP, WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry, weight_entry,
+    FORWARD_TILES, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP, WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry,
+    weight_entry,
 };
 use crate::gpu::{Dispatch, Gpu, GpuSlice, grid, grid_of};
 
@@ -211,6 +212,9 @@ pub enum WeightReads {
     /// As `Storage`, each eight lanes of a subgroup loading eight values at once and sharing
     /// them by broadcast (family conv_tile_subgroup; also used by the weight gradient).
     SubgroupStorage,
+    /// Workgroups of 128 pixels x 64 channels that stage inputs and weights in workgroup
+    /// memory (`conv_shared_forward`; real GPUs, [`Gpu::workgroup_tiles`]).
+    WorkgroupTiles,
 }
 
 impl WeightReads {
@@ -251,8 +255,16 @@ fn tile_dispatches(
     if params.kernel_h * params.kernel_w > 0 {
         out.push(gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], grid(packed.len() / 4)));
     }
-    let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
     let channel_tiles = params.out_pad / channels;
+    if reads == WeightReads::WorkgroupTiles {
+        assert_eq!(channels, SHARED_CHANNELS, "workgroup tiles read weights packed in tiles of 64");
+        let groups = (params.batch * params.out_h * params.out_w).div_ceil(SHARED_PIXELS) as usize;
+        let [x, y, _] = grid_of(groups, 1);
+        let buffers = [input, packed, bias, output];
+        out.push(gpu.dispatch("conv_tile", "conv_shared_forward", &params, &buffers, [x, y, channel_tiles]));
+        return out;
+    }
+    let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
     if reads != WeightReads::UniformBlocks {
         let [x, y, _] = grid_of(pixel_tiles, TILE_WORKGROUP);
         out.push(gpu.dispatch(
@@ -352,7 +364,8 @@ fn used_taps(kernel: usize, pad: usize, stride: usize, size: usize, out: usize) 
 impl GemmPlan {
     /// The plan for `gpu`.
     pub fn for_device(shape: &Conv2dShape, gpu: &Gpu) -> GemmPlan {
-        GemmPlan::with_subgroups(shape, gpu.subgroups)
+        let plan = GemmPlan::with_subgroups(shape, gpu.subgroups);
+        if gpu.workgroup_tiles { plan.with_forward_reads(WeightReads::WorkgroupTiles) } else { plan }
     }
 
     /// The plan for a device with or without subgroups (of at least eight lanes).
@@ -411,7 +424,17 @@ impl GemmPlan {
     /// tests: every way sums in the same order).
     pub fn with_weight_reads(self, reads: WeightReads) -> GemmPlan {
         let weight_subgroups = reads == WeightReads::SubgroupStorage;
-        GemmPlan { forward_reads: reads, backward_reads: reads, weight_subgroups, ..self }
+        GemmPlan { weight_subgroups, ..self.with_forward_reads(reads) }
+    }
+
+    /// The same plan with the forward and input-gradient kernels reading their weights one way
+    /// (and packing them in the tiles that way needs), whatever the pixel count.
+    pub fn with_forward_reads(self, reads: WeightReads) -> GemmPlan {
+        let (forward_tile, backward_tile) = match reads {
+            WeightReads::WorkgroupTiles => ((SHARED_CHANNELS, 8), (SHARED_CHANNELS, 8)),
+            _ => (self.forward_tile, self.backward_tile),
+        };
+        GemmPlan { forward_reads: reads, backward_reads: reads, forward_tile, backward_tile, ..self }
     }
 
     /// The weight taps these kernels read, a bit per tap (row-major), for kernels of at most 32
