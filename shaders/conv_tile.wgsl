@@ -605,3 +605,63 @@ fn conv_shared_forward(
         store_forward(q0 + tp + 16u * i, c, a[i]);
     }
 }
+
+var<workgroup> shared_dy: array<vec4<f32>, 256>; // [pixel][output quad]
+var<workgroup> shared_xw: array<vec4<f32>, 256>; // [pixel][input quad]
+
+// The weight gradient's partial sums with workgroup-memory tiles (real GPUs): a workgroup sums
+// 64 output x 64 input channels of one tap over one chunk of pixels, staging 16 pixels of dy and
+// x at a time; an invocation holds one 4 x 4 block. Same chunks, same order (pixels in order,
+// `outer` per pixel) as conv_tile_weight_I, so the same partial sums.
+// Workgroups: taps * ceil(in_quads / 16) (x) x ceil(out_pad / 64) (y) x chunks (z).
+@compute @workgroup_size(256)
+fn conv_shared_weight(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let in_tiles = (p.in_quads + 15u) / 16u;
+    let tap = wid.x / in_tiles;
+    let iq0 = (wid.x % in_tiles) * 16u;
+    let oq0 = wid.y * 16u;
+    let chunk = wid.z;
+    let total = p.batch * p.out_h * p.out_w;
+    let start = chunk * p.chunk_len;
+    let end = min(total, start + p.chunk_len);
+    let pixels = p.out_h * p.out_w;
+    let tap_offset = ((tap / p.kernel_w) * p.in_w + tap % p.kernel_w) * p.in_quads;
+    let dy_h = select(p.out_h, p.store_h, p.store_h != 0u);
+    let dy_w = select(p.out_w, p.store_w, p.store_w != 0u);
+    let out_quads = p.out_pad / 4u;
+    // Loading: pixel j of a stage, quad u of its x and dy tiles.
+    let j = lid / 16u;
+    let u = lid % 16u;
+    let load_x = iq0 + u < p.in_quads;
+    let load_dy = oq0 + u < out_quads;
+    // Computing: output quad oq, input quad iq.
+    let oq = lid / 16u;
+    let iq = lid % 16u;
+    var m = mat4x4<f32>();
+    for (var q0 = start; q0 < end; q0 += 16u) {
+        let q = q0 + j;
+        var x = vec4<f32>();
+        var d = vec4<f32>();
+        if (q < end) {
+            let n = q / pixels;
+            let oy = (q % pixels) / p.out_w;
+            let ox = q % p.out_w;
+            let y = oy * p.stride_h + p.window_y0;
+            let col = ox * p.stride_w + p.window_x0;
+            if (load_x) { x = tw_x[((n * p.in_h + y) * p.in_w + col) * p.in_quads + tap_offset + iq0 + u]; }
+            let dp = (n * dy_h + oy + p.store_y0) * dy_w + ox + p.store_x0;
+            if (load_dy) { d = tw_dy[dp * out_quads + oq0 + u]; }
+        }
+        shared_xw[lid] = x;
+        shared_dy[lid] = d;
+        workgroupBarrier();
+        let n = min(16u, end - q0);
+        for (var k = 0u; k < n; k++) {
+            m += outer(shared_xw[k * 16u + iq], shared_dy[k * 16u + oq]);
+        }
+        workgroupBarrier();
+    }
+    if (oq0 + oq < out_quads && iq0 + iq < p.in_quads) {
+        store_weight_partial(chunk, tap, 4u * (oq0 + oq), iq0 + iq, m);
+    }
+}

@@ -232,6 +232,17 @@ impl WeightReads {
     }
 }
 
+/// The weight gradient's partial-sum kernels. All sum the same chunks in the same order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WeightKernel {
+    /// `conv_tile_weight_I`: 32 output x `weight_inputs` input channels per invocation.
+    Registers,
+    /// The same, each eight lanes of a subgroup sharing their dy loads by broadcast.
+    SubgroupRegisters,
+    /// `conv_shared_weight`: 64 x 64 channels per workgroup, staged in workgroup memory.
+    WorkgroupTiles,
+}
+
 /// Packs the weights into blocks, then runs the forward-style tile kernel: with uniform blocks,
 /// once per (output channel tile, weight block), in block order, each block adding to what the
 /// previous left (the first to the output already there when `params.accumulate`); else once
@@ -331,8 +342,8 @@ pub struct GemmPlan {
     /// How the forward and the input gradient read their weights.
     forward_reads: WeightReads,
     backward_reads: WeightReads,
-    /// Whether the weight gradient shares its dy loads across subgroups.
-    weight_subgroups: bool,
+    /// How the weight gradient computes its partial sums.
+    weight_kernel: WeightKernel,
 }
 
 /// Batch-wide pixels from which a pass with few channels takes a narrower tile. Below it the
@@ -365,7 +376,7 @@ impl GemmPlan {
     /// The plan for `gpu`.
     pub fn for_device(shape: &Conv2dShape, gpu: &Gpu) -> GemmPlan {
         let plan = GemmPlan::with_subgroups(shape, gpu.subgroups);
-        if gpu.workgroup_tiles { plan.with_forward_reads(WeightReads::WorkgroupTiles) } else { plan }
+        if gpu.workgroup_tiles { plan.with_weight_reads(WeightReads::WorkgroupTiles) } else { plan }
     }
 
     /// The plan for a device with or without subgroups (of at least eight lanes).
@@ -374,7 +385,7 @@ impl GemmPlan {
         GemmPlan {
             forward_reads: WeightReads::choose(subgroups, s.batch * s.out_h * s.out_w),
             backward_reads: WeightReads::choose(subgroups, s.batch * s.h * s.w),
-            weight_subgroups: subgroups,
+            weight_kernel: if subgroups { WeightKernel::SubgroupRegisters } else { WeightKernel::Registers },
             ..GemmPlan::new(shape)
         }
     }
@@ -415,26 +426,26 @@ impl GemmPlan {
             chunk_len,
             forward_reads: WeightReads::choose(false, total),
             backward_reads: WeightReads::choose(false, s.batch * s.h * s.w),
-            weight_subgroups: false,
+            weight_kernel: WeightKernel::Registers,
         }
     }
 
     /// The same plan with the weights read one way in both passes, whatever the pixel count,
     /// and the weight gradient sharing loads across subgroups exactly when `reads` does (for
     /// tests: every way sums in the same order).
+    /// With workgroup tiles, the weights are packed in the tiles those kernels read, and the
+    /// weight gradient takes workgroup tiles too.
     pub fn with_weight_reads(self, reads: WeightReads) -> GemmPlan {
-        let weight_subgroups = reads == WeightReads::SubgroupStorage;
-        GemmPlan { weight_subgroups, ..self.with_forward_reads(reads) }
-    }
-
-    /// The same plan with the forward and input-gradient kernels reading their weights one way
-    /// (and packing them in the tiles that way needs), whatever the pixel count.
-    pub fn with_forward_reads(self, reads: WeightReads) -> GemmPlan {
         let (forward_tile, backward_tile) = match reads {
             WeightReads::WorkgroupTiles => ((SHARED_CHANNELS, 8), (SHARED_CHANNELS, 8)),
             _ => (self.forward_tile, self.backward_tile),
         };
-        GemmPlan { forward_reads: reads, backward_reads: reads, forward_tile, backward_tile, ..self }
+        let weight_kernel = match reads {
+            WeightReads::SubgroupStorage => WeightKernel::SubgroupRegisters,
+            WeightReads::WorkgroupTiles => WeightKernel::WorkgroupTiles,
+            _ => WeightKernel::Registers,
+        };
+        GemmPlan { forward_reads: reads, backward_reads: reads, forward_tile, backward_tile, weight_kernel, ..self }
     }
 
     /// The weight taps these kernels read, a bit per tap (row-major), for kernels of at most 32
@@ -761,20 +772,31 @@ impl GemmPlan {
                 (params.kernel_h * params.kernel_w) as usize
             };
             let reduce = if first { "reduce_weight_partials" } else { "reduce_weight_partials_taps" };
-            let lanes = (params.kernel_h * params.kernel_w) as usize * (4 * self.x_quads / self.weight_inputs as usize);
-            let workgroups = [
-                lanes.div_ceil(TILE_WORKGROUP as usize) as u32,
-                (self.weight_pad() / WEIGHT_TILE_OUT as usize) as u32,
-                params.chunks,
-            ];
+            let taps_used = (params.kernel_h * params.kernel_w) as usize;
+            let buffers = [scratch[X_LAST], dy_last, partials];
+            let partial_sums = match self.weight_kernel {
+                WeightKernel::WorkgroupTiles => {
+                    let workgroups = [
+                        (taps_used * self.x_quads.div_ceil(SHARED_CHANNELS as usize / 4)) as u32,
+                        self.weight_pad().div_ceil(SHARED_CHANNELS as usize) as u32,
+                        params.chunks,
+                    ];
+                    gpu.dispatch("conv_tile", "conv_shared_weight", &params, &buffers, workgroups)
+                }
+                kernel => {
+                    let lanes = taps_used * (4 * self.x_quads / self.weight_inputs as usize);
+                    let workgroups = [
+                        lanes.div_ceil(TILE_WORKGROUP as usize) as u32,
+                        (self.weight_pad() / WEIGHT_TILE_OUT as usize) as u32,
+                        params.chunks,
+                    ];
+                    let family =
+                        if kernel == WeightKernel::SubgroupRegisters { "conv_tile_subgroup" } else { "conv_tile" };
+                    gpu.dispatch(family, weight_entry(self.weight_inputs), &params, &buffers, workgroups)
+                }
+            };
             [
-                gpu.dispatch(
-                    if self.weight_subgroups { "conv_tile_subgroup" } else { "conv_tile" },
-                    weight_entry(self.weight_inputs),
-                    &params,
-                    &[scratch[X_LAST], dy_last, partials],
-                    workgroups,
-                ),
+                partial_sums,
                 gpu.dispatch(
                     "conv_tile",
                     reduce,
