@@ -228,18 +228,41 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 @group(0) @binding(1) var<storage, read> bb_dy: array<f32>;
 @group(0) @binding(2) var<storage, read_write> bb_db: array<f32>;
 
-// Invocations: c_out.
+// db (or with several chunks, partial sums [channel][chunk]): one workgroup per output channel
+// and chunk of batch-wide pixels, lanes striding through the chunk, then a fixed tree order.
+// Workgroups: c_out (x) x chunks (y).
 @compute @workgroup_size(64)
-fn conv2d_backward_bias(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let co = flat_index(gid, nwg);
-    if (co >= p.c_out) { return; }
+fn conv2d_backward_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let co = wid.x;
     let pixels = p.out_h * p.out_w;
+    let start = wid.y * p.chunk_len;
+    let end = min(p.batch * pixels, start + p.chunk_len);
     var sum = 0.0;
-    for (var n = 0u; n < p.batch; n++) {
-        let base = (n * p.c_out + co) * pixels;
-        for (var i = 0u; i < pixels; i++) {
-            sum += bb_dy[base + i];
+    for (var j = start + lane; j < end; j += REDUCE) {
+        sum += bb_dy[((j / pixels) * p.c_out + co) * pixels + j % pixels];
+    }
+    let total = workgroup_sum(lane, sum);
+    if (lane == 0u) {
+        if (p.chunks == 1u) {
+            bb_db[co] = accumulated(bb_db[co], total, p.accumulate);
+        } else {
+            bb_db[co * p.chunks + wid.y] = total;
         }
     }
-    bb_db[co] = accumulated(bb_db[co], sum, p.accumulate);
+}
+
+// ---------------------------------------------------------------- chunked reductions
+@group(0) @binding(1) var<storage, read> rc_part: array<f32>;
+@group(0) @binding(2) var<storage, read_write> rc_out: array<f32>;
+
+// out[i] (+)= the `chunks` partial sums [i][chunk], added in chunk order. Invocations: every i.
+@compute @workgroup_size(64)
+fn reduce_chunks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= arrayLength(&rc_out)) { return; }
+    var sum = 0.0;
+    for (var k = 0u; k < p.chunks; k++) {
+        sum += rc_part[i * p.chunks + k];
+    }
+    rc_out[i] = accumulated(rc_out[i], sum, p.accumulate);
 }

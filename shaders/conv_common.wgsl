@@ -19,6 +19,31 @@ struct ConvParams {
     groups: u32,
     has_bias: u32,
     accumulate: u32,
+    // Reductions over the batch's pixels (weight gradient of a depthwise conv, bias gradient)
+    // split into `chunks` of `chunk_len`, each summed by one workgroup; with more than one, the
+    // chunks' partial sums go to a scratch buffer and a second kernel adds them in order.
+    chunks: u32,
+    chunk_len: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// Lanes of the workgroups that reduce one chunk (src/ops/conv2d.rs `REDUCE_LANES`).
+const REDUCE: u32 = 64u;
+
+var<workgroup> partial: array<f32, REDUCE>;
+
+// The sum of every lane's `value`, in a fixed tree order (all lanes must call it).
+fn workgroup_sum(lane: u32, value: f32) -> f32 {
+    partial[lane] = value;
+    workgroupBarrier();
+    for (var stride = REDUCE / 2u; stride > 0u; stride = stride / 2u) {
+        if (lane < stride) {
+            partial[lane] += partial[lane + stride];
+        }
+        workgroupBarrier();
+    }
+    return partial[0];
 }
 
 // Pixels (or reduction indices) per invocation tile (src/ops/conv2d.rs `GEMM_PIXELS`,

@@ -4,7 +4,6 @@
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
 
-const REDUCE: u32 = 64u;
 
 // ---------------------------------------------------------------- forward
 @group(0) @binding(1) var<storage, read> fwd_x: array<f32>;
@@ -124,12 +123,12 @@ fn depthwise_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 // ---------------------------------------------------------------- gradient to the weight
 @group(0) @binding(1) var<storage, read> bw_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bw_dy: array<f32>;
+// dw, or with several chunks their partial sums [channel * taps + tap][chunk].
 @group(0) @binding(3) var<storage, read_write> bw_dw: array<f32>;
 
-var<workgroup> partial: array<f32, REDUCE>;
-
 // dw[c, ky, kx] = sum_{n, oy, ox} dy[n, c, oy, ox] * x[n, c, oy*s - pad + ky, ox*s - pad + kx],
-// one workgroup per (channel, tap) with a fixed tree order. Workgroups: channels x taps.
+// one workgroup per (channel, tap) and chunk of batch-wide pixels, lanes striding through the
+// chunk, then a fixed tree order. Workgroups: channels * taps (x) x chunks (y).
 @compute @workgroup_size(64)
 fn depthwise_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let taps = p.kernel_h * p.kernel_w;
@@ -138,8 +137,10 @@ fn depthwise_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
     let ky = i32(tap / p.kernel_w) - i32(p.pad_h);
     let kx = i32(tap % p.kernel_w) - i32(p.pad_w);
     let out_pixels = p.out_h * p.out_w;
+    let start = wid.y * p.chunk_len;
+    let end = min(p.batch * out_pixels, start + p.chunk_len);
     var sum = 0.0;
-    for (var j = lane; j < p.batch * out_pixels; j += REDUCE) {
+    for (var j = start + lane; j < end; j += REDUCE) {
         let n = j / out_pixels;
         let px = j % out_pixels;
         let iy = i32((px / p.out_w) * p.stride_h) + ky;
@@ -149,16 +150,13 @@ fn depthwise_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
             sum += bw_dy[plane * out_pixels + px] * bw_x[(plane * p.h + u32(iy)) * p.w + u32(ix)];
         }
     }
-    partial[lane] = sum;
-    workgroupBarrier();
-    for (var stride = REDUCE / 2u; stride > 0u; stride = stride / 2u) {
-        if (lane < stride) {
-            partial[lane] += partial[lane + stride];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(lane, sum);
     if (lane == 0u) {
-        let at = c * taps + tap;
-        bw_dw[at] = accumulated(bw_dw[at], partial[0], p.accumulate);
+        if (p.chunks == 1u) {
+            let at = c * taps + tap;
+            bw_dw[at] = accumulated(bw_dw[at], total, p.accumulate);
+        } else {
+            bw_dw[wid.x * p.chunks + wid.y] = total;
+        }
     }
 }

@@ -10,13 +10,17 @@ use anyhow::{Result, bail};
 
 use super::conv_gemm::GemmPlan;
 use super::{Bound, Grads, Mode, Op, accumulate_flag, placeholder};
-use crate::gpu::{Dispatch, Gpu, grid};
+use crate::gpu::{Dispatch, Gpu, GpuSlice, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
 /// Results per invocation along each tile side (`TILE` in conv.wgsl).
 const TILE: usize = 8;
 /// Pixels per invocation of the depthwise kernels (depthwise.wgsl).
 const DEPTHWISE_PIXELS: usize = 8;
+/// Batch-wide pixels per chunk of the reductions over a batch (a depthwise weight gradient, a
+/// bias gradient): one workgroup sums each chunk, so a large batch of large maps still spreads
+/// over a GPU, and a small one (up to this many) is one workgroup's sum with no second pass.
+const REDUCTION_CHUNK: usize = 16384;
 
 /// Which kernels compute a convolution (see the module comment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +144,16 @@ impl Conv2dShape {
             groups: u(self.cfg.groups),
             has_bias: has_bias as u32,
             accumulate,
+            chunks: u(self.reduction_chunks()),
+            chunk_len: u(REDUCTION_CHUNK),
+            _pad: [0; 2],
         }
+    }
+
+    /// Chunks of the reductions over the batch's output pixels (shape alone decides them, so
+    /// the order of every sum is fixed).
+    fn reduction_chunks(&self) -> usize {
+        (self.batch * self.out_h * self.out_w).div_ceil(REDUCTION_CHUNK).max(1)
     }
 }
 
@@ -163,6 +176,9 @@ struct ConvParams {
     groups: u32,
     has_bias: u32,
     accumulate: u32,
+    chunks: u32,
+    chunk_len: u32,
+    _pad: [u32; 2],
 }
 
 /// Graph node: inputs `[x, weight]` or `[x, weight, bias]`, output `[y]`.
@@ -187,11 +203,24 @@ impl Op for Conv2d {
             .flatten()
     }
 
+    /// The GEMM plan's buffers; with a backward pass, then the partial sums of a depthwise
+    /// weight gradient, then those of the bias gradient.
     fn scratch(&self, backward: bool) -> Vec<usize> {
-        match self.shape.kernel() {
-            ConvKernel::Gemm => GemmPlan::new(&self.shape).scratch(backward),
+        let s = &self.shape;
+        let mut sizes = match s.kernel() {
+            ConvKernel::Gemm => GemmPlan::new(s).scratch(backward),
             _ => Vec::new(),
+        };
+        if backward {
+            let chunks = s.reduction_chunks();
+            if s.kernel() == ConvKernel::Depthwise {
+                sizes.push(s.c_out * s.kernel_h * s.kernel_w * chunks);
+            }
+            if self.has_bias {
+                sizes.push(s.c_out * chunks);
+            }
         }
+        sizes
     }
 
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
@@ -249,9 +278,18 @@ impl Op for Conv2d {
                     out.extend(plan.backward_weight(gpu, [dy, dw.slice], dw.accumulate, &b.scratch));
                 }
                 ConvKernel::Depthwise => {
-                    // One workgroup per (channel, tap).
-                    let workgroups = [(s.c_out * s.kernel_h * s.kernel_w) as u32, 1, 1];
-                    out.push(gpu.dispatch("depthwise", "depthwise_backward_weight", &params, &buffers, workgroups));
+                    // One workgroup per (channel, tap) and chunk.
+                    let workgroups = [(s.c_out * s.kernel_h * s.kernel_w) as u32, params.chunks, 1];
+                    let partials = b.scratch[b.scratch.len() - 1 - self.has_bias as usize];
+                    out.extend(chunked_sum(
+                        gpu,
+                        &params,
+                        "depthwise",
+                        "depthwise_backward_weight",
+                        buffers,
+                        partials,
+                        workgroups,
+                    ));
                 }
                 ConvKernel::Direct => {
                     let tiles = g * (s.c_out / g).div_ceil(TILE) * s.k_len().div_ceil(TILE);
@@ -261,10 +299,36 @@ impl Op for Conv2d {
         }
         if let Some(Some(db)) = grads.inputs.get(2) {
             let params = s.params(self.has_bias, accumulate_flag(db));
-            out.push(gpu.dispatch("conv", "conv2d_backward_bias", &params, &[dy, db.slice], grid(s.c_out)));
+            let partials = b.scratch[b.scratch.len() - 1];
+            let workgroups = [s.c_out as u32, params.chunks, 1];
+            out.extend(chunked_sum(gpu, &params, "conv", "conv2d_backward_bias", [dy, db.slice], partials, workgroups));
         }
         out
     }
+}
+
+/// A reduction over the batch's pixels by `entry` (whose last buffer is its result): written
+/// straight to the result when it is one chunk, else as partial sums that `reduce_chunks` adds
+/// in chunk order.
+fn chunked_sum<const N: usize>(
+    gpu: &Gpu,
+    params: &ConvParams,
+    family: &'static str,
+    entry: &'static str,
+    buffers: [&GpuSlice; N],
+    partials: &GpuSlice,
+    workgroups: [u32; 3],
+) -> Vec<Dispatch> {
+    if params.chunks == 1 {
+        return vec![gpu.dispatch(family, entry, params, &buffers, workgroups)];
+    }
+    let result = buffers[N - 1];
+    let mut first = buffers;
+    first[N - 1] = partials;
+    vec![
+        gpu.dispatch(family, entry, params, &first, workgroups),
+        gpu.dispatch("conv", "reduce_chunks", params, &[partials, result], grid(result.len())),
+    ]
 }
 
 impl Graph {
