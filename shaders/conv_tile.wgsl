@@ -518,7 +518,7 @@ const SHARED_CHANNELS: u32 = 64u;
 var<workgroup> shared_x: array<vec4<f32>, 512>; // [step][pixel]
 var<workgroup> shared_w: array<vec4<f32>, 256>; // [step][input lane][channel quad]
 
-// The first of the 16 vec4s (64 channels x 4 input lanes) of step s of weight tile t, in
+// The first of the 64 vec4s (4 input lanes x 64 channels) of step s of weight tile t, in
 // pack_weight_forward's layout (the inverse of packed_source).
 fn packed_step(t: u32, s: u32) -> u32 {
     let tap = s / p.in_quads;
@@ -603,6 +603,104 @@ fn conv_shared_forward(
     }
     for (var i = 0u; i < 8u; i++) {
         store_forward(q0 + tp + 16u * i, c, a[i]);
+    }
+}
+
+// The same sums for 128 pixels x 128 channels (two packed weight tiles) per workgroup, an
+// invocation holding 8 pixels x 8 channels (four channels in each tile), and eight steps per
+// stage: twice the multiply-adds per workgroup-memory load. For convolutions with more than
+// 64 output channels.
+const WIDE_STEPS: u32 = 8u;
+var<workgroup> wide_x: array<vec4<f32>, 1024>; // [step][pixel]
+var<workgroup> wide_w: array<vec4<f32>, 1024>; // [step][tile][input lane][channel quad]
+
+// One step's 8 x 8 multiply-adds, from the stage's step k.
+fn wide_step(k: u32, cq: u32, tp: u32, a: ptr<function, array<vec4<f32>, 8>>, b: ptr<function, array<vec4<f32>, 8>>) {
+    let w = k * 128u + cq;
+    let wa0 = wide_w[w];
+    let wa1 = wide_w[w + 16u];
+    let wa2 = wide_w[w + 32u];
+    let wa3 = wide_w[w + 48u];
+    let wb0 = wide_w[w + 64u];
+    let wb1 = wide_w[w + 80u];
+    let wb2 = wide_w[w + 96u];
+    let wb3 = wide_w[w + 112u];
+    for (var i = 0u; i < 8u; i++) {
+        let x = wide_x[k * SHARED_PIXELS + tp + 16u * i];
+        (*a)[i] += x.x * wa0;
+        (*a)[i] += x.y * wa1;
+        (*a)[i] += x.z * wa2;
+        (*a)[i] += x.w * wa3;
+        (*b)[i] += x.x * wb0;
+        (*b)[i] += x.y * wb1;
+        (*b)[i] += x.z * wb2;
+        (*b)[i] += x.w * wb3;
+    }
+}
+
+// Workgroups: ceil(batch * out_h * out_w / 128) (x, y) x ceil(out_pad / 128) (z).
+@compute @workgroup_size(256)
+fn conv_shared_forward_wide(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let total = p.batch * p.out_h * p.out_w;
+    let last = total - 1u;
+    let q0 = (wid.x + wid.y * nwg.x) * SHARED_PIXELS;
+    let tiles = p.out_pad / SHARED_CHANNELS;
+    let t0 = 2u * wid.z;
+    // Loading: this invocation's step within a stage and its four pixels, 32 apart.
+    let load_step = lid % WIDE_STEPS;
+    let load_px = lid / WIDE_STEPS;
+    var windows: array<u32, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        windows[r] = window(min(q0 + load_px + 32u * r, last));
+    }
+    // Computing: channel quad cq of each tile, eight pixels 16 apart.
+    let cq = lid % 16u;
+    let tp = lid / 16u;
+    let ca = t0 * SHARED_CHANNELS + 4u * cq;
+    let cb = ca + SHARED_CHANNELS;
+    var a: array<vec4<f32>, 8>;
+    var b: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        a[i] = initial_forward(q0 + tp + 16u * i, ca);
+        b[i] = initial_forward(q0 + tp + 16u * i, cb);
+    }
+    let steps = p.kernel_h * p.kernel_w * p.in_quads;
+    for (var s0 = 0u; s0 < steps; s0 += WIDE_STEPS) {
+        let s = s0 + load_step;
+        let inside = s < steps;
+        let off = select(0u, step_offset(s), inside);
+        for (var r = 0u; r < 4u; r++) {
+            wide_x[load_step * SHARED_PIXELS + load_px + 32u * r] = select(vec4<f32>(), tf_x[windows[r] + off], inside);
+        }
+        for (var r = 0u; r < 4u; r++) {
+            let e = lid + 256u * r;
+            let ws = s0 + e / 128u;
+            let t = t0 + (e % 128u) / 64u;
+            var w = vec4<f32>();
+            if (ws < steps && t < tiles) {
+                w = ts_w[packed_step(t, ws) + e % 64u];
+            }
+            wide_w[e] = w;
+        }
+        workgroupBarrier();
+        if (steps - s0 >= WIDE_STEPS) {
+            for (var k = 0u; k < WIDE_STEPS; k++) {
+                wide_step(k, cq, tp, &a, &b);
+            }
+        } else {
+            for (var k = 0u; k < steps - s0; k++) {
+                wide_step(k, cq, tp, &a, &b);
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 8u; i++) {
+        store_forward(q0 + tp + 16u * i, ca, a[i]);
+        store_forward(q0 + tp + 16u * i, cb, b[i]);
     }
 }
 

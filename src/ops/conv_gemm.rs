@@ -212,8 +212,8 @@ pub enum WeightReads {
     /// As `Storage`, each eight lanes of a subgroup loading eight values at once and sharing
     /// them by broadcast (family conv_tile_subgroup; also used by the weight gradient).
     SubgroupStorage,
-    /// Workgroups of 128 pixels x 64 channels that stage inputs and weights in workgroup
-    /// memory (`conv_shared_forward`; real GPUs, [`Gpu::workgroup_tiles`]).
+    /// Workgroups of 128 pixels x 64 or 128 channels that stage inputs and weights in
+    /// workgroup memory (`conv_shared_forward[_wide]`; real GPUs, [`Gpu::workgroup_tiles`]).
     WorkgroupTiles,
 }
 
@@ -272,7 +272,12 @@ fn tile_dispatches(
         let groups = (params.batch * params.out_h * params.out_w).div_ceil(SHARED_PIXELS) as usize;
         let [x, y, _] = grid_of(groups, 1);
         let buffers = [input, packed, bias, output];
-        out.push(gpu.dispatch("conv_tile", "conv_shared_forward", &params, &buffers, [x, y, channel_tiles]));
+        // Two weight tiles per workgroup where there are two (same sums either way).
+        let (entry, z) = match channel_tiles {
+            1 => ("conv_shared_forward", 1),
+            tiles => ("conv_shared_forward_wide", tiles.div_ceil(2)),
+        };
+        out.push(gpu.dispatch("conv_tile", entry, &params, &buffers, [x, y, z]));
         return out;
     }
     let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
