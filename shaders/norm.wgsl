@@ -29,8 +29,16 @@ struct NormParams {
     accumulate_input: u32,
     // Always 1.0; see `opaque`.
     one: f32,
-    _pad1: u32,
+    // Reductions over a channel's batch x spatial elements in `chunks` chunks of `chunk_len`,
+    // one workgroup each, whose partial sums the per-channel kernels add in chunk order; one
+    // chunk: the per-channel kernels walk the elements themselves. `stage`: which sums a
+    // chunk kernel makes (0: x; 1: squared deviations from the mean).
+    chunks: u32,
+    chunk_len: u32,
+    stage: u32,
+    _pad: u32,
     _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: NormParams;
@@ -43,8 +51,14 @@ struct Walk {
     s: u32,
 }
 
-fn walk_start(lane: u32) -> Walk {
-    return Walk(lane / p.spatial, lane % p.spatial);
+fn walk_start(i: u32) -> Walk {
+    return Walk(i / p.spatial, i % p.spatial);
+}
+
+// The elements of chunk k of a channel: [start, end).
+fn chunk_range(k: u32) -> vec2<u32> {
+    let count = p.batch * p.spatial;
+    return vec2<u32>(k * p.chunk_len, min(count, (k + 1u) * p.chunk_len));
 }
 
 fn walk_next(w: Walk) -> Walk {
@@ -79,11 +93,58 @@ fn element_run(r: u32) -> vec3<u32> {
 @group(0) @binding(3) var<storage, read_write> st_running_var: array<f32>;
 @group(0) @binding(4) var<storage, read_write> st_saved: array<f32>;
 
-// Batch statistics, then the running-statistics update. Workgroups: channels.
+// Partial sums of [stage][channel][chunk] (batchnorm_chunk_sums), or of the backward pass's
+// sum(dy) and sum(dy * (x - mean)) (batchnorm_backward_chunks).
+@group(0) @binding(5) var<storage, read_write> st_part: array<vec2<f32>>;
+
+// The partial sums of stage `stage` of channel c, added in chunk order.
+fn chunk_total(stage: u32, c: u32) -> vec2<f32> {
+    var sum = df(0.0);
+    let first = (stage * p.channels + c) * p.chunks;
+    for (var k = 0u; k < p.chunks; k++) {
+        sum = df_add(sum, st_part[first + k]);
+    }
+    return sum;
+}
+
+// One chunk's sum of x (stage 0) or of (x - mean)^2 (stage 1, the mean from stage 0's sums).
+// Workgroups: channels (x) x chunks (y).
+@compute @workgroup_size(64)
+fn batchnorm_chunk_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let c = wid.x;
+    let range = chunk_range(wid.y);
+    var mean = df(0.0);
+    if (p.stage == 1u) {
+        mean = df_div(chunk_total(0u, c), df(f32(p.batch * p.spatial)));
+    }
+    var sum = df(0.0);
+    var w = walk_start(range.x + lane);
+    for (var i = range.x + lane; i < range.y; i += REDUCE) {
+        let v = df(st_x[walk_offset(w, c)]);
+        if (p.stage == 0u) {
+            sum = df_add(sum, v);
+        } else {
+            let d = df_add(v, df_neg(mean));
+            sum = df_add(sum, df_mul(d, d));
+        }
+        w = walk_next(w);
+    }
+    let total = workgroup_sum(lane, sum);
+    if (lane == 0u) {
+        st_part[(p.stage * p.channels + c) * p.chunks + wid.y] = total;
+    }
+}
+
+// Batch statistics (from the chunks' sums when there are several), then the running-statistics
+// update. Workgroups: channels.
 @compute @workgroup_size(64)
 fn batchnorm_stats_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let c = wid.x;
     let count = p.batch * p.spatial;
+    if (p.chunks > 1u) {
+        stats_finish(lane, c, df_div(chunk_total(0u, c), df(f32(count))), chunk_total(1u, c));
+        return;
+    }
     var sum = df(0.0);
     var w = walk_start(lane);
     for (var i = lane; i < count; i += REDUCE) {
@@ -98,7 +159,13 @@ fn batchnorm_stats_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         sq = df_add(sq, df_mul(d, d));
         w = walk_next(w);
     }
-    let var_biased = df_div(workgroup_sum(lane, sq), df(f32(count)));
+    stats_finish(lane, c, mean, workgroup_sum(lane, sq));
+}
+
+// The saved and running statistics of channel c from its mean and sum of squared deviations.
+fn stats_finish(lane: u32, c: u32, mean: vec2<f32>, sq: vec2<f32>) {
+    let count = p.batch * p.spatial;
+    let var_biased = df_div(sq, df(f32(count)));
     if (lane == 0u) {
         let var_eps = df_add(var_biased, df(p.eps));
         let ch = p.channels;
@@ -161,18 +228,29 @@ fn batchnorm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 @group(0) @binding(5) var<storage, read_write> br_dbias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> br_sums: array<f32>;
 
-// dbias = sum(dy), dweight = sum(dy * c) * invstd; mean(dy) and beta kept for the input
-// gradient. Workgroups: channels.
+@group(0) @binding(7) var<storage, read_write> br_part: array<vec2<f32>>;
+
+// One chunk's sum(dy) and sum(dy * (x - mean)), as stages 0 and 1 of the partial sums.
+// Workgroups: channels (x) x chunks (y).
 @compute @workgroup_size(64)
-fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+fn batchnorm_backward_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let c = wid.x;
+    let range = chunk_range(wid.y);
+    let sums = backward_sums(lane, c, range.x, range.y);
+    if (lane == 0u) {
+        br_part[c * p.chunks + wid.y] = sums[0];
+        br_part[(p.channels + c) * p.chunks + wid.y] = sums[1];
+    }
+}
+
+// sum(dy) and sum(dy * (x - mean)) over elements [start, end) of channel c, whole workgroup.
+fn backward_sums(lane: u32, c: u32, start: u32, end: u32) -> array<vec2<f32>, 2> {
     let ch = p.channels;
-    let count = p.batch * p.spatial;
     let mean = vec2<f32>(br_saved[c], br_saved[2u * ch + c]);
     var sum_dy = df(0.0);
     var sum_dy_c = df(0.0);
-    var w = walk_start(lane);
-    for (var i = lane; i < count; i += REDUCE) {
+    var w = walk_start(start + lane);
+    for (var i = start + lane; i < end; i += REDUCE) {
         let at = walk_offset(w, c);
         let dy = df(br_dy[at]);
         sum_dy = df_add(sum_dy, dy);
@@ -181,6 +259,36 @@ fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
     }
     sum_dy = workgroup_sum(lane, sum_dy);
     sum_dy_c = workgroup_sum(lane, sum_dy_c);
+    return array<vec2<f32>, 2>(sum_dy, sum_dy_c);
+}
+
+// The chunks' partial sums of stage `stage` of channel c, added in chunk order.
+fn backward_chunk_total(stage: u32, c: u32) -> vec2<f32> {
+    var sum = df(0.0);
+    let first = (stage * p.channels + c) * p.chunks;
+    for (var k = 0u; k < p.chunks; k++) {
+        sum = df_add(sum, br_part[first + k]);
+    }
+    return sum;
+}
+
+// dbias = sum(dy), dweight = sum(dy * c) * invstd; mean(dy) and beta kept for the input
+// gradient. Workgroups: channels.
+@compute @workgroup_size(64)
+fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let c = wid.x;
+    let ch = p.channels;
+    let count = p.batch * p.spatial;
+    var sum_dy: vec2<f32>;
+    var sum_dy_c: vec2<f32>;
+    if (p.chunks > 1u) {
+        sum_dy = backward_chunk_total(0u, c);
+        sum_dy_c = backward_chunk_total(1u, c);
+    } else {
+        let sums = backward_sums(lane, c, 0u, count);
+        sum_dy = sums[0];
+        sum_dy_c = sums[1];
+    }
     if (lane == 0u) {
         let invstd = br_saved[ch + c];
         br_dbias[c] = accumulated(br_dbias[c], sum_dy.x, p.accumulate_bias);

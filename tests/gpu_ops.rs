@@ -262,8 +262,10 @@ fn modulation_computes_only_the_taps_its_convs_read() {
 
 #[test]
 fn batchnorm_matches_reference_in_both_modes() {
-    // Planes of 63, 15, 90 (more than a workgroup's 64 lanes) and 1 elements.
-    for (i, shape) in [vec![3, 5, 7, 9], vec![1, 13, 5, 3], vec![2, 3, 9, 10], vec![6, 7]].into_iter().enumerate() {
+    // Planes of 63, 15, 90 (more than a workgroup's 64 lanes) and 1 elements; then 68,400
+    // elements per channel, which the train-mode reductions split into two chunks.
+    let shapes = [vec![3, 5, 7, 9], vec![1, 13, 5, 3], vec![2, 3, 9, 10], vec![6, 7], vec![2, 3, 190, 180]];
+    for (i, shape) in shapes.into_iter().enumerate() {
         for mode in [Mode::Train, Mode::Eval] {
             let c = shape[1];
             let mut g = Graph::new();

@@ -32,7 +32,11 @@ struct NormParams {
     accumulate_input: u32,
     /// Always 1.0: norm.wgsl multiplies by it to keep error-free transformations intact.
     one: f32,
-    _pad: [u32; 2],
+    chunks: u32,
+    chunk_len: u32,
+    /// Which sums `batchnorm_chunk_sums` makes (0: x, 1: squared deviations).
+    stage: u32,
+    _pad: [u32; 3],
 }
 
 impl BatchNorm {
@@ -48,8 +52,17 @@ impl BatchNorm {
             accumulate_bias: 0,
             accumulate_input: 0,
             one: 1.0,
-            _pad: [0; 2],
+            chunks: self.chunks() as u32,
+            chunk_len: STATS_CHUNK as u32,
+            stage: 0,
+            _pad: [0; 3],
         }
+    }
+
+    /// Chunks of a channel's batch x spatial elements that the train-mode reductions split
+    /// into (one: each channel's workgroup walks them all).
+    fn chunks(&self) -> usize {
+        (self.batch * self.spatial).div_ceil(STATS_CHUNK).max(1)
     }
 
     /// Invocations of the elementwise kernels: runs of up to `ELEMENT_RUN` (norm.wgsl)
@@ -61,16 +74,22 @@ impl BatchNorm {
 
 /// Elements per invocation of the elementwise kernels (`ELEMENT_RUN` in norm.wgsl).
 const ELEMENT_RUN: usize = 8;
+/// Elements of a channel per chunk of the train-mode reductions: a channel with more runs them
+/// as one workgroup per chunk (so few channels of large maps still spread over a GPU), then adds
+/// the chunks' sums in order.
+const STATS_CHUNK: usize = 65536;
 
-// Inputs: x, weight, bias, running_mean, running_var. Scratch: saved statistics, backward sums.
+// Inputs: x, weight, bias, running_mean, running_var. Scratch: saved statistics, backward sums,
+// the chunks' partial sums.
 impl Op for BatchNorm {
     fn name(&self) -> &'static str {
         "batchnorm"
     }
 
     fn scratch(&self, _backward: bool) -> Vec<usize> {
-        // Saved statistics and backward sums, laid out as norm.wgsl describes.
-        vec![6 * self.channels, 4 * self.channels]
+        // Saved statistics and backward sums, laid out as norm.wgsl describes; partial sums of
+        // two stages, double-float pairs.
+        vec![6 * self.channels, 4 * self.channels, 2 * self.channels * self.chunks() * 2]
     }
 
     fn differentiable(&self, input: usize) -> bool {
@@ -79,20 +98,32 @@ impl Op for BatchNorm {
 
     fn forward(&self, gpu: &Gpu, b: &Bound, mode: Mode) -> Vec<Dispatch> {
         let [x, weight, bias, mean, var] = b.inputs[..] else { unreachable!("batchnorm takes 5 inputs") };
-        let saved = b.scratch[0];
+        let (saved, partials) = (b.scratch[0], b.scratch[2]);
         let params = self.params(mode);
-        let stats = match mode {
-            Mode::Train => gpu.dispatch(
-                "norm",
-                "batchnorm_stats_train",
-                &params,
-                &[x, mean, var, saved],
-                [self.channels as u32, 1, 1],
-            ),
-            Mode::Eval => {
-                gpu.dispatch("norm", "batchnorm_stats_eval", &params, &[mean, var, saved], grid(self.channels))
+        let channels = self.channels as u32;
+        let mut out = Vec::new();
+        match mode {
+            Mode::Train => {
+                if params.chunks > 1 {
+                    for stage in 0..2 {
+                        let params = NormParams { stage, ..params };
+                        let grid = [channels, params.chunks, 1];
+                        // Bindings 1 and 5 (buffers go by position; the unused ones are left out).
+                        let buffers = [x, x, x, x, partials];
+                        out.push(gpu.dispatch("norm", "batchnorm_chunk_sums", &params, &buffers, grid));
+                    }
+                }
+                let buffers = [x, mean, var, saved, partials];
+                out.push(gpu.dispatch("norm", "batchnorm_stats_train", &params, &buffers, [channels, 1, 1]));
             }
-        };
+            Mode::Eval => out.push(gpu.dispatch(
+                "norm",
+                "batchnorm_stats_eval",
+                &params,
+                &[mean, var, saved],
+                grid(self.channels),
+            )),
+        }
         let apply = gpu.dispatch(
             "norm",
             "batchnorm_apply",
@@ -100,12 +131,13 @@ impl Op for BatchNorm {
             &[x, weight, bias, saved, b.outputs[0]],
             grid(self.element_runs()),
         );
-        vec![stats, apply]
+        out.push(apply);
+        out
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, mode: Mode) -> Vec<Dispatch> {
         let (x, weight) = (b.inputs[0], b.inputs[1]);
-        let (saved, sums) = (b.scratch[0], b.scratch[1]);
+        let (saved, sums, partials) = (b.scratch[0], b.scratch[1], b.scratch[2]);
         let dy = grads.outputs[0];
         let mut params = self.params(mode);
         // Unwanted parameter gradients still need somewhere to go.
@@ -114,13 +146,21 @@ impl Op for BatchNorm {
         let dbias = grads.inputs[2].map_or(&unused, |t| t.slice);
         params.accumulate_weight = grads.inputs[1].is_some_and(|t| t.accumulate) as u32;
         params.accumulate_bias = grads.inputs[2].is_some_and(|t| t.accumulate) as u32;
-        let mut out = vec![gpu.dispatch(
-            "norm",
-            "batchnorm_backward_reduce",
-            &params,
-            &[x, dy, saved, dweight, dbias, sums],
-            [self.channels as u32, 1, 1],
-        )];
+        let channels = self.channels as u32;
+        let mut out = Vec::new();
+        if params.chunks > 1 {
+            // Bindings 1, 2, 3 and 7.
+            let buffers = [x, dy, saved, x, x, x, partials];
+            out.push(gpu.dispatch(
+                "norm",
+                "batchnorm_backward_chunks",
+                &params,
+                &buffers,
+                [channels, params.chunks, 1],
+            ));
+        }
+        let buffers = [x, dy, saved, dweight, dbias, sums, partials];
+        out.push(gpu.dispatch("norm", "batchnorm_backward_reduce", &params, &buffers, [channels, 1, 1]));
         if let Some(dx) = grads.inputs[0] {
             params.accumulate_input = dx.accumulate as u32;
             out.push(gpu.dispatch(
