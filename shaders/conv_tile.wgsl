@@ -506,17 +506,19 @@ fn reduce_weight_partials_taps(@builtin(global_invocation_id) gid: vec3<u32>, @b
 }
 
 // ---------------------------------------------------------------- workgroup-memory tiles
-// Real GPUs: each workgroup computes SHARED_PIXELS batch-wide pixels x 64 output channels (one
-// packed weight tile of pack_weight_forward / pack_weight_backward with tile = 64), staging
-// SHARED_STEPS (tap, input quad) steps of inputs and weights at a time in workgroup memory, so
-// each input and weight vec4 is loaded from memory once per workgroup instead of once per
-// invocation. An invocation holds 8 pixels x 4 channels. Every result sums its terms in the
-// same order as the register-tile kernels above (steps in tap, quad order; lanes x, y, z, w).
+// Real GPUs: a workgroup of 256 invocations computes SHARED_PIXELS batch-wide pixels x T
+// packed weight tiles of 64 output channels (pack_weight_forward / pack_weight_backward with
+// tile = 64), staging SHARED_STEPS (tap, input quad) steps of inputs and weights at a time in
+// workgroup memory, so each input and weight vec4 is loaded from memory once per workgroup
+// rather than once per invocation. An invocation holds 8 pixels (16 apart) x 4 channels of each
+// tile, as named values (the template's markers, src/gpu/conv_tiles.rs): a local array indexed
+// in a loop may be kept in memory rather than registers. Every result sums its terms in the same
+// order as the register-tile kernels above (steps in tap, quad order; lanes x, y, z, w).
 const SHARED_PIXELS: u32 = 128u;
-const SHARED_STEPS: u32 = 4u;
+const SHARED_STEPS: u32 = 8u;
 const SHARED_CHANNELS: u32 = 64u;
-var<workgroup> shared_x: array<vec4<f32>, 512>; // [step][pixel]
-var<workgroup> shared_w: array<vec4<f32>, 256>; // [step][input lane][channel quad]
+var<workgroup> shared_x: array<vec4<f32>, 1024>; // [step][pixel]
+var<workgroup> shared_w: array<vec4<f32>, 1024>; // [step][tile][input lane][channel quad]
 
 // The first of the 64 vec4s (4 input lanes x 64 channels) of step s of weight tile t, in
 // pack_weight_forward's layout (the inverse of packed_source).
@@ -542,167 +544,69 @@ fn step_offset(s: u32) -> u32 {
     return ((tap / p.kernel_w) * p.in_w + tap % p.kernel_w) * p.in_quads + s % p.in_quads;
 }
 
-// Workgroups: ceil(batch * out_h * out_w / SHARED_PIXELS) (x, y) x out_pad / 64 (z).
+// Workgroups: ceil(batch * out_h * out_w / 128) (x, y) x ceil(out_pad / (64 T)) (z); tiles past
+// out_pad (the last workgroup's second, when the count is odd) read zeros and store nothing.
+//@template shared
 @compute @workgroup_size(256)
-fn conv_shared_forward(
+fn conv_shared_forward_T(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let total = p.batch * p.out_h * p.out_w;
-    let last = total - 1u;
-    let q0 = (wid.x + wid.y * nwg.x) * SHARED_PIXELS;
-    let t = wid.z;
-    // Loading: this invocation's step within a stage and its two pixels.
-    let load_step = lid % SHARED_STEPS;
-    let load_px = lid / SHARED_STEPS;
-    let window0 = window(min(q0 + load_px, last));
-    let window1 = window(min(q0 + load_px + 64u, last));
-    // Computing: four output channels and eight pixels, 16 apart.
-    let cq = lid % 16u;
-    let tp = lid / 16u;
-    let c = t * SHARED_CHANNELS + 4u * cq;
-    var a: array<vec4<f32>, 8>;
-    for (var i = 0u; i < 8u; i++) {
-        a[i] = initial_forward(q0 + tp + 16u * i, c);
-    }
-    let steps = p.kernel_h * p.kernel_w * p.in_quads;
-    for (var s0 = 0u; s0 < steps; s0 += SHARED_STEPS) {
-        let s = s0 + load_step;
-        var x0 = vec4<f32>();
-        var x1 = vec4<f32>();
-        if (s < steps) {
-            let off = step_offset(s);
-            x0 = tf_x[window0 + off];
-            x1 = tf_x[window1 + off];
-        }
-        shared_x[load_step * SHARED_PIXELS + load_px] = x0;
-        shared_x[load_step * SHARED_PIXELS + load_px + 64u] = x1;
-        let ws = s0 + lid / 64u;
-        var w = vec4<f32>();
-        if (ws < steps) {
-            w = ts_w[packed_step(t, ws) + lid % 64u];
-        }
-        shared_w[lid] = w;
-        workgroupBarrier();
-        let n = min(SHARED_STEPS, steps - s0);
-        for (var k = 0u; k < n; k++) {
-            let w0 = shared_w[k * 64u + cq];
-            let w1 = shared_w[k * 64u + 16u + cq];
-            let w2 = shared_w[k * 64u + 32u + cq];
-            let w3 = shared_w[k * 64u + 48u + cq];
-            for (var i = 0u; i < 8u; i++) {
-                let x = shared_x[k * SHARED_PIXELS + tp + 16u * i];
-                a[i] += x.x * w0;
-                a[i] += x.y * w1;
-                a[i] += x.z * w2;
-                a[i] += x.w * w3;
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var i = 0u; i < 8u; i++) {
-        store_forward(q0 + tp + 16u * i, c, a[i]);
-    }
-}
-
-// The same sums for 128 pixels x 128 channels (two packed weight tiles) per workgroup, an
-// invocation holding 8 pixels x 8 channels (four channels in each tile), and eight steps per
-// stage: twice the multiply-adds per workgroup-memory load. For convolutions with more than
-// 64 output channels.
-const WIDE_STEPS: u32 = 8u;
-var<workgroup> wide_x: array<vec4<f32>, 1024>; // [step][pixel]
-var<workgroup> wide_w: array<vec4<f32>, 1024>; // [step][tile][input lane][channel quad]
-
-// One step's 8 x 8 multiply-adds, from the stage's step k.
-fn wide_step(k: u32, cq: u32, tp: u32, a: ptr<function, array<vec4<f32>, 8>>, b: ptr<function, array<vec4<f32>, 8>>) {
-    let w = k * 128u + cq;
-    let wa0 = wide_w[w];
-    let wa1 = wide_w[w + 16u];
-    let wa2 = wide_w[w + 32u];
-    let wa3 = wide_w[w + 48u];
-    let wb0 = wide_w[w + 64u];
-    let wb1 = wide_w[w + 80u];
-    let wb2 = wide_w[w + 96u];
-    let wb3 = wide_w[w + 112u];
-    for (var i = 0u; i < 8u; i++) {
-        let x = wide_x[k * SHARED_PIXELS + tp + 16u * i];
-        (*a)[i] += x.x * wa0;
-        (*a)[i] += x.y * wa1;
-        (*a)[i] += x.z * wa2;
-        (*a)[i] += x.w * wa3;
-        (*b)[i] += x.x * wb0;
-        (*b)[i] += x.y * wb1;
-        (*b)[i] += x.z * wb2;
-        (*b)[i] += x.w * wb3;
-    }
-}
-
-// Workgroups: ceil(batch * out_h * out_w / 128) (x, y) x ceil(out_pad / 128) (z).
-@compute @workgroup_size(256)
-fn conv_shared_forward_wide(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
+    //@sizes
     let total = p.batch * p.out_h * p.out_w;
     let last = total - 1u;
     let q0 = (wid.x + wid.y * nwg.x) * SHARED_PIXELS;
     let tiles = p.out_pad / SHARED_CHANNELS;
-    let t0 = 2u * wid.z;
+    let t0 = T * wid.z;
     // Loading: this invocation's step within a stage and its four pixels, 32 apart.
-    let load_step = lid % WIDE_STEPS;
-    let load_px = lid / WIDE_STEPS;
+    let load_step = lid % SHARED_STEPS;
+    let load_px = lid / SHARED_STEPS;
     var windows: array<u32, 4>;
     for (var r = 0u; r < 4u; r++) {
         windows[r] = window(min(q0 + load_px + 32u * r, last));
     }
-    // Computing: channel quad cq of each tile, eight pixels 16 apart.
+    // Computing: channel quad cq of each tile, pixels tp + 16 i.
     let cq = lid % 16u;
     let tp = lid / 16u;
-    let ca = t0 * SHARED_CHANNELS + 4u * cq;
-    let cb = ca + SHARED_CHANNELS;
-    var a: array<vec4<f32>, 8>;
-    var b: array<vec4<f32>, 8>;
-    for (var i = 0u; i < 8u; i++) {
-        a[i] = initial_forward(q0 + tp + 16u * i, ca);
-        b[i] = initial_forward(q0 + tp + 16u * i, cb);
-    }
+    let q = q0 + tp;
+    let c0 = t0 * SHARED_CHANNELS + 4u * cq;
+    //@declare
     let steps = p.kernel_h * p.kernel_w * p.in_quads;
-    for (var s0 = 0u; s0 < steps; s0 += WIDE_STEPS) {
+    for (var s0 = 0u; s0 < steps; s0 += SHARED_STEPS) {
         let s = s0 + load_step;
         let inside = s < steps;
         let off = select(0u, step_offset(s), inside);
         for (var r = 0u; r < 4u; r++) {
-            wide_x[load_step * SHARED_PIXELS + load_px + 32u * r] = select(vec4<f32>(), tf_x[windows[r] + off], inside);
+            shared_x[load_step * SHARED_PIXELS + load_px + 32u * r] = select(vec4<f32>(), tf_x[windows[r] + off], inside);
         }
-        for (var r = 0u; r < 4u; r++) {
+        for (var r = 0u; r < 2u * T; r++) {
             let e = lid + 256u * r;
-            let ws = s0 + e / 128u;
-            let t = t0 + (e % 128u) / 64u;
+            let ws = s0 + e / (64u * T);
+            let t = t0 + (e % (64u * T)) / 64u;
             var w = vec4<f32>();
             if (ws < steps && t < tiles) {
                 w = ts_w[packed_step(t, ws) + e % 64u];
             }
-            wide_w[e] = w;
+            shared_w[e] = w;
         }
         workgroupBarrier();
-        if (steps - s0 >= WIDE_STEPS) {
-            for (var k = 0u; k < WIDE_STEPS; k++) {
-                wide_step(k, cq, tp, &a, &b);
+        // Whole stages in a loop of constant length (unrolled by GPU compilers), the last
+        // partial one step by step.
+        if (steps - s0 >= SHARED_STEPS) {
+            for (var k = 0u; k < SHARED_STEPS; k++) {
+                //@step
             }
         } else {
             for (var k = 0u; k < steps - s0; k++) {
-                wide_step(k, cq, tp, &a, &b);
+                //@step
             }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 8u; i++) {
-        store_forward(q0 + tp + 16u * i, ca, a[i]);
-        store_forward(q0 + tp + 16u * i, cb, b[i]);
-    }
+    //@store
 }
+//@end
 
 var<workgroup> shared_dy: array<vec4<f32>, 256>; // [pixel][output quad]
 var<workgroup> shared_xw: array<vec4<f32>, 256>; // [pixel][input quad]

@@ -16,10 +16,22 @@ pub const WEIGHT_TILES: [u32; 2] = [4, 8];
 pub const WEIGHT_TILE_OUT: u32 = 32;
 /// Invocations per workgroup of the tile kernels (`TILE_WORKGROUP` in the shader).
 pub const TILE_WORKGROUP: u32 = 16;
-/// Batch-wide pixels and output channels of one workgroup of `conv_shared_forward`
-/// (`SHARED_PIXELS`, `SHARED_CHANNELS` in the shader): its weights are packed in tiles of 64.
+/// Batch-wide pixels of one workgroup of `conv_shared_forward_T` and the output channels of
+/// each of its T weight tiles (`SHARED_PIXELS`, `SHARED_CHANNELS` in the shader).
 pub const SHARED_PIXELS: u32 = 128;
 pub const SHARED_CHANNELS: u32 = 64;
+/// Weight tiles per workgroup of the workgroup-memory forward kernel: one for convolutions of
+/// up to 64 outputs, else two (twice the multiply-adds per workgroup-memory load).
+pub const SHARED_TILES: [u32; 2] = [1, 2];
+
+/// The workgroup-memory forward entry point for `tiles` weight tiles per workgroup.
+pub fn shared_entry(tiles: u32) -> &'static str {
+    match tiles {
+        1 => "conv_shared_forward_1",
+        2 => "conv_shared_forward_2",
+        _ => panic!("no workgroup-memory forward kernel of {tiles} tiles"),
+    }
+}
 
 /// The forward entry point for tiles of `channels` output channels x `pixels` pixels, with
 /// the weights in uniform blocks or (`storage`) in one storage buffer.
@@ -71,6 +83,11 @@ pub fn expand(source: &str, subgroups: bool) -> String {
                 for inputs in WEIGHT_TILES {
                     let tile = Weight { inputs, broadcast: subgroups };
                     instantiate(&mut out, &body, "_I(", &inputs.to_string(), &tile);
+                }
+            }
+            "shared" => {
+                for tiles in SHARED_TILES {
+                    instantiate(&mut out, &body, "_T(", &tiles.to_string(), &Shared { tiles });
                 }
             }
             other => panic!("conv_tile.wgsl: unknown template {other:?}"),
@@ -232,6 +249,50 @@ impl Tile for Weight {
     }
 }
 
+/// The workgroup-memory forward kernel with `tiles` weight tiles: results `a{tile}_{i}` (pixel
+/// tp + 16 i, four channels of the tile), a step's weights `w{tile}_{input lane}`.
+struct Shared {
+    tiles: u32,
+}
+
+impl Tile for Shared {
+    fn marker(&self, name: &str) -> Vec<String> {
+        let mut code = Vec::new();
+        match name {
+            "sizes" => code.push(format!("const T: u32 = {}u;", self.tiles)),
+            "declare" => {
+                for t in 0..self.tiles {
+                    code.extend(
+                        (0..8).map(|i| format!("var a{t}_{i} = initial_forward(q + {}u, c0 + {}u);", 16 * i, 64 * t)),
+                    );
+                }
+            }
+            "step" => {
+                for t in 0..self.tiles {
+                    code.extend((0..4).map(|l| {
+                        format!("let w{t}_{l} = shared_w[k * {}u + {}u + cq];", 64 * self.tiles, 64 * t + 16 * l)
+                    }));
+                }
+                for i in 0..8 {
+                    code.push(format!("let x{i} = shared_x[k * SHARED_PIXELS + tp + {}u];", 16 * i));
+                    for t in 0..self.tiles {
+                        code.push(format!(
+                            "a{t}_{i} += x{i}.x * w{t}_0; a{t}_{i} += x{i}.y * w{t}_1; a{t}_{i} += x{i}.z * w{t}_2; a{t}_{i} += x{i}.w * w{t}_3;"
+                        ));
+                    }
+                }
+            }
+            "store" => {
+                for t in 0..self.tiles {
+                    code.extend((0..8).map(|i| format!("store_forward(q + {}u, c0 + {}u, a{t}_{i});", 16 * i, 64 * t)));
+                }
+            }
+            other => panic!("conv_tile.wgsl: unknown shared marker {other:?}"),
+        }
+        code
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,7 +307,10 @@ mod tests {
         for i in WEIGHT_TILES {
             assert!(src.contains(&format!("fn {}(", weight_entry(i))));
         }
+        for t in SHARED_TILES {
+            assert!(src.contains(&format!("fn {}(", shared_entry(t))));
+        }
         assert!(!src.contains("//@"), "a marker was left in the expanded source");
-        assert!(!src.contains("_C(") && !src.contains("_I("));
+        assert!(!src.contains("_C(") && !src.contains("_I(") && !src.contains("_T("));
     }
 }

@@ -9,7 +9,7 @@ use std::ops::Range;
 use super::conv2d::Conv2dShape;
 use crate::gpu::conv_tiles::{
     FORWARD_TILES, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP, WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry,
-    weight_entry,
+    shared_entry, weight_entry,
 };
 use crate::gpu::{Dispatch, Gpu, GpuSlice, grid, grid_of};
 
@@ -213,7 +213,7 @@ pub enum WeightReads {
     /// them by broadcast (family conv_tile_subgroup; also used by the weight gradient).
     SubgroupStorage,
     /// Workgroups of 128 pixels x 64 or 128 channels that stage inputs and weights in
-    /// workgroup memory (`conv_shared_forward[_wide]`; real GPUs, [`Gpu::workgroup_tiles`]).
+    /// workgroup memory (`conv_shared_forward_T`; real GPUs, [`Gpu::workgroup_tiles`]).
     WorkgroupTiles,
 }
 
@@ -273,11 +273,9 @@ fn tile_dispatches(
         let [x, y, _] = grid_of(groups, 1);
         let buffers = [input, packed, bias, output];
         // Two weight tiles per workgroup where there are two (same sums either way).
-        let (entry, z) = match channel_tiles {
-            1 => ("conv_shared_forward", 1),
-            tiles => ("conv_shared_forward_wide", tiles.div_ceil(2)),
-        };
-        out.push(gpu.dispatch("conv_tile", entry, &params, &buffers, [x, y, z]));
+        let tiles = if channel_tiles == 1 { 1 } else { 2 };
+        let z = channel_tiles.div_ceil(tiles);
+        out.push(gpu.dispatch("conv_tile", shared_entry(tiles), &params, &buffers, [x, y, z]));
         return out;
     }
     let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
