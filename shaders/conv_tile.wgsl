@@ -667,3 +667,84 @@ fn conv_shared_weight(@builtin(local_invocation_index) lid: u32, @builtin(workgr
         store_weight_partial(chunk, tap, 4u * (oq0 + oq), iq0 + iq, m);
     }
 }
+
+var<workgroup> wide_dy: array<vec4<f32>, 512>; // [pixel][output quad]
+var<workgroup> wide_xw: array<vec4<f32>, 512>; // [pixel][input quad]
+
+// The same partial sums for 128 output x 128 input channels per workgroup, an invocation
+// holding output quads oq and oq + 16 x input quads iq and iq + 16 (four named 4 x 4 blocks):
+// twice the multiply-adds per workgroup-memory load. For more than 64 channels on both sides.
+// Workgroups: taps * ceil(in_quads / 32) (x) x ceil(out_pad / 128) (y) x chunks (z).
+@compute @workgroup_size(256)
+fn conv_shared_weight_wide(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let in_tiles = (p.in_quads + 31u) / 32u;
+    let tap = wid.x / in_tiles;
+    let iq0 = (wid.x % in_tiles) * 32u;
+    let oq0 = wid.y * 32u;
+    let chunk = wid.z;
+    let total = p.batch * p.out_h * p.out_w;
+    let start = chunk * p.chunk_len;
+    let end = min(total, start + p.chunk_len);
+    let pixels = p.out_h * p.out_w;
+    let tap_offset = ((tap / p.kernel_w) * p.in_w + tap % p.kernel_w) * p.in_quads;
+    let dy_h = select(p.out_h, p.store_h, p.store_h != 0u);
+    let dy_w = select(p.out_w, p.store_w, p.store_w != 0u);
+    let out_quads = p.out_pad / 4u;
+    // Loading: pixel j of a stage, quads u and u + 16 of its x and dy tiles. Computing: output
+    // quads oq, oq + 16 and input quads iq, iq + 16.
+    let j = lid / 16u;
+    let u = lid % 16u;
+    let oq = j;
+    let iq = u;
+    var m00 = mat4x4<f32>();
+    var m01 = mat4x4<f32>();
+    var m10 = mat4x4<f32>();
+    var m11 = mat4x4<f32>();
+    for (var q0 = start; q0 < end; q0 += 16u) {
+        let q = q0 + j;
+        var x0 = vec4<f32>();
+        var x1 = vec4<f32>();
+        var d0 = vec4<f32>();
+        var d1 = vec4<f32>();
+        if (q < end) {
+            let n = q / pixels;
+            let oy = (q % pixels) / p.out_w;
+            let ox = q % p.out_w;
+            let y = oy * p.stride_h + p.window_y0;
+            let col = ox * p.stride_w + p.window_x0;
+            let xq = ((n * p.in_h + y) * p.in_w + col) * p.in_quads + tap_offset + iq0 + u;
+            if (iq0 + u < p.in_quads) { x0 = tw_x[xq]; }
+            if (iq0 + u + 16u < p.in_quads) { x1 = tw_x[xq + 16u]; }
+            let dq = ((n * dy_h + oy + p.store_y0) * dy_w + ox + p.store_x0) * out_quads + oq0 + u;
+            if (oq0 + u < out_quads) { d0 = tw_dy[dq]; }
+            if (oq0 + u + 16u < out_quads) { d1 = tw_dy[dq + 16u]; }
+        }
+        wide_xw[j * 32u + u] = x0;
+        wide_xw[j * 32u + u + 16u] = x1;
+        wide_dy[j * 32u + u] = d0;
+        wide_dy[j * 32u + u + 16u] = d1;
+        workgroupBarrier();
+        let n = min(16u, end - q0);
+        for (var k = 0u; k < n; k++) {
+            let xa = wide_xw[k * 32u + iq];
+            let xb = wide_xw[k * 32u + iq + 16u];
+            let da = wide_dy[k * 32u + oq];
+            let db = wide_dy[k * 32u + oq + 16u];
+            m00 += outer(xa, da);
+            m01 += outer(xb, da);
+            m10 += outer(xa, db);
+            m11 += outer(xb, db);
+        }
+        workgroupBarrier();
+    }
+    let in_a = iq0 + iq < p.in_quads;
+    let in_b = iq0 + iq + 16u < p.in_quads;
+    if (oq0 + oq < out_quads) {
+        if (in_a) { store_weight_partial(chunk, tap, 4u * (oq0 + oq), iq0 + iq, m00); }
+        if (in_b) { store_weight_partial(chunk, tap, 4u * (oq0 + oq), iq0 + iq + 16u, m01); }
+    }
+    if (oq0 + oq + 16u < out_quads) {
+        if (in_a) { store_weight_partial(chunk, tap, 4u * (oq0 + oq + 16u), iq0 + iq, m10); }
+        if (in_b) { store_weight_partial(chunk, tap, 4u * (oq0 + oq + 16u), iq0 + iq + 16u, m11); }
+    }
+}

@@ -118,7 +118,8 @@ fn conv2d_matches_reference() {
 /// too; workgroup-memory tiles) sum in the same order, so which one a shape gets never changes
 /// a result: forward with bias, an input gradient added to one already there, and the weight
 /// gradient. Shapes: more input quads than a weight block's steps, a stride, fewer outputs
-/// than a tile; and several pixel and channel tiles, each with a ragged end.
+/// than a tile; several pixel and channel tiles, each with a ragged end; more than 64 channels
+/// on both sides (the widest workgroup tiles, ragged).
 #[test]
 fn conv_weight_paths_agree_bit_for_bit() {
     let gpu = gpu();
@@ -126,6 +127,7 @@ fn conv_weight_paths_agree_bit_for_bit() {
     let cases = [
         ([2, 300, 9, 7], [40, 300, 3, 3], Conv2dConfig::new(2, 1)),
         ([3, 20, 13, 11], [130, 20, 3, 3], Conv2dConfig::new(1, 1)),
+        ([2, 136, 6, 5], [72, 136, 3, 3], Conv2dConfig::new(1, 1)),
     ];
     for (i, (xs, ws, cfg)) in cases.into_iter().enumerate() {
         let shape = Conv2dShape::new(&xs, &ws, cfg).unwrap();
