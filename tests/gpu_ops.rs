@@ -119,7 +119,7 @@ fn conv2d_matches_reference() {
 /// a result: forward with bias, an input gradient added to one already there, and the weight
 /// gradient. Shapes: more input quads than a weight block's steps, a stride, fewer outputs
 /// than a tile; several pixel and channel tiles, each with a ragged end; more than 64 channels
-/// on both sides (the widest workgroup tiles, ragged).
+/// on both sides (two weight tiles per workgroup, an odd count of them).
 #[test]
 fn conv_weight_paths_agree_bit_for_bit() {
     let gpu = gpu();

@@ -239,8 +239,7 @@ enum WeightKernel {
     Registers,
     /// The same, each eight lanes of a subgroup sharing their dy loads by broadcast.
     SubgroupRegisters,
-    /// `conv_shared_weight[_wide]`: 64 x 64 (128 x 128) channels per workgroup, staged in
-    /// workgroup memory.
+    /// `conv_shared_weight`: 64 x 64 channels per workgroup, staged in workgroup memory.
     WorkgroupTiles,
 }
 
@@ -780,17 +779,12 @@ impl GemmPlan {
             let buffers = [scratch[X_LAST], dy_last, partials];
             let partial_sums = match self.weight_kernel {
                 WeightKernel::WorkgroupTiles => {
-                    // 128 x 128 channels per workgroup where both sides have more than 64.
-                    let quads = SHARED_CHANNELS as usize / 4;
-                    let wide = self.x_quads > quads && self.weight_pad() > 4 * quads;
-                    let (entry, side) =
-                        if wide { ("conv_shared_weight_wide", 2 * quads) } else { ("conv_shared_weight", quads) };
                     let workgroups = [
-                        (taps_used * self.x_quads.div_ceil(side)) as u32,
-                        self.weight_pad().div_ceil(4 * side) as u32,
+                        (taps_used * self.x_quads.div_ceil(SHARED_CHANNELS as usize / 4)) as u32,
+                        self.weight_pad().div_ceil(SHARED_CHANNELS as usize) as u32,
                         params.chunks,
                     ];
-                    gpu.dispatch("conv_tile", entry, &params, &buffers, workgroups)
+                    gpu.dispatch("conv_tile", "conv_shared_weight", &params, &buffers, workgroups)
                 }
                 kernel => {
                     let lanes = taps_used * (4 * self.x_quads / self.weight_inputs as usize);
