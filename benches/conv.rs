@@ -1,5 +1,6 @@
 //! Convolution throughput: forward, gradient to the input and gradient to the weight, in
-//! GFLOP/s on the adapter kdna picks, over ResNet-sized layers at batch 16.
+//! GFLOP/s on the adapter kdna picks, over ResNet and MobileNetV2 layers at batch 16 (the
+//! sizes a 64x64 input gives them).
 //!
 //!     cargo bench --bench conv              # about a second per kernel
 //!     cargo bench --bench conv -- --quick   # one timed run per kernel (CI)
@@ -23,16 +24,19 @@ fn main() {
         println!("adapter: {} ({:?})", gpu.info.name, gpu.info.backend);
         println!("{:<34} {:>10} {:>10} {:>10}", "layer (N, Cin->Cout, HxW, k/s)", "forward", "grad in", "grad w");
     }
-    // (name, batch, c_in, c_out, size, kernel, stride)
+    // (name, batch, c_in, c_out, size, kernel, stride, groups)
     let layers = [
-        ("resnet 3x3 64->64 16x16", 16, 64, 64, 16, 3, 1),
-        ("resnet 3x3 128->128 8x8", 16, 128, 128, 8, 3, 1),
-        ("resnet 3x3 64->128 16x16 s2", 16, 64, 128, 16, 3, 2),
-        ("resnet 1x1 256->64 16x16", 16, 256, 64, 16, 1, 1),
+        ("resnet 3x3 64->64 16x16", 16, 64, 64, 16, 3, 1, 1),
+        ("resnet 3x3 128->128 8x8", 16, 128, 128, 8, 3, 1, 1),
+        ("resnet 3x3 64->128 16x16 s2", 16, 64, 128, 16, 3, 2, 1),
+        ("resnet 1x1 256->64 16x16", 16, 256, 64, 16, 1, 1, 1),
+        ("mobilenet 1x1 24->144 16x16", 16, 24, 144, 16, 1, 1, 1),
+        ("mobilenet dw 3x3 144 16x16 s2", 16, 144, 144, 16, 3, 2, 144),
+        ("mobilenet 1x1 192->32 8x8", 16, 192, 32, 8, 1, 1, 1),
     ];
-    for (name, n, c_in, c_out, size, k, stride) in layers {
-        let cfg = Conv2dConfig::new(stride, k / 2);
-        let shape = Conv2dShape::new(&[n, c_in, size, size], &[c_out, c_in, k, k], cfg).unwrap();
+    for (name, n, c_in, c_out, size, k, stride, groups) in layers {
+        let cfg = Conv2dConfig::new(stride, k / 2).groups(groups);
+        let shape = Conv2dShape::new(&[n, c_in, size, size], &[c_out, c_in / groups, k, k], cfg).unwrap();
         let rates = bench_layer(&gpu, shape, quick);
         if json {
             println!(
