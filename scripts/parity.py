@@ -26,15 +26,11 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kdna_ref  # noqa: E402
+from bench_torch import ARCHS as BENCH_ARCHS  # noqa: E402
 
-ARCHS = {
-    "resnet18": lambda kdna, n: kdna_ref.resnet18(kdna, n),
-    "resnet50": lambda kdna, n: kdna_ref.resnet50(kdna, n),
-    "mobilenet_v2": lambda kdna, n: kdna_ref.mobilenet_v2(kdna, 1.0, n),
-    "mobilenet_v2_1d2": lambda kdna, n: kdna_ref.mobilenet_v2(kdna, 0.5, n),
-    # Parity runs with stochastic depth off (`kdna parity` builds it with --drop-path 0).
-    "convnext_tiny": lambda kdna, n: kdna_ref.convnext_tiny(kdna, n, stochastic_depth_prob=0.0),
-}
+# The networks as bench_torch.py builds them, but with stochastic depth off (`kdna parity`
+# builds ConvNeXt with --drop-path 0).
+ARCHS = {**BENCH_ARCHS, "convnext_tiny": lambda kdna, n: kdna_ref.convnext_tiny(kdna, n, stochastic_depth_prob=0.0)}
 
 
 def randomise(model, generator):

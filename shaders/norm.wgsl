@@ -93,16 +93,17 @@ fn element_run(r: u32) -> vec3<u32> {
 @group(0) @binding(3) var<storage, read_write> st_running_var: array<f32>;
 @group(0) @binding(4) var<storage, read_write> st_saved: array<f32>;
 
-// Partial sums of [stage][channel][chunk] (batchnorm_chunk_sums), or of the backward pass's
-// sum(dy) and sum(dy * (x - mean)) (batchnorm_backward_chunks).
-@group(0) @binding(5) var<storage, read_write> st_part: array<vec2<f32>>;
+// Partial sums [stage][channel][chunk]: of x and of (x - mean)^2 (batchnorm_chunk_sums), or of
+// the backward pass's dy and dy * (x - mean) (batchnorm_backward_chunks). Binding 7 in every
+// kernel that reads or writes them.
+@group(0) @binding(7) var<storage, read_write> chunk_part: array<vec2<f32>>;
 
 // The partial sums of stage `stage` of channel c, added in chunk order.
 fn chunk_total(stage: u32, c: u32) -> vec2<f32> {
     var sum = df(0.0);
     let first = (stage * p.channels + c) * p.chunks;
     for (var k = 0u; k < p.chunks; k++) {
-        sum = df_add(sum, st_part[first + k]);
+        sum = df_add(sum, chunk_part[first + k]);
     }
     return sum;
 }
@@ -131,7 +132,7 @@ fn batchnorm_chunk_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
     }
     let total = workgroup_sum(lane, sum);
     if (lane == 0u) {
-        st_part[(p.stage * p.channels + c) * p.chunks + wid.y] = total;
+        chunk_part[(p.stage * p.channels + c) * p.chunks + wid.y] = total;
     }
 }
 
@@ -228,8 +229,6 @@ fn batchnorm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 @group(0) @binding(5) var<storage, read_write> br_dbias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> br_sums: array<f32>;
 
-@group(0) @binding(7) var<storage, read_write> br_part: array<vec2<f32>>;
-
 // One chunk's sum(dy) and sum(dy * (x - mean)), as stages 0 and 1 of the partial sums.
 // Workgroups: channels (x) x chunks (y).
 @compute @workgroup_size(64)
@@ -238,8 +237,8 @@ fn batchnorm_backward_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
     let range = chunk_range(wid.y);
     let sums = backward_sums(lane, c, range.x, range.y);
     if (lane == 0u) {
-        br_part[c * p.chunks + wid.y] = sums[0];
-        br_part[(p.channels + c) * p.chunks + wid.y] = sums[1];
+        chunk_part[c * p.chunks + wid.y] = sums[0];
+        chunk_part[(p.channels + c) * p.chunks + wid.y] = sums[1];
     }
 }
 
@@ -262,16 +261,6 @@ fn backward_sums(lane: u32, c: u32, start: u32, end: u32) -> array<vec2<f32>, 2>
     return array<vec2<f32>, 2>(sum_dy, sum_dy_c);
 }
 
-// The chunks' partial sums of stage `stage` of channel c, added in chunk order.
-fn backward_chunk_total(stage: u32, c: u32) -> vec2<f32> {
-    var sum = df(0.0);
-    let first = (stage * p.channels + c) * p.chunks;
-    for (var k = 0u; k < p.chunks; k++) {
-        sum = df_add(sum, br_part[first + k]);
-    }
-    return sum;
-}
-
 // dbias = sum(dy), dweight = sum(dy * c) * invstd; mean(dy) and beta kept for the input
 // gradient. Workgroups: channels.
 @compute @workgroup_size(64)
@@ -282,8 +271,8 @@ fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
     var sum_dy: vec2<f32>;
     var sum_dy_c: vec2<f32>;
     if (p.chunks > 1u) {
-        sum_dy = backward_chunk_total(0u, c);
-        sum_dy_c = backward_chunk_total(1u, c);
+        sum_dy = chunk_total(0u, c);
+        sum_dy_c = chunk_total(1u, c);
     } else {
         let sums = backward_sums(lane, c, 0u, count);
         sum_dy = sums[0];

@@ -108,12 +108,12 @@ impl Op for BatchNorm {
                     for stage in 0..2 {
                         let params = NormParams { stage, ..params };
                         let grid = [channels, params.chunks, 1];
-                        // Bindings 1 and 5 (buffers go by position; the unused ones are left out).
-                        let buffers = [x, x, x, x, partials];
+                        // Bindings 1 and 7 (buffers go by position; the unused ones are left out).
+                        let buffers = [x, x, x, x, x, x, partials];
                         out.push(gpu.dispatch("norm", "batchnorm_chunk_sums", &params, &buffers, grid));
                     }
                 }
-                let buffers = [x, mean, var, saved, partials];
+                let buffers = [x, mean, var, saved, x, x, partials];
                 out.push(gpu.dispatch("norm", "batchnorm_stats_train", &params, &buffers, [channels, 1, 1]));
             }
             Mode::Eval => out.push(gpu.dispatch(
