@@ -1,7 +1,7 @@
 // Two-dimensional convolution, NCHW activations and OIHW weights (PyTorch's layouts), with
 // stride, zero padding and groups, and its three gradients: the kernels for grouped
-// convolutions that are not depthwise (conv_gemm.wgsl and depthwise.wgsl take those), and the
-// bias gradient of every convolution.
+// convolutions that are not depthwise (conv_tile.wgsl and depthwise.wgsl take those), the
+// bias gradient of every convolution, and the ordered sum of chunked reductions.
 //
 // Each invocation owns a TILE x TILE block of results so that every loaded value feeds TILE
 // multiply-adds: on software adapters every load is a per-lane scalar loop, so arithmetic per

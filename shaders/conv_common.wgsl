@@ -1,6 +1,6 @@
-// What the convolution families (conv.wgsl, conv_gemm.wgsl, depthwise.wgsl) share: the
-// parameter struct, mirrored by `ConvParams` in src/ops/conv2d.rs, and the 8-wide pixel tiles
-// that conv_gemm and depthwise hold in two vec4s.
+// What the convolution families conv.wgsl and depthwise.wgsl share: the parameter struct,
+// mirrored by `ConvParams` in src/ops/conv2d.rs, the 8-wide pixel tiles that depthwise holds in
+// two vec4s, and the workgroup sum of the reductions over a batch.
 
 struct ConvParams {
     batch: u32,
@@ -28,7 +28,7 @@ struct ConvParams {
     _pad1: u32,
 }
 
-// Lanes of the workgroups that reduce one chunk (src/ops/conv2d.rs `REDUCE_LANES`).
+// Lanes of the workgroups that reduce one chunk (each dispatched as one workgroup per chunk).
 const REDUCE: u32 = 64u;
 
 var<workgroup> partial: array<f32, REDUCE>;

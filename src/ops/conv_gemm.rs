@@ -232,6 +232,10 @@ impl WeightReads {
     }
 }
 
+// An op's scratch is sized by `GemmPlan::new` (its device is not known then), whose tiles are
+// never wider than workgroup tiles: packing in fewer, wider tiles takes no more room.
+const _: () = assert!(FORWARD_TILES[FORWARD_TILES.len() - 1].0 <= SHARED_CHANNELS);
+
 /// The weight gradient's partial-sum kernels. All sum the same chunks in the same order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WeightKernel {
@@ -434,11 +438,11 @@ impl GemmPlan {
     }
 
     /// The same plan with the weights read one way in both passes, whatever the pixel count,
-    /// and the weight gradient sharing loads across subgroups exactly when `reads` does (for
-    /// tests: every way sums in the same order).
-    /// With workgroup tiles, the weights are packed in the tiles those kernels read, and the
-    /// weight gradient takes workgroup tiles too.
+    /// and the weight gradient's kernel to match: sharing loads across subgroups exactly when
+    /// `reads` does, in workgroup tiles with workgroup tiles (whose weights are packed in tiles
+    /// of 64 channels). Every way sums in the same order, so tests may compare them bit for bit.
     pub fn with_weight_reads(self, reads: WeightReads) -> GemmPlan {
+        // Only the channels count for workgroup tiles (their pixels are `SHARED_PIXELS`).
         let (forward_tile, backward_tile) = match reads {
             WeightReads::WorkgroupTiles => ((SHARED_CHANNELS, 8), (SHARED_CHANNELS, 8)),
             _ => (self.forward_tile, self.backward_tile),
