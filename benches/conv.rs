@@ -29,6 +29,8 @@ fn main() {
         ("resnet 3x3 64->64 16x16", 16, 64, 64, 16, 3, 1, 1),
         ("resnet 3x3 128->128 8x8", 16, 128, 128, 8, 3, 1, 1),
         ("resnet 3x3 64->128 16x16 s2", 16, 64, 128, 16, 3, 2, 1),
+        ("resnet 3x3 256->256 4x4", 16, 256, 256, 4, 3, 1, 1),
+        ("resnet 3x3 512->512 2x2", 16, 512, 512, 2, 3, 1, 1),
         ("resnet 1x1 256->64 16x16", 16, 256, 64, 16, 1, 1, 1),
         ("mobilenet 1x1 24->144 16x16", 16, 24, 144, 16, 1, 1, 1),
         ("mobilenet dw 3x3 144 16x16 s2", 16, 144, 144, 16, 3, 2, 144),
@@ -71,6 +73,14 @@ fn bench_layer(gpu: &Gpu, shape: Conv2dShape, quick: bool) -> [f64; 3] {
         op.backward(gpu, &bound, &Grads { outputs: vec![&dy], inputs: vec![Some(input_target), None] }, Mode::Train);
     let grad_weight =
         op.backward(gpu, &bound, &Grads { outputs: vec![&dy], inputs: vec![None, Some(weight_target)] }, Mode::Train);
+    if std::env::var_os("KDNA_BENCH_DISPATCHES").is_some() {
+        for (pass, dispatches) in [("forward", &forward), ("grad in", &grad_input), ("grad w", &grad_weight)] {
+            for d in dispatches.iter() {
+                let secs = seconds_per_run(gpu, std::slice::from_ref(d), true);
+                eprintln!("  {pass:<8} {:<36} {:>9.3} ms", d.label, secs * 1e3);
+            }
+        }
+    }
     [&forward, &grad_input, &grad_weight].map(|d| shape.flops() / seconds_per_run(gpu, d, quick) / 1e9)
 }
 

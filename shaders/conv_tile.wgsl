@@ -177,23 +177,20 @@ fn block_steps(b: u32) -> vec4<u32> {
     return vec4<u32>(b / split, b / split + 1u, quad0, min(p.in_quads, quad0 + STEPS));
 }
 
-// Where destination float i of the packed weights comes from, as (output channel, input
-// channel, tap), or none (vec3(~0)): blocks of BLOCK_VEC4S vec4s, tile-major, each
-// [step][input lane][tile channels].
-fn packed_source(i: u32) -> vec3<u32> {
+// Row `row` of block `block` of the packed weights: the tile's output channels at one input
+// channel and tap, as (first output channel, input channel, tap), or none (vec3(~0)) past the
+// block's steps. Blocks of BLOCK_VEC4S vec4s, tile-major, each [step][input lane][tile
+// channels]: 4 * BLOCK_VEC4S / tile rows.
+fn packed_row(block: u32, row: u32) -> vec3<u32> {
     let none = vec3<u32>(0xffffffffu);
-    let block = i / (4u * BLOCK_VEC4S);
-    let r = i % (4u * BLOCK_VEC4S);
-    let k = r / (4u * p.tile);
+    let k = row / 4u;
     if (k >= STEPS) { return none; }
     let blocks = weight_blocks();
     let steps = block_steps(block % blocks);
     let nq = steps.w - steps.z;
     let tap = steps.x + k / nq;
-    let c = (block / blocks) * p.tile + r % p.tile;
-    let lane = (r / p.tile) % 4u;
     if (tap >= steps.y) { return none; }
-    return vec3<u32>(c, (steps.z + k % nq) * 4u + lane, tap);
+    return vec3<u32>((block / blocks) * p.tile, (steps.z + k % nq) * 4u + row % 4u, tap);
 }
 
 // The weight's own tap index of the used tap at row ky, column kx.
@@ -201,44 +198,63 @@ fn full_tap(ky: u32, kx: u32) -> u32 {
     return (ky + p.ky0) * p.full_kernel_w + kx + p.kx0;
 }
 
+// The packing kernels run one invocation per row: (x) rows of (y) one block. A row's index
+// arithmetic — divisions, which software adapters pay per lane — is done once for its
+// tile / 4 vec4s.
+
 // Forward weights from w [weight_out][weight_in][kh][kw]: the kernel's outputs are the
-// weight's outputs. Invocations: every destination vec4 (four output channels of one input
-// channel and tap; "none" has every component ~0, so the first test rejects it).
+// weight's outputs.
 @compute @workgroup_size(64)
-fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let j = flat_index(gid, nwg);
-    if (j >= arrayLength(&copy_dst)) { return; }
-    let src = packed_source(4u * j);
-    var v = vec4<f32>();
-    if (src.y < p.weight_in) {
-        let at = (src.x * p.weight_in + src.y) * p.full_taps + full_tap(src.z / p.kernel_w, src.z % p.kernel_w);
-        for (var k = 0u; k < 4u; k++) {
-            if (src.x + k < p.weight_out) { v[k] = copy_src[at + k * p.weight_in * p.full_taps]; }
+fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let rows = 4u * BLOCK_VEC4S / p.tile;
+    if (gid.x >= rows) { return; }
+    let src = packed_row(gid.y, gid.x);
+    let first = gid.y * BLOCK_VEC4S + gid.x * (p.tile / 4u);
+    let inside = src.y < p.weight_in;
+    let tap = select(0u, full_tap(src.z / p.kernel_w, src.z % p.kernel_w), inside);
+    let out_stride = p.weight_in * p.full_taps;
+    for (var cq = 0u; cq < p.tile / 4u; cq++) {
+        let c = src.x + 4u * cq;
+        var v = vec4<f32>();
+        if (inside) {
+            let at = (c * p.weight_in + src.y) * p.full_taps + tap;
+            for (var k = 0u; k < 4u; k++) {
+                if (c + k < p.weight_out) { v[k] = copy_src[at + k * out_stride]; }
+            }
         }
+        copy_dst[first + cq] = v;
     }
-    copy_dst[j] = v;
 }
 
 // Input-gradient weights: the kernel's outputs are the weight's input channels, its inputs
 // the weight's output channels, and the taps are flipped (and, for one phase of a strided
-// input gradient, every tap_step-th). Invocations: every destination vec4.
+// input gradient, every tap_step-th).
 @compute @workgroup_size(64)
-fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let j = flat_index(gid, nwg);
-    if (j >= arrayLength(&copy_dst)) { return; }
-    let src = packed_source(4u * j);
-    var v = vec4<f32>();
-    if (src.y < p.weight_out) {
+fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let rows = 4u * BLOCK_VEC4S / p.tile;
+    if (gid.x >= rows) { return; }
+    let src = packed_row(gid.y, gid.x);
+    let first = gid.y * BLOCK_VEC4S + gid.x * (p.tile / 4u);
+    let inside = src.y < p.weight_out;
+    var tap = 0u;
+    if (inside) {
         let flip_h = select(p.kernel_h, p.flip_h, p.flip_h != 0u);
         let flip_w = select(p.kernel_w, p.flip_w, p.flip_w != 0u);
         let ty = flip_h - 1u - (p.tap0_h + max(p.tap_step_h, 1u) * (src.z / p.kernel_w));
         let tx = flip_w - 1u - (p.tap0_w + max(p.tap_step_w, 1u) * (src.z % p.kernel_w));
-        let at = (src.y * p.weight_in + src.x) * p.full_taps + full_tap(ty, tx);
-        for (var k = 0u; k < 4u; k++) {
-            if (src.x + k < p.weight_in) { v[k] = copy_src[at + k * p.full_taps]; }
-        }
+        tap = full_tap(ty, tx);
     }
-    copy_dst[j] = v;
+    for (var cq = 0u; cq < p.tile / 4u; cq++) {
+        let c = src.x + 4u * cq;
+        var v = vec4<f32>();
+        if (inside) {
+            let at = (src.y * p.weight_in + c) * p.full_taps + tap;
+            for (var k = 0u; k < 4u; k++) {
+                if (c + k < p.weight_in) { v[k] = copy_src[at + k * p.full_taps]; }
+            }
+        }
+        copy_dst[first + cq] = v;
+    }
 }
 
 // ---------------------------------------------------------------- forward (and input gradient)

@@ -268,7 +268,7 @@ fn tile_dispatches(
         _ => reads,
     };
     if params.kernel_h * params.kernel_w > 0 {
-        out.push(gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], grid(packed.len() / 4)));
+        out.push(gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], pack_grid(packed, channels)));
     }
     let channel_tiles = params.out_pad / channels;
     if reads == WeightReads::WorkgroupTiles {
@@ -318,6 +318,15 @@ fn tile_dispatches(
         }
     }
     out
+}
+
+/// The packing kernels' grid: (x) the rows of a weight block, each a tile's `channels` at one
+/// (tap, input channel), by (y) the blocks `packed` holds.
+fn pack_grid(packed: &GpuSlice, channels: u32) -> [u32; 3] {
+    let blocks = packed.len() / BLOCK_FLOATS;
+    assert!(packed.len().is_multiple_of(BLOCK_FLOATS) && blocks <= 65535, "packed weights of {blocks} blocks");
+    let rows = BLOCK_FLOATS / channels as usize;
+    [rows.div_ceil(64) as u32, blocks as u32, 1]
 }
 
 /// The sizes of one convolution's kernels.
