@@ -91,7 +91,7 @@ struct TileParams {
 
 @group(0) @binding(0) var<uniform> p: TileParams;
 
-// Invocations per workgroup of every kernel here (src/gpu/conv_tiles.rs `TILE_WORKGROUP`):
+// Invocations per workgroup of the kernels here but the lanes kernel (src/gpu/conv_tiles.rs `TILE_WORKGROUP`):
 // small, so that the few large tiles of a late-stage layer still spread over every core.
 const TILE_WORKGROUP: u32 = 16u;
 // Output channels per weight-gradient tile.
@@ -200,14 +200,14 @@ fn full_tap(ky: u32, kx: u32) -> u32 {
 
 // The packing kernels run one invocation per row: (x) rows of (y) one block. A row's index
 // arithmetic — divisions, which software adapters pay per lane — is done once for its
-// tile / 4 vec4s.
+// tile / 4 vec4s. Rows past STEPS steps (blocks of tiles narrower than 64) are never read and
+// never written.
 
 // Forward weights from w [weight_out][weight_in][kh][kw]: the kernel's outputs are the
 // weight's outputs.
 @compute @workgroup_size(64)
 fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let rows = 4u * BLOCK_VEC4S / p.tile;
-    if (gid.x >= rows) { return; }
+    if (gid.x >= 4u * STEPS) { return; }
     let src = packed_row(gid.y, gid.x);
     let first = gid.y * BLOCK_VEC4S + gid.x * (p.tile / 4u);
     let inside = src.y < p.weight_in;
@@ -231,8 +231,7 @@ fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // input gradient, every tap_step-th).
 @compute @workgroup_size(64)
 fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let rows = 4u * BLOCK_VEC4S / p.tile;
-    if (gid.x >= rows) { return; }
+    if (gid.x >= 4u * STEPS) { return; }
     let src = packed_row(gid.y, gid.x);
     let first = gid.y * BLOCK_VEC4S + gid.x * (p.tile / 4u);
     let inside = src.y < p.weight_out;
@@ -377,6 +376,50 @@ fn conv_tile_forward_storage_C(
         }
     }
     //@store
+}
+//@end
+
+// Passes over few pixels (src/ops/conv_gemm.rs `WeightReads::SubgroupInputs`): lanes take
+// output channels rather than pixels, P pixels x C channels each, so a pass of fewer than 16
+// pixel tiles still fills every lane. A workgroup's lanes share their pixels (each eight lanes
+// of a subgroup load them once and broadcast them) and load their own weights. Sums in the
+// same order as the kernels above. Invocations: out_pad / C channel tiles, rounded up to whole
+// workgroups (x; lanes past the last tile compute it, clamped, and store nothing), by pixel
+// tiles (y, folded into z past 65535).
+const LANES_WORKGROUP: u32 = 8u;
+//@template forward_lanes
+@compute @workgroup_size(LANES_WORKGROUP)
+fn conv_tile_forward_lanes_C(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    //@lane
+) {
+    //@sizes
+    let total = p.batch * p.out_h * p.out_w;
+    let q0 = (wid.y + wid.z * nwg.y) * P;
+    let tiles = p.out_pad / C;
+    let c0 = min(gid.x, tiles - 1u) * C;
+    let last = total - 1u;
+    //@pixels
+    //@declare
+    let row = p.in_w * p.in_quads;
+    let blocks = weight_blocks();
+    for (var b = 0u; b < blocks; b++) {
+        let steps = block_steps(b);
+        var w = ((c0 / C) * blocks + b) * BLOCK_VEC4S;
+        for (var tap = steps.x; tap < steps.y; tap++) {
+            let tap_offset = (tap / p.kernel_w) * row + (tap % p.kernel_w) * p.in_quads;
+            for (var quad = steps.z; quad < steps.w; quad++) {
+                let off = tap_offset + quad;
+                //@step
+                w += C;
+            }
+        }
+    }
+    if (gid.x < tiles) {
+        //@store
+    }
 }
 //@end
 

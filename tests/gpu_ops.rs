@@ -128,6 +128,8 @@ fn conv_weight_paths_agree_bit_for_bit() {
         ([2, 300, 9, 7], [40, 300, 3, 3], Conv2dConfig::new(2, 1)),
         ([3, 20, 13, 11], [130, 20, 3, 3], Conv2dConfig::new(1, 1)),
         ([2, 136, 6, 5], [72, 136, 3, 3], Conv2dConfig::new(1, 1)),
+        // A 2x2 map: every pass runs as bands of outputs that read the same taps.
+        ([3, 68, 2, 2], [100, 68, 3, 3], Conv2dConfig::new(1, 1)),
     ];
     for (i, (xs, ws, cfg)) in cases.into_iter().enumerate() {
         let shape = Conv2dShape::new(&xs, &ws, cfg).unwrap();
@@ -142,6 +144,7 @@ fn conv_weight_paths_agree_bit_for_bit() {
             WeightReads::Storage,
             WeightReads::SubgroupStorage,
             WeightReads::WorkgroupTiles,
+            WeightReads::SubgroupInputs,
         ];
         let results = reads.map(|reads| {
             let plan = GemmPlan::new(&shape).with_weight_reads(reads);

@@ -9,6 +9,13 @@
 /// Output channels per forward tile, and the pixels that go with each (512 results: on
 /// lavapipe, 1024 run no faster and take LLVM minutes to compile, 256 run slower).
 pub const FORWARD_TILES: [(u32, u32); 3] = [(16, 32), (32, 16), (64, 8)];
+/// The one tile of the kernel whose lanes take output channels rather than pixels (passes over
+/// few pixels, `conv_tile_forward_lanes_32x16`): 16 pixels, shared by the lanes of a workgroup
+/// (two broadcast loads per eight lanes), by 32 output channels per lane.
+pub const LANES_TILE: (u32, u32) = (32, 16);
+/// Invocations per workgroup of that kernel (`LANES_WORKGROUP` in the shader): one subgroup on
+/// lavapipe, and few, so that the few channel tiles of a small pass spread over every core.
+pub const LANES_WORKGROUP: u32 = 8;
 /// Input channels per weight-gradient tile (32 output channels each). On lavapipe 8 runs
 /// fastest: 16 and 32 keep more results than the caches hold and ran 10-40% slower.
 pub const WEIGHT_TILES: [u32; 2] = [4, 8];
@@ -47,6 +54,9 @@ pub fn forward_entry(channels: u32, pixels: u32, storage: bool) -> &'static str 
     }
 }
 
+/// The entry point whose lanes take output channels ([`LANES_TILE`]).
+pub const LANES_ENTRY: &str = "conv_tile_forward_lanes_32x16";
+
 /// The weight-gradient entry point for tiles of `inputs` input channels.
 pub fn weight_entry(inputs: u32) -> &'static str {
     match inputs {
@@ -75,9 +85,14 @@ pub fn expand(source: &str, subgroups: bool) -> String {
                 let storage = kind == "forward_storage";
                 let weights = if storage { "ts_w" } else { "tf_w" };
                 for (channels, pixels) in FORWARD_TILES {
-                    let tile = Forward { channels, pixels, weights, broadcast: storage && subgroups };
+                    let tile = Forward { channels, pixels, weights, broadcast: storage && subgroups, lanes: false };
                     instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}"), &tile);
                 }
+            }
+            "forward_lanes" => {
+                let (channels, pixels) = LANES_TILE;
+                let tile = Forward { channels, pixels, weights: "ts_w", broadcast: subgroups, lanes: true };
+                instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}"), &tile);
             }
             "weight" => {
                 for inputs in WEIGHT_TILES {
@@ -119,14 +134,16 @@ fn instantiate(out: &mut String, body: &[&str], suffix: &str, size: &str, tile: 
 }
 
 /// `channels` output channels x `pixels` batch-wide pixels; results `a{pixel}_{quad}` (vec4
-/// over four output channels), a step's weights `w{input lane}_{quad}`.
+/// over four output channels), a step's weights `w{input lane}_{quad}`, its inputs `x{pixel}`.
 struct Forward {
     channels: u32,
     pixels: u32,
     /// The weight buffer's name in the shader.
     weights: &'static str,
-    /// Whether a subgroup shares its weight loads ([`expand`]).
+    /// Whether a subgroup shares loads ([`expand`]): the weights, or with `lanes` the inputs.
     broadcast: bool,
+    /// Whether lanes take output channels and share their pixels (else the reverse).
+    lanes: bool,
 }
 
 /// The entry point parameter that names the invocation's subgroup lane, when broadcasting.
@@ -164,6 +181,13 @@ impl Tile for Forward {
         match name {
             "sizes" => code.push(format!("const P: u32 = {}u; const C: u32 = {}u;", self.pixels, self.channels)),
             "lane" => code = lane_parameter(self.broadcast),
+            "pixels" if self.lanes && self.broadcast => {
+                // Lane m of each eight loads pixels m, m + 8, ... for the others.
+                code.extend(
+                    (0..self.pixels / 8)
+                        .map(|g| format!("let lb{g} = window(min(q0 + {}u + (subgroup_lane & 7u), last));", 8 * g)),
+                );
+            }
             "pixels" => {
                 code.extend((0..self.pixels).map(|i| format!("let b{i} = window(min(q0 + {i}u, last));")));
             }
@@ -179,9 +203,16 @@ impl Tile for Forward {
             }
             "step" => {
                 let names: Vec<String> = (0..4).flat_map(|k| (0..quads).map(move |j| format!("w{k}_{j}"))).collect();
-                code = shared_loads(&names, self.weights, "w", self.broadcast);
+                code = shared_loads(&names, self.weights, "w", self.broadcast && !self.lanes);
+                if self.lanes && self.broadcast {
+                    for g in 0..self.pixels / 8 {
+                        code.push(format!("let xl{g} = tf_x[lb{g} + off];"));
+                        code.extend((0..8).map(|m| format!("let x{} = subgroupBroadcast(xl{g}, {m}u);", 8 * g + m)));
+                    }
+                } else {
+                    code.extend((0..self.pixels).map(|i| format!("let x{i} = tf_x[b{i} + off];")));
+                }
                 for i in 0..self.pixels {
-                    code.push(format!("let x{i} = tf_x[b{i} + off];"));
                     for j in 0..quads {
                         code.push(format!(
                             "a{i}_{j} += x{i}.x * w0_{j}; a{i}_{j} += x{i}.y * w1_{j}; a{i}_{j} += x{i}.z * w2_{j}; a{i}_{j} += x{i}.w * w3_{j};"
@@ -310,6 +341,7 @@ mod tests {
         for t in SHARED_TILES {
             assert!(src.contains(&format!("fn {}(", shared_entry(t))));
         }
+        assert!(src.contains(&format!("fn {LANES_ENTRY}(")));
         assert!(!src.contains("//@"), "a marker was left in the expanded source");
         assert!(!src.contains("_C(") && !src.contains("_I(") && !src.contains("_T("));
     }

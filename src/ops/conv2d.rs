@@ -208,7 +208,7 @@ impl Op for Conv2d {
     fn scratch(&self, backward: bool) -> Vec<usize> {
         let s = &self.shape;
         let mut sizes = match s.kernel() {
-            ConvKernel::Gemm => GemmPlan::new(s).scratch(backward),
+            ConvKernel::Gemm => GemmPlan::scratch_for_any_device(s, backward),
             _ => Vec::new(),
         };
         if backward {

@@ -8,8 +8,8 @@ use std::ops::Range;
 
 use super::conv2d::Conv2dShape;
 use crate::gpu::conv_tiles::{
-    FORWARD_TILES, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP, WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry,
-    shared_entry, weight_entry,
+    FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
+    WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry, shared_entry, weight_entry,
 };
 use crate::gpu::{Dispatch, Gpu, GpuSlice, grid, grid_of};
 
@@ -200,6 +200,11 @@ fn weight_blocks(taps: usize, in_quads: usize) -> Vec<(Range<usize>, Range<usize
 /// idle. (Subgroup broadcasts beat both on lavapipe at every size measured.)
 const UNIFORM_MIN_PIXELS: usize = 1024;
 
+/// With subgroups: batch-wide output pixels below which lanes take output channels
+/// ([`WeightReads::SubgroupInputs`]). Below it a pass has fewer pixel tiles of 8 than a
+/// workgroup has lanes, and the rest would compute clamped copies.
+const LANES_MAX_PIXELS: usize = 128;
+
 /// How the forward-style kernel reads its packed weights. Every way sums each result in the
 /// same order, so the choice never changes a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,26 +220,40 @@ pub enum WeightReads {
     /// Workgroups of 128 pixels x 64 or 128 channels that stage inputs and weights in
     /// workgroup memory (`conv_shared_forward_T`; real GPUs, [`Gpu::workgroup_tiles`]).
     WorkgroupTiles,
+    /// Lanes that take output channels rather than pixels, each reading its own weights from
+    /// storage, the pixels loaded once per eight lanes and broadcast (`conv_tile_forward_lanes`,
+    /// family conv_tile_subgroup): passes over too few pixels to give every lane a pixel tile.
+    SubgroupInputs,
 }
 
 impl WeightReads {
     /// The fastest way on `gpu` for a pass over `pixels` batch-wide output pixels.
     fn choose(gpu_subgroups: bool, pixels: usize) -> WeightReads {
-        match (gpu_subgroups, pixels >= UNIFORM_MIN_PIXELS) {
+        match (gpu_subgroups, pixels) {
+            (true, pixels) if pixels < LANES_MAX_PIXELS => WeightReads::SubgroupInputs,
             (true, _) => WeightReads::SubgroupStorage,
-            (false, true) => WeightReads::UniformBlocks,
-            (false, false) => WeightReads::Storage,
+            (false, pixels) if pixels >= UNIFORM_MIN_PIXELS => WeightReads::UniformBlocks,
+            (false, _) => WeightReads::Storage,
         }
     }
 
     fn family(self) -> &'static str {
-        if self == WeightReads::SubgroupStorage { "conv_tile_subgroup" } else { "conv_tile" }
+        match self {
+            WeightReads::SubgroupStorage | WeightReads::SubgroupInputs => "conv_tile_subgroup",
+            _ => "conv_tile",
+        }
+    }
+
+    /// The tile (output channels, pixels) these reads impose, if any.
+    fn tile(self) -> Option<(u32, u32)> {
+        match self {
+            // Only the channels count for workgroup tiles (their pixels are `SHARED_PIXELS`).
+            WeightReads::WorkgroupTiles => Some((SHARED_CHANNELS, 8)),
+            WeightReads::SubgroupInputs => Some(LANES_TILE),
+            _ => None,
+        }
     }
 }
-
-// An op's scratch is sized by `GemmPlan::new` (its device is not known then), whose tiles are
-// never wider than workgroup tiles: packing in fewer, wider tiles takes no more room.
-const _: () = assert!(FORWARD_TILES[FORWARD_TILES.len() - 1].0 <= SHARED_CHANNELS);
 
 /// The weight gradient's partial-sum kernels. All sum the same chunks in the same order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,7 +287,7 @@ fn tile_dispatches(
         _ => reads,
     };
     if params.kernel_h * params.kernel_w > 0 {
-        out.push(gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], pack_grid(packed, channels)));
+        out.push(gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], pack_grid(packed)));
     }
     let channel_tiles = params.out_pad / channels;
     if reads == WeightReads::WorkgroupTiles {
@@ -283,6 +302,14 @@ fn tile_dispatches(
         return out;
     }
     let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
+    if reads == WeightReads::SubgroupInputs {
+        assert_eq!((channels, pixels), LANES_TILE, "lanes read weights packed in tiles of {}", LANES_TILE.0);
+        let [y, z, _] = grid_of(pixel_tiles, 1);
+        let x = channel_tiles.div_ceil(LANES_WORKGROUP);
+        let buffers = [input, packed, bias, output];
+        out.push(gpu.dispatch(reads.family(), LANES_ENTRY, &params, &buffers, [x, y, z]));
+        return out;
+    }
     if reads != WeightReads::UniformBlocks {
         let [x, y, _] = grid_of(pixel_tiles, TILE_WORKGROUP);
         out.push(gpu.dispatch(
@@ -320,13 +347,12 @@ fn tile_dispatches(
     out
 }
 
-/// The packing kernels' grid: (x) the rows of a weight block, each a tile's `channels` at one
-/// (tap, input channel), by (y) the blocks `packed` holds.
-fn pack_grid(packed: &GpuSlice, channels: u32) -> [u32; 3] {
+/// The packing kernels' grid: (x) the rows of a weight block that hold steps, each a tile's
+/// channels at one (tap, input channel), by (y) the blocks `packed` holds.
+fn pack_grid(packed: &GpuSlice) -> [u32; 3] {
     let blocks = packed.len() / BLOCK_FLOATS;
     assert!(packed.len().is_multiple_of(BLOCK_FLOATS) && blocks <= 65535, "packed weights of {blocks} blocks");
-    let rows = BLOCK_FLOATS / channels as usize;
-    [rows.div_ceil(64) as u32, blocks as u32, 1]
+    [(4 * STEPS).div_ceil(64) as u32, blocks as u32, 1]
 }
 
 /// The sizes of one convolution's kernels.
@@ -398,11 +424,16 @@ impl GemmPlan {
     /// The plan for a device with or without subgroups (of at least eight lanes).
     pub fn with_subgroups(shape: &Conv2dShape, subgroups: bool) -> GemmPlan {
         let s = shape;
+        let plan = GemmPlan::new(shape);
+        let forward_reads = WeightReads::choose(subgroups, s.batch * s.out_h * s.out_w);
+        let backward_reads = WeightReads::choose(subgroups, s.batch * s.h * s.w);
         GemmPlan {
-            forward_reads: WeightReads::choose(subgroups, s.batch * s.out_h * s.out_w),
-            backward_reads: WeightReads::choose(subgroups, s.batch * s.h * s.w),
+            forward_reads,
+            backward_reads,
+            forward_tile: forward_reads.tile().unwrap_or(plan.forward_tile),
+            backward_tile: backward_reads.tile().unwrap_or(plan.backward_tile),
             weight_kernel: if subgroups { WeightKernel::SubgroupRegisters } else { WeightKernel::Registers },
-            ..GemmPlan::new(shape)
+            ..plan
         }
     }
 
@@ -451,13 +482,12 @@ impl GemmPlan {
     /// `reads` does, in workgroup tiles with workgroup tiles (whose weights are packed in tiles
     /// of 64 channels). Every way sums in the same order, so tests may compare them bit for bit.
     pub fn with_weight_reads(self, reads: WeightReads) -> GemmPlan {
-        // Only the channels count for workgroup tiles (their pixels are `SHARED_PIXELS`).
-        let (forward_tile, backward_tile) = match reads {
-            WeightReads::WorkgroupTiles => ((SHARED_CHANNELS, 8), (SHARED_CHANNELS, 8)),
-            _ => (self.forward_tile, self.backward_tile),
+        let (forward_tile, backward_tile) = match reads.tile() {
+            Some(tile) => (tile, tile),
+            None => (self.forward_tile, self.backward_tile),
         };
         let weight_kernel = match reads {
-            WeightReads::SubgroupStorage => WeightKernel::SubgroupRegisters,
+            WeightReads::SubgroupStorage | WeightReads::SubgroupInputs => WeightKernel::SubgroupRegisters,
             WeightReads::WorkgroupTiles => WeightKernel::WorkgroupTiles,
             _ => WeightKernel::Registers,
         };
@@ -512,6 +542,18 @@ impl GemmPlan {
         let (rows, cols) = self.input_phases();
         let largest = |phases: &[InputPhase]| phases.iter().map(InputPhase::copy_size).max().unwrap_or(1);
         (largest(&rows), largest(&cols))
+    }
+
+    /// [`GemmPlan::scratch`] large enough for the plan of any device (an op's scratch is sized
+    /// before its device is known): each buffer as large as any device's plan needs.
+    pub fn scratch_for_any_device(shape: &Conv2dShape, backward: bool) -> Vec<usize> {
+        let plans = [
+            GemmPlan::with_subgroups(shape, false),
+            GemmPlan::with_subgroups(shape, true),
+            GemmPlan::new(shape).with_weight_reads(WeightReads::WorkgroupTiles),
+        ];
+        let sizes: Vec<Vec<usize>> = plans.iter().map(|plan| plan.scratch(backward)).collect();
+        (0..sizes[0].len()).map(|i| sizes.iter().map(|s| s[i]).max().unwrap_or(0)).collect()
     }
 
     /// Element counts of the buffers the convolution keeps; the last four only with a backward pass.
@@ -608,7 +650,8 @@ impl GemmPlan {
             tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads, "pack_weight_forward")
         };
         let Some(regions) = self.forward_bands() else {
-            out.extend(pass(params, scratch[W_FORWARD]));
+            // The scratch may be sized for another device's wider packing.
+            out.extend(pass(params, &scratch[W_FORWARD].range(0, self.forward_packing(self.taps()))));
             return out;
         };
         let mut offset = 0;
