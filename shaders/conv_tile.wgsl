@@ -510,22 +510,28 @@ fn conv_tile_weight_I(
 @group(0) @binding(2) var<storage, read_write> tr_dw: array<f32>;
 
 // dw [weight_out][weight_in][kh][kw] = the chunks' partial sums, added in chunk order (zero
-// for the taps that only meet padding), four input channels per invocation (one vec4 load
-// per chunk). Invocations: weight_out x in_quads x full_taps, taps fastest.
+// for the taps that only meet padding), four input channels at a time (one vec4 load per
+// chunk). An invocation takes one (output channel, input quad) over every tap, so its index
+// arithmetic — divisions, which software adapters pay per lane — is done once per quad.
+// Invocations: weight_out x in_quads, quads fastest.
 @compute @workgroup_size(64)
 fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if (i >= p.weight_out * p.in_quads * p.full_taps) { return; }
-    let t = i % p.full_taps;
-    let quad = (i / p.full_taps) % p.in_quads;
-    let co = i / (p.full_taps * p.in_quads);
-    let ky = i32(t / p.full_kernel_w) - i32(p.ky0);
-    let kx = i32(t % p.full_kernel_w) - i32(p.kx0);
-    var sum = vec4<f32>();
-    if (ky >= 0 && ky < i32(p.kernel_h) && kx >= 0 && kx < i32(p.kernel_w)) {
-        sum = chunk_sum(co, u32(ky) * p.kernel_w + u32(kx), quad);
+    if (i >= p.weight_out * p.in_quads) { return; }
+    let quad = i % p.in_quads;
+    let co = i / p.in_quads;
+    let full_kernel_h = p.full_taps / p.full_kernel_w;
+    var t = 0u;
+    for (var ky = 0u; ky < full_kernel_h; ky++) {
+        for (var kx = 0u; kx < p.full_kernel_w; kx++) {
+            var sum = vec4<f32>();
+            if (ky >= p.ky0 && ky < p.ky0 + p.kernel_h && kx >= p.kx0 && kx < p.kx0 + p.kernel_w) {
+                sum = chunk_sum(co, (ky - p.ky0) * p.kernel_w + kx - p.kx0, quad);
+            }
+            store_weight_quad(co, quad, t, sum, p.accumulate);
+            t++;
+        }
     }
-    store_weight_quad(co, quad, t, sum, p.accumulate);
 }
 
 // The partial sums of one (output channel, used tap, input quad), over the chunks in order.
@@ -544,24 +550,25 @@ fn store_weight_quad(co: u32, quad: u32, t: u32, sum: vec4<f32>, accumulate: u32
         let ci = quad * 4u + k;
         if (ci < p.weight_in) {
             let at = (co * p.weight_in + ci) * p.full_taps + t;
-            tr_dw[at] = accumulated(tr_dw[at], sum[k], accumulate);
+            // Read dw only to add to it: every access costs software adapters a lane loop.
+            if (accumulate != 0u) { tr_dw[at] += sum[k]; } else { tr_dw[at] = sum[k]; }
         }
     }
 }
 
 // The same for the used taps alone, adding to dw (a later band of a split convolution, whose
-// other taps the first band's full reduction has written). Invocations: weight_out x in_quads
-// x kernel_h x kernel_w, taps fastest.
+// other taps the first band's full reduction has written). Invocations: weight_out x in_quads.
 @compute @workgroup_size(64)
 fn reduce_weight_partials_taps(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    let taps = p.kernel_h * p.kernel_w;
-    if (i >= p.weight_out * p.in_quads * taps) { return; }
-    let tap = i % taps;
-    let quad = (i / taps) % p.in_quads;
-    let co = i / (taps * p.in_quads);
-    let t = full_tap(tap / p.kernel_w, tap % p.kernel_w);
-    store_weight_quad(co, quad, t, chunk_sum(co, tap, quad), 1u);
+    if (i >= p.weight_out * p.in_quads) { return; }
+    let quad = i % p.in_quads;
+    let co = i / p.in_quads;
+    for (var ky = 0u; ky < p.kernel_h; ky++) {
+        for (var kx = 0u; kx < p.kernel_w; kx++) {
+            store_weight_quad(co, quad, full_tap(ky, kx), chunk_sum(co, ky * p.kernel_w + kx, quad), 1u);
+        }
+    }
 }
 
 // ---------------------------------------------------------------- workgroup-memory tiles

@@ -67,6 +67,22 @@ fn gather_bin_dy(at: vec4<u32>, inside: vec4<bool>) -> vec4<f32> {
     return masked(vec4<f32>(bin_dy[at.x], bin_dy[at.y], bin_dy[at.z], bin_dy[at.w]), inside);
 }
 
+// v / s, and whether v is a multiple of s (callers mask negative v): a shift and a mask for
+// strides that are powers of two (every depthwise stride of the networks here), since integer
+// division costs software adapters a scalar loop per lane.
+struct StrideQuotient {
+    q: vec4<i32>,
+    exact: vec4<bool>,
+}
+
+fn divide_by_stride(v: vec4<i32>, s: u32) -> StrideQuotient {
+    if ((s & (s - 1u)) == 0u) {
+        return StrideQuotient(v >> vec4<u32>(firstTrailingBit(s)), (v & vec4<i32>(i32(s) - 1)) == vec4<i32>(0));
+    }
+    let sv = vec4<i32>(i32(s));
+    return StrideQuotient(v / sv, v % sv == vec4<i32>(0));
+}
+
 // dx[n, c, iy, ix] = sum_{ky, kx} w[c, ky, kx] * dy[n, c, (iy + pad - ky) / s, (ix + pad - kx) / s]
 // where the divisions are exact. Invocations: batch x channels x ceil(h * w / 8).
 @compute @workgroup_size(64)
@@ -84,8 +100,6 @@ fn depthwise_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     let xa = vec4<i32>(pa % p.w) + i32(p.pad_w);
     let yb = vec4<i32>(pb / p.w) + i32(p.pad_h);
     let xb = vec4<i32>(pb % p.w) + i32(p.pad_w);
-    let sh = vec4<i32>(i32(p.stride_h));
-    let sw = vec4<i32>(i32(p.stride_w));
     let oh = vec4<i32>(i32(p.out_h));
     let ow = vec4<i32>(i32(p.out_w));
     let zero = vec4<i32>(0);
@@ -95,20 +109,20 @@ fn depthwise_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     for (var ky = 0u; ky < p.kernel_h; ky++) {
         let sya = ya - i32(ky);
         let syb = yb - i32(ky);
-        let oya = sya / sh;
-        let oyb = syb / sh;
-        let ya_hit = sya >= zero & sya % sh == zero & oya < oh;
-        let yb_hit = syb >= zero & syb % sh == zero & oyb < oh;
-        let rowa = vec4<u32>(clamp(oya, zero, oh - 1)) * p.out_w + base;
-        let rowb = vec4<u32>(clamp(oyb, zero, oh - 1)) * p.out_w + base;
+        let oya = divide_by_stride(sya, p.stride_h);
+        let oyb = divide_by_stride(syb, p.stride_h);
+        let ya_hit = sya >= zero & oya.exact & oya.q < oh;
+        let yb_hit = syb >= zero & oyb.exact & oyb.q < oh;
+        let rowa = vec4<u32>(clamp(oya.q, zero, oh - 1)) * p.out_w + base;
+        let rowb = vec4<u32>(clamp(oyb.q, zero, oh - 1)) * p.out_w + base;
         for (var kx = 0u; kx < p.kernel_w; kx++) {
             let sxa = xa - i32(kx);
             let sxb = xb - i32(kx);
-            let oxa = sxa / sw;
-            let oxb = sxb / sw;
+            let oxa = divide_by_stride(sxa, p.stride_w);
+            let oxb = divide_by_stride(sxb, p.stride_w);
             let w = bin_w[(c * p.kernel_h + ky) * p.kernel_w + kx];
-            acc_a += w * gather_bin_dy(rowa + vec4<u32>(clamp(oxa, zero, ow - 1)), ya_hit & sxa >= zero & sxa % sw == zero & oxa < ow);
-            acc_b += w * gather_bin_dy(rowb + vec4<u32>(clamp(oxb, zero, ow - 1)), yb_hit & sxb >= zero & sxb % sw == zero & oxb < ow);
+            acc_a += w * gather_bin_dy(rowa + vec4<u32>(clamp(oxa.q, zero, ow - 1)), ya_hit & sxa >= zero & oxa.exact & oxa.q < ow);
+            acc_b += w * gather_bin_dy(rowb + vec4<u32>(clamp(oxb.q, zero, ow - 1)), yb_hit & sxb >= zero & oxb.exact & oxb.q < ow);
         }
     }
     let out = plane * pixels + pt * PIXELS;
@@ -128,7 +142,8 @@ fn depthwise_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 
 // dw[c, ky, kx] = sum_{n, oy, ox} dy[n, c, oy, ox] * x[n, c, oy*s - pad + ky, ox*s - pad + kx],
 // one workgroup per (channel, tap) and chunk of batch-wide pixels, lanes striding through the
-// chunk, then a fixed tree order. Workgroups: channels * taps (x) x chunks (y).
+// chunk (each lane's (image, row, column) stepped without divisions), then a fixed tree order.
+// Workgroups: channels * taps (x) x chunks (y).
 @compute @workgroup_size(64)
 fn depthwise_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let taps = p.kernel_h * p.kernel_w;
@@ -139,16 +154,33 @@ fn depthwise_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
     let out_pixels = p.out_h * p.out_w;
     let start = wid.y * p.chunk_len;
     let end = min(p.batch * out_pixels, start + p.chunk_len);
+    // A lane's step of REDUCE pixels: step_n images, step_y rows and step_x columns.
+    let step_n = REDUCE / out_pixels;
+    let step_y = (REDUCE % out_pixels) / p.out_w;
+    let step_x = REDUCE % p.out_w;
+    let first = start + lane;
+    var n = first / out_pixels;
+    var oy = (first % out_pixels) / p.out_w;
+    var ox = first % p.out_w;
     var sum = 0.0;
-    for (var j = start + lane; j < end; j += REDUCE) {
-        let n = j / out_pixels;
-        let px = j % out_pixels;
-        let iy = i32((px / p.out_w) * p.stride_h) + ky;
-        let ix = i32((px % p.out_w) * p.stride_w) + kx;
+    for (var j = first; j < end; j += REDUCE) {
+        let iy = i32(oy * p.stride_h) + ky;
+        let ix = i32(ox * p.stride_w) + kx;
         if (iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
             let plane = n * p.c_in + c;
-            sum += bw_dy[plane * out_pixels + px] * bw_x[(plane * p.h + u32(iy)) * p.w + u32(ix)];
+            sum += bw_dy[(plane * p.out_h + oy) * p.out_w + ox] * bw_x[(plane * p.h + u32(iy)) * p.w + u32(ix)];
         }
+        ox += step_x;
+        if (ox >= p.out_w) {
+            ox -= p.out_w;
+            oy += 1u;
+        }
+        oy += step_y;
+        if (oy >= p.out_h) {
+            oy -= p.out_h;
+            n += 1u;
+        }
+        n += step_n;
     }
     let total = workgroup_sum(lane, sum);
     if (lane == 0u) {

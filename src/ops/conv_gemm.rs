@@ -825,11 +825,6 @@ impl GemmPlan {
         // another through the same partials, the first writing all of dw (as asked: its other
         // taps zero or as they are) and the rest adding to their own taps.
         let pass = |params: TileParams, first: bool| {
-            let taps = if first {
-                self.shape.kernel_h * self.shape.kernel_w
-            } else {
-                (params.kernel_h * params.kernel_w) as usize
-            };
             let reduce = if first { "reduce_weight_partials" } else { "reduce_weight_partials_taps" };
             let taps_used = (params.kernel_h * params.kernel_w) as usize;
             let buffers = [scratch[X_LAST], dy_last, partials];
@@ -856,13 +851,7 @@ impl GemmPlan {
             };
             [
                 partial_sums,
-                gpu.dispatch(
-                    "conv_tile",
-                    reduce,
-                    &params,
-                    &[partials, dw],
-                    grid(self.shape.c_out * self.x_quads * taps),
-                ),
+                gpu.dispatch("conv_tile", reduce, &params, &[partials, dw], grid(self.shape.c_out * self.x_quads)),
             ]
         };
         let mut out =
