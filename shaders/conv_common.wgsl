@@ -19,13 +19,15 @@ struct ConvParams {
     groups: u32,
     has_bias: u32,
     accumulate: u32,
-    // Reductions over the batch's pixels (weight gradient of a depthwise conv, bias gradient)
-    // split into `chunks` of `chunk_len`, each summed by one workgroup; with more than one, the
-    // chunks' partial sums go to a scratch buffer and a second kernel adds them in order.
+    // Reductions over the batch's pixels (a bias gradient) split into `chunks` of `chunk_len`,
+    // each summed by one workgroup; with more than one, the chunks' partial sums go to a
+    // scratch buffer and a second kernel adds them in order. Depthwise row kernels: parts of
+    // `chunk_len` batch-wide rows.
     chunks: u32,
     chunk_len: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // Depthwise row kernels: the weights turned by 180 degrees (an input gradient).
+    flip: u32,
+    _pad: u32,
 }
 
 // Lanes of the workgroups that reduce one chunk (each dispatched as one workgroup per chunk).

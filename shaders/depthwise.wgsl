@@ -1,60 +1,93 @@
 // Depthwise convolution (groups == channels, one filter per channel), NCHW / OIHW, and its
-// gradients. Each invocation owns 8 consecutive pixels of one channel, held in two vec4s;
-// the weight gradient reduces each (channel, tap) over the batch in one workgroup.
+// gradients. The forward pass, stride-1 input gradients and the weight gradient slide a window
+// of the kernel's inputs along rows of one channel; other input gradients give each invocation
+// 8 consecutive pixels of one channel, held in two vec4s.
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
 
 
-// ---------------------------------------------------------------- forward
-@group(0) @binding(1) var<storage, read> fwd_x: array<f32>;
-@group(0) @binding(2) var<storage, read> fwd_w: array<f32>;
-@group(0) @binding(3) var<storage, read> fwd_bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> fwd_y: array<f32>;
+// ---------------------------------------------------------------- rows
+@group(0) @binding(1) var<storage, read> row_in: array<f32>;
+@group(0) @binding(2) var<storage, read> row_w: array<f32>;
+@group(0) @binding(3) var<storage, read> row_bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> row_out: array<f32>;
 
-fn gather_fwd_x(at: vec4<u32>, inside: vec4<bool>) -> vec4<f32> {
-    return masked(vec4<f32>(fwd_x[at.x], fwd_x[at.y], fwd_x[at.z], fwd_x[at.w]), inside);
-}
+// The widest kernel side of the row kernels here (ConvNeXt's 7x7; src/ops/conv2d.rs
+// `DEPTHWISE_MAX_KERNEL`): a lane keeps its weights, its window of inputs and its sums in
+// arrays of MAX_KERNEL^2, at [kernel row * MAX_KERNEL + kernel column].
+const MAX_KERNEL: u32 = 7u;
 
-// Invocations: batch x channels x ceil(out_h * out_w / 8).
+// out[n, c, oy, ox] (+)= sum_{a, b} k[c, a, b] * in[n, c, oy*s - pad + a, ox*s - pad + b] (+ bias),
+// terms in (a, b) order: the forward pass (in = x, k = w), or with `flip` a stride-1 input
+// gradient (in = dy, padded by kernel - 1 - pad, k = w turned by 180 degrees). One invocation
+// per (channel, part of chunk_len batch-wide output rows). Along a row the lane slides a window
+// of the kernel's inputs, loading only the columns the stride brings in: storage loads cost
+// software adapters a loop over lanes, and so each input is loaded about once per kernel row
+// rather than once per tap. Invocations: parts (`chunks`, fastest: neighbouring lanes read
+// neighbouring rows of one plane) x channels.
 @compute @workgroup_size(64)
-fn depthwise_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let pixels = p.out_h * p.out_w;
-    let tiles = (pixels + PIXELS - 1u) / PIXELS;
-    let t = flat_index(gid, nwg);
-    if (t >= p.batch * p.c_out * tiles) { return; }
-    let pt = t % tiles;
-    let plane = t / tiles;          // n * channels + c
-    let c = plane % p.c_out;
-    let pa = tile_lo(pt * PIXELS, pixels);
-    let pb = tile_hi(pt * PIXELS, pixels);
-    let y0a = vec4<i32>((pa / p.out_w) * p.stride_h) - i32(p.pad_h);
-    let x0a = vec4<i32>((pa % p.out_w) * p.stride_w) - i32(p.pad_w);
-    let y0b = vec4<i32>((pb / p.out_w) * p.stride_h) - i32(p.pad_h);
-    let x0b = vec4<i32>((pb % p.out_w) * p.stride_w) - i32(p.pad_w);
-    let hi = vec4<i32>(i32(p.h) - 1);
-    let wi = vec4<i32>(i32(p.w) - 1);
-    let zero = vec4<i32>(0);
-    let base = plane * p.h * p.w;
-    var acc_a = vec4<f32>(0.0);
-    var acc_b = vec4<f32>(0.0);
-    for (var ky = 0u; ky < p.kernel_h; ky++) {
-        let iya = y0a + i32(ky);
-        let iyb = y0b + i32(ky);
-        let rowa = vec4<u32>(clamp(iya, zero, hi)) * p.w + base;
-        let rowb = vec4<u32>(clamp(iyb, zero, hi)) * p.w + base;
-        for (var kx = 0u; kx < p.kernel_w; kx++) {
-            let ixa = x0a + i32(kx);
-            let ixb = x0b + i32(kx);
-            let w = fwd_w[(c * p.kernel_h + ky) * p.kernel_w + kx];
-            acc_a += w * gather_fwd_x(rowa + vec4<u32>(clamp(ixa, zero, wi)), iya >= zero & iya <= hi & ixa >= zero & ixa <= wi);
-            acc_b += w * gather_fwd_x(rowb + vec4<u32>(clamp(ixb, zero, wi)), iyb >= zero & iyb <= hi & ixb >= zero & ixb <= wi);
+fn depthwise_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.c_out * p.chunks) { return; }
+    let part = i % p.chunks;
+    let c = i / p.chunks;
+    let taps = p.kernel_h * p.kernel_w;
+    var k: array<f32, 49>;
+    for (var a = 0u; a < p.kernel_h; a++) {
+        for (var b = 0u; b < p.kernel_w; b++) {
+            let tap = a * p.kernel_w + b;
+            k[a * MAX_KERNEL + b] = row_w[c * taps + select(tap, taps - 1u - tap, p.flip != 0u)];
         }
     }
-    let bias = select(0.0, fwd_bias[c], p.has_bias != 0u);
-    let out = plane * pixels + pt * PIXELS;
-    for (var i = 0u; i < 4u; i++) {
-        if (pt * PIXELS + i < pixels) { fwd_y[out + i] = acc_a[i] + bias; }
-        if (pt * PIXELS + 4u + i < pixels) { fwd_y[out + 4u + i] = acc_b[i] + bias; }
+    let bias = select(0.0, row_bias[c], p.has_bias != 0u);
+    var window: array<f32, 49>;
+    let first = part * p.chunk_len;
+    let end = min(p.batch * p.out_h, first + p.chunk_len);
+    var n = first / p.out_h;
+    var oy = first % p.out_h;
+    for (var r = first; r < end; r++) {
+        let plane = n * p.c_out + c;
+        let in_plane = plane * p.h * p.w;
+        let out_row = (plane * p.out_h + oy) * p.out_w;
+        let iy0 = i32(oy * p.stride_h) - i32(p.pad_h);
+        for (var ox = 0u; ox < p.out_w; ox++) {
+            let ix0 = i32(ox * p.stride_w) - i32(p.pad_w);
+            // The last step's columns, shifted by the stride, then the new ones.
+            let kept = select(0u, p.kernel_w - min(p.stride_w, p.kernel_w), ox > 0u);
+            for (var a = 0u; a < p.kernel_h; a++) {
+                let iy = iy0 + i32(a);
+                let row_inside = iy >= 0 && iy < i32(p.h);
+                for (var b = 0u; b < p.kernel_w; b++) {
+                    let t = a * MAX_KERNEL + b;
+                    if (b < kept) {
+                        window[t] = window[t + p.stride_w];
+                    } else {
+                        let ix = ix0 + i32(b);
+                        var v = 0.0;
+                        if (row_inside && ix >= 0 && ix < i32(p.w)) { v = row_in[in_plane + u32(iy) * p.w + u32(ix)]; }
+                        window[t] = v;
+                    }
+                }
+            }
+            // Flipped, the terms run over the weight's own taps in order, as in
+            // depthwise_backward_input.
+            var acc = 0.0;
+            for (var ja = 0u; ja < p.kernel_h; ja++) {
+                let a = select(ja, p.kernel_h - 1u - ja, p.flip != 0u);
+                for (var jb = 0u; jb < p.kernel_w; jb++) {
+                    let t = a * MAX_KERNEL + select(jb, p.kernel_w - 1u - jb, p.flip != 0u);
+                    acc += k[t] * window[t];
+                }
+            }
+            // Read the output only to add to it (each access costs software adapters a loop).
+            let at = out_row + ox;
+            if (p.accumulate != 0u) { row_out[at] += acc + bias; } else { row_out[at] = acc + bias; }
+        }
+        oy += 1u;
+        if (oy == p.out_h) {
+            oy = 0u;
+            n += 1u;
+        }
     }
 }
 
@@ -137,58 +170,76 @@ fn depthwise_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 // ---------------------------------------------------------------- gradient to the weight
 @group(0) @binding(1) var<storage, read> bw_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bw_dy: array<f32>;
-// dw, or with several chunks their partial sums [channel * taps + tap][chunk].
+// dw, or with several parts their partial sums [channel * taps + tap][part].
 @group(0) @binding(3) var<storage, read_write> bw_dw: array<f32>;
 
-// dw[c, ky, kx] = sum_{n, oy, ox} dy[n, c, oy, ox] * x[n, c, oy*s - pad + ky, ox*s - pad + kx],
-// one workgroup per (channel, tap) and chunk of batch-wide pixels, lanes striding through the
-// chunk (each lane's (image, row, column) stepped without divisions), then a fixed tree order.
-// Workgroups: channels * taps (x) x chunks (y).
+// dw[c, ky, kx] = sum_{n, oy, ox} dy[n, c, oy, ox] * x[n, c, oy*s - pad + ky, ox*s - pad + kx].
+// One invocation per (channel, part), a part being chunk_len consecutive batch-wide output rows
+// (n, oy), its window of x values slid along each row as in depthwise_rows. The sums of each
+// tap run over the part's pixels in order; `reduce_chunks` adds the parts in order.
+// Invocations: parts (`chunks`, fastest) x channels.
 @compute @workgroup_size(64)
-fn depthwise_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    let taps = p.kernel_h * p.kernel_w;
-    let c = wid.x / taps;
-    let tap = wid.x % taps;
-    let ky = i32(tap / p.kernel_w) - i32(p.pad_h);
-    let kx = i32(tap % p.kernel_w) - i32(p.pad_w);
-    let out_pixels = p.out_h * p.out_w;
-    let start = wid.y * p.chunk_len;
-    let end = min(p.batch * out_pixels, start + p.chunk_len);
-    // A lane's step of REDUCE pixels: step_n images, step_y rows and step_x columns.
-    let step_n = REDUCE / out_pixels;
-    let step_y = (REDUCE % out_pixels) / p.out_w;
-    let step_x = REDUCE % p.out_w;
-    let first = start + lane;
-    var n = first / out_pixels;
-    var oy = (first % out_pixels) / p.out_w;
-    var ox = first % p.out_w;
-    var sum = 0.0;
-    for (var j = first; j < end; j += REDUCE) {
-        let iy = i32(oy * p.stride_h) + ky;
-        let ix = i32(ox * p.stride_w) + kx;
-        if (iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
-            let plane = n * p.c_in + c;
-            sum += bw_dy[(plane * p.out_h + oy) * p.out_w + ox] * bw_x[(plane * p.h + u32(iy)) * p.w + u32(ix)];
+fn depthwise_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.c_in * p.chunks) { return; }
+    let part = i % p.chunks;
+    let c = i / p.chunks;
+    var sums: array<f32, 49>;
+    var window: array<f32, 49>;
+    let first = part * p.chunk_len;
+    let end = min(p.batch * p.out_h, first + p.chunk_len);
+    var n = first / p.out_h;
+    var oy = first % p.out_h;
+    for (var r = first; r < end; r++) {
+        let plane = n * p.c_in + c;
+        let x_plane = plane * p.h * p.w;
+        let dy_row = (plane * p.out_h + oy) * p.out_w;
+        let iy0 = i32(oy * p.stride_h) - i32(p.pad_h);
+        for (var ox = 0u; ox < p.out_w; ox++) {
+            let ix0 = i32(ox * p.stride_w) - i32(p.pad_w);
+            // Columns ix0 .. ix0 + kernel_w - 1 of each tap row: those the last step also
+            // read, shifted by the stride, then the new ones.
+            let kept = select(0u, p.kernel_w - min(p.stride_w, p.kernel_w), ox > 0u);
+            for (var ky = 0u; ky < p.kernel_h; ky++) {
+                let iy = iy0 + i32(ky);
+                let row_inside = iy >= 0 && iy < i32(p.h);
+                for (var kx = 0u; kx < p.kernel_w; kx++) {
+                    let t = ky * MAX_KERNEL + kx;
+                    if (kx < kept) {
+                        window[t] = window[t + p.stride_w];
+                    } else {
+                        let ix = ix0 + i32(kx);
+                        var v = 0.0;
+                        if (row_inside && ix >= 0 && ix < i32(p.w)) { v = bw_x[x_plane + u32(iy) * p.w + u32(ix)]; }
+                        window[t] = v;
+                    }
+                }
+            }
+            let d = bw_dy[dy_row + ox];
+            for (var ky = 0u; ky < p.kernel_h; ky++) {
+                for (var kx = 0u; kx < p.kernel_w; kx++) {
+                    let t = ky * MAX_KERNEL + kx;
+                    sums[t] += d * window[t];
+                }
+            }
         }
-        ox += step_x;
-        if (ox >= p.out_w) {
-            ox -= p.out_w;
-            oy += 1u;
-        }
-        oy += step_y;
-        if (oy >= p.out_h) {
-            oy -= p.out_h;
+        oy += 1u;
+        if (oy == p.out_h) {
+            oy = 0u;
             n += 1u;
         }
-        n += step_n;
     }
-    let total = workgroup_sum(lane, sum);
-    if (lane == 0u) {
-        if (p.chunks == 1u) {
-            let at = c * taps + tap;
-            bw_dw[at] = accumulated(bw_dw[at], total, p.accumulate);
-        } else {
-            bw_dw[wid.x * p.chunks + wid.y] = total;
+    let taps = p.kernel_h * p.kernel_w;
+    for (var ky = 0u; ky < p.kernel_h; ky++) {
+        for (var kx = 0u; kx < p.kernel_w; kx++) {
+            let tap = ky * p.kernel_w + kx;
+            let v = sums[ky * MAX_KERNEL + kx];
+            if (p.chunks == 1u) {
+                let at = c * taps + tap;
+                bw_dw[at] = accumulated(bw_dw[at], v, p.accumulate);
+            } else {
+                bw_dw[(c * taps + tap) * p.chunks + part] = v;
+            }
         }
     }
 }

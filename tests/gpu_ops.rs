@@ -54,7 +54,7 @@ type ConvCase = ([usize; 4], usize, (usize, usize), Conv2dConfig, bool);
 #[test]
 fn conv2d_matches_reference() {
     let cfg = |stride, padding, groups| Conv2dConfig { stride, padding, groups };
-    let cases: [ConvCase; 21] = [
+    let cases: [ConvCase; 24] = [
         // Depthwise, stride 1 with bias and a 7x7 window (ConvNeXt's).
         ([1, 5, 13, 11], 5, (3, 3), cfg((1, 1), (1, 1), 5), true),
         ([3, 4, 9, 9], 4, (7, 7), cfg((1, 1), (3, 3), 4), true),
@@ -87,6 +87,11 @@ fn conv2d_matches_reference() {
         // depthwise weight gradient with its bias, and a 1x1 conv's bias.
         ([2, 3, 100, 90], 3, (3, 3), cfg((1, 1), (1, 1), 3), true),
         ([1, 2, 130, 131], 3, (1, 1), cfg((1, 1), (0, 0), 1), true),
+        // Depthwise weight gradients over parts of several rows (the last ragged), over one
+        // part, and with a window that slides by a stride of 3 (and a stride of 2 that shifts).
+        ([2, 1000, 10, 10], 1000, (3, 3), cfg((1, 1), (1, 1), 1000), false),
+        ([1, 4, 1, 9], 4, (1, 3), cfg((1, 1), (0, 1), 4), true),
+        ([2, 6, 11, 13], 6, (5, 7), cfg((2, 3), (2, 3), 6), true),
     ];
     for (i, &(xs, c_out, k, cfg, bias)) in cases.iter().enumerate() {
         let groups = cfg.groups;

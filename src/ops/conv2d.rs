@@ -17,10 +17,18 @@ use crate::graph::{Graph, TensorId, shape_error};
 const TILE: usize = 8;
 /// Pixels per invocation of the depthwise kernels (depthwise.wgsl).
 const DEPTHWISE_PIXELS: usize = 8;
-/// Batch-wide pixels per chunk of the reductions over a batch (a depthwise weight gradient, a
-/// bias gradient): one workgroup sums each chunk, so a large batch of large maps still spreads
-/// over a GPU, and a small one (up to this many) is one workgroup's sum with no second pass.
+/// Batch-wide pixels per chunk of the reduction over a batch of a bias gradient: one workgroup
+/// sums each chunk, so a large batch of large maps still spreads over a GPU, and a small one
+/// (up to this many) is one workgroup's sum with no second pass.
 const REDUCTION_CHUNK: usize = 16384;
+/// The widest kernel side of a depthwise convolution on its own kernels (`MAX_KERNEL` in
+/// depthwise.wgsl: the weight gradient keeps a window of the kernel's inputs per lane).
+const DEPTHWISE_MAX_KERNEL: usize = 7;
+/// Invocations to aim for in a depthwise weight gradient (channels x parts of the batch's
+/// rows), so that a layer with few channels still fills a GPU.
+const DEPTHWISE_TARGET_INVOCATIONS: usize = 8192;
+/// Most floats its partial sums may take.
+const DEPTHWISE_MAX_PARTIAL_FLOATS: usize = 16 << 20;
 
 /// Which kernels compute a convolution (see the module comment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,8 +113,7 @@ impl Conv2dShape {
             ConvKernel::Gemm
         } else if self.cfg.groups == self.c_in
             && self.c_in == self.c_out
-            // The weight gradient runs a workgroup per (channel, tap) along one grid axis.
-            && self.c_out * self.kernel_h * self.kernel_w <= 65535
+            && self.kernel_h.max(self.kernel_w) <= DEPTHWISE_MAX_KERNEL
         {
             ConvKernel::Depthwise
         } else {
@@ -146,7 +153,8 @@ impl Conv2dShape {
             accumulate,
             chunks: u(self.reduction_chunks()),
             chunk_len: u(REDUCTION_CHUNK),
-            _pad: [0; 2],
+            flip: 0,
+            _pad: 0,
         }
     }
 
@@ -155,6 +163,49 @@ impl Conv2dShape {
     fn reduction_chunks(&self) -> usize {
         (self.batch * self.out_h * self.out_w).div_ceil(REDUCTION_CHUNK).max(1)
     }
+
+    /// A depthwise weight gradient's split of the batch's output rows: (parts, rows per part).
+    fn depthwise_weight_parts(&self) -> (usize, usize) {
+        let max_parts = DEPTHWISE_MAX_PARTIAL_FLOATS / (self.c_out * self.kernel_h * self.kernel_w);
+        depthwise_parts(self.batch * self.out_h, self.c_out, max_parts)
+    }
+
+    /// The parameters of `depthwise_rows` for the forward pass.
+    fn depthwise_forward_params(&self, has_bias: bool) -> ConvParams {
+        let (parts, per_part) = depthwise_parts(self.batch * self.out_h, self.c_out, usize::MAX);
+        ConvParams { chunks: parts as u32, chunk_len: per_part as u32, ..self.params(has_bias, 0) }
+    }
+
+    /// The parameters of `depthwise_rows` for the input gradient: a stride-1 convolution of dy
+    /// padded by kernel - 1 - pad with the weights turned, or `None` where that does not hold.
+    fn depthwise_input_params(&self, accumulate: u32) -> Option<ConvParams> {
+        let (pad, k) = (self.cfg.padding, (self.kernel_h, self.kernel_w));
+        if self.cfg.stride != (1, 1) || pad.0 >= k.0 || pad.1 >= k.1 {
+            return None;
+        }
+        let (parts, per_part) = depthwise_parts(self.batch * self.h, self.c_in, usize::MAX);
+        let u = |v: usize| v as u32;
+        Some(ConvParams {
+            h: u(self.out_h),
+            w: u(self.out_w),
+            out_h: u(self.h),
+            out_w: u(self.w),
+            pad_h: u(k.0 - 1 - pad.0),
+            pad_w: u(k.1 - 1 - pad.1),
+            chunks: u(parts),
+            chunk_len: u(per_part),
+            flip: 1,
+            ..self.params(false, accumulate)
+        })
+    }
+}
+
+/// `rows` batch-wide rows of `channels` channels split in parts for one invocation each (at
+/// most `max_parts`): (parts, rows per part), from the shape alone.
+fn depthwise_parts(rows: usize, channels: usize, max_parts: usize) -> (usize, usize) {
+    let parts = DEPTHWISE_TARGET_INVOCATIONS.div_ceil(channels).min(max_parts).clamp(1, rows);
+    let per_part = rows.div_ceil(parts);
+    (rows.div_ceil(per_part), per_part)
 }
 
 #[repr(C)]
@@ -178,7 +229,8 @@ struct ConvParams {
     accumulate: u32,
     chunks: u32,
     chunk_len: u32,
-    _pad: [u32; 2],
+    flip: u32,
+    _pad: u32,
 }
 
 /// Graph node: inputs `[x, weight]` or `[x, weight, bias]`, output `[y]`.
@@ -214,7 +266,7 @@ impl Op for Conv2d {
         if backward {
             let chunks = s.reduction_chunks();
             if s.kernel() == ConvKernel::Depthwise {
-                sizes.push(s.c_out * s.kernel_h * s.kernel_w * chunks);
+                sizes.push(s.c_out * s.kernel_h * s.kernel_w * s.depthwise_weight_parts().0);
             }
             if self.has_bias {
                 sizes.push(s.c_out * chunks);
@@ -234,8 +286,9 @@ impl Op for Conv2d {
         match s.kernel() {
             ConvKernel::Gemm => GemmPlan::for_device(s, gpu).forward(gpu, buffers, self.has_bias, &b.scratch),
             ConvKernel::Depthwise => {
-                let tiles = s.batch * s.c_out * pixels.div_ceil(DEPTHWISE_PIXELS);
-                vec![gpu.dispatch("depthwise", "depthwise_forward", &params, &buffers, grid(tiles))]
+                let params = s.depthwise_forward_params(self.has_bias);
+                let invocations = grid((s.c_out * params.chunks as usize).max(1));
+                vec![gpu.dispatch("depthwise", "depthwise_rows", &params, &buffers, invocations)]
             }
             ConvKernel::Direct => {
                 let tiles = s.batch * g * (s.c_out / g).div_ceil(TILE) * pixels.div_ceil(TILE);
@@ -257,11 +310,19 @@ impl Op for Conv2d {
                     let buffers = [dy, b.inputs[1], dx.slice];
                     out.extend(GemmPlan::for_device(s, gpu).backward_input(gpu, buffers, dx.accumulate, &b.scratch));
                 }
-                ConvKernel::Depthwise => {
-                    let tiles = s.batch * s.c_in * pixels.div_ceil(DEPTHWISE_PIXELS);
-                    let buffers = [dy, b.inputs[1], dx.slice];
-                    out.push(gpu.dispatch("depthwise", "depthwise_backward_input", &params, &buffers, grid(tiles)));
-                }
+                ConvKernel::Depthwise => match s.depthwise_input_params(params.accumulate) {
+                    Some(rows) => {
+                        // The bias binding is read only with a bias: any buffer does.
+                        let buffers = [dy, b.inputs[1], dy, dx.slice];
+                        let invocations = grid(s.c_in * rows.chunks as usize);
+                        out.push(gpu.dispatch("depthwise", "depthwise_rows", &rows, &buffers, invocations));
+                    }
+                    None => {
+                        let tiles = s.batch * s.c_in * pixels.div_ceil(DEPTHWISE_PIXELS);
+                        let buffers = [dy, b.inputs[1], dx.slice];
+                        out.push(gpu.dispatch("depthwise", "depthwise_backward_input", &params, &buffers, grid(tiles)));
+                    }
+                },
                 ConvKernel::Direct => {
                     let tiles = s.batch * g * (s.c_in / g).div_ceil(TILE) * pixels.div_ceil(TILE);
                     let buffers = [dy, b.inputs[1], dx.slice];
@@ -278,18 +339,13 @@ impl Op for Conv2d {
                     out.extend(plan.backward_weight(gpu, [dy, dw.slice], dw.accumulate, &b.scratch));
                 }
                 ConvKernel::Depthwise => {
-                    // One workgroup per (channel, tap) and chunk.
-                    let workgroups = [(s.c_out * s.kernel_h * s.kernel_w) as u32, params.chunks, 1];
+                    // One invocation per (channel, part of the batch's rows).
+                    let (parts, per_part) = s.depthwise_weight_parts();
+                    let params = ConvParams { chunks: parts as u32, chunk_len: per_part as u32, ..params };
                     let partials = b.scratch[b.scratch.len() - 1 - self.has_bias as usize];
-                    out.extend(chunked_sum(
-                        gpu,
-                        &params,
-                        "depthwise",
-                        "depthwise_backward_weight",
-                        buffers,
-                        partials,
-                        workgroups,
-                    ));
+                    let entry = "depthwise_backward_weight";
+                    let invocations = grid(s.c_out * parts);
+                    out.extend(chunked_sum(gpu, &params, "depthwise", entry, buffers, partials, invocations));
                 }
                 ConvKernel::Direct => {
                     let tiles = g * (s.c_out / g).div_ceil(TILE) * s.k_len().div_ceil(TILE);
@@ -307,9 +363,9 @@ impl Op for Conv2d {
     }
 }
 
-/// A reduction over the batch's pixels by `entry` (whose last buffer is its result): written
-/// straight to the result when it is one chunk, else as partial sums that `reduce_chunks` adds
-/// in chunk order.
+/// A reduction over the batch by `entry` (whose last buffer is its result), split in
+/// `params.chunks`: written straight to the result when it is one chunk, else as partial sums
+/// that `reduce_chunks` adds in chunk order.
 fn chunked_sum<const N: usize>(
     gpu: &Gpu,
     params: &ConvParams,
