@@ -1,10 +1,67 @@
 // Depthwise convolution (groups == channels, one filter per channel), NCHW / OIHW, and its
-// gradients. The forward pass, stride-1 input gradients and the weight gradient slide a window
-// of the kernel's inputs along rows of one channel; other input gradients give each invocation
-// 8 consecutive pixels of one channel, held in two vec4s.
+// gradients, in two families that src/ops/conv2d.rs chooses per adapter (`Gpu::depthwise_rows`).
+// Real GPUs give each invocation 8 consecutive pixels of one channel, held in two vec4s, so
+// that neighbouring lanes' loads coalesce. Software adapters pay a loop over lanes for every
+// storage access, so there each invocation slides a window of the kernel's inputs along rows
+// of one channel (the forward pass, stride-1 input gradients, the weight gradient), loading
+// each input about once per kernel row rather than once per tap. The forward pass and the input
+// gradient sum the same terms in the same order in both.
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
 
+
+// ---------------------------------------------------------------- forward
+@group(0) @binding(1) var<storage, read> fwd_x: array<f32>;
+@group(0) @binding(2) var<storage, read> fwd_w: array<f32>;
+@group(0) @binding(3) var<storage, read> fwd_bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> fwd_y: array<f32>;
+
+fn gather_fwd_x(at: vec4<u32>, inside: vec4<bool>) -> vec4<f32> {
+    return masked(vec4<f32>(fwd_x[at.x], fwd_x[at.y], fwd_x[at.z], fwd_x[at.w]), inside);
+}
+
+// Invocations: batch x channels x ceil(out_h * out_w / 8).
+@compute @workgroup_size(64)
+fn depthwise_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let pixels = p.out_h * p.out_w;
+    let tiles = (pixels + PIXELS - 1u) / PIXELS;
+    let t = flat_index(gid, nwg);
+    if (t >= p.batch * p.c_out * tiles) { return; }
+    let pt = t % tiles;
+    let plane = t / tiles;          // n * channels + c
+    let c = plane % p.c_out;
+    let pa = tile_lo(pt * PIXELS, pixels);
+    let pb = tile_hi(pt * PIXELS, pixels);
+    let y0a = vec4<i32>((pa / p.out_w) * p.stride_h) - i32(p.pad_h);
+    let x0a = vec4<i32>((pa % p.out_w) * p.stride_w) - i32(p.pad_w);
+    let y0b = vec4<i32>((pb / p.out_w) * p.stride_h) - i32(p.pad_h);
+    let x0b = vec4<i32>((pb % p.out_w) * p.stride_w) - i32(p.pad_w);
+    let hi = vec4<i32>(i32(p.h) - 1);
+    let wi = vec4<i32>(i32(p.w) - 1);
+    let zero = vec4<i32>(0);
+    let base = plane * p.h * p.w;
+    var acc_a = vec4<f32>(0.0);
+    var acc_b = vec4<f32>(0.0);
+    for (var ky = 0u; ky < p.kernel_h; ky++) {
+        let iya = y0a + i32(ky);
+        let iyb = y0b + i32(ky);
+        let rowa = vec4<u32>(clamp(iya, zero, hi)) * p.w + base;
+        let rowb = vec4<u32>(clamp(iyb, zero, hi)) * p.w + base;
+        for (var kx = 0u; kx < p.kernel_w; kx++) {
+            let ixa = x0a + i32(kx);
+            let ixb = x0b + i32(kx);
+            let w = fwd_w[(c * p.kernel_h + ky) * p.kernel_w + kx];
+            acc_a += w * gather_fwd_x(rowa + vec4<u32>(clamp(ixa, zero, wi)), iya >= zero & iya <= hi & ixa >= zero & ixa <= wi);
+            acc_b += w * gather_fwd_x(rowb + vec4<u32>(clamp(ixb, zero, wi)), iyb >= zero & iyb <= hi & ixb >= zero & ixb <= wi);
+        }
+    }
+    let bias = select(0.0, fwd_bias[c], p.has_bias != 0u);
+    let out = plane * pixels + pt * PIXELS;
+    for (var i = 0u; i < 4u; i++) {
+        if (pt * PIXELS + i < pixels) { fwd_y[out + i] = acc_a[i] + bias; }
+        if (pt * PIXELS + 4u + i < pixels) { fwd_y[out + 4u + i] = acc_b[i] + bias; }
+    }
+}
 
 // ---------------------------------------------------------------- rows
 @group(0) @binding(1) var<storage, read> row_in: array<f32>;
@@ -170,7 +227,7 @@ fn depthwise_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 // ---------------------------------------------------------------- gradient to the weight
 @group(0) @binding(1) var<storage, read> bw_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bw_dy: array<f32>;
-// dw, or with several parts their partial sums [channel * taps + tap][part].
+// dw, or with several parts (rows) or chunks (GPUs) their partial sums [channel * taps + tap][part].
 @group(0) @binding(3) var<storage, read_write> bw_dw: array<f32>;
 
 // dw[c, ky, kx] = sum_{n, oy, ox} dy[n, c, oy, ox] * x[n, c, oy*s - pad + ky, ox*s - pad + kx].
@@ -179,7 +236,7 @@ fn depthwise_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 // tap run over the part's pixels in order; `reduce_chunks` adds the parts in order.
 // Invocations: parts (`chunks`, fastest) x channels.
 @compute @workgroup_size(64)
-fn depthwise_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn depthwise_weight_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.c_in * p.chunks) { return; }
     let part = i % p.chunks;
@@ -240,6 +297,58 @@ fn depthwise_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @bui
             } else {
                 bw_dw[(c * taps + tap) * p.chunks + part] = v;
             }
+        }
+    }
+}
+
+// The same on real GPUs: one workgroup per (channel, tap) and chunk of batch-wide pixels, lanes
+// striding through the chunk (each lane's (image, row, column) stepped without divisions), then
+// a fixed tree order. Workgroups: channels * taps (x) x chunks (y).
+@compute @workgroup_size(64)
+fn depthwise_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let taps = p.kernel_h * p.kernel_w;
+    let c = wid.x / taps;
+    let tap = wid.x % taps;
+    let ky = i32(tap / p.kernel_w) - i32(p.pad_h);
+    let kx = i32(tap % p.kernel_w) - i32(p.pad_w);
+    let out_pixels = p.out_h * p.out_w;
+    let start = wid.y * p.chunk_len;
+    let end = min(p.batch * out_pixels, start + p.chunk_len);
+    // A lane's step of REDUCE pixels: step_n images, step_y rows and step_x columns.
+    let step_n = REDUCE / out_pixels;
+    let step_y = (REDUCE % out_pixels) / p.out_w;
+    let step_x = REDUCE % p.out_w;
+    let first = start + lane;
+    var n = first / out_pixels;
+    var oy = (first % out_pixels) / p.out_w;
+    var ox = first % p.out_w;
+    var sum = 0.0;
+    for (var j = first; j < end; j += REDUCE) {
+        let iy = i32(oy * p.stride_h) + ky;
+        let ix = i32(ox * p.stride_w) + kx;
+        if (iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
+            let plane = n * p.c_in + c;
+            sum += bw_dy[(plane * p.out_h + oy) * p.out_w + ox] * bw_x[(plane * p.h + u32(iy)) * p.w + u32(ix)];
+        }
+        ox += step_x;
+        if (ox >= p.out_w) {
+            ox -= p.out_w;
+            oy += 1u;
+        }
+        oy += step_y;
+        if (oy >= p.out_h) {
+            oy -= p.out_h;
+            n += 1u;
+        }
+        n += step_n;
+    }
+    let total = workgroup_sum(lane, sum);
+    if (lane == 0u) {
+        if (p.chunks == 1u) {
+            let at = c * taps + tap;
+            bw_dw[at] = accumulated(bw_dw[at], total, p.accumulate);
+        } else {
+            bw_dw[wid.x * p.chunks + wid.y] = total;
         }
     }
 }

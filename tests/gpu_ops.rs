@@ -118,6 +118,58 @@ fn conv2d_matches_reference() {
     }
 }
 
+/// Depthwise convolutions run row kernels on software adapters and 8-pixel tiles on GPUs
+/// (`Gpu::depthwise_rows`): the forward pass and the input gradient sum the same terms in the
+/// same order in both, bit for bit; the weight gradients (summed in different orders) both match
+/// the reference. Runs this adapter's family and, on a second device, the other.
+#[test]
+fn depthwise_families_agree() {
+    let shared = gpu();
+    let mut other = kdna::gpu::Gpu::new(None).expect("a second device on the test adapter");
+    other.depthwise_rows = !shared.depthwise_rows;
+    let devices = [shared, std::sync::Arc::new(other)];
+    let cfg = |stride, padding, c| Conv2dConfig { stride, padding, groups: c };
+    let cases: [ConvCase; 4] = [
+        ([2, 5, 13, 11], 5, (3, 3), cfg((1, 1), (1, 1), 5), true),
+        ([3, 4, 9, 10], 4, (7, 7), cfg((1, 1), (3, 3), 4), false),
+        ([2, 6, 9, 7], 6, (3, 3), cfg((2, 2), (1, 1), 6), true),
+        ([2, 3, 11, 13], 3, (5, 7), cfg((2, 3), (2, 3), 3), false),
+    ];
+    for (i, &(xs, c_out, k, cfg, bias)) in cases.iter().enumerate() {
+        let results: Vec<_> = devices
+            .iter()
+            .map(|device| {
+                let mut g = Graph::new();
+                let x = g.input("x", &xs);
+                let w = g.param("w", &[c_out, 1, k.0, k.1]).unwrap();
+                let b = bias.then(|| g.param("b", &[c_out]).unwrap());
+                let y = g.conv2d(x, w, b, cfg).unwrap();
+                let mut exe = Executor::new(device.clone(), &g, plan(Mode::Train, y)).unwrap();
+                let mut rng = rng(300 + i as u64);
+                let (xv, wv) = (feed(&exe, &g, x, &mut rng), feed(&exe, &g, w, &mut rng));
+                let bv = b.map(|b| feed(&exe, &g, b, &mut rng));
+                let dy = seed_grad(&exe, &g, y, &mut rng);
+                exe.run().unwrap();
+                let s = Conv2dShape::new(&xs, g.shape(w), cfg).unwrap();
+                let (_, want_dw, _) = r::conv2d::backward(&s, &xv, &wv, &dy);
+                let dw = read_grad(&exe, w);
+                assert_close(&format!("case {i} dw, rows {}", device.depthwise_rows), &dw, &want_dw, TOL);
+                assert_close(
+                    &format!("case {i} y"),
+                    &read(&exe, y),
+                    &r::conv2d::forward(&s, &xv, &wv, bv.as_deref()),
+                    TOL,
+                );
+                [read(&exe, y), read_grad(&exe, x)]
+            })
+            .collect();
+        for (name, (a, b)) in ["forward", "input gradient"].iter().zip(results[0].iter().zip(&results[1])) {
+            let differing = a.iter().zip(b).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
+            assert_eq!(differing, 0, "case {i}: {name} values that differ between the depthwise families");
+        }
+    }
+}
+
 /// The ways an ungrouped conv reads its weights (uniform blocks, one dispatch each; all from
 /// storage in one dispatch; the same with subgroup broadcasts, which the weight gradient uses
 /// too; workgroup-memory tiles) sum in the same order, so which one a shape gets never changes

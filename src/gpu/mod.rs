@@ -69,6 +69,11 @@ pub struct Gpu {
     /// Whether convolutions stage their tiles in workgroup memory (real GPUs) rather than
     /// holding large register tiles per invocation (software adapters).
     pub workgroup_tiles: bool,
+    /// Whether depthwise convolutions slide windows along rows (software adapters, whose lanes
+    /// pay a loop for every storage access) rather than give each invocation 8 consecutive
+    /// pixels (real GPUs, whose neighbouring lanes' loads coalesce). Their weight gradients sum
+    /// in different orders, so the choice is recorded in checkpoints.
+    pub depthwise_rows: bool,
     kernels: kernel::KernelCache,
     buffers_created: AtomicU64,
     submissions: AtomicU64,
@@ -91,6 +96,11 @@ impl Gpu {
             Ok("1") => true,
             _ => info.device_type != wgpu::DeviceType::Cpu,
         };
+        let depthwise_rows = match std::env::var("KDNA_DEPTHWISE_ROWS").as_deref() {
+            Ok("0") => false,
+            Ok("1") => true,
+            _ => info.device_type == wgpu::DeviceType::Cpu,
+        };
         let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
             label: Some("kdna"),
             required_features: if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() },
@@ -107,6 +117,7 @@ impl Gpu {
             info,
             subgroups,
             workgroup_tiles,
+            depthwise_rows,
             kernels: kernel::KernelCache::default(),
             buffers_created: AtomicU64::new(0),
             submissions: AtomicU64::new(0),

@@ -114,6 +114,8 @@ impl Conv2dShape {
         } else if self.cfg.groups == self.c_in
             && self.c_in == self.c_out
             && self.kernel_h.max(self.kernel_w) <= DEPTHWISE_MAX_KERNEL
+            // A GPU's weight gradient runs a workgroup per (channel, tap) along one grid axis.
+            && self.c_out * self.kernel_h * self.kernel_w <= 65535
         {
             ConvKernel::Depthwise
         } else {
@@ -266,7 +268,9 @@ impl Op for Conv2d {
         if backward {
             let chunks = s.reduction_chunks();
             if s.kernel() == ConvKernel::Depthwise {
-                sizes.push(s.c_out * s.kernel_h * s.kernel_w * s.depthwise_weight_parts().0);
+                // Either family's partial sums (the device is not known yet).
+                let parts = s.depthwise_weight_parts().0.max(chunks);
+                sizes.push(s.c_out * s.kernel_h * s.kernel_w * parts);
             }
             if self.has_bias {
                 sizes.push(s.c_out * chunks);
@@ -285,10 +289,14 @@ impl Op for Conv2d {
         let buffers = [b.inputs[0], b.inputs[1], bias, b.outputs[0]];
         match s.kernel() {
             ConvKernel::Gemm => GemmPlan::for_device(s, gpu).forward(gpu, buffers, self.has_bias, &b.scratch),
-            ConvKernel::Depthwise => {
+            ConvKernel::Depthwise if gpu.depthwise_rows => {
                 let params = s.depthwise_forward_params(self.has_bias);
                 let invocations = grid((s.c_out * params.chunks as usize).max(1));
                 vec![gpu.dispatch("depthwise", "depthwise_rows", &params, &buffers, invocations)]
+            }
+            ConvKernel::Depthwise => {
+                let tiles = s.batch * s.c_out * pixels.div_ceil(DEPTHWISE_PIXELS);
+                vec![gpu.dispatch("depthwise", "depthwise_forward", &params, &buffers, grid(tiles))]
             }
             ConvKernel::Direct => {
                 let tiles = s.batch * g * (s.c_out / g).div_ceil(TILE) * pixels.div_ceil(TILE);
@@ -310,7 +318,10 @@ impl Op for Conv2d {
                     let buffers = [dy, b.inputs[1], dx.slice];
                     out.extend(GemmPlan::for_device(s, gpu).backward_input(gpu, buffers, dx.accumulate, &b.scratch));
                 }
-                ConvKernel::Depthwise => match s.depthwise_input_params(params.accumulate) {
+                ConvKernel::Depthwise => match s
+                    .depthwise_input_params(params.accumulate)
+                    .filter(|_| gpu.depthwise_rows)
+                {
                     Some(rows) => {
                         // The bias binding is read only with a bias: any buffer does.
                         let buffers = [dy, b.inputs[1], dy, dx.slice];
@@ -339,13 +350,19 @@ impl Op for Conv2d {
                     out.extend(plan.backward_weight(gpu, [dy, dw.slice], dw.accumulate, &b.scratch));
                 }
                 ConvKernel::Depthwise => {
-                    // One invocation per (channel, part of the batch's rows).
-                    let (parts, per_part) = s.depthwise_weight_parts();
-                    let params = ConvParams { chunks: parts as u32, chunk_len: per_part as u32, ..params };
                     let partials = b.scratch[b.scratch.len() - 1 - self.has_bias as usize];
-                    let entry = "depthwise_backward_weight";
-                    let invocations = grid(s.c_out * parts);
-                    out.extend(chunked_sum(gpu, &params, "depthwise", entry, buffers, partials, invocations));
+                    out.extend(if gpu.depthwise_rows {
+                        // One invocation per (part of the batch's rows, channel).
+                        let (parts, per_part) = s.depthwise_weight_parts();
+                        let params = ConvParams { chunks: parts as u32, chunk_len: per_part as u32, ..params };
+                        let (entry, invocations) = ("depthwise_weight_rows", grid(s.c_out * parts));
+                        chunked_sum(gpu, &params, "depthwise", entry, buffers, partials, invocations)
+                    } else {
+                        // One workgroup per (channel, tap) and chunk.
+                        let workgroups = [(s.c_out * s.kernel_h * s.kernel_w) as u32, params.chunks, 1];
+                        let entry = "depthwise_backward_weight";
+                        chunked_sum(gpu, &params, "depthwise", entry, buffers, partials, workgroups)
+                    });
                 }
                 ConvKernel::Direct => {
                     let tiles = g * (s.c_out / g).div_ceil(TILE) * s.k_len().div_ceil(TILE);

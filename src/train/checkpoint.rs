@@ -38,6 +38,11 @@ pub struct CheckpointInfo {
     pub optimizer_steps: u64,
     /// The arguments of the run that wrote it.
     pub args: serde_json::Value,
+    /// Whether its depthwise convolutions ran the row kernels ([`crate::gpu::Gpu::depthwise_rows`]),
+    /// whose weight gradients sum in another order than the GPU ones: a run resumed on the
+    /// other family continues, but not bit for bit (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depthwise_rows: Option<bool>,
 }
 
 impl CheckpointInfo {
@@ -56,6 +61,7 @@ impl CheckpointInfo {
             schedule: Schedule { lr: 0.0, eta_min: 0.0, epochs: 0, warmup_epochs: 0 },
             optimizer_steps: 0,
             args: serde_json::Value::Null,
+            depthwise_rows: None,
         }
     }
 }

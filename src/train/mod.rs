@@ -312,6 +312,7 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
             schedule,
             optimizer_steps: weights.optimizer_steps(),
             args: serde_json::to_value(&cfg)?,
+            depthwise_rows: Some(gpu.depthwise_rows),
             ..CheckpointInfo::new_v1()
         };
         let moments = [weights.export_momentum(&gpu)?, weights.export_second_moment(&gpu)?];
@@ -366,6 +367,16 @@ fn initialise(trainer: &Trainer, cfg: &TrainConfig, resume: &Option<Checkpoint>)
             weights
                 .import_second_moment(gpu, &ck.second_moment)
                 .with_context(|| format!("{}: optimizer state", path.display()))?;
+        }
+        if ck.info.depthwise_rows.is_some_and(|rows| rows != gpu.depthwise_rows) {
+            eprintln!(
+                "note: {} was written by a run whose depthwise convolutions ran the {} kernels; this adapter runs the \
+                 {} ones, whose weight gradients sum in another order: the run goes on, but not bit for bit as it \
+                 would have",
+                path.display(),
+                if gpu.depthwise_rows { "GPU" } else { "row" },
+                if gpu.depthwise_rows { "row" } else { "GPU" },
+            );
         }
         return Ok((ck.info.epoch, ck.info.best_acc1));
     }
