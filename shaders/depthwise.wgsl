@@ -74,6 +74,30 @@ fn depthwise_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
 // arrays of MAX_KERNEL^2, at [kernel row * MAX_KERNEL + kernel column].
 const MAX_KERNEL: u32 = 7u;
 
+// The kernel's inputs for output column ox of a row whose window starts at input row iy0, at
+// [kernel row * MAX_KERNEL + kernel column], read from row_in's plane at in_plane (zero outside
+// it), given the window of column ox - 1: the columns both read are shifted by the stride and
+// only the new ones loaded.
+fn slide_window(window: ptr<function, array<f32, 49>>, in_plane: u32, iy0: i32, ox: u32) {
+    let ix0 = i32(ox * p.stride_w) - i32(p.pad_w);
+    let kept = select(0u, p.kernel_w - min(p.stride_w, p.kernel_w), ox > 0u);
+    for (var a = 0u; a < p.kernel_h; a++) {
+        let iy = iy0 + i32(a);
+        let row_inside = iy >= 0 && iy < i32(p.h);
+        for (var b = 0u; b < p.kernel_w; b++) {
+            let t = a * MAX_KERNEL + b;
+            if (b < kept) {
+                (*window)[t] = (*window)[t + p.stride_w];
+            } else {
+                let ix = ix0 + i32(b);
+                var v = 0.0;
+                if (row_inside && ix >= 0 && ix < i32(p.w)) { v = row_in[in_plane + u32(iy) * p.w + u32(ix)]; }
+                (*window)[t] = v;
+            }
+        }
+    }
+}
+
 // out[n, c, oy, ox] (+)= sum_{a, b} k[c, a, b] * in[n, c, oy*s - pad + a, ox*s - pad + b] (+ bias),
 // terms in (a, b) order: the forward pass (in = x, k = w), or with `flip` a stride-1 input
 // gradient (in = dy, padded by kernel - 1 - pad, k = w turned by 180 degrees). One invocation
@@ -108,24 +132,7 @@ fn depthwise_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         let out_row = (plane * p.out_h + oy) * p.out_w;
         let iy0 = i32(oy * p.stride_h) - i32(p.pad_h);
         for (var ox = 0u; ox < p.out_w; ox++) {
-            let ix0 = i32(ox * p.stride_w) - i32(p.pad_w);
-            // The last step's columns, shifted by the stride, then the new ones.
-            let kept = select(0u, p.kernel_w - min(p.stride_w, p.kernel_w), ox > 0u);
-            for (var a = 0u; a < p.kernel_h; a++) {
-                let iy = iy0 + i32(a);
-                let row_inside = iy >= 0 && iy < i32(p.h);
-                for (var b = 0u; b < p.kernel_w; b++) {
-                    let t = a * MAX_KERNEL + b;
-                    if (b < kept) {
-                        window[t] = window[t + p.stride_w];
-                    } else {
-                        let ix = ix0 + i32(b);
-                        var v = 0.0;
-                        if (row_inside && ix >= 0 && ix < i32(p.w)) { v = row_in[in_plane + u32(iy) * p.w + u32(ix)]; }
-                        window[t] = v;
-                    }
-                }
-            }
+            slide_window(&window, in_plane, iy0, ox);
             // Flipped, the terms run over the weight's own taps in order, as in
             // depthwise_backward_input.
             var acc = 0.0;
@@ -232,7 +239,8 @@ fn depthwise_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
 
 // dw[c, ky, kx] = sum_{n, oy, ox} dy[n, c, oy, ox] * x[n, c, oy*s - pad + ky, ox*s - pad + kx].
 // One invocation per (channel, part), a part being chunk_len consecutive batch-wide output rows
-// (n, oy), its window of x values slid along each row as in depthwise_rows. The sums of each
+// (n, oy), its window of x values (row_in, binding 1 as bw_x) slid along each row as in
+// depthwise_rows. The sums of each
 // tap run over the part's pixels in order; `reduce_chunks` adds the parts in order.
 // Invocations: parts (`chunks`, fastest) x channels.
 @compute @workgroup_size(64)
@@ -253,25 +261,7 @@ fn depthwise_weight_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
         let dy_row = (plane * p.out_h + oy) * p.out_w;
         let iy0 = i32(oy * p.stride_h) - i32(p.pad_h);
         for (var ox = 0u; ox < p.out_w; ox++) {
-            let ix0 = i32(ox * p.stride_w) - i32(p.pad_w);
-            // Columns ix0 .. ix0 + kernel_w - 1 of each tap row: those the last step also
-            // read, shifted by the stride, then the new ones.
-            let kept = select(0u, p.kernel_w - min(p.stride_w, p.kernel_w), ox > 0u);
-            for (var ky = 0u; ky < p.kernel_h; ky++) {
-                let iy = iy0 + i32(ky);
-                let row_inside = iy >= 0 && iy < i32(p.h);
-                for (var kx = 0u; kx < p.kernel_w; kx++) {
-                    let t = ky * MAX_KERNEL + kx;
-                    if (kx < kept) {
-                        window[t] = window[t + p.stride_w];
-                    } else {
-                        let ix = ix0 + i32(kx);
-                        var v = 0.0;
-                        if (row_inside && ix >= 0 && ix < i32(p.w)) { v = bw_x[x_plane + u32(iy) * p.w + u32(ix)]; }
-                        window[t] = v;
-                    }
-                }
-            }
+            slide_window(&window, x_plane, iy0, ox);
             let d = bw_dy[dy_row + ox];
             for (var ky = 0u; ky < p.kernel_h; ky++) {
                 for (var kx = 0u; kx < p.kernel_w; kx++) {
