@@ -71,14 +71,15 @@ fn depthwise_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
 
 // The widest kernel side of the row kernels here (ConvNeXt's 7x7; src/ops/conv2d.rs
 // `DEPTHWISE_MAX_KERNEL`): a lane keeps its weights, its window of inputs and its sums in
-// arrays of MAX_KERNEL^2, at [kernel row * MAX_KERNEL + kernel column].
+// arrays of KERNEL_TAPS, at [kernel row * MAX_KERNEL + kernel column].
 const MAX_KERNEL: u32 = 7u;
+const KERNEL_TAPS: u32 = MAX_KERNEL * MAX_KERNEL;
 
 // The kernel's inputs for output column ox of a row whose window starts at input row iy0, at
 // [kernel row * MAX_KERNEL + kernel column], read from row_in's plane at in_plane (zero outside
 // it), given the window of column ox - 1: the columns both read are shifted by the stride and
 // only the new ones loaded.
-fn slide_window(window: ptr<function, array<f32, 49>>, in_plane: u32, iy0: i32, ox: u32) {
+fn slide_window(window: ptr<function, array<f32, KERNEL_TAPS>>, in_plane: u32, iy0: i32, ox: u32) {
     let ix0 = i32(ox * p.stride_w) - i32(p.pad_w);
     let kept = select(0u, p.kernel_w - min(p.stride_w, p.kernel_w), ox > 0u);
     for (var a = 0u; a < p.kernel_h; a++) {
@@ -113,7 +114,7 @@ fn depthwise_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     let part = i % p.chunks;
     let c = i / p.chunks;
     let taps = p.kernel_h * p.kernel_w;
-    var k: array<f32, 49>;
+    var k: array<f32, KERNEL_TAPS>;
     for (var a = 0u; a < p.kernel_h; a++) {
         for (var b = 0u; b < p.kernel_w; b++) {
             let tap = a * p.kernel_w + b;
@@ -121,7 +122,7 @@ fn depthwise_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         }
     }
     let bias = select(0.0, row_bias[c], p.has_bias != 0u);
-    var window: array<f32, 49>;
+    var window: array<f32, KERNEL_TAPS>;
     let first = part * p.chunk_len;
     let end = min(p.batch * p.out_h, first + p.chunk_len);
     var n = first / p.out_h;
@@ -249,8 +250,8 @@ fn depthwise_weight_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     if (i >= p.c_in * p.chunks) { return; }
     let part = i % p.chunks;
     let c = i / p.chunks;
-    var sums: array<f32, 49>;
-    var window: array<f32, 49>;
+    var sums: array<f32, KERNEL_TAPS>;
+    var window: array<f32, KERNEL_TAPS>;
     let first = part * p.chunk_len;
     let end = min(p.batch * p.out_h, first + p.chunk_len);
     var n = first / p.out_h;

@@ -22,12 +22,12 @@ const DEPTHWISE_PIXELS: usize = 8;
 /// (up to this many) is one workgroup's sum with no second pass.
 const REDUCTION_CHUNK: usize = 16384;
 /// The widest kernel side of a depthwise convolution on its own kernels (`MAX_KERNEL` in
-/// depthwise.wgsl: the weight gradient keeps a window of the kernel's inputs per lane).
+/// depthwise.wgsl: the row kernels keep a window of the kernel's inputs per lane).
 const DEPTHWISE_MAX_KERNEL: usize = 7;
-/// Invocations to aim for in a depthwise weight gradient (channels x parts of the batch's
-/// rows), so that a layer with few channels still fills a GPU.
+/// Invocations to aim for in a depthwise row kernel (channels x parts of the batch's rows),
+/// so that a layer with few channels still spreads over the adapter.
 const DEPTHWISE_TARGET_INVOCATIONS: usize = 8192;
-/// Most floats its partial sums may take.
+/// Most floats the row weight gradient's partial sums may take.
 const DEPTHWISE_MAX_PARTIAL_FLOATS: usize = 16 << 20;
 
 /// Which kernels compute a convolution (see the module comment).

@@ -23,6 +23,7 @@ use crate::io::StateDict;
 use crate::models::{Arch, ModelSpec, Network, build, pretrained};
 use crate::ops::Optimizer;
 use crate::ops::adamw::AdamW;
+use crate::ops::conv2d::{Conv2d, ConvKernel};
 use crate::ops::sgd::Sgd;
 use crate::telemetry::recorder::PROBE_IMAGES;
 use crate::telemetry::{RecordKind, Recorder};
@@ -312,7 +313,7 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
             schedule,
             optimizer_steps: weights.optimizer_steps(),
             args: serde_json::to_value(&cfg)?,
-            depthwise_rows: Some(gpu.depthwise_rows),
+            depthwise_rows: has_depthwise_conv(&trainer.main().net.graph).then_some(gpu.depthwise_rows),
             ..CheckpointInfo::new_v1()
         };
         let moments = [weights.export_momentum(&gpu)?, weights.export_second_moment(&gpu)?];
@@ -332,6 +333,13 @@ pub fn train(gpu: Arc<Gpu>, cfg: TrainConfig, dataset: Dataset) -> Result<Summar
         data_wait: data_wait_seconds / train_seconds.max(1e-9),
         seconds: started.elapsed().as_secs_f64(),
         log_dir: cfg.log_dir.clone(),
+    })
+}
+
+/// Whether `graph` has a depthwise convolution, whose kernel family a checkpoint records.
+fn has_depthwise_conv(graph: &Graph) -> bool {
+    graph.nodes.iter().any(|node| {
+        node.op.as_any().downcast_ref::<Conv2d>().is_some_and(|conv| conv.shape.kernel() == ConvKernel::Depthwise)
     })
 }
 
@@ -368,14 +376,15 @@ fn initialise(trainer: &Trainer, cfg: &TrainConfig, resume: &Option<Checkpoint>)
                 .import_second_moment(gpu, &ck.second_moment)
                 .with_context(|| format!("{}: optimizer state", path.display()))?;
         }
-        if ck.info.depthwise_rows.is_some_and(|rows| rows != gpu.depthwise_rows) {
+        if let Some(saved) = ck.info.depthwise_rows.filter(|&rows| rows != gpu.depthwise_rows) {
+            let kernels = |rows: bool| if rows { "row" } else { "GPU" };
             eprintln!(
                 "note: {} was written by a run whose depthwise convolutions ran the {} kernels; this adapter runs the \
                  {} ones, whose weight gradients sum in another order: the run goes on, but not bit for bit as it \
                  would have",
                 path.display(),
-                if gpu.depthwise_rows { "GPU" } else { "row" },
-                if gpu.depthwise_rows { "row" } else { "GPU" },
+                kernels(saved),
+                kernels(gpu.depthwise_rows),
             );
         }
         return Ok((ck.info.epoch, ck.info.best_acc1));
@@ -661,4 +670,18 @@ pub fn evaluate_checkpoint(
     };
     let acc = evaluate::evaluate(Arc::new(ds.val.clone()), lc, smoothing, &mut make, &mut |_| {})?;
     Ok((info, acc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_record_the_depthwise_family_only_of_networks_with_depthwise_convs() {
+        let graph =
+            |arch| build(ModelSpec { arch, kdna: true, classes: 10, drop_path: 0.0 }, 1, 32, 0.0).unwrap().graph;
+        assert!(!has_depthwise_conv(&graph(Arch::ResNet18)));
+        assert!(has_depthwise_conv(&graph(Arch::MobileNetV2)));
+        assert!(has_depthwise_conv(&graph(Arch::ConvNeXtTiny)));
+    }
 }
