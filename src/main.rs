@@ -73,7 +73,8 @@ struct BenchArgs {
     /// Also time whole training steps (forward, backward, SGD), in the same call.
     #[arg(long)]
     train: bool,
-    /// Print the time of one training step by kernel entry point (each dispatch run alone).
+    /// Print the time of one run by kernel entry point (each dispatch run alone): a training
+    /// step's, or with --latency (and no --train) a run of the folded eval network.
     #[arg(long)]
     profile: bool,
     /// Timed iterations.
@@ -493,7 +494,9 @@ fn bench(adapter: Option<&str>, args: BenchArgs) -> Result<()> {
     let family = if m.baseline { "baseline" } else { "KernelDNA" };
     if args.profile {
         let gpu = Arc::new(Gpu::new(adapter)?);
-        let rows = kdna::commands::bench::profile(gpu, spec, args.batch_size as usize, args.res as usize)?;
+        use kdna::commands::bench::{Profiled, profile};
+        let what = if args.latency && !args.train { Profiled::Eval } else { Profiled::TrainingStep };
+        let rows = profile(gpu, spec, args.batch_size as usize, args.res as usize, what)?;
         let total: f64 = rows.iter().map(|r| r.2).sum();
         println!("{:<36} {:>10} {:>10} {:>7}", "kernel", "dispatches", "seconds", "share");
         for (entry, n, secs) in rows {

@@ -210,7 +210,8 @@ fn conv_weight_paths_agree_bit_for_bit() {
             let y = gpu.storage("y", numel(&shape.output()));
             let dx = gpu.upload("dx", &dx_start);
             let dw = gpu.storage("dw", numel(&shape.weight()));
-            let mut dispatches = plan.forward(&gpu, [&x, &w, &bias, &y], true, &scratch);
+            let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, &scratch);
+            let mut dispatches: Vec<_> = forward.prepare.into_iter().chain(forward.run).collect();
             dispatches.extend(plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch));
             dispatches.extend(plan.backward_weight(&gpu, [&dy, &dw], false, &scratch));
             gpu.run(&dispatches);

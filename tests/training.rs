@@ -20,6 +20,7 @@ struct Net {
     graph: Graph,
     images: TensorId,
     labels: TensorId,
+    logits: TensorId,
     loss: TensorId,
 }
 
@@ -51,7 +52,7 @@ fn kdna_net() -> Net {
     let fc_bias = g.param("fc.bias", &[CLASSES]).unwrap();
     let logits = g.linear(pooled, fc, Some(fc_bias)).unwrap();
     let loss = g.cross_entropy(logits, labels, 0.0).unwrap();
-    Net { graph: g, images, labels, loss }
+    Net { graph: g, images, labels, logits, loss }
 }
 
 /// Kaiming-style weights, unit BatchNorm, zero attentions: the same values for a given seed.
@@ -149,4 +150,43 @@ fn training_is_bitwise_repeatable() {
     let (a, b) = (run(), run());
     assert_eq!(a.0, b.0, "loss sequences differ");
     assert_eq!(a.1, b.1, "trained parent kernels differ");
+}
+
+/// Eval executors prepare child kernels and packed conv weights once per change of the
+/// parameters: one over shared weights sees every training step, and a parameter written
+/// through it takes effect on its next run.
+#[test]
+fn prepared_weights_follow_every_change_of_the_parameters() {
+    let gpu = common::gpu();
+    let net = kdna_net();
+    let mut trainer = trainer(gpu.clone(), &net);
+    let eval = |weights| {
+        let exe = Executor::with_weights(gpu.clone(), &net.graph, Plan::eval(), weights).unwrap();
+        batch(&exe, &net);
+        exe
+    };
+    let logits = |exe: &mut Executor| {
+        exe.run().unwrap();
+        exe.read(net.logits).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    };
+    let mut watcher = eval(trainer.weights().clone());
+    let (after_change, steady) = (watcher.dispatch_counts().0, watcher.steady_dispatch_counts().0);
+    assert!(steady < after_change, "nothing prepared: {steady} of {after_change} forward dispatches every run");
+    let before = logits(&mut watcher);
+    assert_eq!(logits(&mut watcher), before, "a second run over the same weights differs");
+
+    train(&mut trainer, 2);
+    let trained = logits(&mut watcher);
+    assert_ne!(trained, before, "the eval executor did not see the training steps");
+    assert_eq!(trained, logits(&mut eval(trainer.weights().clone())), "stale prepared weights after training");
+
+    // Halving the stem and the parent through the eval executor itself.
+    for name in ["stem.weight", "parent.weight"] {
+        let t = net.graph.find(name).unwrap();
+        let halved: Vec<f32> = watcher.read(t).unwrap().iter().map(|v| v * 0.5).collect();
+        watcher.write(t, &halved).unwrap();
+    }
+    let written = logits(&mut watcher);
+    assert_ne!(written, trained, "the written parameters did not take effect");
+    assert_eq!(written, logits(&mut eval(trainer.weights().clone())), "stale prepared weights after a write");
 }

@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::gpu::Gpu;
 use crate::graph::fold::fold;
 use crate::graph::{Executor, Plan};
-use crate::models::{ModelSpec, build, macs_per_image, parameter_count};
+use crate::io::StateDict;
+use crate::models::{ModelSpec, Network, build, macs_per_image, parameter_count};
 use crate::ops::sgd::Sgd;
 
 /// Parameters and multiply-accumulates of one network at one resolution.
@@ -118,11 +119,9 @@ pub fn latency(gpu: Arc<Gpu>, spec: ModelSpec, timing: Timing, progress: &dyn Fn
     }
 
     progress("eval (folded)");
-    let folded = fold(&net.graph, &train.weights().export(&gpu)?)?;
+    let weights = train.weights().export(&gpu)?;
     drop(train);
-    let mut eval = Executor::new(gpu.clone(), &folded.graph, Plan::eval())?;
-    eval.weights().import(&gpu, &folded.weights)?;
-    eval.write(folded.tensors[&net.images], &images)?;
+    let mut eval = folded_eval(&gpu, &net, &weights, &images)?;
     let eval_times = time(&gpu, timing, || eval.run())?;
 
     let batch = timing.batch as f64;
@@ -167,14 +166,43 @@ fn time(gpu: &Gpu, timing: Timing, mut work: impl FnMut() -> Result<()>) -> Resu
     Ok(times)
 }
 
-/// Time spent per kernel entry point in one training step (each dispatch run alone and
-/// waited for), largest first: (entry point, dispatches, seconds).
-pub fn profile(gpu: Arc<Gpu>, spec: ModelSpec, batch: usize, res: usize) -> Result<Vec<(String, usize, f64)>> {
+/// The folded eval network of `net` over `weights`, with `images` written.
+fn folded_eval(gpu: &Arc<Gpu>, net: &Network, weights: &StateDict, images: &[f32]) -> Result<Executor> {
+    let folded = fold(&net.graph, weights)?;
+    let eval = Executor::new(gpu.clone(), &folded.graph, Plan::eval())?;
+    eval.weights().import(gpu, &folded.weights)?;
+    eval.write(folded.tensors[&net.images], images)?;
+    Ok(eval)
+}
+
+/// What [`profile`] times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profiled {
+    /// A training step (forward, backward, SGD).
+    TrainingStep,
+    /// A run of the folded eval network over unchanged weights.
+    Eval,
+}
+
+/// Time spent per kernel entry point in one run (each dispatch run alone and waited for),
+/// largest first: (entry point, dispatches, seconds).
+pub fn profile(
+    gpu: Arc<Gpu>,
+    spec: ModelSpec,
+    batch: usize,
+    res: usize,
+    what: Profiled,
+) -> Result<Vec<(String, usize, f64)>> {
     let net = build(spec, batch, res, 0.0)?;
     let mut exe = Executor::new(gpu.clone(), &net.graph, Plan::train(net.loss, Sgd::default()))?;
     exe.weights().initialise(&gpu, &net.graph, 0);
     exe.write_labels(net.labels, &vec![0; batch])?;
-    exe.profile()?; // compiles every pipeline
+    if what == Profiled::Eval {
+        let images = vec![0.5; net.graph.info(net.images).numel()];
+        let weights = exe.weights().export(&gpu)?;
+        exe = folded_eval(&gpu, &net, &weights, &images)?;
+    }
+    exe.profile()?; // compiles every pipeline (and prepares what eval prepares once)
     let mut by_entry: Vec<(String, usize, f64)> = Vec::new();
     for (label, secs) in exe.profile()? {
         match by_entry.iter_mut().find(|(l, _, _)| l == label) {

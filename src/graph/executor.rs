@@ -79,8 +79,13 @@ pub struct Executor {
     weights: Arc<Weights>,
     plan: Plan,
     values: Vec<GpuSlice>,
+    roles: Vec<Role>,
     grads: Vec<Option<GpuSlice>>,
     clears: Vec<GpuSlice>,
+    /// Forward dispatches that depend on parameters alone, run when the parameters changed
+    /// since `prepared_for` (a [`Weights::param_version`]).
+    prepare: Vec<Dispatch>,
+    prepared_for: Option<u64>,
     forward: Vec<Dispatch>,
     backward: Vec<Dispatch>,
     /// Optimizer dispatches, each with the number of arena elements it updates.
@@ -129,16 +134,31 @@ impl Executor {
             outputs: graph.nodes[i].outputs.iter().map(|t| &values[t.0]).collect(),
             scratch: scratch[i].iter().collect(),
         };
-        let forward =
-            (0..graph.nodes.len()).flat_map(|i| graph.nodes[i].op.forward(&gpu, &bound(i), plan.mode)).collect();
+        // Fixed tensors: parameters, and what ops compute from them alone in `prepare`.
+        let mut fixed: Vec<bool> = graph.tensors.iter().map(|t| t.role == Role::Param).collect();
+        let (mut prepare, mut forward) = (Vec::new(), Vec::new());
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let inputs_fixed: Vec<bool> = node.inputs.iter().map(|t| fixed[t.0]).collect();
+            let split = node.op.split_forward(&gpu, &bound(i), plan.mode, &inputs_fixed);
+            if split.run.is_empty() && inputs_fixed.iter().all(|&f| f) {
+                for t in &node.outputs {
+                    fixed[t.0] = true;
+                }
+            }
+            prepare.extend(split.prepare);
+            forward.extend(split.run);
+        }
 
         let mut exe = Executor {
             gpu: gpu.clone(),
             weights: weights.clone(),
             plan: plan.clone(),
             values: Vec::new(),
+            roles: graph.tensors.iter().map(|t| t.role).collect(),
             grads: vec![None; graph.tensors.len()],
             clears: Vec::new(),
+            prepare,
+            prepared_for: None,
             forward,
             backward: Vec::new(),
             optimizer: Vec::new(),
@@ -284,6 +304,9 @@ impl Executor {
             bail!("tensor {} holds {} values, got {}", t.0, slice.len(), data.len());
         }
         self.gpu.write(slice, data);
+        if self.roles[t.0] == Role::Param {
+            self.weights.params_changed();
+        }
         Ok(())
     }
 
@@ -335,7 +358,20 @@ impl Executor {
         Ok(())
     }
 
+    /// The prepare dispatches if the parameters changed since they last ran (and notes that
+    /// they will have run).
+    fn take_prepare(&mut self) -> &[Dispatch] {
+        let version = self.weights.param_version();
+        if self.prepared_for == Some(version) {
+            return &[];
+        }
+        self.prepared_for = Some(version);
+        &self.prepare
+    }
+
     fn record(&mut self) -> wgpu::CommandEncoder {
+        // Before this run's optimizer step changes the version.
+        let prepare = self.take_prepare().len();
         if self.plan.mode == Mode::Train {
             self.weights.count_batchnorm_pass();
         }
@@ -358,7 +394,8 @@ impl Executor {
         {
             let mut pass = encoder
                 .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kdna.step"), timestamp_writes: None });
-            for d in self.forward.iter().chain(&self.backward).chain(self.optimizer.iter().map(|(d, _)| d)) {
+            let run = self.forward.iter().chain(&self.backward).chain(self.optimizer.iter().map(|(d, _)| d));
+            for d in self.prepare[..prepare].iter().chain(run) {
                 d.record(&mut pass);
             }
         }
@@ -418,7 +455,14 @@ impl Executor {
     /// Runs the step's work once, so parameters move if the plan has an optimizer.
     pub fn profile(&mut self) -> Result<Vec<(&'static str, f64)>> {
         let mut times = Vec::new();
-        let dispatches = self.forward.iter().chain(&self.backward).chain(self.optimizer.iter().map(|(d, _)| d));
+        let prepare = self.take_prepare().len();
+        if self.plan.optimizer.is_some() {
+            self.weights.params_changed();
+        }
+        let dispatches = (self.prepare[..prepare].iter())
+            .chain(&self.forward)
+            .chain(&self.backward)
+            .chain(self.optimizer.iter().map(|(d, _)| d));
         for d in dispatches {
             let start = std::time::Instant::now();
             self.gpu.run(std::slice::from_ref(d));
@@ -428,8 +472,15 @@ impl Executor {
         Ok(times)
     }
 
-    /// Number of dispatches per run (forward, backward, optimizer).
+    /// Number of dispatches of a run after the parameters changed (forward, with what it
+    /// prepares from the parameters; backward; optimizer).
     pub fn dispatch_counts(&self) -> (usize, usize, usize) {
+        (self.prepare.len() + self.forward.len(), self.backward.len(), self.optimizer.len())
+    }
+
+    /// Dispatches of a run over unchanged parameters (forward, backward, optimizer): an eval
+    /// run after the first.
+    pub fn steady_dispatch_counts(&self) -> (usize, usize, usize) {
         (self.forward.len(), self.backward.len(), self.optimizer.len())
     }
 }

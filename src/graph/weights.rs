@@ -37,6 +37,9 @@ pub struct Weights {
     /// BatchNorm's `num_batches_tracked`, by state-dict key: train-mode runs add one.
     batch_counters: Mutex<BTreeMap<String, i64>>,
     optimizer_steps: AtomicU64,
+    /// Counts changes to the parameters (writes, optimizer steps), so executors know when
+    /// what they prepared from them is stale.
+    param_version: AtomicU64,
 }
 
 impl Weights {
@@ -75,6 +78,7 @@ impl Weights {
             state_names,
             batch_counters: Mutex::new(batch_counters),
             optimizer_steps: AtomicU64::new(0),
+            param_version: AtomicU64::new(0),
         }
     }
 
@@ -87,6 +91,7 @@ impl Weights {
             let slice = if t.role == Role::Param { self.param(&t.name) } else { self.state(&t.name) };
             gpu.write(&slice.expect("tensor of this graph"), &values);
         }
+        self.params_changed();
     }
 
     /// Every parameter, running statistic and batch counter, under PyTorch's names.
@@ -198,6 +203,7 @@ impl Weights {
         for name in &self.names {
             gpu.write(&self.param(name).expect("known"), &dict.floats[name].data);
         }
+        self.params_changed();
         for name in &self.state_names {
             gpu.write(&self.states[name], &dict.floats[name].data);
         }
@@ -242,6 +248,8 @@ impl Weights {
         self.slots.get(name).map(|s| s.shape.as_slice())
     }
 
+    /// Where a parameter lives. A write to it must be followed by [`Weights::params_changed`],
+    /// or executors keep using what they prepared from the old values.
     pub fn param(&self, name: &str) -> Option<GpuSlice> {
         self.slice(&self.params, name)
     }
@@ -293,8 +301,20 @@ impl Weights {
         self.optimizer_steps.load(Ordering::Relaxed)
     }
 
+    /// Counts a step whose optimizer dispatches are recorded (the parameters change).
     pub(crate) fn count_optimizer_step(&self) {
         self.optimizer_steps.fetch_add(1, Ordering::Relaxed);
+        self.params_changed();
+    }
+
+    /// Which change of the parameters they are at.
+    pub fn param_version(&self) -> u64 {
+        self.param_version.load(Ordering::Relaxed)
+    }
+
+    /// Notes that parameters were written (or will be by work already recorded).
+    pub fn params_changed(&self) {
+        self.param_version.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -9,7 +9,7 @@
 use anyhow::{Result, bail};
 
 use super::conv_gemm::GemmPlan;
-use super::{Bound, Grads, Mode, Op, accumulate_flag, placeholder};
+use super::{Bound, Forward, Grads, Mode, Op, accumulate_flag, placeholder};
 use crate::gpu::{Dispatch, Gpu, GpuSlice, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
@@ -279,7 +279,13 @@ impl Op for Conv2d {
         sizes
     }
 
-    fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
+    fn forward(&self, gpu: &Gpu, b: &Bound, mode: Mode) -> Vec<Dispatch> {
+        let Forward { prepare, run } = self.split_forward(gpu, b, mode, &[]);
+        prepare.into_iter().chain(run).collect()
+    }
+
+    /// A GEMM convolution over a fixed weight packs it once (its blocks stay in the scratch).
+    fn split_forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode, fixed: &[bool]) -> Forward {
         let s = &self.shape;
         let g = s.cfg.groups;
         let none = placeholder(gpu);
@@ -287,8 +293,14 @@ impl Op for Conv2d {
         let params = s.params(self.has_bias, 0);
         let pixels = s.out_h * s.out_w;
         let buffers = [b.inputs[0], b.inputs[1], bias, b.outputs[0]];
-        match s.kernel() {
-            ConvKernel::Gemm => GemmPlan::for_device(s, gpu).forward(gpu, buffers, self.has_bias, &b.scratch),
+        let run = match s.kernel() {
+            ConvKernel::Gemm => {
+                let forward = GemmPlan::for_device(s, gpu).forward(gpu, buffers, self.has_bias, &b.scratch);
+                if fixed.get(1) == Some(&true) {
+                    return forward;
+                }
+                return Forward { prepare: Vec::new(), run: forward.prepare.into_iter().chain(forward.run).collect() };
+            }
             ConvKernel::Depthwise if gpu.depthwise_rows => {
                 let params = s.depthwise_forward_params(self.has_bias);
                 let invocations = grid((s.c_out * params.chunks as usize).max(1));
@@ -302,7 +314,8 @@ impl Op for Conv2d {
                 let tiles = s.batch * g * (s.c_out / g).div_ceil(TILE) * pixels.div_ceil(TILE);
                 vec![gpu.dispatch("conv", "conv2d_forward", &params, &buffers, grid(tiles))]
             }
-        }
+        };
+        Forward { prepare: Vec::new(), run }
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {

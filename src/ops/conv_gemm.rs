@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 
+use super::Forward;
 use super::conv2d::Conv2dShape;
 use crate::gpu::conv_tiles::{
     FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
@@ -266,7 +267,21 @@ enum WeightKernel {
     WorkgroupTiles,
 }
 
-/// Packs the weights into blocks, then runs the forward-style tile kernel: with uniform blocks,
+/// Packs the weights of a tile pass's taps into blocks of `channels`-wide tiles (nothing where
+/// no tap reaches the pass).
+fn pack_dispatch(
+    gpu: &Gpu,
+    params: TileParams,
+    channels: u32,
+    [weight, packed]: [&GpuSlice; 2],
+    entry: &'static str,
+) -> Option<Dispatch> {
+    let params = TileParams { tile: channels, ..params };
+    (params.kernel_h * params.kernel_w > 0)
+        .then(|| gpu.dispatch("conv_tile", entry, &params, &[weight, packed], pack_grid(packed)))
+}
+
+/// The forward-style tile kernel over weights [`pack_dispatch`] packed: with uniform blocks,
 /// once per (output channel tile, weight block), in block order, each block adding to what the
 /// previous left (the first to the output already there when `params.accumulate`); else once
 /// over every block. All sum in the same order. The last block adds the bias (`params.has_bias`).
@@ -274,9 +289,8 @@ fn tile_dispatches(
     gpu: &Gpu,
     params: TileParams,
     (channels, pixels): (u32, u32),
-    [input, packed, weight, bias, output]: [&GpuSlice; 5],
+    [input, packed, bias, output]: [&GpuSlice; 4],
     reads: WeightReads,
-    pack_entry: &'static str,
 ) -> Vec<Dispatch> {
     let (has_bias, accumulate) = (params.has_bias != 0, params.accumulate != 0);
     let params = TileParams { tile: channels, ..params };
@@ -286,9 +300,6 @@ fn tile_dispatches(
         (0, WeightReads::UniformBlocks) => WeightReads::Storage,
         _ => reads,
     };
-    if params.kernel_h * params.kernel_w > 0 {
-        out.push(gpu.dispatch("conv_tile", pack_entry, &params, &[weight, packed], pack_grid(packed)));
-    }
     let channel_tiles = params.out_pad / channels;
     if reads == WeightReads::WorkgroupTiles {
         assert_eq!(channels, SHARED_CHANNELS, "workgroup tiles read weights packed in tiles of 64");
@@ -634,33 +645,36 @@ impl GemmPlan {
     }
 
     /// y = conv(x, w) + bias: one pass over every used tap, or one per band of outputs that
-    /// read the same taps ([`Band`]), each with the weights of its taps packed apart.
+    /// read the same taps ([`Band`]), each with the weights of its taps packed apart. The
+    /// packing reads w alone and is [`Forward::prepare`]; each band packs into a region of
+    /// its own, so packed weights keep from one run to the next.
     pub fn forward(
         &self,
         gpu: &Gpu,
         [x, w, bias, y]: [&GpuSlice; 4],
         has_bias: bool,
         scratch: &[&GpuSlice],
-    ) -> Vec<Dispatch> {
+    ) -> Forward {
         let params =
             TileParams { out_pad: self.forward_pad() as u32, has_bias: has_bias as u32, ..self.forward_params() };
-        let mut out = vec![self.copy_x(gpu, x, scratch)];
-        let pass = |params: TileParams, packed: &GpuSlice| {
-            let buffers = [scratch[X_LAST], packed, w, bias, y];
-            tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads, "pack_weight_forward")
+        let mut forward = Forward { prepare: Vec::new(), run: vec![self.copy_x(gpu, x, scratch)] };
+        let mut pass = |params: TileParams, packed: &GpuSlice| {
+            forward.prepare.extend(pack_dispatch(gpu, params, self.forward_tile.0, [w, packed], "pack_weight_forward"));
+            let buffers = [scratch[X_LAST], packed, bias, y];
+            forward.run.extend(tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads));
         };
         let Some(regions) = self.forward_bands() else {
             // The scratch may be sized for another device's wider packing.
-            out.extend(pass(params, &scratch[W_FORWARD].range(0, self.forward_packing(self.taps()))));
-            return out;
+            pass(params, &scratch[W_FORWARD].range(0, self.forward_packing(self.taps())));
+            return forward;
         };
         let mut offset = 0;
         for (row, col) in regions {
             let len = self.forward_packing(row.taps * col.taps);
-            out.extend(pass(self.band_params(params, &row, &col), &scratch[W_FORWARD].range(offset, len)));
+            pass(self.band_params(params, &row, &col), &scratch[W_FORWARD].range(offset, len));
             offset += len;
         }
-        out
+        forward
     }
 
     /// `params` narrowed to one region of outputs (a row band by a column band): its outputs,
@@ -771,7 +785,8 @@ impl GemmPlan {
                     // Packed for this pass's taps only.
                     let packed = scratch[W_BACKWARD].range(0, self.backward_packing(params.kernel_h * params.kernel_w));
                     let (tile, reads) = (self.backward_tile, self.backward_reads);
-                    tile_dispatches(gpu, params, tile, [dy_last, &packed, w, w, dx], reads, "pack_weight_backward")
+                    let pack = pack_dispatch(gpu, params, tile.0, [w, &packed], "pack_weight_backward");
+                    pack.into_iter().chain(tile_dispatches(gpu, params, tile, [dy_last, &packed, w, dx], reads))
                 };
                 // dy's real rows lie at copy rows -base .. out_h - base (the rest is padding).
                 let data = |phase: &InputPhase, size: usize| -phase.base as i64..size as i64 - phase.base as i64;

@@ -5,7 +5,7 @@
 use anyhow::Result;
 
 use super::conv2d::{Conv2d, Conv2dConfig, Conv2dShape};
-use super::{Bound, Grads, Mode, Op};
+use super::{Bound, Forward, Grads, Mode, Op};
 use crate::gpu::{Dispatch, Gpu};
 use crate::graph::{Graph, TensorId, shape_error};
 
@@ -48,6 +48,10 @@ impl Op for Linear {
 
     fn forward(&self, gpu: &Gpu, b: &Bound, mode: Mode) -> Vec<Dispatch> {
         self.conv().forward(gpu, b, mode)
+    }
+
+    fn split_forward(&self, gpu: &Gpu, b: &Bound, mode: Mode, fixed: &[bool]) -> Forward {
+        self.conv().split_forward(gpu, b, mode, fixed)
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, mode: Mode) -> Vec<Dispatch> {

@@ -51,6 +51,16 @@ pub struct Grads<'a> {
 }
 
 /// Copying and inspecting ops behind `dyn Op` (graph rewrites such as inference folding).
+/// A forward pass split by what its dispatches read.
+#[derive(Default)]
+pub struct Forward {
+    /// Dispatches that read only fixed inputs (parameters, or values computed from parameters
+    /// alone): the executor runs them once after the parameters change, not every run.
+    pub prepare: Vec<Dispatch>,
+    /// Dispatches of every run.
+    pub run: Vec<Dispatch>,
+}
+
 pub trait OpObject {
     fn boxed_clone(&self) -> Box<dyn Op>;
     fn as_any(&self) -> &dyn std::any::Any;
@@ -105,6 +115,15 @@ pub trait Op: OpObject + Send + Sync {
     }
 
     fn forward(&self, gpu: &Gpu, bound: &Bound, mode: Mode) -> Vec<Dispatch>;
+
+    /// The forward pass with what depends on fixed inputs alone (`fixed[i]`: input `i` is a
+    /// parameter or computed from parameters alone) set apart as [`Forward::prepare`], as a
+    /// conv's weight packing or a modulation's children. Prepared values must live in the
+    /// op's scratch or outputs, which nothing else writes, so they keep between runs. By
+    /// default every dispatch runs every time.
+    fn split_forward(&self, gpu: &Gpu, bound: &Bound, mode: Mode, _fixed: &[bool]) -> Forward {
+        Forward { prepare: Vec::new(), run: self.forward(gpu, bound, mode) }
+    }
 
     fn backward(&self, gpu: &Gpu, bound: &Bound, grads: &Grads, mode: Mode) -> Vec<Dispatch>;
 }

@@ -13,7 +13,7 @@
 
 use anyhow::{Result, bail};
 
-use super::{Bound, GradTarget, Grads, Mode, Op, placeholder};
+use super::{Bound, Forward, GradTarget, Grads, Mode, Op, placeholder};
 use crate::gpu::{Dispatch, Gpu, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
@@ -149,6 +149,15 @@ impl Op for Modulate {
                 gpu.dispatch("modulate", entry, &self.params(k, false), &buffers, grid(invocations))
             })
             .collect()
+    }
+
+    /// Children of fixed parents and attentions (eval over trained weights) are computed once.
+    fn split_forward(&self, gpu: &Gpu, b: &Bound, mode: Mode, fixed: &[bool]) -> Forward {
+        let dispatches = self.forward(gpu, b, mode);
+        match fixed.len() == b.inputs.len() && fixed.iter().all(|&f| f) {
+            true => Forward { prepare: dispatches, run: Vec::new() },
+            false => Forward { prepare: Vec::new(), run: dispatches },
+        }
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
