@@ -4,6 +4,16 @@
 // since one grid dimension is limited to 65535 workgroups (src/gpu/kernel.rs `grid`).
 const WORKGROUP: u32 = 64u;
 
+// A convolution's fused output activation (src/ops/conv2d.rs `OutputActivation`): 0 none,
+// 1 relu, 2 relu6, computed as activation.wgsl computes them, so fusing changes no bit.
+fn output_activation(v: f32, kind: u32) -> f32 {
+    switch kind {
+        case 1u: { return max(v, 0.0); }
+        case 2u: { return clamp(v, 0.0, 6.0); }
+        default: { return v; }
+    }
+}
+
 fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * WORKGROUP;
 }

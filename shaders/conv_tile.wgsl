@@ -87,6 +87,8 @@ struct TileParams {
     // split by the taps its outputs read; zero otherwise).
     window_y0: u32,
     window_x0: u32,
+    // Forward passes: the output activation applied as the last weight block stores results.
+    activation: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: TileParams;
@@ -298,14 +300,15 @@ fn output_offset(q: u32) -> vec2<u32> {
     return vec2<u32>(((q / pixels) * p.c_out * h + y) * w + x, h * w);
 }
 
-// Four output channels c .. c + 3 of batch-wide pixel q, plus the bias; nothing outside.
+// Four output channels c .. c + 3 of batch-wide pixel q, plus the bias, through the output
+// activation; nothing outside.
 fn store_forward(q: u32, c: u32, v: vec4<f32>) {
     if (q >= p.batch * p.out_h * p.out_w) { return; }
     let at = output_offset(q);
     for (var k = 0u; k < 4u; k++) {
         let co = c + k;
         if (co < p.c_out) {
-            tf_y[at.x + co * at.y] = v[k] + select(0.0, tf_bias[co], p.has_bias != 0u);
+            tf_y[at.x + co * at.y] = output_activation(v[k] + select(0.0, tf_bias[co], p.has_bias != 0u), p.activation);
         }
     }
 }

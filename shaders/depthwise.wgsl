@@ -58,8 +58,8 @@ fn depthwise_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     let bias = select(0.0, fwd_bias[c], p.has_bias != 0u);
     let out = plane * pixels + pt * PIXELS;
     for (var i = 0u; i < 4u; i++) {
-        if (pt * PIXELS + i < pixels) { fwd_y[out + i] = acc_a[i] + bias; }
-        if (pt * PIXELS + 4u + i < pixels) { fwd_y[out + 4u + i] = acc_b[i] + bias; }
+        if (pt * PIXELS + i < pixels) { fwd_y[out + i] = output_activation(acc_a[i] + bias, p.activation); }
+        if (pt * PIXELS + 4u + i < pixels) { fwd_y[out + 4u + i] = output_activation(acc_b[i] + bias, p.activation); }
     }
 }
 
@@ -146,7 +146,11 @@ fn depthwise_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
             }
             // Read the output only to add to it (each access costs software adapters a loop).
             let at = out_row + ox;
-            if (p.accumulate != 0u) { row_out[at] += acc + bias; } else { row_out[at] = acc + bias; }
+            if (p.accumulate != 0u) {
+                row_out[at] += acc + bias;
+            } else {
+                row_out[at] = output_activation(acc + bias, p.activation);
+            }
         }
         oy += 1u;
         if (oy == p.out_h) {

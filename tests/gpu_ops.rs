@@ -11,7 +11,7 @@ use kdna::ops::activation::Activation;
 use kdna::ops::adamw::AdamW;
 use kdna::ops::batchnorm::BatchNorm;
 use kdna::ops::conv_gemm::{GemmPlan, WeightReads};
-use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape};
+use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape, OutputActivation};
 use kdna::ops::layernorm::LayerNorm;
 use kdna::ops::linear::Linear;
 use kdna::ops::modulate::Modulate;
@@ -115,6 +115,25 @@ fn conv2d_matches_reference() {
         if let Some(b) = b {
             assert_close(&format!("{case} db"), &read_grad(&exe, b), &db, TOL);
         }
+
+        // With a fused output activation (eval): exactly the activation of the output above.
+        let activation = [OutputActivation::Relu, OutputActivation::Relu6][i % 2];
+        let mut fused = Graph::new();
+        let fx = fused.input("x", &xs);
+        let fw = fused.param("w", g.shape(w)).unwrap();
+        let fb = bias.then(|| fused.param("b", &[c_out]).unwrap());
+        let fy = fused.conv2d_activated(fx, fw, fb, cfg, activation).unwrap();
+        let mut fexe = Executor::new(gpu(), &fused, Plan::eval()).unwrap();
+        fexe.write(fx, &to_f32(&xv)).unwrap();
+        fexe.write(fw, &to_f32(&wv)).unwrap();
+        if let (Some(fb), Some(bv)) = (fb, &bv) {
+            fexe.write(fb, &to_f32(bv)).unwrap();
+        }
+        fexe.run().unwrap();
+        let want: Vec<f64> = read(&exe, y).into_iter().map(|v| activate(activation, v)).collect();
+        let got = read(&fexe, fy);
+        let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "{case}: {activation:?} fused values that differ from the separate activation");
     }
 }
 
@@ -176,7 +195,8 @@ fn depthwise_families_agree() {
 /// a result: forward with bias, an input gradient added to one already there, and the weight
 /// gradient. Shapes: more input quads than a weight block's steps, a stride, fewer outputs
 /// than a tile; several pixel and channel tiles, each with a ragged end; more than 64 channels
-/// on both sides (two weight tiles per workgroup, an odd count of them).
+/// on both sides (two weight tiles per workgroup, an odd count of them). The forward passes
+/// apply an output activation (uniform blocks: the last block only).
 #[test]
 fn conv_weight_paths_agree_bit_for_bit() {
     let gpu = gpu();
@@ -188,8 +208,10 @@ fn conv_weight_paths_agree_bit_for_bit() {
         // A 2x2 map: every pass runs as bands of outputs that read the same taps.
         ([3, 68, 2, 2], [100, 68, 3, 3], Conv2dConfig::new(1, 1)),
     ];
+    let activations = [OutputActivation::Relu, OutputActivation::None, OutputActivation::Relu6, OutputActivation::Relu];
     for (i, (xs, ws, cfg)) in cases.into_iter().enumerate() {
         let shape = Conv2dShape::new(&xs, &ws, cfg).unwrap();
+        let activation = activations[i];
         let mut rng = rng(7 + i as u64);
         let numel = |s: &[usize]| s.iter().product::<usize>();
         let (xv, wv) = (f32_exact(randn(&mut rng, numel(&xs))), f32_exact(randn(&mut rng, numel(&ws))));
@@ -210,7 +232,7 @@ fn conv_weight_paths_agree_bit_for_bit() {
             let y = gpu.storage("y", numel(&shape.output()));
             let dx = gpu.upload("dx", &dx_start);
             let dw = gpu.storage("dw", numel(&shape.weight()));
-            let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, &scratch);
+            let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, activation, &scratch);
             let mut dispatches: Vec<_> = forward.prepare.into_iter().chain(forward.run).collect();
             dispatches.extend(plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch));
             dispatches.extend(plan.backward_weight(&gpu, [&dy, &dw], false, &scratch));
@@ -230,9 +252,20 @@ fn conv_weight_paths_agree_bit_for_bit() {
         let (want_dx, want_dw, _) = r::conv2d::backward(&shape, &xv, &wv, &dyv);
         let added: Vec<f64> = dx.iter().zip(&dx_start).map(|(a, b)| (a - b) as f64).collect();
         let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
-        assert_close(&format!("case {i} y"), &wide(y), &r::conv2d::forward(&shape, &xv, &wv, Some(&bv)), TOL);
+        let want_y: Vec<f64> =
+            r::conv2d::forward(&shape, &xv, &wv, Some(&bv)).iter().map(|&v| activate(activation, v)).collect();
+        assert_close(&format!("case {i} y"), &wide(y), &want_y, TOL);
         assert_close(&format!("case {i} dx"), &added, &want_dx, TOL);
         assert_close(&format!("case {i} dw"), &wide(dw), &want_dw, TOL);
+    }
+}
+
+/// What a fused output activation does, in f64.
+fn activate(activation: OutputActivation, v: f64) -> f64 {
+    match activation {
+        OutputActivation::None => v,
+        OutputActivation::Relu => v.max(0.0),
+        OutputActivation::Relu6 => v.clamp(0.0, 6.0),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Inference folding: an eval-only copy of a graph in which child kernels are constants
-//! computed once, and every BatchNorm that only follows a conv or linear layer is folded into
-//! that layer's weight and bias. Same outputs as eval mode, fewer dispatches.
+//! computed once, every BatchNorm that only follows a conv or linear layer is folded into
+//! that layer's weight and bias, and a relu or relu6 that only follows such a folded conv is
+//! applied as the conv stores its output. Same outputs as eval mode, fewer dispatches.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,8 +9,9 @@ use anyhow::{Context, Result};
 
 use super::{Graph, Role, TensorId};
 use crate::io::{HostTensor, StateDict};
+use crate::ops::activation::{Activation, ActivationOp};
 use crate::ops::batchnorm::BatchNorm;
-use crate::ops::conv2d::Conv2d;
+use crate::ops::conv2d::{Conv2d, OutputActivation};
 use crate::ops::linear::Linear;
 use crate::ops::modulate::Modulate;
 
@@ -41,7 +43,11 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
     let mut map: HashMap<TensorId, TensorId> = HashMap::new();
     // Values of constants created here (child kernels), by original tensor.
     let mut constants: HashMap<TensorId, Vec<f32>> = HashMap::new();
-    let mut folded_bn = vec![false; graph.nodes.len()];
+    // Nodes that an earlier node absorbed (BatchNorms, activations).
+    let mut absorbed = vec![false; graph.nodes.len()];
+    // The one consumer of tensor `t`, if it has exactly one.
+    let only_consumer =
+        |t: TensorId| (consumers[t.0] == 1).then(|| graph.nodes.iter().position(|n| n.inputs.contains(&t))).flatten();
 
     for (i, t) in graph.tensors.iter().enumerate() {
         match t.role {
@@ -51,7 +57,7 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
         }
     }
     for (n, node) in graph.nodes.iter().enumerate() {
-        if folded_bn[n] {
+        if absorbed[n] {
             continue;
         }
         let any = node.op.as_any();
@@ -74,9 +80,8 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
         }
         // A conv or linear layer whose only consumer is a BatchNorm absorbs it.
         let out = node.outputs[0];
-        let bn_node = (consumers[out.0] == 1)
-            .then(|| graph.nodes.iter().position(|b| b.inputs.first() == Some(&out)))
-            .flatten()
+        let bn_node = only_consumer(out)
+            .filter(|&b| graph.nodes[b].inputs.first() == Some(&out))
             .filter(|&b| graph.nodes[b].op.as_any().is::<BatchNorm>());
         let layer_bias =
             any.downcast_ref::<Conv2d>().map(|c| c.has_bias).or(any.downcast_ref::<Linear>().map(|l| l.has_bias));
@@ -99,12 +104,33 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
             weights.insert(format!("{base}.weight"), HostTensor { shape: w_shape, data: folded_w });
             weights.insert(format!("{base}.bias"), HostTensor { shape: vec![c_out], data: folded_b });
             let x = map[&node.inputs[0]];
-            let y = match any.downcast_ref::<Conv2d>() {
-                Some(conv) => g.conv2d(x, w_id, Some(b_id), conv.shape.cfg)?,
-                None => g.linear(x, w_id, Some(b_id))?,
+            let bn_out = graph.nodes[b].outputs[0];
+            let (y, out) = match any.downcast_ref::<Conv2d>() {
+                Some(conv) => {
+                    // A relu or relu6 that only follows goes into the conv's stores.
+                    let fused = only_consumer(bn_out).and_then(|r| {
+                        let op = graph.nodes[r].op.as_any().downcast_ref::<ActivationOp>()?;
+                        let activation = match op.kind {
+                            Activation::Relu => OutputActivation::Relu,
+                            Activation::Relu6 => OutputActivation::Relu6,
+                            _ => return None,
+                        };
+                        Some((r, activation))
+                    });
+                    let activation = fused.map_or(OutputActivation::None, |(_, a)| a);
+                    let y = g.conv2d_activated(x, w_id, Some(b_id), conv.shape.cfg, activation)?;
+                    match fused {
+                        Some((r, _)) => {
+                            absorbed[r] = true;
+                            (y, graph.nodes[r].outputs[0])
+                        }
+                        None => (y, bn_out),
+                    }
+                }
+                None => (g.linear(x, w_id, Some(b_id))?, bn_out),
             };
-            map.insert(graph.nodes[b].outputs[0], y);
-            folded_bn[b] = true;
+            map.insert(out, y);
+            absorbed[b] = true;
             continue;
         }
         // Anything else is copied, its parameters and states with it.

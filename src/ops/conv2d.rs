@@ -30,6 +30,16 @@ const DEPTHWISE_TARGET_INVOCATIONS: usize = 8192;
 /// Most floats the row weight gradient's partial sums may take.
 const DEPTHWISE_MAX_PARTIAL_FLOATS: usize = 16 << 20;
 
+/// An activation applied as a convolution stores its results (inference folding fuses a
+/// relu or relu6 that only follows a conv this way); the same values as the separate op.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutputActivation {
+    #[default]
+    None = 0,
+    Relu = 1,
+    Relu6 = 2,
+}
+
 /// Which kernels compute a convolution (see the module comment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvKernel {
@@ -156,7 +166,7 @@ impl Conv2dShape {
             chunks: u(self.reduction_chunks()),
             chunk_len: u(REDUCTION_CHUNK),
             flip: 0,
-            _pad: 0,
+            activation: 0,
         }
     }
 
@@ -232,7 +242,7 @@ struct ConvParams {
     chunks: u32,
     chunk_len: u32,
     flip: u32,
-    _pad: u32,
+    activation: u32,
 }
 
 /// Graph node: inputs `[x, weight]` or `[x, weight, bias]`, output `[y]`.
@@ -240,6 +250,8 @@ struct ConvParams {
 pub struct Conv2d {
     pub shape: Conv2dShape,
     pub has_bias: bool,
+    /// Applied to the output as it is stored. Eval only: such a conv has no backward pass.
+    pub activation: OutputActivation,
 }
 
 impl Op for Conv2d {
@@ -290,19 +302,21 @@ impl Op for Conv2d {
         let g = s.cfg.groups;
         let none = placeholder(gpu);
         let bias = if self.has_bias { b.inputs[2] } else { &none };
-        let params = s.params(self.has_bias, 0);
+        let params = ConvParams { activation: self.activation as u32, ..s.params(self.has_bias, 0) };
         let pixels = s.out_h * s.out_w;
         let buffers = [b.inputs[0], b.inputs[1], bias, b.outputs[0]];
         let run = match s.kernel() {
             ConvKernel::Gemm => {
-                let forward = GemmPlan::for_device(s, gpu).forward(gpu, buffers, self.has_bias, &b.scratch);
+                let plan = GemmPlan::for_device(s, gpu);
+                let forward = plan.forward(gpu, buffers, self.has_bias, self.activation, &b.scratch);
                 if fixed.get(1) == Some(&true) {
                     return forward;
                 }
                 return Forward { prepare: Vec::new(), run: forward.prepare.into_iter().chain(forward.run).collect() };
             }
             ConvKernel::Depthwise if gpu.depthwise_rows => {
-                let params = s.depthwise_forward_params(self.has_bias);
+                let params =
+                    ConvParams { activation: self.activation as u32, ..s.depthwise_forward_params(self.has_bias) };
                 let invocations = grid((s.c_out * params.chunks as usize).max(1));
                 vec![gpu.dispatch("depthwise", "depthwise_rows", &params, &buffers, invocations)]
             }
@@ -319,6 +333,7 @@ impl Op for Conv2d {
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
+        assert_eq!(self.activation, OutputActivation::None, "a conv with a fused activation is eval-only");
         let s = &self.shape;
         let g = s.cfg.groups;
         let dy = grads.outputs[0];
@@ -426,6 +441,18 @@ impl Graph {
         bias: Option<TensorId>,
         cfg: Conv2dConfig,
     ) -> Result<TensorId> {
+        self.conv2d_activated(x, weight, bias, cfg, OutputActivation::None)
+    }
+
+    /// `activation(conv2d(x, weight, bias))` in one op, for eval-only graphs.
+    pub fn conv2d_activated(
+        &mut self,
+        x: TensorId,
+        weight: TensorId,
+        bias: Option<TensorId>,
+        cfg: Conv2dConfig,
+        activation: OutputActivation,
+    ) -> Result<TensorId> {
         let shape = Conv2dShape::new(self.shape(x), self.shape(weight), cfg)?;
         let mut inputs = vec![x, weight];
         if let Some(b) = bias {
@@ -435,6 +462,6 @@ impl Graph {
             inputs.push(b);
         }
         let out = shape.output();
-        Ok(self.push(Conv2d { shape, has_bias: bias.is_some() }, &inputs, &[out])[0])
+        Ok(self.push(Conv2d { shape, has_bias: bias.is_some(), activation }, &inputs, &[out])[0])
     }
 }

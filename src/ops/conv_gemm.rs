@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use super::Forward;
-use super::conv2d::Conv2dShape;
+use super::conv2d::{Conv2dShape, OutputActivation};
 use crate::gpu::conv_tiles::{
     FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
     WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry, shared_entry, weight_entry,
@@ -86,6 +86,7 @@ struct TileParams {
     tap0_w: u32,
     window_y0: u32,
     window_x0: u32,
+    activation: u32,
 }
 
 /// One phase of the input gradient along one axis: the input positions first, first + stride,
@@ -343,6 +344,7 @@ fn tile_dispatches(
                 quad0: quads.start as u32,
                 quad1: quads.end as u32,
                 has_bias: (has_bias && b + 1 == blocks.len()) as u32,
+                activation: if b + 1 == blocks.len() { params.activation } else { 0 },
                 accumulate: (accumulate || b > 0) as u32,
                 ..params
             };
@@ -644,7 +646,7 @@ impl GemmPlan {
         gpu.dispatch("conv_tile", "to_channels_last", &params, &[x, dst], grid(dst.len() / 4))
     }
 
-    /// y = conv(x, w) + bias: one pass over every used tap, or one per band of outputs that
+    /// y = act(conv(x, w) + bias): one pass over every used tap, or one per band of outputs that
     /// read the same taps ([`Band`]), each with the weights of its taps packed apart. The
     /// packing reads w alone and is [`Forward::prepare`]; each band packs into a region of
     /// its own, so packed weights keep from one run to the next.
@@ -653,10 +655,15 @@ impl GemmPlan {
         gpu: &Gpu,
         [x, w, bias, y]: [&GpuSlice; 4],
         has_bias: bool,
+        activation: OutputActivation,
         scratch: &[&GpuSlice],
     ) -> Forward {
-        let params =
-            TileParams { out_pad: self.forward_pad() as u32, has_bias: has_bias as u32, ..self.forward_params() };
+        let params = TileParams {
+            out_pad: self.forward_pad() as u32,
+            has_bias: has_bias as u32,
+            activation: activation as u32,
+            ..self.forward_params()
+        };
         let mut forward = Forward { prepare: Vec::new(), run: vec![self.copy_x(gpu, x, scratch)] };
         let mut pass = |params: TileParams, packed: &GpuSlice| {
             forward.prepare.extend(pack_dispatch(gpu, params, self.forward_tile.0, [w, packed], "pack_weight_forward"));

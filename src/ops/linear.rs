@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 
-use super::conv2d::{Conv2d, Conv2dConfig, Conv2dShape};
+use super::conv2d::{Conv2d, Conv2dConfig, Conv2dShape, OutputActivation};
 use super::{Bound, Forward, Grads, Mode, Op};
 use crate::gpu::{Dispatch, Gpu};
 use crate::graph::{Graph, TensorId, shape_error};
@@ -28,7 +28,7 @@ impl Linear {
             Conv2dConfig::new(1, 0),
         )
         .expect("a 1x1 convolution fits any [N, in] x [out, in] product");
-        Conv2d { shape, has_bias: self.has_bias }
+        Conv2d { shape, has_bias: self.has_bias, activation: OutputActivation::None }
     }
 }
 
