@@ -87,7 +87,9 @@ struct TileParams {
     // split by the taps its outputs read; zero otherwise).
     window_y0: u32,
     window_x0: u32,
-    // Forward passes: the output activation applied as the last weight block stores results.
+    // Forward passes: a residual added and the output activation applied as the last weight
+    // block stores results.
+    residual: u32,
     activation: u32,
 }
 
@@ -265,6 +267,8 @@ fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(2) var<storage, read> ts_w: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> tf_bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> tf_y: array<f32>;
+// A residual added to the output as it is stored (`p.residual`), laid out as the output.
+@group(0) @binding(5) var<storage, read> tf_residual: array<f32>;
 
 // Index (in vec4s) of the top-left corner of output pixel q's window in the input copy.
 fn window(q: u32) -> u32 {
@@ -300,15 +304,19 @@ fn output_offset(q: u32) -> vec2<u32> {
     return vec2<u32>(((q / pixels) * p.c_out * h + y) * w + x, h * w);
 }
 
-// Four output channels c .. c + 3 of batch-wide pixel q, plus the bias, through the output
-// activation; nothing outside.
+// Four output channels c .. c + 3 of batch-wide pixel q, plus the bias, plus the residual,
+// through the output activation (each step rounded as the separate ops round it); nothing
+// outside.
 fn store_forward(q: u32, c: u32, v: vec4<f32>) {
     if (q >= p.batch * p.out_h * p.out_w) { return; }
     let at = output_offset(q);
     for (var k = 0u; k < 4u; k++) {
         let co = c + k;
         if (co < p.c_out) {
-            tf_y[at.x + co * at.y] = output_activation(v[k] + select(0.0, tf_bias[co], p.has_bias != 0u), p.activation);
+            let o = at.x + co * at.y;
+            var r = v[k] + select(0.0, tf_bias[co], p.has_bias != 0u);
+            if (p.residual != 0u) { r += tf_residual[o]; }
+            tf_y[o] = output_activation(r, p.activation);
         }
     }
 }

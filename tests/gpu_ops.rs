@@ -11,7 +11,7 @@ use kdna::ops::activation::Activation;
 use kdna::ops::adamw::AdamW;
 use kdna::ops::batchnorm::BatchNorm;
 use kdna::ops::conv_gemm::{GemmPlan, WeightReads};
-use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape, OutputActivation};
+use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape, ConvKernel, Epilogue, OutputActivation};
 use kdna::ops::layernorm::LayerNorm;
 use kdna::ops::linear::Linear;
 use kdna::ops::modulate::Modulate;
@@ -116,21 +116,27 @@ fn conv2d_matches_reference() {
             assert_close(&format!("{case} db"), &read_grad(&exe, b), &db, TOL);
         }
 
-        // With a fused output activation (eval): exactly the activation of the output above.
+        // With a fused residual (GEMM convolutions) and output activation (eval): exactly the
+        // separate ops' values, the add rounded to f32 as the add kernel rounds it.
         let activation = [OutputActivation::Relu, OutputActivation::Relu6][i % 2];
         let mut fused = Graph::new();
         let fx = fused.input("x", &xs);
         let fw = fused.param("w", g.shape(w)).unwrap();
         let fb = bias.then(|| fused.param("b", &[c_out]).unwrap());
-        let fy = fused.conv2d_activated(fx, fw, fb, cfg, activation).unwrap();
+        let fr = (s.kernel() == ConvKernel::Gemm).then(|| fused.input("residual", &s.output()));
+        let fy = fused.conv2d_fused(fx, fw, fb, cfg, fr, activation).unwrap();
         let mut fexe = Executor::new(gpu(), &fused, Plan::eval()).unwrap();
         fexe.write(fx, &to_f32(&xv)).unwrap();
         fexe.write(fw, &to_f32(&wv)).unwrap();
         if let (Some(fb), Some(bv)) = (fb, &bv) {
             fexe.write(fb, &to_f32(bv)).unwrap();
         }
+        let residual =
+            fr.map(|fr| feed(&fexe, &fused, fr, &mut rng)).unwrap_or_else(|| vec![0.0; s.output().iter().product()]);
         fexe.run().unwrap();
-        let want: Vec<f64> = read(&exe, y).into_iter().map(|v| activate(activation, v)).collect();
+        let want: Vec<f64> = (read(&exe, y).iter().zip(&residual))
+            .map(|(&v, &r)| activate(activation, (v as f32 + r as f32) as f64))
+            .collect();
         let got = read(&fexe, fy);
         let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
         assert_eq!(differing, 0, "{case}: {activation:?} fused values that differ from the separate activation");
@@ -196,7 +202,7 @@ fn depthwise_families_agree() {
 /// gradient. Shapes: more input quads than a weight block's steps, a stride, fewer outputs
 /// than a tile; several pixel and channel tiles, each with a ragged end; more than 64 channels
 /// on both sides (two weight tiles per workgroup, an odd count of them). The forward passes
-/// apply an output activation (uniform blocks: the last block only).
+/// add a residual and apply an output activation (uniform blocks: in the last block only).
 #[test]
 fn conv_weight_paths_agree_bit_for_bit() {
     let gpu = gpu();
@@ -211,13 +217,15 @@ fn conv_weight_paths_agree_bit_for_bit() {
     let activations = [OutputActivation::Relu, OutputActivation::None, OutputActivation::Relu6, OutputActivation::Relu];
     for (i, (xs, ws, cfg)) in cases.into_iter().enumerate() {
         let shape = Conv2dShape::new(&xs, &ws, cfg).unwrap();
-        let activation = activations[i];
+        let (activation, with_residual) = (activations[i], i != 2);
         let mut rng = rng(7 + i as u64);
         let numel = |s: &[usize]| s.iter().product::<usize>();
         let (xv, wv) = (f32_exact(randn(&mut rng, numel(&xs))), f32_exact(randn(&mut rng, numel(&ws))));
         let (bv, dyv) = (f32_exact(randn(&mut rng, ws[0])), f32_exact(randn(&mut rng, numel(&shape.output()))));
         let [x, w, bias, dy] = [&xv, &wv, &bv, &dyv].map(|v| gpu.upload("input", &to_f32(v)));
         let dx_start = to_f32(&randn(&mut rng, numel(&xs)));
+        let rv = f32_exact(randn(&mut rng, numel(&shape.output())));
+        let residual = gpu.upload("residual", &to_f32(&rv));
         let reads = [
             WeightReads::UniformBlocks,
             WeightReads::Storage,
@@ -232,7 +240,8 @@ fn conv_weight_paths_agree_bit_for_bit() {
             let y = gpu.storage("y", numel(&shape.output()));
             let dx = gpu.upload("dx", &dx_start);
             let dw = gpu.storage("dw", numel(&shape.weight()));
-            let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, activation, &scratch);
+            let epilogue = Epilogue { residual: with_residual.then_some(&residual), activation };
+            let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, epilogue, &scratch);
             let mut dispatches: Vec<_> = forward.prepare.into_iter().chain(forward.run).collect();
             dispatches.extend(plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch));
             dispatches.extend(plan.backward_weight(&gpu, [&dy, &dw], false, &scratch));
@@ -252,8 +261,9 @@ fn conv_weight_paths_agree_bit_for_bit() {
         let (want_dx, want_dw, _) = r::conv2d::backward(&shape, &xv, &wv, &dyv);
         let added: Vec<f64> = dx.iter().zip(&dx_start).map(|(a, b)| (a - b) as f64).collect();
         let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
-        let want_y: Vec<f64> =
-            r::conv2d::forward(&shape, &xv, &wv, Some(&bv)).iter().map(|&v| activate(activation, v)).collect();
+        let want_y: Vec<f64> = (r::conv2d::forward(&shape, &xv, &wv, Some(&bv)).iter().zip(&rv))
+            .map(|(&v, &r)| activate(activation, v + if with_residual { r } else { 0.0 }))
+            .collect();
         assert_close(&format!("case {i} y"), &wide(y), &want_y, TOL);
         assert_close(&format!("case {i} dx"), &added, &want_dx, TOL);
         assert_close(&format!("case {i} dw"), &wide(dw), &want_dw, TOL);

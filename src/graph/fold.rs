@@ -1,7 +1,8 @@
 //! Inference folding: an eval-only copy of a graph in which child kernels are constants
 //! computed once, every BatchNorm that only follows a conv or linear layer is folded into
-//! that layer's weight and bias, and a relu or relu6 that only follows such a folded conv is
-//! applied as the conv stores its output. Same outputs as eval mode, fewer dispatches.
+//! that layer's weight and bias, and a residual add and a relu or relu6 that only follow such
+//! a folded conv are applied as the conv stores its output. Same outputs as eval mode, fewer
+//! dispatches.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,9 +10,9 @@ use anyhow::{Context, Result};
 
 use super::{Graph, Role, TensorId};
 use crate::io::{HostTensor, StateDict};
-use crate::ops::activation::{Activation, ActivationOp};
+use crate::ops::activation::{Activation, ActivationOp, Add};
 use crate::ops::batchnorm::BatchNorm;
-use crate::ops::conv2d::{Conv2d, OutputActivation};
+use crate::ops::conv2d::{Conv2d, ConvKernel, OutputActivation};
 use crate::ops::linear::Linear;
 use crate::ops::modulate::Modulate;
 
@@ -107,25 +108,35 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
             let bn_out = graph.nodes[b].outputs[0];
             let (y, out) = match any.downcast_ref::<Conv2d>() {
                 Some(conv) => {
-                    // A relu or relu6 that only follows goes into the conv's stores.
-                    let fused = only_consumer(bn_out).and_then(|r| {
-                        let op = graph.nodes[r].op.as_any().downcast_ref::<ActivationOp>()?;
-                        let activation = match op.kind {
-                            Activation::Relu => OutputActivation::Relu,
-                            Activation::Relu6 => OutputActivation::Relu6,
-                            _ => return None,
-                        };
-                        Some((r, activation))
-                    });
-                    let activation = fused.map_or(OutputActivation::None, |(_, a)| a);
-                    let y = g.conv2d_activated(x, w_id, Some(b_id), conv.shape.cfg, activation)?;
-                    match fused {
-                        Some((r, _)) => {
-                            absorbed[r] = true;
-                            (y, graph.nodes[r].outputs[0])
-                        }
-                        None => (y, bn_out),
+                    // A residual add that only follows (its other input already computed: a
+                    // block's identity or downsample), then a relu or relu6 that only follows,
+                    // go into the conv's stores.
+                    let mut out = bn_out;
+                    let mut residual = None;
+                    if conv.shape.kernel() == ConvKernel::Gemm
+                        && let Some(a) = only_consumer(out).filter(|&a| graph.nodes[a].op.as_any().is::<Add>())
+                        && let [first, second] = graph.nodes[a].inputs[..]
+                        && let Some(&other) = map.get(if first == out { &second } else { &first })
+                        && first != second
+                    {
+                        residual = Some(other);
+                        absorbed[a] = true;
+                        out = graph.nodes[a].outputs[0];
                     }
+                    let mut activation = OutputActivation::None;
+                    if let Some(r) = only_consumer(out)
+                        && let Some(op) = graph.nodes[r].op.as_any().downcast_ref::<ActivationOp>()
+                        && let Some(fused) = match op.kind {
+                            Activation::Relu => Some(OutputActivation::Relu),
+                            Activation::Relu6 => Some(OutputActivation::Relu6),
+                            _ => None,
+                        }
+                    {
+                        activation = fused;
+                        absorbed[r] = true;
+                        out = graph.nodes[r].outputs[0];
+                    }
+                    (g.conv2d_fused(x, w_id, Some(b_id), conv.shape.cfg, residual, activation)?, out)
                 }
                 None => (g.linear(x, w_id, Some(b_id))?, bn_out),
             };

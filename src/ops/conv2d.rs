@@ -40,6 +40,15 @@ pub enum OutputActivation {
     Relu6 = 2,
 }
 
+/// What a GEMM convolution's forward pass does to its results as it stores them: add a
+/// residual (laid out as the output), then apply an activation. Inference folding fuses an add
+/// and a relu that only follow a conv this way; the values are those of the separate ops.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    pub residual: Option<&'a GpuSlice>,
+    pub activation: OutputActivation,
+}
+
 /// Which kernels compute a convolution (see the module comment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvKernel {
@@ -245,12 +254,14 @@ struct ConvParams {
     activation: u32,
 }
 
-/// Graph node: inputs `[x, weight]` or `[x, weight, bias]`, output `[y]`.
+/// Graph node: inputs `[x, weight]`, then `bias` and `residual` where present; output `[y]`.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     pub shape: Conv2dShape,
     pub has_bias: bool,
-    /// Applied to the output as it is stored. Eval only: such a conv has no backward pass.
+    /// A residual input added to the output as it is stored (GEMM convolutions), then the
+    /// activation applied. Eval only: such a conv has no backward pass.
+    pub has_residual: bool,
     pub activation: OutputActivation,
 }
 
@@ -308,7 +319,9 @@ impl Op for Conv2d {
         let run = match s.kernel() {
             ConvKernel::Gemm => {
                 let plan = GemmPlan::for_device(s, gpu);
-                let forward = plan.forward(gpu, buffers, self.has_bias, self.activation, &b.scratch);
+                let residual = self.has_residual.then(|| b.inputs[2 + self.has_bias as usize]);
+                let epilogue = Epilogue { residual, activation: self.activation };
+                let forward = plan.forward(gpu, buffers, self.has_bias, epilogue, &b.scratch);
                 if fixed.get(1) == Some(&true) {
                     return forward;
                 }
@@ -333,7 +346,8 @@ impl Op for Conv2d {
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
-        assert_eq!(self.activation, OutputActivation::None, "a conv with a fused activation is eval-only");
+        let fused = self.has_residual || self.activation != OutputActivation::None;
+        assert!(!fused, "a conv with a fused residual or activation is eval-only");
         let s = &self.shape;
         let g = s.cfg.groups;
         let dy = grads.outputs[0];
@@ -441,16 +455,18 @@ impl Graph {
         bias: Option<TensorId>,
         cfg: Conv2dConfig,
     ) -> Result<TensorId> {
-        self.conv2d_activated(x, weight, bias, cfg, OutputActivation::None)
+        self.conv2d_fused(x, weight, bias, cfg, None, OutputActivation::None)
     }
 
-    /// `activation(conv2d(x, weight, bias))` in one op, for eval-only graphs.
-    pub fn conv2d_activated(
+    /// `activation(conv2d(x, weight, bias) + residual)` in one op, for eval-only graphs (a
+    /// residual only where the convolution runs as GEMM).
+    pub fn conv2d_fused(
         &mut self,
         x: TensorId,
         weight: TensorId,
         bias: Option<TensorId>,
         cfg: Conv2dConfig,
+        residual: Option<TensorId>,
         activation: OutputActivation,
     ) -> Result<TensorId> {
         let shape = Conv2dShape::new(self.shape(x), self.shape(weight), cfg)?;
@@ -462,6 +478,16 @@ impl Graph {
             inputs.push(b);
         }
         let out = shape.output();
-        Ok(self.push(Conv2d { shape, has_bias: bias.is_some(), activation }, &inputs, &[out])[0])
+        if let Some(r) = residual {
+            if self.shape(r) != out.as_slice() {
+                return Err(shape_error("conv2d", "residual", self.shape(r), &format!("{out:?}")));
+            }
+            if shape.kernel() != ConvKernel::Gemm {
+                bail!("conv2d: a fused residual needs an ungrouped convolution, not {} groups", cfg.groups);
+            }
+            inputs.push(r);
+        }
+        let op = Conv2d { shape, has_bias: bias.is_some(), has_residual: residual.is_some(), activation };
+        Ok(self.push(op, &inputs, &[out])[0])
     }
 }

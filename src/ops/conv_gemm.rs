@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use super::Forward;
-use super::conv2d::{Conv2dShape, OutputActivation};
+use super::conv2d::{Conv2dShape, Epilogue};
 use crate::gpu::conv_tiles::{
     FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
     WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry, shared_entry, weight_entry,
@@ -86,6 +86,7 @@ struct TileParams {
     tap0_w: u32,
     window_y0: u32,
     window_x0: u32,
+    residual: u32,
     activation: u32,
 }
 
@@ -285,12 +286,13 @@ fn pack_dispatch(
 /// The forward-style tile kernel over weights [`pack_dispatch`] packed: with uniform blocks,
 /// once per (output channel tile, weight block), in block order, each block adding to what the
 /// previous left (the first to the output already there when `params.accumulate`); else once
-/// over every block. All sum in the same order. The last block adds the bias (`params.has_bias`).
+/// over every block. All sum in the same order. The last block adds the bias (`params.has_bias`)
+/// and the residual (`params.residual`) and applies the output activation.
 fn tile_dispatches(
     gpu: &Gpu,
     params: TileParams,
     (channels, pixels): (u32, u32),
-    [input, packed, bias, output]: [&GpuSlice; 4],
+    [input, packed, bias, output, residual]: [&GpuSlice; 5],
     reads: WeightReads,
 ) -> Vec<Dispatch> {
     let (has_bias, accumulate) = (params.has_bias != 0, params.accumulate != 0);
@@ -306,7 +308,7 @@ fn tile_dispatches(
         assert_eq!(channels, SHARED_CHANNELS, "workgroup tiles read weights packed in tiles of 64");
         let groups = (params.batch * params.out_h * params.out_w).div_ceil(SHARED_PIXELS) as usize;
         let [x, y, _] = grid_of(groups, 1);
-        let buffers = [input, packed, bias, output];
+        let buffers = [input, packed, bias, output, residual];
         // Two weight tiles per workgroup where there are two (same sums either way).
         let tiles = if channel_tiles == 1 { 1 } else { 2 };
         let z = channel_tiles.div_ceil(tiles);
@@ -318,7 +320,7 @@ fn tile_dispatches(
         assert_eq!((channels, pixels), LANES_TILE, "lanes read weights packed in tiles of {}", LANES_TILE.0);
         let [y, z, _] = grid_of(pixel_tiles, 1);
         let x = channel_tiles.div_ceil(LANES_WORKGROUP);
-        let buffers = [input, packed, bias, output];
+        let buffers = [input, packed, bias, output, residual];
         out.push(gpu.dispatch(reads.family(), LANES_ENTRY, &params, &buffers, [x, y, z]));
         return out;
     }
@@ -328,7 +330,7 @@ fn tile_dispatches(
             reads.family(),
             forward_entry(channels, pixels, true),
             &params,
-            &[input, packed, bias, output],
+            &[input, packed, bias, output, residual],
             [x, y, channel_tiles],
         ));
         return out;
@@ -337,14 +339,16 @@ fn tile_dispatches(
     for tile in 0..channel_tiles {
         for (b, (taps, quads)) in blocks.iter().enumerate() {
             let block = packed.range((tile as usize * blocks.len() + b) * BLOCK_FLOATS, BLOCK_FLOATS);
+            let last = b + 1 == blocks.len();
             let params = TileParams {
                 c0: tile * channels,
                 tap0: taps.start as u32,
                 tap1: taps.end as u32,
                 quad0: quads.start as u32,
                 quad1: quads.end as u32,
-                has_bias: (has_bias && b + 1 == blocks.len()) as u32,
-                activation: if b + 1 == blocks.len() { params.activation } else { 0 },
+                has_bias: (has_bias && last) as u32,
+                residual: if last { params.residual } else { 0 },
+                activation: if last { params.activation } else { 0 },
                 accumulate: (accumulate || b > 0) as u32,
                 ..params
             };
@@ -352,7 +356,7 @@ fn tile_dispatches(
                 "conv_tile",
                 forward_entry(channels, pixels, false),
                 &params,
-                &[input, &block, bias, output],
+                &[input, &block, bias, output, residual],
                 grid_of(pixel_tiles, TILE_WORKGROUP),
             ));
         }
@@ -646,7 +650,7 @@ impl GemmPlan {
         gpu.dispatch("conv_tile", "to_channels_last", &params, &[x, dst], grid(dst.len() / 4))
     }
 
-    /// y = act(conv(x, w) + bias): one pass over every used tap, or one per band of outputs that
+    /// y = act(conv(x, w) + bias + residual) ([`Epilogue`]): one pass over every used tap, or one per band of outputs that
     /// read the same taps ([`Band`]), each with the weights of its taps packed apart. The
     /// packing reads w alone and is [`Forward::prepare`]; each band packs into a region of
     /// its own, so packed weights keep from one run to the next.
@@ -655,19 +659,22 @@ impl GemmPlan {
         gpu: &Gpu,
         [x, w, bias, y]: [&GpuSlice; 4],
         has_bias: bool,
-        activation: OutputActivation,
+        epilogue: Epilogue,
         scratch: &[&GpuSlice],
     ) -> Forward {
         let params = TileParams {
             out_pad: self.forward_pad() as u32,
             has_bias: has_bias as u32,
-            activation: activation as u32,
+            residual: epilogue.residual.is_some() as u32,
+            activation: epilogue.activation as u32,
             ..self.forward_params()
         };
+        // Without a residual the binding is not read: any read-only buffer does.
+        let residual = epilogue.residual.unwrap_or(scratch[X_LAST]);
         let mut forward = Forward { prepare: Vec::new(), run: vec![self.copy_x(gpu, x, scratch)] };
         let mut pass = |params: TileParams, packed: &GpuSlice| {
             forward.prepare.extend(pack_dispatch(gpu, params, self.forward_tile.0, [w, packed], "pack_weight_forward"));
-            let buffers = [scratch[X_LAST], packed, bias, y];
+            let buffers = [scratch[X_LAST], packed, bias, y, residual];
             forward.run.extend(tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads));
         };
         let Some(regions) = self.forward_bands() else {
@@ -786,14 +793,15 @@ impl GemmPlan {
                 };
                 let copy = grid(s.batch * in_h * in_w * self.dy_quads);
                 out.push(gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last], copy));
-                // The kernel's bias binding is read only with a bias: any buffer does. Bands
-                // run one after another through the same packed-weight buffer.
+                // The kernel's bias and residual bindings are read only when asked for: any
+                // buffer does. Bands run one after another through the same packed-weight buffer.
                 let pass = |params: TileParams| {
                     // Packed for this pass's taps only.
                     let packed = scratch[W_BACKWARD].range(0, self.backward_packing(params.kernel_h * params.kernel_w));
                     let (tile, reads) = (self.backward_tile, self.backward_reads);
                     let pack = pack_dispatch(gpu, params, tile.0, [w, &packed], "pack_weight_backward");
-                    pack.into_iter().chain(tile_dispatches(gpu, params, tile, [dy_last, &packed, w, dx], reads))
+                    let buffers = [dy_last, &packed, w, dx, dy_last];
+                    pack.into_iter().chain(tile_dispatches(gpu, params, tile, buffers, reads))
                 };
                 // dy's real rows lie at copy rows -base .. out_h - base (the rest is padding).
                 let data = |phase: &InputPhase, size: usize| -phase.base as i64..size as i64 - phase.base as i64;

@@ -28,7 +28,7 @@ impl Linear {
             Conv2dConfig::new(1, 0),
         )
         .expect("a 1x1 convolution fits any [N, in] x [out, in] product");
-        Conv2d { shape, has_bias: self.has_bias, activation: OutputActivation::None }
+        Conv2d { shape, has_bias: self.has_bias, has_residual: false, activation: OutputActivation::None }
     }
 }
 
