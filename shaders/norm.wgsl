@@ -163,6 +163,33 @@ fn batchnorm_stats_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     stats_finish(lane, c, mean, workgroup_sum(lane, sq));
 }
 
+// Channels of few elements (src/ops/batchnorm.rs `SERIAL_MAX`): one invocation per channel sums
+// them in order, without the workgroup's barriers, which cost software adapters more than a
+// small channel's sums. Invocations: channels.
+@compute @workgroup_size(64)
+fn batchnorm_stats_train_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = flat_index(gid, nwg);
+    if (c >= p.channels) { return; }
+    let count = p.batch * p.spatial;
+    var sum = df(0.0);
+    for (var n = 0u; n < p.batch; n++) {
+        let plane = (n * p.channels + c) * p.spatial;
+        for (var s = 0u; s < p.spatial; s++) {
+            sum = df_add(sum, df(st_x[plane + s]));
+        }
+    }
+    let mean = df_div(sum, df(f32(count)));
+    var sq = df(0.0);
+    for (var n = 0u; n < p.batch; n++) {
+        let plane = (n * p.channels + c) * p.spatial;
+        for (var s = 0u; s < p.spatial; s++) {
+            let d = df_add(df(st_x[plane + s]), df_neg(mean));
+            sq = df_add(sq, df_mul(d, d));
+        }
+    }
+    stats_finish(0u, c, mean, sq);
+}
+
 // The saved and running statistics of channel c from its mean and sum of squared deviations.
 fn stats_finish(lane: u32, c: u32, mean: vec2<f32>, sq: vec2<f32>) {
     let count = p.batch * p.spatial;
@@ -279,17 +306,44 @@ fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
         sum_dy_c = sums[1];
     }
     if (lane == 0u) {
-        let invstd = br_saved[ch + c];
-        br_dbias[c] = accumulated(br_dbias[c], sum_dy.x, p.accumulate_bias);
-        br_dweight[c] = accumulated(br_dweight[c], sum_dy_c.x * invstd, p.accumulate_weight);
-        let var_eps = vec2<f32>(br_saved[3u * ch + c], br_saved[4u * ch + c]);
-        let mean_dy = df_div(sum_dy, df(f32(count)));
-        let beta = df_div(sum_dy_c, df_mul(df(f32(count)), var_eps));
-        br_sums[c] = mean_dy.x;
-        br_sums[ch + c] = mean_dy.y;
-        br_sums[2u * ch + c] = beta.x;
-        br_sums[3u * ch + c] = beta.y;
+        backward_finish(c, sum_dy, sum_dy_c);
     }
+}
+
+// batchnorm_backward_reduce for channels of few elements, as batchnorm_stats_train_serial.
+// Invocations: channels.
+@compute @workgroup_size(64)
+fn batchnorm_backward_reduce_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = flat_index(gid, nwg);
+    if (c >= p.channels) { return; }
+    let mean = vec2<f32>(br_saved[c], br_saved[2u * p.channels + c]);
+    var sum_dy = df(0.0);
+    var sum_dy_c = df(0.0);
+    for (var n = 0u; n < p.batch; n++) {
+        let plane = (n * p.channels + c) * p.spatial;
+        for (var s = 0u; s < p.spatial; s++) {
+            let dy = df(br_dy[plane + s]);
+            sum_dy = df_add(sum_dy, dy);
+            sum_dy_c = df_add(sum_dy_c, df_mul(dy, df_add(df(br_x[plane + s]), df_neg(mean))));
+        }
+    }
+    backward_finish(c, sum_dy, sum_dy_c);
+}
+
+// Channel c's parameter gradients, and mean(dy) and beta for the input gradient, from its sums.
+fn backward_finish(c: u32, sum_dy: vec2<f32>, sum_dy_c: vec2<f32>) {
+    let ch = p.channels;
+    let count = p.batch * p.spatial;
+    let invstd = br_saved[ch + c];
+    br_dbias[c] = accumulated(br_dbias[c], sum_dy.x, p.accumulate_bias);
+    br_dweight[c] = accumulated(br_dweight[c], sum_dy_c.x * invstd, p.accumulate_weight);
+    let var_eps = vec2<f32>(br_saved[3u * ch + c], br_saved[4u * ch + c]);
+    let mean_dy = df_div(sum_dy, df(f32(count)));
+    let beta = df_div(sum_dy_c, df_mul(df(f32(count)), var_eps));
+    br_sums[c] = mean_dy.x;
+    br_sums[ch + c] = mean_dy.y;
+    br_sums[2u * ch + c] = beta.x;
+    br_sums[3u * ch + c] = beta.y;
 }
 
 @group(0) @binding(1) var<storage, read> bi_x: array<f32>;

@@ -368,9 +368,11 @@ fn modulation_computes_only_the_taps_its_convs_read() {
 
 #[test]
 fn batchnorm_matches_reference_in_both_modes() {
-    // Planes of 63, 15, 90 (more than a workgroup's 64 lanes) and 1 elements; then 68,400
-    // elements per channel, which the train-mode reductions split into two chunks.
-    let shapes = [vec![3, 5, 7, 9], vec![1, 13, 5, 3], vec![2, 3, 9, 10], vec![6, 7], vec![2, 3, 190, 180]];
+    // Planes of 63, 15, 90 (more than a workgroup's 64 lanes) and 1 elements, whose channels
+    // the train-mode reductions sum one per invocation; 1,500 elements per channel, one
+    // workgroup each; then 68,400, which they split into two chunks.
+    let shapes =
+        [vec![3, 5, 7, 9], vec![1, 13, 5, 3], vec![2, 3, 9, 10], vec![6, 7], vec![2, 4, 30, 25], vec![2, 3, 190, 180]];
     for (i, shape) in shapes.into_iter().enumerate() {
         for mode in [Mode::Train, Mode::Eval] {
             let c = shape[1];

@@ -65,12 +65,23 @@ impl BatchNorm {
         (self.batch * self.spatial).div_ceil(STATS_CHUNK).max(1)
     }
 
+    /// Whether the train-mode reductions run one invocation per channel (by shape alone, so
+    /// the order of every sum is fixed).
+    fn serial(&self) -> bool {
+        self.batch * self.spatial <= SERIAL_MAX
+    }
+
     /// Invocations of the elementwise kernels: runs of up to `ELEMENT_RUN` (norm.wgsl)
     /// elements of one (sample, channel) plane.
     fn element_runs(&self) -> usize {
         self.batch * self.channels * self.spatial.div_ceil(ELEMENT_RUN)
     }
 }
+
+/// Most elements of a channel that the train-mode reductions sum in one invocation (in order),
+/// not in a workgroup: small maps and routers, whose channels' workgroups would spend more on
+/// barriers than on sums.
+const SERIAL_MAX: usize = 1024;
 
 /// Elements per invocation of the elementwise kernels (`ELEMENT_RUN` in norm.wgsl).
 const ELEMENT_RUN: usize = 8;
@@ -114,7 +125,12 @@ impl Op for BatchNorm {
                     }
                 }
                 let buffers = [x, mean, var, saved, x, x, partials];
-                out.push(gpu.dispatch("norm", "batchnorm_stats_train", &params, &buffers, [channels, 1, 1]));
+                out.push(match self.serial() {
+                    true => {
+                        gpu.dispatch("norm", "batchnorm_stats_train_serial", &params, &buffers, grid(self.channels))
+                    }
+                    false => gpu.dispatch("norm", "batchnorm_stats_train", &params, &buffers, [channels, 1, 1]),
+                });
             }
             Mode::Eval => out.push(gpu.dispatch(
                 "norm",
@@ -160,7 +176,10 @@ impl Op for BatchNorm {
             ));
         }
         let buffers = [x, dy, saved, dweight, dbias, sums, partials];
-        out.push(gpu.dispatch("norm", "batchnorm_backward_reduce", &params, &buffers, [channels, 1, 1]));
+        out.push(match self.serial() {
+            true => gpu.dispatch("norm", "batchnorm_backward_reduce_serial", &params, &buffers, grid(self.channels)),
+            false => gpu.dispatch("norm", "batchnorm_backward_reduce", &params, &buffers, [channels, 1, 1]),
+        });
         if let Some(dx) = grads.inputs[0] {
             params.accumulate_input = dx.accumulate as u32;
             out.push(gpu.dispatch(
