@@ -406,9 +406,10 @@ impl Executor {
     /// the step's number; its [`StepStats`] arrive later through [`Executor::poll_stats`].
     pub fn step(&mut self) -> Result<u64> {
         let step = self.steps;
+        // A slot first: once recorded, the step's work (and what it prepares) must be submitted.
+        let slot = self.readback.as_mut().context("step() needs a plan with a loss")?.free_slot(&self.gpu)?;
         let mut encoder = self.record();
-        let readback = self.readback.as_mut().context("step() needs a plan with a loss")?;
-        let slot = readback.free_slot(&self.gpu)?;
+        let readback = self.readback.as_mut().expect("checked above");
         let bytes = readback.source.size.min(8);
         encoder.copy_buffer_to_buffer(
             &readback.source.buffer,
