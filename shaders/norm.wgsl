@@ -293,7 +293,6 @@ fn backward_sums(lane: u32, c: u32, start: u32, end: u32) -> array<vec2<f32>, 2>
 @compute @workgroup_size(64)
 fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let c = wid.x;
-    let ch = p.channels;
     let count = p.batch * p.spatial;
     var sum_dy: vec2<f32>;
     var sum_dy_c: vec2<f32>;

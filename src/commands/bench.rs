@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::gpu::Gpu;
 use crate::graph::fold::fold;
-use crate::graph::{Executor, Plan};
+use crate::graph::{Executor, Plan, Weights};
 use crate::io::StateDict;
 use crate::models::{ModelSpec, Network, build, macs_per_image, parameter_count};
 use crate::ops::sgd::Sgd;
@@ -194,14 +194,20 @@ pub fn profile(
     what: Profiled,
 ) -> Result<Vec<(String, usize, f64)>> {
     let net = build(spec, batch, res, 0.0)?;
-    let mut exe = Executor::new(gpu.clone(), &net.graph, Plan::train(net.loss, Sgd::default()))?;
-    exe.weights().initialise(&gpu, &net.graph, 0);
-    exe.write_labels(net.labels, &vec![0; batch])?;
-    if what == Profiled::Eval {
-        let images = vec![0.5; net.graph.info(net.images).numel()];
-        let weights = exe.weights().export(&gpu)?;
-        exe = folded_eval(&gpu, &net, &weights, &images)?;
-    }
+    let mut exe = match what {
+        Profiled::TrainingStep => {
+            let exe = Executor::new(gpu.clone(), &net.graph, Plan::train(net.loss, Sgd::default()))?;
+            exe.weights().initialise(&gpu, &net.graph, 0);
+            exe.write_labels(net.labels, &vec![0; batch])?;
+            exe
+        }
+        Profiled::Eval => {
+            let weights = Weights::new(&gpu, &net.graph);
+            weights.initialise(&gpu, &net.graph, 0);
+            let images = vec![0.5; net.graph.info(net.images).numel()];
+            folded_eval(&gpu, &net, &weights.export(&gpu)?, &images)?
+        }
+    };
     exe.profile()?; // compiles every pipeline (and prepares what eval prepares once)
     let mut by_entry: Vec<(String, usize, f64)> = Vec::new();
     for (label, secs) in exe.profile()? {

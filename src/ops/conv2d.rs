@@ -321,11 +321,12 @@ impl Op for Conv2d {
                 let plan = GemmPlan::for_device(s, gpu);
                 let residual = self.has_residual.then(|| b.inputs[2 + self.has_bias as usize]);
                 let epilogue = Epilogue { residual, activation: self.activation };
-                let forward = plan.forward(gpu, buffers, self.has_bias, epilogue, &b.scratch);
+                let Forward { prepare, run } = plan.forward(gpu, buffers, self.has_bias, epilogue, &b.scratch);
                 if fixed.get(1) == Some(&true) {
-                    return forward;
+                    return Forward { prepare, run };
                 }
-                return Forward { prepare: Vec::new(), run: forward.prepare.into_iter().chain(forward.run).collect() };
+                // A weight that changes between runs is packed in every run.
+                prepare.into_iter().chain(run).collect()
             }
             ConvKernel::Depthwise if gpu.depthwise_rows => {
                 let params =

@@ -650,8 +650,9 @@ impl GemmPlan {
         gpu.dispatch("conv_tile", "to_channels_last", &params, &[x, dst], grid(dst.len() / 4))
     }
 
-    /// y = act(conv(x, w) + bias + residual) ([`Epilogue`]): one pass over every used tap, or one per band of outputs that
-    /// read the same taps ([`Band`]), each with the weights of its taps packed apart. The
+    /// y = act(conv(x, w) + bias + residual) ([`Epilogue`]): one pass over every used tap, or
+    /// one per band of outputs that read the same taps ([`Band`]), each with the weights of
+    /// its taps packed apart. The
     /// packing reads w alone and is [`Forward::prepare`]; each band packs into a region of
     /// its own, so packed weights keep from one run to the next.
     pub fn forward(
