@@ -229,8 +229,10 @@ fn modulate_backward_filter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loca
 
 // Both attention gradients of a 3x3 child in one pass over the kernel (ResNet children),
 // instead of one pass each: per output channel co, the terms dchild * parent of each tap are
-// summed over the input channels (double-float), giving dfilter[k, co] at once and per-tap
-// partial sums that modulate_backward_spatial_partials adds over co in order.
+// summed over the input channels (double-float), giving per-tap partial sums that
+// modulate_backward_spatial_partials adds over co in order, and dfilter[k, co] from them at
+// once: the spatial factor depends on the tap alone, so
+// dfilter[k, co] = sum_t (1 + spatial[k, t]) * sum_ci dchild * parent.
 // Workgroups: c_out (one child per dispatch). Partials: [c_out][9] double-float pairs.
 const FUSED_TAPS: u32 = 9u;
 @group(0) @binding(6) var<storage, read_write> tap_partials: array<vec2<f32>>;
@@ -240,30 +242,26 @@ fn modulate_backward_attention_3x3(@builtin(workgroup_id) wid: vec3<u32>, @built
     let co = wid.x;
     let k = p.first_child;
     let rows = p.fan / FUSED_TAPS;
-    var factor: array<f32, FUSED_TAPS>;
-    for (var t = 0u; t < FUSED_TAPS; t++) { factor[t] = 1.0 + spatial_attention[k * FUSED_TAPS + t]; }
-    var filter_sum = df(0.0);
     var tap_sum: array<vec2<f32>, FUSED_TAPS>;
     for (var row = lane; row < rows; row += REDUCE) {
         let e = co * p.fan + row * FUSED_TAPS;
         for (var t = 0u; t < FUSED_TAPS; t++) {
-            if (live(t)) {
-                let term = two_prod(bwd_dchildren[e + t], bwd_parent[e + t]);
-                filter_sum = df_add(filter_sum, df_mul(term, df(factor[t])));
-                tap_sum[t] = df_add(tap_sum[t], term);
-            }
+            if (live(t)) { tap_sum[t] = df_add(tap_sum[t], two_prod(bwd_dchildren[e + t], bwd_parent[e + t])); }
         }
     }
-    filter_sum = workgroup_sum(lane, filter_sum);
-    if (lane == 0u) {
-        let at = k * p.c_out + co;
-        bwd_out[at] = accumulated(bwd_out[at], filter_sum.x + filter_sum.y, p.accumulate);
-    }
+    var filter_sum = df(0.0);
     for (var t = 0u; t < FUSED_TAPS; t++) {
         // An unread tap's terms are all zero (its dchild is); its partial is zero.
         var total = vec2<f32>();
         if (live(t)) { total = workgroup_sum(lane, tap_sum[t]); }
-        if (lane == 0u) { tap_partials[co * FUSED_TAPS + t] = total; }
+        if (lane == 0u) {
+            tap_partials[co * FUSED_TAPS + t] = total;
+            filter_sum = df_add(filter_sum, df_mul(total, df(1.0 + spatial_attention[k * FUSED_TAPS + t])));
+        }
+    }
+    if (lane == 0u) {
+        let at = k * p.c_out + co;
+        bwd_out[at] = accumulated(bwd_out[at], filter_sum.x + filter_sum.y, p.accumulate);
     }
 }
 
