@@ -203,6 +203,37 @@ fn depthwise_families_agree() {
 /// than a tile; several pixel and channel tiles, each with a ragged end; more than 64 channels
 /// on both sides (two weight tiles per workgroup, an odd count of them). The forward passes
 /// add a residual and apply an output activation (uniform blocks: in the last block only).
+/// A weight two convolutions share gets the sum of both gradients, whichever runs its backward
+/// pass first: a 2x2 map's (four bands, a single chunk written straight into dw, so dw is
+/// cleared first when it is not added to) and a larger map's (partial sums over chunks).
+#[test]
+fn a_conv_weight_used_twice_gets_both_gradients() {
+    let small = ([2, 6, 2, 2], Conv2dConfig::new(1, 1));
+    let large = ([2, 6, 24, 22], Conv2dConfig::new(2, 1));
+    for (i, order) in [[small, large], [large, small]].into_iter().enumerate() {
+        let mut g = Graph::new();
+        let w = g.param("w", &[5, 6, 3, 3]).unwrap();
+        let xs = order.map(|(shape, _)| g.input("x", &shape));
+        let ys: Vec<TensorId> = (0..2).map(|k| g.conv2d(xs[k], w, None, order[k].1).unwrap()).collect();
+        let pooled: Vec<TensorId> = ys.iter().map(|&y| g.global_avgpool(y).unwrap()).collect();
+        let out = g.add(pooled[0], pooled[1]).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, out)).unwrap();
+        let mut rng = rng(150 + i as u64);
+        let xv = xs.map(|x| feed(&exe, &g, x, &mut rng));
+        let wv = feed(&exe, &g, w, &mut rng);
+        let dout = seed_grad(&exe, &g, out, &mut rng);
+        exe.run().unwrap();
+        let mut want = vec![0.0; wv.len()];
+        for k in 0..2 {
+            let s = Conv2dShape::new(&order[k].0, g.shape(w), order[k].1).unwrap();
+            let dy = r::pool::global_avgpool_backward(&dout, s.out_h * s.out_w);
+            let (_, dw, _) = r::conv2d::backward(&s, &xv[k], &wv, &dy);
+            want.iter_mut().zip(dw).for_each(|(sum, d)| *sum += d);
+        }
+        assert_close(&format!("order {i} dw"), &read_grad(&exe, w), &want, TOL);
+    }
+}
+
 #[test]
 fn conv_weight_paths_agree_bit_for_bit() {
     let gpu = gpu();
@@ -598,17 +629,23 @@ fn pooling_matches_reference() {
 
 #[test]
 fn linear_matches_reference() {
-    // A linear layer runs as a 1x1 convolution's GEMM: feature counts off the channel quads,
-    // batches off the 8-pixel tiles, and sizes spanning several channel tiles and weight tiles.
+    // Small layers run the row kernels: feature counts off any multiple, one feature, a batch
+    // of one. Larger ones run as a 1x1 convolution's GEMM: feature counts off the channel
+    // quads, batches off the 8-pixel tiles, sizes spanning several channel and weight tiles.
     let cases = [
         ((3, 13, 7), true),
         ((3, 13, 7), false),
         ((9, 6, 10), true),
-        ((6, 12, 8), true),
-        ((5, 8, 6), false),
+        ((1, 1, 5), true),
         ((37, 70, 130), true),
-        ((2, 96, 10), true),
+        ((2, 96, 10), false),
+        ((41, 150, 173), true),
+        ((130, 90, 93), false),
     ];
+    let rows = |&((batch, in_features, out_features), _): &((usize, usize, usize), bool)| {
+        Linear { batch, in_features, out_features, has_bias: false }.runs_rows()
+    };
+    assert!(cases.iter().any(rows) && !cases.iter().all(rows), "both paths are tested");
     for ((batch, in_features, out_features), bias) in cases {
         let mut g = Graph::new();
         let x = g.input("x", &[batch, in_features]);
@@ -629,6 +666,33 @@ fn linear_matches_reference() {
         if let Some(b) = b {
             assert_close("db", &read_grad(&exe, b), &db, TOL);
         }
+    }
+}
+
+/// A linear layer applied twice to the same x with the same weight and bias: the second
+/// backward pass adds to every gradient, on both paths.
+#[test]
+fn linear_gradients_add_up_when_used_twice() {
+    for (batch, in_features, out_features) in [(5, 13, 7), (41, 150, 173)] {
+        let mut g = Graph::new();
+        let x = g.input("x", &[batch, in_features]);
+        let w = g.param("w", &[out_features, in_features]).unwrap();
+        let b = g.param("b", &[out_features]).unwrap();
+        let first = g.linear(x, w, Some(b)).unwrap();
+        let second = g.linear(x, w, Some(b)).unwrap();
+        let y = g.add(first, second).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(610);
+        let (xv, wv) = (feed(&exe, &g, x, &mut rng), feed(&exe, &g, w, &mut rng));
+        feed(&exe, &g, b, &mut rng);
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let l = Linear { batch, in_features, out_features, has_bias: true };
+        let twice = |v: Vec<f64>| v.into_iter().map(|v| 2.0 * v).collect::<Vec<_>>();
+        let (dx, dw, db) = r::linear::backward(&l, &xv, &wv, &dy);
+        assert_close("dx", &read_grad(&exe, x), &twice(dx), TOL);
+        assert_close("dw", &read_grad(&exe, w), &twice(dw), TOL);
+        assert_close("db", &read_grad(&exe, b), &twice(db), TOL);
     }
 }
 

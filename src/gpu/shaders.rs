@@ -25,6 +25,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("depthwise", include_str!("../../shaders/depthwise.wgsl")),
     ("layer_scale", include_str!("../../shaders/layer_scale.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
+    ("linear", include_str!("../../shaders/linear.wgsl")),
     ("loss", include_str!("../../shaders/loss.wgsl")),
     ("modulate", include_str!("../../shaders/modulate.wgsl")),
     ("norm", include_str!("../../shaders/norm.wgsl")),

@@ -1,13 +1,19 @@
 //! Fully connected layer: `y = x w^T + b` on [N, in] rows, run as the 1x1 convolution it is
-//! (`conv_gemm.rs`). Also the router's 1x1 projections, whose torch weights are
-//! [out, in, 1, 1] with the same layout.
+//! (`conv_gemm.rs`), or when small by kernels of its own (`shaders/linear.wgsl`). Also the
+//! router's 1x1 projections, whose torch weights are [out, in, 1, 1] with the same layout.
 
 use anyhow::Result;
 
 use super::conv2d::{Conv2d, Conv2dConfig, Conv2dShape, OutputActivation};
-use super::{Bound, Forward, Grads, Mode, Op};
-use crate::gpu::{Dispatch, Gpu};
+use super::{Bound, Forward, Grads, Mode, Op, accumulate_flag};
+use crate::gpu::{Dispatch, Gpu, grid};
 use crate::graph::{Graph, TensorId, shape_error};
+
+/// Multiply-adds up to which a layer runs the row kernels of `linear.wgsl`, one dispatch per
+/// pass and one invocation per result: below it the GEMM's channels-last copies, weight packing
+/// and partial sums cost more than the product itself (a router's projections at training
+/// batch sizes take eleven dispatches that way).
+pub const ROWS_MAX_MACS: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Linear {
@@ -30,6 +36,43 @@ impl Linear {
         .expect("a 1x1 convolution fits any [N, in] x [out, in] product");
         Conv2d { shape, has_bias: self.has_bias, has_residual: false, activation: OutputActivation::None }
     }
+
+    /// Whether the layer runs the row kernels rather than the GEMM ([`ROWS_MAX_MACS`]).
+    pub fn runs_rows(&self) -> bool {
+        // (A block of 8 rows per workgroup along y, which holds at most 65535.)
+        self.batch * self.in_features * self.out_features <= ROWS_MAX_MACS
+            && self.batch.max(self.out_features) <= 8 * 65535
+    }
+
+    fn params(&self, accumulate: u32) -> LinearParams {
+        let u = |v: usize| v as u32;
+        LinearParams {
+            batch: u(self.batch),
+            in_features: u(self.in_features),
+            out_features: u(self.out_features),
+            has_bias: self.has_bias as u32,
+            accumulate,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Workgroups of the row kernels: 64 lanes along `lanes` (x) by blocks of `ROWS` = 8 along
+/// `rows` (y).
+fn rows_grid(lanes: usize, rows: usize) -> [u32; 3] {
+    [lanes.div_ceil(64) as u32, rows.div_ceil(8) as u32, 1]
+}
+
+/// Mirrors `LinearParams` in linear.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LinearParams {
+    batch: u32,
+    in_features: u32,
+    out_features: u32,
+    has_bias: u32,
+    accumulate: u32,
+    _pad: [u32; 3],
 }
 
 // Inputs: x, weight[, bias]. Output: y.
@@ -43,19 +86,46 @@ impl Op for Linear {
     }
 
     fn scratch(&self, backward: bool) -> Vec<usize> {
-        self.conv().scratch(backward)
+        if self.runs_rows() { Vec::new() } else { self.conv().scratch(backward) }
     }
 
     fn forward(&self, gpu: &Gpu, b: &Bound, mode: Mode) -> Vec<Dispatch> {
-        self.conv().forward(gpu, b, mode)
+        if !self.runs_rows() {
+            return self.conv().forward(gpu, b, mode);
+        }
+        // Without a bias the binding is not read: any buffer does.
+        let buffers = [b.inputs[0], b.inputs[1], b.inputs[b.inputs.len() - 1], b.outputs[0]];
+        let workgroups = rows_grid(self.out_features, self.batch);
+        vec![gpu.dispatch("linear", "linear_forward", &self.params(0), &buffers, workgroups)]
     }
 
     fn split_forward(&self, gpu: &Gpu, b: &Bound, mode: Mode, fixed: &[bool]) -> Forward {
+        if self.runs_rows() {
+            // Nothing to prepare: the row kernels read the weight as it is.
+            return Forward { prepare: Vec::new(), run: self.forward(gpu, b, mode) };
+        }
         self.conv().split_forward(gpu, b, mode, fixed)
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, mode: Mode) -> Vec<Dispatch> {
-        self.conv().backward(gpu, b, grads, mode)
+        if !self.runs_rows() {
+            return self.conv().backward(gpu, b, grads, mode);
+        }
+        let dy = grads.outputs[0];
+        // (target, the other factor, kernel, workgroups)
+        let passes = [
+            (grads.inputs[0], b.inputs[1], "linear_backward_input", rows_grid(self.in_features, self.batch)),
+            (grads.inputs[1], b.inputs[0], "linear_backward_weight", rows_grid(self.in_features, self.out_features)),
+            (grads.inputs.get(2).copied().flatten(), dy, "linear_backward_bias", grid(self.out_features)),
+        ];
+        passes
+            .into_iter()
+            .filter_map(|(target, other, entry, workgroups)| {
+                let target = target?;
+                let params = self.params(accumulate_flag(&target));
+                Some(gpu.dispatch("linear", entry, &params, &[dy, other, target.slice], workgroups))
+            })
+            .collect()
     }
 }
 
