@@ -160,6 +160,88 @@ fn depthwise_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
 }
 
+// Three rows of input column ix (rows iy0 .. iy0 + 2) of a plane: one window column of a 3x3
+// kernel, zero outside the plane.
+fn window_column(in_plane: u32, iy0: i32, ix: i32) -> vec3<f32> {
+    var v = vec3<f32>();
+    if (ix < 0 || ix >= i32(p.w)) { return v; }
+    for (var a = 0; a < 3; a++) {
+        let iy = iy0 + a;
+        if (iy >= 0 && iy < i32(p.h)) { v[a] = row_in[in_plane + u32(iy) * p.w + u32(ix)]; }
+    }
+    return v;
+}
+
+// depthwise_rows for 3x3 kernels and column strides of 1 or 2 (MobileNetV2's), with the
+// window and weights as named values rather than arrays indexed in loops, which software
+// adapters keep in memory. The same terms in the same order as depthwise_rows, so the same
+// results. Invocations: as depthwise_rows.
+@compute @workgroup_size(64)
+fn depthwise_rows_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.c_out * p.chunks) { return; }
+    let part = i % p.chunks;
+    let c = i / p.chunks;
+    // The weight's own taps in order; depthwise_rows pairs tap j with window tap j, or flipped
+    // with window tap 8 - j.
+    let w0 = row_w[c * 9u]; let w1 = row_w[c * 9u + 1u]; let w2 = row_w[c * 9u + 2u];
+    let w3 = row_w[c * 9u + 3u]; let w4 = row_w[c * 9u + 4u]; let w5 = row_w[c * 9u + 5u];
+    let w6 = row_w[c * 9u + 6u]; let w7 = row_w[c * 9u + 7u]; let w8 = row_w[c * 9u + 8u];
+    let bias = select(0.0, row_bias[c], p.has_bias != 0u);
+    let flip = p.flip != 0u;
+    let first = part * p.chunk_len;
+    let end = min(p.batch * p.out_h, first + p.chunk_len);
+    var n = first / p.out_h;
+    var oy = first % p.out_h;
+    for (var r = first; r < end; r++) {
+        let plane = n * p.c_out + c;
+        let in_plane = plane * p.h * p.w;
+        let out_row = (plane * p.out_h + oy) * p.out_w;
+        let iy0 = i32(oy * p.stride_h) - i32(p.pad_h);
+        // Window columns 0, 1, 2 (each rows 0, 1, 2), slid along the row: a stride of 1 keeps
+        // two columns, a stride of 2 one.
+        var c0 = vec3<f32>();
+        var c1 = vec3<f32>();
+        var c2 = vec3<f32>();
+        for (var ox = 0u; ox < p.out_w; ox++) {
+            let ix0 = i32(ox * p.stride_w) - i32(p.pad_w);
+            if (ox == 0u) {
+                c0 = window_column(in_plane, iy0, ix0);
+                c1 = window_column(in_plane, iy0, ix0 + 1);
+            } else if (p.stride_w == 1u) {
+                c0 = c1;
+                c1 = c2;
+            } else {
+                c0 = c2;
+                c1 = window_column(in_plane, iy0, ix0 + 1);
+            }
+            c2 = window_column(in_plane, iy0, ix0 + 2);
+            var acc = 0.0;
+            if (flip) {
+                acc += w0 * c2.z; acc += w1 * c1.z; acc += w2 * c0.z;
+                acc += w3 * c2.y; acc += w4 * c1.y; acc += w5 * c0.y;
+                acc += w6 * c2.x; acc += w7 * c1.x; acc += w8 * c0.x;
+            } else {
+                acc += w0 * c0.x; acc += w1 * c1.x; acc += w2 * c2.x;
+                acc += w3 * c0.y; acc += w4 * c1.y; acc += w5 * c2.y;
+                acc += w6 * c0.z; acc += w7 * c1.z; acc += w8 * c2.z;
+            }
+            // Read the output only to add to it (each access costs software adapters a loop).
+            let at = out_row + ox;
+            if (p.accumulate != 0u) {
+                row_out[at] += acc + bias;
+            } else {
+                row_out[at] = output_activation(acc + bias, p.activation);
+            }
+        }
+        oy += 1u;
+        if (oy == p.out_h) {
+            oy = 0u;
+            n += 1u;
+        }
+    }
+}
+
 // ---------------------------------------------------------------- gradient to the input
 @group(0) @binding(1) var<storage, read> bin_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> bin_w: array<f32>;
@@ -292,6 +374,66 @@ fn depthwise_weight_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
             } else {
                 bw_dw[(c * taps + tap) * p.chunks + part] = v;
             }
+        }
+    }
+}
+
+// depthwise_weight_rows for 3x3 kernels and column strides of 1 or 2, with the window and the
+// sums as named values (see depthwise_rows_3x3). Each sum adds the same terms in the same
+// order, so the results are depthwise_weight_rows'. Invocations: as depthwise_weight_rows.
+@compute @workgroup_size(64)
+fn depthwise_weight_rows_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.c_in * p.chunks) { return; }
+    let part = i % p.chunks;
+    let c = i / p.chunks;
+    // Sums of tap (row a, column b): sa_b.
+    var s0_0 = 0.0; var s0_1 = 0.0; var s0_2 = 0.0;
+    var s1_0 = 0.0; var s1_1 = 0.0; var s1_2 = 0.0;
+    var s2_0 = 0.0; var s2_1 = 0.0; var s2_2 = 0.0;
+    let first = part * p.chunk_len;
+    let end = min(p.batch * p.out_h, first + p.chunk_len);
+    var n = first / p.out_h;
+    var oy = first % p.out_h;
+    for (var r = first; r < end; r++) {
+        let plane = n * p.c_in + c;
+        let x_plane = plane * p.h * p.w;
+        let dy_row = (plane * p.out_h + oy) * p.out_w;
+        let iy0 = i32(oy * p.stride_h) - i32(p.pad_h);
+        var c0 = vec3<f32>();
+        var c1 = vec3<f32>();
+        var c2 = vec3<f32>();
+        for (var ox = 0u; ox < p.out_w; ox++) {
+            let ix0 = i32(ox * p.stride_w) - i32(p.pad_w);
+            if (ox == 0u) {
+                c0 = window_column(x_plane, iy0, ix0);
+                c1 = window_column(x_plane, iy0, ix0 + 1);
+            } else if (p.stride_w == 1u) {
+                c0 = c1;
+                c1 = c2;
+            } else {
+                c0 = c2;
+                c1 = window_column(x_plane, iy0, ix0 + 1);
+            }
+            c2 = window_column(x_plane, iy0, ix0 + 2);
+            let d = bw_dy[dy_row + ox];
+            s0_0 += d * c0.x; s0_1 += d * c1.x; s0_2 += d * c2.x;
+            s1_0 += d * c0.y; s1_1 += d * c1.y; s1_2 += d * c2.y;
+            s2_0 += d * c0.z; s2_1 += d * c1.z; s2_2 += d * c2.z;
+        }
+        oy += 1u;
+        if (oy == p.out_h) {
+            oy = 0u;
+            n += 1u;
+        }
+    }
+    let sums = array<f32, 9>(s0_0, s0_1, s0_2, s1_0, s1_1, s1_2, s2_0, s2_1, s2_2);
+    for (var tap = 0u; tap < 9u; tap++) {
+        if (p.chunks == 1u) {
+            let at = c * 9u + tap;
+            bw_dw[at] = accumulated(bw_dw[at], sums[tap], p.accumulate);
+        } else {
+            bw_dw[(c * 9u + tap) * p.chunks + part] = sums[tap];
         }
     }
 }

@@ -191,6 +191,16 @@ impl Conv2dShape {
         depthwise_parts(self.batch * self.out_h, self.c_out, max_parts)
     }
 
+    /// The row kernel of a depthwise pass: `depthwise_rows_3x3` for 3x3 kernels with column
+    /// strides of 1 or 2 (the input gradient runs at stride 1), `depthwise_rows` otherwise
+    /// (and for the weight gradient, `depthwise_weight_rows` with the same suffix).
+    fn depthwise_rows_entry(&self) -> &'static str {
+        match (self.kernel_h, self.kernel_w, self.cfg.stride.1) {
+            (3, 3, 1 | 2) => "depthwise_rows_3x3",
+            _ => "depthwise_rows",
+        }
+    }
+
     /// The parameters of `depthwise_rows` for the forward pass.
     fn depthwise_forward_params(&self, has_bias: bool) -> ConvParams {
         let (parts, per_part) = depthwise_parts(self.batch * self.out_h, self.c_out, usize::MAX);
@@ -332,7 +342,7 @@ impl Op for Conv2d {
                 let params =
                     ConvParams { activation: self.activation as u32, ..s.depthwise_forward_params(self.has_bias) };
                 let invocations = grid((s.c_out * params.chunks as usize).max(1));
-                vec![gpu.dispatch("depthwise", "depthwise_rows", &params, &buffers, invocations)]
+                vec![gpu.dispatch("depthwise", s.depthwise_rows_entry(), &params, &buffers, invocations)]
             }
             ConvKernel::Depthwise => {
                 let tiles = s.batch * s.c_out * pixels.div_ceil(DEPTHWISE_PIXELS);
@@ -369,7 +379,7 @@ impl Op for Conv2d {
                         // The bias binding is read only with a bias: any buffer does.
                         let buffers = [dy, b.inputs[1], dy, dx.slice];
                         let invocations = grid(s.c_in * rows.chunks as usize);
-                        out.push(gpu.dispatch("depthwise", "depthwise_rows", &rows, &buffers, invocations));
+                        out.push(gpu.dispatch("depthwise", s.depthwise_rows_entry(), &rows, &buffers, invocations));
                     }
                     None => {
                         let tiles = s.batch * s.c_in * pixels.div_ceil(DEPTHWISE_PIXELS);
@@ -398,7 +408,11 @@ impl Op for Conv2d {
                         // One invocation per (part of the batch's rows, channel).
                         let (parts, per_part) = s.depthwise_weight_parts();
                         let params = ConvParams { chunks: parts as u32, chunk_len: per_part as u32, ..params };
-                        let (entry, invocations) = ("depthwise_weight_rows", grid(s.c_out * parts));
+                        let entry = match s.depthwise_rows_entry() {
+                            "depthwise_rows_3x3" => "depthwise_weight_rows_3x3",
+                            _ => "depthwise_weight_rows",
+                        };
+                        let invocations = grid(s.c_out * parts);
                         chunked_sum(gpu, &params, "depthwise", entry, buffers, partials, invocations)
                     } else {
                         // One workgroup per (channel, tap) and chunk.
