@@ -318,6 +318,98 @@ fn depthwise_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     }
 }
 
+// dx of a 3x3 depthwise convolution at stride 2 with padding 1 (MobileNetV2's downsampling) on
+// software adapters: the terms of depthwise_backward_input in the same (ky, kx) order, without
+// those the stride leaves out. Dx row iy meets dy through kernel row 1 (even iy: dy row iy / 2)
+// or rows 0 and 2 (odd iy: dy rows (iy + 1) / 2, if there is one, and (iy - 1) / 2); dx column
+// 2m through kernel column 1 (dy column m), column 2m + 1 through columns 0 and 2 (dy columns
+// m + 1, if there is one, and m). So each dy value a row reads is loaded once, and used for
+// two dx columns. One invocation per (part of chunk_len batch-wide dx rows, channel), parts
+// fastest. Invocations: parts x channels.
+@compute @workgroup_size(64)
+fn depthwise_backward_input_s2(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.c_in * p.chunks) { return; }
+    let part = i % p.chunks;
+    let c = i / p.chunks;
+    let w0 = bin_w[c * 9u]; let w1 = bin_w[c * 9u + 1u]; let w2 = bin_w[c * 9u + 2u];
+    let w3 = bin_w[c * 9u + 3u]; let w4 = bin_w[c * 9u + 4u]; let w5 = bin_w[c * 9u + 5u];
+    let w6 = bin_w[c * 9u + 6u]; let w7 = bin_w[c * 9u + 7u]; let w8 = bin_w[c * 9u + 8u];
+    let first = part * p.chunk_len;
+    let end = min(p.batch * p.h, first + p.chunk_len);
+    var n = first / p.h;
+    var iy = first % p.h;
+    for (var r = first; r < end; r++) {
+        let plane = n * p.c_in + c;
+        let dy_plane = plane * p.out_h * p.out_w;
+        let dx_row = (plane * p.h + iy) * p.w;
+        // The dy rows through kernel rows 0, 1, 2 (t, m, b), and whether each is a term.
+        let odd = (iy & 1u) == 1u;
+        let t_ok = odd && (iy + 1u) / 2u < p.out_h;
+        let m_ok = !odd;
+        let b_ok = odd;
+        let t_row = dy_plane + min((iy + 1u) / 2u, p.out_h - 1u) * p.out_w;
+        let m_row = dy_plane + (iy / 2u) * p.out_w;
+        let b_row = dy_plane + (max(iy, 1u) - 1u) / 2u * p.out_w;
+        // Dy column m of each row (cur), then column m + 1 (next).
+        var t_cur = 0.0;
+        var m_cur = 0.0;
+        var b_cur = 0.0;
+        if (t_ok) { t_cur = bin_dy[t_row]; }
+        if (m_ok) { m_cur = bin_dy[m_row]; }
+        if (b_ok) { b_cur = bin_dy[b_row]; }
+        for (var m = 0u; 2u * m < p.w; m++) {
+            let more = m + 1u < p.out_w;
+            var t_next = 0.0;
+            var m_next = 0.0;
+            var b_next = 0.0;
+            if (more && t_ok) { t_next = bin_dy[t_row + m + 1u]; }
+            if (more && m_ok) { m_next = bin_dy[m_row + m + 1u]; }
+            if (more && b_ok) { b_next = bin_dy[b_row + m + 1u]; }
+            // dx column 2m: kernel column 1.
+            var even = 0.0;
+            if (t_ok) { even += w1 * t_cur; }
+            if (m_ok) { even += w4 * m_cur; }
+            if (b_ok) { even += w7 * b_cur; }
+            store_input_gradient(dx_row + 2u * m, even);
+            // dx column 2m + 1: kernel columns 0 (dy column m + 1) and 2 (dy column m).
+            if (2u * m + 1u < p.w) {
+                var odd_sum = 0.0;
+                if (t_ok) {
+                    if (more) { odd_sum += w0 * t_next; }
+                    odd_sum += w2 * t_cur;
+                }
+                if (m_ok) {
+                    if (more) { odd_sum += w3 * m_next; }
+                    odd_sum += w5 * m_cur;
+                }
+                if (b_ok) {
+                    if (more) { odd_sum += w6 * b_next; }
+                    odd_sum += w8 * b_cur;
+                }
+                store_input_gradient(dx_row + 2u * m + 1u, odd_sum);
+            }
+            t_cur = t_next;
+            m_cur = m_next;
+            b_cur = b_next;
+        }
+        iy += 1u;
+        if (iy == p.h) {
+            iy = 0u;
+            n += 1u;
+        }
+    }
+}
+
+// dx (+)= v, dx read only to add to it (each access costs software adapters a loop over lanes).
+fn store_input_gradient(at: u32, v: f32) {
+    if (p.accumulate != 0u) {
+        bin_dx[at] += v;
+    } else {
+        bin_dx[at] = v;
+    }
+}
+
 // ---------------------------------------------------------------- gradient to the weight
 @group(0) @binding(1) var<storage, read> bw_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bw_dy: array<f32>;

@@ -154,10 +154,13 @@ fn depthwise_families_agree() {
     other.depthwise_rows = !shared.depthwise_rows;
     let devices = [shared, std::sync::Arc::new(other)];
     let cfg = |stride, padding, c| Conv2dConfig { stride, padding, groups: c };
-    let cases: [ConvCase; 4] = [
+    let cases: [ConvCase; 5] = [
         ([2, 5, 13, 11], 5, (3, 3), cfg((1, 1), (1, 1), 5), true),
         ([3, 4, 9, 10], 4, (7, 7), cfg((1, 1), (3, 3), 4), false),
+        // Stride 2 on odd and even sizes (a last dx row and column that one dy row or column
+        // reaches, or two).
         ([2, 6, 9, 7], 6, (3, 3), cfg((2, 2), (1, 1), 6), true),
+        ([3, 7, 8, 6], 7, (3, 3), cfg((2, 2), (1, 1), 7), false),
         ([2, 3, 11, 13], 3, (5, 7), cfg((2, 3), (2, 3), 3), false),
     ];
     for (i, &(xs, c_out, k, cfg, bias)) in cases.iter().enumerate() {

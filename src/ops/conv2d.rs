@@ -201,6 +201,12 @@ impl Conv2dShape {
         }
     }
 
+    /// Whether `depthwise_backward_input_s2` computes the input gradient: a 3x3 kernel at
+    /// stride 2 with padding 1.
+    fn depthwise_input_s2(&self) -> bool {
+        (self.kernel_h, self.kernel_w, self.cfg.stride, self.cfg.padding) == (3, 3, (2, 2), (1, 1))
+    }
+
     /// The parameters of `depthwise_rows` for the forward pass.
     fn depthwise_forward_params(&self, has_bias: bool) -> ConvParams {
         let (parts, per_part) = depthwise_parts(self.batch * self.out_h, self.c_out, usize::MAX);
@@ -380,6 +386,19 @@ impl Op for Conv2d {
                         let buffers = [dy, b.inputs[1], dy, dx.slice];
                         let invocations = grid(s.c_in * rows.chunks as usize);
                         out.push(gpu.dispatch("depthwise", s.depthwise_rows_entry(), &rows, &buffers, invocations));
+                    }
+                    None if gpu.depthwise_rows && s.depthwise_input_s2() => {
+                        let (parts, per_part) = depthwise_parts(s.batch * s.h, s.c_in, usize::MAX);
+                        let params = ConvParams { chunks: parts as u32, chunk_len: per_part as u32, ..params };
+                        let buffers = [dy, b.inputs[1], dx.slice];
+                        let invocations = grid(s.c_in * parts);
+                        out.push(gpu.dispatch(
+                            "depthwise",
+                            "depthwise_backward_input_s2",
+                            &params,
+                            &buffers,
+                            invocations,
+                        ));
                     }
                     None => {
                         let tiles = s.batch * s.c_in * pixels.div_ceil(DEPTHWISE_PIXELS);
