@@ -172,6 +172,32 @@ fn window_column(in_plane: u32, iy0: i32, ix: i32) -> vec3<f32> {
     return v;
 }
 
+// The three window columns of a 3x3 kernel (each rows 0, 1, 2) for output column ox of a row
+// whose window starts at input row iy0, given those of column ox - 1: a column stride of 1
+// keeps two columns, a stride of 2 one, and only the new ones are loaded.
+struct Columns3 {
+    c0: vec3<f32>,
+    c1: vec3<f32>,
+    c2: vec3<f32>,
+}
+
+fn slide_columns(prev: Columns3, in_plane: u32, iy0: i32, ox: u32) -> Columns3 {
+    let ix0 = i32(ox * p.stride_w) - i32(p.pad_w);
+    var w = prev;
+    if (ox == 0u) {
+        w.c0 = window_column(in_plane, iy0, ix0);
+        w.c1 = window_column(in_plane, iy0, ix0 + 1);
+    } else if (p.stride_w == 1u) {
+        w.c0 = prev.c1;
+        w.c1 = prev.c2;
+    } else {
+        w.c0 = prev.c2;
+        w.c1 = window_column(in_plane, iy0, ix0 + 1);
+    }
+    w.c2 = window_column(in_plane, iy0, ix0 + 2);
+    return w;
+}
+
 // depthwise_rows for 3x3 kernels and column strides of 1 or 2 (MobileNetV2's), with the
 // window and weights as named values rather than arrays indexed in loops, which software
 // adapters keep in memory. The same terms in the same order as depthwise_rows, so the same
@@ -198,24 +224,12 @@ fn depthwise_rows_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
         let in_plane = plane * p.h * p.w;
         let out_row = (plane * p.out_h + oy) * p.out_w;
         let iy0 = i32(oy * p.stride_h) - i32(p.pad_h);
-        // Window columns 0, 1, 2 (each rows 0, 1, 2), slid along the row: a stride of 1 keeps
-        // two columns, a stride of 2 one.
-        var c0 = vec3<f32>();
-        var c1 = vec3<f32>();
-        var c2 = vec3<f32>();
+        var window = Columns3();
         for (var ox = 0u; ox < p.out_w; ox++) {
-            let ix0 = i32(ox * p.stride_w) - i32(p.pad_w);
-            if (ox == 0u) {
-                c0 = window_column(in_plane, iy0, ix0);
-                c1 = window_column(in_plane, iy0, ix0 + 1);
-            } else if (p.stride_w == 1u) {
-                c0 = c1;
-                c1 = c2;
-            } else {
-                c0 = c2;
-                c1 = window_column(in_plane, iy0, ix0 + 1);
-            }
-            c2 = window_column(in_plane, iy0, ix0 + 2);
+            window = slide_columns(window, in_plane, iy0, ox);
+            let c0 = window.c0;
+            let c1 = window.c1;
+            let c2 = window.c2;
             var acc = 0.0;
             if (flip) {
                 acc += w0 * c2.z; acc += w1 * c1.z; acc += w2 * c0.z;
@@ -492,22 +506,12 @@ fn depthwise_weight_rows_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @bui
         let x_plane = plane * p.h * p.w;
         let dy_row = (plane * p.out_h + oy) * p.out_w;
         let iy0 = i32(oy * p.stride_h) - i32(p.pad_h);
-        var c0 = vec3<f32>();
-        var c1 = vec3<f32>();
-        var c2 = vec3<f32>();
+        var window = Columns3();
         for (var ox = 0u; ox < p.out_w; ox++) {
-            let ix0 = i32(ox * p.stride_w) - i32(p.pad_w);
-            if (ox == 0u) {
-                c0 = window_column(x_plane, iy0, ix0);
-                c1 = window_column(x_plane, iy0, ix0 + 1);
-            } else if (p.stride_w == 1u) {
-                c0 = c1;
-                c1 = c2;
-            } else {
-                c0 = c2;
-                c1 = window_column(x_plane, iy0, ix0 + 1);
-            }
-            c2 = window_column(x_plane, iy0, ix0 + 2);
+            window = slide_columns(window, x_plane, iy0, ox);
+            let c0 = window.c0;
+            let c1 = window.c1;
+            let c2 = window.c2;
             let d = bw_dy[dy_row + ox];
             s0_0 += d * c0.x; s0_1 += d * c1.x; s0_2 += d * c2.x;
             s1_0 += d * c0.y; s1_1 += d * c1.y; s1_2 += d * c2.y;
