@@ -191,14 +191,16 @@ impl Conv2dShape {
         depthwise_parts(self.batch * self.out_h, self.c_out, max_parts)
     }
 
-    /// The row kernel of a depthwise pass: `depthwise_rows_3x3` for 3x3 kernels with column
-    /// strides of 1 or 2 (the input gradient runs at stride 1), `depthwise_rows` otherwise
-    /// (and for the weight gradient, `depthwise_weight_rows` with the same suffix).
+    /// Whether the depthwise row kernels run their 3x3 versions (`depthwise_rows_3x3`,
+    /// `depthwise_weight_rows_3x3`): 3x3 kernels with column strides of 1 or 2 (the input
+    /// gradient runs at stride 1).
+    fn depthwise_rows_3x3(&self) -> bool {
+        matches!((self.kernel_h, self.kernel_w, self.cfg.stride.1), (3, 3, 1 | 2))
+    }
+
+    /// The row kernel of a depthwise forward pass or stride-1 input gradient.
     fn depthwise_rows_entry(&self) -> &'static str {
-        match (self.kernel_h, self.kernel_w, self.cfg.stride.1) {
-            (3, 3, 1 | 2) => "depthwise_rows_3x3",
-            _ => "depthwise_rows",
-        }
+        if self.depthwise_rows_3x3() { "depthwise_rows_3x3" } else { "depthwise_rows" }
     }
 
     /// Whether `depthwise_backward_input_s2` computes the input gradient: a 3x3 kernel at
@@ -427,10 +429,8 @@ impl Op for Conv2d {
                         // One invocation per (part of the batch's rows, channel).
                         let (parts, per_part) = s.depthwise_weight_parts();
                         let params = ConvParams { chunks: parts as u32, chunk_len: per_part as u32, ..params };
-                        let entry = match s.depthwise_rows_entry() {
-                            "depthwise_rows_3x3" => "depthwise_weight_rows_3x3",
-                            _ => "depthwise_weight_rows",
-                        };
+                        let entry =
+                            if s.depthwise_rows_3x3() { "depthwise_weight_rows_3x3" } else { "depthwise_weight_rows" };
                         let invocations = grid(s.c_out * parts);
                         chunked_sum(gpu, &params, "depthwise", entry, buffers, partials, invocations)
                     } else {

@@ -10,7 +10,7 @@ use crate::gpu::{Dispatch, Gpu, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
 /// Multiply-adds up to which a layer runs the row kernels of `linear.wgsl`, one dispatch per
-/// pass and one invocation per result: below it the GEMM's channels-last copies, weight packing
+/// pass and `ROWS` results per invocation: below it the GEMM's channels-last copies, weight packing
 /// and partial sums cost more than the product itself (a router's projections at training
 /// batch sizes take eleven dispatches that way).
 pub const ROWS_MAX_MACS: usize = 1 << 20;
@@ -39,9 +39,9 @@ impl Linear {
 
     /// Whether the layer runs the row kernels rather than the GEMM ([`ROWS_MAX_MACS`]).
     pub fn runs_rows(&self) -> bool {
-        // (A block of 8 rows per workgroup along y, which holds at most 65535.)
+        // (A block of ROWS rows per workgroup along y, which holds at most 65535.)
         self.batch * self.in_features * self.out_features <= ROWS_MAX_MACS
-            && self.batch.max(self.out_features) <= 8 * 65535
+            && self.batch.max(self.out_features) <= ROWS * 65535
     }
 
     fn params(&self, accumulate: u32) -> LinearParams {
@@ -57,10 +57,14 @@ impl Linear {
     }
 }
 
-/// Workgroups of the row kernels: 64 lanes along `lanes` (x) by blocks of `ROWS` = 8 along
-/// `rows` (y).
+/// Results per invocation of the row kernels (`ROWS` in linear.wgsl), and their lanes per
+/// workgroup.
+const ROWS: usize = 8;
+const ROWS_WORKGROUP: usize = 64;
+
+/// Workgroups of the row kernels: lanes along `lanes` (x) by blocks of `ROWS` along `rows` (y).
 fn rows_grid(lanes: usize, rows: usize) -> [u32; 3] {
-    [lanes.div_ceil(64) as u32, rows.div_ceil(8) as u32, 1]
+    [lanes.div_ceil(ROWS_WORKGROUP) as u32, rows.div_ceil(ROWS) as u32, 1]
 }
 
 /// Mirrors `LinearParams` in linear.wgsl.
