@@ -91,6 +91,9 @@ struct TileParams {
     // block stores results.
     residual: u32,
     activation: u32,
+    // The weight-gradient reduction's passes (see reduce_weight_partials).
+    band_count: u32,
+    bands: array<vec4<u32>, 4>,
 }
 
 @group(0) @binding(0) var<uniform> p: TileParams;
@@ -519,12 +522,51 @@ fn conv_tile_weight_I(
 
 @group(0) @binding(1) var<storage, read> tr_part: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> tr_dw: array<f32>;
+// The same dw as vec4s (weights whose input channels come in fours).
+@group(0) @binding(2) var<storage, read_write> tr_dw4: array<vec4<f32>>;
 
-// dw [weight_out][weight_in][kh][kw] = the chunks' partial sums, added in chunk order (zero
-// for the taps that only meet padding), four input channels at a time (one vec4 load per
-// chunk). An invocation takes one (output channel, input quad) over every tap, so its index
-// arithmetic — divisions, which software adapters pay per lane — is done once per quad.
-// Invocations: weight_out x in_quads, quads fastest.
+// The reduction adds the partial sums of every pass of the weight gradient (the bands of a
+// split convolution, or the one pass), each in a region of its own: pass b is p.bands[b] =
+// (its used taps: ky0 | rows << 8 | kx0 << 16 | columns << 24, in the weight's own kernel;
+// its region's first vec4; its chunks). An invocation takes one (output channel, input quad)
+// over every tap, so its index arithmetic — divisions, which software adapters pay per lane —
+// is done once per quad. Invocations: weight_out x in_quads, quads fastest.
+
+// Whether pass b reads full tap (ky, kx).
+fn pass_reads(b: u32, ky: u32, kx: u32) -> bool {
+    let taps = p.bands[b].x;
+    let ky0 = taps & 0xffu;
+    let kx0 = (taps >> 16u) & 0xffu;
+    return ky >= ky0 && ky < ky0 + ((taps >> 8u) & 0xffu) && kx >= kx0 && kx < kx0 + (taps >> 24u);
+}
+
+// Pass b's partial sums of (output channel co, full tap (ky, kx), input quad), over its chunks in
+// order; zero for a tap it does not read.
+fn pass_sum(b: u32, co: u32, ky: u32, kx: u32, quad: u32) -> vec4<f32> {
+    var sum = vec4<f32>();
+    if (!pass_reads(b, ky, kx)) { return sum; }
+    let band = p.bands[b];
+    let rows = (band.x >> 8u) & 0xffu;
+    let cols = band.x >> 24u;
+    let tap = (ky - (band.x & 0xffu)) * cols + kx - ((band.x >> 16u) & 0xffu);
+    for (var s = 0u; s < band.z; s++) {
+        sum += tr_part[band.y + ((s * p.out_pad + co) * rows * cols + tap) * p.in_quads + quad];
+    }
+    return sum;
+}
+
+// Full tap (ky, kx)'s gradient: the first pass's sum (added to `old`, dw's values, when
+// accumulating), then each later pass's sum where it reads the tap, in pass order.
+fn tap_gradient(co: u32, ky: u32, kx: u32, quad: u32, old: vec4<f32>) -> vec4<f32> {
+    var v = pass_sum(0u, co, ky, kx, quad);
+    if (p.accumulate != 0u) { v = old + v; }
+    for (var b = 1u; b < p.band_count; b++) {
+        if (pass_reads(b, ky, kx)) { v += pass_sum(b, co, ky, kx, quad); }
+    }
+    return v;
+}
+
+// dw [weight_out][weight_in][kh][kw] = (or +=) the passes' sums, four input channels at a time.
 @compute @workgroup_size(64)
 fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
@@ -535,51 +577,83 @@ fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     var t = 0u;
     for (var ky = 0u; ky < full_kernel_h; ky++) {
         for (var kx = 0u; kx < p.full_kernel_w; kx++) {
-            var sum = vec4<f32>();
-            if (ky >= p.ky0 && ky < p.ky0 + p.kernel_h && kx >= p.kx0 && kx < p.kx0 + p.kernel_w) {
-                sum = chunk_sum(co, (ky - p.ky0) * p.kernel_w + kx - p.kx0, quad);
+            var old = vec4<f32>();
+            // Read dw only to add to it: every access costs software adapters a lane loop.
+            if (p.accumulate != 0u) {
+                for (var k = 0u; k < 4u; k++) {
+                    if (quad * 4u + k < p.weight_in) { old[k] = tr_dw[(co * p.weight_in + quad * 4u + k) * p.full_taps + t]; }
+                }
             }
-            store_weight_quad(co, quad, t, sum, p.accumulate);
+            let v = tap_gradient(co, ky, kx, quad, old);
+            for (var k = 0u; k < 4u; k++) {
+                if (quad * 4u + k < p.weight_in) { tr_dw[(co * p.weight_in + quad * 4u + k) * p.full_taps + t] = v[k]; }
+            }
             t++;
         }
     }
 }
 
-// The partial sums of one (output channel, used tap, input quad), over the chunks in order.
-fn chunk_sum(co: u32, tap: u32, quad: u32) -> vec4<f32> {
-    let taps = p.kernel_h * p.kernel_w;
-    var sum = vec4<f32>();
-    for (var s = 0u; s < p.chunks; s++) {
-        sum += tr_part[((s * p.out_pad + co) * taps + tap) * p.in_quads + quad];
-    }
-    return sum;
-}
+// The same for weights whose input channels come in fours, with 1x1 or 3x3 kernels: an
+// invocation's values are 4 * full_taps consecutive ones of dw, loaded and stored as vec4s
+// (software adapters pay a lane loop for every storage access, whatever its width).
 
-// Four input channels' gradients at full-kernel tap `t`, written or added (`accumulate`).
-fn store_weight_quad(co: u32, quad: u32, t: u32, sum: vec4<f32>, accumulate: u32) {
-    for (var k = 0u; k < 4u; k++) {
-        let ci = quad * 4u + k;
-        if (ci < p.weight_in) {
-            let at = (co * p.weight_in + ci) * p.full_taps + t;
-            // Read dw only to add to it: every access costs software adapters a lane loop.
-            if (accumulate != 0u) { tr_dw[at] += sum[k]; } else { tr_dw[at] = sum[k]; }
-        }
-    }
-}
-
-// The same for the used taps alone, adding to dw (a later band of a split convolution, whose
-// other taps the first band's full reduction has written). Invocations: weight_out x in_quads.
+// 1x1: the four values are vec4 i of dw.
 @compute @workgroup_size(64)
-fn reduce_weight_partials_taps(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn reduce_weight_partials_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.weight_out * p.in_quads) { return; }
+    var old = vec4<f32>();
+    if (p.accumulate != 0u) { old = tr_dw4[i]; }
+    tr_dw4[i] = tap_gradient(i / p.in_quads, 0u, 0u, i % p.in_quads, old);
+}
+
+// 3x3: 36 values, value 9 k + t being input channel 4 quad + k's tap t, vec4 j holding values
+// 4 j .. 4 j + 3. The taps' four-channel vectors are named values, so that they stay in registers.
+@compute @workgroup_size(64)
+fn reduce_weight_partials_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.weight_out * p.in_quads) { return; }
     let quad = i % p.in_quads;
     let co = i / p.in_quads;
-    for (var ky = 0u; ky < p.kernel_h; ky++) {
-        for (var kx = 0u; kx < p.kernel_w; kx++) {
-            store_weight_quad(co, quad, full_tap(ky, kx), chunk_sum(co, ky * p.kernel_w + kx, quad), 1u);
-        }
+    let first = i * 9u;
+    var a0 = vec4<f32>();
+    var a1 = vec4<f32>();
+    var a2 = vec4<f32>();
+    var a3 = vec4<f32>();
+    var a4 = vec4<f32>();
+    var a5 = vec4<f32>();
+    var a6 = vec4<f32>();
+    var a7 = vec4<f32>();
+    var a8 = vec4<f32>();
+    if (p.accumulate != 0u) {
+        a0 = tr_dw4[first];
+        a1 = tr_dw4[first + 1u];
+        a2 = tr_dw4[first + 2u];
+        a3 = tr_dw4[first + 3u];
+        a4 = tr_dw4[first + 4u];
+        a5 = tr_dw4[first + 5u];
+        a6 = tr_dw4[first + 6u];
+        a7 = tr_dw4[first + 7u];
+        a8 = tr_dw4[first + 8u];
     }
+    let s0 = tap_gradient(co, 0u, 0u, quad, vec4<f32>(a0.x, a2.y, a4.z, a6.w));
+    let s1 = tap_gradient(co, 0u, 1u, quad, vec4<f32>(a0.y, a2.z, a4.w, a7.x));
+    let s2 = tap_gradient(co, 0u, 2u, quad, vec4<f32>(a0.z, a2.w, a5.x, a7.y));
+    let s3 = tap_gradient(co, 1u, 0u, quad, vec4<f32>(a0.w, a3.x, a5.y, a7.z));
+    let s4 = tap_gradient(co, 1u, 1u, quad, vec4<f32>(a1.x, a3.y, a5.z, a7.w));
+    let s5 = tap_gradient(co, 1u, 2u, quad, vec4<f32>(a1.y, a3.z, a5.w, a8.x));
+    let s6 = tap_gradient(co, 2u, 0u, quad, vec4<f32>(a1.z, a3.w, a6.x, a8.y));
+    let s7 = tap_gradient(co, 2u, 1u, quad, vec4<f32>(a1.w, a4.x, a6.y, a8.z));
+    let s8 = tap_gradient(co, 2u, 2u, quad, vec4<f32>(a2.x, a4.y, a6.z, a8.w));
+    tr_dw4[first] = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
+    tr_dw4[first + 1u] = vec4<f32>(s4.x, s5.x, s6.x, s7.x);
+    tr_dw4[first + 2u] = vec4<f32>(s8.x, s0.y, s1.y, s2.y);
+    tr_dw4[first + 3u] = vec4<f32>(s3.y, s4.y, s5.y, s6.y);
+    tr_dw4[first + 4u] = vec4<f32>(s7.y, s8.y, s0.z, s1.z);
+    tr_dw4[first + 5u] = vec4<f32>(s2.z, s3.z, s4.z, s5.z);
+    tr_dw4[first + 6u] = vec4<f32>(s6.z, s7.z, s8.z, s0.w);
+    tr_dw4[first + 7u] = vec4<f32>(s1.w, s2.w, s3.w, s4.w);
+    tr_dw4[first + 8u] = vec4<f32>(s5.w, s6.w, s7.w, s8.w);
 }
 
 // ---------------------------------------------------------------- workgroup-memory tiles

@@ -54,7 +54,7 @@ type ConvCase = ([usize; 4], usize, (usize, usize), Conv2dConfig, bool);
 #[test]
 fn conv2d_matches_reference() {
     let cfg = |stride, padding, groups| Conv2dConfig { stride, padding, groups };
-    let cases: [ConvCase; 24] = [
+    let cases: [ConvCase; 25] = [
         // Depthwise, stride 1 with bias and a 7x7 window (ConvNeXt's).
         ([1, 5, 13, 11], 5, (3, 3), cfg((1, 1), (1, 1), 5), true),
         ([3, 4, 9, 9], 4, (7, 7), cfg((1, 1), (3, 3), 4), true),
@@ -65,6 +65,7 @@ fn conv2d_matches_reference() {
         ([3, 6, 8, 7], 9, (3, 3), cfg((2, 2), (1, 1), 3), false),
         ([3, 6, 7, 5], 6, (3, 3), cfg((2, 2), (1, 1), 6), false), // depthwise
         ([1, 10, 7, 7], 19, (1, 1), cfg((2, 2), (0, 0), 1), false),
+        ([2, 8, 5, 6], 12, (1, 1), cfg((1, 1), (0, 0), 1), true),
         ([1, 3, 13, 11], 5, (7, 7), cfg((2, 2), (3, 3), 1), true),
         ([3, 3, 12, 8], 6, (4, 4), cfg((4, 4), (0, 0), 1), true), // ConvNeXt stem
         ([3, 4, 5, 6], 6, (3, 2), cfg((2, 1), (1, 2), 2), true),
@@ -207,33 +208,37 @@ fn depthwise_families_agree() {
 /// on both sides (two weight tiles per workgroup, an odd count of them). The forward passes
 /// add a residual and apply an output activation (uniform blocks: in the last block only).
 /// A weight two convolutions share gets the sum of both gradients, whichever runs its backward
-/// pass first: a 2x2 map's (four bands, a single chunk written straight into dw, so dw is
-/// cleared first when it is not added to) and a larger map's (partial sums over chunks).
+/// pass first: a 2x2 map's (four bands, each with partial sums of its own taps) and a larger
+/// map's (partial sums over chunks). Input channels off a multiple of four (the reduction's
+/// scalar stores) and on one (vec4 stores: 3x3 and 1x1 kernels).
 #[test]
 fn a_conv_weight_used_twice_gets_both_gradients() {
-    let small = ([2, 6, 2, 2], Conv2dConfig::new(1, 1));
-    let large = ([2, 6, 24, 22], Conv2dConfig::new(2, 1));
-    for (i, order) in [[small, large], [large, small]].into_iter().enumerate() {
-        let mut g = Graph::new();
-        let w = g.param("w", &[5, 6, 3, 3]).unwrap();
-        let xs = order.map(|(shape, _)| g.input("x", &shape));
-        let ys: Vec<TensorId> = (0..2).map(|k| g.conv2d(xs[k], w, None, order[k].1).unwrap()).collect();
-        let pooled: Vec<TensorId> = ys.iter().map(|&y| g.global_avgpool(y).unwrap()).collect();
-        let out = g.add(pooled[0], pooled[1]).unwrap();
-        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, out)).unwrap();
-        let mut rng = rng(150 + i as u64);
-        let xv = xs.map(|x| feed(&exe, &g, x, &mut rng));
-        let wv = feed(&exe, &g, w, &mut rng);
-        let dout = seed_grad(&exe, &g, out, &mut rng);
-        exe.run().unwrap();
-        let mut want = vec![0.0; wv.len()];
-        for k in 0..2 {
-            let s = Conv2dShape::new(&order[k].0, g.shape(w), order[k].1).unwrap();
-            let dy = r::pool::global_avgpool_backward(&dout, s.out_h * s.out_w);
-            let (_, dw, _) = r::conv2d::backward(&s, &xv[k], &wv, &dy);
-            want.iter_mut().zip(dw).for_each(|(sum, d)| *sum += d);
+    for (c_in, kernel) in [(6, 3), (8, 3), (8, 1)] {
+        let pad = kernel / 2;
+        let small = ([2, c_in, 2, 2], Conv2dConfig::new(1, pad));
+        let large = ([2, c_in, 24, 22], Conv2dConfig::new(2, pad));
+        for (i, order) in [[small, large], [large, small]].into_iter().enumerate() {
+            let mut g = Graph::new();
+            let w = g.param("w", &[5, c_in, kernel, kernel]).unwrap();
+            let xs = order.map(|(shape, _)| g.input("x", &shape));
+            let ys: Vec<TensorId> = (0..2).map(|k| g.conv2d(xs[k], w, None, order[k].1).unwrap()).collect();
+            let pooled: Vec<TensorId> = ys.iter().map(|&y| g.global_avgpool(y).unwrap()).collect();
+            let out = g.add(pooled[0], pooled[1]).unwrap();
+            let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, out)).unwrap();
+            let mut rng = rng(150 + i as u64);
+            let xv = xs.map(|x| feed(&exe, &g, x, &mut rng));
+            let wv = feed(&exe, &g, w, &mut rng);
+            let dout = seed_grad(&exe, &g, out, &mut rng);
+            exe.run().unwrap();
+            let mut want = vec![0.0; wv.len()];
+            for k in 0..2 {
+                let s = Conv2dShape::new(&order[k].0, g.shape(w), order[k].1).unwrap();
+                let dy = r::pool::global_avgpool_backward(&dout, s.out_h * s.out_w);
+                let (_, dw, _) = r::conv2d::backward(&s, &xv[k], &wv, &dy);
+                want.iter_mut().zip(dw).for_each(|(sum, d)| *sum += d);
+            }
+            assert_close(&format!("{c_in} channels, {kernel}x{kernel}, order {i} dw"), &read_grad(&exe, w), &want, TOL);
         }
-        assert_close(&format!("order {i} dw"), &read_grad(&exe, w), &want, TOL);
     }
 }
 

@@ -88,6 +88,10 @@ struct TileParams {
     window_x0: u32,
     residual: u32,
     activation: u32,
+    // The weight-gradient reduction's passes: (used taps, packed as ky0 | rows << 8 | kx0 << 16
+    // | columns << 24; first vec4 of its partial sums; chunks; unused).
+    band_count: u32,
+    bands: [[u32; 4]; MAX_BANDS],
 }
 
 /// One phase of the input gradient along one axis: the input positions first, first + stride,
@@ -591,7 +595,7 @@ impl GemmPlan {
                 s.batch * dh * dw * 4 * self.dy_quads,
                 blocks(self.backward_tile, self.backward_pad(), self.dy_quads),
                 s.batch * s.out_h * s.out_w * self.weight_pad(),
-                self.chunks * self.weight_pad() * self.taps() * 4 * self.x_quads,
+                self.weight_passes().iter().map(|pass| pass.partials).sum(),
             ]);
         }
         sizes
@@ -834,6 +838,63 @@ impl GemmPlan {
         out
     }
 
+    /// The weight gradient's parameters over every output pixel.
+    fn weight_params(&self) -> TileParams {
+        TileParams {
+            out_pad: self.weight_pad() as u32,
+            chunks: self.chunks as u32,
+            chunk_len: self.chunk_len as u32,
+            ..self.forward_params()
+        }
+    }
+
+    /// The passes of the weight gradient: one, or one per band of a split forward pass, each
+    /// with its partial sums in a region of their own (consecutive, from the first).
+    fn weight_passes(&self) -> Vec<WeightPass> {
+        let s = &self.shape;
+        let u = |v: usize| v as u32;
+        let params = self.weight_params();
+        let passes: Vec<TileParams> = match self.forward_bands() {
+            None => vec![params],
+            Some(regions) => regions
+                .iter()
+                .map(|(row, col)| {
+                    // The band's pixels in as many chunks as the whole pass would take (or fewer).
+                    let total = s.batch * row.count * col.count;
+                    let chunk_len = total.div_ceil(self.chunks);
+                    TileParams {
+                        chunks: u(total.div_ceil(chunk_len)),
+                        chunk_len: u(chunk_len),
+                        ..self.band_params(params, row, col)
+                    }
+                })
+                .collect(),
+        };
+        let mut offset = 0;
+        passes
+            .into_iter()
+            .map(|params| {
+                let taps = (params.kernel_h * params.kernel_w) as usize;
+                let partials = params.chunks as usize * self.weight_pad() * taps * 4 * self.x_quads;
+                let pass = WeightPass { params, offset, partials };
+                offset += partials;
+                pass
+            })
+            .collect()
+    }
+
+    /// The reduction of the passes' partial sums into dw: weights whose input channels come in
+    /// fours and whose kernel is 1x1 or 3x3 load and store a whole (output channel, input quad)
+    /// as vec4s.
+    fn reduce_entry(&self) -> &'static str {
+        let s = &self.shape;
+        match (s.c_in.is_multiple_of(4), s.kernel_h, s.kernel_w) {
+            (true, 1, 1) => "reduce_weight_partials_1x1",
+            (true, 3, 3) => "reduce_weight_partials_3x3",
+            _ => "reduce_weight_partials",
+        }
+    }
+
     /// dw (+)= the gradient to the weight, in chunk partial sums added in a fixed order. Reads
     /// the channels-last copy of x that [`GemmPlan::forward`] left in the scratch (a step runs
     /// the forward pass before the backward, and nothing else writes an op's scratch).
@@ -844,68 +905,69 @@ impl GemmPlan {
         accumulate: bool,
         scratch: &[&GpuSlice],
     ) -> Vec<Dispatch> {
-        let params = TileParams {
-            out_pad: self.weight_pad() as u32,
-            chunks: self.chunks as u32,
-            chunk_len: self.chunk_len as u32,
-            accumulate: accumulate as u32,
-            ..self.forward_params()
-        };
-        let (dy_last, partials) = (scratch[DY_LAST], scratch[PARTIALS]);
-        // Partial sums of one pass (or band), then their sum into dw; bands run one after
-        // another through the same partials, the first writing all of dw (as asked: its other
-        // taps zero or as they are) and the rest adding to their own taps.
-        let pass = |params: TileParams, first: bool| {
-            let reduce = if first { "reduce_weight_partials" } else { "reduce_weight_partials_taps" };
-            let taps_used = (params.kernel_h * params.kernel_w) as usize;
-            let buffers = [scratch[X_LAST], dy_last, partials];
-            let partial_sums = match self.weight_kernel {
-                WeightKernel::WorkgroupTiles => {
-                    let workgroups = [
-                        (taps_used * self.x_quads.div_ceil(SHARED_CHANNELS as usize / 4)) as u32,
-                        self.weight_pad().div_ceil(SHARED_CHANNELS as usize) as u32,
-                        params.chunks,
-                    ];
-                    gpu.dispatch("conv_tile", "conv_shared_weight", &params, &buffers, workgroups)
-                }
-                kernel => {
-                    let lanes = taps_used * (4 * self.x_quads / self.weight_inputs as usize);
-                    let workgroups = [
-                        lanes.div_ceil(TILE_WORKGROUP as usize) as u32,
-                        (self.weight_pad() / WEIGHT_TILE_OUT as usize) as u32,
-                        params.chunks,
-                    ];
-                    let family =
-                        if kernel == WeightKernel::SubgroupRegisters { "conv_tile_subgroup" } else { "conv_tile" };
-                    gpu.dispatch(family, weight_entry(self.weight_inputs), &params, &buffers, workgroups)
-                }
-            };
-            [
-                partial_sums,
-                gpu.dispatch("conv_tile", reduce, &params, &[partials, dw], grid(self.shape.c_out * self.x_quads)),
-            ]
-        };
-        let mut out =
-            vec![gpu.dispatch("conv_tile", "gradient_channels_last", &params, &[dy, dy_last], grid(dy_last.len() / 4))];
-        let Some(regions) = self.forward_bands() else {
-            out.extend(pass(params, true));
-            return out;
-        };
-        let s = &self.shape;
-        let u = |v: usize| v as u32;
-        for (i, (row, col)) in regions.into_iter().enumerate() {
-            // The band's pixels in as many chunks as the whole pass would take (or fewer).
-            let total = s.batch * row.count * col.count;
-            let chunk_len = total.div_ceil(self.chunks);
-            let band = TileParams {
-                chunks: u(total.div_ceil(chunk_len)),
-                chunk_len: u(chunk_len),
-                ..self.band_params(params, &row, &col)
-            };
-            out.extend(pass(band, i == 0));
+        let partials = scratch[PARTIALS];
+        let passes = self.weight_passes();
+        let mut out = vec![gpu.dispatch(
+            "conv_tile",
+            "gradient_channels_last",
+            &self.weight_params(),
+            &[dy, scratch[DY_LAST]],
+            grid(scratch[DY_LAST].len() / 4),
+        )];
+        let mut bands = [[0; 4]; MAX_BANDS];
+        for (band, pass) in bands.iter_mut().zip(&passes) {
+            let p = &pass.params;
+            let taps = p.ky0 | p.kernel_h << 8 | p.kx0 << 16 | p.kernel_w << 24;
+            *band = [taps, (pass.offset / 4) as u32, p.chunks, 0];
+            // A band no tap reaches adds nothing.
+            if pass.partials > 0 {
+                let region = partials.range(pass.offset, pass.partials);
+                out.push(self.weight_partial_sums(gpu, &pass.params, [scratch[X_LAST], scratch[DY_LAST], &region]));
+            }
         }
+        let reduce = TileParams {
+            accumulate: accumulate as u32,
+            band_count: passes.len() as u32,
+            bands,
+            ..self.weight_params()
+        };
+        let invocations = grid(self.shape.c_out * self.x_quads);
+        out.push(gpu.dispatch("conv_tile", self.reduce_entry(), &reduce, &[partials, dw], invocations));
         out
     }
+
+    /// One pass's partial sums [chunk][weight_pad][used tap][4 x_quads] into `partials`.
+    fn weight_partial_sums(&self, gpu: &Gpu, params: &TileParams, buffers: [&GpuSlice; 3]) -> Dispatch {
+        let taps_used = (params.kernel_h * params.kernel_w) as usize;
+        match self.weight_kernel {
+            WeightKernel::WorkgroupTiles => {
+                let workgroups = [
+                    (taps_used * self.x_quads.div_ceil(SHARED_CHANNELS as usize / 4)) as u32,
+                    self.weight_pad().div_ceil(SHARED_CHANNELS as usize) as u32,
+                    params.chunks,
+                ];
+                gpu.dispatch("conv_tile", "conv_shared_weight", params, &buffers, workgroups)
+            }
+            kernel => {
+                let lanes = taps_used * (4 * self.x_quads / self.weight_inputs as usize);
+                let workgroups = [
+                    lanes.div_ceil(TILE_WORKGROUP as usize) as u32,
+                    (self.weight_pad() / WEIGHT_TILE_OUT as usize) as u32,
+                    params.chunks,
+                ];
+                let family = if kernel == WeightKernel::SubgroupRegisters { "conv_tile_subgroup" } else { "conv_tile" };
+                gpu.dispatch(family, weight_entry(self.weight_inputs), params, &buffers, workgroups)
+            }
+        }
+    }
+}
+
+/// One pass of the weight gradient: its parameters, and where its partial sums lie in the
+/// partials scratch (floats).
+struct WeightPass {
+    params: TileParams,
+    offset: usize,
+    partials: usize,
 }
 
 #[cfg(test)]
