@@ -10,6 +10,7 @@ fn output_activation(v: f32, kind: u32) -> f32 {
     switch kind {
         case 1u: { return max(v, 0.0); }
         case 2u: { return clamp(v, 0.0, 6.0); }
+        case 3u: { return 1.0 / (1.0 + exp_accurate(-v)); }
         default: { return v; }
     }
 }

@@ -91,6 +91,8 @@ struct TileParams {
     // block stores results.
     residual: u32,
     activation: u32,
+    // The input copy multiplies each (sample, channel) by copy_gate[sample][channel].
+    gate: u32,
     // The weight-gradient reduction's passes (see reduce_weight_partials).
     band_count: u32,
     bands: array<vec4<u32>, 4>,
@@ -111,6 +113,9 @@ fn tile_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
 // ---------------------------------------------------------------- copies and packing
 @group(0) @binding(1) var<storage, read> copy_src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> copy_dst: array<vec4<f32>>;
+// A router's gate [batch][channels] (`p.gate`): the copy holds x * gate, the product the
+// separate channel_scale op would have stored.
+@group(0) @binding(3) var<storage, read> copy_gate: array<f32>;
 
 // [batch][channels][src_h][src_w] -> [batch][in_h][in_w][in_quads] vec4s, zero outside the
 // placed (and dilated) source and in the padding channels. Invocations: every destination vec4.
@@ -132,7 +137,11 @@ fn to_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         let plane = p.src_h * p.src_w;
         let at = ((n * p.channels + quad * 4u) * p.src_h + u32(sy)) * p.src_w + u32(sx);
         for (var k = 0u; k < 4u; k++) {
-            if (quad * 4u + k < p.channels) { v[k] = copy_src[at + k * plane]; }
+            let c = quad * 4u + k;
+            if (c < p.channels) {
+                v[k] = copy_src[at + k * plane];
+                if (p.gate != 0u) { v[k] *= copy_gate[n * p.channels + c]; }
+            }
         }
     }
     copy_dst[i] = v;

@@ -13,7 +13,8 @@ struct LinearParams {
     out_features: u32,
     has_bias: u32,
     accumulate: u32,
-    _pad0: u32,
+    // The forward pass's output activation (common.wgsl `output_activation`).
+    activation: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -29,7 +30,9 @@ const ROWS: u32 = 8u;
 @group(0) @binding(4) var<storage, read_write> fwd_y: array<f32>;
 
 fn store_forward(n: u32, o: u32, acc: f32) {
-    if (n < p.batch) { fwd_y[n * p.out_features + o] = acc + select(0.0, fwd_bias[o], p.has_bias != 0u); }
+    if (n < p.batch) {
+        fwd_y[n * p.out_features + o] = output_activation(acc + select(0.0, fwd_bias[o], p.has_bias != 0u), p.activation);
+    }
 }
 
 // y[n, o] = sum_k x[n, k] w[o, k] + b[o]: a lane takes output o (x) for ROWS samples from

@@ -11,7 +11,7 @@ use kdna::ops::activation::Activation;
 use kdna::ops::adamw::AdamW;
 use kdna::ops::batchnorm::BatchNorm;
 use kdna::ops::conv_gemm::{GemmPlan, WeightReads};
-use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape, ConvKernel, Epilogue, OutputActivation};
+use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape, ConvKernel, FusedTensors, Fusion, OutputActivation};
 use kdna::ops::layernorm::LayerNorm;
 use kdna::ops::linear::Linear;
 use kdna::ops::modulate::Modulate;
@@ -117,15 +117,19 @@ fn conv2d_matches_reference() {
             assert_close(&format!("{case} db"), &read_grad(&exe, b), &db, TOL);
         }
 
-        // With a fused residual (GEMM convolutions) and output activation (eval): exactly the
-        // separate ops' values, the add rounded to f32 as the add kernel rounds it.
+        // With a fused gate on the input and residual (GEMM convolutions) and output activation
+        // (eval): exactly the separate ops' values (the gate's product, then the conv, then the
+        // add rounded to f32 as the add kernel rounds it).
         let activation = [OutputActivation::Relu, OutputActivation::Relu6][i % 2];
+        let gemm = s.kernel() == ConvKernel::Gemm;
         let mut fused = Graph::new();
         let fx = fused.input("x", &xs);
         let fw = fused.param("w", g.shape(w)).unwrap();
         let fb = bias.then(|| fused.param("b", &[c_out]).unwrap());
-        let fr = (s.kernel() == ConvKernel::Gemm).then(|| fused.input("residual", &s.output()));
-        let fy = fused.conv2d_fused(fx, fw, fb, cfg, fr, activation).unwrap();
+        let fr = gemm.then(|| fused.input("residual", &s.output()));
+        let fgate = gemm.then(|| fused.input("gate", &[xs[0], xs[1]]));
+        let fusion = FusedTensors { gate: fgate, residual: fr, activation };
+        let fy = fused.conv2d_fused(fx, fw, fb, cfg, fusion).unwrap();
         let mut fexe = Executor::new(gpu(), &fused, Plan::eval()).unwrap();
         fexe.write(fx, &to_f32(&xv)).unwrap();
         fexe.write(fw, &to_f32(&wv)).unwrap();
@@ -134,10 +138,31 @@ fn conv2d_matches_reference() {
         }
         let residual =
             fr.map(|fr| feed(&fexe, &fused, fr, &mut rng)).unwrap_or_else(|| vec![0.0; s.output().iter().product()]);
+        let conv_y = match fgate {
+            // The separate ops: channel_scale, then the conv.
+            Some(fgate) => {
+                let gate = feed(&fexe, &fused, fgate, &mut rng);
+                let mut sep = Graph::new();
+                let (sx, sgate) = (sep.input("x", &xs), sep.input("gate", &[xs[0], xs[1]]));
+                let sw = sep.param("w", g.shape(w)).unwrap();
+                let sb = bias.then(|| sep.param("b", &[c_out]).unwrap());
+                let scaled = sep.channel_scale(sx, sgate).unwrap();
+                let sy = sep.conv2d(scaled, sw, sb, cfg).unwrap();
+                let mut sexe = Executor::new(gpu(), &sep, Plan::eval()).unwrap();
+                for (t, v) in [(sx, &xv), (sgate, &gate), (sw, &wv)] {
+                    sexe.write(t, &to_f32(v)).unwrap();
+                }
+                if let (Some(sb), Some(bv)) = (sb, &bv) {
+                    sexe.write(sb, &to_f32(bv)).unwrap();
+                }
+                sexe.run().unwrap();
+                read(&sexe, sy)
+            }
+            None => read(&exe, y),
+        };
         fexe.run().unwrap();
-        let want: Vec<f64> = (read(&exe, y).iter().zip(&residual))
-            .map(|(&v, &r)| activate(activation, (v as f32 + r as f32) as f64))
-            .collect();
+        let want: Vec<f64> =
+            (conv_y.iter().zip(&residual)).map(|(&v, &r)| activate(activation, (v as f32 + r as f32) as f64)).collect();
         let got = read(&fexe, fy);
         let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
         assert_eq!(differing, 0, "{case}: {activation:?} fused values that differ from the separate activation");
@@ -279,8 +304,8 @@ fn conv_weight_paths_agree_bit_for_bit() {
             let y = gpu.storage("y", numel(&shape.output()));
             let dx = gpu.upload("dx", &dx_start);
             let dw = gpu.storage("dw", numel(&shape.weight()));
-            let epilogue = Epilogue { residual: with_residual.then_some(&residual), activation };
-            let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, epilogue, &scratch);
+            let fusion = Fusion { gate: None, residual: with_residual.then_some(&residual), activation };
+            let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, fusion, &scratch);
             let mut dispatches: Vec<_> = forward.prepare.into_iter().chain(forward.run).collect();
             dispatches.extend(plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch));
             dispatches.extend(plan.backward_weight(&gpu, [&dy, &dw], false, &scratch));
@@ -315,6 +340,7 @@ fn activate(activation: OutputActivation, v: f64) -> f64 {
         OutputActivation::None => v,
         OutputActivation::Relu => v.max(0.0),
         OutputActivation::Relu6 => v.clamp(0.0, 6.0),
+        OutputActivation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
     }
 }
 
@@ -651,7 +677,7 @@ fn linear_matches_reference() {
         ((130, 90, 93), false),
     ];
     let rows = |&((batch, in_features, out_features), _): &((usize, usize, usize), bool)| {
-        Linear { batch, in_features, out_features, has_bias: false }.runs_rows()
+        Linear { batch, in_features, out_features, has_bias: false, activation: OutputActivation::None }.runs_rows()
     };
     assert!(cases.iter().any(rows) && !cases.iter().all(rows), "both paths are tested");
     for ((batch, in_features, out_features), bias) in cases {
@@ -666,7 +692,7 @@ fn linear_matches_reference() {
         let bv = b.map(|b| feed(&exe, &g, b, &mut rng));
         let dy = seed_grad(&exe, &g, y, &mut rng);
         exe.run().unwrap();
-        let l = Linear { batch, in_features, out_features, has_bias: bias };
+        let l = Linear { batch, in_features, out_features, has_bias: bias, activation: OutputActivation::None };
         assert_close("y", &read(&exe, y), &r::linear::forward(&l, &xv, &wv, bv.as_deref()), TOL);
         let (dx, dw, db) = r::linear::backward(&l, &xv, &wv, &dy);
         assert_close("dx", &read_grad(&exe, x), &dx, TOL);
@@ -695,12 +721,53 @@ fn linear_gradients_add_up_when_used_twice() {
         feed(&exe, &g, b, &mut rng);
         let dy = seed_grad(&exe, &g, y, &mut rng);
         exe.run().unwrap();
-        let l = Linear { batch, in_features, out_features, has_bias: true };
+        let l = Linear { batch, in_features, out_features, has_bias: true, activation: OutputActivation::None };
         let twice = |v: Vec<f64>| v.into_iter().map(|v| 2.0 * v).collect::<Vec<_>>();
         let (dx, dw, db) = r::linear::backward(&l, &xv, &wv, &dy);
         assert_close("dx", &read_grad(&exe, x), &twice(dx), TOL);
         assert_close("dw", &read_grad(&exe, w), &twice(dw), TOL);
         assert_close("db", &read_grad(&exe, b), &twice(db), TOL);
+    }
+}
+
+/// A linear layer with a fused activation (eval-only, inference folding's) stores exactly
+/// what the separate activation op computes from its output, on both paths.
+#[test]
+fn linear_fused_activation_matches_the_separate_op() {
+    let activations = [
+        (OutputActivation::Relu, Activation::Relu),
+        (OutputActivation::Relu6, Activation::Relu6),
+        (OutputActivation::Sigmoid, Activation::Sigmoid),
+    ];
+    for (batch, in_features, out_features) in [(5, 13, 7), (41, 150, 173)] {
+        for (fused_kind, kind) in activations {
+            let run = |fused: bool| {
+                let mut g = Graph::new();
+                let x = g.input("x", &[batch, in_features]);
+                let w = g.param("w", &[out_features, in_features]).unwrap();
+                let b = g.param("b", &[out_features]).unwrap();
+                let y = match fused {
+                    true => g.linear_fused(x, w, Some(b), fused_kind).unwrap(),
+                    false => {
+                        let y = g.linear(x, w, Some(b)).unwrap();
+                        g.activation(y, kind)
+                    }
+                };
+                let mut exe = Executor::new(gpu(), &g, Plan::eval()).unwrap();
+                let mut rng = rng(620);
+                for t in [x, w, b] {
+                    // Scaled so that sigmoid and relu6 see both of their tails.
+                    let v: Vec<f32> = randn(&mut rng, g.info(t).numel()).iter().map(|v| 3.0 * *v as f32).collect();
+                    exe.write(t, &v).unwrap();
+                }
+                exe.run().unwrap();
+                exe.read(y).unwrap()
+            };
+            let (fused, separate) = (run(true), run(false));
+            let differing = fused.iter().zip(&separate).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            let case = format!("{batch}x{in_features}->{out_features} {fused_kind:?}");
+            assert_eq!(differing, 0, "{case}: fused values that differ from the separate op");
+        }
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 use common::{assert_close, dot, numeric_grad, randn, rng};
 use kdna::ops::activation::Activation;
 use kdna::ops::batchnorm::BatchNorm;
-use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape};
+use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape, OutputActivation};
 use kdna::ops::layernorm::LayerNorm;
 use kdna::ops::linear::Linear;
 use kdna::ops::modulate::Modulate;
@@ -188,7 +188,7 @@ fn pooling_gradients() {
 
 #[test]
 fn linear_gradients() {
-    let l = Linear { batch: 3, in_features: 5, out_features: 4, has_bias: true };
+    let l = Linear { batch: 3, in_features: 5, out_features: 4, has_bias: true, activation: OutputActivation::None };
     let mut g = rng(7);
     let (x, w, b, dy) = (randn(&mut g, 15), randn(&mut g, 20), randn(&mut g, 4), randn(&mut g, 12));
     let (dx, dw, db) = r::linear::backward(&l, &x, &w, &dy);

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{gpu, gradient_plan};
-use kdna::graph::{Executor, Plan, Weights};
+use kdna::graph::{Executor, Graph, Plan, Weights};
 use kdna::io::StateDict;
 use kdna::models::{Arch, ModelSpec, build};
 
@@ -166,6 +166,11 @@ fn kernel_dna_networks_start_from_a_pretrained_baseline() {
     }
 }
 
+/// Relu, relu6 and sigmoid nodes: the activations a layer can apply as it stores.
+fn fusable_activations(graph: &Graph) -> usize {
+    graph.nodes.iter().filter(|n| matches!(n.op.name(), "relu" | "relu6" | "sigmoid")).count()
+}
+
 /// Eval with children computed once and BatchNorm folded into the layers before it gives the
 /// same logits as the graph it came from.
 #[test]
@@ -207,6 +212,13 @@ fn folded_eval_matches_unfolded_eval_for_every_architecture() {
             let folded = fold(&net.graph, &dict).unwrap();
             let ops: Vec<&str> = folded.graph.nodes.iter().map(|n| n.op.name()).collect();
             assert!(!ops.contains(&"batchnorm") && !ops.contains(&"modulate"), "{arch}: {ops:?}");
+            // Routers keep their pool and two projections: the gate goes into the conv after
+            // them, the relu and the sigmoid into the projections.
+            let routers = net.graph.nodes.iter().filter(|n| n.op.name() == "channel_scale").count();
+            assert_eq!(kdna, routers > 0, "{arch}: routers only in KernelDNA networks");
+            assert!(!ops.contains(&"channel_scale"), "{arch}: a router's gate left unfused: {ops:?}");
+            let fused = fusable_activations(&net.graph) - fusable_activations(&folded.graph);
+            assert!(fused >= 2 * routers, "{arch}: {fused} activations fused for {routers} routers");
             let mut fexe = Executor::new(gpu.clone(), &folded.graph, Plan::eval()).unwrap();
             fexe.weights().import(&gpu, &folded.weights).unwrap();
             fexe.write(folded.tensors[&net.images], &images).unwrap();

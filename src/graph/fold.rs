@@ -1,7 +1,9 @@
 //! Inference folding: an eval-only copy of a graph in which child kernels are constants
 //! computed once, every BatchNorm that only follows a conv or linear layer is folded into
-//! that layer's weight and bias, and a residual add and a relu or relu6 that only follow such
-//! a folded conv are applied as the conv stores its output. Same outputs as eval mode, fewer
+//! that layer's weight and bias, a residual add that only follows such a folded conv and an
+//! activation (relu, relu6, sigmoid) that only follows a conv or linear layer are applied as
+//! the layer stores its output, and a router's gate (`channel_scale`) whose only consumer is a
+//! GEMM conv is applied as that conv copies its input. Same outputs as eval mode, fewer
 //! dispatches.
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,7 +14,8 @@ use super::{Graph, Role, TensorId};
 use crate::io::{HostTensor, StateDict};
 use crate::ops::activation::{Activation, ActivationOp, Add};
 use crate::ops::batchnorm::BatchNorm;
-use crate::ops::conv2d::{Conv2d, ConvKernel, OutputActivation};
+use crate::ops::channel_scale::ChannelScale;
+use crate::ops::conv2d::{Conv2d, ConvKernel, FusedTensors, OutputActivation};
 use crate::ops::linear::Linear;
 use crate::ops::modulate::Modulate;
 
@@ -49,6 +52,20 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
     // The one consumer of tensor `t`, if it has exactly one.
     let only_consumer =
         |t: TensorId| (consumers[t.0] == 1).then(|| graph.nodes.iter().position(|n| n.inputs.contains(&t))).flatten();
+    // The activation node that alone follows tensor `t`, if a layer can apply it as it stores.
+    let fusable_activation = |t: TensorId| {
+        let r = only_consumer(t)?;
+        let fused = match graph.nodes[r].op.as_any().downcast_ref::<ActivationOp>()?.kind {
+            Activation::Relu => OutputActivation::Relu,
+            Activation::Relu6 => OutputActivation::Relu6,
+            Activation::Sigmoid => OutputActivation::Sigmoid,
+            Activation::Gelu => return None,
+        };
+        Some((r, fused))
+    };
+    // Gated inputs: a channel_scale's output (original) -> (its input, its gate) (folded), for
+    // the GEMM conv that alone consumes it.
+    let mut gated: HashMap<TensorId, (TensorId, TensorId)> = HashMap::new();
 
     for (i, t) in graph.tensors.iter().enumerate() {
         match t.role {
@@ -79,6 +96,15 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
             }
             continue;
         }
+        // A gate whose only consumer is a GEMM conv (as its input) goes into that conv's copy.
+        if any.is::<ChannelScale>()
+            && let Some(c) = only_consumer(node.outputs[0])
+            && graph.nodes[c].inputs[0] == node.outputs[0]
+            && graph.nodes[c].op.as_any().downcast_ref::<Conv2d>().is_some_and(|c| c.shape.kernel() == ConvKernel::Gemm)
+        {
+            gated.insert(node.outputs[0], (map[&node.inputs[0]], map[&node.inputs[1]]));
+            continue;
+        }
         // A conv or linear layer whose only consumer is a BatchNorm absorbs it.
         let out = node.outputs[0];
         let bn_node = only_consumer(out)
@@ -104,7 +130,10 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
             let b_id = g.param(&format!("{base}.bias"), &[c_out])?;
             weights.insert(format!("{base}.weight"), HostTensor { shape: w_shape, data: folded_w });
             weights.insert(format!("{base}.bias"), HostTensor { shape: vec![c_out], data: folded_b });
-            let x = map[&node.inputs[0]];
+            let (x, gate) = match gated.get(&node.inputs[0]) {
+                Some(&(x, gate)) => (x, Some(gate)),
+                None => (map[&node.inputs[0]], None),
+            };
             let bn_out = graph.nodes[b].outputs[0];
             let (y, out) = match any.downcast_ref::<Conv2d>() {
                 Some(conv) => {
@@ -124,21 +153,21 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
                         out = graph.nodes[a].outputs[0];
                     }
                     let mut activation = OutputActivation::None;
-                    if let Some(r) = only_consumer(out)
-                        && let Some(op) = graph.nodes[r].op.as_any().downcast_ref::<ActivationOp>()
-                        && let Some(fused) = match op.kind {
-                            Activation::Relu => Some(OutputActivation::Relu),
-                            Activation::Relu6 => Some(OutputActivation::Relu6),
-                            _ => None,
-                        }
-                    {
+                    if let Some((r, fused)) = fusable_activation(out) {
                         activation = fused;
                         absorbed[r] = true;
                         out = graph.nodes[r].outputs[0];
                     }
-                    (g.conv2d_fused(x, w_id, Some(b_id), conv.shape.cfg, residual, activation)?, out)
+                    let fused = FusedTensors { gate, residual, activation };
+                    (g.conv2d_fused(x, w_id, Some(b_id), conv.shape.cfg, fused)?, out)
                 }
-                None => (g.linear(x, w_id, Some(b_id))?, bn_out),
+                None => match fusable_activation(bn_out) {
+                    Some((r, activation)) => {
+                        absorbed[r] = true;
+                        (g.linear_fused(x, w_id, Some(b_id), activation)?, graph.nodes[r].outputs[0])
+                    }
+                    None => (g.linear(x, w_id, Some(b_id))?, bn_out),
+                },
             };
             map.insert(out, y);
             absorbed[b] = true;
@@ -147,7 +176,7 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
         // Anything else is copied, its parameters and states with it.
         let mut inputs = Vec::new();
         for &t in &node.inputs {
-            if let Some(&mapped) = map.get(&t) {
+            if let Some(&mapped) = map.get(&t).or(gated.get(&t).map(|(x, _)| x)) {
                 inputs.push(mapped);
                 continue;
             }
@@ -161,9 +190,26 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
             map.insert(t, id);
             inputs.push(id);
         }
-        let shapes: Vec<Vec<usize>> = node.outputs.iter().map(|&t| graph.shape(t).to_vec()).collect();
-        let outputs = g.push_boxed(node.op.boxed_clone(), &inputs, &shapes);
-        for (&old, new) in node.outputs.iter().zip(outputs) {
+        // A gated conv takes the gate's input and the gate; a linear layer that alone feeds an
+        // activation applies it.
+        let mut op = node.op.boxed_clone();
+        let mut outputs_of = node.outputs.clone();
+        if let Some(conv) = any.downcast_ref::<Conv2d>()
+            && let Some(&(_, gate)) = gated.get(&node.inputs[0])
+        {
+            inputs.push(gate);
+            op = Box::new(Conv2d { has_gate: true, ..conv.clone() });
+        }
+        if let Some(linear) = any.downcast_ref::<Linear>()
+            && let Some((r, activation)) = fusable_activation(out)
+        {
+            op = Box::new(Linear { activation, ..*linear });
+            absorbed[r] = true;
+            outputs_of = graph.nodes[r].outputs.clone();
+        }
+        let shapes: Vec<Vec<usize>> = outputs_of.iter().map(|&t| graph.shape(t).to_vec()).collect();
+        let outputs = g.push_boxed(op, &inputs, &shapes);
+        for (&old, new) in outputs_of.iter().zip(outputs) {
             map.insert(old, new);
         }
     }

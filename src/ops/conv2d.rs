@@ -30,22 +30,34 @@ const DEPTHWISE_TARGET_INVOCATIONS: usize = 8192;
 /// Most floats the row weight gradient's partial sums may take.
 const DEPTHWISE_MAX_PARTIAL_FLOATS: usize = 16 << 20;
 
-/// An activation applied as a convolution stores its results (inference folding fuses a
-/// relu or relu6 that only follows a conv this way); the same values as the separate op.
+/// An activation applied as a convolution or linear layer stores its results (inference
+/// folding fuses a relu, relu6 or sigmoid that only follows one this way); the same values as
+/// the separate op.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OutputActivation {
     #[default]
     None = 0,
     Relu = 1,
     Relu6 = 2,
+    Sigmoid = 3,
 }
 
-/// What a GEMM convolution's forward pass does to its results as it stores them: add a
-/// residual (laid out as the output), then apply an activation. Inference folding fuses an add
-/// and a relu that only follow a conv this way; the values are those of the separate ops.
+/// What a GEMM convolution's forward pass fuses: a gate on its input channels ([N, C_in], a
+/// router's `channel_scale`) applied as the input is copied, and, as results are stored, a
+/// residual add (laid out as the output), then an activation. Inference folding fuses a gate,
+/// an add and a relu next to a conv this way; the values are those of the separate ops.
 #[derive(Clone, Copy, Default)]
-pub struct Epilogue<'a> {
+pub struct Fusion<'a> {
+    pub gate: Option<&'a GpuSlice>,
     pub residual: Option<&'a GpuSlice>,
+    pub activation: OutputActivation,
+}
+
+/// The tensors of a graph's fused convolution ([`Fusion`]), eval-only.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FusedTensors {
+    pub gate: Option<TensorId>,
+    pub residual: Option<TensorId>,
     pub activation: OutputActivation,
 }
 
@@ -272,7 +284,7 @@ struct ConvParams {
     activation: u32,
 }
 
-/// Graph node: inputs `[x, weight]`, then `bias` and `residual` where present; output `[y]`.
+/// Graph node: inputs `[x, weight]`, then `bias`, `residual` and `gate` where present; output `[y]`.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     pub shape: Conv2dShape,
@@ -280,6 +292,8 @@ pub struct Conv2d {
     /// A residual input added to the output as it is stored (GEMM convolutions), then the
     /// activation applied. Eval only: such a conv has no backward pass.
     pub has_residual: bool,
+    /// A gate [N, C_in] on the input's channels (eval-only), the last input.
+    pub has_gate: bool,
     pub activation: OutputActivation,
 }
 
@@ -338,8 +352,9 @@ impl Op for Conv2d {
             ConvKernel::Gemm => {
                 let plan = GemmPlan::for_device(s, gpu);
                 let residual = self.has_residual.then(|| b.inputs[2 + self.has_bias as usize]);
-                let epilogue = Epilogue { residual, activation: self.activation };
-                let Forward { prepare, run } = plan.forward(gpu, buffers, self.has_bias, epilogue, &b.scratch);
+                let gate = self.has_gate.then(|| b.inputs[b.inputs.len() - 1]);
+                let fusion = Fusion { gate, residual, activation: self.activation };
+                let Forward { prepare, run } = plan.forward(gpu, buffers, self.has_bias, fusion, &b.scratch);
                 if fixed.get(1) == Some(&true) {
                     return Forward { prepare, run };
                 }
@@ -365,8 +380,8 @@ impl Op for Conv2d {
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
-        let fused = self.has_residual || self.activation != OutputActivation::None;
-        assert!(!fused, "a conv with a fused residual or activation is eval-only");
+        let fused = self.has_gate || self.has_residual || self.activation != OutputActivation::None;
+        assert!(!fused, "a conv with a fused gate, residual or activation is eval-only");
         let s = &self.shape;
         let g = s.cfg.groups;
         let dy = grads.outputs[0];
@@ -489,20 +504,20 @@ impl Graph {
         bias: Option<TensorId>,
         cfg: Conv2dConfig,
     ) -> Result<TensorId> {
-        self.conv2d_fused(x, weight, bias, cfg, None, OutputActivation::None)
+        self.conv2d_fused(x, weight, bias, cfg, FusedTensors::default())
     }
 
-    /// `activation(conv2d(x, weight, bias) + residual)` in one op, for eval-only graphs (a
-    /// residual only where the convolution runs as GEMM).
+    /// `activation(conv2d(x * gate, weight, bias) + residual)` in one op, for eval-only graphs
+    /// (a gate and a residual only where the convolution runs as GEMM).
     pub fn conv2d_fused(
         &mut self,
         x: TensorId,
         weight: TensorId,
         bias: Option<TensorId>,
         cfg: Conv2dConfig,
-        residual: Option<TensorId>,
-        activation: OutputActivation,
+        fused: FusedTensors,
     ) -> Result<TensorId> {
+        let FusedTensors { gate, residual, activation } = fused;
         let shape = Conv2dShape::new(self.shape(x), self.shape(weight), cfg)?;
         let mut inputs = vec![x, weight];
         if let Some(b) = bias {
@@ -521,7 +536,23 @@ impl Graph {
             }
             inputs.push(r);
         }
-        let op = Conv2d { shape, has_bias: bias.is_some(), has_residual: residual.is_some(), activation };
+        if let Some(gate) = gate {
+            if self.shape(gate) != [shape.batch, shape.c_in] {
+                let want = format!("[{}, {}]", shape.batch, shape.c_in);
+                return Err(shape_error("conv2d", "gate", self.shape(gate), &want));
+            }
+            if shape.kernel() != ConvKernel::Gemm {
+                bail!("conv2d: a fused gate needs an ungrouped convolution, not {} groups", cfg.groups);
+            }
+            inputs.push(gate);
+        }
+        let op = Conv2d {
+            shape,
+            has_bias: bias.is_some(),
+            has_residual: residual.is_some(),
+            has_gate: gate.is_some(),
+            activation,
+        };
         Ok(self.push(op, &inputs, &[out])[0])
     }
 }

@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use super::Forward;
-use super::conv2d::{Conv2dShape, Epilogue};
+use super::conv2d::{Conv2dShape, Fusion};
 use crate::gpu::conv_tiles::{
     FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
     WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry, shared_entry, weight_entry,
@@ -88,9 +88,12 @@ struct TileParams {
     window_x0: u32,
     residual: u32,
     activation: u32,
+    // The input copy multiplies each (sample, channel) by a gate (binding 3).
+    gate: u32,
     // The weight-gradient reduction's passes: (used taps, packed as ky0 | rows << 8 | kx0 << 16
     // | columns << 24; first vec4 of its partial sums; chunks; unused).
     band_count: u32,
+    _pad: [u32; 3],
     bands: [[u32; 4]; MAX_BANDS],
 }
 
@@ -637,8 +640,9 @@ impl GemmPlan {
         }
     }
 
-    /// Copies x to the padded channels-last layout (forward and weight gradient both read it).
-    fn copy_x(&self, gpu: &Gpu, x: &GpuSlice, scratch: &[&GpuSlice]) -> Dispatch {
+    /// Copies x (times the gate, where there is one) to the padded channels-last layout
+    /// (forward and weight gradient both read it).
+    fn copy_x(&self, gpu: &Gpu, x: &GpuSlice, gate: Option<&GpuSlice>, scratch: &[&GpuSlice]) -> Dispatch {
         let s = &self.shape;
         let params = TileParams {
             channels: s.c_in as u32,
@@ -648,13 +652,16 @@ impl GemmPlan {
             dilation_w: 1,
             top: self.pad_h,
             left: self.pad_w,
+            gate: gate.is_some() as u32,
             ..self.forward_params()
         };
         let dst = scratch[X_LAST];
-        gpu.dispatch("conv_tile", "to_channels_last", &params, &[x, dst], grid(dst.len() / 4))
+        // Without a gate the binding is not read: any buffer does.
+        let buffers = [x, dst, gate.unwrap_or(x)];
+        gpu.dispatch("conv_tile", "to_channels_last", &params, &buffers, grid(dst.len() / 4))
     }
 
-    /// y = act(conv(x, w) + bias + residual) ([`Epilogue`]): one pass over every used tap, or
+    /// y = act(conv(x * gate, w) + bias + residual) ([`Fusion`]): one pass over every used tap, or
     /// one per band of outputs that read the same taps ([`Band`]), each with the weights of
     /// its taps packed apart. The
     /// packing reads w alone and is [`Forward::prepare`]; each band packs into a region of
@@ -664,19 +671,19 @@ impl GemmPlan {
         gpu: &Gpu,
         [x, w, bias, y]: [&GpuSlice; 4],
         has_bias: bool,
-        epilogue: Epilogue,
+        fusion: Fusion,
         scratch: &[&GpuSlice],
     ) -> Forward {
         let params = TileParams {
             out_pad: self.forward_pad() as u32,
             has_bias: has_bias as u32,
-            residual: epilogue.residual.is_some() as u32,
-            activation: epilogue.activation as u32,
+            residual: fusion.residual.is_some() as u32,
+            activation: fusion.activation as u32,
             ..self.forward_params()
         };
         // Without a residual the binding is not read: any read-only buffer does.
-        let residual = epilogue.residual.unwrap_or(scratch[X_LAST]);
-        let mut forward = Forward { prepare: Vec::new(), run: vec![self.copy_x(gpu, x, scratch)] };
+        let residual = fusion.residual.unwrap_or(scratch[X_LAST]);
+        let mut forward = Forward { prepare: Vec::new(), run: vec![self.copy_x(gpu, x, fusion.gate, scratch)] };
         let mut pass = |params: TileParams, packed: &GpuSlice| {
             forward.prepare.extend(pack_dispatch(gpu, params, self.forward_tile.0, [w, packed], "pack_weight_forward"));
             let buffers = [scratch[X_LAST], packed, bias, y, residual];
@@ -797,7 +804,8 @@ impl GemmPlan {
                     ..self.params()
                 };
                 let copy = grid(s.batch * in_h * in_w * self.dy_quads);
-                out.push(gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last], copy));
+                // No gate: the binding is not read.
+                out.push(gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last, dy], copy));
                 // The kernel's bias and residual bindings are read only when asked for: any
                 // buffer does. Bands run one after another through the same packed-weight buffer.
                 let pass = |params: TileParams| {

@@ -21,6 +21,8 @@ pub struct Linear {
     pub in_features: usize,
     pub out_features: usize,
     pub has_bias: bool,
+    /// Applied as results are stored (eval-only: such a layer has no backward pass).
+    pub activation: OutputActivation,
 }
 
 impl Linear {
@@ -34,7 +36,7 @@ impl Linear {
             Conv2dConfig::new(1, 0),
         )
         .expect("a 1x1 convolution fits any [N, in] x [out, in] product");
-        Conv2d { shape, has_bias: self.has_bias, has_residual: false, activation: OutputActivation::None }
+        Conv2d { shape, has_bias: self.has_bias, has_residual: false, has_gate: false, activation: self.activation }
     }
 
     /// Whether the layer runs the row kernels rather than the GEMM ([`ROWS_MAX_MACS`]).
@@ -52,7 +54,8 @@ impl Linear {
             out_features: u(self.out_features),
             has_bias: self.has_bias as u32,
             accumulate,
-            _pad: [0; 3],
+            activation: self.activation as u32,
+            _pad: [0; 2],
         }
     }
 }
@@ -76,7 +79,8 @@ struct LinearParams {
     out_features: u32,
     has_bias: u32,
     accumulate: u32,
-    _pad: [u32; 3],
+    activation: u32,
+    _pad: [u32; 2],
 }
 
 // Inputs: x, weight[, bias]. Output: y.
@@ -112,6 +116,7 @@ impl Op for Linear {
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, mode: Mode) -> Vec<Dispatch> {
+        assert_eq!(self.activation, OutputActivation::None, "a linear layer with a fused activation is eval-only");
         if !self.runs_rows() {
             return self.conv().backward(gpu, b, grads, mode);
         }
@@ -136,6 +141,17 @@ impl Op for Linear {
 impl Graph {
     /// `x` [N, in] times `weight` [out, in] (or [out, in, 1, 1]) plus `bias` [out].
     pub fn linear(&mut self, x: TensorId, weight: TensorId, bias: Option<TensorId>) -> Result<TensorId> {
+        self.linear_fused(x, weight, bias, OutputActivation::None)
+    }
+
+    /// `activation(linear(x, weight, bias))` in one op, for eval-only graphs.
+    pub fn linear_fused(
+        &mut self,
+        x: TensorId,
+        weight: TensorId,
+        bias: Option<TensorId>,
+        activation: OutputActivation,
+    ) -> Result<TensorId> {
         let &[batch, in_features] = self.shape(x) else {
             return Err(shape_error("linear", "input", self.shape(x), "[N, in]"));
         };
@@ -151,7 +167,7 @@ impl Graph {
             }
             inputs.push(b);
         }
-        let op = Linear { batch, in_features, out_features, has_bias: bias.is_some() };
+        let op = Linear { batch, in_features, out_features, has_bias: bias.is_some(), activation };
         Ok(self.push(op, &inputs, &[vec![batch, out_features]])[0])
     }
 }
