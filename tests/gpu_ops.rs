@@ -11,7 +11,7 @@ use kdna::ops::activation::Activation;
 use kdna::ops::adamw::AdamW;
 use kdna::ops::batchnorm::BatchNorm;
 use kdna::ops::conv_gemm::{GemmPlan, WeightReads};
-use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape, ConvKernel, FusedTensors, Fusion, OutputActivation};
+use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape, ConvKernel, Fusion, OutputActivation};
 use kdna::ops::layernorm::LayerNorm;
 use kdna::ops::linear::Linear;
 use kdna::ops::modulate::Modulate;
@@ -128,7 +128,7 @@ fn conv2d_matches_reference() {
         let fb = bias.then(|| fused.param("b", &[c_out]).unwrap());
         let fr = gemm.then(|| fused.input("residual", &s.output()));
         let fgate = gemm.then(|| fused.input("gate", &[xs[0], xs[1]]));
-        let fusion = FusedTensors { gate: fgate, residual: fr, activation };
+        let fusion = Fusion { gate: fgate, residual: fr, activation };
         let fy = fused.conv2d_fused(fx, fw, fb, cfg, fusion).unwrap();
         let mut fexe = Executor::new(gpu(), &fused, Plan::eval()).unwrap();
         fexe.write(fx, &to_f32(&xv)).unwrap();

@@ -15,7 +15,7 @@ use crate::io::{HostTensor, StateDict};
 use crate::ops::activation::{Activation, ActivationOp, Add};
 use crate::ops::batchnorm::BatchNorm;
 use crate::ops::channel_scale::ChannelScale;
-use crate::ops::conv2d::{Conv2d, ConvKernel, FusedTensors, OutputActivation};
+use crate::ops::conv2d::{Conv2d, ConvKernel, Fusion, OutputActivation};
 use crate::ops::linear::Linear;
 use crate::ops::modulate::Modulate;
 
@@ -158,7 +158,7 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
                         absorbed[r] = true;
                         out = graph.nodes[r].outputs[0];
                     }
-                    let fused = FusedTensors { gate, residual, activation };
+                    let fused = Fusion { gate, residual, activation };
                     (g.conv2d_fused(x, w_id, Some(b_id), conv.shape.cfg, fused)?, out)
                 }
                 None => match fusable_activation(bn_out) {

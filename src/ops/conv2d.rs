@@ -45,20 +45,19 @@ pub enum OutputActivation {
 /// What a GEMM convolution's forward pass fuses: a gate on its input channels ([N, C_in], a
 /// router's `channel_scale`) applied as the input is copied, and, as results are stored, a
 /// residual add (laid out as the output), then an activation. Inference folding fuses a gate,
-/// an add and a relu next to a conv this way; the values are those of the separate ops.
-#[derive(Clone, Copy, Default)]
-pub struct Fusion<'a> {
-    pub gate: Option<&'a GpuSlice>,
-    pub residual: Option<&'a GpuSlice>,
+/// an add and a relu next to a conv this way; the values are those of the separate ops. `T`
+/// is a graph's `TensorId` (`Graph::conv2d_fused`, eval-only) or the bound buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct Fusion<T> {
+    pub gate: Option<T>,
+    pub residual: Option<T>,
     pub activation: OutputActivation,
 }
 
-/// The tensors of a graph's fused convolution ([`Fusion`]), eval-only.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FusedTensors {
-    pub gate: Option<TensorId>,
-    pub residual: Option<TensorId>,
-    pub activation: OutputActivation,
+impl<T> Default for Fusion<T> {
+    fn default() -> Self {
+        Fusion { gate: None, residual: None, activation: OutputActivation::None }
+    }
 }
 
 /// Which kernels compute a convolution (see the module comment).
@@ -504,7 +503,7 @@ impl Graph {
         bias: Option<TensorId>,
         cfg: Conv2dConfig,
     ) -> Result<TensorId> {
-        self.conv2d_fused(x, weight, bias, cfg, FusedTensors::default())
+        self.conv2d_fused(x, weight, bias, cfg, Fusion::default())
     }
 
     /// `activation(conv2d(x * gate, weight, bias) + residual)` in one op, for eval-only graphs
@@ -515,9 +514,9 @@ impl Graph {
         weight: TensorId,
         bias: Option<TensorId>,
         cfg: Conv2dConfig,
-        fused: FusedTensors,
+        fused: Fusion<TensorId>,
     ) -> Result<TensorId> {
-        let FusedTensors { gate, residual, activation } = fused;
+        let Fusion { gate, residual, activation } = fused;
         let shape = Conv2dShape::new(self.shape(x), self.shape(weight), cfg)?;
         let mut inputs = vec![x, weight];
         if let Some(b) = bias {

@@ -671,7 +671,7 @@ impl GemmPlan {
         gpu: &Gpu,
         [x, w, bias, y]: [&GpuSlice; 4],
         has_bias: bool,
-        fusion: Fusion,
+        fusion: Fusion<&GpuSlice>,
         scratch: &[&GpuSlice],
     ) -> Forward {
         let params = TileParams {
