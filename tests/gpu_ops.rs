@@ -346,9 +346,11 @@ fn activate(activation: OutputActivation, v: f64) -> f64 {
 
 #[test]
 fn modulation_matches_reference() {
-    // 3 input channels: 27 weights per output channel, one at a time; 4: 36, four at a time.
-    // 3x3 kernels with a spatial attention take the fused attention gradient, 1x3 the general.
-    let cases = [(true, 3, 3), (false, 3, 3), (true, 4, 3), (false, 4, 3), (true, 4, 1), (true, 3, 1)];
+    // 3 input channels: 27 weights per output channel, one at a time; 4: 36, four at a time,
+    // or (3x3 with a spatial attention) in blocks of 36, one or (8 channels) two per output
+    // channel. 3x3 kernels with a spatial attention take the fused attention gradient, 1x3 the
+    // general.
+    let cases = [(true, 3, 3), (false, 3, 3), (true, 4, 3), (true, 8, 3), (false, 4, 3), (true, 4, 1), (true, 3, 1)];
     for (has_spatial, c_in, kh) in cases {
         let mut g = Graph::new();
         let parent = g.param("parent", &[5, c_in, kh, 3]).unwrap();

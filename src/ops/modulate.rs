@@ -20,6 +20,8 @@ use crate::graph::{Graph, TensorId, shape_error};
 /// Taps of the children whose attention gradients come from one pass (`FUSED_TAPS` in
 /// modulate.wgsl: 3x3 kernels).
 const FUSED_TAPS: usize = 9;
+/// Taps of the children modulated in 36-weight blocks (`ROW_TAPS` in modulate.wgsl).
+const ROW_TAPS: usize = 9;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Modulate {
@@ -97,7 +99,11 @@ impl Modulate {
                 if entry == "modulate_forward" { "modulate_forward_live" } else { "modulate_backward_parent_live" };
             return (live, weights / self.taps);
         }
+        // 3x3 with a spatial attention, input channels in fours: nine vec4s per invocation.
+        let blocks = self.has_spatial && self.taps == ROW_TAPS && self.fan.is_multiple_of(4 * ROW_TAPS);
         match (self.fan.is_multiple_of(4), entry) {
+            (true, "modulate_forward") if blocks => ("modulate_forward_3x3", weights / (4 * ROW_TAPS)),
+            (true, "modulate_backward_parent") if blocks => ("modulate_backward_parent_3x3", weights / (4 * ROW_TAPS)),
             (true, "modulate_forward") => ("modulate_forward_quads", weights / 4),
             (true, "modulate_backward_parent") => ("modulate_backward_parent_quads", weights / 4),
             _ => (entry, weights),
@@ -108,6 +114,15 @@ impl Modulate {
     /// attention: `modulate_backward_attention_3x3`), when both are wanted.
     fn fused_attention(&self) -> bool {
         self.has_spatial && self.taps == FUSED_TAPS
+    }
+
+    /// The fused attention gradient's kernel: in 36-weight blocks when every tap is live and
+    /// the input channels come in fours.
+    fn attention_entry(&self) -> &'static str {
+        match !self.skips_taps() && self.fan.is_multiple_of(4 * FUSED_TAPS) {
+            true => "modulate_backward_attention_3x3_blocks",
+            false => "modulate_backward_attention_3x3",
+        }
     }
 
     fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
@@ -182,13 +197,7 @@ impl Op for Modulate {
             for (c, k) in self.rows() {
                 let kernel = [parent, spatial, filter, grads.outputs[c], dfilter.slice, partials];
                 let params = self.params(k, dfilter.accumulate);
-                out.push(gpu.dispatch(
-                    "modulate",
-                    "modulate_backward_attention_3x3",
-                    &params,
-                    &kernel,
-                    [self.c_out as u32, 1, 1],
-                ));
+                out.push(gpu.dispatch("modulate", self.attention_entry(), &params, &kernel, [self.c_out as u32, 1, 1]));
                 let sums = [parent, spatial, filter, grads.outputs[c], ds.slice, partials];
                 let params = self.params(k, ds.accumulate);
                 out.push(gpu.dispatch(
