@@ -93,6 +93,13 @@ struct TileParams {
     activation: u32,
     // The input copy multiplies each (sample, channel) by copy_gate[sample][channel].
     gate: u32,
+    // A band reading weights packed once for its whole pass (see packed_block): the pass's
+    // taps, taps to a row, and the band's first tap (row, column) among them; zero when the
+    // weights were packed for the band's taps alone.
+    pack_taps: u32,
+    pack_kernel_w: u32,
+    pack_y0: u32,
+    pack_x0: u32,
     // The weight-gradient reduction's passes (see reduce_weight_partials).
     band_count: u32,
     bands: array<vec4<u32>, 4>,
@@ -191,6 +198,18 @@ fn block_steps(b: u32) -> vec4<u32> {
     let split = (p.in_quads + STEPS - 1u) / STEPS;
     let quad0 = (b % split) * STEPS;
     return vec4<u32>(b / split, b / split + 1u, quad0, min(p.in_quads, quad0 + STEPS));
+}
+
+// Where block b of output-channel tile t lies in the packed weights, in blocks. A band of a
+// pass whose blocks hold one tap each (more than STEPS / 2 input quads) may read weights
+// packed once for the whole pass (p.pack_taps): its tap (a, c) is the pass's tap
+// (pack_y0 + a, pack_x0 + c), and the blocks of the pass's taps lie tap by tap.
+fn packed_block(t: u32, b: u32) -> u32 {
+    if (p.pack_taps == 0u) { return t * weight_blocks() + b; }
+    let split = (p.in_quads + STEPS - 1u) / STEPS;
+    let tap = b / split;
+    let pass_tap = (tap / p.kernel_w + p.pack_y0) * p.pack_kernel_w + tap % p.kernel_w + p.pack_x0;
+    return (t * p.pack_taps + pass_tap) * split + b % split;
 }
 
 // Row `row` of block `block` of the packed weights: the tile's output channels at one input
@@ -388,7 +407,7 @@ fn conv_tile_forward_storage_C(
     let blocks = weight_blocks();
     for (var b = 0u; b < blocks; b++) {
         let steps = block_steps(b);
-        var w = ((c0 / C) * blocks + b) * BLOCK_VEC4S;
+        var w = packed_block(c0 / C, b) * BLOCK_VEC4S;
         for (var tap = steps.x; tap < steps.y; tap++) {
             let tap_offset = (tap / p.kernel_w) * row + (tap % p.kernel_w) * p.in_quads;
             for (var quad = steps.z; quad < steps.w; quad++) {
@@ -430,7 +449,7 @@ fn conv_tile_forward_lanes_C(
     let blocks = weight_blocks();
     for (var b = 0u; b < blocks; b++) {
         let steps = block_steps(b);
-        var w = ((c0 / C) * blocks + b) * BLOCK_VEC4S;
+        var w = packed_block(c0 / C, b) * BLOCK_VEC4S;
         for (var tap = steps.x; tap < steps.y; tap++) {
             let tap_offset = (tap / p.kernel_w) * row + (tap % p.kernel_w) * p.in_quads;
             for (var quad = steps.z; quad < steps.w; quad++) {
@@ -695,7 +714,7 @@ fn packed_step(t: u32, s: u32) -> u32 {
         b = tap * ((p.in_quads + STEPS - 1u) / STEPS) + quad / STEPS;
         k = quad % STEPS;
     }
-    return (t * weight_blocks() + b) * BLOCK_VEC4S + k * SHARED_CHANNELS;
+    return packed_block(t, b) * BLOCK_VEC4S + k * SHARED_CHANNELS;
 }
 
 // Where step s reads in the input copy, relative to a pixel's window.

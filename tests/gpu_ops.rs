@@ -275,10 +275,22 @@ fn conv_weight_paths_agree_bit_for_bit() {
         ([2, 300, 9, 7], [40, 300, 3, 3], Conv2dConfig::new(2, 1)),
         ([3, 20, 13, 11], [130, 20, 3, 3], Conv2dConfig::new(1, 1)),
         ([2, 136, 6, 5], [72, 136, 3, 3], Conv2dConfig::new(1, 1)),
-        // A 2x2 map: every pass runs as bands of outputs that read the same taps.
+        // A 2x2 map: every pass runs as bands of outputs that read the same taps, each band with
+        // its weights packed apart (17 and 25 quads: a block holds several taps)...
         ([3, 68, 2, 2], [100, 68, 3, 3], Conv2dConfig::new(1, 1)),
+        // ... or every band of a pass reading one packing of the pass's taps (33 and 35 quads:
+        // a block per tap; 65 and 66: each tap split over two blocks).
+        ([2, 132, 2, 2], [140, 132, 3, 3], Conv2dConfig::new(1, 1)),
+        ([1, 260, 2, 2], [264, 260, 3, 3], Conv2dConfig::new(1, 1)),
     ];
-    let activations = [OutputActivation::Relu, OutputActivation::None, OutputActivation::Relu6, OutputActivation::Relu];
+    let activations = [
+        OutputActivation::Relu,
+        OutputActivation::None,
+        OutputActivation::Relu6,
+        OutputActivation::Relu,
+        OutputActivation::None,
+        OutputActivation::Relu,
+    ];
     for (i, (xs, ws, cfg)) in cases.into_iter().enumerate() {
         let shape = Conv2dShape::new(&xs, &ws, cfg).unwrap();
         let (activation, with_residual) = (activations[i], i != 2);

@@ -90,6 +90,13 @@ struct TileParams {
     activation: u32,
     // The input copy multiplies each (sample, channel) by a gate (binding 3).
     gate: u32,
+    // A band reading weights packed once for its whole pass ([`bands_share_packing`]): the
+    // pass's taps, taps to a row, and the band's first tap (row, column) among them; zero
+    // when the weights were packed for the band's taps alone.
+    pack_taps: u32,
+    pack_kernel_w: u32,
+    pack_y0: u32,
+    pack_x0: u32,
     // The weight-gradient reduction's passes: (used taps, packed as ky0 | rows << 8 | kx0 << 16
     // | columns << 24; first vec4 of its partial sums; chunks; unused).
     band_count: u32,
@@ -202,6 +209,34 @@ fn weight_blocks(taps: usize, in_quads: usize) -> Vec<(Range<usize>, Range<usize
             })
             .collect()
     }
+}
+
+/// Whether the bands of a pass whose input has `in_quads` quads share one packing of the
+/// pass's weights: a block then holds (part of) one tap, so a band's taps are whole blocks of
+/// it ([`packed_block`]). With fewer quads a block holds several taps, and each band packs
+/// its own.
+fn bands_share_packing(in_quads: usize) -> bool {
+    in_quads > STEPS / 2
+}
+
+/// Where block `b` (of `blocks` per tile) of output-channel tile `tile` lies in the packed
+/// weights, in blocks: `packed_block` in conv_tile.wgsl.
+fn packed_block(params: &TileParams, tile: usize, b: usize, blocks: usize) -> usize {
+    if params.pack_taps == 0 {
+        return tile * blocks + b;
+    }
+    let split = (params.in_quads as usize).div_ceil(STEPS);
+    let (tap, kernel_w) = (b / split, params.kernel_w as usize);
+    let row = tap / kernel_w + params.pack_y0 as usize;
+    let shared_tap = row * params.pack_kernel_w as usize + tap % kernel_w + params.pack_x0 as usize;
+    (tile * params.pack_taps as usize + shared_tap) * split + b % split
+}
+
+/// `params` for a band of a pass whose `(rows, columns)` taps were packed together, the band's
+/// taps starting at `(y0, x0)` among them.
+fn sharing_packing(params: TileParams, (rows, cols): (usize, usize), (y0, x0): (usize, usize)) -> TileParams {
+    let u = |v: usize| v as u32;
+    TileParams { pack_taps: u(rows * cols), pack_kernel_w: u(cols), pack_y0: u(y0), pack_x0: u(x0), ..params }
 }
 
 /// Without subgroups: batch-wide output pixels from which a convolution reads its weights as
@@ -345,7 +380,8 @@ fn tile_dispatches(
     let blocks = weight_blocks((params.kernel_h * params.kernel_w) as usize, params.in_quads as usize);
     for tile in 0..channel_tiles {
         for (b, (taps, quads)) in blocks.iter().enumerate() {
-            let block = packed.range((tile as usize * blocks.len() + b) * BLOCK_FLOATS, BLOCK_FLOATS);
+            let at = packed_block(&params, tile as usize, b, blocks.len());
+            let block = packed.range(at * BLOCK_FLOATS, BLOCK_FLOATS);
             let last = b + 1 == blocks.len();
             let params = TileParams {
                 c0: tile * channels,
@@ -541,6 +577,11 @@ impl GemmPlan {
         self.shape.c_out.next_multiple_of(WEIGHT_TILE_OUT as usize)
     }
 
+    /// The used taps' rows and columns.
+    fn used_taps(&self) -> (usize, usize) {
+        (self.kernel_h, self.kernel_w)
+    }
+
     fn taps(&self) -> usize {
         self.kernel_h * self.kernel_w
     }
@@ -589,8 +630,10 @@ impl GemmPlan {
             pad / tile.0 as usize * weight_blocks(self.taps(), quads).len() * BLOCK_FLOATS
         };
         let forward_weights = match self.forward_bands() {
-            Some(regions) => regions.iter().map(|(r, c)| self.forward_packing(r.taps * c.taps)).sum(),
-            None => blocks(self.forward_tile, self.forward_pad(), self.x_quads),
+            Some(regions) if !bands_share_packing(self.x_quads) => {
+                regions.iter().map(|(r, c)| self.forward_packing(r.taps * c.taps)).sum()
+            }
+            _ => blocks(self.forward_tile, self.forward_pad(), self.x_quads),
         };
         let mut sizes = vec![s.batch * xh * xw * 4 * self.x_quads, forward_weights];
         if backward {
@@ -662,10 +705,11 @@ impl GemmPlan {
     }
 
     /// y = act(conv(x * gate, w) + bias + residual) ([`Fusion`]): one pass over every used tap, or
-    /// one per band of outputs that read the same taps ([`Band`]), each with the weights of
-    /// its taps packed apart. The
-    /// packing reads w alone and is [`Forward::prepare`]; each band packs into a region of
-    /// its own, so packed weights keep from one run to the next.
+    /// one per band of outputs that read the same taps ([`Band`]), reading one packing of every
+    /// used tap where blocks hold a tap each ([`bands_share_packing`]), else each with the
+    /// weights of its taps packed apart. The packing reads w alone and is
+    /// [`Forward::prepare`]; each band packs into a region of its own, so packed weights keep
+    /// from one run to the next.
     pub fn forward(
         &self,
         gpu: &Gpu,
@@ -684,20 +728,35 @@ impl GemmPlan {
         // Without a residual the binding is not read: any read-only buffer does.
         let residual = fusion.residual.unwrap_or(scratch[X_LAST]);
         let mut forward = Forward { prepare: Vec::new(), run: vec![self.copy_x(gpu, x, fusion.gate, scratch)] };
-        let mut pass = |params: TileParams, packed: &GpuSlice| {
-            forward.prepare.extend(pack_dispatch(gpu, params, self.forward_tile.0, [w, packed], "pack_weight_forward"));
-            let buffers = [scratch[X_LAST], packed, bias, y, residual];
-            forward.run.extend(tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads));
+        let pack = |params: TileParams, packed: &GpuSlice| {
+            pack_dispatch(gpu, params, self.forward_tile.0, [w, packed], "pack_weight_forward")
         };
+        let run = |params: TileParams, packed: &GpuSlice| {
+            let buffers = [scratch[X_LAST], packed, bias, y, residual];
+            tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads)
+        };
+        // The scratch may be sized for another device's wider packing.
+        let all_taps = scratch[W_FORWARD].range(0, self.forward_packing(self.taps()));
         let Some(regions) = self.forward_bands() else {
-            // The scratch may be sized for another device's wider packing.
-            pass(params, &scratch[W_FORWARD].range(0, self.forward_packing(self.taps())));
+            forward.prepare.extend(pack(params, &all_taps));
+            forward.run.extend(run(params, &all_taps));
             return forward;
         };
+        if bands_share_packing(self.x_quads) {
+            forward.prepare.extend(pack(params, &all_taps));
+            for (row, col) in regions {
+                let band =
+                    sharing_packing(self.band_params(params, &row, &col), self.used_taps(), (row.tap0, col.tap0));
+                forward.run.extend(run(band, &all_taps));
+            }
+            return forward;
+        }
         let mut offset = 0;
         for (row, col) in regions {
-            let len = self.forward_packing(row.taps * col.taps);
-            pass(self.band_params(params, &row, &col), &scratch[W_FORWARD].range(offset, len));
+            let (band, len) = (self.band_params(params, &row, &col), self.forward_packing(row.taps * col.taps));
+            let packed = scratch[W_FORWARD].range(offset, len);
+            forward.prepare.extend(pack(band, &packed));
+            forward.run.extend(run(band, &packed));
             offset += len;
         }
         forward
@@ -807,12 +866,16 @@ impl GemmPlan {
                 // No gate: the binding is not read.
                 out.push(gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last, dy], copy));
                 // The kernel's bias and residual bindings are read only when asked for: any
-                // buffer does. Bands run one after another through the same packed-weight buffer.
-                let pass = |params: TileParams| {
-                    // Packed for this pass's taps only.
-                    let packed = scratch[W_BACKWARD].range(0, self.backward_packing(params.kernel_h * params.kernel_w));
+                // buffer does. Passes and bands run one after another through the same
+                // packed-weight buffer, each packing the taps it reads or reading the phase's
+                // (`packing`: the packing's parameters; `packs`: whether this pass runs it).
+                let pass = |params: TileParams, packing: TileParams, packs: bool| {
+                    let taps = packing.kernel_h * packing.kernel_w;
+                    let packed = scratch[W_BACKWARD].range(0, self.backward_packing(taps));
                     let (tile, reads) = (self.backward_tile, self.backward_reads);
-                    let pack = pack_dispatch(gpu, params, tile.0, [w, &packed], "pack_weight_backward");
+                    let pack = packs
+                        .then(|| pack_dispatch(gpu, packing, tile.0, [w, &packed], "pack_weight_backward"))
+                        .flatten();
                     let buffers = [dy_last, &packed, w, dx, dy_last];
                     pack.into_iter().chain(tile_dispatches(gpu, params, tile, buffers, reads))
                 };
@@ -823,11 +886,12 @@ impl GemmPlan {
                 let Some(regions) =
                     worth_splitting(&row_bands, &col_bands, row.taps * row.outputs * col.taps * col.outputs)
                 else {
-                    out.extend(pass(params));
+                    out.extend(pass(params, params, true));
                     continue;
                 };
-                for (rb, cb) in regions {
-                    out.extend(pass(TileParams {
+                let share = bands_share_packing(self.dy_quads);
+                for (i, (rb, cb)) in regions.into_iter().enumerate() {
+                    let band = TileParams {
                         out_h: u(rb.count),
                         out_w: u(cb.count),
                         kernel_h: u(rb.taps),
@@ -839,7 +903,12 @@ impl GemmPlan {
                         store_y0: u(row.first + s.cfg.stride.0 * rb.first),
                         store_x0: u(col.first + s.cfg.stride.1 * cb.first),
                         ..params
-                    }));
+                    };
+                    out.extend(match share {
+                        // The first band packs the phase's taps.
+                        true => pass(sharing_packing(band, (row.taps, col.taps), (rb.tap0, cb.tap0)), params, i == 0),
+                        false => pass(band, band, true),
+                    });
                 }
             }
         }
