@@ -58,34 +58,42 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 @group(0) @binding(2) var<storage, read> mb_argmax: array<u32>;
 @group(0) @binding(3) var<storage, read_write> mb_dx: array<f32>;
 
-// Each input pixel gathers the gradient of every window that chose it (no atomics).
-// Invocations: planes x h x w.
+// Each input pixel gathers the gradient of every window that chose it (no atomics), in window
+// order. An invocation takes one input row, its pixels left to right, so that each pixel's
+// windows follow from the previous pixel's without divisions (software adapters pay eight
+// scalar divisions for each one on a vector of lanes). Invocations: planes x h.
 @compute @workgroup_size(64)
 fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    let pixels = p.h * p.w;
-    if (i >= p.planes * pixels) { return; }
-    let plane = i / pixels;
-    let at = i % pixels;
-    let iy = i32(at / p.w) + i32(p.pad);
-    let ix = i32(at % p.w) + i32(p.pad);
+    let row = flat_index(gid, nwg);
+    if (row >= p.planes * p.h) { return; }
+    let plane = row / p.h;
+    let iy = row % p.h;
     let s = i32(p.stride);
     let k = i32(p.kernel);
     // Windows oy with oy * s <= iy + pad < oy * s + k.
-    let oy_lo = max((iy - k + s) / s, 0);
-    let oy_hi = min(iy / s, i32(p.out_h) - 1);
-    let ox_lo = max((ix - k + s) / s, 0);
-    let ox_hi = min(ix / s, i32(p.out_w) - 1);
-    var sum = 0.0;
-    for (var oy = oy_lo; oy <= oy_hi; oy++) {
-        for (var ox = ox_lo; ox <= ox_hi; ox++) {
-            let o = (plane * p.out_h + u32(oy)) * p.out_w + u32(ox);
-            if (mb_argmax[o] == at) {
-                sum += mb_dy[o];
+    let yp = i32(iy) + i32(p.pad);
+    let oy_lo = max((yp - k + s) / s, 0);
+    let oy_hi = min(yp / s, i32(p.out_h) - 1);
+    // The same along x, as the pixel moves: windows ox_lo ..= ox_hi.
+    var ox_lo = 0;
+    var ox_hi = -1;
+    for (var ix = 0u; ix < p.w; ix++) {
+        let xp = i32(ix) + i32(p.pad);
+        while (ox_lo * s + k <= xp) { ox_lo++; }
+        while (ox_hi + 1 < i32(p.out_w) && (ox_hi + 1) * s <= xp) { ox_hi++; }
+        let at = iy * p.w + ix;
+        var sum = 0.0;
+        for (var oy = oy_lo; oy <= oy_hi; oy++) {
+            for (var ox = ox_lo; ox <= ox_hi; ox++) {
+                let o = (plane * p.out_h + u32(oy)) * p.out_w + u32(ox);
+                if (mb_argmax[o] == at) {
+                    sum += mb_dy[o];
+                }
             }
         }
+        let i = row * p.w + ix;
+        mb_dx[i] = accumulated(mb_dx[i], sum, p.accumulate);
     }
-    mb_dx[i] = accumulated(mb_dx[i], sum, p.accumulate);
 }
 
 @group(0) @binding(1) var<storage, read> af_x: array<f32>;

@@ -650,19 +650,28 @@ fn gradients_of_a_tensor_used_twice_add_up() {
 
 #[test]
 fn pooling_matches_reference() {
-    let mut g = Graph::new();
-    let x = g.input("x", &[3, 5, 9, 7]);
-    let y = g.maxpool2d(x, 3, 2, 1).unwrap();
-    let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
     let mut rng = rng(500);
-    let xv = feed(&exe, &g, x, &mut rng);
-    let dy = seed_grad(&exe, &g, y, &mut rng);
-    exe.run().unwrap();
-    let p = MaxPool2d { planes: 15, h: 9, w: 7, out_h: 5, out_w: 4, kernel: 3, stride: 2, pad: 1 };
-    let (want, argmax) = r::pool::maxpool_forward(&p, &xv);
-    assert_eq!(g.shape(y), [3, 5, 5, 4]);
-    assert_close("maxpool y", &read(&exe, y), &want, 0.0);
-    assert_close("maxpool dx", &read_grad(&exe, x), &r::pool::maxpool_backward(&p, &argmax, &dy), TOL);
+    // ResNet's stem pool; windows that overlap by two pixels (stride 1), so that a pixel is
+    // often the maximum of several; windows that tile without overlap or padding, the last
+    // column left out.
+    for (kernel, stride, pad) in [(3, 2, 1), (3, 1, 1), (2, 2, 0)] {
+        let mut g = Graph::new();
+        let x = g.input("x", &[3, 5, 9, 7]);
+        let y = g.maxpool2d(x, kernel, stride, pad).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let xv = feed(&exe, &g, x, &mut rng);
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let out = |size: usize| (size + 2 * pad - kernel) / stride + 1;
+        let (out_h, out_w) = (out(9), out(7));
+        let p = MaxPool2d { planes: 15, h: 9, w: 7, out_h, out_w, kernel, stride, pad };
+        let (want, argmax) = r::pool::maxpool_forward(&p, &xv);
+        let case = format!("{kernel}x{kernel} stride {stride} pad {pad}");
+        assert_eq!(g.shape(y), [3, 5, out_h, out_w], "{case}");
+        assert_close(&format!("{case} maxpool y"), &read(&exe, y), &want, 0.0);
+        let want_dx = r::pool::maxpool_backward(&p, &argmax, &dy);
+        assert_close(&format!("{case} maxpool dx"), &read_grad(&exe, x), &want_dx, TOL);
+    }
 
     let mut g = Graph::new();
     let x = g.input("x", &[3, 5, 7, 9]);

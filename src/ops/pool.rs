@@ -71,8 +71,9 @@ impl Op for MaxPool2d {
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
         let Some(dx) = grads.inputs[0] else { return vec![] };
         let buffers = [grads.outputs[0], b.scratch[0], dx.slice];
-        let inputs = self.planes * self.h * self.w;
-        vec![gpu.dispatch("pool", "maxpool_backward", &self.params(accumulate_flag(&dx)), &buffers, grid(inputs))]
+        // One invocation per input row.
+        let rows = self.planes * self.h;
+        vec![gpu.dispatch("pool", "maxpool_backward", &self.params(accumulate_flag(&dx)), &buffers, grid(rows))]
     }
 }
 
