@@ -87,29 +87,37 @@ fn modulate_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 // 36 consecutive weights (four rows of nine taps, one output channel) per invocation, as
 // nine vec4s whose taps follow a fixed pattern, so the nine spatial factors are loaded once
 // for all of them rather than four per vec4. The products are modulate_forward_quads'.
-const ROW_TAPS: u32 = 9u;
+const TAPS_3X3: u32 = 9u;
 
-// The spatial factors of child k's 36-weight block: vec4 j holds taps (4j + l) % 9.
-fn spatial_block(k: u32) -> array<vec4<f32>, ROW_TAPS> {
-    var s: array<f32, ROW_TAPS>;
-    for (var t = 0u; t < ROW_TAPS; t++) { s[t] = 1.0 + spatial_attention[k * ROW_TAPS + t]; }
-    return array<vec4<f32>, ROW_TAPS>(
-        vec4<f32>(s[0], s[1], s[2], s[3]), vec4<f32>(s[4], s[5], s[6], s[7]), vec4<f32>(s[8], s[0], s[1], s[2]),
-        vec4<f32>(s[3], s[4], s[5], s[6]), vec4<f32>(s[7], s[8], s[0], s[1]), vec4<f32>(s[2], s[3], s[4], s[5]),
-        vec4<f32>(s[6], s[7], s[8], s[0]), vec4<f32>(s[1], s[2], s[3], s[4]), vec4<f32>(s[5], s[6], s[7], s[8]),
-    );
+// The taps of a 36-weight block's vec4s: component l of vec4 j is tap (4j + l) % 9.
+const BLOCK_TAPS = array<vec4<u32>, TAPS_3X3>(
+    vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(4u, 5u, 6u, 7u), vec4<u32>(8u, 0u, 1u, 2u),
+    vec4<u32>(3u, 4u, 5u, 6u), vec4<u32>(7u, 8u, 0u, 1u), vec4<u32>(2u, 3u, 4u, 5u),
+    vec4<u32>(6u, 7u, 8u, 0u), vec4<u32>(1u, 2u, 3u, 4u), vec4<u32>(5u, 6u, 7u, 8u),
+);
+
+// The spatial factors of child k's 36-weight block, laid out as BLOCK_TAPS.
+fn spatial_block(k: u32) -> array<vec4<f32>, TAPS_3X3> {
+    var s: array<f32, TAPS_3X3>;
+    for (var t = 0u; t < TAPS_3X3; t++) { s[t] = 1.0 + spatial_attention[k * TAPS_3X3 + t]; }
+    var block: array<vec4<f32>, TAPS_3X3>;
+    for (var j = 0u; j < TAPS_3X3; j++) {
+        let t = BLOCK_TAPS[j];
+        block[j] = vec4<f32>(s[t.x], s[t.y], s[t.z], s[t.w]);
+    }
+    return block;
 }
 
 // Invocations: c_out x fan / 36 (one child per dispatch).
 @compute @workgroup_size(64)
 fn modulate_forward_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if (i >= p.c_out * p.fan / (4u * ROW_TAPS)) { return; }
+    if (i >= p.c_out * p.fan / (4u * TAPS_3X3)) { return; }
     let k = p.first_child;
     let s = spatial_block(k);
-    let filter_factor = 1.0 + filter_attention[k * p.c_out + 4u * ROW_TAPS * i / p.fan];
-    for (var j = 0u; j < ROW_TAPS; j++) {
-        let at = ROW_TAPS * i + j;
+    let filter_factor = 1.0 + filter_attention[k * p.c_out + 4u * TAPS_3X3 * i / p.fan];
+    for (var j = 0u; j < TAPS_3X3; j++) {
+        let at = TAPS_3X3 * i + j;
         fwd_children4[at] = fwd_parent4[at] * s[j] * filter_factor;
     }
 }
@@ -180,19 +188,19 @@ fn modulate_backward_parent_quads(@builtin(global_invocation_id) gid: vec3<u32>,
 fn modulate_backward_parent_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     let per_child = p.c_out * p.fan / 4u;
-    if (ROW_TAPS * i >= per_child) { return; }
-    let co = 4u * ROW_TAPS * i / p.fan;
-    var sum: array<vec4<f32>, ROW_TAPS>;
+    if (TAPS_3X3 * i >= per_child) { return; }
+    let co = 4u * TAPS_3X3 * i / p.fan;
+    var sum: array<vec4<f32>, TAPS_3X3>;
     for (var c = 0u; c < p.children; c++) {
         let k = p.first_child + c;
         let s = spatial_block(k);
         let filter_factor = 1.0 + filter_attention[k * p.c_out + co];
-        for (var j = 0u; j < ROW_TAPS; j++) {
-            sum[j] += bwd_dchildren4[c * per_child + ROW_TAPS * i + j] * s[j] * filter_factor;
+        for (var j = 0u; j < TAPS_3X3; j++) {
+            sum[j] += bwd_dchildren4[c * per_child + TAPS_3X3 * i + j] * s[j] * filter_factor;
         }
     }
-    for (var j = 0u; j < ROW_TAPS; j++) {
-        let at = ROW_TAPS * i + j;
+    for (var j = 0u; j < TAPS_3X3; j++) {
+        let at = TAPS_3X3 * i + j;
         bwd_out4[at] = select(sum[j], bwd_out4[at] + sum[j], p.accumulate != 0u);
     }
 }
@@ -288,18 +296,17 @@ fn modulate_backward_filter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loca
 // once: the spatial factor depends on the tap alone, so
 // dfilter[k, co] = sum_t (1 + spatial[k, t]) * sum_ci dchild * parent.
 // Workgroups: c_out (one child per dispatch). Partials: [c_out][9] double-float pairs.
-const FUSED_TAPS: u32 = 9u;
 @group(0) @binding(6) var<storage, read_write> tap_partials: array<vec2<f32>>;
-var<workgroup> tap_tree: array<vec2<f32>, FUSED_TAPS * REDUCE>; // [tap][lane]
+var<workgroup> tap_tree: array<vec2<f32>, TAPS_3X3 * REDUCE>; // [tap][lane]
 
 @compute @workgroup_size(64)
 fn modulate_backward_attention_3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let co = wid.x;
-    let rows = p.fan / FUSED_TAPS;
-    var tap_sum: array<vec2<f32>, FUSED_TAPS>;
+    let rows = p.fan / TAPS_3X3;
+    var tap_sum: array<vec2<f32>, TAPS_3X3>;
     for (var row = lane; row < rows; row += REDUCE) {
-        let e = co * p.fan + row * FUSED_TAPS;
-        for (var t = 0u; t < FUSED_TAPS; t++) {
+        let e = co * p.fan + row * TAPS_3X3;
+        for (var t = 0u; t < TAPS_3X3; t++) {
             if (live(t)) { tap_sum[t] = df_add(tap_sum[t], two_prod(bwd_dchildren[e + t], bwd_parent[e + t])); }
         }
     }
@@ -307,13 +314,13 @@ fn modulate_backward_attention_3x3(@builtin(workgroup_id) wid: vec3<u32>, @built
 }
 
 // The same when every tap is live and the input channels come in fours (fan a multiple of 36):
-// a lane takes four rows at a time, as nine vec4s whose taps follow modulate_forward_3x3's
-// pattern, loading a quarter as often. Each lane's rows differ from the scalar kernel's, so
+// a lane takes four rows at a time, as nine vec4s whose taps are BLOCK_TAPS, loading a
+// quarter as often. Each lane's rows differ from the scalar kernel's, so
 // the sums may differ in their last bits; one kernel serves a shape, so runs repeat exactly.
 @group(0) @binding(1) var<storage, read> bwd_parent4: array<vec4<f32>>;
 
 // Adds the four terms d * w to the taps t of `sum`.
-fn add_terms(sum: ptr<function, array<vec2<f32>, FUSED_TAPS>>, d: vec4<f32>, w: vec4<f32>, t: vec4<u32>) {
+fn add_terms(sum: ptr<function, array<vec2<f32>, TAPS_3X3>>, d: vec4<f32>, w: vec4<f32>, t: vec4<u32>) {
     (*sum)[t.x] = df_add((*sum)[t.x], two_prod(d.x, w.x));
     (*sum)[t.y] = df_add((*sum)[t.y], two_prod(d.y, w.y));
     (*sum)[t.z] = df_add((*sum)[t.z], two_prod(d.z, w.z));
@@ -323,21 +330,20 @@ fn add_terms(sum: ptr<function, array<vec2<f32>, FUSED_TAPS>>, d: vec4<f32>, w: 
 @compute @workgroup_size(64)
 fn modulate_backward_attention_3x3_blocks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let co = wid.x;
-    let blocks = p.fan / (4u * FUSED_TAPS);
-    var tap_sum: array<vec2<f32>, FUSED_TAPS>;
+    let blocks = p.fan / (4u * TAPS_3X3);
+    var tap_sum: array<vec2<f32>, TAPS_3X3>;
     for (var b = lane; b < blocks; b += REDUCE) {
-        let e = (co * blocks + b) * FUSED_TAPS;
-        // Vec4 j holds taps (4j + l) % 9, l = 0 .. 3; the calls stay unrolled so that every
-        // index into tap_sum is a constant.
-        add_terms(&tap_sum, bwd_dchildren4[e], bwd_parent4[e], vec4<u32>(0u, 1u, 2u, 3u));
-        add_terms(&tap_sum, bwd_dchildren4[e + 1u], bwd_parent4[e + 1u], vec4<u32>(4u, 5u, 6u, 7u));
-        add_terms(&tap_sum, bwd_dchildren4[e + 2u], bwd_parent4[e + 2u], vec4<u32>(8u, 0u, 1u, 2u));
-        add_terms(&tap_sum, bwd_dchildren4[e + 3u], bwd_parent4[e + 3u], vec4<u32>(3u, 4u, 5u, 6u));
-        add_terms(&tap_sum, bwd_dchildren4[e + 4u], bwd_parent4[e + 4u], vec4<u32>(7u, 8u, 0u, 1u));
-        add_terms(&tap_sum, bwd_dchildren4[e + 5u], bwd_parent4[e + 5u], vec4<u32>(2u, 3u, 4u, 5u));
-        add_terms(&tap_sum, bwd_dchildren4[e + 6u], bwd_parent4[e + 6u], vec4<u32>(6u, 7u, 8u, 0u));
-        add_terms(&tap_sum, bwd_dchildren4[e + 7u], bwd_parent4[e + 7u], vec4<u32>(1u, 2u, 3u, 4u));
-        add_terms(&tap_sum, bwd_dchildren4[e + 8u], bwd_parent4[e + 8u], vec4<u32>(5u, 6u, 7u, 8u));
+        let e = (co * blocks + b) * TAPS_3X3;
+        // The calls stay unrolled so that every index into tap_sum is a constant.
+        add_terms(&tap_sum, bwd_dchildren4[e], bwd_parent4[e], BLOCK_TAPS[0]);
+        add_terms(&tap_sum, bwd_dchildren4[e + 1u], bwd_parent4[e + 1u], BLOCK_TAPS[1]);
+        add_terms(&tap_sum, bwd_dchildren4[e + 2u], bwd_parent4[e + 2u], BLOCK_TAPS[2]);
+        add_terms(&tap_sum, bwd_dchildren4[e + 3u], bwd_parent4[e + 3u], BLOCK_TAPS[3]);
+        add_terms(&tap_sum, bwd_dchildren4[e + 4u], bwd_parent4[e + 4u], BLOCK_TAPS[4]);
+        add_terms(&tap_sum, bwd_dchildren4[e + 5u], bwd_parent4[e + 5u], BLOCK_TAPS[5]);
+        add_terms(&tap_sum, bwd_dchildren4[e + 6u], bwd_parent4[e + 6u], BLOCK_TAPS[6]);
+        add_terms(&tap_sum, bwd_dchildren4[e + 7u], bwd_parent4[e + 7u], BLOCK_TAPS[7]);
+        add_terms(&tap_sum, bwd_dchildren4[e + 8u], bwd_parent4[e + 8u], BLOCK_TAPS[8]);
     }
     finish_attention(co, lane, tap_sum);
 }
@@ -346,13 +352,13 @@ fn modulate_backward_attention_3x3_blocks(@builtin(workgroup_id) wid: vec3<u32>,
 // filter gradient. The nine taps share one tree (one barrier per level rather than per level
 // and tap; each tap's tree is workgroup_sum's). An unread tap's terms are all zero (its
 // dchild is); its partial is zero.
-fn finish_attention(co: u32, lane: u32, tap_sum: array<vec2<f32>, FUSED_TAPS>) {
+fn finish_attention(co: u32, lane: u32, tap_sum: array<vec2<f32>, TAPS_3X3>) {
     let k = p.first_child;
-    for (var t = 0u; t < FUSED_TAPS; t++) { tap_tree[t * REDUCE + lane] = tap_sum[t]; }
+    for (var t = 0u; t < TAPS_3X3; t++) { tap_tree[t * REDUCE + lane] = tap_sum[t]; }
     workgroupBarrier();
     for (var stride = REDUCE / 2u; stride > 0u; stride = stride / 2u) {
         if (lane < stride) {
-            for (var t = 0u; t < FUSED_TAPS; t++) {
+            for (var t = 0u; t < TAPS_3X3; t++) {
                 let at = t * REDUCE + lane;
                 tap_tree[at] = df_add(tap_tree[at], tap_tree[at + stride]);
             }
@@ -361,10 +367,10 @@ fn finish_attention(co: u32, lane: u32, tap_sum: array<vec2<f32>, FUSED_TAPS>) {
     }
     if (lane == 0u) {
         var filter_sum = df(0.0);
-        for (var t = 0u; t < FUSED_TAPS; t++) {
+        for (var t = 0u; t < TAPS_3X3; t++) {
             let total = tap_tree[t * REDUCE];
-            tap_partials[co * FUSED_TAPS + t] = total;
-            filter_sum = df_add(filter_sum, df_mul(total, df(1.0 + spatial_attention[k * FUSED_TAPS + t])));
+            tap_partials[co * TAPS_3X3 + t] = total;
+            filter_sum = df_add(filter_sum, df_mul(total, df(1.0 + spatial_attention[k * TAPS_3X3 + t])));
         }
         let at = k * p.c_out + co;
         bwd_out[at] = accumulated(bwd_out[at], filter_sum.x + filter_sum.y, p.accumulate);
@@ -379,11 +385,11 @@ fn modulate_backward_spatial_partials(@builtin(workgroup_id) wid: vec3<u32>, @bu
     let k = p.first_child;
     var sum = df(0.0);
     for (var co = lane; co < p.c_out; co += REDUCE) {
-        sum = df_add(sum, df_mul(tap_partials[co * FUSED_TAPS + tap], df(1.0 + filter_attention[k * p.c_out + co])));
+        sum = df_add(sum, df_mul(tap_partials[co * TAPS_3X3 + tap], df(1.0 + filter_attention[k * p.c_out + co])));
     }
     sum = workgroup_sum(lane, sum);
     if (lane == 0u) {
-        let at = k * FUSED_TAPS + tap;
+        let at = k * TAPS_3X3 + tap;
         bwd_out[at] = accumulated(bwd_out[at], sum.x + sum.y, p.accumulate);
     }
 }

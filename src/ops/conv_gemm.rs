@@ -577,11 +577,6 @@ impl GemmPlan {
         self.shape.c_out.next_multiple_of(WEIGHT_TILE_OUT as usize)
     }
 
-    /// The used taps' rows and columns.
-    fn used_taps(&self) -> (usize, usize) {
-        (self.kernel_h, self.kernel_w)
-    }
-
     fn taps(&self) -> usize {
         self.kernel_h * self.kernel_w
     }
@@ -745,8 +740,11 @@ impl GemmPlan {
         if bands_share_packing(self.x_quads) {
             forward.prepare.extend(pack(params, &all_taps));
             for (row, col) in regions {
-                let band =
-                    sharing_packing(self.band_params(params, &row, &col), self.used_taps(), (row.tap0, col.tap0));
+                let band = sharing_packing(
+                    self.band_params(params, &row, &col),
+                    (self.kernel_h, self.kernel_w),
+                    (row.tap0, col.tap0),
+                );
                 forward.run.extend(run(band, &all_taps));
             }
             return forward;

@@ -17,11 +17,9 @@ use super::{Bound, Forward, GradTarget, Grads, Mode, Op, placeholder};
 use crate::gpu::{Dispatch, Gpu, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
-/// Taps of the children whose attention gradients come from one pass (`FUSED_TAPS` in
-/// modulate.wgsl: 3x3 kernels).
-const FUSED_TAPS: usize = 9;
-/// Taps of the children modulated in 36-weight blocks (`ROW_TAPS` in modulate.wgsl).
-const ROW_TAPS: usize = 9;
+/// Taps of a 3x3 child (`TAPS_3X3` in modulate.wgsl), whose attention gradients come from one
+/// pass and whose weights may go in 36-weight blocks.
+const TAPS_3X3: usize = 9;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Modulate {
@@ -99,11 +97,10 @@ impl Modulate {
                 if entry == "modulate_forward" { "modulate_forward_live" } else { "modulate_backward_parent_live" };
             return (live, weights / self.taps);
         }
-        // 3x3 with a spatial attention, input channels in fours: nine vec4s per invocation.
-        let blocks = self.has_spatial && self.taps == ROW_TAPS && self.fan.is_multiple_of(4 * ROW_TAPS);
+        let blocks = self.runs_blocks();
         match (self.fan.is_multiple_of(4), entry) {
-            (true, "modulate_forward") if blocks => ("modulate_forward_3x3", weights / (4 * ROW_TAPS)),
-            (true, "modulate_backward_parent") if blocks => ("modulate_backward_parent_3x3", weights / (4 * ROW_TAPS)),
+            (true, "modulate_forward") if blocks => ("modulate_forward_3x3", weights / (4 * TAPS_3X3)),
+            (true, "modulate_backward_parent") if blocks => ("modulate_backward_parent_3x3", weights / (4 * TAPS_3X3)),
             (true, "modulate_forward") => ("modulate_forward_quads", weights / 4),
             (true, "modulate_backward_parent") => ("modulate_backward_parent_quads", weights / 4),
             _ => (entry, weights),
@@ -113,13 +110,18 @@ impl Modulate {
     /// Whether both attention gradients come from one pass (3x3 children with a spatial
     /// attention: `modulate_backward_attention_3x3`), when both are wanted.
     fn fused_attention(&self) -> bool {
-        self.has_spatial && self.taps == FUSED_TAPS
+        self.has_spatial && self.taps == TAPS_3X3
     }
 
-    /// The fused attention gradient's kernel: in 36-weight blocks when every tap is live and
-    /// the input channels come in fours.
+    /// Whether the kernels take 36-weight blocks, nine vec4s per invocation: 3x3 children with a
+    /// spatial attention whose input channels come in fours, every tap computed.
+    fn runs_blocks(&self) -> bool {
+        self.fused_attention() && !self.skips_taps() && self.fan.is_multiple_of(4 * TAPS_3X3)
+    }
+
+    /// The fused attention gradient's kernel.
     fn attention_entry(&self) -> &'static str {
-        match !self.skips_taps() && self.fan.is_multiple_of(4 * FUSED_TAPS) {
+        match self.runs_blocks() {
             true => "modulate_backward_attention_3x3_blocks",
             false => "modulate_backward_attention_3x3",
         }
@@ -137,7 +139,7 @@ impl Op for Modulate {
 
     fn scratch(&self, backward: bool) -> Vec<usize> {
         // Per-tap partial sums (double-float pairs) of the fused attention gradients.
-        if backward && self.fused_attention() { vec![self.c_out * FUSED_TAPS * 2] } else { Vec::new() }
+        if backward && self.fused_attention() { vec![self.c_out * TAPS_3X3 * 2] } else { Vec::new() }
     }
 
     fn differentiable(&self, input: usize) -> bool {
@@ -205,7 +207,7 @@ impl Op for Modulate {
                     "modulate_backward_spatial_partials",
                     &params,
                     &sums,
-                    [FUSED_TAPS as u32, 1, 1],
+                    [TAPS_3X3 as u32, 1, 1],
                 ));
             }
             return out;
