@@ -154,6 +154,53 @@ fn to_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     copy_dst[i] = v;
 }
 
+// The same copy four source columns at a time, for sources whose rows come in fours
+// (src_w % 4 == 0) placed without dilation: four vec4 loads (a row segment of each of four
+// channels) and four vec4 stores (the segment's pixels), against sixteen scalar loads and four
+// stores, software adapters paying a lane loop per access. It writes only destination pixels
+// a source pixel lands on, so the rest of the destination (the padding) must already be zero:
+// a buffer only this copy writes, with the same placement every time.
+// Invocations: batch x src_h x src_w / 4 x in_quads, quads fastest.
+@group(0) @binding(1) var<storage, read> copy_src4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn to_channels_last_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let segments = p.src_w / 4u;
+    if (i >= p.batch * p.src_h * segments * p.in_quads) { return; }
+    let quad = i % p.in_quads;
+    let segment = (i / p.in_quads) % segments;
+    let sy = (i / (p.in_quads * segments)) % p.src_h;
+    let n = i / (p.in_quads * segments * p.src_h);
+    let yd = i32(sy) + p.top;
+    if (yd < 0 || yd >= i32(p.in_h)) { return; }
+    let r0 = source_segment(n, quad * 4u, sy, segment);
+    let r1 = source_segment(n, quad * 4u + 1u, sy, segment);
+    let r2 = source_segment(n, quad * 4u + 2u, sy, segment);
+    let r3 = source_segment(n, quad * 4u + 3u, sy, segment);
+    let x0 = i32(segment * 4u) + p.left;
+    let row = (n * p.in_h + u32(yd)) * p.in_w;
+    // Pixel j of the segment: component j of each channel's vec4.
+    store_copied(row, x0, vec4<f32>(r0.x, r1.x, r2.x, r3.x), quad);
+    store_copied(row, x0 + 1, vec4<f32>(r0.y, r1.y, r2.y, r3.y), quad);
+    store_copied(row, x0 + 2, vec4<f32>(r0.z, r1.z, r2.z, r3.z), quad);
+    store_copied(row, x0 + 3, vec4<f32>(r0.w, r1.w, r2.w, r3.w), quad);
+}
+
+// Channel c's four source pixels of a row segment, times the gate where there is one; zero
+// for a padding channel.
+fn source_segment(n: u32, c: u32, sy: u32, segment: u32) -> vec4<f32> {
+    if (c >= p.channels) { return vec4<f32>(); }
+    let v = copy_src4[((n * p.channels + c) * p.src_h + sy) * (p.src_w / 4u) + segment];
+    if (p.gate != 0u) { return v * copy_gate[n * p.channels + c]; }
+    return v;
+}
+
+// Destination pixel (row start `row`, column xd), skipped outside the destination.
+fn store_copied(row: u32, xd: i32, v: vec4<f32>, quad: u32) {
+    if (xd >= 0 && xd < i32(p.in_w)) { copy_dst[(row + u32(xd)) * p.in_quads + quad] = v; }
+}
+
 // dy [batch][c_out][out_h][out_w] -> [batch * out_h * out_w][out_pad / 4] vec4s, for the weight
 // gradient. Invocations: every destination vec4.
 @compute @workgroup_size(64)
@@ -170,6 +217,36 @@ fn gradient_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builti
         if (c + k < p.c_out) { v[k] = copy_src[at + k * pixels]; }
     }
     copy_dst[i] = v;
+}
+
+// The same four pixels at a time, for maps whose pixels come in fours: four vec4 loads (four
+// pixels of each of four channels) and four vec4 stores. Invocations: batch x pixels / 4 x
+// out_pad / 4, quads fastest.
+@compute @workgroup_size(64)
+fn gradient_channels_last_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let groups = p.out_h * p.out_w / 4u;
+    let quads = p.out_pad / 4u;
+    if (i >= p.batch * groups * quads) { return; }
+    let quad = i % quads;
+    let q = i / quads;
+    let n = q / groups;
+    let group = q % groups;
+    let c0 = gradient_pixels(n, quad * 4u, group);
+    let c1 = gradient_pixels(n, quad * 4u + 1u, group);
+    let c2 = gradient_pixels(n, quad * 4u + 2u, group);
+    let c3 = gradient_pixels(n, quad * 4u + 3u, group);
+    let first = (n * groups + group) * 4u;
+    copy_dst[first * quads + quad] = vec4<f32>(c0.x, c1.x, c2.x, c3.x);
+    copy_dst[(first + 1u) * quads + quad] = vec4<f32>(c0.y, c1.y, c2.y, c3.y);
+    copy_dst[(first + 2u) * quads + quad] = vec4<f32>(c0.z, c1.z, c2.z, c3.z);
+    copy_dst[(first + 3u) * quads + quad] = vec4<f32>(c0.w, c1.w, c2.w, c3.w);
+}
+
+// Pixels 4 group .. 4 group + 3 of sample n's channel c of dy, zero for a padding channel.
+fn gradient_pixels(n: u32, c: u32, group: u32) -> vec4<f32> {
+    if (c >= p.c_out) { return vec4<f32>(); }
+    return copy_src4[(n * p.c_out + c) * (p.out_h * p.out_w / 4u) + group];
 }
 
 // (tap, input quad) steps per weight block: a block of the widest tile (64 channels) fills

@@ -407,6 +407,19 @@ fn tile_dispatches(
     out
 }
 
+/// Copies a [batch][channels][src_h][src_w] source into `vec4s` vec4s of a padded
+/// channels-last buffer (`params`: the placement; `[source, destination, gate]`). Rows that
+/// come in fours copy four pixels per invocation (`to_channels_last_rows`), writing only where
+/// the source lands: callers guarantee the rest of the destination is already zero.
+fn copy_to_channels_last(gpu: &Gpu, params: &TileParams, buffers: [&GpuSlice; 3], vec4s: usize) -> Dispatch {
+    let p = params;
+    let (entry, invocations) = match p.src_w.is_multiple_of(4) && (p.dilation_h, p.dilation_w) == (1, 1) {
+        true => ("to_channels_last_rows", (p.batch * p.src_h * p.src_w / 4 * p.in_quads) as usize),
+        false => ("to_channels_last", vec4s),
+    };
+    gpu.dispatch("conv_tile", entry, params, &buffers, grid(invocations))
+}
+
 /// The packing kernels' grid: (x) the rows of a weight block that hold steps, each a tile's
 /// channels at one (tap, input channel), by (y) the blocks `packed` holds.
 fn pack_grid(packed: &GpuSlice) -> [u32; 3] {
@@ -696,7 +709,8 @@ impl GemmPlan {
         let dst = scratch[X_LAST];
         // Without a gate the binding is not read: any buffer does.
         let buffers = [x, dst, gate.unwrap_or(x)];
-        gpu.dispatch("conv_tile", "to_channels_last", &params, &buffers, grid(dst.len() / 4))
+        // Only this copy writes X_LAST, always placing x the same way: its padding stays zero.
+        copy_to_channels_last(gpu, &params, buffers, dst.len() / 4)
     }
 
     /// y = act(conv(x * gate, w) + bias + residual) ([`Fusion`]): one pass over every used tap, or
@@ -860,9 +874,14 @@ impl GemmPlan {
                     tap0_w: u(col.tap0),
                     ..self.params()
                 };
-                let copy = grid(s.batch * in_h * in_w * self.dy_quads);
-                // No gate: the binding is not read.
-                out.push(gpu.dispatch("conv_tile", "to_channels_last", &params, &[dy, dy_last, dy], copy));
+                // No gate: the binding is not read. The copy's padding stays zero where every
+                // run places dy the same way (one phase).
+                let buffers = [dy, dy_last, dy];
+                let vec4s = s.batch * in_h * in_w * self.dy_quads;
+                out.push(match rows.len() * cols.len() {
+                    1 => copy_to_channels_last(gpu, &params, buffers, vec4s),
+                    _ => gpu.dispatch("conv_tile", "to_channels_last", &params, &buffers, grid(vec4s)),
+                });
                 // The kernel's bias and residual bindings are read only when asked for: any
                 // buffer does. Passes and bands run one after another through the same
                 // packed-weight buffer, each packing the taps it reads or reading the phase's
@@ -982,13 +1001,13 @@ impl GemmPlan {
     ) -> Vec<Dispatch> {
         let partials = scratch[PARTIALS];
         let passes = self.weight_passes();
-        let mut out = vec![gpu.dispatch(
-            "conv_tile",
-            "gradient_channels_last",
-            &self.weight_params(),
-            &[dy, scratch[DY_LAST]],
-            grid(scratch[DY_LAST].len() / 4),
-        )];
+        let pixels = self.shape.out_h * self.shape.out_w;
+        let copy = match pixels.is_multiple_of(4) {
+            true => ("gradient_channels_last_quads", scratch[DY_LAST].len() / 16),
+            false => ("gradient_channels_last", scratch[DY_LAST].len() / 4),
+        };
+        let mut out =
+            vec![gpu.dispatch("conv_tile", copy.0, &self.weight_params(), &[dy, scratch[DY_LAST]], grid(copy.1))];
         let mut bands = [[0; 4]; MAX_BANDS];
         for (band, pass) in bands.iter_mut().zip(&passes) {
             let p = &pass.params;
