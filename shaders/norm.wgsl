@@ -248,6 +248,25 @@ fn batchnorm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     }
 }
 
+// The elementwise kernels' vec4 views, for planes whose elements come in fours (spatial % 4
+// == 0, so every run is whole vec4s): the same arithmetic per element, with a quarter of the
+// storage accesses (software adapters pay a lane loop for each, whatever its width).
+@group(0) @binding(1) var<storage, read> ap_x4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> ap_y4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn batchnorm_apply_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let run = element_run(flat_index(gid, nwg));
+    let ch = p.channels;
+    let c = run.z;
+    let scale = ap_saved[ch + c] * ap_weight[c];
+    let mean = vec2<f32>(ap_saved[c], ap_saved[2u * ch + c]);
+    let bias = ap_bias[c];
+    for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
+        ap_y4[i] = ((ap_x4[i] - mean.x) - mean.y) * scale + bias;
+    }
+}
+
 // ---------------------------------------------------------------- backward
 @group(0) @binding(1) var<storage, read> br_x: array<f32>;
 @group(0) @binding(2) var<storage, read> br_dy: array<f32>;
@@ -365,11 +384,45 @@ fn batchnorm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     let beta = vec2<f32>(bi_sums[2u * ch + c], bi_sums[3u * ch + c]);
     for (var i = run.x; i < run.x + run.y; i++) {
         var g = bi_dy[i];
-        if (p.training != 0u) {
-            let centred = df_add(df(bi_x[i]), df_neg(mean));
-            let r = df_add(df_add(df(g), df_neg(mean_dy)), df_neg(df_mul(centred, beta)));
-            g = r.x + r.y;
-        }
+        if (p.training != 0u) { g = centred_gradient(bi_x[i], g, mean, mean_dy, beta); }
         bi_dx[i] = accumulated(bi_dx[i], scale * g, p.accumulate_input);
+    }
+}
+
+// (dy - mean(dy)) - (x - mean) * beta, in double-float, rounded to f32.
+fn centred_gradient(x: f32, dy: f32, mean: vec2<f32>, mean_dy: vec2<f32>, beta: vec2<f32>) -> f32 {
+    let centred = df_add(df(x), df_neg(mean));
+    let r = df_add(df_add(df(dy), df_neg(mean_dy)), df_neg(df_mul(centred, beta)));
+    return r.x + r.y;
+}
+
+@group(0) @binding(1) var<storage, read> bi_x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bi_dy4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> bi_dx4: array<vec4<f32>>;
+
+// batchnorm_backward_input on vec4 views, as batchnorm_apply_quads.
+@compute @workgroup_size(64)
+fn batchnorm_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let run = element_run(flat_index(gid, nwg));
+    let ch = p.channels;
+    let c = run.z;
+    let scale = bi_weight[c] * bi_saved[ch + c];
+    let mean = vec2<f32>(bi_saved[c], bi_saved[2u * ch + c]);
+    let mean_dy = vec2<f32>(bi_sums[c], bi_sums[ch + c]);
+    let beta = vec2<f32>(bi_sums[2u * ch + c], bi_sums[3u * ch + c]);
+    for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
+        var g = bi_dy4[i];
+        if (p.training != 0u) {
+            let x = bi_x4[i];
+            g = vec4<f32>(
+                centred_gradient(x.x, g.x, mean, mean_dy, beta),
+                centred_gradient(x.y, g.y, mean, mean_dy, beta),
+                centred_gradient(x.z, g.z, mean, mean_dy, beta),
+                centred_gradient(x.w, g.w, mean, mean_dy, beta),
+            );
+        }
+        var v = scale * g;
+        if (p.accumulate_input != 0u) { v = bi_dx4[i] + v; }
+        bi_dx4[i] = v;
     }
 }

@@ -449,9 +449,18 @@ fn modulation_computes_only_the_taps_its_convs_read() {
 fn batchnorm_matches_reference_in_both_modes() {
     // Planes of 63, 15, 90 (more than a workgroup's 64 lanes) and 1 elements, whose channels
     // the train-mode reductions sum one per invocation; 1,500 elements per channel, one
-    // workgroup each; then 68,400, which they split into two chunks.
-    let shapes =
-        [vec![3, 5, 7, 9], vec![1, 13, 5, 3], vec![2, 3, 9, 10], vec![6, 7], vec![2, 4, 30, 25], vec![2, 3, 190, 180]];
+    // workgroup each; then 68,400, which they split into two chunks. Planes of 12 and 4
+    // elements (and the last) run the elementwise kernels on vec4s: a run of two and one.
+    let shapes = [
+        vec![3, 5, 7, 9],
+        vec![1, 13, 5, 3],
+        vec![2, 3, 9, 10],
+        vec![6, 7],
+        vec![2, 4, 30, 25],
+        vec![2, 3, 190, 180],
+        vec![3, 6, 4, 3],
+        vec![5, 3, 2, 2],
+    ];
     for (i, shape) in shapes.into_iter().enumerate() {
         for mode in [Mode::Train, Mode::Eval] {
             let c = shape[1];
@@ -496,6 +505,40 @@ fn batchnorm_matches_reference_in_both_modes() {
             assert_close(&format!("{case} dweight"), &read_grad(&exe, w), &dw, TOL);
             assert_close(&format!("{case} dbias"), &read_grad(&exe, b), &db, TOL);
         }
+    }
+}
+
+/// Two BatchNorms of one input sharing their parameters: every gradient is the sum of both
+/// (planes of 15 elements, scalar kernels; of 12, vec4 kernels).
+#[test]
+fn batchnorm_gradients_add_up_when_used_twice() {
+    for shape in [vec![2, 3, 5, 3], vec![3, 6, 4, 3]] {
+        let c = shape[1];
+        let mut g = Graph::new();
+        let x = g.input("x", &shape);
+        let w = g.param("weight", &[c]).unwrap();
+        let b = g.param("bias", &[c]).unwrap();
+        let mut outputs = Vec::new();
+        for k in 0..2 {
+            let rm = g.state(&format!("running_mean{k}"), &[c], Init::Zeros).unwrap();
+            let rv = g.state(&format!("running_var{k}"), &[c], Init::Ones).unwrap();
+            outputs.push(g.batchnorm(x, w, b, rm, rv, 1e-5, 0.1).unwrap());
+        }
+        let y = g.add(outputs[0], outputs[1]).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(320);
+        let (xv, wv) = (feed(&exe, &g, x, &mut rng), feed(&exe, &g, w, &mut rng));
+        feed(&exe, &g, b, &mut rng);
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let op =
+            BatchNorm { batch: shape[0], channels: c, spatial: shape[2..].iter().product(), eps: 1e-5, momentum: 0.1 };
+        let twice = |v: Vec<f64>| v.into_iter().map(|v| 2.0 * v).collect::<Vec<_>>();
+        let (dx, dw, db) = r::batchnorm::backward(&op, &xv, &wv, &dy, None);
+        let case = format!("{shape:?}");
+        assert_close(&format!("{case} dx"), &read_grad(&exe, x), &twice(dx), TOL);
+        assert_close(&format!("{case} dweight"), &read_grad(&exe, w), &twice(dw), TOL);
+        assert_close(&format!("{case} dbias"), &read_grad(&exe, b), &twice(db), TOL);
     }
 }
 

@@ -76,6 +76,12 @@ impl BatchNorm {
     fn element_runs(&self) -> usize {
         self.batch * self.channels * self.spatial.div_ceil(ELEMENT_RUN)
     }
+
+    /// An elementwise kernel's entry: its `_quads` form (vec4 loads and stores) where every
+    /// plane's elements come in fours.
+    fn elementwise(&self, entry: &'static str, quads: &'static str) -> &'static str {
+        if self.spatial.is_multiple_of(4) { quads } else { entry }
+    }
 }
 
 /// Most elements of a channel that the train-mode reductions sum in one invocation (in order),
@@ -142,7 +148,7 @@ impl Op for BatchNorm {
         }
         let apply = gpu.dispatch(
             "norm",
-            "batchnorm_apply",
+            self.elementwise("batchnorm_apply", "batchnorm_apply_quads"),
             &params,
             &[x, weight, bias, saved, b.outputs[0]],
             grid(self.element_runs()),
@@ -184,7 +190,7 @@ impl Op for BatchNorm {
             params.accumulate_input = dx.accumulate as u32;
             out.push(gpu.dispatch(
                 "norm",
-                "batchnorm_backward_input",
+                self.elementwise("batchnorm_backward_input", "batchnorm_backward_input_quads"),
                 &params,
                 &[x, dy, weight, saved, sums, dx.slice],
                 grid(self.element_runs()),
