@@ -54,7 +54,7 @@ type ConvCase = ([usize; 4], usize, (usize, usize), Conv2dConfig, bool);
 #[test]
 fn conv2d_matches_reference() {
     let cfg = |stride, padding, groups| Conv2dConfig { stride, padding, groups };
-    let cases: [ConvCase; 25] = [
+    let cases: [ConvCase; 26] = [
         // Depthwise, stride 1 with bias and a 7x7 window (ConvNeXt's).
         ([1, 5, 13, 11], 5, (3, 3), cfg((1, 1), (1, 1), 5), true),
         ([3, 4, 9, 9], 4, (7, 7), cfg((1, 1), (3, 3), 4), true),
@@ -73,6 +73,8 @@ fn conv2d_matches_reference() {
         // over two blocks (more than 64 input quads), five channel tiles in the input gradient.
         ([2, 36, 24, 23], 40, (3, 3), cfg((1, 1), (1, 1), 1), true),
         ([1, 260, 33, 32], 5, (3, 3), cfg((1, 1), (1, 1), 1), false),
+        // 13 input quads: four whole taps per block, the fifth opening the second block.
+        ([1, 52, 5, 6], 8, (3, 3), cfg((1, 1), (1, 1), 1), true),
         // Narrow tiles (32 channels x 16 pixels) need 1024 pixels or more; fewer take the widest.
         ([2, 20, 24, 24], 24, (3, 3), cfg((1, 1), (1, 1), 1), false),
         // Taps that only ever meet padding are skipped: a 3x3 kernel on 1x1 maps (ResNet's
