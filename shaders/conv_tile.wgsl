@@ -102,7 +102,8 @@ struct TileParams {
     pack_x0: u32,
     // The weight-gradient reduction's passes (see reduce_weight_partials).
     band_count: u32,
-    bands: array<vec4<u32>, 4>,
+    pass_per_tap: u32,
+    bands: array<vec4<u32>, 9>,
 }
 
 @group(0) @binding(0) var<uniform> p: TileParams;
@@ -660,9 +661,15 @@ fn pass_sum(b: u32, co: u32, ky: u32, kx: u32, quad: u32) -> vec4<f32> {
     return sum;
 }
 
-// Full tap (ky, kx)'s gradient: the first pass's sum (added to `old`, dw's values, when
-// accumulating), then each later pass's sum where it reads the tap, in pass order.
+// Full tap (ky, kx)'s gradient: where pass t reads full tap t alone (p.pass_per_tap: a 2x2
+// map's tap bands), that pass's sum; else the first pass's sum, then each later pass's sum
+// where it reads the tap, in pass order. Either is added to `old`, dw's values, when
+// accumulating.
 fn tap_gradient(co: u32, ky: u32, kx: u32, quad: u32, old: vec4<f32>) -> vec4<f32> {
+    if (p.pass_per_tap != 0u) {
+        let v = pass_sum(ky * p.full_kernel_w + kx, co, ky, kx, quad);
+        return select(v, old + v, p.accumulate != 0u);
+    }
     var v = pass_sum(0u, co, ky, kx, quad);
     if (p.accumulate != 0u) { v = old + v; }
     for (var b = 1u; b < p.band_count; b++) {

@@ -100,8 +100,10 @@ struct TileParams {
     // The weight-gradient reduction's passes: (used taps, packed as ky0 | rows << 8 | kx0 << 16
     // | columns << 24; first vec4 of its partial sums; chunks; unused).
     band_count: u32,
-    _pad: [u32; 3],
-    bands: [[u32; 4]; MAX_BANDS],
+    // Pass t reads full tap t alone: the reduction takes each tap's sums from its pass.
+    pass_per_tap: u32,
+    _pad: [u32; 2],
+    bands: [[u32; 4]; MAX_WEIGHT_PASSES],
 }
 
 /// One phase of the input gradient along one axis: the input positions first, first + stride,
@@ -173,6 +175,29 @@ fn bands(outputs: usize, stride: usize, taps: usize, data: Range<i64>) -> Vec<Ba
     }
     out
 }
+
+/// The weight gradient's split of a banded convolution along one axis: each run of taps that
+/// the same outputs read real data with, as a band of those outputs and taps. Every
+/// (output, tap) term lies in one of them, so each tap's partial sums come from one pass and
+/// the reduction reads each once — where bands of outputs (`bands`) would leave a 2x2 map's
+/// centre tap in all four.
+fn tap_bands(outputs: usize, stride: usize, taps: usize, data: Range<i64>) -> Vec<Band> {
+    let mut out: Vec<Band> = Vec::new();
+    for tap in 0..taps {
+        let real = |o: &usize| data.contains(&((o * stride + tap) as i64));
+        let Some(first) = (0..outputs).find(real) else { continue };
+        let count = (first..outputs).take_while(real).count();
+        match out.last_mut() {
+            Some(b) if (b.first, b.count, b.tap0 + b.taps) == (first, count, tap) => b.taps += 1,
+            _ => out.push(Band { first, count, tap0: tap, taps: 1 }),
+        }
+    }
+    out
+}
+
+/// Most passes of a weight gradient (tap bands: three per axis of a 3x3 kernel), each an entry
+/// of the reduction's `bands` (`p.bands` in conv_tile.wgsl).
+const MAX_WEIGHT_PASSES: usize = 9;
 
 /// Largest number of regions (row bands x column bands) a pass is split into: each costs a
 /// weight packing and a dispatch, and a small region leaves cores idle. On lavapipe, 2x2 maps
@@ -809,6 +834,20 @@ impl GemmPlan {
         worth_splitting(&rows, &cols, self.kernel_h * s.out_h * self.kernel_w * s.out_w)
     }
 
+    /// The weight gradient's regions of a convolution split into `bands` (the forward pass's):
+    /// (row tap band, column tap band) where there are at most MAX_WEIGHT_PASSES of them,
+    /// else the forward bands.
+    fn weight_regions(&self, bands: Vec<(Band, Band)>) -> Vec<(Band, Band)> {
+        let s = &self.shape;
+        let data = |pad: i32, size: usize| pad as i64..pad as i64 + size as i64;
+        let rows = tap_bands(s.out_h, s.cfg.stride.0, self.kernel_h, data(self.pad_h, s.h));
+        let cols = tap_bands(s.out_w, s.cfg.stride.1, self.kernel_w, data(self.pad_w, s.w));
+        match rows.len() * cols.len() <= MAX_WEIGHT_PASSES {
+            true => rows.iter().flat_map(|&r| cols.iter().map(move |&c| (r, c))).collect(),
+            false => bands,
+        }
+    }
+
     /// Floats of the forward weights packed for `taps` taps (at least one block, so that a
     /// band no tap reaches still binds a buffer).
     fn forward_packing(&self, taps: usize) -> usize {
@@ -942,15 +981,17 @@ impl GemmPlan {
         }
     }
 
-    /// The passes of the weight gradient: one, or one per band of a split forward pass, each
-    /// with its partial sums in a region of their own (consecutive, from the first).
+    /// The passes of the weight gradient: one, or where the forward pass is split into bands,
+    /// one per region of [`tap_bands`], each with its partial sums in a region of their own
+    /// (consecutive, from the first).
     fn weight_passes(&self) -> Vec<WeightPass> {
         let s = &self.shape;
         let u = |v: usize| v as u32;
         let params = self.weight_params();
         let passes: Vec<TileParams> = match self.forward_bands() {
             None => vec![params],
-            Some(regions) => regions
+            Some(bands) => self
+                .weight_regions(bands)
                 .iter()
                 .map(|(row, col)| {
                     // The band's pixels in as many chunks as the whole pass would take (or fewer).
@@ -1008,7 +1049,7 @@ impl GemmPlan {
         };
         let mut out =
             vec![gpu.dispatch("conv_tile", copy.0, &self.weight_params(), &[dy, scratch[DY_LAST]], grid(copy.1))];
-        let mut bands = [[0; 4]; MAX_BANDS];
+        let mut bands = [[0; 4]; MAX_WEIGHT_PASSES];
         for (band, pass) in bands.iter_mut().zip(&passes) {
             let p = &pass.params;
             let taps = p.ky0 | p.kernel_h << 8 | p.kx0 << 16 | p.kernel_w << 24;
@@ -1019,9 +1060,13 @@ impl GemmPlan {
                 out.push(self.weight_partial_sums(gpu, &pass.params, [scratch[X_LAST], scratch[DY_LAST], &region]));
             }
         }
+        let full_taps = self.shape.kernel_h * self.shape.kernel_w;
+        let pass_per_tap =
+            passes.len() == full_taps && passes.iter().all(|pass| pass.params.kernel_h * pass.params.kernel_w == 1);
         let reduce = TileParams {
             accumulate: accumulate as u32,
             band_count: passes.len() as u32,
+            pass_per_tap: pass_per_tap as u32,
             bands,
             ..self.weight_params()
         };
@@ -1066,8 +1111,9 @@ struct WeightPass {
 
 #[cfg(test)]
 mod tests {
-    use super::{InputPhase, bands};
+    use super::{Band, InputPhase, bands, tap_bands};
     use std::collections::BTreeSet;
+    use std::ops::Range;
 
     /// Every (input row, dy row, tap) term of a strided convolution's input gradient comes from
     /// exactly one phase, and every term a phase computes exists: dx[y] = sum over o, k with
@@ -1115,37 +1161,64 @@ mod tests {
         }
     }
 
-    /// The forward pass's bands read every (output, tap) pair whose input is real exactly once,
-    /// and no padding.
-    #[test]
-    fn forward_bands_read_every_real_input_once() {
+    /// A one-axis convolution geometry: stride, taps, the data's range in the padded input,
+    /// outputs, and the (output, tap) terms whose input is real.
+    type Geometry = (usize, usize, Range<i64>, usize, BTreeSet<(usize, usize)>);
+
+    /// Every small one-axis convolution geometry.
+    fn geometries() -> Vec<Geometry> {
+        let mut out = Vec::new();
         for stride in 1..=3 {
             for kernel in 1..=5 {
                 for pad in 0..kernel {
                     for size in 1..=9usize {
-                        let Some(out) = (size + 2 * pad).checked_sub(kernel).map(|n| n / stride + 1) else {
+                        let Some(outputs) = (size + 2 * pad).checked_sub(kernel).map(|n| n / stride + 1) else {
                             continue;
                         };
                         let real = |o: usize, k: usize| (o * stride + k).checked_sub(pad).is_some_and(|y| y < size);
-                        let want: BTreeSet<_> = (0..out)
+                        let terms = (0..outputs)
                             .flat_map(|o| (0..kernel).map(move |k| (o, k)))
                             .filter(|&(o, k)| real(o, k))
                             .collect();
-                        let mut got = BTreeSet::new();
-                        let all = bands(out, stride, kernel, pad as i64..(pad + size) as i64);
-                        assert_eq!(all.iter().map(|b| b.count).sum::<usize>(), out, "every output in one band");
-                        for band in all {
-                            for o in band.first..band.first + band.count {
-                                for k in band.tap0..band.tap0 + band.taps {
-                                    assert!(real(o, k), "a band reads padding");
-                                    assert!(got.insert((o, k)), "a term twice");
-                                }
-                            }
-                        }
-                        assert_eq!(got, want, "stride {stride}, kernel {kernel}, pad {pad}, size {size}");
+                        out.push((stride, kernel, pad as i64..(pad + size) as i64, outputs, terms));
                     }
                 }
             }
+        }
+        out
+    }
+
+    /// The (output, tap) terms `split` reads, each once.
+    fn terms_read(split: &[Band]) -> BTreeSet<(usize, usize)> {
+        let mut got = BTreeSet::new();
+        for band in split {
+            for o in band.first..band.first + band.count {
+                for k in band.tap0..band.tap0 + band.taps {
+                    assert!(got.insert((o, k)), "a term twice");
+                }
+            }
+        }
+        got
+    }
+
+    /// The forward pass's bands read every (output, tap) pair whose input is real exactly once,
+    /// and no padding; every output lies in one band.
+    #[test]
+    fn forward_bands_read_every_real_input_once() {
+        for (stride, kernel, data, outputs, terms) in geometries() {
+            let all = bands(outputs, stride, kernel, data.clone());
+            assert_eq!(all.iter().map(|b| b.count).sum::<usize>(), outputs, "every output in one band");
+            assert_eq!(terms_read(&all), terms, "stride {stride}, kernel {kernel}, data {data:?}");
+        }
+    }
+
+    /// The weight gradient's tap bands cover the same terms, at most one band per tap.
+    #[test]
+    fn tap_bands_cover_every_real_term_once() {
+        for (stride, kernel, data, outputs, terms) in geometries() {
+            let all = tap_bands(outputs, stride, kernel, data.clone());
+            assert!(all.len() <= kernel, "at most a band per tap");
+            assert_eq!(terms_read(&all), terms, "stride {stride}, kernel {kernel}, data {data:?}");
         }
     }
 }
