@@ -111,7 +111,9 @@ fn activation_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
         case RELU: { dx = select(zero, bwd_dy4[i], x > zero); }
         default: { dx = select(zero, bwd_dy4[i], x > zero & x < vec4<f32>(6.0)); }
     }
-    bwd_dx4[i] = select(dx, bwd_dx4[i] + dx, p.accumulate != 0u);
+    // dx is read only to add to it: software adapters pay for every access.
+    if (p.accumulate != 0u) { dx = bwd_dx4[i] + dx; }
+    bwd_dx4[i] = dx;
 }
 
 @group(0) @binding(1) var<storage, read> add_a: array<f32>;
@@ -155,5 +157,7 @@ fn add_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
 fn pass_gradient_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.len / 4u) { return; }
-    pass_dx4[i] = select(pass_dy4[i], pass_dx4[i] + pass_dy4[i], p.accumulate != 0u);
+    var dx = pass_dy4[i];
+    if (p.accumulate != 0u) { dx = pass_dx4[i] + dx; }
+    pass_dx4[i] = dx;
 }

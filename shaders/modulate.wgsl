@@ -327,25 +327,44 @@ fn add_terms(sum: ptr<function, array<vec2<f32>, TAPS_3X3>>, d: vec4<f32>, w: ve
     (*sum)[t.w] = df_add((*sum)[t.w], two_prod(d.w, w.w));
 }
 
+// Adds the 36 terms of the block whose first vec4 is e.
+fn add_block(sum: ptr<function, array<vec2<f32>, TAPS_3X3>>, e: u32) {
+    // The calls stay unrolled so that every index into the sums is a constant.
+    add_terms(sum, bwd_dchildren4[e], bwd_parent4[e], BLOCK_TAPS[0]);
+    add_terms(sum, bwd_dchildren4[e + 1u], bwd_parent4[e + 1u], BLOCK_TAPS[1]);
+    add_terms(sum, bwd_dchildren4[e + 2u], bwd_parent4[e + 2u], BLOCK_TAPS[2]);
+    add_terms(sum, bwd_dchildren4[e + 3u], bwd_parent4[e + 3u], BLOCK_TAPS[3]);
+    add_terms(sum, bwd_dchildren4[e + 4u], bwd_parent4[e + 4u], BLOCK_TAPS[4]);
+    add_terms(sum, bwd_dchildren4[e + 5u], bwd_parent4[e + 5u], BLOCK_TAPS[5]);
+    add_terms(sum, bwd_dchildren4[e + 6u], bwd_parent4[e + 6u], BLOCK_TAPS[6]);
+    add_terms(sum, bwd_dchildren4[e + 7u], bwd_parent4[e + 7u], BLOCK_TAPS[7]);
+    add_terms(sum, bwd_dchildren4[e + 8u], bwd_parent4[e + 8u], BLOCK_TAPS[8]);
+}
+
 @compute @workgroup_size(64)
 fn modulate_backward_attention_3x3_blocks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let co = wid.x;
     let blocks = p.fan / (4u * TAPS_3X3);
     var tap_sum: array<vec2<f32>, TAPS_3X3>;
     for (var b = lane; b < blocks; b += REDUCE) {
-        let e = (co * blocks + b) * TAPS_3X3;
-        // The calls stay unrolled so that every index into tap_sum is a constant.
-        add_terms(&tap_sum, bwd_dchildren4[e], bwd_parent4[e], BLOCK_TAPS[0]);
-        add_terms(&tap_sum, bwd_dchildren4[e + 1u], bwd_parent4[e + 1u], BLOCK_TAPS[1]);
-        add_terms(&tap_sum, bwd_dchildren4[e + 2u], bwd_parent4[e + 2u], BLOCK_TAPS[2]);
-        add_terms(&tap_sum, bwd_dchildren4[e + 3u], bwd_parent4[e + 3u], BLOCK_TAPS[3]);
-        add_terms(&tap_sum, bwd_dchildren4[e + 4u], bwd_parent4[e + 4u], BLOCK_TAPS[4]);
-        add_terms(&tap_sum, bwd_dchildren4[e + 5u], bwd_parent4[e + 5u], BLOCK_TAPS[5]);
-        add_terms(&tap_sum, bwd_dchildren4[e + 6u], bwd_parent4[e + 6u], BLOCK_TAPS[6]);
-        add_terms(&tap_sum, bwd_dchildren4[e + 7u], bwd_parent4[e + 7u], BLOCK_TAPS[7]);
-        add_terms(&tap_sum, bwd_dchildren4[e + 8u], bwd_parent4[e + 8u], BLOCK_TAPS[8]);
+        add_block(&tap_sum, (co * blocks + b) * TAPS_3X3);
     }
     finish_attention(co, lane, tap_sum);
+}
+
+// The same for output channels of few blocks (src/ops/modulate.rs `SERIAL_MAX_BLOCKS`): one
+// invocation per output channel adds its blocks in order, without the workgroup tree, whose
+// barriers cost software adapters more than a channel's few blocks. Invocations: c_out.
+@compute @workgroup_size(64)
+fn modulate_backward_attention_3x3_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let co = flat_index(gid, nwg);
+    if (co >= p.c_out) { return; }
+    let blocks = p.fan / (4u * TAPS_3X3);
+    var tap_sum: array<vec2<f32>, TAPS_3X3>;
+    for (var b = 0u; b < blocks; b++) {
+        add_block(&tap_sum, (co * blocks + b) * TAPS_3X3);
+    }
+    store_attention(co, tap_sum);
 }
 
 // Sums each tap's lane sums over the workgroup and stores output channel co's partials and
@@ -353,7 +372,6 @@ fn modulate_backward_attention_3x3_blocks(@builtin(workgroup_id) wid: vec3<u32>,
 // and tap; each tap's tree is workgroup_sum's). An unread tap's terms are all zero (its
 // dchild is); its partial is zero.
 fn finish_attention(co: u32, lane: u32, tap_sum: array<vec2<f32>, TAPS_3X3>) {
-    let k = p.first_child;
     for (var t = 0u; t < TAPS_3X3; t++) { tap_tree[t * REDUCE + lane] = tap_sum[t]; }
     workgroupBarrier();
     for (var stride = REDUCE / 2u; stride > 0u; stride = stride / 2u) {
@@ -366,15 +384,22 @@ fn finish_attention(co: u32, lane: u32, tap_sum: array<vec2<f32>, TAPS_3X3>) {
         workgroupBarrier();
     }
     if (lane == 0u) {
-        var filter_sum = df(0.0);
-        for (var t = 0u; t < TAPS_3X3; t++) {
-            let total = tap_tree[t * REDUCE];
-            tap_partials[co * TAPS_3X3 + t] = total;
-            filter_sum = df_add(filter_sum, df_mul(total, df(1.0 + spatial_attention[k * TAPS_3X3 + t])));
-        }
-        let at = k * p.c_out + co;
-        bwd_out[at] = accumulated(bwd_out[at], filter_sum.x + filter_sum.y, p.accumulate);
+        var totals: array<vec2<f32>, TAPS_3X3>;
+        for (var t = 0u; t < TAPS_3X3; t++) { totals[t] = tap_tree[t * REDUCE]; }
+        store_attention(co, totals);
     }
+}
+
+// Stores output channel co's per-tap sums as its partials, and its filter gradient.
+fn store_attention(co: u32, totals: array<vec2<f32>, TAPS_3X3>) {
+    let k = p.first_child;
+    var filter_sum = df(0.0);
+    for (var t = 0u; t < TAPS_3X3; t++) {
+        tap_partials[co * TAPS_3X3 + t] = totals[t];
+        filter_sum = df_add(filter_sum, df_mul(totals[t], df(1.0 + spatial_attention[k * TAPS_3X3 + t])));
+    }
+    let at = k * p.c_out + co;
+    bwd_out[at] = accumulated(bwd_out[at], filter_sum.x + filter_sum.y, p.accumulate);
 }
 
 // dspatial[k, tap] = sum_co partial[co][tap] * (1 + filter[k, co]), in double-float.

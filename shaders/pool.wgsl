@@ -92,7 +92,8 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
             }
         }
         let i = row * p.w + ix;
-        mb_dx[i] = accumulated(mb_dx[i], sum, p.accumulate);
+        if (p.accumulate != 0u) { sum = mb_dx[i] + sum; }
+        mb_dx[i] = sum;
     }
 }
 

@@ -235,7 +235,7 @@ fn depthwise_families_agree() {
 /// on both sides (two weight tiles per workgroup, an odd count of them). The forward passes
 /// add a residual and apply an output activation (uniform blocks: in the last block only).
 /// A weight two convolutions share gets the sum of both gradients, whichever runs its backward
-/// pass first: a 2x2 map's (four bands, each with partial sums of its own taps) and a larger
+/// pass first: a 2x2 map's (nine passes, each with partial sums of one tap) and a larger
 /// map's (partial sums over chunks). Input channels off a multiple of four (the reduction's
 /// scalar stores) and on one (vec4 stores: 3x3 and 1x1 kernels).
 #[test]
@@ -362,9 +362,19 @@ fn activate(activation: OutputActivation, v: f64) -> f64 {
 fn modulation_matches_reference() {
     // 3 input channels: 27 weights per output channel, one at a time; 4: 36, four at a time,
     // or (3x3 with a spatial attention) in blocks of 36, one or (8 channels) two per output
-    // channel. 3x3 kernels with a spatial attention take the fused attention gradient, 1x3 the
-    // general.
-    let cases = [(true, 3, 3), (false, 3, 3), (true, 4, 3), (true, 8, 3), (false, 4, 3), (true, 4, 1), (true, 3, 1)];
+    // channel, each channel's blocks summed by one invocation, or (516 channels, 129 blocks)
+    // by a workgroup. 3x3 kernels with a spatial attention take the fused attention gradient,
+    // 1x3 the general.
+    let cases = [
+        (true, 3, 3),
+        (false, 3, 3),
+        (true, 4, 3),
+        (true, 8, 3),
+        (true, 516, 3),
+        (false, 4, 3),
+        (true, 4, 1),
+        (true, 3, 1),
+    ];
     for (has_spatial, c_in, kh) in cases {
         let mut g = Graph::new();
         let parent = g.param("parent", &[5, c_in, kh, 3]).unwrap();
@@ -717,6 +727,20 @@ fn pooling_matches_reference() {
         let want_dx = r::pool::maxpool_backward(&p, &argmax, &dy);
         assert_close(&format!("{case} maxpool dx"), &read_grad(&exe, x), &want_dx, TOL);
     }
+
+    // Two pools of one input: the second adds its gradient to the first's.
+    let mut g = Graph::new();
+    let x = g.input("x", &[2, 3, 8, 6]);
+    let pools = [0, 1].map(|_| g.maxpool2d(x, 3, 2, 1).unwrap());
+    let y = g.add(pools[0], pools[1]).unwrap();
+    let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+    let xv = feed(&exe, &g, x, &mut rng);
+    let dy = seed_grad(&exe, &g, y, &mut rng);
+    exe.run().unwrap();
+    let p = MaxPool2d { planes: 6, h: 8, w: 6, out_h: 4, out_w: 3, kernel: 3, stride: 2, pad: 1 };
+    let (_, argmax) = r::pool::maxpool_forward(&p, &xv);
+    let twice: Vec<f64> = r::pool::maxpool_backward(&p, &argmax, &dy).iter().map(|v| 2.0 * v).collect();
+    assert_close("maxpool used twice dx", &read_grad(&exe, x), &twice, TOL);
 
     let mut g = Graph::new();
     let x = g.input("x", &[3, 5, 7, 9]);

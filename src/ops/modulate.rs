@@ -20,6 +20,10 @@ use crate::graph::{Graph, TensorId, shape_error};
 /// Taps of a 3x3 child (`TAPS_3X3` in modulate.wgsl), whose attention gradients come from one
 /// pass and whose weights may go in 36-weight blocks.
 const TAPS_3X3: usize = 9;
+/// Most 36-weight blocks per output channel that the attention gradient sums in one
+/// invocation (in order), not in a workgroup tree (`modulate_backward_attention_3x3_serial`):
+/// every 3x3 conv of ResNet (at most 512 input channels, 128 blocks).
+const SERIAL_MAX_BLOCKS: usize = 128;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Modulate {
@@ -119,11 +123,16 @@ impl Modulate {
         self.fused_attention() && !self.skips_taps() && self.fan.is_multiple_of(4 * TAPS_3X3)
     }
 
-    /// The fused attention gradient's kernel.
-    fn attention_entry(&self) -> &'static str {
+    /// The fused attention gradient's kernel and grid: one workgroup per output channel, or
+    /// for channels of at most SERIAL_MAX_BLOCKS blocks one invocation each.
+    fn attention_entry(&self) -> (&'static str, [u32; 3]) {
+        let channels = self.c_out as u32;
         match self.runs_blocks() {
-            true => "modulate_backward_attention_3x3_blocks",
-            false => "modulate_backward_attention_3x3",
+            true if self.fan / (4 * TAPS_3X3) <= SERIAL_MAX_BLOCKS => {
+                ("modulate_backward_attention_3x3_serial", grid(self.c_out))
+            }
+            true => ("modulate_backward_attention_3x3_blocks", [channels, 1, 1]),
+            false => ("modulate_backward_attention_3x3", [channels, 1, 1]),
         }
     }
 
@@ -199,7 +208,8 @@ impl Op for Modulate {
             for (c, k) in self.rows() {
                 let kernel = [parent, spatial, filter, grads.outputs[c], dfilter.slice, partials];
                 let params = self.params(k, dfilter.accumulate);
-                out.push(gpu.dispatch("modulate", self.attention_entry(), &params, &kernel, [self.c_out as u32, 1, 1]));
+                let (entry, workgroups) = self.attention_entry();
+                out.push(gpu.dispatch("modulate", entry, &params, &kernel, workgroups));
                 let sums = [parent, spatial, filter, grads.outputs[c], ds.slice, partials];
                 let params = self.params(k, ds.accumulate);
                 out.push(gpu.dispatch(
