@@ -238,14 +238,22 @@ fn batchnorm_stats_eval(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 @compute @workgroup_size(64)
 fn batchnorm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let run = element_run(flat_index(gid, nwg));
-    let ch = p.channels;
-    let c = run.z;
-    let scale = ap_saved[ch + c] * ap_weight[c];
-    let mean = vec2<f32>(ap_saved[c], ap_saved[2u * ch + c]);
-    let bias = ap_bias[c];
+    let s = apply_stats(run.z);
     for (var i = run.x; i < run.x + run.y; i++) {
-        ap_y[i] = ((ap_x[i] - mean.x) - mean.y) * scale + bias;
+        ap_y[i] = ((ap_x[i] - s.mean.x) - s.mean.y) * s.scale + s.bias;
     }
+}
+
+// What normalising channel c needs: invstd * weight, the mean (both parts) and the bias.
+struct ApplyStats {
+    scale: f32,
+    mean: vec2<f32>,
+    bias: f32,
+}
+
+fn apply_stats(c: u32) -> ApplyStats {
+    let ch = p.channels;
+    return ApplyStats(ap_saved[ch + c] * ap_weight[c], vec2<f32>(ap_saved[c], ap_saved[2u * ch + c]), ap_bias[c]);
 }
 
 // The elementwise kernels' vec4 views, for planes whose elements come in fours (spatial % 4
@@ -257,13 +265,9 @@ fn batchnorm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 @compute @workgroup_size(64)
 fn batchnorm_apply_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let run = element_run(flat_index(gid, nwg));
-    let ch = p.channels;
-    let c = run.z;
-    let scale = ap_saved[ch + c] * ap_weight[c];
-    let mean = vec2<f32>(ap_saved[c], ap_saved[2u * ch + c]);
-    let bias = ap_bias[c];
+    let s = apply_stats(run.z);
     for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
-        ap_y4[i] = ((ap_x4[i] - mean.x) - mean.y) * scale + bias;
+        ap_y4[i] = ((ap_x4[i] - s.mean.x) - s.mean.y) * s.scale + s.bias;
     }
 }
 
@@ -376,23 +380,37 @@ fn backward_finish(c: u32, sum_dy: vec2<f32>, sum_dy_c: vec2<f32>) {
 @compute @workgroup_size(64)
 fn batchnorm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let run = element_run(flat_index(gid, nwg));
-    let ch = p.channels;
-    let c = run.z;
-    let scale = bi_weight[c] * bi_saved[ch + c];
-    let mean = vec2<f32>(bi_saved[c], bi_saved[2u * ch + c]);
-    let mean_dy = vec2<f32>(bi_sums[c], bi_sums[ch + c]);
-    let beta = vec2<f32>(bi_sums[2u * ch + c], bi_sums[3u * ch + c]);
+    let s = input_gradient_stats(run.z);
     for (var i = run.x; i < run.x + run.y; i++) {
         var g = bi_dy[i];
-        if (p.training != 0u) { g = centred_gradient(bi_x[i], g, mean, mean_dy, beta); }
-        bi_dx[i] = accumulated(bi_dx[i], scale * g, p.accumulate_input);
+        if (p.training != 0u) { g = centred_gradient(bi_x[i], g, s); }
+        bi_dx[i] = accumulated(bi_dx[i], s.scale * g, p.accumulate_input);
     }
 }
 
+// What the input gradient needs of channel c: weight * invstd, and (double-float) the mean,
+// mean(dy) and beta.
+struct InputGradientStats {
+    scale: f32,
+    mean: vec2<f32>,
+    mean_dy: vec2<f32>,
+    beta: vec2<f32>,
+}
+
+fn input_gradient_stats(c: u32) -> InputGradientStats {
+    let ch = p.channels;
+    return InputGradientStats(
+        bi_weight[c] * bi_saved[ch + c],
+        vec2<f32>(bi_saved[c], bi_saved[2u * ch + c]),
+        vec2<f32>(bi_sums[c], bi_sums[ch + c]),
+        vec2<f32>(bi_sums[2u * ch + c], bi_sums[3u * ch + c]),
+    );
+}
+
 // (dy - mean(dy)) - (x - mean) * beta, in double-float, rounded to f32.
-fn centred_gradient(x: f32, dy: f32, mean: vec2<f32>, mean_dy: vec2<f32>, beta: vec2<f32>) -> f32 {
-    let centred = df_add(df(x), df_neg(mean));
-    let r = df_add(df_add(df(dy), df_neg(mean_dy)), df_neg(df_mul(centred, beta)));
+fn centred_gradient(x: f32, dy: f32, s: InputGradientStats) -> f32 {
+    let centred = df_add(df(x), df_neg(s.mean));
+    let r = df_add(df_add(df(dy), df_neg(s.mean_dy)), df_neg(df_mul(centred, s.beta)));
     return r.x + r.y;
 }
 
@@ -404,24 +422,19 @@ fn centred_gradient(x: f32, dy: f32, mean: vec2<f32>, mean_dy: vec2<f32>, beta: 
 @compute @workgroup_size(64)
 fn batchnorm_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let run = element_run(flat_index(gid, nwg));
-    let ch = p.channels;
-    let c = run.z;
-    let scale = bi_weight[c] * bi_saved[ch + c];
-    let mean = vec2<f32>(bi_saved[c], bi_saved[2u * ch + c]);
-    let mean_dy = vec2<f32>(bi_sums[c], bi_sums[ch + c]);
-    let beta = vec2<f32>(bi_sums[2u * ch + c], bi_sums[3u * ch + c]);
+    let s = input_gradient_stats(run.z);
     for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
         var g = bi_dy4[i];
         if (p.training != 0u) {
             let x = bi_x4[i];
             g = vec4<f32>(
-                centred_gradient(x.x, g.x, mean, mean_dy, beta),
-                centred_gradient(x.y, g.y, mean, mean_dy, beta),
-                centred_gradient(x.z, g.z, mean, mean_dy, beta),
-                centred_gradient(x.w, g.w, mean, mean_dy, beta),
+                centred_gradient(x.x, g.x, s),
+                centred_gradient(x.y, g.y, s),
+                centred_gradient(x.z, g.z, s),
+                centred_gradient(x.w, g.w, s),
             );
         }
-        var v = scale * g;
+        var v = s.scale * g;
         if (p.accumulate_input != 0u) { v = bi_dx4[i] + v; }
         bi_dx4[i] = v;
     }
