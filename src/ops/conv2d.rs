@@ -464,7 +464,10 @@ impl Op for Conv2d {
             let params = s.params(self.has_bias, accumulate_flag(db));
             let partials = b.scratch[b.scratch.len() - 1];
             let workgroups = [s.c_out as u32, params.chunks, 1];
-            out.extend(chunked_sum(gpu, &params, "conv", "conv2d_backward_bias", [dy, db.slice], partials, workgroups));
+            // Maps whose pixels come in fours sum dy as vec4s (chunks hold whole vec4s).
+            let quads = (s.out_h * s.out_w).is_multiple_of(4) && params.chunk_len.is_multiple_of(4);
+            let entry = if quads { "conv2d_backward_bias_quads" } else { "conv2d_backward_bias" };
+            out.extend(chunked_sum(gpu, &params, "conv", entry, [dy, db.slice], partials, workgroups));
         }
         out
     }
