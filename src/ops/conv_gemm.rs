@@ -210,8 +210,12 @@ const MAX_BANDS: usize = 4;
 fn worth_splitting(rows: &[Band], cols: &[Band], full: usize) -> Option<Vec<(Band, Band)>> {
     let work = |bands: &[Band]| bands.iter().map(|b| b.count * b.taps).sum::<usize>();
     let regions = rows.len() * cols.len();
-    (regions > 1 && regions <= MAX_BANDS && 10 * work(rows) * work(cols) <= 9 * full)
-        .then(|| rows.iter().flat_map(|&r| cols.iter().map(move |&c| (r, c))).collect())
+    (regions > 1 && regions <= MAX_BANDS && 10 * work(rows) * work(cols) <= 9 * full).then(|| regions_of(rows, cols))
+}
+
+/// Every region (row band, column band) of a split, rows outer.
+fn regions_of(rows: &[Band], cols: &[Band]) -> Vec<(Band, Band)> {
+    rows.iter().flat_map(|&r| cols.iter().map(move |&c| (r, c))).collect()
 }
 
 /// (tap, input quad) steps per weight block, and the block's size in floats (64 KiB, the most
@@ -828,9 +832,7 @@ impl GemmPlan {
     /// tenth of the multiply-adds; `None`: one pass.
     fn forward_bands(&self) -> Option<Vec<(Band, Band)>> {
         let s = &self.shape;
-        let data = |pad: i32, size: usize| pad as i64..pad as i64 + size as i64;
-        let rows = bands(s.out_h, s.cfg.stride.0, self.kernel_h, data(self.pad_h, s.h));
-        let cols = bands(s.out_w, s.cfg.stride.1, self.kernel_w, data(self.pad_w, s.w));
+        let (rows, cols) = self.split_axes(bands);
         worth_splitting(&rows, &cols, self.kernel_h * s.out_h * self.kernel_w * s.out_w)
     }
 
@@ -838,14 +840,22 @@ impl GemmPlan {
     /// (row tap band, column tap band) where there are at most MAX_WEIGHT_PASSES of them,
     /// else the forward bands.
     fn weight_regions(&self, bands: Vec<(Band, Band)>) -> Vec<(Band, Band)> {
-        let s = &self.shape;
-        let data = |pad: i32, size: usize| pad as i64..pad as i64 + size as i64;
-        let rows = tap_bands(s.out_h, s.cfg.stride.0, self.kernel_h, data(self.pad_h, s.h));
-        let cols = tap_bands(s.out_w, s.cfg.stride.1, self.kernel_w, data(self.pad_w, s.w));
+        let (rows, cols) = self.split_axes(tap_bands);
         match rows.len() * cols.len() <= MAX_WEIGHT_PASSES {
-            true => rows.iter().flat_map(|&r| cols.iter().map(move |&c| (r, c))).collect(),
+            true => regions_of(&rows, &cols),
             false => bands,
         }
+    }
+
+    /// The output rows and columns split by `split` ([`bands`] or [`tap_bands`]) over the used
+    /// taps, real data lying past the padding.
+    fn split_axes(&self, split: fn(usize, usize, usize, Range<i64>) -> Vec<Band>) -> (Vec<Band>, Vec<Band>) {
+        let s = &self.shape;
+        let data = |pad: i32, size: usize| pad as i64..pad as i64 + size as i64;
+        (
+            split(s.out_h, s.cfg.stride.0, self.kernel_h, data(self.pad_h, s.h)),
+            split(s.out_w, s.cfg.stride.1, self.kernel_w, data(self.pad_w, s.w)),
+        )
     }
 
     /// Floats of the forward weights packed for `taps` taps (at least one block, so that a
