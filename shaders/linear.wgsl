@@ -2,8 +2,9 @@
 // projections at training batch sizes) that one dispatch per pass beats the GEMM's
 // channels-last copies and weight packing: y = x w^T + b on [N, in] rows, and the gradients.
 // A lane holds ROWS results that share one factor (one weight, or one x value) and a
-// workgroup's lanes share the other factor's index, so software adapters, which pay a loop
-// over lanes for a load that differs per lane, load it once for the workgroup. Each result
+// workgroup's lanes share the other factor's index. Software adapters still pay a loop over
+// lanes for that load: where subgroups allow, linear_subgroup.wgsl loads it once per eight
+// lanes and broadcasts it. Each result
 // sums in the order the GEMM kernels sum it (from the value already there when adding to it,
 // then the terms in order, the bias last), so the two paths agree.
 

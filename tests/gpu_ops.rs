@@ -6,7 +6,6 @@ mod common;
 
 use common::{assert_close, f32_exact, gpu, gradient_plan, randn, rng, to_f32, to_f64};
 use kdna::graph::{Executor, Graph, Init, Plan, TensorId};
-use kdna::ops::Mode;
 use kdna::ops::activation::Activation;
 use kdna::ops::adamw::AdamW;
 use kdna::ops::batchnorm::BatchNorm;
@@ -17,6 +16,7 @@ use kdna::ops::linear::Linear;
 use kdna::ops::modulate::Modulate;
 use kdna::ops::pool::MaxPool2d;
 use kdna::ops::sgd::Sgd;
+use kdna::ops::{GradTarget, Mode};
 use kdna::reference as r;
 use rand::rngs::StdRng;
 
@@ -767,6 +767,12 @@ fn linear_matches_reference() {
         ((2, 96, 10), false),
         ((41, 150, 173), true),
         ((130, 90, 93), false),
+        // Features in fours run linear_subgroup.wgsl's kernels on subgroup adapters: both axes
+        // (a batch off the eight samples, more outputs than a workgroup's lanes), the inputs
+        // alone, the outputs alone.
+        ((13, 20, 68), true),
+        ((16, 36, 10), true),
+        ((5, 6, 12), false),
     ];
     let rows = |&((batch, in_features, out_features), _): &((usize, usize, usize), bool)| {
         Linear { batch, in_features, out_features, has_bias: false, activation: OutputActivation::None }.runs_rows()
@@ -799,7 +805,7 @@ fn linear_matches_reference() {
 /// backward pass adds to every gradient, on both paths.
 #[test]
 fn linear_gradients_add_up_when_used_twice() {
-    for (batch, in_features, out_features) in [(5, 13, 7), (41, 150, 173)] {
+    for (batch, in_features, out_features) in [(5, 13, 7), (41, 150, 173), (11, 24, 8)] {
         let mut g = Graph::new();
         let x = g.input("x", &[batch, in_features]);
         let w = g.param("w", &[out_features, in_features]).unwrap();
@@ -819,6 +825,61 @@ fn linear_gradients_add_up_when_used_twice() {
         assert_close("dx", &read_grad(&exe, x), &twice(dx), TOL);
         assert_close("dw", &read_grad(&exe, w), &twice(dw), TOL);
         assert_close("db", &read_grad(&exe, b), &twice(db), TOL);
+    }
+}
+
+/// The row kernels and their subgroup forms (features in fours) store the same bits: each
+/// sums the same terms in the same order, whichever loads them. Every gradient adds to what is
+/// there, so the accumulating paths are compared too.
+#[test]
+fn linear_row_kernels_agree_bit_for_bit() {
+    let gpu = gpu();
+    assert!(gpu.subgroups, "the test adapter has no subgroups of eight lanes: the broadcast path goes untested");
+    for (batch, in_features, out_features) in [(13, 20, 68), (16, 36, 10), (5, 6, 12), (1, 4, 4), (9, 132, 20)] {
+        let layer = Linear { batch, in_features, out_features, has_bias: true, activation: OutputActivation::None };
+        assert!(layer.runs_rows());
+        let mut rng = rng(630);
+        let mut upload = |name: &str, len: usize| gpu.upload(name, &to_f32(&randn(&mut rng, len)));
+        let (x, w, bias, dy) = (
+            upload("x", batch * in_features),
+            upload("w", out_features * in_features),
+            upload("bias", out_features),
+            upload("dy", batch * out_features),
+        );
+        let starts =
+            [batch * in_features, out_features * in_features, out_features].map(|n| to_f32(&randn(&mut rng, n)));
+        let results = [false, true].map(|subgroups| {
+            let y = gpu.storage("y", batch * out_features);
+            let grads = starts.each_ref().map(|start| gpu.upload("grad", start));
+            let mut dispatches = vec![layer.forward_rows(&gpu, [&x, &w, &bias, &y], subgroups)];
+            let targets = grads.each_ref().map(|slice| Some(GradTarget { slice, accumulate: true }));
+            dispatches.extend(layer.backward_rows(&gpu, [&x, &w, &dy], targets, subgroups));
+            gpu.run(&dispatches);
+            [&y, &grads[0], &grads[1], &grads[2]].map(|b| gpu.read::<f32>(b).unwrap())
+        });
+        let case = format!("{batch}x{in_features}->{out_features}");
+        for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(results[0].iter().zip(&results[1])) {
+            let differing = a.iter().zip(b).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(
+                differing, 0,
+                "{case}: {name} values that differ between the row kernels and their subgroup forms"
+            );
+        }
+        // And they are right.
+        let wide = |v: &[f32]| to_f64(v);
+        let read_back = |b: &kdna::gpu::GpuSlice| wide(&gpu.read::<f32>(b).unwrap());
+        let (xv, wv, bv, dyv) = (read_back(&x), read_back(&w), read_back(&bias), read_back(&dy));
+        assert_close(
+            &format!("{case} y"),
+            &wide(&results[1][0]),
+            &r::linear::forward(&layer, &xv, &wv, Some(&bv)),
+            TOL,
+        );
+        let (dx, dw, db) = r::linear::backward(&layer, &xv, &wv, &dyv);
+        for (i, (name, want)) in [("dx", dx), ("dw", dw), ("db", db)].into_iter().enumerate() {
+            let added: Vec<f64> = results[1][i + 1].iter().zip(&starts[i]).map(|(a, b)| (a - b) as f64).collect();
+            assert_close(&format!("{case} {name}"), &added, &want, TOL);
+        }
     }
 }
 

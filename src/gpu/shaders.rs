@@ -5,12 +5,15 @@ const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const DOUBLE_FLOAT: &str = include_str!("../../shaders/double_float.wgsl");
 /// What the convolution families share (parameter struct, pixel tiles).
 const CONV_COMMON: &str = include_str!("../../shaders/conv_common.wgsl");
+/// The row kernels of small fully connected layers, whose forms over subgroups build on them.
+const LINEAR: &str = include_str!("../../shaders/linear.wgsl");
 
 /// What a family needs prepended besides common.wgsl.
 fn preludes(family: &str) -> &'static [&'static str] {
     match family {
         "modulate" | "norm" => &[DOUBLE_FLOAT],
         "conv" | "depthwise" => &[CONV_COMMON],
+        "linear_subgroup" => &[LINEAR],
         _ => &[],
     }
 }
@@ -25,7 +28,9 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("depthwise", include_str!("../../shaders/depthwise.wgsl")),
     ("layer_scale", include_str!("../../shaders/layer_scale.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
-    ("linear", include_str!("../../shaders/linear.wgsl")),
+    ("linear", LINEAR),
+    // Its kernels where a subgroup shares the loads of the rows its lanes all read.
+    ("linear_subgroup", include_str!("../../shaders/linear_subgroup.wgsl")),
     ("loss", include_str!("../../shaders/loss.wgsl")),
     ("modulate", include_str!("../../shaders/modulate.wgsl")),
     ("norm", include_str!("../../shaders/norm.wgsl")),

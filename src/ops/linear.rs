@@ -5,8 +5,8 @@
 use anyhow::Result;
 
 use super::conv2d::{Conv2d, Conv2dConfig, Conv2dShape, OutputActivation};
-use super::{Bound, Forward, Grads, Mode, Op, accumulate_flag};
-use crate::gpu::{Dispatch, Gpu, grid};
+use super::{Bound, Forward, GradTarget, Grads, Mode, Op, accumulate_flag};
+use crate::gpu::{Dispatch, Gpu, GpuSlice, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
 /// Multiply-adds up to which a layer runs the row kernels of `linear.wgsl`, one dispatch per
@@ -103,8 +103,7 @@ impl Op for Linear {
         }
         // Without a bias the binding is not read: any buffer does.
         let buffers = [b.inputs[0], b.inputs[1], b.inputs[b.inputs.len() - 1], b.outputs[0]];
-        let workgroups = rows_grid(self.out_features, self.batch);
-        vec![gpu.dispatch("linear", "linear_forward", &self.params(0), &buffers, workgroups)]
+        vec![self.forward_rows(gpu, buffers, gpu.subgroups)]
     }
 
     fn split_forward(&self, gpu: &Gpu, b: &Bound, mode: Mode, fixed: &[bool]) -> Forward {
@@ -120,19 +119,56 @@ impl Op for Linear {
         if !self.runs_rows() {
             return self.conv().backward(gpu, b, grads, mode);
         }
-        let dy = grads.outputs[0];
-        // (target, the other factor, kernel, workgroups)
+        let targets = [0, 1, 2].map(|i| grads.inputs.get(i).copied().flatten());
+        self.backward_rows(gpu, [b.inputs[0], b.inputs[1], grads.outputs[0]], targets, gpu.subgroups)
+    }
+}
+
+impl Linear {
+    /// The row kernels' forward pass over [x, weight, bias, y]. With `subgroups` (an adapter
+    /// whose subgroups have at least eight lanes), a layer whose inputs come in fours runs
+    /// linear_subgroup.wgsl's kernel, which shares the samples' loads by broadcast and sums
+    /// the same terms in the same order.
+    pub fn forward_rows(&self, gpu: &Gpu, buffers: [&GpuSlice; 4], subgroups: bool) -> Dispatch {
+        let (family, entry) = match subgroups && self.in_features.is_multiple_of(4) {
+            true => ("linear_subgroup", "linear_forward_quads"),
+            false => ("linear", "linear_forward"),
+        };
+        gpu.dispatch(family, entry, &self.params(0), &buffers, rows_grid(self.out_features, self.batch))
+    }
+
+    /// The row kernels' backward pass from [x, weight, dy] into the targets of dx, dweight and
+    /// dbias (each where wanted), with linear_subgroup.wgsl's kernels where `subgroups` and
+    /// the summed axis comes in fours ([`Linear::forward_rows`]).
+    pub fn backward_rows(
+        &self,
+        gpu: &Gpu,
+        [x, w, dy]: [&GpuSlice; 3],
+        [dx, dw, db]: [Option<GradTarget>; 3],
+        subgroups: bool,
+    ) -> Vec<Dispatch> {
+        let input_quads = subgroups && self.out_features.is_multiple_of(4);
+        let weight_quads = subgroups && self.in_features.is_multiple_of(4);
+        let input_kernel = match input_quads {
+            true => ("linear_subgroup", "linear_backward_input_quads"),
+            false => ("linear", "linear_backward_input"),
+        };
+        let (weight_kernel, weight_lanes) = match weight_quads {
+            true => (("linear_subgroup", "linear_backward_weight_quads"), self.in_features / 4),
+            false => (("linear", "linear_backward_weight"), self.in_features),
+        };
+        // (target, the other factor, (family, kernel), workgroups)
         let passes = [
-            (grads.inputs[0], b.inputs[1], "linear_backward_input", rows_grid(self.in_features, self.batch)),
-            (grads.inputs[1], b.inputs[0], "linear_backward_weight", rows_grid(self.in_features, self.out_features)),
-            (grads.inputs.get(2).copied().flatten(), dy, "linear_backward_bias", grid(self.out_features)),
+            (dx, w, input_kernel, rows_grid(self.in_features, self.batch)),
+            (dw, x, weight_kernel, rows_grid(weight_lanes, self.out_features)),
+            (db, dy, ("linear", "linear_backward_bias"), grid(self.out_features)),
         ];
         passes
             .into_iter()
-            .filter_map(|(target, other, entry, workgroups)| {
+            .filter_map(|(target, other, (family, entry), workgroups)| {
                 let target = target?;
                 let params = self.params(accumulate_flag(&target));
-                Some(gpu.dispatch("linear", entry, &params, &[dy, other, target.slice], workgroups))
+                Some(gpu.dispatch(family, entry, &params, &[dy, other, target.slice], workgroups))
             })
             .collect()
     }
