@@ -773,9 +773,12 @@ fn linear_matches_reference() {
         ((13, 20, 68), true),
         ((16, 36, 10), true),
         ((5, 6, 12), false),
+        // Past ROWS_MAX_MACS, within SHARED_ROWS_MAX_MACS: the subgroup forms still run it.
+        ((16, 256, 300), true),
     ];
     let rows = |&((batch, in_features, out_features), _): &((usize, usize, usize), bool)| {
-        Linear { batch, in_features, out_features, has_bias: false, activation: OutputActivation::None }.runs_rows()
+        Linear { batch, in_features, out_features, has_bias: false, activation: OutputActivation::None }
+            .runs_rows(gpu().subgroups)
     };
     assert!(cases.iter().any(rows) && !cases.iter().all(rows), "both paths are tested");
     for ((batch, in_features, out_features), bias) in cases {
@@ -837,7 +840,7 @@ fn linear_row_kernels_agree_bit_for_bit() {
     assert!(gpu.subgroups, "the test adapter has no subgroups of eight lanes: the broadcast path goes untested");
     for (batch, in_features, out_features) in [(13, 20, 68), (16, 36, 10), (5, 6, 12), (1, 4, 4), (9, 132, 20)] {
         let layer = Linear { batch, in_features, out_features, has_bias: true, activation: OutputActivation::None };
-        assert!(layer.runs_rows());
+        assert!(layer.runs_rows(gpu.subgroups));
         let mut rng = rng(630);
         let mut upload = |name: &str, len: usize| gpu.upload(name, &to_f32(&randn(&mut rng, len)));
         let (x, w, bias, dy) = (

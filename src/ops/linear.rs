@@ -14,6 +14,11 @@ use crate::graph::{Graph, TensorId, shape_error};
 /// and partial sums cost more than the product itself (a router's projections at training
 /// batch sizes take eleven dispatches that way).
 pub const ROWS_MAX_MACS: usize = 1 << 20;
+/// The same for the row kernels' subgroup forms (`linear_subgroup.wgsl`: features in fours on
+/// an adapter with subgroups), whose loads cost an eighth as much: on lavapipe they run a
+/// ConvNeXt router's 3072 -> 128 projection at batch 16 (6.3 M multiply-adds) in less time
+/// than the GEMM's copies and dispatches take.
+pub const SHARED_ROWS_MAX_MACS: usize = 8 << 20;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Linear {
@@ -39,11 +44,13 @@ impl Linear {
         Conv2d { shape, has_bias: self.has_bias, has_residual: false, has_gate: false, activation: self.activation }
     }
 
-    /// Whether the layer runs the row kernels rather than the GEMM ([`ROWS_MAX_MACS`]).
-    pub fn runs_rows(&self) -> bool {
+    /// Whether the layer runs the row kernels rather than the GEMM on an adapter with or without
+    /// `subgroups` ([`ROWS_MAX_MACS`], [`SHARED_ROWS_MAX_MACS`]).
+    pub fn runs_rows(&self, subgroups: bool) -> bool {
+        let shared = subgroups && self.in_features.is_multiple_of(4) && self.out_features.is_multiple_of(4);
+        let limit = if shared { SHARED_ROWS_MAX_MACS } else { ROWS_MAX_MACS };
         // (A block of ROWS rows per workgroup along y, which holds at most 65535.)
-        self.batch * self.in_features * self.out_features <= ROWS_MAX_MACS
-            && self.batch.max(self.out_features) <= ROWS * 65535
+        self.batch * self.in_features * self.out_features <= limit && self.batch.max(self.out_features) <= ROWS * 65535
     }
 
     fn params(&self, accumulate: u32) -> LinearParams {
@@ -94,11 +101,12 @@ impl Op for Linear {
     }
 
     fn scratch(&self, backward: bool) -> Vec<usize> {
-        if self.runs_rows() { Vec::new() } else { self.conv().scratch(backward) }
+        // Sized before the adapter is known: the GEMM's wherever some adapter runs it.
+        if self.runs_rows(false) { Vec::new() } else { self.conv().scratch(backward) }
     }
 
     fn forward(&self, gpu: &Gpu, b: &Bound, mode: Mode) -> Vec<Dispatch> {
-        if !self.runs_rows() {
+        if !self.runs_rows(gpu.subgroups) {
             return self.conv().forward(gpu, b, mode);
         }
         // Without a bias the binding is not read: any buffer does.
@@ -107,7 +115,7 @@ impl Op for Linear {
     }
 
     fn split_forward(&self, gpu: &Gpu, b: &Bound, mode: Mode, fixed: &[bool]) -> Forward {
-        if self.runs_rows() {
+        if self.runs_rows(gpu.subgroups) {
             // Nothing to prepare: the row kernels read the weight as it is.
             return Forward { prepare: Vec::new(), run: self.forward(gpu, b, mode) };
         }
@@ -116,7 +124,7 @@ impl Op for Linear {
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, mode: Mode) -> Vec<Dispatch> {
         assert_eq!(self.activation, OutputActivation::None, "a linear layer with a fused activation is eval-only");
-        if !self.runs_rows() {
+        if !self.runs_rows(gpu.subgroups) {
             return self.conv().backward(gpu, b, grads, mode);
         }
         let targets = [0, 1, 2].map(|i| grads.inputs.get(i).copied().flatten());
