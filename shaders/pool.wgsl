@@ -10,9 +10,10 @@ struct PoolParams {
     stride: u32,
     pad: u32,
     accumulate: u32,
+    // One phase of max_pool_backward's windows.
+    phase_y: u32,
+    phase_x: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: PoolParams;
@@ -58,42 +59,25 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 @group(0) @binding(2) var<storage, read> mb_argmax: array<u32>;
 @group(0) @binding(3) var<storage, read_write> mb_dx: array<f32>;
 
-// Each input pixel gathers the gradient of every window that chose it (no atomics), in window
-// order. An invocation takes one input row, its pixels left to right, so that each pixel's
-// windows follow from the previous pixel's without divisions (software adapters pay eight
-// scalar divisions for each one on a vector of lanes). Invocations: planes x h.
+// Each window adds its gradient to the input pixel it chose. Windows m = ceil(kernel / stride)
+// apart along an axis never overlap, so the windows of one phase (phase_y + m i, phase_x + m j)
+// add without atomics, and the phases run one after another; dx is cleared before the first
+// (`MaxPool2d::covers_input`). An invocation takes one row of a phase's windows, left to right
+// (each window's argmax, dy and the pixel's dx loaded once, with no divisions per window).
+// Invocations: planes x the phase's rows.
 @compute @workgroup_size(64)
 fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let m = (p.kernel + p.stride - 1u) / p.stride;
+    let rows = (p.out_h - p.phase_y + m - 1u) / m;
     let row = flat_index(gid, nwg);
-    if (row >= p.planes * p.h) { return; }
-    let plane = row / p.h;
-    let iy = row % p.h;
-    let s = i32(p.stride);
-    let k = i32(p.kernel);
-    // Windows oy with oy * s <= iy + pad < oy * s + k.
-    let yp = i32(iy) + i32(p.pad);
-    let oy_lo = max((yp - k + s) / s, 0);
-    let oy_hi = min(yp / s, i32(p.out_h) - 1);
-    // The same along x, as the pixel moves: windows ox_lo ..= ox_hi.
-    var ox_lo = 0;
-    var ox_hi = -1;
-    for (var ix = 0u; ix < p.w; ix++) {
-        let xp = i32(ix) + i32(p.pad);
-        while (ox_lo * s + k <= xp) { ox_lo++; }
-        while (ox_hi + 1 < i32(p.out_w) && (ox_hi + 1) * s <= xp) { ox_hi++; }
-        let at = iy * p.w + ix;
-        var sum = 0.0;
-        for (var oy = oy_lo; oy <= oy_hi; oy++) {
-            for (var ox = ox_lo; ox <= ox_hi; ox++) {
-                let o = (plane * p.out_h + u32(oy)) * p.out_w + u32(ox);
-                if (mb_argmax[o] == at) {
-                    sum += mb_dy[o];
-                }
-            }
-        }
-        let i = row * p.w + ix;
-        if (p.accumulate != 0u) { sum = mb_dx[i] + sum; }
-        mb_dx[i] = sum;
+    if (row >= p.planes * rows) { return; }
+    let plane = row / rows;
+    let oy = p.phase_y + (row % rows) * m;
+    let base = plane * p.h * p.w;
+    let first = (plane * p.out_h + oy) * p.out_w;
+    for (var o = first + p.phase_x; o < first + p.out_w; o += m) {
+        let at = base + mb_argmax[o];
+        mb_dx[at] = mb_dx[at] + mb_dy[o];
     }
 }
 

@@ -708,24 +708,27 @@ fn pooling_matches_reference() {
     let mut rng = rng(500);
     // ResNet's stem pool; windows that overlap by two pixels (stride 1), so that a pixel is
     // often the maximum of several; windows that tile without overlap or padding, the last
-    // column left out.
-    for (kernel, stride, pad) in [(3, 2, 1), (3, 1, 1), (2, 2, 0)] {
+    // column left out; fewer windows along an axis than the backward pass has phases.
+    for (kernel, stride, pad, (h, w)) in [(3, 2, 1, (9, 7)), (3, 1, 1, (9, 7)), (2, 2, 0, (9, 7)), (3, 1, 1, (2, 5))] {
         let mut g = Graph::new();
-        let x = g.input("x", &[3, 5, 9, 7]);
+        let x = g.input("x", &[3, 5, h, w]);
         let y = g.maxpool2d(x, kernel, stride, pad).unwrap();
         let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
         let xv = feed(&exe, &g, x, &mut rng);
         let dy = seed_grad(&exe, &g, y, &mut rng);
         exe.run().unwrap();
         let out = |size: usize| (size + 2 * pad - kernel) / stride + 1;
-        let (out_h, out_w) = (out(9), out(7));
-        let p = MaxPool2d { planes: 15, h: 9, w: 7, out_h, out_w, kernel, stride, pad };
+        let (out_h, out_w) = (out(h), out(w));
+        let p = MaxPool2d { planes: 15, h, w, out_h, out_w, kernel, stride, pad };
         let (want, argmax) = r::pool::maxpool_forward(&p, &xv);
-        let case = format!("{kernel}x{kernel} stride {stride} pad {pad}");
+        let case = format!("{kernel}x{kernel} stride {stride} pad {pad} over {h}x{w}");
         assert_eq!(g.shape(y), [3, 5, out_h, out_w], "{case}");
         assert_close(&format!("{case} maxpool y"), &read(&exe, y), &want, 0.0);
         let want_dx = r::pool::maxpool_backward(&p, &argmax, &dy);
         assert_close(&format!("{case} maxpool dx"), &read_grad(&exe, x), &want_dx, TOL);
+        // Windows add to dx: a second run starts it from zero again.
+        exe.run().unwrap();
+        assert_close(&format!("{case} maxpool dx, second run"), &read_grad(&exe, x), &want_dx, TOL);
     }
 
     // Two pools of one input: the second adds its gradient to the first's.

@@ -19,7 +19,9 @@ struct PoolParams {
     stride: u32,
     pad: u32,
     accumulate: u32,
-    _pad: [u32; 3],
+    phase_y: u32,
+    phase_x: u32,
+    _pad: u32,
 }
 
 /// Graph node: `[x] -> [y]`, keeping the argmax of each window as scratch.
@@ -48,7 +50,7 @@ impl MaxPool2d {
             stride: u(self.stride),
             pad: u(self.pad),
             accumulate,
-            _pad: [0; 3],
+            ..Default::default()
         }
     }
 }
@@ -68,12 +70,27 @@ impl Op for MaxPool2d {
         vec![gpu.dispatch("pool", "maxpool_forward", &self.params(0), &buffers, grid(outputs))]
     }
 
+    /// Windows add to the pixels they chose, so dx starts cleared.
+    fn covers_input(&self, _input: usize) -> bool {
+        false
+    }
+
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
         let Some(dx) = grads.inputs[0] else { return vec![] };
         let buffers = [grads.outputs[0], b.scratch[0], dx.slice];
-        // One invocation per input row.
-        let rows = self.planes * self.h;
-        vec![gpu.dispatch("pool", "maxpool_backward", &self.params(accumulate_flag(&dx)), &buffers, grid(rows))]
+        // Windows this far apart never overlap: each phase's windows add without atomics.
+        let m = self.kernel.div_ceil(self.stride);
+        let phases = |outputs: usize| 0..m.min(outputs);
+        let mut out = Vec::new();
+        for phase_y in phases(self.out_h) {
+            for phase_x in phases(self.out_w) {
+                let params = PoolParams { phase_y: phase_y as u32, phase_x: phase_x as u32, ..self.params(1) };
+                // One invocation per row of the phase's windows.
+                let rows = self.planes * (self.out_h - phase_y).div_ceil(m);
+                out.push(gpu.dispatch("pool", "maxpool_backward", &params, &buffers, grid(rows)));
+            }
+        }
+        out
     }
 }
 
