@@ -52,7 +52,12 @@ struct Walk {
 }
 
 fn walk_start(i: u32) -> Walk {
-    return Walk(i / p.spatial, i % p.spatial);
+    return walk_start_over(i, p.spatial);
+}
+
+// The same walks over vec4s (`plane` of them per (sample, channel) plane).
+fn walk_start_over(i: u32, plane: u32) -> Walk {
+    return Walk(i / plane, i % plane);
 }
 
 // The elements of chunk k of a channel: [start, end).
@@ -62,16 +67,24 @@ fn chunk_range(k: u32) -> vec2<u32> {
 }
 
 fn walk_next(w: Walk) -> Walk {
-    var next = Walk(w.n + REDUCE / p.spatial, w.s + REDUCE % p.spatial);
-    if (next.s >= p.spatial) {
-        next.s -= p.spatial;
+    return walk_next_over(w, p.spatial);
+}
+
+fn walk_next_over(w: Walk, plane: u32) -> Walk {
+    var next = Walk(w.n + REDUCE / plane, w.s + REDUCE % plane);
+    if (next.s >= plane) {
+        next.s -= plane;
         next.n += 1u;
     }
     return next;
 }
 
 fn walk_offset(w: Walk, c: u32) -> u32 {
-    return (w.n * p.channels + c) * p.spatial + w.s;
+    return walk_offset_over(w, c, p.spatial);
+}
+
+fn walk_offset_over(w: Walk, c: u32, plane: u32) -> u32 {
+    return (w.n * p.channels + c) * plane + w.s;
 }
 
 // Elementwise kernels take runs of up to ELEMENT_RUN elements of one (sample, channel) plane
@@ -190,6 +203,72 @@ fn batchnorm_stats_train_serial(@builtin(global_invocation_id) gid: vec3<u32>, @
     stats_finish(0u, c, mean, sq);
 }
 
+// The statistics kernels over vec4 views, for planes whose elements come in fours (and one
+// chunk): a quarter of the loads (software adapters pay a lane loop for each, whatever its
+// width). The serial kernel adds the same terms in the same order as batchnorm_stats_train_serial;
+// the workgroup kernel's lanes walk vec4s, so its sums group differently from
+// batchnorm_stats_train's (still exact double-float sums, and fixed by shape).
+@group(0) @binding(1) var<storage, read> st_x4: array<vec4<f32>>;
+
+// sum + v.x + v.y + v.z + v.w, in that order.
+fn add_values(sum: vec2<f32>, v: vec4<f32>) -> vec2<f32> {
+    return df_add(df_add(df_add(df_add(sum, df(v.x)), df(v.y)), df(v.z)), df(v.w));
+}
+
+// sq + (v.x - mean)^2 + ... + (v.w - mean)^2, in that order.
+fn add_squares(sq: vec2<f32>, v: vec4<f32>, mean: vec2<f32>) -> vec2<f32> {
+    var sum = sq;
+    for (var k = 0u; k < 4u; k++) {
+        let d = df_add(df(v[k]), df_neg(mean));
+        sum = df_add(sum, df_mul(d, d));
+    }
+    return sum;
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_stats_train_serial_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = flat_index(gid, nwg);
+    if (c >= p.channels) { return; }
+    let quads = p.spatial / 4u;
+    var sum = df(0.0);
+    for (var n = 0u; n < p.batch; n++) {
+        let plane = (n * p.channels + c) * quads;
+        for (var s = 0u; s < quads; s++) {
+            sum = add_values(sum, st_x4[plane + s]);
+        }
+    }
+    let mean = df_div(sum, df(f32(p.batch * p.spatial)));
+    var sq = df(0.0);
+    for (var n = 0u; n < p.batch; n++) {
+        let plane = (n * p.channels + c) * quads;
+        for (var s = 0u; s < quads; s++) {
+            sq = add_squares(sq, st_x4[plane + s], mean);
+        }
+    }
+    stats_finish(0u, c, mean, sq);
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_stats_train_quads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let c = wid.x;
+    let quads = p.spatial / 4u;
+    let count = p.batch * quads;
+    var sum = df(0.0);
+    var w = walk_start_over(lane, quads);
+    for (var i = lane; i < count; i += REDUCE) {
+        sum = add_values(sum, st_x4[walk_offset_over(w, c, quads)]);
+        w = walk_next_over(w, quads);
+    }
+    let mean = df_div(workgroup_sum(lane, sum), df(f32(p.batch * p.spatial)));
+    var sq = df(0.0);
+    w = walk_start_over(lane, quads);
+    for (var i = lane; i < count; i += REDUCE) {
+        sq = add_squares(sq, st_x4[walk_offset_over(w, c, quads)], mean);
+        w = walk_next_over(w, quads);
+    }
+    stats_finish(lane, c, mean, workgroup_sum(lane, sq));
+}
+
 // The saved and running statistics of channel c from its mean and sum of squared deviations.
 fn stats_finish(lane: u32, c: u32, mean: vec2<f32>, sq: vec2<f32>) {
     let count = p.batch * p.spatial;
@@ -303,7 +382,7 @@ fn backward_sums(lane: u32, c: u32, start: u32, end: u32) -> array<vec2<f32>, 2>
         let at = walk_offset(w, c);
         let dy = df(br_dy[at]);
         sum_dy = df_add(sum_dy, dy);
-        sum_dy_c = df_add(sum_dy_c, df_mul(dy, df_add(df(br_x[at]), df_neg(mean))));
+        sum_dy_c = add_centred(sum_dy_c, br_x[at], dy, mean);
         w = walk_next(w);
     }
     sum_dy = workgroup_sum(lane, sum_dy);
@@ -346,10 +425,66 @@ fn batchnorm_backward_reduce_serial(@builtin(global_invocation_id) gid: vec3<u32
         for (var s = 0u; s < p.spatial; s++) {
             let dy = df(br_dy[plane + s]);
             sum_dy = df_add(sum_dy, dy);
-            sum_dy_c = df_add(sum_dy_c, df_mul(dy, df_add(df(br_x[plane + s]), df_neg(mean))));
+            sum_dy_c = add_centred(sum_dy_c, br_x[plane + s], dy, mean);
         }
     }
     backward_finish(c, sum_dy, sum_dy_c);
+}
+
+// sum + dy * (x - mean).
+fn add_centred(sum: vec2<f32>, x: f32, dy: vec2<f32>, mean: vec2<f32>) -> vec2<f32> {
+    return df_add(sum, df_mul(dy, df_add(df(x), df_neg(mean))));
+}
+
+// The backward reductions over vec4 views, as the statistics kernels' (serial: the same sums
+// in the same order; workgroup: lanes walk vec4s). One chunk.
+@group(0) @binding(1) var<storage, read> br_x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> br_dy4: array<vec4<f32>>;
+
+// sum(dy) and sum(dy * (x - mean)) plus four elements' terms, in order.
+fn add_backward_terms(sums: array<vec2<f32>, 2>, x: vec4<f32>, dy: vec4<f32>, mean: vec2<f32>) -> array<vec2<f32>, 2> {
+    var out = sums;
+    for (var k = 0u; k < 4u; k++) {
+        out[0] = df_add(out[0], df(dy[k]));
+        out[1] = add_centred(out[1], x[k], df(dy[k]), mean);
+    }
+    return out;
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_backward_reduce_serial_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = flat_index(gid, nwg);
+    if (c >= p.channels) { return; }
+    let mean = vec2<f32>(br_saved[c], br_saved[2u * p.channels + c]);
+    let quads = p.spatial / 4u;
+    var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
+    for (var n = 0u; n < p.batch; n++) {
+        let plane = (n * p.channels + c) * quads;
+        for (var s = 0u; s < quads; s++) {
+            sums = add_backward_terms(sums, br_x4[plane + s], br_dy4[plane + s], mean);
+        }
+    }
+    backward_finish(c, sums[0], sums[1]);
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_backward_reduce_quads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let c = wid.x;
+    let mean = vec2<f32>(br_saved[c], br_saved[2u * p.channels + c]);
+    let quads = p.spatial / 4u;
+    let count = p.batch * quads;
+    var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
+    var w = walk_start_over(lane, quads);
+    for (var i = lane; i < count; i += REDUCE) {
+        let at = walk_offset_over(w, c, quads);
+        sums = add_backward_terms(sums, br_x4[at], br_dy4[at], mean);
+        w = walk_next_over(w, quads);
+    }
+    let sum_dy = workgroup_sum(lane, sums[0]);
+    let sum_dy_c = workgroup_sum(lane, sums[1]);
+    if (lane == 0u) {
+        backward_finish(c, sum_dy, sum_dy_c);
+    }
 }
 
 // Channel c's parameter gradients, and mean(dy) and beta for the input gradient, from its sums.

@@ -462,7 +462,10 @@ fn batchnorm_matches_reference_in_both_modes() {
     // Planes of 63, 15, 90 (more than a workgroup's 64 lanes) and 1 elements, whose channels
     // the train-mode reductions sum one per invocation; 1,500 elements per channel, one
     // workgroup each; then 68,400, which they split into two chunks. Planes of 12 and 4
-    // elements (and the last) run the elementwise kernels on vec4s: a run of two and one.
+    // elements (and the last) run the elementwise kernels on vec4s: a run of two and one, and
+    // the serial reductions over vec4s. Planes of 480 and 32 elements, 1,440 and 1,280 to a
+    // channel, run the workgroup reductions over vec4s, whose lanes step over eight planes at
+    // a time in the second.
     let shapes = [
         vec![3, 5, 7, 9],
         vec![1, 13, 5, 3],
@@ -472,6 +475,8 @@ fn batchnorm_matches_reference_in_both_modes() {
         vec![2, 3, 190, 180],
         vec![3, 6, 4, 3],
         vec![5, 3, 2, 2],
+        vec![3, 2, 20, 24],
+        vec![40, 2, 4, 8],
     ];
     for (i, shape) in shapes.into_iter().enumerate() {
         for mode in [Mode::Train, Mode::Eval] {

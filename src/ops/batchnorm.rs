@@ -5,7 +5,7 @@
 use anyhow::{Result, bail};
 
 use super::{Bound, Grads, Mode, Op};
-use crate::gpu::{Dispatch, Gpu, grid};
+use crate::gpu::{Dispatch, Gpu, GpuSlice, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +82,23 @@ impl BatchNorm {
     fn elementwise(&self, entry: &'static str, quads: &'static str) -> &'static str {
         if self.spatial.is_multiple_of(4) { quads } else { entry }
     }
+
+    /// A train-mode reduction's dispatch: one invocation per channel (serial) or one workgroup
+    /// per channel, each over vec4s where planes' elements come in fours and the channel is
+    /// one chunk (`entries`: serial, serial over vec4s, workgroup, workgroup over vec4s).
+    fn reduction(&self, gpu: &Gpu, entries: [&'static str; 4], params: &NormParams, buffers: &[&GpuSlice]) -> Dispatch {
+        let quads = self.spatial.is_multiple_of(4) && params.chunks == 1;
+        let [serial, serial_quads, workgroup, workgroup_quads] = entries;
+        match self.serial() {
+            true => {
+                gpu.dispatch("norm", if quads { serial_quads } else { serial }, params, buffers, grid(self.channels))
+            }
+            false => {
+                let entry = if quads { workgroup_quads } else { workgroup };
+                gpu.dispatch("norm", entry, params, buffers, [self.channels as u32, 1, 1])
+            }
+        }
+    }
 }
 
 /// Most elements of a channel that the train-mode reductions sum in one invocation (in order),
@@ -131,12 +148,13 @@ impl Op for BatchNorm {
                     }
                 }
                 let buffers = [x, mean, var, saved, x, x, partials];
-                out.push(match self.serial() {
-                    true => {
-                        gpu.dispatch("norm", "batchnorm_stats_train_serial", &params, &buffers, grid(self.channels))
-                    }
-                    false => gpu.dispatch("norm", "batchnorm_stats_train", &params, &buffers, [channels, 1, 1]),
-                });
+                let entries = [
+                    "batchnorm_stats_train_serial",
+                    "batchnorm_stats_train_serial_quads",
+                    "batchnorm_stats_train",
+                    "batchnorm_stats_train_quads",
+                ];
+                out.push(self.reduction(gpu, entries, &params, &buffers));
             }
             Mode::Eval => out.push(gpu.dispatch(
                 "norm",
@@ -182,10 +200,13 @@ impl Op for BatchNorm {
             ));
         }
         let buffers = [x, dy, saved, dweight, dbias, sums, partials];
-        out.push(match self.serial() {
-            true => gpu.dispatch("norm", "batchnorm_backward_reduce_serial", &params, &buffers, grid(self.channels)),
-            false => gpu.dispatch("norm", "batchnorm_backward_reduce", &params, &buffers, [channels, 1, 1]),
-        });
+        let entries = [
+            "batchnorm_backward_reduce_serial",
+            "batchnorm_backward_reduce_serial_quads",
+            "batchnorm_backward_reduce",
+            "batchnorm_backward_reduce_quads",
+        ];
+        out.push(self.reduction(gpu, entries, &params, &buffers));
         if let Some(dx) = grads.inputs[0] {
             params.accumulate_input = dx.accumulate as u32;
             out.push(gpu.dispatch(
