@@ -103,6 +103,10 @@ struct TileParams {
     // The weight-gradient reduction's passes (see reduce_weight_partials).
     band_count: u32,
     pass_per_tap: u32,
+    // reduce_weight_partials_3x3_strided: where (chunk, output channel, tap)'s sums lie.
+    co_stride: u32,
+    tap_stride: u32,
+    chunk_stride: u32,
     bands: array<vec4<u32>, 9>,
 }
 
@@ -757,6 +761,70 @@ fn reduce_weight_partials_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @bu
     let s6 = tap_gradient(co, 2u, 0u, quad, vec4<f32>(a1.z, a3.w, a6.x, a8.y));
     let s7 = tap_gradient(co, 2u, 1u, quad, vec4<f32>(a1.w, a4.x, a6.y, a8.z));
     let s8 = tap_gradient(co, 2u, 2u, quad, vec4<f32>(a2.x, a4.y, a6.z, a8.w));
+    tr_dw4[first] = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
+    tr_dw4[first + 1u] = vec4<f32>(s4.x, s5.x, s6.x, s7.x);
+    tr_dw4[first + 2u] = vec4<f32>(s8.x, s0.y, s1.y, s2.y);
+    tr_dw4[first + 3u] = vec4<f32>(s3.y, s4.y, s5.y, s6.y);
+    tr_dw4[first + 4u] = vec4<f32>(s7.y, s8.y, s0.z, s1.z);
+    tr_dw4[first + 5u] = vec4<f32>(s2.z, s3.z, s4.z, s5.z);
+    tr_dw4[first + 6u] = vec4<f32>(s6.z, s7.z, s8.z, s0.w);
+    tr_dw4[first + 7u] = vec4<f32>(s1.w, s2.w, s3.w, s4.w);
+    tr_dw4[first + 8u] = vec4<f32>(s5.w, s6.w, s7.w, s8.w);
+}
+
+// reduce_weight_partials_3x3 where each tap's sums come from one pass: one pass over the whole
+// kernel, or one pass of one chunk per tap. Chunk c's four-channel vector of tap t and output
+// channel co lies at c * chunk_stride + co * co_stride + t * tap_stride + quad, with no pass
+// table to look up. Adds the same values in the same order.
+@compute @workgroup_size(64)
+fn reduce_weight_partials_3x3_strided(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.weight_out * p.in_quads) { return; }
+    let quad = i % p.in_quads;
+    let co = i / p.in_quads;
+    let first = i * 9u;
+    let t = p.tap_stride;
+    var s0 = vec4<f32>();
+    var s1 = vec4<f32>();
+    var s2 = vec4<f32>();
+    var s3 = vec4<f32>();
+    var s4 = vec4<f32>();
+    var s5 = vec4<f32>();
+    var s6 = vec4<f32>();
+    var s7 = vec4<f32>();
+    var s8 = vec4<f32>();
+    for (var c = 0u; c < p.chunks; c++) {
+        let at = c * p.chunk_stride + co * p.co_stride + quad;
+        s0 += tr_part[at];
+        s1 += tr_part[at + t];
+        s2 += tr_part[at + 2u * t];
+        s3 += tr_part[at + 3u * t];
+        s4 += tr_part[at + 4u * t];
+        s5 += tr_part[at + 5u * t];
+        s6 += tr_part[at + 6u * t];
+        s7 += tr_part[at + 7u * t];
+        s8 += tr_part[at + 8u * t];
+    }
+    if (p.accumulate != 0u) {
+        let a0 = tr_dw4[first];
+        let a1 = tr_dw4[first + 1u];
+        let a2 = tr_dw4[first + 2u];
+        let a3 = tr_dw4[first + 3u];
+        let a4 = tr_dw4[first + 4u];
+        let a5 = tr_dw4[first + 5u];
+        let a6 = tr_dw4[first + 6u];
+        let a7 = tr_dw4[first + 7u];
+        let a8 = tr_dw4[first + 8u];
+        s0 = vec4<f32>(a0.x, a2.y, a4.z, a6.w) + s0;
+        s1 = vec4<f32>(a0.y, a2.z, a4.w, a7.x) + s1;
+        s2 = vec4<f32>(a0.z, a2.w, a5.x, a7.y) + s2;
+        s3 = vec4<f32>(a0.w, a3.x, a5.y, a7.z) + s3;
+        s4 = vec4<f32>(a1.x, a3.y, a5.z, a7.w) + s4;
+        s5 = vec4<f32>(a1.y, a3.z, a5.w, a8.x) + s5;
+        s6 = vec4<f32>(a1.z, a3.w, a6.x, a8.y) + s6;
+        s7 = vec4<f32>(a1.w, a4.x, a6.y, a8.z) + s7;
+        s8 = vec4<f32>(a2.x, a4.y, a6.z, a8.w) + s8;
+    }
     tr_dw4[first] = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
     tr_dw4[first + 1u] = vec4<f32>(s4.x, s5.x, s6.x, s7.x);
     tr_dw4[first + 2u] = vec4<f32>(s8.x, s0.y, s1.y, s2.y);

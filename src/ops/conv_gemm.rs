@@ -102,7 +102,11 @@ struct TileParams {
     band_count: u32,
     // Pass t reads full tap t alone: the reduction takes each tap's sums from its pass.
     pass_per_tap: u32,
-    _pad: [u32; 2],
+    // `reduce_weight_partials_3x3_strided`: vec4s between output channels, taps and chunks.
+    co_stride: u32,
+    tap_stride: u32,
+    chunk_stride: u32,
+    _pad: [u32; 3],
     bands: [[u32; 4]; MAX_WEIGHT_PASSES],
 }
 
@@ -1073,16 +1077,43 @@ impl GemmPlan {
         let full_taps = self.shape.kernel_h * self.shape.kernel_w;
         let pass_per_tap =
             passes.len() == full_taps && passes.iter().all(|pass| pass.params.kernel_h * pass.params.kernel_w == 1);
-        let reduce = TileParams {
+        let mut reduce = TileParams {
             accumulate: accumulate as u32,
             band_count: passes.len() as u32,
             pass_per_tap: pass_per_tap as u32,
             bands,
             ..self.weight_params()
         };
+        let mut entry = self.reduce_entry();
+        if let Some([co, tap, chunk]) = self.partial_strides(&passes, pass_per_tap) {
+            entry = "reduce_weight_partials_3x3_strided";
+            [reduce.co_stride, reduce.tap_stride, reduce.chunk_stride] = [co, tap, chunk].map(|v| v as u32);
+            reduce.chunks = passes[0].params.chunks;
+        }
         let invocations = grid(self.shape.c_out * self.x_quads);
-        out.push(gpu.dispatch("conv_tile", self.reduce_entry(), &reduce, &[partials, dw], invocations));
+        out.push(gpu.dispatch("conv_tile", entry, &reduce, &[partials, dw], invocations));
         out
+    }
+
+    /// Where each tap of a 3x3 kernel takes its sums from one pass (one pass over the whole
+    /// kernel, or one pass of one chunk per tap), the vec4s between output channels, taps and
+    /// chunks of those sums: the reduction then finds them with no pass table.
+    fn partial_strides(&self, passes: &[WeightPass], pass_per_tap: bool) -> Option<[usize; 3]> {
+        let s = &self.shape;
+        if !s.c_in.is_multiple_of(4) || (s.kernel_h, s.kernel_w) != (3, 3) {
+            return None;
+        }
+        let taps = |pass: &WeightPass| (pass.params.kernel_h * pass.params.kernel_w) as usize;
+        let q = self.x_quads;
+        match passes {
+            // [chunk][weight_pad][tap][in_quads]
+            [pass] if taps(pass) == 9 => Some([9 * q, q, self.weight_pad() * 9 * q]),
+            // Pass t's [weight_pad][in_quads], the passes one after another.
+            _ if pass_per_tap && passes.iter().all(|pass| pass.params.chunks == 1) => {
+                Some([q, self.weight_pad() * q, 0])
+            }
+            _ => None,
+        }
     }
 
     /// One pass's partial sums [chunk][weight_pad][used tap][4 x_quads] into `partials`.
