@@ -179,10 +179,11 @@ fn to_channels_last_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     let n = i / (p.in_quads * segments * p.src_h);
     let yd = i32(sy) + p.top;
     if (yd < 0 || yd >= i32(p.in_h)) { return; }
-    let r0 = source_segment(n, quad * 4u, sy, segment);
-    let r1 = source_segment(n, quad * 4u + 1u, sy, segment);
-    let r2 = source_segment(n, quad * 4u + 2u, sy, segment);
-    let r3 = source_segment(n, quad * 4u + 3u, sy, segment);
+    let at = sy * segments + segment;
+    let r0 = source_quad(n, quad * 4u, at);
+    let r1 = source_quad(n, quad * 4u + 1u, at);
+    let r2 = source_quad(n, quad * 4u + 2u, at);
+    let r3 = source_quad(n, quad * 4u + 3u, at);
     let x0 = i32(segment * 4u) + p.left;
     let row = (n * p.in_h + u32(yd)) * p.in_w;
     // Pixel j of the segment: component j of each channel's vec4.
@@ -192,11 +193,11 @@ fn to_channels_last_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     store_copied(row, x0 + 3, vec4<f32>(r0.w, r1.w, r2.w, r3.w), quad);
 }
 
-// Channel c's four source pixels of a row segment, times the gate where there is one; zero
-// for a padding channel.
-fn source_segment(n: u32, c: u32, sy: u32, segment: u32) -> vec4<f32> {
+// Vec4 `at` of sample n's channel c (four source pixels), times the gate where there is one;
+// zero for a padding channel.
+fn source_quad(n: u32, c: u32, at: u32) -> vec4<f32> {
     if (c >= p.channels) { return vec4<f32>(); }
-    let v = copy_src4[((n * p.channels + c) * p.src_h + sy) * (p.src_w / 4u) + segment];
+    let v = copy_src4[(n * p.channels + c) * (p.src_h * p.src_w / 4u) + at];
     if (p.gate != 0u) { return v * copy_gate[n * p.channels + c]; }
     return v;
 }
@@ -204,6 +205,35 @@ fn source_segment(n: u32, c: u32, sy: u32, segment: u32) -> vec4<f32> {
 // Destination pixel (row start `row`, column xd), skipped outside the destination.
 fn store_copied(row: u32, xd: i32, v: vec4<f32>, quad: u32) {
     if (xd >= 0 && xd < i32(p.in_w)) { copy_dst[(row + u32(xd)) * p.in_quads + quad] = v; }
+}
+
+// to_channels_last_rows for sources two columns wide with rows in pairs (a 2x2 map: ResNet's
+// last stage on small images), two rows at a time: segment s is rows 2 s and 2 s + 1, one vec4
+// of each channel. Writes only where the source lands, as the rows kernel.
+// Invocations: batch x src_h / 2 x in_quads, quads fastest.
+@compute @workgroup_size(64)
+fn to_channels_last_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let segments = p.src_h / 2u;
+    if (i >= p.batch * segments * p.in_quads) { return; }
+    let quad = i % p.in_quads;
+    let segment = (i / p.in_quads) % segments;
+    let n = i / (p.in_quads * segments);
+    let r0 = source_quad(n, quad * 4u, segment);
+    let r1 = source_quad(n, quad * 4u + 1u, segment);
+    let r2 = source_quad(n, quad * 4u + 2u, segment);
+    let r3 = source_quad(n, quad * 4u + 3u, segment);
+    let y0 = i32(segment * 2u) + p.top;
+    // Pixel j of the segment (row j / 2, column j % 2): component j of each channel's vec4.
+    store_pixel(n, y0, p.left, vec4<f32>(r0.x, r1.x, r2.x, r3.x), quad);
+    store_pixel(n, y0, p.left + 1, vec4<f32>(r0.y, r1.y, r2.y, r3.y), quad);
+    store_pixel(n, y0 + 1, p.left, vec4<f32>(r0.z, r1.z, r2.z, r3.z), quad);
+    store_pixel(n, y0 + 1, p.left + 1, vec4<f32>(r0.w, r1.w, r2.w, r3.w), quad);
+}
+
+// Destination pixel (yd, xd) of sample n, skipped outside the destination.
+fn store_pixel(n: u32, yd: i32, xd: i32, v: vec4<f32>, quad: u32) {
+    if (yd >= 0 && yd < i32(p.in_h)) { store_copied((n * p.in_h + u32(yd)) * p.in_w, xd, v, quad); }
 }
 
 // dy [batch][c_out][out_h][out_w] -> [batch * out_h * out_w][out_pad / 4] vec4s, for the weight

@@ -442,13 +442,18 @@ fn tile_dispatches(
 
 /// Copies a [batch][channels][src_h][src_w] source into `vec4s` vec4s of a padded
 /// channels-last buffer (`params`: the placement; `[source, destination, gate]`). Rows that
-/// come in fours copy four pixels per invocation (`to_channels_last_rows`), writing only where
-/// the source lands: callers guarantee the rest of the destination is already zero.
+/// come in fours, or two-column rows in pairs, copy four pixels per invocation
+/// (`to_channels_last_rows`, `to_channels_last_pairs`), writing only where the source lands:
+/// callers guarantee the rest of the destination is already zero.
 fn copy_to_channels_last(gpu: &Gpu, params: &TileParams, buffers: [&GpuSlice; 3], vec4s: usize) -> Dispatch {
     let p = params;
-    let (entry, invocations) = match p.src_w.is_multiple_of(4) && (p.dilation_h, p.dilation_w) == (1, 1) {
-        true => ("to_channels_last_rows", (p.batch * p.src_h * p.src_w / 4 * p.in_quads) as usize),
-        false => ("to_channels_last", vec4s),
+    let dense = (p.dilation_h, p.dilation_w) == (1, 1);
+    let (entry, invocations) = match (p.src_w, p.src_h) {
+        (w, _) if dense && w.is_multiple_of(4) => {
+            ("to_channels_last_rows", (p.batch * p.src_h * w / 4 * p.in_quads) as usize)
+        }
+        (2, h) if dense && h.is_multiple_of(2) => ("to_channels_last_pairs", (p.batch * h / 2 * p.in_quads) as usize),
+        _ => ("to_channels_last", vec4s),
     };
     gpu.dispatch("conv_tile", entry, params, &buffers, grid(invocations))
 }
