@@ -754,52 +754,65 @@ fn reduce_weight_partials_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @bu
 }
 
 // 3x3: 36 values, value 9 k + t being input channel 4 quad + k's tap t, vec4 j holding values
-// 4 j .. 4 j + 3. The taps' four-channel vectors are named values, so that they stay in registers.
+// 4 j .. 4 j + 3. The kernels hold tap t's four-channel vector as element t of a constant-indexed
+// array, which software adapters keep in registers.
+
+// The four-channel vectors of taps 0 .. 8 of the 36 values of dw from vec4 `first` on.
+fn dw_taps_3x3(first: u32) -> array<vec4<f32>, 9> {
+    let a0 = tr_dw4[first];
+    let a1 = tr_dw4[first + 1u];
+    let a2 = tr_dw4[first + 2u];
+    let a3 = tr_dw4[first + 3u];
+    let a4 = tr_dw4[first + 4u];
+    let a5 = tr_dw4[first + 5u];
+    let a6 = tr_dw4[first + 6u];
+    let a7 = tr_dw4[first + 7u];
+    let a8 = tr_dw4[first + 8u];
+    return array<vec4<f32>, 9>(
+        vec4<f32>(a0.x, a2.y, a4.z, a6.w),
+        vec4<f32>(a0.y, a2.z, a4.w, a7.x),
+        vec4<f32>(a0.z, a2.w, a5.x, a7.y),
+        vec4<f32>(a0.w, a3.x, a5.y, a7.z),
+        vec4<f32>(a1.x, a3.y, a5.z, a7.w),
+        vec4<f32>(a1.y, a3.z, a5.w, a8.x),
+        vec4<f32>(a1.z, a3.w, a6.x, a8.y),
+        vec4<f32>(a1.w, a4.x, a6.y, a8.z),
+        vec4<f32>(a2.x, a4.y, a6.z, a8.w),
+    );
+}
+
+// The inverse: taps' four-channel vectors stored as the 36 values from vec4 `first` on.
+fn store_dw_taps_3x3(first: u32, s: array<vec4<f32>, 9>) {
+    tr_dw4[first] = vec4<f32>(s[0].x, s[1].x, s[2].x, s[3].x);
+    tr_dw4[first + 1u] = vec4<f32>(s[4].x, s[5].x, s[6].x, s[7].x);
+    tr_dw4[first + 2u] = vec4<f32>(s[8].x, s[0].y, s[1].y, s[2].y);
+    tr_dw4[first + 3u] = vec4<f32>(s[3].y, s[4].y, s[5].y, s[6].y);
+    tr_dw4[first + 4u] = vec4<f32>(s[7].y, s[8].y, s[0].z, s[1].z);
+    tr_dw4[first + 5u] = vec4<f32>(s[2].z, s[3].z, s[4].z, s[5].z);
+    tr_dw4[first + 6u] = vec4<f32>(s[6].z, s[7].z, s[8].z, s[0].w);
+    tr_dw4[first + 7u] = vec4<f32>(s[1].w, s[2].w, s[3].w, s[4].w);
+    tr_dw4[first + 8u] = vec4<f32>(s[5].w, s[6].w, s[7].w, s[8].w);
+}
+
 @compute @workgroup_size(64)
 fn reduce_weight_partials_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.weight_out * p.in_quads) { return; }
     let quad = i % p.in_quads;
     let co = i / p.in_quads;
-    let first = i * 9u;
-    var a0 = vec4<f32>();
-    var a1 = vec4<f32>();
-    var a2 = vec4<f32>();
-    var a3 = vec4<f32>();
-    var a4 = vec4<f32>();
-    var a5 = vec4<f32>();
-    var a6 = vec4<f32>();
-    var a7 = vec4<f32>();
-    var a8 = vec4<f32>();
-    if (p.accumulate != 0u) {
-        a0 = tr_dw4[first];
-        a1 = tr_dw4[first + 1u];
-        a2 = tr_dw4[first + 2u];
-        a3 = tr_dw4[first + 3u];
-        a4 = tr_dw4[first + 4u];
-        a5 = tr_dw4[first + 5u];
-        a6 = tr_dw4[first + 6u];
-        a7 = tr_dw4[first + 7u];
-        a8 = tr_dw4[first + 8u];
-    }
-    let s0 = tap_gradient(co, 0u, 0u, quad, vec4<f32>(a0.x, a2.y, a4.z, a6.w));
-    let s1 = tap_gradient(co, 0u, 1u, quad, vec4<f32>(a0.y, a2.z, a4.w, a7.x));
-    let s2 = tap_gradient(co, 0u, 2u, quad, vec4<f32>(a0.z, a2.w, a5.x, a7.y));
-    let s3 = tap_gradient(co, 1u, 0u, quad, vec4<f32>(a0.w, a3.x, a5.y, a7.z));
-    let s4 = tap_gradient(co, 1u, 1u, quad, vec4<f32>(a1.x, a3.y, a5.z, a7.w));
-    let s5 = tap_gradient(co, 1u, 2u, quad, vec4<f32>(a1.y, a3.z, a5.w, a8.x));
-    let s6 = tap_gradient(co, 2u, 0u, quad, vec4<f32>(a1.z, a3.w, a6.x, a8.y));
-    let s7 = tap_gradient(co, 2u, 1u, quad, vec4<f32>(a1.w, a4.x, a6.y, a8.z));
-    let s8 = tap_gradient(co, 2u, 2u, quad, vec4<f32>(a2.x, a4.y, a6.z, a8.w));
-    tr_dw4[first] = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
-    tr_dw4[first + 1u] = vec4<f32>(s4.x, s5.x, s6.x, s7.x);
-    tr_dw4[first + 2u] = vec4<f32>(s8.x, s0.y, s1.y, s2.y);
-    tr_dw4[first + 3u] = vec4<f32>(s3.y, s4.y, s5.y, s6.y);
-    tr_dw4[first + 4u] = vec4<f32>(s7.y, s8.y, s0.z, s1.z);
-    tr_dw4[first + 5u] = vec4<f32>(s2.z, s3.z, s4.z, s5.z);
-    tr_dw4[first + 6u] = vec4<f32>(s6.z, s7.z, s8.z, s0.w);
-    tr_dw4[first + 7u] = vec4<f32>(s1.w, s2.w, s3.w, s4.w);
-    tr_dw4[first + 8u] = vec4<f32>(s5.w, s6.w, s7.w, s8.w);
+    var old: array<vec4<f32>, 9>;
+    if (p.accumulate != 0u) { old = dw_taps_3x3(i * 9u); }
+    store_dw_taps_3x3(i * 9u, array<vec4<f32>, 9>(
+        tap_gradient(co, 0u, 0u, quad, old[0]),
+        tap_gradient(co, 0u, 1u, quad, old[1]),
+        tap_gradient(co, 0u, 2u, quad, old[2]),
+        tap_gradient(co, 1u, 0u, quad, old[3]),
+        tap_gradient(co, 1u, 1u, quad, old[4]),
+        tap_gradient(co, 1u, 2u, quad, old[5]),
+        tap_gradient(co, 2u, 0u, quad, old[6]),
+        tap_gradient(co, 2u, 1u, quad, old[7]),
+        tap_gradient(co, 2u, 2u, quad, old[8]),
+    ));
 }
 
 // reduce_weight_partials_3x3 where each tap's sums come from one pass: one pass over the whole
@@ -810,60 +823,28 @@ fn reduce_weight_partials_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @bu
 fn reduce_weight_partials_3x3_strided(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.weight_out * p.in_quads) { return; }
-    let quad = i % p.in_quads;
-    let co = i / p.in_quads;
-    let first = i * 9u;
     let t = p.tap_stride;
-    var s0 = vec4<f32>();
-    var s1 = vec4<f32>();
-    var s2 = vec4<f32>();
-    var s3 = vec4<f32>();
-    var s4 = vec4<f32>();
-    var s5 = vec4<f32>();
-    var s6 = vec4<f32>();
-    var s7 = vec4<f32>();
-    var s8 = vec4<f32>();
+    var s: array<vec4<f32>, 9>;
     for (var c = 0u; c < p.chunks; c++) {
-        let at = c * p.chunk_stride + co * p.co_stride + quad;
-        s0 += tr_part[at];
-        s1 += tr_part[at + t];
-        s2 += tr_part[at + 2u * t];
-        s3 += tr_part[at + 3u * t];
-        s4 += tr_part[at + 4u * t];
-        s5 += tr_part[at + 5u * t];
-        s6 += tr_part[at + 6u * t];
-        s7 += tr_part[at + 7u * t];
-        s8 += tr_part[at + 8u * t];
+        let at = c * p.chunk_stride + (i / p.in_quads) * p.co_stride + i % p.in_quads;
+        s[0] += tr_part[at];
+        s[1] += tr_part[at + t];
+        s[2] += tr_part[at + 2u * t];
+        s[3] += tr_part[at + 3u * t];
+        s[4] += tr_part[at + 4u * t];
+        s[5] += tr_part[at + 5u * t];
+        s[6] += tr_part[at + 6u * t];
+        s[7] += tr_part[at + 7u * t];
+        s[8] += tr_part[at + 8u * t];
     }
     if (p.accumulate != 0u) {
-        let a0 = tr_dw4[first];
-        let a1 = tr_dw4[first + 1u];
-        let a2 = tr_dw4[first + 2u];
-        let a3 = tr_dw4[first + 3u];
-        let a4 = tr_dw4[first + 4u];
-        let a5 = tr_dw4[first + 5u];
-        let a6 = tr_dw4[first + 6u];
-        let a7 = tr_dw4[first + 7u];
-        let a8 = tr_dw4[first + 8u];
-        s0 = vec4<f32>(a0.x, a2.y, a4.z, a6.w) + s0;
-        s1 = vec4<f32>(a0.y, a2.z, a4.w, a7.x) + s1;
-        s2 = vec4<f32>(a0.z, a2.w, a5.x, a7.y) + s2;
-        s3 = vec4<f32>(a0.w, a3.x, a5.y, a7.z) + s3;
-        s4 = vec4<f32>(a1.x, a3.y, a5.z, a7.w) + s4;
-        s5 = vec4<f32>(a1.y, a3.z, a5.w, a8.x) + s5;
-        s6 = vec4<f32>(a1.z, a3.w, a6.x, a8.y) + s6;
-        s7 = vec4<f32>(a1.w, a4.x, a6.y, a8.z) + s7;
-        s8 = vec4<f32>(a2.x, a4.y, a6.z, a8.w) + s8;
+        let old = dw_taps_3x3(i * 9u);
+        s = array<vec4<f32>, 9>(
+            old[0] + s[0], old[1] + s[1], old[2] + s[2], old[3] + s[3], old[4] + s[4],
+            old[5] + s[5], old[6] + s[6], old[7] + s[7], old[8] + s[8],
+        );
     }
-    tr_dw4[first] = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
-    tr_dw4[first + 1u] = vec4<f32>(s4.x, s5.x, s6.x, s7.x);
-    tr_dw4[first + 2u] = vec4<f32>(s8.x, s0.y, s1.y, s2.y);
-    tr_dw4[first + 3u] = vec4<f32>(s3.y, s4.y, s5.y, s6.y);
-    tr_dw4[first + 4u] = vec4<f32>(s7.y, s8.y, s0.z, s1.z);
-    tr_dw4[first + 5u] = vec4<f32>(s2.z, s3.z, s4.z, s5.z);
-    tr_dw4[first + 6u] = vec4<f32>(s6.z, s7.z, s8.z, s0.w);
-    tr_dw4[first + 7u] = vec4<f32>(s1.w, s2.w, s3.w, s4.w);
-    tr_dw4[first + 8u] = vec4<f32>(s5.w, s6.w, s7.w, s8.w);
+    store_dw_taps_3x3(i * 9u, s);
 }
 
 // ---------------------------------------------------------------- workgroup-memory tiles

@@ -78,6 +78,21 @@ fn initial(at: u32, inside: bool) -> f32 {
     return 0.0;
 }
 
+// The starting values of the results at `at`, `at + step`, ... of samples n0 .. n0 + 7
+// (zero past the batch, or for a lane that stores nothing).
+fn initial_rows(at: u32, step: u32, n0: u32, live: bool) -> array<f32, 8> {
+    return array<f32, 8>(
+        initial(at, live && n0 < p.batch),
+        initial(at + step, live && n0 + 1u < p.batch),
+        initial(at + 2u * step, live && n0 + 2u < p.batch),
+        initial(at + 3u * step, live && n0 + 3u < p.batch),
+        initial(at + 4u * step, live && n0 + 4u < p.batch),
+        initial(at + 5u * step, live && n0 + 5u < p.batch),
+        initial(at + 6u * step, live && n0 + 6u < p.batch),
+        initial(at + 7u * step, live && n0 + 7u < p.batch),
+    );
+}
+
 // dx[n, k] (+)= sum_o dy[n, o] w[o, k]: a lane takes input k (x) for ROWS samples from
 // wid.y * ROWS on. Workgroups: ceil(in_features / 64) x ceil(batch / ROWS).
 @compute @workgroup_size(64)
@@ -96,14 +111,9 @@ fn linear_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     let live = gid.x < p.in_features;
     let at = n0 * p.in_features + k;
     let step = p.in_features;
-    var a0 = initial(at, live && n0 < p.batch);
-    var a1 = initial(at + step, live && n0 + 1u < p.batch);
-    var a2 = initial(at + 2u * step, live && n0 + 2u < p.batch);
-    var a3 = initial(at + 3u * step, live && n0 + 3u < p.batch);
-    var a4 = initial(at + 4u * step, live && n0 + 4u < p.batch);
-    var a5 = initial(at + 5u * step, live && n0 + 5u < p.batch);
-    var a6 = initial(at + 6u * step, live && n0 + 6u < p.batch);
-    var a7 = initial(at + 7u * step, live && n0 + 7u < p.batch);
+    let start = initial_rows(at, step, n0, live);
+    var a0 = start[0]; var a1 = start[1]; var a2 = start[2]; var a3 = start[3];
+    var a4 = start[4]; var a5 = start[5]; var a6 = start[6]; var a7 = start[7];
     for (var o = 0u; o < p.out_features; o++) {
         let w = bwd_other[o * p.in_features + k];
         a0 += bwd_dy[d0 + o] * w; a1 += bwd_dy[d1 + o] * w; a2 += bwd_dy[d2 + o] * w; a3 += bwd_dy[d3 + o] * w;

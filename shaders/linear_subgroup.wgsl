@@ -72,14 +72,9 @@ fn linear_backward_input_quads(
     let live = gid.x < p.in_features;
     let at = n0 * p.in_features + k;
     let step = p.in_features;
-    var a0 = initial(at, live && n0 < p.batch);
-    var a1 = initial(at + step, live && n0 + 1u < p.batch);
-    var a2 = initial(at + 2u * step, live && n0 + 2u < p.batch);
-    var a3 = initial(at + 3u * step, live && n0 + 3u < p.batch);
-    var a4 = initial(at + 4u * step, live && n0 + 4u < p.batch);
-    var a5 = initial(at + 5u * step, live && n0 + 5u < p.batch);
-    var a6 = initial(at + 6u * step, live && n0 + 6u < p.batch);
-    var a7 = initial(at + 7u * step, live && n0 + 7u < p.batch);
+    let start = initial_rows(at, step, n0, live);
+    var a0 = start[0]; var a1 = start[1]; var a2 = start[2]; var a3 = start[3];
+    var a4 = start[4]; var a5 = start[5]; var a6 = start[6]; var a7 = start[7];
     for (var q = 0u; q < quads; q++) {
         let o = 4u * q * p.in_features + k;
         let w = vec4<f32>(bwd_other[o], bwd_other[o + step], bwd_other[o + 2u * step], bwd_other[o + 3u * step]);
