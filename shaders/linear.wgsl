@@ -4,9 +4,9 @@
 // A lane holds ROWS results that share one factor (one weight, or one x value) and a
 // workgroup's lanes share the other factor's index. Software adapters still pay a loop over
 // lanes for that load: where subgroups allow, linear_subgroup.wgsl loads it once per eight
-// lanes and broadcasts it. Each result
-// sums in the order the GEMM kernels sum it (from the value already there when adding to it,
-// then the terms in order, the bias last), so the two paths agree.
+// lanes and broadcasts it. Each result sums in the order the GEMM kernels sum it (from the
+// value already there when adding to it, then the terms in order, the bias last), so the two
+// paths agree.
 
 struct LinearParams {
     batch: u32,
@@ -93,6 +93,14 @@ fn initial_rows(at: u32, step: u32, n0: u32, live: bool) -> array<f32, 8> {
     );
 }
 
+// The inverse of initial_rows: each sample's result stored at its place.
+fn store_rows(at: u32, step: u32, n0: u32, live: bool, sums: array<f32, 8>) {
+    if (!live) { return; }
+    for (var j = 0u; j < ROWS; j++) {
+        if (n0 + j < p.batch) { bwd_out[at + j * step] = sums[j]; }
+    }
+}
+
 // dx[n, k] (+)= sum_o dy[n, o] w[o, k]: a lane takes input k (x) for ROWS samples from
 // wid.y * ROWS on. Workgroups: ceil(in_features / 64) x ceil(batch / ROWS).
 @compute @workgroup_size(64)
@@ -119,12 +127,7 @@ fn linear_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
         a0 += bwd_dy[d0 + o] * w; a1 += bwd_dy[d1 + o] * w; a2 += bwd_dy[d2 + o] * w; a3 += bwd_dy[d3 + o] * w;
         a4 += bwd_dy[d4 + o] * w; a5 += bwd_dy[d5 + o] * w; a6 += bwd_dy[d6 + o] * w; a7 += bwd_dy[d7 + o] * w;
     }
-    if (live) {
-        let sums = array<f32, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
-        for (var j = 0u; j < ROWS; j++) {
-            if (n0 + j < p.batch) { bwd_out[at + j * step] = sums[j]; }
-        }
-    }
+    store_rows(at, step, n0, live, array<f32, 8>(a0, a1, a2, a3, a4, a5, a6, a7));
 }
 
 // dw[o, k] (+)= sum_n dy[n, o] x[n, k]: a lane takes input k (x) for ROWS outputs from

@@ -84,12 +84,7 @@ fn linear_backward_input_quads(
         a4 = add_terms(a4, subgroupBroadcast(d, 4u), w); a5 = add_terms(a5, subgroupBroadcast(d, 5u), w);
         a6 = add_terms(a6, subgroupBroadcast(d, 6u), w); a7 = add_terms(a7, subgroupBroadcast(d, 7u), w);
     }
-    if (live) {
-        let sums = array<f32, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
-        for (var j = 0u; j < ROWS; j++) {
-            if (n0 + j < p.batch) { bwd_out[at + j * step] = sums[j]; }
-        }
-    }
+    store_rows(at, step, n0, live, array<f32, 8>(a0, a1, a2, a3, a4, a5, a6, a7));
 }
 
 // linear_backward_weight over input quads: a lane takes input quad kq (x) for ROWS outputs

@@ -121,6 +121,12 @@ fn chunk_total(stage: u32, c: u32) -> vec2<f32> {
     return sum;
 }
 
+// sq + (v - mean)^2, v a double-float.
+fn add_square(sq: vec2<f32>, v: vec2<f32>, mean: vec2<f32>) -> vec2<f32> {
+    let d = df_add(v, df_neg(mean));
+    return df_add(sq, df_mul(d, d));
+}
+
 // One chunk's sum of x (stage 0) or of (x - mean)^2 (stage 1, the mean from stage 0's sums).
 // Workgroups: channels (x) x chunks (y).
 @compute @workgroup_size(64)
@@ -138,8 +144,7 @@ fn batchnorm_chunk_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
         if (p.stage == 0u) {
             sum = df_add(sum, v);
         } else {
-            let d = df_add(v, df_neg(mean));
-            sum = df_add(sum, df_mul(d, d));
+            sum = add_square(sum, v, mean);
         }
         w = walk_next(w);
     }
@@ -169,8 +174,7 @@ fn batchnorm_stats_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     var sq = df(0.0);
     w = walk_start(lane);
     for (var i = lane; i < count; i += REDUCE) {
-        let d = df_add(df(st_x[walk_offset(w, c)]), df_neg(mean));
-        sq = df_add(sq, df_mul(d, d));
+        sq = add_square(sq, df(st_x[walk_offset(w, c)]), mean);
         w = walk_next(w);
     }
     stats_finish(lane, c, mean, workgroup_sum(lane, sq));
@@ -196,8 +200,7 @@ fn batchnorm_stats_train_serial(@builtin(global_invocation_id) gid: vec3<u32>, @
     for (var n = 0u; n < p.batch; n++) {
         let plane = (n * p.channels + c) * p.spatial;
         for (var s = 0u; s < p.spatial; s++) {
-            let d = df_add(df(st_x[plane + s]), df_neg(mean));
-            sq = df_add(sq, df_mul(d, d));
+            sq = add_square(sq, df(st_x[plane + s]), mean);
         }
     }
     stats_finish(0u, c, mean, sq);
@@ -219,8 +222,7 @@ fn add_values(sum: vec2<f32>, v: vec4<f32>) -> vec2<f32> {
 fn add_squares(sq: vec2<f32>, v: vec4<f32>, mean: vec2<f32>) -> vec2<f32> {
     var sum = sq;
     for (var k = 0u; k < 4u; k++) {
-        let d = df_add(df(v[k]), df_neg(mean));
-        sum = df_add(sum, df_mul(d, d));
+        sum = add_square(sum, df(v[k]), mean);
     }
     return sum;
 }

@@ -10,7 +10,7 @@ struct PoolParams {
     stride: u32,
     pad: u32,
     accumulate: u32,
-    // One phase of max_pool_backward's windows.
+    // One phase of maxpool_backward's windows (which always add to a cleared dx).
     phase_y: u32,
     phase_x: u32,
     _pad0: u32,

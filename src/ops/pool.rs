@@ -38,7 +38,7 @@ pub struct MaxPool2d {
 }
 
 impl MaxPool2d {
-    fn params(&self, accumulate: u32) -> PoolParams {
+    fn params(&self) -> PoolParams {
         let u = |v: usize| v as u32;
         PoolParams {
             planes: u(self.planes),
@@ -49,7 +49,6 @@ impl MaxPool2d {
             kernel: u(self.kernel),
             stride: u(self.stride),
             pad: u(self.pad),
-            accumulate,
             ..Default::default()
         }
     }
@@ -67,7 +66,7 @@ impl Op for MaxPool2d {
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
         let outputs = self.planes * self.out_h * self.out_w;
         let buffers = [b.inputs[0], b.outputs[0], b.scratch[0]];
-        vec![gpu.dispatch("pool", "maxpool_forward", &self.params(0), &buffers, grid(outputs))]
+        vec![gpu.dispatch("pool", "maxpool_forward", &self.params(), &buffers, grid(outputs))]
     }
 
     /// Windows add to the pixels they chose, so dx starts cleared.
@@ -84,7 +83,7 @@ impl Op for MaxPool2d {
         let mut out = Vec::new();
         for phase_y in phases(self.out_h) {
             for phase_x in phases(self.out_w) {
-                let params = PoolParams { phase_y: phase_y as u32, phase_x: phase_x as u32, ..self.params(1) };
+                let params = PoolParams { phase_y: phase_y as u32, phase_x: phase_x as u32, ..self.params() };
                 // One invocation per row of the phase's windows.
                 let rows = self.planes * (self.out_h - phase_y).div_ceil(m);
                 out.push(gpu.dispatch("pool", "maxpool_backward", &params, &buffers, grid(rows)));
