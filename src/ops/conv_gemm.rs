@@ -540,7 +540,7 @@ impl GemmPlan {
         let s = shape;
         let plan = GemmPlan::new(shape);
         let forward_reads = WeightReads::choose(subgroups, s.batch * s.out_h * s.out_w);
-        let backward_reads = WeightReads::choose(subgroups, s.batch * s.h * s.w);
+        let backward_reads = WeightReads::choose(subgroups, plan.input_phase_pixels());
         GemmPlan {
             forward_reads,
             backward_reads,
@@ -570,7 +570,7 @@ impl GemmPlan {
             .min(MAX_PARTIAL_FLOATS / partial_floats)
             .max(1);
         let chunk_len = total.div_ceil(chunks);
-        GemmPlan {
+        let plan = GemmPlan {
             shape: s,
             ky0,
             kx0,
@@ -586,9 +586,19 @@ impl GemmPlan {
             chunks: total.div_ceil(chunk_len),
             chunk_len,
             forward_reads: WeightReads::choose(false, total),
-            backward_reads: WeightReads::choose(false, s.batch * s.h * s.w),
+            backward_reads: WeightReads::Storage,
             weight_kernel: WeightKernel::Registers,
-        }
+        };
+        GemmPlan { backward_reads: WeightReads::choose(false, plan.input_phase_pixels()), ..plan }
+    }
+
+    /// Batch-wide pixels of the input gradient's largest phase (the whole input without a
+    /// stride): the most any of its passes computes, so what its weight reads are chosen by.
+    /// A stride-2 conv from 4x4 to 2x2 maps takes the lanes kernel for its 2x2 phases.
+    fn input_phase_pixels(&self) -> usize {
+        let (rows, cols) = self.input_phases();
+        let largest = |phases: &[InputPhase]| phases.iter().map(|p| p.outputs).max().unwrap_or(0);
+        self.shape.batch * largest(&rows) * largest(&cols)
     }
 
     /// The same plan with the weights read one way in both passes, whatever the pixel count,
