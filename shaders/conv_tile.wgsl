@@ -108,6 +108,9 @@ struct TileParams {
     tap_stride: u32,
     chunk_stride: u32,
     bands: array<vec4<u32>, 9>,
+    // pack_weight_forward_quads: where weight tap t's rows begin among a tile's packed blocks
+    // (vec4s), ~0 for a tap the pass does not read.
+    tap_rows: array<vec4<u32>, 3>,
 }
 
 @group(0) @binding(0) var<uniform> p: TileParams;
@@ -401,6 +404,131 @@ fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         copy_dst[first + cq] = v;
     }
+}
+
+// pack_weight_forward for 1x1 and 3x3 weights whose input channels come in fours reads the
+// weight as vec4s: an output channel's weights for four input channels are 4 x full_taps
+// contiguous floats ([input lane][tap]). One invocation per (output channel quad, input quad)
+// loads four output channels' vec4s and transposes them into the rows of the pass's taps,
+// the values pack_weight_forward writes. Where a row lies is the host's sum per weight tap
+// (p.tap_rows) plus the invocation's own, so no store divides (software adapters divide lane
+// by lane).
+
+// Output channel co's weights for input channels 4 iq .. 4 iq + 3, vec4 j of their
+// 4 x full_taps floats; zero past the weight's outputs.
+fn weight_vec4(co: u32, iq: u32, j: u32) -> vec4<f32> {
+    if (co >= p.weight_out) { return vec4<f32>(); }
+    return copy_src4[(co * (p.weight_in / 4u) + iq) * p.full_taps + j];
+}
+
+// Stores v in lane `lane`'s row of weight tap t from `base`, where the pass reads tap t.
+fn store_packed_tap(base: u32, lane: u32, t: u32, v: vec4<f32>) {
+    let rows = p.tap_rows[t / 4u][t % 4u];
+    if (rows != 0xffffffffu) { copy_dst[base + rows + lane * (p.tile / 4u)] = v; }
+}
+
+// Invocations: (output channel quad, input quad), output quads fastest, over the tiles the
+// binding holds.
+@compute @workgroup_size(64)
+fn pack_weight_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let tile_quads = p.tile / 4u;
+    let out_quads = arrayLength(&copy_dst) / (weight_blocks() * BLOCK_VEC4S) * tile_quads;
+    if (i >= out_quads * p.in_quads) { return; }
+    let cq = i % out_quads;
+    let iq = i / out_quads;
+    let co = 4u * cq;
+    // The tile's first block, the row of input quad iq's lane 0, and the quad's place in it.
+    var base = (cq / tile_quads) * weight_blocks() * BLOCK_VEC4S + cq % tile_quads;
+    if (p.in_quads <= STEPS) {
+        base += iq * 4u * tile_quads;
+    } else {
+        base += (iq / STEPS) * BLOCK_VEC4S + (iq % STEPS) * 4u * tile_quads;
+    }
+    if (p.full_taps == 1u) {
+        let a = weight_vec4(co, iq, 0u);
+        let b = weight_vec4(co + 1u, iq, 0u);
+        let c = weight_vec4(co + 2u, iq, 0u);
+        let d = weight_vec4(co + 3u, iq, 0u);
+        store_packed_tap(base, 0u, 0u, vec4<f32>(a.x, b.x, c.x, d.x));
+        store_packed_tap(base, 1u, 0u, vec4<f32>(a.y, b.y, c.y, d.y));
+        store_packed_tap(base, 2u, 0u, vec4<f32>(a.z, b.z, c.z, d.z));
+        store_packed_tap(base, 3u, 0u, vec4<f32>(a.w, b.w, c.w, d.w));
+        return;
+    }
+    // 3x3: lane k's tap t is float 9 k + t of each output channel's 36.
+    let wa0 = weight_vec4(co + 0u, iq, 0u);
+    let wa1 = weight_vec4(co + 0u, iq, 1u);
+    let wa2 = weight_vec4(co + 0u, iq, 2u);
+    let wa3 = weight_vec4(co + 0u, iq, 3u);
+    let wa4 = weight_vec4(co + 0u, iq, 4u);
+    let wa5 = weight_vec4(co + 0u, iq, 5u);
+    let wa6 = weight_vec4(co + 0u, iq, 6u);
+    let wa7 = weight_vec4(co + 0u, iq, 7u);
+    let wa8 = weight_vec4(co + 0u, iq, 8u);
+    let wb0 = weight_vec4(co + 1u, iq, 0u);
+    let wb1 = weight_vec4(co + 1u, iq, 1u);
+    let wb2 = weight_vec4(co + 1u, iq, 2u);
+    let wb3 = weight_vec4(co + 1u, iq, 3u);
+    let wb4 = weight_vec4(co + 1u, iq, 4u);
+    let wb5 = weight_vec4(co + 1u, iq, 5u);
+    let wb6 = weight_vec4(co + 1u, iq, 6u);
+    let wb7 = weight_vec4(co + 1u, iq, 7u);
+    let wb8 = weight_vec4(co + 1u, iq, 8u);
+    let wc0 = weight_vec4(co + 2u, iq, 0u);
+    let wc1 = weight_vec4(co + 2u, iq, 1u);
+    let wc2 = weight_vec4(co + 2u, iq, 2u);
+    let wc3 = weight_vec4(co + 2u, iq, 3u);
+    let wc4 = weight_vec4(co + 2u, iq, 4u);
+    let wc5 = weight_vec4(co + 2u, iq, 5u);
+    let wc6 = weight_vec4(co + 2u, iq, 6u);
+    let wc7 = weight_vec4(co + 2u, iq, 7u);
+    let wc8 = weight_vec4(co + 2u, iq, 8u);
+    let wd0 = weight_vec4(co + 3u, iq, 0u);
+    let wd1 = weight_vec4(co + 3u, iq, 1u);
+    let wd2 = weight_vec4(co + 3u, iq, 2u);
+    let wd3 = weight_vec4(co + 3u, iq, 3u);
+    let wd4 = weight_vec4(co + 3u, iq, 4u);
+    let wd5 = weight_vec4(co + 3u, iq, 5u);
+    let wd6 = weight_vec4(co + 3u, iq, 6u);
+    let wd7 = weight_vec4(co + 3u, iq, 7u);
+    let wd8 = weight_vec4(co + 3u, iq, 8u);
+    store_packed_tap(base, 0u, 0u, vec4<f32>(wa0.x, wb0.x, wc0.x, wd0.x));
+    store_packed_tap(base, 1u, 0u, vec4<f32>(wa2.y, wb2.y, wc2.y, wd2.y));
+    store_packed_tap(base, 2u, 0u, vec4<f32>(wa4.z, wb4.z, wc4.z, wd4.z));
+    store_packed_tap(base, 3u, 0u, vec4<f32>(wa6.w, wb6.w, wc6.w, wd6.w));
+    store_packed_tap(base, 0u, 1u, vec4<f32>(wa0.y, wb0.y, wc0.y, wd0.y));
+    store_packed_tap(base, 1u, 1u, vec4<f32>(wa2.z, wb2.z, wc2.z, wd2.z));
+    store_packed_tap(base, 2u, 1u, vec4<f32>(wa4.w, wb4.w, wc4.w, wd4.w));
+    store_packed_tap(base, 3u, 1u, vec4<f32>(wa7.x, wb7.x, wc7.x, wd7.x));
+    store_packed_tap(base, 0u, 2u, vec4<f32>(wa0.z, wb0.z, wc0.z, wd0.z));
+    store_packed_tap(base, 1u, 2u, vec4<f32>(wa2.w, wb2.w, wc2.w, wd2.w));
+    store_packed_tap(base, 2u, 2u, vec4<f32>(wa5.x, wb5.x, wc5.x, wd5.x));
+    store_packed_tap(base, 3u, 2u, vec4<f32>(wa7.y, wb7.y, wc7.y, wd7.y));
+    store_packed_tap(base, 0u, 3u, vec4<f32>(wa0.w, wb0.w, wc0.w, wd0.w));
+    store_packed_tap(base, 1u, 3u, vec4<f32>(wa3.x, wb3.x, wc3.x, wd3.x));
+    store_packed_tap(base, 2u, 3u, vec4<f32>(wa5.y, wb5.y, wc5.y, wd5.y));
+    store_packed_tap(base, 3u, 3u, vec4<f32>(wa7.z, wb7.z, wc7.z, wd7.z));
+    store_packed_tap(base, 0u, 4u, vec4<f32>(wa1.x, wb1.x, wc1.x, wd1.x));
+    store_packed_tap(base, 1u, 4u, vec4<f32>(wa3.y, wb3.y, wc3.y, wd3.y));
+    store_packed_tap(base, 2u, 4u, vec4<f32>(wa5.z, wb5.z, wc5.z, wd5.z));
+    store_packed_tap(base, 3u, 4u, vec4<f32>(wa7.w, wb7.w, wc7.w, wd7.w));
+    store_packed_tap(base, 0u, 5u, vec4<f32>(wa1.y, wb1.y, wc1.y, wd1.y));
+    store_packed_tap(base, 1u, 5u, vec4<f32>(wa3.z, wb3.z, wc3.z, wd3.z));
+    store_packed_tap(base, 2u, 5u, vec4<f32>(wa5.w, wb5.w, wc5.w, wd5.w));
+    store_packed_tap(base, 3u, 5u, vec4<f32>(wa8.x, wb8.x, wc8.x, wd8.x));
+    store_packed_tap(base, 0u, 6u, vec4<f32>(wa1.z, wb1.z, wc1.z, wd1.z));
+    store_packed_tap(base, 1u, 6u, vec4<f32>(wa3.w, wb3.w, wc3.w, wd3.w));
+    store_packed_tap(base, 2u, 6u, vec4<f32>(wa6.x, wb6.x, wc6.x, wd6.x));
+    store_packed_tap(base, 3u, 6u, vec4<f32>(wa8.y, wb8.y, wc8.y, wd8.y));
+    store_packed_tap(base, 0u, 7u, vec4<f32>(wa1.w, wb1.w, wc1.w, wd1.w));
+    store_packed_tap(base, 1u, 7u, vec4<f32>(wa4.x, wb4.x, wc4.x, wd4.x));
+    store_packed_tap(base, 2u, 7u, vec4<f32>(wa6.y, wb6.y, wc6.y, wd6.y));
+    store_packed_tap(base, 3u, 7u, vec4<f32>(wa8.z, wb8.z, wc8.z, wd8.z));
+    store_packed_tap(base, 0u, 8u, vec4<f32>(wa2.x, wb2.x, wc2.x, wd2.x));
+    store_packed_tap(base, 1u, 8u, vec4<f32>(wa4.y, wb4.y, wc4.y, wd4.y));
+    store_packed_tap(base, 2u, 8u, vec4<f32>(wa6.z, wb6.z, wc6.z, wd6.z));
+    store_packed_tap(base, 3u, 8u, vec4<f32>(wa8.w, wb8.w, wc8.w, wd8.w));
 }
 
 // ---------------------------------------------------------------- forward (and input gradient)

@@ -54,7 +54,7 @@ type ConvCase = ([usize; 4], usize, (usize, usize), Conv2dConfig, bool);
 #[test]
 fn conv2d_matches_reference() {
     let cfg = |stride, padding, groups| Conv2dConfig { stride, padding, groups };
-    let cases: [ConvCase; 27] = [
+    let cases: [ConvCase; 28] = [
         // Depthwise, stride 1 with bias and a 7x7 window (ConvNeXt's).
         ([1, 5, 13, 11], 5, (3, 3), cfg((1, 1), (1, 1), 5), true),
         ([3, 4, 9, 9], 4, (7, 7), cfg((1, 1), (3, 3), 4), true),
@@ -69,6 +69,9 @@ fn conv2d_matches_reference() {
         ([1, 3, 13, 11], 5, (7, 7), cfg((2, 2), (3, 3), 1), true),
         ([3, 3, 12, 8], 6, (4, 4), cfg((4, 4), (0, 0), 1), true), // ConvNeXt stem
         ([3, 4, 5, 6], 6, (3, 2), cfg((2, 1), (1, 2), 2), true),
+        // 2x2 at stride 2 over inputs in fours (ConvNeXt's downsampling): packed a row at a
+        // time, where 1x1 and 3x3 weights over inputs in fours are packed by quads.
+        ([2, 8, 6, 6], 5, (2, 2), cfg((2, 2), (0, 0), 1), true),
         // Enough pixels for weights in uniform blocks: taps over two blocks, then a tap split
         // over two blocks (more than 64 input quads), five channel tiles in the input gradient.
         ([2, 36, 24, 23], 40, (3, 3), cfg((1, 1), (1, 1), 1), true),

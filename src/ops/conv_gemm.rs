@@ -108,6 +108,9 @@ struct TileParams {
     chunk_stride: u32,
     _pad: [u32; 3],
     bands: [[u32; 4]; MAX_WEIGHT_PASSES],
+    // `pack_weight_forward_quads`: where each weight tap's rows begin among a tile's packed
+    // blocks, in vec4s; u32::MAX for a tap the pass does not read ([`tap_rows`]).
+    tap_rows: [[u32; 4]; 3],
 }
 
 /// One phase of the input gradient along one axis: the input positions first, first + stride,
@@ -347,18 +350,73 @@ enum WeightKernel {
     WorkgroupTiles,
 }
 
+/// Which way [`pack_dispatch`] packs a weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Packing {
+    /// For the forward pass: the kernel's outputs are the weight's.
+    Forward,
+    /// For the input gradient: the kernel's outputs are the weight's inputs, taps flipped.
+    Backward,
+}
+
 /// Packs the weights of a tile pass's taps into blocks of `channels`-wide tiles (nothing where
-/// no tap reaches the pass).
+/// no tap reaches the pass), one invocation per packed row; for the forward pass over 1x1 and
+/// 3x3 weights whose input channels come in fours, `pack_weight_forward_quads` reads the
+/// weight as vec4s, one invocation per (output channel quad, input quad), placing rows by
+/// [`tap_rows`].
 fn pack_dispatch(
     gpu: &Gpu,
     params: TileParams,
     channels: u32,
     [weight, packed]: [&GpuSlice; 2],
-    entry: &'static str,
+    packing: Packing,
 ) -> Option<Dispatch> {
     let params = TileParams { tile: channels, ..params };
-    (params.kernel_h * params.kernel_w > 0)
-        .then(|| gpu.dispatch("conv_tile", entry, &params, &[weight, packed], pack_grid(packed)))
+    let taps = (params.kernel_h * params.kernel_w) as usize;
+    if taps == 0 {
+        return None;
+    }
+    let quads = params.weight_in.is_multiple_of(4) && matches!(params.full_taps, 1 | 9);
+    let entry = match packing {
+        Packing::Forward if quads => {
+            let tiles = packed.len() / BLOCK_FLOATS / weight_blocks(taps, params.in_quads as usize).len();
+            let invocations = tiles * channels as usize / 4 * params.in_quads as usize;
+            let params = TileParams { tap_rows: tap_rows(&params), ..params };
+            return Some(gpu.dispatch(
+                "conv_tile",
+                "pack_weight_forward_quads",
+                &params,
+                &[weight, packed],
+                grid(invocations),
+            ));
+        }
+        Packing::Forward => "pack_weight_forward",
+        Packing::Backward => "pack_weight_backward",
+    };
+    Some(gpu.dispatch("conv_tile", entry, &params, &[weight, packed], pack_grid(packed)))
+}
+
+/// Where each of a (1x1 or 3x3) weight's taps has its rows among a forward tile's packed
+/// blocks, in vec4s from the tile's first: the block and step of the pass's tap, at input
+/// quad 0; u32::MAX for a tap the pass does not read.
+fn tap_rows(params: &TileParams) -> [[u32; 4]; 3] {
+    let p = params;
+    let (in_quads, row_vec4s) = (p.in_quads as usize, p.tile as usize / 4);
+    let mut rows = [u32::MAX; 12];
+    for ty in 0..p.kernel_h as usize {
+        for tx in 0..p.kernel_w as usize {
+            let tap = ty * p.kernel_w as usize + tx;
+            let at = if in_quads <= STEPS {
+                let per = STEPS / in_quads;
+                (tap / per) * BLOCK_FLOATS / 4 + (tap % per) * in_quads * 4 * row_vec4s
+            } else {
+                tap * in_quads.div_ceil(STEPS) * BLOCK_FLOATS / 4
+            };
+            let full = (ty + p.ky0 as usize) * p.full_kernel_w as usize + tx + p.kx0 as usize;
+            rows[full] = at as u32;
+        }
+    }
+    [[rows[0], rows[1], rows[2], rows[3]], [rows[4], rows[5], rows[6], rows[7]], [rows[8], rows[9], rows[10], rows[11]]]
 }
 
 /// The forward-style tile kernel over weights [`pack_dispatch`] packed: with uniform blocks,
@@ -789,7 +847,7 @@ impl GemmPlan {
         let residual = fusion.residual.unwrap_or(scratch[X_LAST]);
         let mut forward = Forward { prepare: Vec::new(), run: vec![self.copy_x(gpu, x, fusion.gate, scratch)] };
         let pack = |params: TileParams, packed: &GpuSlice| {
-            pack_dispatch(gpu, params, self.forward_tile.0, [w, packed], "pack_weight_forward")
+            pack_dispatch(gpu, params, self.forward_tile.0, [w, packed], Packing::Forward)
         };
         let run = |params: TileParams, packed: &GpuSlice| {
             let buffers = [scratch[X_LAST], packed, bias, y, residual];
@@ -961,9 +1019,8 @@ impl GemmPlan {
                     let taps = packing.kernel_h * packing.kernel_w;
                     let packed = scratch[W_BACKWARD].range(0, self.backward_packing(taps));
                     let (tile, reads) = (self.backward_tile, self.backward_reads);
-                    let pack = packs
-                        .then(|| pack_dispatch(gpu, packing, tile.0, [w, &packed], "pack_weight_backward"))
-                        .flatten();
+                    let pack =
+                        packs.then(|| pack_dispatch(gpu, packing, tile.0, [w, &packed], Packing::Backward)).flatten();
                     let buffers = [dy_last, &packed, w, dx, dy_last];
                     pack.into_iter().chain(tile_dispatches(gpu, params, tile, buffers, reads))
                 };
