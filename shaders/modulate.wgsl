@@ -21,7 +21,8 @@ struct ModulateParams {
     // Always 1.0, for double_float.wgsl.
     one: f32,
     live_taps: u32,
-    _pad0: u32,
+    // modulate_backward_3x3_serial: whether the parent's gradient adds to what is there.
+    parent_accumulate: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -363,6 +364,46 @@ fn modulate_backward_attention_3x3_serial(@builtin(global_invocation_id) gid: ve
     var tap_sum: array<vec2<f32>, TAPS_3X3>;
     for (var b = 0u; b < blocks; b++) {
         add_block(&tap_sum, (co * blocks + b) * TAPS_3X3);
+    }
+    store_attention(co, tap_sum);
+}
+
+// The parent's gradient (modulate_backward_parent_3x3) and both attention gradients
+// (modulate_backward_attention_3x3_serial) of one child in one pass, where all are wanted:
+// each block's dchild is loaded once for both. Every sum adds the same terms in the same order
+// as those two kernels. Invocations: c_out. The parent's gradient: binding 7.
+@group(0) @binding(7) var<storage, read_write> bwd_parent_grad4: array<vec4<f32>>;
+
+// Vec4 j of the block at e: the attention sums' terms, and the parent gradient's term d * s * f.
+fn add_block_vec4(sum: ptr<function, array<vec2<f32>, TAPS_3X3>>, e: u32, j: u32, s: vec4<f32>, f: f32) {
+    let d = bwd_dchildren4[e + j];
+    add_terms(sum, d, bwd_parent4[e + j], BLOCK_TAPS[j]);
+    let term = d * s * f;
+    let at = e + j;
+    bwd_parent_grad4[at] = select(term, bwd_parent_grad4[at] + term, p.parent_accumulate != 0u);
+}
+
+@compute @workgroup_size(64)
+fn modulate_backward_3x3_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let co = flat_index(gid, nwg);
+    if (co >= p.c_out) { return; }
+    let k = p.first_child;
+    let s = spatial_block(k);
+    let f = 1.0 + filter_attention[k * p.c_out + co];
+    let blocks = p.fan / (4u * TAPS_3X3);
+    var tap_sum: array<vec2<f32>, TAPS_3X3>;
+    for (var b = 0u; b < blocks; b++) {
+        let e = (co * blocks + b) * TAPS_3X3;
+        // Unrolled, so that every index into the sums is a constant.
+        add_block_vec4(&tap_sum, e, 0u, s[0], f);
+        add_block_vec4(&tap_sum, e, 1u, s[1], f);
+        add_block_vec4(&tap_sum, e, 2u, s[2], f);
+        add_block_vec4(&tap_sum, e, 3u, s[3], f);
+        add_block_vec4(&tap_sum, e, 4u, s[4], f);
+        add_block_vec4(&tap_sum, e, 5u, s[5], f);
+        add_block_vec4(&tap_sum, e, 6u, s[6], f);
+        add_block_vec4(&tap_sum, e, 7u, s[7], f);
+        add_block_vec4(&tap_sum, e, 8u, s[8], f);
     }
     store_attention(co, tap_sum);
 }

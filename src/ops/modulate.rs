@@ -14,7 +14,7 @@
 use anyhow::{Result, bail};
 
 use super::{Bound, Forward, GradTarget, Grads, Mode, Op, placeholder};
-use crate::gpu::{Dispatch, Gpu, grid};
+use crate::gpu::{Dispatch, Gpu, GpuSlice, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
 /// Taps of a 3x3 child (`TAPS_3X3` in modulate.wgsl), whose attention gradients come from one
@@ -56,7 +56,8 @@ struct ModulateParams {
     /// Always 1.0 (see shaders/double_float.wgsl).
     one: f32,
     live_taps: u32,
-    _pad: [u32; 3],
+    parent_accumulate: u32,
+    _pad: [u32; 2],
 }
 
 impl Modulate {
@@ -72,7 +73,8 @@ impl Modulate {
             accumulate: accumulate as u32,
             one: 1.0,
             live_taps: self.live(),
-            _pad: [0; 3],
+            parent_accumulate: 0,
+            _pad: [0; 2],
         }
     }
 
@@ -123,17 +125,29 @@ impl Modulate {
         self.fused_attention() && !self.skips_taps() && self.fan.is_multiple_of(4 * TAPS_3X3)
     }
 
+    /// Whether the fused attention gradient takes 36-weight blocks with one invocation per
+    /// output channel: channels of at most SERIAL_MAX_BLOCKS blocks. The parent's gradient
+    /// then comes from the same pass (`modulate_backward_3x3_serial`) where it is wanted too.
+    fn serial_blocks(&self) -> bool {
+        self.runs_blocks() && self.fan / (4 * TAPS_3X3) <= SERIAL_MAX_BLOCKS
+    }
+
     /// The fused attention gradient's kernel and grid: one workgroup per output channel, or
     /// for channels of at most SERIAL_MAX_BLOCKS blocks one invocation each.
     fn attention_entry(&self) -> (&'static str, [u32; 3]) {
         let channels = self.c_out as u32;
         match self.runs_blocks() {
-            true if self.fan / (4 * TAPS_3X3) <= SERIAL_MAX_BLOCKS => {
-                ("modulate_backward_attention_3x3_serial", grid(self.c_out))
-            }
+            true if self.serial_blocks() => ("modulate_backward_attention_3x3_serial", grid(self.c_out)),
             true => ("modulate_backward_attention_3x3_blocks", [channels, 1, 1]),
             false => ("modulate_backward_attention_3x3", [channels, 1, 1]),
         }
+    }
+
+    /// dspatial of child k from the fused attention gradient's per-tap partial sums
+    /// (`buffers`: parent, spatial, filter, dchild, dspatial, partials).
+    fn spatial_sums(&self, gpu: &Gpu, buffers: [&GpuSlice; 6], k: usize, ds: GradTarget) -> Dispatch {
+        let params = self.params(k, ds.accumulate);
+        gpu.dispatch("modulate", "modulate_backward_spatial_partials", &params, &buffers, [TAPS_3X3 as u32, 1, 1])
     }
 
     fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
@@ -200,6 +214,28 @@ impl Op for Modulate {
                 out.push(gpu.dispatch("modulate", entry, &self.params(k, accumulate), &buffers, workgroups));
             }
         };
+        if let (Some(dparent), Some(ds), Some(dfilter)) = (grads.inputs[0], grads.inputs[1], grads.inputs[2])
+            && self.serial_blocks()
+        {
+            // One pass over each child for all three gradients, then the spatial sums.
+            let partials = b.scratch[0];
+            for (c, k) in self.rows() {
+                let kernel = [parent, spatial, filter, grads.outputs[c], dfilter.slice, partials, dparent.slice];
+                // The parent's gradient sums over children: all but the first add.
+                let params = ModulateParams {
+                    parent_accumulate: (dparent.accumulate || c > 0) as u32,
+                    ..self.params(k, dfilter.accumulate)
+                };
+                out.push(gpu.dispatch("modulate", "modulate_backward_3x3_serial", &params, &kernel, grid(self.c_out)));
+                out.push(self.spatial_sums(
+                    gpu,
+                    [parent, spatial, filter, grads.outputs[c], ds.slice, partials],
+                    k,
+                    ds,
+                ));
+            }
+            return out;
+        }
         let (entry, invocations) = self.elementwise("modulate_backward_parent");
         each(entry, grads.inputs[0], grid(invocations), true);
         if let (true, Some(ds), Some(dfilter)) = (self.fused_attention(), grads.inputs[1], grads.inputs[2]) {
@@ -210,14 +246,11 @@ impl Op for Modulate {
                 let params = self.params(k, dfilter.accumulate);
                 let (entry, workgroups) = self.attention_entry();
                 out.push(gpu.dispatch("modulate", entry, &params, &kernel, workgroups));
-                let sums = [parent, spatial, filter, grads.outputs[c], ds.slice, partials];
-                let params = self.params(k, ds.accumulate);
-                out.push(gpu.dispatch(
-                    "modulate",
-                    "modulate_backward_spatial_partials",
-                    &params,
-                    &sums,
-                    [TAPS_3X3 as u32, 1, 1],
+                out.push(self.spatial_sums(
+                    gpu,
+                    [parent, spatial, filter, grads.outputs[c], ds.slice, partials],
+                    k,
+                    ds,
                 ));
             }
             return out;
