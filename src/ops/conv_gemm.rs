@@ -1004,13 +1004,16 @@ impl GemmPlan {
                     ..self.params()
                 };
                 // No gate: the binding is not read. The copy's padding stays zero where every
-                // run places dy the same way (one phase).
+                // run places dy the same way (one phase). A phase no tap reaches (three of a
+                // 1x1 kernel's four at stride 2) reads no dy: it has no copy.
                 let buffers = [dy, dy_last, dy];
                 let vec4s = s.batch * in_h * in_w * self.dy_quads;
-                out.push(match rows.len() * cols.len() {
-                    1 => copy_to_channels_last(gpu, &params, buffers, vec4s),
-                    _ => gpu.dispatch("conv_tile", "to_channels_last", &params, &buffers, grid(vec4s)),
-                });
+                if row.taps * col.taps > 0 {
+                    out.push(match rows.len() * cols.len() {
+                        1 => copy_to_channels_last(gpu, &params, buffers, vec4s),
+                        _ => gpu.dispatch("conv_tile", "to_channels_last", &params, &buffers, grid(vec4s)),
+                    });
+                }
                 // The kernel's bias and residual bindings are read only when asked for: any
                 // buffer does. Passes and bands run one after another through the same
                 // packed-weight buffer, each packing the taps it reads or reading the phase's
