@@ -274,6 +274,39 @@ fn a_conv_weight_used_twice_gets_both_gradients() {
     }
 }
 
+/// An input read by a 1x1 convolution at stride 2, which reaches one of its four input
+/// phases, and by a 3x3 one: dx sums both, whichever convolution writes first (the one built
+/// last). The 1x1 one's other phases write zeros when it writes first, and nothing when it
+/// adds. Two runs, so that the second starts from the first's gradients.
+#[test]
+fn an_input_read_by_two_strided_convs_gets_both_gradients() {
+    for one_by_one_built_first in [true, false] {
+        let mut g = Graph::new();
+        let x = g.input("x", &[2, 6, 7, 7]);
+        let kernels = if one_by_one_built_first { [1, 3] } else { [3, 1] };
+        let ws = kernels.map(|k| g.param(&format!("w{k}"), &[5, 6, k, k]).unwrap());
+        let cfgs = kernels.map(|k| Conv2dConfig::new(2, k / 2));
+        let ys: Vec<TensorId> = (0..2).map(|i| g.conv2d(x, ws[i], None, cfgs[i]).unwrap()).collect();
+        let out = g.add(ys[0], ys[1]).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, out)).unwrap();
+        let mut rng = rng(170 + one_by_one_built_first as u64);
+        let mut want = Vec::new();
+        for _ in 0..2 {
+            let xv = feed(&exe, &g, x, &mut rng);
+            let wv = ws.map(|w| feed(&exe, &g, w, &mut rng));
+            let dy = seed_grad(&exe, &g, out, &mut rng);
+            exe.run().unwrap();
+            want = vec![0.0; xv.len()];
+            for i in 0..2 {
+                let s = Conv2dShape::new(&[2, 6, 7, 7], g.shape(ws[i]), cfgs[i]).unwrap();
+                let (dx, _, _) = r::conv2d::backward(&s, &xv, &wv[i], &dy);
+                want.iter_mut().zip(dx).for_each(|(sum, d)| *sum += d);
+            }
+        }
+        assert_close(&format!("1x1 built first: {one_by_one_built_first}, dx"), &read_grad(&exe, x), &want, TOL);
+    }
+}
+
 #[test]
 fn conv_weight_paths_agree_bit_for_bit() {
     let gpu = gpu();
