@@ -406,19 +406,20 @@ fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// pack_weight_forward for 1x1 and 3x3 weights whose input channels come in fours reads the
-// weight as vec4s: an output channel's weights for four input channels are 4 x full_taps
-// contiguous floats ([input lane][tap]). One invocation per (output channel quad, input quad)
-// loads four output channels' vec4s and transposes them into the rows of the pass's taps,
-// the values pack_weight_forward writes. Where a row lies is the host's sum per weight tap
-// (p.tap_rows) plus the invocation's own, so no store divides (software adapters divide lane
-// by lane).
+// pack_weight_forward for 3x3 weights whose input channels come in fours reads the weight as
+// vec4s: an output channel's weights for four input channels are 36 contiguous floats
+// ([input lane][tap]). One invocation per (output channel quad, input quad) loads four output
+// channels' nine vec4s and transposes them into the rows of the pass's taps, the values
+// pack_weight_forward writes. Where a row lies is the host's sum per weight tap (p.tap_rows)
+// plus the invocation's own, so no store divides (software adapters divide lane by lane).
+// (1x1 weights keep the row kernel: read by quads, their rows of thousands of input channels
+// lie kilobytes apart, and on lavapipe ResNet50's packing took half as long again.)
 
-// Output channel co's weights for input channels 4 iq .. 4 iq + 3, vec4 j of their
-// 4 x full_taps floats; zero past the weight's outputs.
+// Output channel co's weights for input channels 4 iq .. 4 iq + 3, vec4 j of their 36
+// floats; zero past the weight's outputs.
 fn weight_vec4(co: u32, iq: u32, j: u32) -> vec4<f32> {
     if (co >= p.weight_out) { return vec4<f32>(); }
-    return copy_src4[(co * (p.weight_in / 4u) + iq) * p.full_taps + j];
+    return copy_src4[(co * (p.weight_in / 4u) + iq) * 9u + j];
 }
 
 // Stores v in lane `lane`'s row of weight tap t from `base`, where the pass reads tap t.
@@ -445,18 +446,7 @@ fn pack_weight_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     } else {
         base += (iq / STEPS) * BLOCK_VEC4S + (iq % STEPS) * 4u * tile_quads;
     }
-    if (p.full_taps == 1u) {
-        let a = weight_vec4(co, iq, 0u);
-        let b = weight_vec4(co + 1u, iq, 0u);
-        let c = weight_vec4(co + 2u, iq, 0u);
-        let d = weight_vec4(co + 3u, iq, 0u);
-        store_packed_tap(base, 0u, 0u, vec4<f32>(a.x, b.x, c.x, d.x));
-        store_packed_tap(base, 1u, 0u, vec4<f32>(a.y, b.y, c.y, d.y));
-        store_packed_tap(base, 2u, 0u, vec4<f32>(a.z, b.z, c.z, d.z));
-        store_packed_tap(base, 3u, 0u, vec4<f32>(a.w, b.w, c.w, d.w));
-        return;
-    }
-    // 3x3: lane k's tap t is float 9 k + t of each output channel's 36.
+    // Lane k's tap t is float 9 k + t of each output channel's 36.
     let wa0 = weight_vec4(co + 0u, iq, 0u);
     let wa1 = weight_vec4(co + 0u, iq, 1u);
     let wa2 = weight_vec4(co + 0u, iq, 2u);

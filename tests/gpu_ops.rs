@@ -70,7 +70,7 @@ fn conv2d_matches_reference() {
         ([3, 3, 12, 8], 6, (4, 4), cfg((4, 4), (0, 0), 1), true), // ConvNeXt stem
         ([3, 4, 5, 6], 6, (3, 2), cfg((2, 1), (1, 2), 2), true),
         // 2x2 at stride 2 over inputs in fours (ConvNeXt's downsampling): packed a row at a
-        // time, where 1x1 and 3x3 weights over inputs in fours are packed by quads.
+        // time, where 3x3 weights over inputs in fours are packed by quads.
         ([2, 8, 6, 6], 5, (2, 2), cfg((2, 2), (0, 0), 1), true),
         // Enough pixels for weights in uniform blocks: taps over two blocks, then a tap split
         // over two blocks (more than 64 input quads), five channel tiles in the input gradient.

@@ -360,9 +360,9 @@ enum Packing {
 }
 
 /// Packs the weights of a tile pass's taps into blocks of `channels`-wide tiles (nothing where
-/// no tap reaches the pass), one invocation per packed row; for the forward pass over 1x1 and
-/// 3x3 weights whose input channels come in fours, `pack_weight_forward_quads` reads the
-/// weight as vec4s, one invocation per (output channel quad, input quad), placing rows by
+/// no tap reaches the pass), one invocation per packed row; for the forward pass over 3x3
+/// weights whose input channels come in fours, `pack_weight_forward_quads` reads the weight
+/// as vec4s, one invocation per (output channel quad, input quad), placing rows by
 /// [`tap_rows`].
 fn pack_dispatch(
     gpu: &Gpu,
@@ -376,7 +376,7 @@ fn pack_dispatch(
     if taps == 0 {
         return None;
     }
-    let quads = params.weight_in.is_multiple_of(4) && matches!(params.full_taps, 1 | 9);
+    let quads = params.weight_in.is_multiple_of(4) && params.full_taps == 9;
     let entry = match packing {
         Packing::Forward if quads => {
             let tiles = packed.len() / BLOCK_FLOATS / weight_blocks(taps, params.in_quads as usize).len();
@@ -396,7 +396,7 @@ fn pack_dispatch(
     Some(gpu.dispatch("conv_tile", entry, &params, &[weight, packed], pack_grid(packed)))
 }
 
-/// Where each of a (1x1 or 3x3) weight's taps has its rows among a forward tile's packed
+/// Where each of a 3x3 weight's taps has its rows among a forward tile's packed
 /// blocks, in vec4s from the tile's first: the block and step of the pass's tap, at input
 /// quad 0; u32::MAX for a tap the pass does not read.
 fn tap_rows(params: &TileParams) -> [[u32; 4]; 3] {
