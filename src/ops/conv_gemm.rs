@@ -376,44 +376,34 @@ fn pack_dispatch(
     if taps == 0 {
         return None;
     }
-    let quads = params.weight_in.is_multiple_of(4) && params.full_taps == 9;
+    if packing == Packing::Forward && params.weight_in.is_multiple_of(4) && params.full_taps == 9 {
+        let blocks = weight_blocks(taps, params.in_quads as usize);
+        let tiles = packed.len() / BLOCK_FLOATS / blocks.len();
+        let invocations = tiles * channels as usize / 4 * params.in_quads as usize;
+        let params = TileParams { tap_rows: tap_rows(&params, &blocks), ..params };
+        let buffers = [weight, packed];
+        return Some(gpu.dispatch("conv_tile", "pack_weight_forward_quads", &params, &buffers, grid(invocations)));
+    }
     let entry = match packing {
-        Packing::Forward if quads => {
-            let tiles = packed.len() / BLOCK_FLOATS / weight_blocks(taps, params.in_quads as usize).len();
-            let invocations = tiles * channels as usize / 4 * params.in_quads as usize;
-            let params = TileParams { tap_rows: tap_rows(&params), ..params };
-            return Some(gpu.dispatch(
-                "conv_tile",
-                "pack_weight_forward_quads",
-                &params,
-                &[weight, packed],
-                grid(invocations),
-            ));
-        }
         Packing::Forward => "pack_weight_forward",
         Packing::Backward => "pack_weight_backward",
     };
     Some(gpu.dispatch("conv_tile", entry, &params, &[weight, packed], pack_grid(packed)))
 }
 
-/// Where each of a 3x3 weight's taps has its rows among a forward tile's packed
-/// blocks, in vec4s from the tile's first: the block and step of the pass's tap, at input
-/// quad 0; u32::MAX for a tap the pass does not read.
-fn tap_rows(params: &TileParams) -> [[u32; 4]; 3] {
+/// Where each of a 3x3 weight's taps has its rows among a forward tile's packed `blocks`
+/// ([`weight_blocks`]), in vec4s from the tile's first: the block and step of the pass's tap,
+/// at input quad 0 (the first block holding the tap); u32::MAX for a tap the pass does not
+/// read.
+fn tap_rows(params: &TileParams, blocks: &[(Range<usize>, Range<usize>)]) -> [[u32; 4]; 3] {
     let p = params;
-    let (in_quads, row_vec4s) = (p.in_quads as usize, p.tile as usize / 4);
+    let (kernel_w, row_vec4s) = (p.kernel_w as usize, p.tile as usize / 4);
     let mut rows = [u32::MAX; 12];
-    for ty in 0..p.kernel_h as usize {
-        for tx in 0..p.kernel_w as usize {
-            let tap = ty * p.kernel_w as usize + tx;
-            let at = if in_quads <= STEPS {
-                let per = STEPS / in_quads;
-                (tap / per) * BLOCK_FLOATS / 4 + (tap % per) * in_quads * 4 * row_vec4s
-            } else {
-                tap * in_quads.div_ceil(STEPS) * BLOCK_FLOATS / 4
-            };
-            let full = (ty + p.ky0 as usize) * p.full_kernel_w as usize + tx + p.kx0 as usize;
-            rows[full] = at as u32;
+    for (b, (taps, quads)) in blocks.iter().enumerate().filter(|(_, (_, quads))| quads.start == 0) {
+        for tap in taps.clone() {
+            let step = (tap - taps.start) * quads.len();
+            let (ty, tx) = (tap / kernel_w + p.ky0 as usize, tap % kernel_w + p.kx0 as usize);
+            rows[ty * p.full_kernel_w as usize + tx] = (b * BLOCK_FLOATS / 4 + step * 4 * row_vec4s) as u32;
         }
     }
     [[rows[0], rows[1], rows[2], rows[3]], [rows[4], rows[5], rows[6], rows[7]], [rows[8], rows[9], rows[10], rows[11]]]
@@ -970,7 +960,8 @@ impl GemmPlan {
             for col in &cols {
                 // A phase no tap reaches adds nothing: it only writes zeros, where dx is not
                 // added to.
-                if row.taps * col.taps == 0 && accumulate {
+                let reached = row.taps * col.taps > 0;
+                if !reached && accumulate {
                     continue;
                 }
                 let (in_h, in_w) = (row.copy_size(), col.copy_size());
@@ -1013,7 +1004,7 @@ impl GemmPlan {
                 // 1x1 kernel's four at stride 2) reads no dy: it has no copy.
                 let buffers = [dy, dy_last, dy];
                 let vec4s = s.batch * in_h * in_w * self.dy_quads;
-                if row.taps * col.taps > 0 {
+                if reached {
                     out.push(match rows.len() * cols.len() {
                         1 => copy_to_channels_last(gpu, &params, buffers, vec4s),
                         _ => gpu.dispatch("conv_tile", "to_channels_last", &params, &buffers, grid(vec4s)),
