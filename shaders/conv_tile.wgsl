@@ -107,10 +107,18 @@ struct TileParams {
     co_stride: u32,
     tap_stride: u32,
     chunk_stride: u32,
+    // pack_weight_forward_quads, where it also packs the input gradient's weights (back_tile
+    // nonzero): that packing's tile width, blocks per tile and input quads (the weight's
+    // output quads).
+    back_tile: u32,
+    back_blocks: u32,
+    back_quads: u32,
     bands: array<vec4<u32>, 9>,
     // pack_weight_forward_quads: where weight tap t's rows begin among a tile's packed blocks
-    // (vec4s), ~0 for a tap the pass does not read.
+    // (vec4s), ~0 for a tap the pass does not read; back_tap_rows: the same in the input
+    // gradient's packing.
     tap_rows: array<vec4<u32>, 3>,
+    back_tap_rows: array<vec4<u32>, 3>,
 }
 
 @group(0) @binding(0) var<uniform> p: TileParams;
@@ -412,6 +420,10 @@ fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // channels' nine vec4s and transposes them into the rows of the pass's taps, the values
 // pack_weight_forward writes. Where a row lies is the host's sum per weight tap (p.tap_rows)
 // plus the invocation's own, so no store divides (software adapters divide lane by lane).
+// Where the input gradient reads one packing of every tap (src/ops/conv_gemm.rs
+// `GemmPlan::backward_packed_by_forward`), the same loads also give its rows, the values
+// pack_weight_backward writes (p.back_tap_rows): on lavapipe, a third of what the row kernel
+// takes to gather them again.
 // (1x1 weights keep the row kernel: read by quads, their rows of thousands of input channels
 // lie kilobytes apart, and on lavapipe ResNet50's packing took half as long again.)
 
@@ -428,6 +440,27 @@ fn store_packed_tap(base: u32, lane: u32, t: u32, v: vec4<f32>) {
     if (rows != 0xffffffffu) { copy_dst[base + rows + lane * (p.tile / 4u)] = v; }
 }
 
+// The input gradient's packed weights (binding 4), where pack_weight_forward_quads writes them.
+@group(0) @binding(4) var<storage, read_write> copy_dst_backward: array<vec4<f32>>;
+
+// The same in the input gradient's packing.
+fn store_backward_tap(base: u32, lane: u32, t: u32, v: vec4<f32>) {
+    let rows = p.back_tap_rows[t / 4u][t % 4u];
+    if (rows != 0xffffffffu) { copy_dst_backward[base + rows + lane * (p.back_tile / 4u)] = v; }
+}
+
+// Where the vec4 of output quad `out_quad` in the row of input quad `in_quad`'s lane 0 lies in
+// a packing of `tile`-wide tiles of `blocks` blocks over `quads` input quads, before the tap's
+// rows: the tile's first block, the step's place in it, and the quad's place in the row.
+fn packed_quad_base(tile: u32, blocks: u32, quads: u32, out_quad: u32, in_quad: u32) -> u32 {
+    let tile_quads = tile / 4u;
+    let base = (out_quad / tile_quads) * blocks * BLOCK_VEC4S + out_quad % tile_quads;
+    if (quads <= STEPS) {
+        return base + in_quad * 4u * tile_quads;
+    }
+    return base + (in_quad / STEPS) * BLOCK_VEC4S + (in_quad % STEPS) * 4u * tile_quads;
+}
+
 // Invocations: (output channel quad, input quad), output quads fastest, over the tiles the
 // binding holds.
 @compute @workgroup_size(64)
@@ -439,13 +472,7 @@ fn pack_weight_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     let cq = i % out_quads;
     let iq = i / out_quads;
     let co = 4u * cq;
-    // The tile's first block, the row of input quad iq's lane 0, and the quad's place in it.
-    var base = (cq / tile_quads) * weight_blocks() * BLOCK_VEC4S + cq % tile_quads;
-    if (p.in_quads <= STEPS) {
-        base += iq * 4u * tile_quads;
-    } else {
-        base += (iq / STEPS) * BLOCK_VEC4S + (iq % STEPS) * 4u * tile_quads;
-    }
+    let base = packed_quad_base(p.tile, weight_blocks(), p.in_quads, cq, iq);
     // Lane k's tap t is float 9 k + t of each output channel's 36.
     let wa0 = weight_vec4(co + 0u, iq, 0u);
     let wa1 = weight_vec4(co + 0u, iq, 1u);
@@ -519,6 +546,46 @@ fn pack_weight_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     store_packed_tap(base, 1u, 8u, vec4<f32>(wa4.y, wb4.y, wc4.y, wd4.y));
     store_packed_tap(base, 2u, 8u, vec4<f32>(wa6.z, wb6.z, wc6.z, wd6.z));
     store_packed_tap(base, 3u, 8u, vec4<f32>(wa8.w, wb8.w, wc8.w, wd8.w));
+    // The input gradient's rows: output channel co + l is its input lane l, the four input
+    // channels its outputs; lane l's tap t is float 9 k + t of channel k (its outputs).
+    if (p.back_tile == 0u || co >= p.weight_out) { return; }
+    let back = packed_quad_base(p.back_tile, p.back_blocks, p.back_quads, iq, cq);
+    store_backward_tap(back, 0u, 0u, vec4<f32>(wa0.x, wa2.y, wa4.z, wa6.w));
+    store_backward_tap(back, 0u, 1u, vec4<f32>(wa0.y, wa2.z, wa4.w, wa7.x));
+    store_backward_tap(back, 0u, 2u, vec4<f32>(wa0.z, wa2.w, wa5.x, wa7.y));
+    store_backward_tap(back, 0u, 3u, vec4<f32>(wa0.w, wa3.x, wa5.y, wa7.z));
+    store_backward_tap(back, 0u, 4u, vec4<f32>(wa1.x, wa3.y, wa5.z, wa7.w));
+    store_backward_tap(back, 0u, 5u, vec4<f32>(wa1.y, wa3.z, wa5.w, wa8.x));
+    store_backward_tap(back, 0u, 6u, vec4<f32>(wa1.z, wa3.w, wa6.x, wa8.y));
+    store_backward_tap(back, 0u, 7u, vec4<f32>(wa1.w, wa4.x, wa6.y, wa8.z));
+    store_backward_tap(back, 0u, 8u, vec4<f32>(wa2.x, wa4.y, wa6.z, wa8.w));
+    store_backward_tap(back, 1u, 0u, vec4<f32>(wb0.x, wb2.y, wb4.z, wb6.w));
+    store_backward_tap(back, 1u, 1u, vec4<f32>(wb0.y, wb2.z, wb4.w, wb7.x));
+    store_backward_tap(back, 1u, 2u, vec4<f32>(wb0.z, wb2.w, wb5.x, wb7.y));
+    store_backward_tap(back, 1u, 3u, vec4<f32>(wb0.w, wb3.x, wb5.y, wb7.z));
+    store_backward_tap(back, 1u, 4u, vec4<f32>(wb1.x, wb3.y, wb5.z, wb7.w));
+    store_backward_tap(back, 1u, 5u, vec4<f32>(wb1.y, wb3.z, wb5.w, wb8.x));
+    store_backward_tap(back, 1u, 6u, vec4<f32>(wb1.z, wb3.w, wb6.x, wb8.y));
+    store_backward_tap(back, 1u, 7u, vec4<f32>(wb1.w, wb4.x, wb6.y, wb8.z));
+    store_backward_tap(back, 1u, 8u, vec4<f32>(wb2.x, wb4.y, wb6.z, wb8.w));
+    store_backward_tap(back, 2u, 0u, vec4<f32>(wc0.x, wc2.y, wc4.z, wc6.w));
+    store_backward_tap(back, 2u, 1u, vec4<f32>(wc0.y, wc2.z, wc4.w, wc7.x));
+    store_backward_tap(back, 2u, 2u, vec4<f32>(wc0.z, wc2.w, wc5.x, wc7.y));
+    store_backward_tap(back, 2u, 3u, vec4<f32>(wc0.w, wc3.x, wc5.y, wc7.z));
+    store_backward_tap(back, 2u, 4u, vec4<f32>(wc1.x, wc3.y, wc5.z, wc7.w));
+    store_backward_tap(back, 2u, 5u, vec4<f32>(wc1.y, wc3.z, wc5.w, wc8.x));
+    store_backward_tap(back, 2u, 6u, vec4<f32>(wc1.z, wc3.w, wc6.x, wc8.y));
+    store_backward_tap(back, 2u, 7u, vec4<f32>(wc1.w, wc4.x, wc6.y, wc8.z));
+    store_backward_tap(back, 2u, 8u, vec4<f32>(wc2.x, wc4.y, wc6.z, wc8.w));
+    store_backward_tap(back, 3u, 0u, vec4<f32>(wd0.x, wd2.y, wd4.z, wd6.w));
+    store_backward_tap(back, 3u, 1u, vec4<f32>(wd0.y, wd2.z, wd4.w, wd7.x));
+    store_backward_tap(back, 3u, 2u, vec4<f32>(wd0.z, wd2.w, wd5.x, wd7.y));
+    store_backward_tap(back, 3u, 3u, vec4<f32>(wd0.w, wd3.x, wd5.y, wd7.z));
+    store_backward_tap(back, 3u, 4u, vec4<f32>(wd1.x, wd3.y, wd5.z, wd7.w));
+    store_backward_tap(back, 3u, 5u, vec4<f32>(wd1.y, wd3.z, wd5.w, wd8.x));
+    store_backward_tap(back, 3u, 6u, vec4<f32>(wd1.z, wd3.w, wd6.x, wd8.y));
+    store_backward_tap(back, 3u, 7u, vec4<f32>(wd1.w, wd4.x, wd6.y, wd8.z));
+    store_backward_tap(back, 3u, 8u, vec4<f32>(wd2.x, wd4.y, wd6.z, wd8.w));
 }
 
 // ---------------------------------------------------------------- forward (and input gradient)

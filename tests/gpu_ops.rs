@@ -54,7 +54,7 @@ type ConvCase = ([usize; 4], usize, (usize, usize), Conv2dConfig, bool);
 #[test]
 fn conv2d_matches_reference() {
     let cfg = |stride, padding, groups| Conv2dConfig { stride, padding, groups };
-    let cases: [ConvCase; 28] = [
+    let cases: [ConvCase; 29] = [
         // Depthwise, stride 1 with bias and a 7x7 window (ConvNeXt's).
         ([1, 5, 13, 11], 5, (3, 3), cfg((1, 1), (1, 1), 5), true),
         ([3, 4, 9, 9], 4, (7, 7), cfg((1, 1), (3, 3), 4), true),
@@ -88,6 +88,10 @@ fn conv2d_matches_reference() {
         // 2x2 maps split into four bands of outputs that read the same taps (forward and input
         // gradient), and a stride-2 input gradient whose phases split.
         ([2, 10, 2, 2], 12, (3, 3), cfg((1, 1), (1, 1), 1), true),
+        // Bands that share one packing of every tap, forward and input gradient (more than 32
+        // input quads each way), with the input gradient's taps split over blocks (more than
+        // 64 quads) and its packing written by the forward pass's.
+        ([1, 132, 2, 2], 260, (3, 3), cfg((1, 1), (1, 1), 1), false),
         // Two-column maps copy two rows at a time (here two such pairs to a plane).
         ([2, 8, 4, 2], 6, (3, 3), cfg((1, 1), (1, 1), 1), false),
         ([2, 8, 4, 4], 6, (3, 3), cfg((2, 2), (1, 1), 1), false),

@@ -106,11 +106,18 @@ struct TileParams {
     co_stride: u32,
     tap_stride: u32,
     chunk_stride: u32,
-    _pad: [u32; 3],
+    // `pack_weight_forward_quads`, where it also packs the input gradient's weights (nonzero
+    // back_tile, [`GemmPlan::backward_packed_by_forward`]): that packing's tile width, blocks
+    // per tile and input quads.
+    back_tile: u32,
+    back_blocks: u32,
+    back_quads: u32,
     bands: [[u32; 4]; MAX_WEIGHT_PASSES],
     // `pack_weight_forward_quads`: where each weight tap's rows begin among a tile's packed
-    // blocks, in vec4s; u32::MAX for a tap the pass does not read ([`tap_rows`]).
+    // blocks, in vec4s; u32::MAX for a tap the pass does not read ([`tap_rows`]). The same in
+    // the input gradient's packing.
     tap_rows: [[u32; 4]; 3],
+    back_tap_rows: [[u32; 4]; 3],
 }
 
 /// One phase of the input gradient along one axis: the input positions first, first + stride,
@@ -376,13 +383,8 @@ fn pack_dispatch(
     if taps == 0 {
         return None;
     }
-    if packing == Packing::Forward && params.weight_in.is_multiple_of(4) && params.full_taps == 9 {
-        let blocks = weight_blocks(taps, params.in_quads as usize);
-        let tiles = packed.len() / BLOCK_FLOATS / blocks.len();
-        let invocations = tiles * channels as usize / 4 * params.in_quads as usize;
-        let params = TileParams { tap_rows: tap_rows(&params, &blocks), ..params };
-        let buffers = [weight, packed];
-        return Some(gpu.dispatch("conv_tile", "pack_weight_forward_quads", &params, &buffers, grid(invocations)));
+    if packing == Packing::Forward && packs_by_quads(&params) {
+        return Some(pack_forward_quads(gpu, params, [weight, packed], None));
     }
     let entry = match packing {
         Packing::Forward => "pack_weight_forward",
@@ -391,22 +393,74 @@ fn pack_dispatch(
     Some(gpu.dispatch("conv_tile", entry, &params, &[weight, packed], pack_grid(packed)))
 }
 
-/// Where each of a 3x3 weight's taps has its rows among a forward tile's packed `blocks`
-/// ([`weight_blocks`]), in vec4s from the tile's first: the block and step of the pass's tap,
-/// at input quad 0 (the first block holding the tap); u32::MAX for a tap the pass does not
-/// read.
-fn tap_rows(params: &TileParams, blocks: &[(Range<usize>, Range<usize>)]) -> [[u32; 4]; 3] {
-    let p = params;
-    let (kernel_w, row_vec4s) = (p.kernel_w as usize, p.tile as usize / 4);
+/// Whether a forward packing reads the weight by quads (`pack_weight_forward_quads`): 3x3
+/// weights whose input channels come in fours.
+fn packs_by_quads(params: &TileParams) -> bool {
+    params.weight_in.is_multiple_of(4) && params.full_taps == 9
+}
+
+/// `pack_weight_forward_quads` over the forward packing `params` (tile set) into `packed`;
+/// with `backward` (the input gradient's packing, tile set, and its buffer), writing that
+/// packing from the same loads.
+fn pack_forward_quads(
+    gpu: &Gpu,
+    params: TileParams,
+    [weight, packed]: [&GpuSlice; 2],
+    backward: Option<(TileParams, &GpuSlice)>,
+) -> Dispatch {
+    let blocks = weight_blocks((params.kernel_h * params.kernel_w) as usize, params.in_quads as usize);
+    let tiles = packed.len() / BLOCK_FLOATS / blocks.len();
+    let invocations = tiles * params.tile as usize / 4 * params.in_quads as usize;
+    let mut params = TileParams { tap_rows: tap_rows(&params, &blocks, Packing::Forward), ..params };
+    // Without the input gradient's packing, its binding is not written: one vec4 does.
+    let unused = gpu.storage("kdna.conv.unused", 4);
+    let mut back_packed = &unused;
+    if let Some((back, packed)) = backward {
+        let back_blocks = weight_blocks((back.kernel_h * back.kernel_w) as usize, back.in_quads as usize);
+        params.back_tile = back.tile;
+        params.back_blocks = back_blocks.len() as u32;
+        params.back_quads = back.in_quads;
+        params.back_tap_rows = tap_rows(&back, &back_blocks, Packing::Backward);
+        back_packed = packed;
+    }
+    // Bindings 1, 2 and 4 (the gate's binding 3 is not read).
+    let buffers = [weight, packed, weight, back_packed];
+    gpu.dispatch("conv_tile", "pack_weight_forward_quads", &params, &buffers, grid(invocations))
+}
+
+/// Where each of a 3x3 weight's taps has its rows among a tile's packed `blocks`
+/// ([`weight_blocks`]) of the pass `params`, packed `packing`'s way, in vec4s from the tile's
+/// first: the block and step of the pass's tap, at input quad 0 (the first block holding the
+/// tap); u32::MAX for a tap the pass does not read.
+fn tap_rows(params: &TileParams, blocks: &[(Range<usize>, Range<usize>)], packing: Packing) -> [[u32; 4]; 3] {
+    let row_vec4s = params.tile as usize / 4;
     let mut rows = [u32::MAX; 12];
     for (b, (taps, quads)) in blocks.iter().enumerate().filter(|(_, (_, quads))| quads.start == 0) {
         for tap in taps.clone() {
             let step = (tap - taps.start) * quads.len();
-            let (ty, tx) = (tap / kernel_w + p.ky0 as usize, tap % kernel_w + p.kx0 as usize);
-            rows[ty * p.full_kernel_w as usize + tx] = (b * BLOCK_FLOATS / 4 + step * 4 * row_vec4s) as u32;
+            rows[weight_tap(params, packing, tap)] = (b * BLOCK_FLOATS / 4 + step * 4 * row_vec4s) as u32;
         }
     }
     [[rows[0], rows[1], rows[2], rows[3]], [rows[4], rows[5], rows[6], rows[7]], [rows[8], rows[9], rows[10], rows[11]]]
+}
+
+/// The weight's own tap (row-major in its full kernel) that tap `tap` of the pass `params`
+/// reads, packed `packing`'s way: as `pack_weight_forward` and `pack_weight_backward` find it.
+fn weight_tap(params: &TileParams, packing: Packing, tap: usize) -> usize {
+    let p = params;
+    let (a, b) = (tap / p.kernel_w as usize, tap % p.kernel_w as usize);
+    let (ty, tx) = match packing {
+        Packing::Forward => (a, b),
+        Packing::Backward => {
+            let flip = |flip: u32, taps: u32| if flip != 0 { flip } else { taps } as usize;
+            let (step_h, step_w) = (p.tap_step_h.max(1) as usize, p.tap_step_w.max(1) as usize);
+            (
+                flip(p.flip_h, p.kernel_h) - 1 - (p.tap0_h as usize + step_h * a),
+                flip(p.flip_w, p.kernel_w) - 1 - (p.tap0_w as usize + step_w * b),
+            )
+        }
+    };
+    (ty + p.ky0 as usize) * p.full_kernel_w as usize + tx + p.kx0 as usize
 }
 
 /// The forward-style tile kernel over weights [`pack_dispatch`] packed: with uniform blocks,
@@ -839,6 +893,16 @@ impl GemmPlan {
         let pack = |params: TileParams, packed: &GpuSlice| {
             pack_dispatch(gpu, params, self.forward_tile.0, [w, packed], Packing::Forward)
         };
+        // Every used tap packed once, with the input gradient's packing where it comes from the
+        // same loads (and the graph has a backward pass: its buffer is there).
+        let pack_all = |params: TileParams, packed: &GpuSlice| match self.backward_packed_by_forward() {
+            Some(back) if scratch.len() > W_BACKWARD => {
+                let back_packed = scratch[W_BACKWARD].range(0, self.backward_packing(back.kernel_h * back.kernel_w));
+                let params = TileParams { tile: self.forward_tile.0, ..params };
+                Some(pack_forward_quads(gpu, params, [w, packed], Some((back, &back_packed))))
+            }
+            _ => pack(params, packed),
+        };
         let run = |params: TileParams, packed: &GpuSlice| {
             let buffers = [scratch[X_LAST], packed, bias, y, residual];
             tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads)
@@ -846,12 +910,12 @@ impl GemmPlan {
         // The scratch may be sized for another device's wider packing.
         let all_taps = scratch[W_FORWARD].range(0, self.forward_packing(self.taps()));
         let Some(regions) = self.forward_bands() else {
-            forward.prepare.extend(pack(params, &all_taps));
+            forward.prepare.extend(pack_all(params, &all_taps));
             forward.run.extend(run(params, &all_taps));
             return forward;
         };
         if bands_share_packing(self.x_quads) {
-            forward.prepare.extend(pack(params, &all_taps));
+            forward.prepare.extend(pack_all(params, &all_taps));
             for (row, col) in regions {
                 let band = sharing_packing(
                     self.band_params(params, &row, &col),
@@ -941,6 +1005,72 @@ impl GemmPlan {
         self.backward_pad() / self.backward_tile.0 as usize * blocks * BLOCK_FLOATS
     }
 
+    /// The input gradient's pass over one phase (`row` x `col`), adding to dx or not.
+    fn phase_params(&self, row: &InputPhase, col: &InputPhase, accumulate: bool) -> TileParams {
+        let s = &self.shape;
+        let u = |v: usize| v as u32;
+        let (in_h, in_w) = (row.copy_size(), col.copy_size());
+        TileParams {
+            in_h: u(in_h),
+            in_w: u(in_w),
+            in_quads: u(self.dy_quads),
+            c_out: u(s.c_in),
+            out_h: u(row.outputs),
+            out_w: u(col.outputs),
+            out_pad: u(self.backward_pad()),
+            stride_h: 1,
+            stride_w: 1,
+            kernel_h: u(row.taps),
+            kernel_w: u(col.taps),
+            channels: u(s.c_out),
+            src_h: u(s.out_h),
+            src_w: u(s.out_w),
+            dilation_h: 1,
+            dilation_w: 1,
+            top: -row.base,
+            left: -col.base,
+            accumulate: accumulate as u32,
+            store_h: u(s.h),
+            store_w: u(s.w),
+            store_stride_h: u(s.cfg.stride.0),
+            store_stride_w: u(s.cfg.stride.1),
+            store_y0: u(row.first),
+            store_x0: u(col.first),
+            flip_h: u(self.kernel_h),
+            flip_w: u(self.kernel_w),
+            tap_step_h: u(s.cfg.stride.0),
+            tap_step_w: u(s.cfg.stride.1),
+            tap0_h: u(row.tap0),
+            tap0_w: u(col.tap0),
+            ..self.params()
+        }
+    }
+
+    /// One input-gradient phase's bands, where splitting spares enough multiply-adds
+    /// ([`worth_splitting`]); `None`: one pass.
+    fn input_bands(&self, row: &InputPhase, col: &InputPhase) -> Option<Vec<(Band, Band)>> {
+        let s = &self.shape;
+        // dy's real rows lie at copy rows -base .. out_h - base (the rest is padding).
+        let data = |phase: &InputPhase, size: usize| -phase.base as i64..size as i64 - phase.base as i64;
+        let row_bands = bands(row.outputs, 1, row.taps, data(row, s.out_h));
+        let col_bands = bands(col.outputs, 1, col.taps, data(col, s.out_w));
+        worth_splitting(&row_bands, &col_bands, row.taps * row.outputs * col.taps * col.outputs)
+    }
+
+    /// The input gradient's weight packing where the forward packing writes it from the same
+    /// loads (`pack_weight_forward_quads`): the forward pass packs every used tap by quads
+    /// once, and the input gradient is one phase (no stride) that reads one packing of every
+    /// tap. Its pass parameters, tile set; `None` elsewhere.
+    fn backward_packed_by_forward(&self) -> Option<TileParams> {
+        let forward = self.forward_params();
+        let forward_once = self.forward_bands().is_none() || bands_share_packing(self.x_quads);
+        let (rows, cols) = self.input_phases();
+        let ([row], [col]) = (&rows[..], &cols[..]) else { return None };
+        let backward = TileParams { tile: self.backward_tile.0, ..self.phase_params(row, col, false) };
+        let backward_once = self.input_bands(row, col).is_none() || bands_share_packing(self.dy_quads);
+        (packs_by_quads(&forward) && forward_once && row.taps * col.taps > 0 && backward_once).then_some(backward)
+    }
+
     /// dx (+)= the gradient to the input: the forward kernel over dy padded by kernel - 1 - pad,
     /// with the weights transposed and flipped; with a stride, once per phase ([`InputPhase`]),
     /// each writing its own input positions.
@@ -955,6 +1085,8 @@ impl GemmPlan {
         let u = |v: usize| v as u32;
         let dy_last = scratch[DY_LAST_PADDED];
         let (rows, cols) = self.input_phases();
+        // Weights the forward pass packed for this pass too are not packed again.
+        let prepacked = self.backward_packed_by_forward().is_some();
         let mut out = Vec::new();
         for row in &rows {
             for col in &cols {
@@ -965,40 +1097,7 @@ impl GemmPlan {
                     continue;
                 }
                 let (in_h, in_w) = (row.copy_size(), col.copy_size());
-                let params = TileParams {
-                    in_h: u(in_h),
-                    in_w: u(in_w),
-                    in_quads: u(self.dy_quads),
-                    c_out: u(s.c_in),
-                    out_h: u(row.outputs),
-                    out_w: u(col.outputs),
-                    out_pad: u(self.backward_pad()),
-                    stride_h: 1,
-                    stride_w: 1,
-                    kernel_h: u(row.taps),
-                    kernel_w: u(col.taps),
-                    channels: u(s.c_out),
-                    src_h: u(s.out_h),
-                    src_w: u(s.out_w),
-                    dilation_h: 1,
-                    dilation_w: 1,
-                    top: -row.base,
-                    left: -col.base,
-                    accumulate: accumulate as u32,
-                    store_h: u(s.h),
-                    store_w: u(s.w),
-                    store_stride_h: u(s.cfg.stride.0),
-                    store_stride_w: u(s.cfg.stride.1),
-                    store_y0: u(row.first),
-                    store_x0: u(col.first),
-                    flip_h: u(self.kernel_h),
-                    flip_w: u(self.kernel_w),
-                    tap_step_h: u(s.cfg.stride.0),
-                    tap_step_w: u(s.cfg.stride.1),
-                    tap0_h: u(row.tap0),
-                    tap0_w: u(col.tap0),
-                    ..self.params()
-                };
+                let params = self.phase_params(row, col, accumulate);
                 // No gate: the binding is not read. The copy's padding stays zero where every
                 // run places dy the same way (one phase). A phase no tap reaches (three of a
                 // 1x1 kernel's four at stride 2) reads no dy: it has no copy.
@@ -1018,18 +1117,13 @@ impl GemmPlan {
                     let taps = packing.kernel_h * packing.kernel_w;
                     let packed = scratch[W_BACKWARD].range(0, self.backward_packing(taps));
                     let (tile, reads) = (self.backward_tile, self.backward_reads);
-                    let pack =
-                        packs.then(|| pack_dispatch(gpu, packing, tile.0, [w, &packed], Packing::Backward)).flatten();
+                    let pack = (packs && !prepacked)
+                        .then(|| pack_dispatch(gpu, packing, tile.0, [w, &packed], Packing::Backward))
+                        .flatten();
                     let buffers = [dy_last, &packed, w, dx, dy_last];
                     pack.into_iter().chain(tile_dispatches(gpu, params, tile, buffers, reads))
                 };
-                // dy's real rows lie at copy rows -base .. out_h - base (the rest is padding).
-                let data = |phase: &InputPhase, size: usize| -phase.base as i64..size as i64 - phase.base as i64;
-                let row_bands = bands(row.outputs, 1, row.taps, data(row, s.out_h));
-                let col_bands = bands(col.outputs, 1, col.taps, data(col, s.out_w));
-                let Some(regions) =
-                    worth_splitting(&row_bands, &col_bands, row.taps * row.outputs * col.taps * col.outputs)
-                else {
+                let Some(regions) = self.input_bands(row, col) else {
                     out.extend(pass(params, params, true));
                     continue;
                 };
