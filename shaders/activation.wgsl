@@ -7,7 +7,8 @@ struct ElementwiseParams {
     // 0: relu, 1: relu6, 2: sigmoid, 3: gelu (src/ops/activation.rs `Activation`).
     kind: u32,
     accumulate: u32,
-    _pad: u32,
+    // add_forward*: whether the sum goes through `kind` (relu or relu6).
+    activated: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ElementwiseParams;
@@ -120,12 +121,19 @@ fn activation_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
 @group(0) @binding(2) var<storage, read> add_b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> add_y: array<f32>;
 
-// y = a + b (residual connections).
+// y = a + b (residual connections), through relu or relu6 where `activated`: the values the
+// add and activation ops store one after the other.
+fn activated_sum(v: vec4<f32>) -> vec4<f32> {
+    if (p.activated == 0u) { return v; }
+    if (p.kind == RELU) { return max(v, vec4<f32>(0.0)); }
+    return clamp(v, vec4<f32>(0.0), vec4<f32>(6.0));
+}
+
 @compute @workgroup_size(64)
 fn add_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.len) { return; }
-    add_y[i] = add_a[i] + add_b[i];
+    add_y[i] = activated_sum(vec4<f32>(add_a[i] + add_b[i])).x;
 }
 
 @group(0) @binding(1) var<storage, read> pass_dy: array<f32>;
@@ -147,7 +155,49 @@ fn pass_gradient(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
 fn add_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.len / 4u) { return; }
-    add_y4[i] = add_a4[i] + add_b4[i];
+    add_y4[i] = activated_sum(add_a4[i] + add_b4[i]);
+}
+
+// The gradient of y = act(a + b) to both inputs: dy where y's activation passes it (relu: y > 0,
+// relu6: 0 < y < 6, the masks activation_backward takes from a + b), each added to what is
+// there where `accumulate` says (bit 0: da, bit 1: db).
+@group(0) @binding(1) var<storage, read> masked_y: array<f32>;
+@group(0) @binding(2) var<storage, read> masked_dy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> masked_da: array<f32>;
+@group(0) @binding(4) var<storage, read_write> masked_db: array<f32>;
+
+fn passes(y: vec4<f32>) -> vec4<bool> {
+    let zero = vec4<f32>(0.0);
+    if (p.kind == RELU) { return y > zero; }
+    return y > zero & y < vec4<f32>(6.0);
+}
+
+@compute @workgroup_size(64)
+fn add_backward_masked(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len) { return; }
+    let g = select(0.0, masked_dy[i], passes(vec4<f32>(masked_y[i])).x);
+    masked_da[i] = accumulated(masked_da[i], g, p.accumulate & 1u);
+    masked_db[i] = accumulated(masked_db[i], g, p.accumulate >> 1u);
+}
+
+@group(0) @binding(1) var<storage, read> masked_y4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> masked_dy4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> masked_da4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> masked_db4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn add_backward_masked_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len / 4u) { return; }
+    let g = select(vec4<f32>(0.0), masked_dy4[i], passes(masked_y4[i]));
+    // The targets are read only to add to them: software adapters pay for every access.
+    var da = g;
+    if ((p.accumulate & 1u) != 0u) { da = masked_da4[i] + g; }
+    masked_da4[i] = da;
+    var db = g;
+    if ((p.accumulate & 2u) != 0u) { db = masked_db4[i] + g; }
+    masked_db4[i] = db;
 }
 
 @group(0) @binding(1) var<storage, read> pass_dy4: array<vec4<f32>>;

@@ -732,6 +732,55 @@ fn residual_add_sends_the_gradient_to_both_inputs() {
 }
 
 #[test]
+fn add_relu_matches_add_then_relu_bit_for_bit() {
+    // 45 elements (scalar kernels) and 120 (four per invocation). The operands: both wanting a
+    // gradient; one or the other also read by a later relu (so the fused gradient adds to its
+    // gradient there and overwrites the other's); and b a state (no gradient: one target).
+    for shape in [[3, 5, 3], [2, 4, 15]] {
+        for (shared_a, shared_b, b_is_state) in
+            [(false, false, false), (true, false, false), (false, true, false), (true, true, true)]
+        {
+            let run = |fused: bool| {
+                let mut g = Graph::new();
+                let a = g.input("a", &shape);
+                let b = if b_is_state { g.state("b", &shape, Init::Zeros).unwrap() } else { g.input("b", &shape) };
+                let mut root = match fused {
+                    true => g.add_relu(a, b).unwrap(),
+                    false => {
+                        let sum = g.add(a, b).unwrap();
+                        g.relu(sum)
+                    }
+                };
+                for (operand, shared) in [(a, shared_a), (b, shared_b)] {
+                    if shared {
+                        let r = g.relu(operand);
+                        root = g.add(root, r).unwrap();
+                    }
+                }
+                let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, root)).unwrap();
+                let mut rng = rng(455);
+                let (av, bv) = (feed(&exe, &g, a, &mut rng), feed(&exe, &g, b, &mut rng));
+                seed_grad(&exe, &g, root, &mut rng);
+                exe.run().unwrap();
+                let db = (!b_is_state).then(|| read_grad(&exe, b));
+                (av, bv, read(&exe, root), read_grad(&exe, a), db)
+            };
+            let (av, bv, y, da, db) = run(true);
+            let (_, _, want_y, want_da, want_db) = run(false);
+            let case = format!("{shape:?} a read again {shared_a}, b {shared_b}, b a state {b_is_state}");
+            assert_eq!(y, want_y, "{case}: y");
+            assert_eq!(da, want_da, "{case}: da");
+            assert_eq!(db, want_db, "{case}: db");
+            if !shared_a && !shared_b {
+                let relu: Vec<f64> = av.iter().zip(&bv).map(|(a, b)| (a + b).max(0.0)).collect();
+                assert_close(&format!("{case}: relu(a + b)"), &y, &relu, TOL);
+                assert!(y.contains(&0.0) && y.iter().any(|&v| v > 0.0), "{case}: both sides of the kink");
+            }
+        }
+    }
+}
+
+#[test]
 fn gradients_of_a_tensor_used_twice_add_up() {
     // x feeds both operands of an add and a relu: the second and third contributions add.
     for shape in [[3, 5, 3], [2, 4, 15]] {

@@ -166,9 +166,11 @@ fn kernel_dna_networks_start_from_a_pretrained_baseline() {
     }
 }
 
-/// Relu, relu6 and sigmoid nodes: the activations a layer can apply as it stores.
+/// Relu, relu6 and sigmoid nodes, and adds that apply one: the activations a layer can apply
+/// as it stores.
 fn fusable_activations(graph: &Graph) -> usize {
-    graph.nodes.iter().filter(|n| matches!(n.op.name(), "relu" | "relu6" | "sigmoid")).count()
+    let fusable = |name| matches!(name, "relu" | "relu6" | "sigmoid" | "add_relu" | "add_relu6");
+    graph.nodes.iter().filter(|n| fusable(n.op.name())).count()
 }
 
 /// Eval with children computed once and BatchNorm folded into the layers before it gives the

@@ -1,8 +1,8 @@
 //! Inference folding: an eval-only copy of a graph in which child kernels are constants
 //! computed once, every BatchNorm that only follows a conv or linear layer is folded into
-//! that layer's weight and bias, a residual add that only follows such a folded conv and an
-//! activation (relu, relu6, sigmoid) that only follows a conv or linear layer are applied as
-//! the layer stores its output, and a router's gate (`channel_scale`) whose only consumer is a
+//! that layer's weight and bias, a residual add (with its relu) that only follows such a
+//! folded conv and an activation (relu, relu6, sigmoid) that only follows a conv or linear
+//! layer are applied as the layer stores its output, and a router's gate (`channel_scale`) whose only consumer is a
 //! GEMM conv is applied as that conv copies its input. Same outputs as eval mode, fewer
 //! dispatches.
 
@@ -55,13 +55,7 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
     // The activation node that alone follows tensor `t`, if a layer can apply it as it stores.
     let fusable_activation = |t: TensorId| {
         let r = only_consumer(t)?;
-        let fused = match graph.nodes[r].op.as_any().downcast_ref::<ActivationOp>()?.kind {
-            Activation::Relu => OutputActivation::Relu,
-            Activation::Relu6 => OutputActivation::Relu6,
-            Activation::Sigmoid => OutputActivation::Sigmoid,
-            Activation::Gelu => return None,
-        };
-        Some((r, fused))
+        Some((r, stored_activation(graph.nodes[r].op.as_any().downcast_ref::<ActivationOp>()?.kind)?))
     };
     // Gated inputs: a channel_scale's output (original) -> (its input, its gate) (folded), for
     // the GEMM conv that alone consumes it.
@@ -142,8 +136,10 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
                     // go into the conv's stores.
                     let mut out = bn_out;
                     let mut residual = None;
+                    let mut activation = OutputActivation::None;
                     if conv.shape.kernel() == ConvKernel::Gemm
-                        && let Some(a) = only_consumer(out).filter(|&a| graph.nodes[a].op.as_any().is::<Add>())
+                        && let Some(a) = only_consumer(out)
+                        && let Some(add) = graph.nodes[a].op.as_any().downcast_ref::<Add>()
                         && let [first, second] = graph.nodes[a].inputs[..]
                         && let Some(&other) = map.get(if first == out { &second } else { &first })
                         && first != second
@@ -151,9 +147,14 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
                         residual = Some(other);
                         absorbed[a] = true;
                         out = graph.nodes[a].outputs[0];
+                        // An add that applies its own activation leaves none to follow.
+                        if let Some(kind) = add.activation {
+                            activation = stored_activation(kind).expect("an add applies relu or relu6");
+                        }
                     }
-                    let mut activation = OutputActivation::None;
-                    if let Some((r, fused)) = fusable_activation(out) {
+                    if activation == OutputActivation::None
+                        && let Some((r, fused)) = fusable_activation(out)
+                    {
                         activation = fused;
                         absorbed[r] = true;
                         out = graph.nodes[r].outputs[0];
@@ -219,4 +220,14 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
         .map(|bn| (format!("{bn}num_batches_tracked"), 0))
         .collect();
     Ok(Folded { graph: g, weights: StateDict { floats: weights, counters }, tensors: map })
+}
+
+/// The activation a layer applies as it stores its output for `kind` (GELU: none).
+fn stored_activation(kind: Activation) -> Option<OutputActivation> {
+    match kind {
+        Activation::Relu => Some(OutputActivation::Relu),
+        Activation::Relu6 => Some(OutputActivation::Relu6),
+        Activation::Sigmoid => Some(OutputActivation::Sigmoid),
+        Activation::Gelu => None,
+    }
 }

@@ -58,8 +58,7 @@ fn basic_block(g: &mut Graph, x: TensorId, prefix: &str, planes: usize, stride: 
     let y = conv_bn(g, x, &key(prefix, "conv1"), &key(prefix, "bn1"), planes, 3, stride, init)?;
     let y = g.relu(y);
     let y = conv_bn(g, y, &key(prefix, "conv2"), &key(prefix, "bn2"), planes, 3, 1, init)?;
-    let y = g.add(y, identity)?;
-    Ok(g.relu(y))
+    g.add_relu(y, identity)
 }
 
 /// A routed child conv: `bn(conv(router(x), child))`.
@@ -94,20 +93,17 @@ pub fn resnet18_stage(g: &mut Graph, x: TensorId, prefix: &str, planes: usize, s
     let y = conv_bn(g, x, &k("conv1"), &k("bn1"), planes, 3, stride, init)?;
     let y = g.relu(y);
     let y = routed_child(g, y, kids_of_conv2[0], &k("se.0.se"), &k("bns.0"), init)?;
-    let y = g.add(y, identity)?;
-    let x = g.relu(y);
+    let x = g.add_relu(y, identity)?;
 
     let y = routed_child(g, x, kids_of_conv2[1], &k("se.1.se"), &k("bns.1"), init)?;
     let y = g.relu(y);
     let y = conv_bn_with(g, y, conv2, 1, &k("bn2"))?;
-    let y = g.add(y, x)?;
-    let x = g.relu(y);
+    let x = g.add_relu(y, x)?;
 
     let y = routed_child(g, x, kid_of_conv3, &k("se.2.se"), &k("bns.2"), init)?;
     let y = g.relu(y);
     let y = conv_bn_with(g, y, conv3, 1, &k("bn3"))?;
-    let y = g.add(y, x)?;
-    Ok(g.relu(y))
+    g.add_relu(y, x)
 }
 
 pub fn resnet18(g: &mut Graph, images: TensorId, classes: usize, kdna: bool) -> Result<TensorId> {
@@ -138,8 +134,7 @@ fn bottleneck(g: &mut Graph, x: TensorId, prefix: &str, planes: usize, stride: u
     let y = conv_bn(g, y, &key(prefix, "conv2"), &key(prefix, "bn2"), planes, 3, stride, init)?;
     let y = g.relu(y);
     let y = conv_bn(g, y, &key(prefix, "conv3"), &key(prefix, "bn3"), out, 1, 1, init)?;
-    let y = g.add(y, identity)?;
-    Ok(g.relu(y))
+    g.add_relu(y, identity)
 }
 
 /// The reference's Bottleneck (KernelDNA stages) named `prefix`: `prefix.layers.conv1..bn3`,
@@ -160,8 +155,7 @@ fn kdna_bottleneck(g: &mut Graph, x: TensorId, prefix: &str, conv2: TensorId, st
     let y = conv_bn_with(g, y, conv2, stride, &k("layers.bn2"))?;
     let y = g.relu(y);
     let y = conv_bn(g, y, &k("layers.conv3"), &k("layers.bn3"), out, 1, 1, init)?;
-    let y = g.add(y, identity)?;
-    Ok(g.relu(y))
+    g.add_relu(y, identity)
 }
 
 /// A new 3x3 weight for a KernelDNA bottleneck (`prefix.layers.conv2.weight`).
@@ -179,8 +173,7 @@ fn kid_bottleneck(g: &mut Graph, x: TensorId, prefix: &str, child: TensorId) -> 
     let y = routed_child(g, y, child, &k("half1.se.se"), &k("half2.bn2"), init)?;
     let y = g.relu(y);
     let y = conv_bn(g, y, &k("half2.conv3"), &k("half2.bn3"), dim * 4, 1, 1, init)?;
-    let y = g.add(y, x)?;
-    Ok(g.relu(y))
+    g.add_relu(y, x)
 }
 
 /// ResNet50's KernelDNA layer3 named `prefix`: block0 (stride 2), then `n` x [kid_i, parent_i],

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::{Bound, Grads, Mode, Op, accumulate_flag};
+use super::{Bound, GradTarget, Grads, Mode, Op, accumulate_flag};
 use crate::gpu::{Dispatch, Gpu, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
@@ -22,11 +22,12 @@ struct ElementwiseParams {
     len: u32,
     kind: u32,
     accumulate: u32,
-    _pad: u32,
+    /// `add_forward*`: whether `kind` is applied to the sum.
+    activated: u32,
 }
 
 fn params(len: usize, kind: u32, accumulate: u32) -> ElementwiseParams {
-    ElementwiseParams { len: len as u32, kind, accumulate, _pad: 0 }
+    ElementwiseParams { len: len as u32, kind, accumulate, activated: 0 }
 }
 
 /// `entry` or its four-wide `_quads` version where the length allows, and its grid.
@@ -73,34 +74,61 @@ impl ActivationOp {
     }
 }
 
-/// Graph node: `[a, b] -> [a + b]`.
+/// Graph node: `[a, b] -> [a + b]`, or `[act(a + b)]` for a relu or relu6 (a residual block's
+/// last activation, one pass instead of two each way).
 #[derive(Clone, Debug)]
 pub struct Add {
     pub len: usize,
+    /// Relu or relu6, whose gradient mask the sum's output gives: y > 0 exactly where a + b > 0
+    /// (and y < 6 where a + b < 6).
+    pub activation: Option<Activation>,
 }
 
 impl Op for Add {
     fn name(&self) -> &'static str {
-        "add"
+        match self.activation {
+            None => "add",
+            Some(Activation::Relu) => "add_relu",
+            Some(_) => "add_relu6",
+        }
     }
 
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
-        let p = params(self.len, 0, 0);
+        let p = ElementwiseParams {
+            activated: self.activation.is_some() as u32,
+            ..params(self.len, self.activation.map_or(0, |a| a as u32), 0)
+        };
         let (entry, grid) = elementwise("add_forward", "add_forward_quads", self.len, true);
         vec![gpu.dispatch("activation", entry, &p, &[b.inputs[0], b.inputs[1], b.outputs[0]], grid)]
     }
 
-    fn backward(&self, gpu: &Gpu, _b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
-        grads
-            .inputs
-            .iter()
-            .flatten()
-            .map(|dx| {
+    fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
+        let dy = grads.outputs[0];
+        let Some(kind) = self.activation else {
+            let pass = |dx: &GradTarget| {
                 let p = params(self.len, 0, accumulate_flag(dx));
                 let (entry, grid) = elementwise("pass_gradient", "pass_gradient_quads", self.len, true);
-                gpu.dispatch("activation", entry, &p, &[grads.outputs[0], dx.slice], grid)
-            })
-            .collect()
+                gpu.dispatch("activation", entry, &p, &[dy, dx.slice], grid)
+            };
+            return grads.inputs.iter().flatten().map(pass).collect();
+        };
+        // The activation's gradient, masked by the output, goes to both inputs in one pass (to
+        // one where only one wants it: the activation's own kernel, reading y as its input).
+        let y = b.outputs[0];
+        match grads.inputs[..] {
+            [Some(da), Some(db)] => {
+                let accumulate = accumulate_flag(&da) | accumulate_flag(&db) << 1;
+                let p = params(self.len, kind as u32, accumulate);
+                let (entry, grid) = elementwise("add_backward_masked", "add_backward_masked_quads", self.len, true);
+                vec![gpu.dispatch("activation", entry, &p, &[y, dy, da.slice, db.slice], grid)]
+            }
+            [Some(dx), None] | [None, Some(dx)] => {
+                let p = params(self.len, kind as u32, accumulate_flag(&dx));
+                let (entry, grid) = elementwise("activation_backward", "activation_backward_quads", self.len, true);
+                vec![gpu.dispatch("activation", entry, &p, &[y, y, dy, dx.slice], grid)]
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -129,11 +157,28 @@ impl Graph {
 
     /// `a + b`, same shapes (residual connections).
     pub fn add(&mut self, a: TensorId, b: TensorId) -> Result<TensorId> {
+        self.add_activated(a, b, None)
+    }
+
+    /// `relu(a + b)` in one node (a residual block's output).
+    pub fn add_relu(&mut self, a: TensorId, b: TensorId) -> Result<TensorId> {
+        self.add_activated(a, b, Some(Activation::Relu))
+    }
+
+    fn add_activated(&mut self, a: TensorId, b: TensorId, activation: Option<Activation>) -> Result<TensorId> {
         let shape = self.shape(a).to_vec();
         if self.shape(b) != shape.as_slice() {
             return Err(shape_error("add", "second operand", self.shape(b), &format!("{shape:?}")));
         }
+        if let Some(kind) = activation
+            && a == b
+        {
+            // The fused gradient writes each input once: a sum of one tensor with itself stays
+            // two nodes.
+            let sum = self.add(a, b)?;
+            return Ok(self.activation(sum, kind));
+        }
         let len = shape.iter().product();
-        Ok(self.push(Add { len }, &[a, b], &[shape])[0])
+        Ok(self.push(Add { len, activation }, &[a, b], &[shape])[0])
     }
 }
