@@ -14,8 +14,13 @@
 //
 // The double-float helpers come from double_float.wgsl.
 //
-// `saved` (6 x C): mean.hi, invstd (f32, for the apply kernel), mean.lo, (var + eps) as a
-// pair, and spare. `sums` (4 x C): mean(dy) and beta, as pairs.
+// `saved` (8 x C): mean.hi, invstd, mean.lo, (var + eps) as a pair, spare, and what the apply
+// kernels normalise with: invstd * weight and the bias. `sums` (4 x C): mean(dy) and beta, as
+// pairs.
+//
+// A relu or relu6 may follow in the same node (`p.activation`): the apply kernels store its
+// output, and the backward kernels take dy through its gradient, which they find by
+// normalising x again exactly as the apply kernels did (`normalised`).
 
 struct NormParams {
     batch: u32,
@@ -36,7 +41,8 @@ struct NormParams {
     chunks: u32,
     chunk_len: u32,
     stage: u32,
-    _pad: u32,
+    // The activation that follows (`output_activation`'s kinds: none, relu, relu6).
+    activation: u32,
     _pad2: u32,
     _pad3: u32,
 }
@@ -105,6 +111,8 @@ fn element_run(r: u32) -> vec3<u32> {
 @group(0) @binding(2) var<storage, read_write> st_running_mean: array<f32>;
 @group(0) @binding(3) var<storage, read_write> st_running_var: array<f32>;
 @group(0) @binding(4) var<storage, read_write> st_saved: array<f32>;
+@group(0) @binding(5) var<storage, read> st_weight: array<f32>;
+@group(0) @binding(6) var<storage, read> st_bias: array<f32>;
 
 // Partial sums [stage][channel][chunk]: of x and of (x - mean)^2 (batchnorm_chunk_sums), or of
 // the backward pass's dy and dy * (x - mean) (batchnorm_backward_chunks). Binding 7 in every
@@ -278,11 +286,14 @@ fn stats_finish(lane: u32, c: u32, mean: vec2<f32>, sq: vec2<f32>) {
     if (lane == 0u) {
         let var_eps = df_add(var_biased, df(p.eps));
         let ch = p.channels;
+        let invstd = 1.0 / sqrt(var_eps.x);
         st_saved[c] = mean.x;
-        st_saved[ch + c] = 1.0 / sqrt(var_eps.x);
+        st_saved[ch + c] = invstd;
         st_saved[2u * ch + c] = mean.y;
         st_saved[3u * ch + c] = var_eps.x;
         st_saved[4u * ch + c] = var_eps.y;
+        st_saved[6u * ch + c] = invstd * st_weight[c];
+        st_saved[7u * ch + c] = st_bias[c];
         let unbiased = var_biased.x * f32(count) / f32(max(count, 2u) - 1u);
         st_running_mean[c] = (1.0 - p.momentum) * st_running_mean[c] + p.momentum * mean.x;
         st_running_var[c] = (1.0 - p.momentum) * st_running_var[c] + p.momentum * unbiased;
@@ -292,6 +303,8 @@ fn stats_finish(lane: u32, c: u32, mean: vec2<f32>, sq: vec2<f32>) {
 @group(0) @binding(1) var<storage, read> ev_running_mean: array<f32>;
 @group(0) @binding(2) var<storage, read> ev_running_var: array<f32>;
 @group(0) @binding(3) var<storage, read_write> ev_saved: array<f32>;
+@group(0) @binding(4) var<storage, read> ev_weight: array<f32>;
+@group(0) @binding(5) var<storage, read> ev_bias: array<f32>;
 
 // Eval mode: the saved statistics are the running ones. Invocations: channels.
 @compute @workgroup_size(64)
@@ -300,30 +313,20 @@ fn batchnorm_stats_eval(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     let ch = p.channels;
     if (c >= ch) { return; }
     let var_eps = df_add(df(ev_running_var[c]), df(p.eps));
+    let invstd = 1.0 / sqrt(var_eps.x);
     ev_saved[c] = ev_running_mean[c];
-    ev_saved[ch + c] = 1.0 / sqrt(var_eps.x);
+    ev_saved[ch + c] = invstd;
     ev_saved[2u * ch + c] = 0.0;
     ev_saved[3u * ch + c] = var_eps.x;
     ev_saved[4u * ch + c] = var_eps.y;
+    ev_saved[6u * ch + c] = invstd * ev_weight[c];
+    ev_saved[7u * ch + c] = ev_bias[c];
 }
 
 // ---------------------------------------------------------------- normalise
 @group(0) @binding(1) var<storage, read> ap_x: array<f32>;
-@group(0) @binding(2) var<storage, read> ap_weight: array<f32>;
-@group(0) @binding(3) var<storage, read> ap_bias: array<f32>;
 @group(0) @binding(4) var<storage, read> ap_saved: array<f32>;
 @group(0) @binding(5) var<storage, read_write> ap_y: array<f32>;
-
-// y = (x - mean) * invstd * weight + bias, centring with both parts of the mean: values of a
-// nearly constant channel sit within a few ulps of it. Invocations: every element run.
-@compute @workgroup_size(64)
-fn batchnorm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let run = element_run(flat_index(gid, nwg));
-    let s = apply_stats(run.z);
-    for (var i = run.x; i < run.x + run.y; i++) {
-        ap_y[i] = ((ap_x[i] - s.mean.x) - s.mean.y) * s.scale + s.bias;
-    }
-}
 
 // What normalising channel c needs: invstd * weight, the mean (both parts) and the bias.
 struct ApplyStats {
@@ -334,7 +337,52 @@ struct ApplyStats {
 
 fn apply_stats(c: u32) -> ApplyStats {
     let ch = p.channels;
-    return ApplyStats(ap_saved[ch + c] * ap_weight[c], vec2<f32>(ap_saved[c], ap_saved[2u * ch + c]), ap_bias[c]);
+    return ApplyStats(ap_saved[6u * ch + c], vec2<f32>(ap_saved[c], ap_saved[2u * ch + c]), ap_saved[7u * ch + c]);
+}
+
+// (x - mean) * invstd * weight + bias, centring with both parts of the mean (values of a
+// nearly constant channel sit within a few ulps of it). The product is rounded before the
+// bias is added (`opaque`: no fused multiply-add), so every kernel that normalises gets the
+// same value, and the backward kernels the sign the apply kernels stored.
+fn normalised(x: f32, s: ApplyStats) -> f32 {
+    return opaque(((x - s.mean.x) - s.mean.y) * s.scale) + s.bias;
+}
+
+fn normalised4(x: vec4<f32>, s: ApplyStats) -> vec4<f32> {
+    return (((x - s.mean.x) - s.mean.y) * s.scale) * p.one + s.bias;
+}
+
+// Invocations: every element run.
+@compute @workgroup_size(64)
+fn batchnorm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let run = element_run(flat_index(gid, nwg));
+    let s = apply_stats(run.z);
+    for (var i = run.x; i < run.x + run.y; i++) {
+        ap_y[i] = output_activation(normalised(ap_x[i], s), p.activation);
+    }
+}
+
+// output_activation on four values.
+fn activated4(v: vec4<f32>) -> vec4<f32> {
+    switch p.activation {
+        case 1u: { return max(v, vec4<f32>(0.0)); }
+        case 2u: { return clamp(v, vec4<f32>(0.0), vec4<f32>(6.0)); }
+        default: { return v; }
+    }
+}
+
+// dy through the following activation's gradient at x's normalised value z, as
+// activation_backward has it: relu passes where z > 0, relu6 where 0 < z < 6.
+fn through_activation(dy: f32, x: f32, s: ApplyStats) -> f32 {
+    if (p.activation == 0u) { return dy; }
+    let z = normalised(x, s);
+    return select(0.0, dy, z > 0.0 && (p.activation == 1u || z < 6.0));
+}
+
+fn through_activation4(dy: vec4<f32>, x: vec4<f32>, s: ApplyStats) -> vec4<f32> {
+    if (p.activation == 0u) { return dy; }
+    let z = normalised4(x, s);
+    return select(vec4<f32>(0.0), dy, z > vec4<f32>(0.0) & (vec4<bool>(p.activation == 1u) | z < vec4<f32>(6.0)));
 }
 
 // The elementwise kernels' vec4 views, for planes whose elements come in fours (spatial % 4
@@ -348,7 +396,7 @@ fn batchnorm_apply_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     let run = element_run(flat_index(gid, nwg));
     let s = apply_stats(run.z);
     for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
-        ap_y4[i] = ((ap_x4[i] - s.mean.x) - s.mean.y) * s.scale + s.bias;
+        ap_y4[i] = activated4(normalised4(ap_x4[i], s));
     }
 }
 
@@ -359,6 +407,12 @@ fn batchnorm_apply_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
 @group(0) @binding(4) var<storage, read_write> br_dweight: array<f32>;
 @group(0) @binding(5) var<storage, read_write> br_dbias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> br_sums: array<f32>;
+
+// apply_stats, read from the backward kernels' binding.
+fn reduce_stats(c: u32) -> ApplyStats {
+    let ch = p.channels;
+    return ApplyStats(br_saved[6u * ch + c], vec2<f32>(br_saved[c], br_saved[2u * ch + c]), br_saved[7u * ch + c]);
+}
 
 // One chunk's sum(dy) and sum(dy * (x - mean)), as stages 0 and 1 of the partial sums.
 // Workgroups: channels (x) x chunks (y).
@@ -375,16 +429,17 @@ fn batchnorm_backward_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
 
 // sum(dy) and sum(dy * (x - mean)) over elements [start, end) of channel c, whole workgroup.
 fn backward_sums(lane: u32, c: u32, start: u32, end: u32) -> array<vec2<f32>, 2> {
-    let ch = p.channels;
-    let mean = vec2<f32>(br_saved[c], br_saved[2u * ch + c]);
+    let s = reduce_stats(c);
+    let mean = s.mean;
     var sum_dy = df(0.0);
     var sum_dy_c = df(0.0);
     var w = walk_start(start + lane);
     for (var i = start + lane; i < end; i += REDUCE) {
         let at = walk_offset(w, c);
-        let dy = df(br_dy[at]);
+        let x = br_x[at];
+        let dy = df(through_activation(br_dy[at], x, s));
         sum_dy = df_add(sum_dy, dy);
-        sum_dy_c = add_centred(sum_dy_c, br_x[at], dy, mean);
+        sum_dy_c = add_centred(sum_dy_c, x, dy, mean);
         w = walk_next(w);
     }
     sum_dy = workgroup_sum(lane, sum_dy);
@@ -419,15 +474,17 @@ fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
 fn batchnorm_backward_reduce_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = flat_index(gid, nwg);
     if (c >= p.channels) { return; }
-    let mean = vec2<f32>(br_saved[c], br_saved[2u * p.channels + c]);
+    let stats = reduce_stats(c);
+    let mean = stats.mean;
     var sum_dy = df(0.0);
     var sum_dy_c = df(0.0);
     for (var n = 0u; n < p.batch; n++) {
         let plane = (n * p.channels + c) * p.spatial;
         for (var s = 0u; s < p.spatial; s++) {
-            let dy = df(br_dy[plane + s]);
+            let x = br_x[plane + s];
+            let dy = df(through_activation(br_dy[plane + s], x, stats));
             sum_dy = df_add(sum_dy, dy);
-            sum_dy_c = add_centred(sum_dy_c, br_x[plane + s], dy, mean);
+            sum_dy_c = add_centred(sum_dy_c, x, dy, mean);
         }
     }
     backward_finish(c, sum_dy, sum_dy_c);
@@ -457,13 +514,15 @@ fn add_backward_terms(sums: array<vec2<f32>, 2>, x: vec4<f32>, dy: vec4<f32>, me
 fn batchnorm_backward_reduce_serial_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = flat_index(gid, nwg);
     if (c >= p.channels) { return; }
-    let mean = vec2<f32>(br_saved[c], br_saved[2u * p.channels + c]);
+    let stats = reduce_stats(c);
     let quads = p.spatial / 4u;
     var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
     for (var n = 0u; n < p.batch; n++) {
         let plane = (n * p.channels + c) * quads;
         for (var s = 0u; s < quads; s++) {
-            sums = add_backward_terms(sums, br_x4[plane + s], br_dy4[plane + s], mean);
+            let x = br_x4[plane + s];
+            let dy = through_activation4(br_dy4[plane + s], x, stats);
+            sums = add_backward_terms(sums, x, dy, stats.mean);
         }
     }
     backward_finish(c, sums[0], sums[1]);
@@ -472,14 +531,15 @@ fn batchnorm_backward_reduce_serial_quads(@builtin(global_invocation_id) gid: ve
 @compute @workgroup_size(64)
 fn batchnorm_backward_reduce_quads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let c = wid.x;
-    let mean = vec2<f32>(br_saved[c], br_saved[2u * p.channels + c]);
+    let stats = reduce_stats(c);
     let quads = p.spatial / 4u;
     let count = p.batch * quads;
     var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
     var w = walk_start_over(lane, quads);
     for (var i = lane; i < count; i += REDUCE) {
         let at = walk_offset_over(w, c, quads);
-        sums = add_backward_terms(sums, br_x4[at], br_dy4[at], mean);
+        let x = br_x4[at];
+        sums = add_backward_terms(sums, x, through_activation4(br_dy4[at], x, stats), stats.mean);
         w = walk_next_over(w, quads);
     }
     let sum_dy = workgroup_sum(lane, sums[0]);
@@ -518,9 +578,16 @@ fn backward_finish(c: u32, sum_dy: vec2<f32>, sum_dy_c: vec2<f32>) {
 fn batchnorm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let run = element_run(flat_index(gid, nwg));
     let s = input_gradient_stats(run.z);
+    let applied = input_apply_stats(run.z);
     for (var i = run.x; i < run.x + run.y; i++) {
         var g = bi_dy[i];
-        if (p.training != 0u) { g = centred_gradient(bi_x[i], g, s); }
+        // x is read only where it is used (train mode, or an activation's mask): software
+        // adapters pay for every access.
+        if (p.training != 0u || p.activation != 0u) {
+            let x = bi_x[i];
+            g = through_activation(g, x, applied);
+            if (p.training != 0u) { g = centred_gradient(x, g, s); }
+        }
         bi_dx[i] = accumulated(bi_dx[i], s.scale * g, p.accumulate_input);
     }
 }
@@ -532,6 +599,12 @@ struct InputGradientStats {
     mean: vec2<f32>,
     mean_dy: vec2<f32>,
     beta: vec2<f32>,
+}
+
+// apply_stats, read from the input gradient's binding.
+fn input_apply_stats(c: u32) -> ApplyStats {
+    let ch = p.channels;
+    return ApplyStats(bi_saved[6u * ch + c], vec2<f32>(bi_saved[c], bi_saved[2u * ch + c]), bi_saved[7u * ch + c]);
 }
 
 fn input_gradient_stats(c: u32) -> InputGradientStats {
@@ -560,16 +633,20 @@ fn centred_gradient(x: f32, dy: f32, s: InputGradientStats) -> f32 {
 fn batchnorm_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let run = element_run(flat_index(gid, nwg));
     let s = input_gradient_stats(run.z);
+    let applied = input_apply_stats(run.z);
     for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
         var g = bi_dy4[i];
-        if (p.training != 0u) {
+        if (p.training != 0u || p.activation != 0u) {
             let x = bi_x4[i];
-            g = vec4<f32>(
-                centred_gradient(x.x, g.x, s),
-                centred_gradient(x.y, g.y, s),
-                centred_gradient(x.z, g.z, s),
-                centred_gradient(x.w, g.w, s),
-            );
+            g = through_activation4(g, x, applied);
+            if (p.training != 0u) {
+                g = vec4<f32>(
+                    centred_gradient(x.x, g.x, s),
+                    centred_gradient(x.y, g.y, s),
+                    centred_gradient(x.z, g.z, s),
+                    centred_gradient(x.w, g.w, s),
+                );
+            }
         }
         var v = s.scale * g;
         if (p.accumulate_input != 0u) { v = bi_dx4[i] + v; }

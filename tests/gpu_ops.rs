@@ -546,6 +546,7 @@ fn batchnorm_matches_reference_in_both_modes() {
                 spatial: shape[2..].iter().product(),
                 eps: 1e-5,
                 momentum: 0.1,
+                activation: OutputActivation::None,
             };
             let case = format!("{shape:?} {mode:?}");
             let (want, running) = match mode {
@@ -563,6 +564,63 @@ fn batchnorm_matches_reference_in_both_modes() {
             assert_close(&format!("{case} dx"), &read_grad(&exe, x), &dx, TOL);
             assert_close(&format!("{case} dweight"), &read_grad(&exe, w), &dw, TOL);
             assert_close(&format!("{case} dbias"), &read_grad(&exe, b), &db, TOL);
+        }
+    }
+}
+
+/// A relu or relu6 applied by the BatchNorm gives what the BatchNorm and the activation op give
+/// one after the other, bit for bit, in both modes and through every reduction kernel: serial
+/// and workgroup, scalar and vec4, and split into chunks.
+#[test]
+fn batchnorm_activated_matches_batchnorm_then_activation_bit_for_bit() {
+    let shapes = [vec![3, 5, 7, 9], vec![2, 4, 30, 25], vec![2, 3, 190, 180], vec![3, 6, 4, 3], vec![3, 2, 20, 24]];
+    for (i, shape) in shapes.into_iter().enumerate() {
+        for (mode, activation) in [Mode::Train, Mode::Eval]
+            .into_iter()
+            .flat_map(|m| [(m, OutputActivation::Relu), (m, OutputActivation::Relu6)])
+        {
+            let c = shape[1];
+            let run = |fused: bool| {
+                let mut g = Graph::new();
+                let x = g.input("x", &shape);
+                let w = g.param("weight", &[c]).unwrap();
+                let b = g.param("bias", &[c]).unwrap();
+                let rm = g.state("running_mean", &[c], Init::Zeros).unwrap();
+                let rv = g.state("running_var", &[c], Init::Ones).unwrap();
+                let y = match fused {
+                    true => g.batchnorm_activated(x, [w, b, rm, rv], 1e-5, 0.1, activation).unwrap(),
+                    false => {
+                        let z = g.batchnorm(x, w, b, rm, rv, 1e-5, 0.1).unwrap();
+                        let kind =
+                            if activation == OutputActivation::Relu { Activation::Relu } else { Activation::Relu6 };
+                        g.activation(z, kind)
+                    }
+                };
+                let mut exe = Executor::new(gpu(), &g, plan(mode, y)).unwrap();
+                let mut rng = rng(320 + i as u64);
+                feed(&exe, &g, x, &mut rng);
+                // Weights of a few units, so that relu6 clips at both ends.
+                let wv: Vec<f64> = feed(&exe, &g, w, &mut rng).iter().map(|v| 4.0 * v).collect();
+                exe.write(w, &to_f32(&wv)).unwrap();
+                feed(&exe, &g, b, &mut rng);
+                feed(&exe, &g, rm, &mut rng);
+                seed_grad(&exe, &g, y, &mut rng);
+                exe.run().unwrap();
+                let grads = [x, w, b].map(|t| read_grad(&exe, t));
+                (read(&exe, y), read(&exe, rm), read(&exe, rv), grads)
+            };
+            let (y, rm, rv, grads) = run(true);
+            let want = run(false);
+            let case = format!("{shape:?} {mode:?} {activation:?}");
+            assert_eq!(y, want.0, "{case}: y");
+            assert_eq!((rm, rv), (want.1, want.2), "{case}: running statistics");
+            for ((got, want), name) in grads.iter().zip(&want.3).zip(["dx", "dweight", "dbias"]) {
+                assert_eq!(got, want, "{case}: {name}");
+            }
+            assert!(y.contains(&0.0), "{case}: nothing below the kink");
+            if activation == OutputActivation::Relu6 {
+                assert!(y.contains(&6.0), "{case}: nothing above 6");
+            }
         }
     }
 }
@@ -590,8 +648,14 @@ fn batchnorm_gradients_add_up_when_used_twice() {
         feed(&exe, &g, b, &mut rng);
         let dy = seed_grad(&exe, &g, y, &mut rng);
         exe.run().unwrap();
-        let op =
-            BatchNorm { batch: shape[0], channels: c, spatial: shape[2..].iter().product(), eps: 1e-5, momentum: 0.1 };
+        let op = BatchNorm {
+            batch: shape[0],
+            channels: c,
+            spatial: shape[2..].iter().product(),
+            eps: 1e-5,
+            momentum: 0.1,
+            activation: OutputActivation::None,
+        };
         let twice = |v: Vec<f64>| v.into_iter().map(|v| 2.0 * v).collect::<Vec<_>>();
         let (dx, dw, db) = r::batchnorm::backward(&op, &xv, &wv, &dy, None);
         let case = format!("{shape:?}");
@@ -1145,7 +1209,8 @@ fn batchnorm_input_gradient_survives_cancellation_at_batch_two() {
     let mut rng = rng(310);
     let dy = seed_grad(&exe, &g, y, &mut rng);
     exe.run().unwrap();
-    let op = BatchNorm { batch: 2, channels: 5, spatial: 1, eps: 1e-5, momentum: 0.1 };
+    let op =
+        BatchNorm { batch: 2, channels: 5, spatial: 1, eps: 1e-5, momentum: 0.1, activation: OutputActivation::None };
     let (dx, _, _) = r::batchnorm::backward(&op, &xv, &wv, &dy, None);
     // Each channel's gradient against its own size: plain f32 is off by up to 1e-2 here.
     let got = read_grad(&exe, x);

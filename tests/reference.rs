@@ -63,7 +63,8 @@ fn modulate_gradients() {
 
 #[test]
 fn batchnorm_gradients_train_and_eval() {
-    let b = BatchNorm { batch: 3, channels: 5, spatial: 7, eps: 1e-5, momentum: 0.1 };
+    let b =
+        BatchNorm { batch: 3, channels: 5, spatial: 7, eps: 1e-5, momentum: 0.1, activation: OutputActivation::None };
     let mut g = rng(3);
     let n = 3 * 5 * 7;
     let x = randn(&mut g, n);
@@ -107,7 +108,8 @@ fn layernorm_gradients() {
 
 #[test]
 fn batchnorm_running_statistics_use_unbiased_variance() {
-    let b = BatchNorm { batch: 2, channels: 1, spatial: 2, eps: 1e-5, momentum: 0.1 };
+    let b =
+        BatchNorm { batch: 2, channels: 1, spatial: 2, eps: 1e-5, momentum: 0.1, activation: OutputActivation::None };
     let (_, mean, var) = r::batchnorm::forward_train(&b, &[1.0, 2.0, 3.0, 6.0], &[1.0], &[0.0], &[0.0], &[1.0]);
     // Batch mean 3, unbiased variance 14/3 (momentum is an f32 0.1, hence 1e-7).
     assert_close("running mean", &mean, &[0.3], 1e-7);

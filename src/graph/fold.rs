@@ -136,8 +136,10 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
                     // go into the conv's stores.
                     let mut out = bn_out;
                     let mut residual = None;
-                    let mut activation = OutputActivation::None;
+                    // A BatchNorm that applies its own activation leaves no add to take before it.
+                    let mut activation = bn.activation;
                     if conv.shape.kernel() == ConvKernel::Gemm
+                        && activation == OutputActivation::None
                         && let Some(a) = only_consumer(out)
                         && let Some(add) = graph.nodes[a].op.as_any().downcast_ref::<Add>()
                         && let [first, second] = graph.nodes[a].inputs[..]
@@ -163,6 +165,9 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
                     (g.conv2d_fused(x, w_id, Some(b_id), conv.shape.cfg, fused)?, out)
                 }
                 None => match fusable_activation(bn_out) {
+                    _ if bn.activation != OutputActivation::None => {
+                        (g.linear_fused(x, w_id, Some(b_id), bn.activation)?, bn_out)
+                    }
                     Some((r, activation)) => {
                         absorbed[r] = true;
                         (g.linear_fused(x, w_id, Some(b_id), activation)?, graph.nodes[r].outputs[0])

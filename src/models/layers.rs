@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use crate::graph::{Graph, Init, TensorId};
-use crate::ops::conv2d::Conv2dConfig;
+use crate::ops::conv2d::{Conv2dConfig, OutputActivation};
 
 /// Joins state-dict key parts: `key("layer3", "conv1") == "layer3.conv1"`, `key("", "conv1") == "conv1"`.
 pub fn key(prefix: &str, name: &str) -> String {
@@ -72,12 +72,17 @@ pub fn conv2d(
 /// `prefix.bias` (zeros), `prefix.running_mean` (zeros), `prefix.running_var` (ones);
 /// eps 1e-5, momentum 0.1.
 pub fn batchnorm(g: &mut Graph, x: TensorId, prefix: &str) -> Result<TensorId> {
+    batchnorm_act(g, x, prefix, OutputActivation::None)
+}
+
+/// [`batchnorm`] then `activation` (relu or relu6), in one node.
+pub fn batchnorm_act(g: &mut Graph, x: TensorId, prefix: &str, activation: OutputActivation) -> Result<TensorId> {
     let c = g.shape(x)[1];
     let weight = g.param_init(&key(prefix, "weight"), &[c], Init::Ones)?;
     let bias = g.param_init(&key(prefix, "bias"), &[c], Init::Zeros)?;
     let mean = g.state(&key(prefix, "running_mean"), &[c], Init::Zeros)?;
     let var = g.state(&key(prefix, "running_var"), &[c], Init::Ones)?;
-    g.batchnorm(x, weight, bias, mean, var, 1e-5, 0.1)
+    g.batchnorm_activated(x, [weight, bias, mean, var], 1e-5, 0.1, activation)
 }
 
 /// A bias-free conv named `conv` followed by a BatchNorm named `bn`.
@@ -92,8 +97,24 @@ pub fn conv_bn(
     cfg: Conv2dConfig,
     init: ConvInit,
 ) -> Result<TensorId> {
+    conv_bn_act(g, x, [conv, bn], c_out, kernel, cfg, init, OutputActivation::None)
+}
+
+/// [`conv_bn`] then `activation` (relu or relu6), the BatchNorm applying it; `names`: the
+/// conv's and the BatchNorm's.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_act(
+    g: &mut Graph,
+    x: TensorId,
+    [conv, bn]: [&str; 2],
+    c_out: usize,
+    kernel: usize,
+    cfg: Conv2dConfig,
+    init: ConvInit,
+    activation: OutputActivation,
+) -> Result<TensorId> {
     let y = conv2d(g, x, conv, c_out, kernel, cfg, false, init)?;
-    batchnorm(g, y, bn)
+    batchnorm_act(g, y, bn, activation)
 }
 
 /// How a fully connected layer starts.
@@ -131,8 +152,7 @@ pub fn router(g: &mut Graph, x: TensorId, prefix: &str, rd_ratio: usize, init: C
     let fc2_bias = g.param_init(&key(prefix, "fc2.bias"), &[c], default_bias(rd))?;
     let pooled = g.global_avgpool(x)?;
     let hidden = g.linear(pooled, fc1, None)?;
-    let hidden = batchnorm(g, hidden, &key(prefix, "bn"))?;
-    let hidden = g.relu(hidden);
+    let hidden = batchnorm_act(g, hidden, &key(prefix, "bn"), OutputActivation::Relu)?;
     let logits = g.linear(hidden, fc2, Some(fc2_bias))?;
     let gate = g.sigmoid(logits);
     g.channel_scale(x, gate)

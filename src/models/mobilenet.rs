@@ -3,9 +3,9 @@
 
 use anyhow::Result;
 
-use super::layers::{self, ConvInit, LinearInit, batchnorm, conv_weight, conv2d, key, linear, router};
+use super::layers::{self, ConvInit, LinearInit, batchnorm, batchnorm_act, conv_weight, conv2d, key, linear, router};
 use crate::graph::{Graph, Init, TensorId};
-use crate::ops::conv2d::Conv2dConfig;
+use crate::ops::conv2d::{Conv2dConfig, OutputActivation};
 
 /// torchvision's `_make_divisible(v, 8)`: the nearest multiple of 8, never 10% below `v`.
 pub fn make_divisible(v: f64) -> usize {
@@ -29,8 +29,7 @@ fn conv_bn_relu6(
     cfg: Conv2dConfig,
     init: ConvInit,
 ) -> Result<TensorId> {
-    let y = layers::conv_bn(g, x, conv, bn, c_out, kernel, cfg, init)?;
-    Ok(g.relu6(y))
+    layers::conv_bn_act(g, x, [conv, bn], c_out, kernel, cfg, init, OutputActivation::Relu6)
 }
 
 /// torchvision's InvertedResidual named `prefix`.
@@ -76,8 +75,7 @@ fn ib_layers(
     let hidden = g.shape(pw1)[0];
     let k = |name: &str| key(prefix, name);
     let y = g.conv2d(x, pw1, None, Conv2dConfig::new(1, 0))?;
-    let y = batchnorm(g, y, &k("bn1"))?;
-    let y = g.relu6(y);
+    let y = batchnorm_act(g, y, &k("bn1"), OutputActivation::Relu6)?;
     let y = conv_bn_relu6(g, y, &k("dw"), &k("bn2"), hidden, 3, Conv2dConfig::new(stride, 1).groups(hidden), init)?;
     let y = g.conv2d(y, pw2, None, Conv2dConfig::new(1, 0))?;
     batchnorm(g, y, &k("bn3"))
@@ -94,8 +92,7 @@ fn kid_block(g: &mut Graph, x: TensorId, prefix: &str, w1: TensorId, w3: TensorI
     let k = |name: &str| key(prefix, name);
     let y = router(g, x, &k("se1.se"), 4, init)?;
     let y = g.conv2d(y, w1, None, Conv2dConfig::new(1, 0))?;
-    let y = batchnorm(g, y, &k("bn1"))?;
-    let y = g.relu6(y);
+    let y = batchnorm_act(g, y, &k("bn1"), OutputActivation::Relu6)?;
     let y = conv_bn_relu6(g, y, &k("dwconv"), &k("bn2"), hidden, 3, Conv2dConfig::new(1, 1).groups(hidden), init)?;
     let y = router(g, y, &k("se3.se"), 24, init)?;
     let y = g.conv2d(y, w3, None, Conv2dConfig::new(1, 0))?;

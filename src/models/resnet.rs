@@ -3,15 +3,23 @@
 
 use anyhow::Result;
 
-use super::layers::{self, ConvInit, LinearInit, batchnorm, conv_weight, key, linear, router};
+use super::layers::{self, ConvInit, LinearInit, batchnorm_act, conv_weight, key, linear, router};
 use crate::graph::{Graph, Init, TensorId};
-use crate::ops::conv2d::Conv2dConfig;
+use crate::ops::conv2d::{Conv2dConfig, OutputActivation};
 
-/// conv -> bn, with the conv's weight given (a parent or a child kernel).
-fn conv_bn_with(g: &mut Graph, x: TensorId, weight: TensorId, stride: usize, bn: &str) -> Result<TensorId> {
+/// conv -> bn (-> `act`, the BatchNorm applying it), with the conv's weight given (a parent or
+/// a child kernel).
+fn conv_bn_with(
+    g: &mut Graph,
+    x: TensorId,
+    weight: TensorId,
+    stride: usize,
+    bn: &str,
+    act: OutputActivation,
+) -> Result<TensorId> {
     let pad = g.shape(weight)[2] / 2;
     let y = g.conv2d(x, weight, None, Conv2dConfig::new(stride, pad))?;
-    batchnorm(g, y, bn)
+    batchnorm_act(g, y, bn, act)
 }
 
 /// A bias-free conv with "same" padding, then bn.
@@ -29,10 +37,25 @@ fn conv_bn(
     layers::conv_bn(g, x, conv, bn, c_out, kernel, Conv2dConfig::new(stride, kernel / 2), init)
 }
 
+/// The same, then relu (the BatchNorm applying it).
+#[allow(clippy::too_many_arguments)]
+fn conv_bn_relu(
+    g: &mut Graph,
+    x: TensorId,
+    conv: &str,
+    bn: &str,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    init: ConvInit,
+) -> Result<TensorId> {
+    let cfg = Conv2dConfig::new(stride, kernel / 2);
+    layers::conv_bn_act(g, x, [conv, bn], c_out, kernel, cfg, init, OutputActivation::Relu)
+}
+
 /// torchvision's stem: 7x7/2 conv, bn, relu, 3x3/2 max pool.
 pub fn stem(g: &mut Graph, images: TensorId) -> Result<TensorId> {
-    let x = conv_bn(g, images, "conv1", "bn1", 64, 7, 2, ConvInit::KaimingFanOut)?;
-    let x = g.relu(x);
+    let x = conv_bn_relu(g, images, "conv1", "bn1", 64, 7, 2, ConvInit::KaimingFanOut)?;
     g.maxpool2d(x, 3, 2, 1)
 }
 
@@ -55,23 +78,22 @@ fn basic_block(g: &mut Graph, x: TensorId, prefix: &str, planes: usize, stride: 
         x
     };
     let init = ConvInit::KaimingFanOut;
-    let y = conv_bn(g, x, &key(prefix, "conv1"), &key(prefix, "bn1"), planes, 3, stride, init)?;
-    let y = g.relu(y);
+    let y = conv_bn_relu(g, x, &key(prefix, "conv1"), &key(prefix, "bn1"), planes, 3, stride, init)?;
     let y = conv_bn(g, y, &key(prefix, "conv2"), &key(prefix, "bn2"), planes, 3, 1, init)?;
     g.add_relu(y, identity)
 }
 
-/// A routed child conv: `bn(conv(router(x), child))`.
+/// A routed child conv: `act(bn(conv(router(x), child)))`.
 fn routed_child(
     g: &mut Graph,
     x: TensorId,
     child: TensorId,
-    router_name: &str,
-    bn: &str,
+    [router_name, bn]: [&str; 2],
     init: ConvInit,
+    act: OutputActivation,
 ) -> Result<TensorId> {
     let routed = router(g, x, router_name, 4, init)?;
-    conv_bn_with(g, routed, child, 1, bn)
+    conv_bn_with(g, routed, child, 1, bn, act)
 }
 
 /// KernelDNA's ResNet18 stage named `prefix`, replacing torchvision's two BasicBlocks by three
@@ -90,19 +112,16 @@ pub fn resnet18_stage(g: &mut Graph, x: TensorId, prefix: &str, planes: usize, s
     let kids_of_conv2 = g.modulate(conv2, Some(spatial), filter, 0, 2)?;
     let kid_of_conv3 = g.modulate(conv3, Some(spatial), filter, 2, 1)?[0];
 
-    let y = conv_bn(g, x, &k("conv1"), &k("bn1"), planes, 3, stride, init)?;
-    let y = g.relu(y);
-    let y = routed_child(g, y, kids_of_conv2[0], &k("se.0.se"), &k("bns.0"), init)?;
+    let y = conv_bn_relu(g, x, &k("conv1"), &k("bn1"), planes, 3, stride, init)?;
+    let y = routed_child(g, y, kids_of_conv2[0], [&k("se.0.se"), &k("bns.0")], init, OutputActivation::None)?;
     let x = g.add_relu(y, identity)?;
 
-    let y = routed_child(g, x, kids_of_conv2[1], &k("se.1.se"), &k("bns.1"), init)?;
-    let y = g.relu(y);
-    let y = conv_bn_with(g, y, conv2, 1, &k("bn2"))?;
+    let y = routed_child(g, x, kids_of_conv2[1], [&k("se.1.se"), &k("bns.1")], init, OutputActivation::Relu)?;
+    let y = conv_bn_with(g, y, conv2, 1, &k("bn2"), OutputActivation::None)?;
     let x = g.add_relu(y, x)?;
 
-    let y = routed_child(g, x, kid_of_conv3, &k("se.2.se"), &k("bns.2"), init)?;
-    let y = g.relu(y);
-    let y = conv_bn_with(g, y, conv3, 1, &k("bn3"))?;
+    let y = routed_child(g, x, kid_of_conv3, [&k("se.2.se"), &k("bns.2")], init, OutputActivation::Relu)?;
+    let y = conv_bn_with(g, y, conv3, 1, &k("bn3"), OutputActivation::None)?;
     g.add_relu(y, x)
 }
 
@@ -129,10 +148,8 @@ fn bottleneck(g: &mut Graph, x: TensorId, prefix: &str, planes: usize, stride: u
         x
     };
     let init = ConvInit::KaimingFanOut;
-    let y = conv_bn(g, x, &key(prefix, "conv1"), &key(prefix, "bn1"), planes, 1, 1, init)?;
-    let y = g.relu(y);
-    let y = conv_bn(g, y, &key(prefix, "conv2"), &key(prefix, "bn2"), planes, 3, stride, init)?;
-    let y = g.relu(y);
+    let y = conv_bn_relu(g, x, &key(prefix, "conv1"), &key(prefix, "bn1"), planes, 1, 1, init)?;
+    let y = conv_bn_relu(g, y, &key(prefix, "conv2"), &key(prefix, "bn2"), planes, 3, stride, init)?;
     let y = conv_bn(g, y, &key(prefix, "conv3"), &key(prefix, "bn3"), out, 1, 1, init)?;
     g.add_relu(y, identity)
 }
@@ -150,10 +167,8 @@ fn kdna_bottleneck(g: &mut Graph, x: TensorId, prefix: &str, conv2: TensorId, st
     } else {
         x
     };
-    let y = conv_bn(g, x, &k("layers.conv1"), &k("layers.bn1"), dim, 1, 1, init)?;
-    let y = g.relu(y);
-    let y = conv_bn_with(g, y, conv2, stride, &k("layers.bn2"))?;
-    let y = g.relu(y);
+    let y = conv_bn_relu(g, x, &k("layers.conv1"), &k("layers.bn1"), dim, 1, 1, init)?;
+    let y = conv_bn_with(g, y, conv2, stride, &k("layers.bn2"), OutputActivation::Relu)?;
     let y = conv_bn(g, y, &k("layers.conv3"), &k("layers.bn3"), out, 1, 1, init)?;
     g.add_relu(y, identity)
 }
@@ -168,10 +183,8 @@ fn kid_bottleneck(g: &mut Graph, x: TensorId, prefix: &str, child: TensorId) -> 
     let dim = g.shape(child)[0];
     let init = ConvInit::TorchDefault;
     let k = |name: &str| key(prefix, name);
-    let y = conv_bn(g, x, &k("half1.conv1"), &k("half1.bn1"), dim, 1, 1, init)?;
-    let y = g.relu(y);
-    let y = routed_child(g, y, child, &k("half1.se.se"), &k("half2.bn2"), init)?;
-    let y = g.relu(y);
+    let y = conv_bn_relu(g, x, &k("half1.conv1"), &k("half1.bn1"), dim, 1, 1, init)?;
+    let y = routed_child(g, y, child, [&k("half1.se.se"), &k("half2.bn2")], init, OutputActivation::Relu)?;
     let y = conv_bn(g, y, &k("half2.conv3"), &k("half2.bn3"), dim * 4, 1, 1, init)?;
     g.add_relu(y, x)
 }

@@ -1,9 +1,11 @@
 //! BatchNorm over dimension 1 of [N, C, ...] (`shaders/norm.wgsl`), as torch's BatchNorm2d
 //! (and BatchNorm1d on [N, C]): train mode uses batch statistics and updates the running ones,
-//! eval mode uses the running ones.
+//! eval mode uses the running ones. A relu or relu6 that follows may go in the same node
+//! (`Graph::batchnorm_activated`): one pass fewer each way.
 
 use anyhow::{Result, bail};
 
+use super::conv2d::OutputActivation;
 use super::{Bound, Grads, Mode, Op};
 use crate::gpu::{Dispatch, Gpu, GpuSlice, grid};
 use crate::graph::{Graph, TensorId, shape_error};
@@ -16,6 +18,9 @@ pub struct BatchNorm {
     pub spatial: usize,
     pub eps: f32,
     pub momentum: f32,
+    /// None, relu or relu6, applied as the output is stored; its gradient is masked by the
+    /// output (y > 0 exactly where the normalised value is, and y < 6 likewise).
+    pub activation: OutputActivation,
 }
 
 #[repr(C)]
@@ -36,7 +41,8 @@ struct NormParams {
     chunk_len: u32,
     /// Which sums `batchnorm_chunk_sums` makes (0: x, 1: squared deviations).
     stage: u32,
-    _pad: [u32; 3],
+    activation: u32,
+    _pad: [u32; 2],
 }
 
 impl BatchNorm {
@@ -55,7 +61,8 @@ impl BatchNorm {
             chunks: self.chunks() as u32,
             chunk_len: STATS_CHUNK as u32,
             stage: 0,
-            _pad: [0; 3],
+            activation: self.activation as u32,
+            _pad: [0; 2],
         }
     }
 
@@ -117,13 +124,17 @@ const STATS_CHUNK: usize = 65536;
 // the chunks' partial sums.
 impl Op for BatchNorm {
     fn name(&self) -> &'static str {
-        "batchnorm"
+        match self.activation {
+            OutputActivation::Relu => "batchnorm_relu",
+            OutputActivation::Relu6 => "batchnorm_relu6",
+            _ => "batchnorm",
+        }
     }
 
     fn scratch(&self, _backward: bool) -> Vec<usize> {
         // Saved statistics and backward sums, laid out as norm.wgsl describes; partial sums of
         // two stages, double-float pairs.
-        vec![6 * self.channels, 4 * self.channels, 2 * self.channels * self.chunks() * 2]
+        vec![8 * self.channels, 4 * self.channels, 2 * self.channels * self.chunks() * 2]
     }
 
     fn differentiable(&self, input: usize) -> bool {
@@ -132,6 +143,8 @@ impl Op for BatchNorm {
 
     fn forward(&self, gpu: &Gpu, b: &Bound, mode: Mode) -> Vec<Dispatch> {
         let [x, weight, bias, mean, var] = b.inputs[..] else { unreachable!("batchnorm takes 5 inputs") };
+        // The statistics kernels keep what the apply kernels normalise with (weight and bias:
+        // bindings 5 and 6 in train mode, 4 and 5 in eval mode).
         let (saved, partials) = (b.scratch[0], b.scratch[2]);
         let params = self.params(mode);
         let channels = self.channels as u32;
@@ -147,7 +160,7 @@ impl Op for BatchNorm {
                         out.push(gpu.dispatch("norm", "batchnorm_chunk_sums", &params, &buffers, grid));
                     }
                 }
-                let buffers = [x, mean, var, saved, x, x, partials];
+                let buffers = [x, mean, var, saved, weight, bias, partials];
                 let entries = [
                     "batchnorm_stats_train_serial",
                     "batchnorm_stats_train_serial_quads",
@@ -160,7 +173,7 @@ impl Op for BatchNorm {
                 "norm",
                 "batchnorm_stats_eval",
                 &params,
-                &[mean, var, saved],
+                &[mean, var, saved, weight, bias],
                 grid(self.channels),
             )),
         }
@@ -234,6 +247,24 @@ impl Graph {
         eps: f32,
         momentum: f32,
     ) -> Result<TensorId> {
+        let stats = [weight, bias, running_mean, running_var];
+        self.batchnorm_activated(x, stats, eps, momentum, OutputActivation::None)
+    }
+
+    /// `activation` (none, relu or relu6) of BatchNorm of `x`, in one node; `stats`: weight,
+    /// bias, running mean, running variance.
+    pub fn batchnorm_activated(
+        &mut self,
+        x: TensorId,
+        stats: [TensorId; 4],
+        eps: f32,
+        momentum: f32,
+        activation: OutputActivation,
+    ) -> Result<TensorId> {
+        let [weight, bias, running_mean, running_var] = stats;
+        if !matches!(activation, OutputActivation::None | OutputActivation::Relu | OutputActivation::Relu6) {
+            bail!("batchnorm: a {activation:?} cannot follow in the same node (relu or relu6 can)");
+        }
         let shape = self.shape(x).to_vec();
         if shape.len() < 2 {
             return Err(shape_error("batchnorm", "input", &shape, "[N, C, ...]"));
@@ -252,7 +283,8 @@ impl Graph {
         if channels > 65535 {
             bail!("batchnorm: {channels} channels exceed the 65535 the kernels dispatch");
         }
-        let op = BatchNorm { batch: shape[0], channels, spatial: shape[2..].iter().product(), eps, momentum };
+        let spatial = shape[2..].iter().product();
+        let op = BatchNorm { batch: shape[0], channels, spatial, eps, momentum, activation };
         Ok(self.push(op, &[x, weight, bias, running_mean, running_var], &[shape])[0])
     }
 }
