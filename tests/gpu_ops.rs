@@ -499,6 +499,31 @@ fn modulation_computes_only_the_taps_its_convs_read() {
     assert_close("dfilter", &read_grad(&exe, filter), &df, TOL);
 }
 
+/// A BatchNorm's inputs for input `shape`: x, weight, bias, running mean (zeros) and running
+/// variance (ones).
+fn batchnorm_inputs(g: &mut Graph, shape: &[usize]) -> [TensorId; 5] {
+    let c = shape[1];
+    let x = g.input("x", shape);
+    let w = g.param("weight", &[c]).unwrap();
+    let b = g.param("bias", &[c]).unwrap();
+    let rm = g.state("running_mean", &[c], Init::Zeros).unwrap();
+    let rv = g.state("running_var", &[c], Init::Ones).unwrap();
+    [x, w, b, rm, rv]
+}
+
+/// The BatchNorm (torch's defaults, no activation) a reference computes for input `shape`.
+fn batchnorm_op(shape: &[usize]) -> BatchNorm {
+    let spatial = shape[2..].iter().product();
+    BatchNorm {
+        batch: shape[0],
+        channels: shape[1],
+        spatial,
+        eps: 1e-5,
+        momentum: 0.1,
+        activation: OutputActivation::None,
+    }
+}
+
 #[test]
 fn batchnorm_matches_reference_in_both_modes() {
     // Planes of 63, 15, 90 (more than a workgroup's 64 lanes) and 1 elements, whose channels
@@ -524,11 +549,7 @@ fn batchnorm_matches_reference_in_both_modes() {
         for mode in [Mode::Train, Mode::Eval] {
             let c = shape[1];
             let mut g = Graph::new();
-            let x = g.input("x", &shape);
-            let w = g.param("weight", &[c]).unwrap();
-            let b = g.param("bias", &[c]).unwrap();
-            let rm = g.state("running_mean", &[c], Init::Zeros).unwrap();
-            let rv = g.state("running_var", &[c], Init::Ones).unwrap();
+            let [x, w, b, rm, rv] = batchnorm_inputs(&mut g, &shape);
             let y = g.batchnorm(x, w, b, rm, rv, 1e-5, 0.1).unwrap();
             let mut exe = Executor::new(gpu(), &g, plan(mode, y)).unwrap();
             let mut rng = rng(300 + i as u64);
@@ -540,14 +561,7 @@ fn batchnorm_matches_reference_in_both_modes() {
             exe.write(rv, &to_f32(&rvv)).unwrap();
             let dy = seed_grad(&exe, &g, y, &mut rng);
             exe.run().unwrap();
-            let op = BatchNorm {
-                batch: shape[0],
-                channels: c,
-                spatial: shape[2..].iter().product(),
-                eps: 1e-5,
-                momentum: 0.1,
-                activation: OutputActivation::None,
-            };
+            let op = batchnorm_op(&shape);
             let case = format!("{shape:?} {mode:?}");
             let (want, running) = match mode {
                 Mode::Train => {
@@ -579,14 +593,9 @@ fn batchnorm_activated_matches_batchnorm_then_activation_bit_for_bit() {
             .into_iter()
             .flat_map(|m| [(m, OutputActivation::Relu), (m, OutputActivation::Relu6)])
         {
-            let c = shape[1];
             let run = |fused: bool| {
                 let mut g = Graph::new();
-                let x = g.input("x", &shape);
-                let w = g.param("weight", &[c]).unwrap();
-                let b = g.param("bias", &[c]).unwrap();
-                let rm = g.state("running_mean", &[c], Init::Zeros).unwrap();
-                let rv = g.state("running_var", &[c], Init::Ones).unwrap();
+                let [x, w, b, rm, rv] = batchnorm_inputs(&mut g, &shape);
                 let y = match fused {
                     true => g.batchnorm_activated(x, [w, b, rm, rv], 1e-5, 0.1, activation).unwrap(),
                     false => {
@@ -648,14 +657,7 @@ fn batchnorm_gradients_add_up_when_used_twice() {
         feed(&exe, &g, b, &mut rng);
         let dy = seed_grad(&exe, &g, y, &mut rng);
         exe.run().unwrap();
-        let op = BatchNorm {
-            batch: shape[0],
-            channels: c,
-            spatial: shape[2..].iter().product(),
-            eps: 1e-5,
-            momentum: 0.1,
-            activation: OutputActivation::None,
-        };
+        let op = batchnorm_op(&shape);
         let twice = |v: Vec<f64>| v.into_iter().map(|v| 2.0 * v).collect::<Vec<_>>();
         let (dx, dw, db) = r::batchnorm::backward(&op, &xv, &wv, &dy, None);
         let case = format!("{shape:?}");
@@ -1209,8 +1211,7 @@ fn batchnorm_input_gradient_survives_cancellation_at_batch_two() {
     let mut rng = rng(310);
     let dy = seed_grad(&exe, &g, y, &mut rng);
     exe.run().unwrap();
-    let op =
-        BatchNorm { batch: 2, channels: 5, spatial: 1, eps: 1e-5, momentum: 0.1, activation: OutputActivation::None };
+    let op = batchnorm_op(&[2, 5]);
     let (dx, _, _) = r::batchnorm::backward(&op, &xv, &wv, &dy, None);
     // Each channel's gradient against its own size: plain f32 is off by up to 1e-2 here.
     let got = read_grad(&exe, x);

@@ -85,23 +85,8 @@ pub fn batchnorm_act(g: &mut Graph, x: TensorId, prefix: &str, activation: Outpu
     g.batchnorm_activated(x, [weight, bias, mean, var], 1e-5, 0.1, activation)
 }
 
-/// A bias-free conv named `conv` followed by a BatchNorm named `bn`.
-#[allow(clippy::too_many_arguments)]
-pub fn conv_bn(
-    g: &mut Graph,
-    x: TensorId,
-    conv: &str,
-    bn: &str,
-    c_out: usize,
-    kernel: usize,
-    cfg: Conv2dConfig,
-    init: ConvInit,
-) -> Result<TensorId> {
-    conv_bn_act(g, x, [conv, bn], c_out, kernel, cfg, init, OutputActivation::None)
-}
-
-/// [`conv_bn`] then `activation` (relu or relu6), the BatchNorm applying it; `names`: the
-/// conv's and the BatchNorm's.
+/// A bias-free conv named `conv`, then a BatchNorm named `bn`, then `activation` (none, relu or
+/// relu6: the BatchNorm applies it).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_bn_act(
     g: &mut Graph,

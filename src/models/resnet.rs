@@ -22,40 +22,26 @@ fn conv_bn_with(
     batchnorm_act(g, y, bn, act)
 }
 
-/// A bias-free conv with "same" padding, then bn.
+/// A bias-free conv with "same" padding named `conv`, then a BatchNorm named `bn`, then `act`
+/// (the BatchNorm applying it).
 #[allow(clippy::too_many_arguments)]
 fn conv_bn(
     g: &mut Graph,
     x: TensorId,
-    conv: &str,
-    bn: &str,
+    [conv, bn]: [&str; 2],
     c_out: usize,
     kernel: usize,
     stride: usize,
     init: ConvInit,
-) -> Result<TensorId> {
-    layers::conv_bn(g, x, conv, bn, c_out, kernel, Conv2dConfig::new(stride, kernel / 2), init)
-}
-
-/// The same, then relu (the BatchNorm applying it).
-#[allow(clippy::too_many_arguments)]
-fn conv_bn_relu(
-    g: &mut Graph,
-    x: TensorId,
-    conv: &str,
-    bn: &str,
-    c_out: usize,
-    kernel: usize,
-    stride: usize,
-    init: ConvInit,
+    act: OutputActivation,
 ) -> Result<TensorId> {
     let cfg = Conv2dConfig::new(stride, kernel / 2);
-    layers::conv_bn_act(g, x, [conv, bn], c_out, kernel, cfg, init, OutputActivation::Relu)
+    layers::conv_bn_act(g, x, [conv, bn], c_out, kernel, cfg, init, act)
 }
 
 /// torchvision's stem: 7x7/2 conv, bn, relu, 3x3/2 max pool.
 pub fn stem(g: &mut Graph, images: TensorId) -> Result<TensorId> {
-    let x = conv_bn_relu(g, images, "conv1", "bn1", 64, 7, 2, ConvInit::KaimingFanOut)?;
+    let x = conv_bn(g, images, ["conv1", "bn1"], 64, 7, 2, ConvInit::KaimingFanOut, OutputActivation::Relu)?;
     g.maxpool2d(x, 3, 2, 1)
 }
 
@@ -67,7 +53,8 @@ pub fn head(g: &mut Graph, x: TensorId, classes: usize) -> Result<TensorId> {
 
 /// torchvision's projection shortcut `prefix.0` (1x1 conv, stride) and `prefix.1` (bn).
 fn downsample(g: &mut Graph, x: TensorId, prefix: &str, c_out: usize, stride: usize) -> Result<TensorId> {
-    conv_bn(g, x, &key(prefix, "0"), &key(prefix, "1"), c_out, 1, stride, ConvInit::KaimingFanOut)
+    let names = [&key(prefix, "0"), &key(prefix, "1")];
+    conv_bn(g, x, names.map(String::as_str), c_out, 1, stride, ConvInit::KaimingFanOut, OutputActivation::None)
 }
 
 /// torchvision's BasicBlock named `prefix`.
@@ -78,8 +65,9 @@ fn basic_block(g: &mut Graph, x: TensorId, prefix: &str, planes: usize, stride: 
         x
     };
     let init = ConvInit::KaimingFanOut;
-    let y = conv_bn_relu(g, x, &key(prefix, "conv1"), &key(prefix, "bn1"), planes, 3, stride, init)?;
-    let y = conv_bn(g, y, &key(prefix, "conv2"), &key(prefix, "bn2"), planes, 3, 1, init)?;
+    let y =
+        conv_bn(g, x, [&key(prefix, "conv1"), &key(prefix, "bn1")], planes, 3, stride, init, OutputActivation::Relu)?;
+    let y = conv_bn(g, y, [&key(prefix, "conv2"), &key(prefix, "bn2")], planes, 3, 1, init, OutputActivation::None)?;
     g.add_relu(y, identity)
 }
 
@@ -112,7 +100,7 @@ pub fn resnet18_stage(g: &mut Graph, x: TensorId, prefix: &str, planes: usize, s
     let kids_of_conv2 = g.modulate(conv2, Some(spatial), filter, 0, 2)?;
     let kid_of_conv3 = g.modulate(conv3, Some(spatial), filter, 2, 1)?[0];
 
-    let y = conv_bn_relu(g, x, &k("conv1"), &k("bn1"), planes, 3, stride, init)?;
+    let y = conv_bn(g, x, [&k("conv1"), &k("bn1")], planes, 3, stride, init, OutputActivation::Relu)?;
     let y = routed_child(g, y, kids_of_conv2[0], [&k("se.0.se"), &k("bns.0")], init, OutputActivation::None)?;
     let x = g.add_relu(y, identity)?;
 
@@ -148,9 +136,10 @@ fn bottleneck(g: &mut Graph, x: TensorId, prefix: &str, planes: usize, stride: u
         x
     };
     let init = ConvInit::KaimingFanOut;
-    let y = conv_bn_relu(g, x, &key(prefix, "conv1"), &key(prefix, "bn1"), planes, 1, 1, init)?;
-    let y = conv_bn_relu(g, y, &key(prefix, "conv2"), &key(prefix, "bn2"), planes, 3, stride, init)?;
-    let y = conv_bn(g, y, &key(prefix, "conv3"), &key(prefix, "bn3"), out, 1, 1, init)?;
+    let y = conv_bn(g, x, [&key(prefix, "conv1"), &key(prefix, "bn1")], planes, 1, 1, init, OutputActivation::Relu)?;
+    let y =
+        conv_bn(g, y, [&key(prefix, "conv2"), &key(prefix, "bn2")], planes, 3, stride, init, OutputActivation::Relu)?;
+    let y = conv_bn(g, y, [&key(prefix, "conv3"), &key(prefix, "bn3")], out, 1, 1, init, OutputActivation::None)?;
     g.add_relu(y, identity)
 }
 
@@ -163,13 +152,13 @@ fn kdna_bottleneck(g: &mut Graph, x: TensorId, prefix: &str, conv2: TensorId, st
     let init = ConvInit::TorchDefault;
     let k = |name: &str| key(prefix, name);
     let identity = if stride != 1 || g.shape(x)[1] != out {
-        conv_bn(g, x, &k("downsample.conv"), &k("downsample.bn"), out, 1, stride, init)?
+        conv_bn(g, x, [&k("downsample.conv"), &k("downsample.bn")], out, 1, stride, init, OutputActivation::None)?
     } else {
         x
     };
-    let y = conv_bn_relu(g, x, &k("layers.conv1"), &k("layers.bn1"), dim, 1, 1, init)?;
+    let y = conv_bn(g, x, [&k("layers.conv1"), &k("layers.bn1")], dim, 1, 1, init, OutputActivation::Relu)?;
     let y = conv_bn_with(g, y, conv2, stride, &k("layers.bn2"), OutputActivation::Relu)?;
-    let y = conv_bn(g, y, &k("layers.conv3"), &k("layers.bn3"), out, 1, 1, init)?;
+    let y = conv_bn(g, y, [&k("layers.conv3"), &k("layers.bn3")], out, 1, 1, init, OutputActivation::None)?;
     g.add_relu(y, identity)
 }
 
@@ -183,9 +172,9 @@ fn kid_bottleneck(g: &mut Graph, x: TensorId, prefix: &str, child: TensorId) -> 
     let dim = g.shape(child)[0];
     let init = ConvInit::TorchDefault;
     let k = |name: &str| key(prefix, name);
-    let y = conv_bn_relu(g, x, &k("half1.conv1"), &k("half1.bn1"), dim, 1, 1, init)?;
+    let y = conv_bn(g, x, [&k("half1.conv1"), &k("half1.bn1")], dim, 1, 1, init, OutputActivation::Relu)?;
     let y = routed_child(g, y, child, [&k("half1.se.se"), &k("half2.bn2")], init, OutputActivation::Relu)?;
-    let y = conv_bn(g, y, &k("half2.conv3"), &k("half2.bn3"), dim * 4, 1, 1, init)?;
+    let y = conv_bn(g, y, [&k("half2.conv3"), &k("half2.bn3")], dim * 4, 1, 1, init, OutputActivation::None)?;
     g.add_relu(y, x)
 }
 
