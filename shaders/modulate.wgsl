@@ -23,7 +23,8 @@ struct ModulateParams {
     live_taps: u32,
     // modulate_backward_3x3_serial: whether the parent's gradient adds to what is there.
     parent_accumulate: u32,
-    _pad1: u32,
+    // modulate_backward_3x3_serial_pair: where the second child's partial sums begin (pairs).
+    next_partials: u32,
     _pad2: u32,
 }
 
@@ -408,6 +409,62 @@ fn modulate_backward_3x3_serial(@builtin(global_invocation_id) gid: vec3<u32>, @
     store_attention(co, tap_sum);
 }
 
+// The same for two children, k and k + 1, of one parent in one pass (ResNet18's stages have
+// two children of one kernel): the parent's weights are loaded once for both, and its gradient
+// takes both children's terms, in child order, in one store. Every sum adds the terms the two
+// one-child passes add, in the same order. Child k + 1's dchild: binding 8; its partials from
+// pair p.next_partials on (src/ops/modulate.rs `next_partials`).
+@group(0) @binding(8) var<storage, read> bwd_next_dchildren4: array<vec4<f32>>;
+
+// Vec4 j of the block at e for both children (add_block_vec4's sums and term for each).
+fn add_pair_vec4(
+    sum: ptr<function, array<vec2<f32>, TAPS_3X3>>,
+    next_sum: ptr<function, array<vec2<f32>, TAPS_3X3>>,
+    e: u32,
+    j: u32,
+    s: vec4<f32>,
+    next_s: vec4<f32>,
+    f: vec2<f32>,
+) {
+    let at = e + j;
+    let w = bwd_parent4[at];
+    let d = bwd_dchildren4[at];
+    let next_d = bwd_next_dchildren4[at];
+    add_terms(sum, d, w, BLOCK_TAPS[j]);
+    add_terms(next_sum, next_d, w, BLOCK_TAPS[j]);
+    let term = d * s * f.x;
+    let first = select(term, bwd_parent_grad4[at] + term, p.parent_accumulate != 0u);
+    bwd_parent_grad4[at] = first + next_d * next_s * f.y;
+}
+
+@compute @workgroup_size(64)
+fn modulate_backward_3x3_serial_pair(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let co = flat_index(gid, nwg);
+    if (co >= p.c_out) { return; }
+    let k = p.first_child;
+    let s = spatial_block(k);
+    let next_s = spatial_block(k + 1u);
+    let f = vec2<f32>(1.0 + filter_attention[k * p.c_out + co], 1.0 + filter_attention[(k + 1u) * p.c_out + co]);
+    let blocks = p.fan / (4u * TAPS_3X3);
+    var tap_sum: array<vec2<f32>, TAPS_3X3>;
+    var next_sum: array<vec2<f32>, TAPS_3X3>;
+    for (var b = 0u; b < blocks; b++) {
+        let e = (co * blocks + b) * TAPS_3X3;
+        // Unrolled, so that every index into the sums is a constant.
+        add_pair_vec4(&tap_sum, &next_sum, e, 0u, s[0], next_s[0], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 1u, s[1], next_s[1], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 2u, s[2], next_s[2], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 3u, s[3], next_s[3], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 4u, s[4], next_s[4], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 5u, s[5], next_s[5], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 6u, s[6], next_s[6], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 7u, s[7], next_s[7], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 8u, s[8], next_s[8], f);
+    }
+    store_child_attention(k, co, tap_sum, 0u);
+    store_child_attention(k + 1u, co, next_sum, p.next_partials);
+}
+
 // Sums each tap's lane sums over the workgroup and stores output channel co's partials and
 // filter gradient. The nine taps share one tree (one barrier per level rather than per level
 // and tap; each tap's tree is workgroup_sum's). An unread tap's terms are all zero (its
@@ -433,10 +490,14 @@ fn finish_attention(co: u32, lane: u32, tap_sum: array<vec2<f32>, TAPS_3X3>) {
 
 // Stores output channel co's per-tap sums as its partials, and its filter gradient.
 fn store_attention(co: u32, totals: array<vec2<f32>, TAPS_3X3>) {
-    let k = p.first_child;
+    store_child_attention(p.first_child, co, totals, 0u);
+}
+
+// The same for child k, its partials from `first` on.
+fn store_child_attention(k: u32, co: u32, totals: array<vec2<f32>, TAPS_3X3>, first: u32) {
     var filter_sum = df(0.0);
     for (var t = 0u; t < TAPS_3X3; t++) {
-        tap_partials[co * TAPS_3X3 + t] = totals[t];
+        tap_partials[first + co * TAPS_3X3 + t] = totals[t];
         filter_sum = df_add(filter_sum, df_mul(totals[t], df(1.0 + spatial_attention[k * TAPS_3X3 + t])));
     }
     let at = k * p.c_out + co;

@@ -404,28 +404,35 @@ fn activate(activation: OutputActivation, v: f64) -> f64 {
 fn modulation_matches_reference() {
     // 3 input channels: 27 weights per output channel, one at a time; 4: 36, four at a time,
     // or (3x3 with a spatial attention) in blocks of 36, one or (8 channels) two per output
-    // channel, each channel's blocks summed by one invocation, or (516 channels, 129 blocks)
-    // by a workgroup. 3x3 kernels with a spatial attention take the fused attention gradient,
-    // 1x3 the general.
+    // channel, each channel's blocks summed by one invocation (two children to a pass), or
+    // (516 channels, 129 blocks) by a workgroup. 3x3 kernels with a spatial attention take the
+    // fused attention gradient, 1x3 the general. Children 1 and 2 of 3 attention rows (row 0
+    // left to another parent), or all three, the parent also read directly: a pair of children,
+    // then one, adding to the parent's gradient.
     let cases = [
-        (true, 3, 3),
-        (false, 3, 3),
-        (true, 4, 3),
-        (true, 8, 3),
-        (true, 516, 3),
-        (false, 4, 3),
-        (true, 4, 1),
-        (true, 3, 1),
+        (true, 3, 3, false),
+        (false, 3, 3, false),
+        (true, 4, 3, false),
+        (true, 8, 3, false),
+        (true, 8, 3, true),
+        (true, 516, 3, false),
+        (false, 4, 3, false),
+        (true, 4, 1, false),
+        (true, 3, 1, false),
     ];
-    for (has_spatial, c_in, kh) in cases {
+    for (has_spatial, c_in, kh, all_rows) in cases {
+        let (first_child, children) = if all_rows { (0, 3) } else { (1, 2) };
         let mut g = Graph::new();
         let parent = g.param("parent", &[5, c_in, kh, 3]).unwrap();
         let spatial = g.param("spatial", &[3, 1, 1, kh, 3]).unwrap();
         let filter = g.param("filter", &[3, 5, 1, 1, 1]).unwrap();
-        // Children 1 and 2 of 3 rows; row 0 is left to another parent.
-        let kids = g.modulate(parent, has_spatial.then_some(spatial), filter, 1, 2).unwrap();
-        // Sum the children into one root so backward starts from one tensor.
-        let root = g.add(kids[0], kids[1]).unwrap();
+        let kids = g.modulate(parent, has_spatial.then_some(spatial), filter, first_child, children).unwrap();
+        // Sum the children (and the parent, where it is read directly) into one root, so
+        // backward starts from one tensor.
+        let mut root = g.add(kids[0], kids[1]).unwrap();
+        for &t in kids[2..].iter().chain(all_rows.then_some(&parent)) {
+            root = g.add(root, t).unwrap();
+        }
         let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, root)).unwrap();
         let mut rng = rng(200);
         let pv = feed(&exe, &g, parent, &mut rng);
@@ -434,8 +441,8 @@ fn modulation_matches_reference() {
         let dy = seed_grad(&exe, &g, root, &mut rng);
         exe.run().unwrap();
         let m = Modulate {
-            first_child: 1,
-            children: 2,
+            first_child,
+            children,
             rows: 3,
             c_out: 5,
             fan: 3 * kh * c_in,
@@ -445,11 +452,15 @@ fn modulation_matches_reference() {
         };
         let sp = has_spatial.then_some(sv.as_slice());
         let want = r::modulate::forward(&m, &pv, sp, &fv);
-        assert_close("child 1", &read(&exe, kids[0]), &want[0], TOL);
-        assert_close("child 2", &read(&exe, kids[1]), &want[1], TOL);
-        let (dp, ds, df) = r::modulate::backward(&m, &pv, sp, &fv, &[dy.clone(), dy]);
+        for (c, kid) in kids.iter().enumerate() {
+            assert_close(&format!("child {}", first_child + c), &read(&exe, *kid), &want[c], TOL);
+        }
+        let (mut dp, ds, df) = r::modulate::backward(&m, &pv, sp, &fv, &vec![dy.clone(); children]);
+        if all_rows {
+            dp.iter_mut().zip(&dy).for_each(|(p, d)| *p += d);
+        }
         assert_close("dparent", &read_grad(&exe, parent), &dp, TOL);
-        assert_close("dfilter (row 0 untouched, so zero)", &read_grad(&exe, filter), &df, TOL);
+        assert_close("dfilter (a row no child uses stays zero)", &read_grad(&exe, filter), &df, TOL);
         if has_spatial {
             assert_close("dspatial", &read_grad(&exe, spatial), &ds, TOL);
         }

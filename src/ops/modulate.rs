@@ -57,7 +57,10 @@ struct ModulateParams {
     one: f32,
     live_taps: u32,
     parent_accumulate: u32,
-    _pad: [u32; 2],
+    /// `modulate_backward_3x3_serial_pair`: where the second child's partial sums begin, in
+    /// double-float pairs.
+    next_partials: u32,
+    _pad: u32,
 }
 
 impl Modulate {
@@ -74,7 +77,8 @@ impl Modulate {
             one: 1.0,
             live_taps: self.live(),
             parent_accumulate: 0,
-            _pad: [0; 2],
+            next_partials: (self.next_partials() / 2) as u32,
+            _pad: 0,
         }
     }
 
@@ -127,7 +131,9 @@ impl Modulate {
 
     /// Whether the fused attention gradient takes 36-weight blocks with one invocation per
     /// output channel: channels of at most SERIAL_MAX_BLOCKS blocks. The parent's gradient
-    /// then comes from the same pass (`modulate_backward_3x3_serial`) where it is wanted too.
+    /// then comes from the same pass (`modulate_backward_3x3_serial`) where it is wanted too,
+    /// two children to a pass where there are two or more (`_pair`: the parent loaded once,
+    /// its gradient stored once).
     fn serial_blocks(&self) -> bool {
         self.runs_blocks() && self.fan / (4 * TAPS_3X3) <= SERIAL_MAX_BLOCKS
     }
@@ -150,6 +156,17 @@ impl Modulate {
         gpu.dispatch("modulate", "modulate_backward_spatial_partials", &params, &buffers, [TAPS_3X3 as u32, 1, 1])
     }
 
+    /// Floats of one child's per-tap partial sums (double-float pairs).
+    fn partials_len(&self) -> usize {
+        self.c_out * TAPS_3X3 * 2
+    }
+
+    /// Where the second child's partial sums of a pair begin: past the first's, at an offset
+    /// every adapter can bind (256 bytes, WebGPU's largest storage offset alignment).
+    fn next_partials(&self) -> usize {
+        self.partials_len().next_multiple_of(64)
+    }
+
     fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         (0..self.children).map(|c| (c, self.first_child + c))
     }
@@ -161,8 +178,11 @@ impl Op for Modulate {
     }
 
     fn scratch(&self, backward: bool) -> Vec<usize> {
-        // Per-tap partial sums (double-float pairs) of the fused attention gradients.
-        if backward && self.fused_attention() { vec![self.c_out * TAPS_3X3 * 2] } else { Vec::new() }
+        // Per-tap partial sums (double-float pairs) of the fused attention gradients: of two
+        // children at once where the serial pass takes them in pairs.
+        let pairs = self.serial_blocks() && self.children > 1;
+        let len = if pairs { self.next_partials() + self.partials_len() } else { self.partials_len() };
+        if backward && self.fused_attention() { vec![len] } else { Vec::new() }
     }
 
     fn differentiable(&self, input: usize) -> bool {
@@ -217,22 +237,29 @@ impl Op for Modulate {
         if let (Some(dparent), Some(ds), Some(dfilter)) = (grads.inputs[0], grads.inputs[1], grads.inputs[2])
             && self.serial_blocks()
         {
-            // One pass over each child for all three gradients, then the spatial sums.
-            let partials = b.scratch[0];
-            for (c, k) in self.rows() {
-                let kernel = [parent, spatial, filter, grads.outputs[c], dfilter.slice, partials, dparent.slice];
+            // One pass over each pair of children (or the last child alone) for all three
+            // gradients, then each child's spatial sums.
+            let mut c = 0;
+            while c < self.children {
+                let pair = c + 1 < self.children;
+                let children = 1 + pair as usize;
+                // Binding 8 (read by the pair's kernel alone): the next child's dchild.
+                let next = grads.outputs[c + pair as usize];
+                let partials = b.scratch[0].range(0, (children - 1) * self.next_partials() + self.partials_len());
+                let kernel = [parent, spatial, filter, grads.outputs[c], dfilter.slice, &partials, dparent.slice, next];
                 // The parent's gradient sums over children: all but the first add.
                 let params = ModulateParams {
                     parent_accumulate: (dparent.accumulate || c > 0) as u32,
-                    ..self.params(k, dfilter.accumulate)
+                    ..self.params(self.first_child + c, dfilter.accumulate)
                 };
-                out.push(gpu.dispatch("modulate", "modulate_backward_3x3_serial", &params, &kernel, grid(self.c_out)));
-                out.push(self.spatial_sums(
-                    gpu,
-                    [parent, spatial, filter, grads.outputs[c], ds.slice, partials],
-                    k,
-                    ds,
-                ));
+                let entry = if pair { "modulate_backward_3x3_serial_pair" } else { "modulate_backward_3x3_serial" };
+                out.push(gpu.dispatch("modulate", entry, &params, &kernel, grid(self.c_out)));
+                for n in 0..children {
+                    let partials = b.scratch[0].range(n * self.next_partials(), self.partials_len());
+                    let buffers = [parent, spatial, filter, grads.outputs[c + n], ds.slice, &partials];
+                    out.push(self.spatial_sums(gpu, buffers, self.first_child + c + n, ds));
+                }
+                c += children;
             }
             return out;
         }
