@@ -62,16 +62,26 @@ fn activation_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
 @group(0) @binding(1) var<storage, read> fwd_x4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> fwd_y4: array<vec4<f32>>;
 
+// Relu or (any other kind) relu6 of four values, and where their gradients pass (relu: x > 0,
+// relu6: 0 < x < 6, as torch defines them at the kinks). The four-wide kernels take these two
+// kinds alone.
+fn rectified(x: vec4<f32>) -> vec4<f32> {
+    if (p.kind == RELU) { return max(x, vec4<f32>(0.0)); }
+    return clamp(x, vec4<f32>(0.0), vec4<f32>(6.0));
+}
+
+fn passes(x: vec4<f32>) -> vec4<bool> {
+    let zero = vec4<f32>(0.0);
+    if (p.kind == RELU) { return x > zero; }
+    return x > zero & x < vec4<f32>(6.0);
+}
+
 // relu and relu6 (sigmoid, on a router's few gates, stays scalar).
 @compute @workgroup_size(64)
 fn activation_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.len / 4u) { return; }
-    let x = fwd_x4[i];
-    switch p.kind {
-        case RELU: { fwd_y4[i] = max(x, vec4<f32>(0.0)); }
-        default: { fwd_y4[i] = clamp(x, vec4<f32>(0.0), vec4<f32>(6.0)); }
-    }
+    fwd_y4[i] = rectified(fwd_x4[i]);
 }
 
 @group(0) @binding(1) var<storage, read> bwd_x: array<f32>;
@@ -105,13 +115,7 @@ fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
 fn activation_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.len / 4u) { return; }
-    let x = bwd_x4[i];
-    let zero = vec4<f32>(0.0);
-    var dx: vec4<f32>;
-    switch p.kind {
-        case RELU: { dx = select(zero, bwd_dy4[i], x > zero); }
-        default: { dx = select(zero, bwd_dy4[i], x > zero & x < vec4<f32>(6.0)); }
-    }
+    var dx = select(vec4<f32>(0.0), bwd_dy4[i], passes(bwd_x4[i]));
     // dx is read only to add to it: software adapters pay for every access.
     if (p.accumulate != 0u) { dx = bwd_dx4[i] + dx; }
     bwd_dx4[i] = dx;
@@ -124,9 +128,7 @@ fn activation_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
 // y = a + b (residual connections), through relu or relu6 where `activated`: the values the
 // add and activation ops store one after the other.
 fn activated_sum(v: vec4<f32>) -> vec4<f32> {
-    if (p.activated == 0u) { return v; }
-    if (p.kind == RELU) { return max(v, vec4<f32>(0.0)); }
-    return clamp(v, vec4<f32>(0.0), vec4<f32>(6.0));
+    return select(v, rectified(v), p.activated != 0u);
 }
 
 @compute @workgroup_size(64)
@@ -158,19 +160,13 @@ fn add_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     add_y4[i] = activated_sum(add_a4[i] + add_b4[i]);
 }
 
-// The gradient of y = act(a + b) to both inputs: dy where y's activation passes it (relu: y > 0,
-// relu6: 0 < y < 6, the masks activation_backward takes from a + b), each added to what is
-// there where `accumulate` says (bit 0: da, bit 1: db).
+// The gradient of y = act(a + b) to both inputs: dy where y's activation passes it (`passes`
+// of y, the mask activation_backward takes from a + b), each added to what is there where
+// `accumulate` says (bit 0: da, bit 1: db).
 @group(0) @binding(1) var<storage, read> masked_y: array<f32>;
 @group(0) @binding(2) var<storage, read> masked_dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> masked_da: array<f32>;
 @group(0) @binding(4) var<storage, read_write> masked_db: array<f32>;
-
-fn passes(y: vec4<f32>) -> vec4<bool> {
-    let zero = vec4<f32>(0.0);
-    if (p.kind == RELU) { return y > zero; }
-    return y > zero & y < vec4<f32>(6.0);
-}
 
 @compute @workgroup_size(64)
 fn add_backward_masked(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -1,10 +1,10 @@
 //! Inference folding: an eval-only copy of a graph in which child kernels are constants
 //! computed once, every BatchNorm that only follows a conv or linear layer is folded into
 //! that layer's weight and bias, a residual add (with its relu) that only follows such a
-//! folded conv and an activation (relu, relu6, sigmoid) that only follows a conv or linear
-//! layer are applied as the layer stores its output, and a router's gate (`channel_scale`) whose only consumer is a
-//! GEMM conv is applied as that conv copies its input. Same outputs as eval mode, fewer
-//! dispatches.
+//! folded conv and an activation (relu, relu6, sigmoid: the BatchNorm's own, or one that only
+//! follows) are applied as the layer stores its output, and a router's gate (`channel_scale`)
+//! whose only consumer is a GEMM conv is applied as that conv copies its input. Same outputs
+//! as eval mode, fewer dispatches.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -164,10 +164,10 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
                     let fused = Fusion { gate, residual, activation };
                     (g.conv2d_fused(x, w_id, Some(b_id), conv.shape.cfg, fused)?, out)
                 }
+                None if bn.activation != OutputActivation::None => {
+                    (g.linear_fused(x, w_id, Some(b_id), bn.activation)?, bn_out)
+                }
                 None => match fusable_activation(bn_out) {
-                    _ if bn.activation != OutputActivation::None => {
-                        (g.linear_fused(x, w_id, Some(b_id), bn.activation)?, bn_out)
-                    }
                     Some((r, activation)) => {
                         absorbed[r] = true;
                         (g.linear_fused(x, w_id, Some(b_id), activation)?, graph.nodes[r].outputs[0])

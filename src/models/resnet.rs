@@ -53,8 +53,8 @@ pub fn head(g: &mut Graph, x: TensorId, classes: usize) -> Result<TensorId> {
 
 /// torchvision's projection shortcut `prefix.0` (1x1 conv, stride) and `prefix.1` (bn).
 fn downsample(g: &mut Graph, x: TensorId, prefix: &str, c_out: usize, stride: usize) -> Result<TensorId> {
-    let names = [&key(prefix, "0"), &key(prefix, "1")];
-    conv_bn(g, x, names.map(String::as_str), c_out, 1, stride, ConvInit::KaimingFanOut, OutputActivation::None)
+    let (conv, bn) = (key(prefix, "0"), key(prefix, "1"));
+    conv_bn(g, x, [&conv, &bn], c_out, 1, stride, ConvInit::KaimingFanOut, OutputActivation::None)
 }
 
 /// torchvision's BasicBlock named `prefix`.

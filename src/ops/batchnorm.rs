@@ -18,8 +18,8 @@ pub struct BatchNorm {
     pub spatial: usize,
     pub eps: f32,
     pub momentum: f32,
-    /// None, relu or relu6, applied as the output is stored; its gradient is masked by the
-    /// output (y > 0 exactly where the normalised value is, and y < 6 likewise).
+    /// None, relu or relu6, applied as the output is stored; the backward kernels mask dy by
+    /// normalising x again exactly as the forward pass did (norm.wgsl `normalised`).
     pub activation: OutputActivation,
 }
 

@@ -239,8 +239,7 @@ impl Op for Modulate {
         {
             // One pass over each pair of children (or the last child alone) for all three
             // gradients, then each child's spatial sums.
-            let mut c = 0;
-            while c < self.children {
+            for c in (0..self.children).step_by(2) {
                 let pair = c + 1 < self.children;
                 let children = 1 + pair as usize;
                 // Binding 8 (read by the pair's kernel alone): the next child's dchild.
@@ -259,7 +258,6 @@ impl Op for Modulate {
                     let buffers = [parent, spatial, filter, grads.outputs[c + n], ds.slice, &partials];
                     out.push(self.spatial_sums(gpu, buffers, self.first_child + c + n, ds));
                 }
-                c += children;
             }
             return out;
         }
