@@ -5,7 +5,9 @@
 // storage access, so there each invocation slides a window of the kernel's inputs along rows
 // of one channel (the forward pass, stride-1 input gradients, the weight gradient), loading
 // each input about once per kernel row rather than once per tap. The forward pass and the input
-// gradient sum the same terms in the same order in both.
+// gradient sum the same terms in the same order in both, each term an explicit fma: a driver
+// may fuse `acc += w * x` in one kernel and not in another, and NVIDIA's did, which made the
+// families' results differ in their last bits.
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
 
@@ -51,8 +53,8 @@ fn depthwise_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
             let ixa = x0a + i32(kx);
             let ixb = x0b + i32(kx);
             let w = fwd_w[(c * p.kernel_h + ky) * p.kernel_w + kx];
-            acc_a += w * gather_fwd_x(rowa + vec4<u32>(clamp(ixa, zero, wi)), iya >= zero & iya <= hi & ixa >= zero & ixa <= wi);
-            acc_b += w * gather_fwd_x(rowb + vec4<u32>(clamp(ixb, zero, wi)), iyb >= zero & iyb <= hi & ixb >= zero & ixb <= wi);
+            acc_a = fma(vec4<f32>(w), gather_fwd_x(rowa + vec4<u32>(clamp(ixa, zero, wi)), iya >= zero & iya <= hi & ixa >= zero & ixa <= wi), acc_a);
+            acc_b = fma(vec4<f32>(w), gather_fwd_x(rowb + vec4<u32>(clamp(ixb, zero, wi)), iyb >= zero & iyb <= hi & ixb >= zero & ixb <= wi), acc_b);
         }
     }
     let bias = select(0.0, fwd_bias[c], p.has_bias != 0u);
@@ -141,7 +143,7 @@ fn depthwise_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
                 let a = select(ja, p.kernel_h - 1u - ja, p.flip != 0u);
                 for (var jb = 0u; jb < p.kernel_w; jb++) {
                     let t = a * MAX_KERNEL + select(jb, p.kernel_w - 1u - jb, p.flip != 0u);
-                    acc += k[t] * window[t];
+                    acc = fma(k[t], window[t], acc);
                 }
             }
             // Read the output only to add to it (each access costs software adapters a loop).
@@ -232,13 +234,13 @@ fn depthwise_rows_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
             let c2 = window.c2;
             var acc = 0.0;
             if (flip) {
-                acc += w0 * c2.z; acc += w1 * c1.z; acc += w2 * c0.z;
-                acc += w3 * c2.y; acc += w4 * c1.y; acc += w5 * c0.y;
-                acc += w6 * c2.x; acc += w7 * c1.x; acc += w8 * c0.x;
+                acc = fma(w0, c2.z, acc); acc = fma(w1, c1.z, acc); acc = fma(w2, c0.z, acc);
+                acc = fma(w3, c2.y, acc); acc = fma(w4, c1.y, acc); acc = fma(w5, c0.y, acc);
+                acc = fma(w6, c2.x, acc); acc = fma(w7, c1.x, acc); acc = fma(w8, c0.x, acc);
             } else {
-                acc += w0 * c0.x; acc += w1 * c1.x; acc += w2 * c2.x;
-                acc += w3 * c0.y; acc += w4 * c1.y; acc += w5 * c2.y;
-                acc += w6 * c0.z; acc += w7 * c1.z; acc += w8 * c2.z;
+                acc = fma(w0, c0.x, acc); acc = fma(w1, c1.x, acc); acc = fma(w2, c2.x, acc);
+                acc = fma(w3, c0.y, acc); acc = fma(w4, c1.y, acc); acc = fma(w5, c2.y, acc);
+                acc = fma(w6, c0.z, acc); acc = fma(w7, c1.z, acc); acc = fma(w8, c2.z, acc);
             }
             // Read the output only to add to it (each access costs software adapters a loop).
             let at = out_row + ox;
@@ -319,8 +321,8 @@ fn depthwise_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
             let oxa = divide_by_stride(sxa, p.stride_w);
             let oxb = divide_by_stride(sxb, p.stride_w);
             let w = bin_w[(c * p.kernel_h + ky) * p.kernel_w + kx];
-            acc_a += w * gather_bin_dy(rowa + vec4<u32>(clamp(oxa.q, zero, ow - 1)), ya_hit & sxa >= zero & oxa.exact & oxa.q < ow);
-            acc_b += w * gather_bin_dy(rowb + vec4<u32>(clamp(oxb.q, zero, ow - 1)), yb_hit & sxb >= zero & oxb.exact & oxb.q < ow);
+            acc_a = fma(vec4<f32>(w), gather_bin_dy(rowa + vec4<u32>(clamp(oxa.q, zero, ow - 1)), ya_hit & sxa >= zero & oxa.exact & oxa.q < ow), acc_a);
+            acc_b = fma(vec4<f32>(w), gather_bin_dy(rowb + vec4<u32>(clamp(oxb.q, zero, ow - 1)), yb_hit & sxb >= zero & oxb.exact & oxb.q < ow), acc_b);
         }
     }
     let out = plane * pixels + pt * PIXELS;
@@ -382,24 +384,24 @@ fn depthwise_backward_input_s2(@builtin(global_invocation_id) gid: vec3<u32>, @b
             if (more && b_ok) { b_next = bin_dy[b_row + m + 1u]; }
             // dx column 2m: kernel column 1.
             var even = 0.0;
-            if (t_ok) { even += w1 * t_cur; }
-            if (m_ok) { even += w4 * m_cur; }
-            if (b_ok) { even += w7 * b_cur; }
+            if (t_ok) { even = fma(w1, t_cur, even); }
+            if (m_ok) { even = fma(w4, m_cur, even); }
+            if (b_ok) { even = fma(w7, b_cur, even); }
             store_input_gradient(dx_row + 2u * m, even);
             // dx column 2m + 1: kernel columns 0 (dy column m + 1) and 2 (dy column m).
             if (2u * m + 1u < p.w) {
                 var odd_sum = 0.0;
                 if (t_ok) {
-                    if (more) { odd_sum += w0 * t_next; }
-                    odd_sum += w2 * t_cur;
+                    if (more) { odd_sum = fma(w0, t_next, odd_sum); }
+                    odd_sum = fma(w2, t_cur, odd_sum);
                 }
                 if (m_ok) {
-                    if (more) { odd_sum += w3 * m_next; }
-                    odd_sum += w5 * m_cur;
+                    if (more) { odd_sum = fma(w3, m_next, odd_sum); }
+                    odd_sum = fma(w5, m_cur, odd_sum);
                 }
                 if (b_ok) {
-                    if (more) { odd_sum += w6 * b_next; }
-                    odd_sum += w8 * b_cur;
+                    if (more) { odd_sum = fma(w6, b_next, odd_sum); }
+                    odd_sum = fma(w8, b_cur, odd_sum);
                 }
                 store_input_gradient(dx_row + 2u * m + 1u, odd_sum);
             }
@@ -459,7 +461,7 @@ fn depthwise_weight_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
             for (var ky = 0u; ky < p.kernel_h; ky++) {
                 for (var kx = 0u; kx < p.kernel_w; kx++) {
                     let t = ky * MAX_KERNEL + kx;
-                    sums[t] += d * window[t];
+                    sums[t] = fma(d, window[t], sums[t]);
                 }
             }
         }
@@ -513,9 +515,9 @@ fn depthwise_weight_rows_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @bui
             let c1 = window.c1;
             let c2 = window.c2;
             let d = bw_dy[dy_row + ox];
-            s0_0 += d * c0.x; s0_1 += d * c1.x; s0_2 += d * c2.x;
-            s1_0 += d * c0.y; s1_1 += d * c1.y; s1_2 += d * c2.y;
-            s2_0 += d * c0.z; s2_1 += d * c1.z; s2_2 += d * c2.z;
+            s0_0 = fma(d, c0.x, s0_0); s0_1 = fma(d, c1.x, s0_1); s0_2 = fma(d, c2.x, s0_2);
+            s1_0 = fma(d, c0.y, s1_0); s1_1 = fma(d, c1.y, s1_1); s1_2 = fma(d, c2.y, s1_2);
+            s2_0 = fma(d, c0.z, s2_0); s2_1 = fma(d, c1.z, s2_1); s2_2 = fma(d, c2.z, s2_2);
         }
         oy += 1u;
         if (oy == p.out_h) {
@@ -561,7 +563,7 @@ fn depthwise_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
         let ix = i32(ox * p.stride_w) + kx;
         if (iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
             let plane = n * p.c_in + c;
-            sum += bw_dy[(plane * p.out_h + oy) * p.out_w + ox] * bw_x[(plane * p.h + u32(iy)) * p.w + u32(ix)];
+            sum = fma(bw_dy[(plane * p.out_h + oy) * p.out_w + ox], bw_x[(plane * p.h + u32(iy)) * p.w + u32(ix)], sum);
         }
         ox += step_x;
         if (ox >= p.out_w) {

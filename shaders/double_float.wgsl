@@ -5,22 +5,27 @@
 // A value is vec2(hi, lo) with |lo| <= ulp(hi) / 2. Error-free transformations (Knuth's
 // two-sum, Dekker's two-product), as in the QD library.
 
-// Shader compilers may simplify (a + b) - a to b, which erases the rounding error these
-// transformations exist to capture. Multiplying by a uniform the compiler cannot see is 1.0
-// keeps each rounded result as computed.
+// Shader compilers may simplify (a + b) - a to b, regroup sums or factor a common multiplier
+// out of x * c - y * c, which erases the rounding errors these transformations exist to
+// capture, and WGSL cannot mark an operation exact. `opaque` passes a rounded result through
+// an integer operation the compiler cannot see is a no-op (an exclusive or with bits of a
+// uniform that cancel), so no floating-point rule reaches across it; every intermediate whose
+// rounding matters goes through it. (A multiply by a uniform 1.0 does not suffice: NVIDIA's
+// compiler saw through it, and so did lavapipe's once both operands of a difference had it.)
 fn opaque(x: f32) -> f32 {
-    return x * p.one;
+    return bitcast<f32>(bitcast<u32>(x) ^ (bitcast<u32>(p.one) ^ 0x3f800000u));
 }
 
 fn two_sum(a: f32, b: f32) -> vec2<f32> {
     let s = opaque(a + b);
-    let bb = s - a;
-    return vec2<f32>(s, (a - (s - bb)) + (b - bb));
+    let bb = opaque(s - a);
+    let a_err = opaque(a - opaque(s - bb));
+    return vec2<f32>(s, a_err + opaque(b - bb));
 }
 
 fn quick_two_sum(a: f32, b: f32) -> vec2<f32> {
     let s = opaque(a + b);
-    return vec2<f32>(s, b - (s - a));
+    return vec2<f32>(s, b - opaque(s - a));
 }
 
 fn df_add(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {

@@ -35,7 +35,7 @@ struct NormParams {
     accumulate_weight: u32,
     accumulate_bias: u32,
     accumulate_input: u32,
-    /// Always 1.0: norm.wgsl multiplies by it to keep error-free transformations intact.
+    /// Always 1.0: `opaque` (shaders/double_float.wgsl) cancels its bits, unseen by compilers.
     one: f32,
     chunks: u32,
     chunk_len: u32,
