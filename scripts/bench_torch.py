@@ -7,6 +7,9 @@ device sync per iteration.
 
     python3 scripts/bench_torch.py --device cuda --batch-size 128 --res 224 --kdna-json kdna.jsonl
 
+On CUDA, PyTorch runs convolutions in TF32 by default; `--fp32` turns that off (as
+`NVIDIA_TF32_OVERRIDE=0` does), so both sides compute in float32 as kdna does.
+
 `--kdna-json` takes the JSON lines that `kdna bench --latency --train --json` printed (one per
 configuration) and adds the ratios: kdna eval img/s / PyTorch's, PyTorch step time / kdna's (above 1:
 kdna is faster).
@@ -81,6 +84,7 @@ def bench(arch, baseline, args, device):
         "batch": args.batch_size,
         "res": args.res,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+        "tf32": device.type == "cuda" and torch.backends.cudnn.allow_tf32,
         "eval_img_s": statistics.mean(throughputs),
         "eval_img_s_std": statistics.pstdev(throughputs),
         "train_step_s": statistics.mean(train_times),
@@ -98,8 +102,12 @@ def main():
     parser.add_argument("--iter", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--kdna-json", type=Path, help="JSON lines from `kdna bench --latency --train --json`")
+    parser.add_argument("--fp32", action="store_true", help="no TF32 on CUDA (PyTorch's default uses it for convs)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.fp32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
     ours = {}
     if args.kdna_json:
