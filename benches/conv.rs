@@ -26,6 +26,7 @@ fn main() {
     }
     // (name, batch, c_in, c_out, size, kernel, stride, groups)
     let layers = [
+        ("resnet stem 7x7 3->64 64x64 s2", 16, 3, 64, 64, 7, 2, 1),
         ("resnet 3x3 64->64 16x16", 16, 64, 64, 16, 3, 1, 1),
         ("resnet 3x3 128->128 8x8", 16, 128, 128, 8, 3, 1, 1),
         ("resnet 3x3 64->128 16x16 s2", 16, 64, 128, 16, 3, 2, 1),
