@@ -10,8 +10,9 @@
 // capture, and WGSL cannot mark an operation exact. `opaque` passes a rounded result through
 // an integer operation the compiler cannot see is a no-op (an exclusive or with bits of a
 // uniform that cancel), so no floating-point rule reaches across it; every intermediate whose
-// rounding matters goes through it. (A multiply by a uniform 1.0 does not suffice: NVIDIA's
-// compiler saw through it, and so did lavapipe's once both operands of a difference had it.)
+// rounding matters goes through it. (Multiplying by a uniform 1.0 did not suffice: with it,
+// NVIDIA's compiler lost the precision these sums exist for, and lavapipe's did too once both
+// operands of a difference were multiplied.)
 fn opaque(x: f32) -> f32 {
     return bitcast<f32>(bitcast<u32>(x) ^ (bitcast<u32>(p.one) ^ 0x3f800000u));
 }
