@@ -17,6 +17,10 @@ fn opaque(x: f32) -> f32 {
     return bitcast<f32>(bitcast<u32>(x) ^ (bitcast<u32>(p.one) ^ 0x3f800000u));
 }
 
+fn opaque4(x: vec4<f32>) -> vec4<f32> {
+    return bitcast<vec4<f32>>(bitcast<vec4<u32>>(x) ^ vec4<u32>(bitcast<u32>(p.one) ^ 0x3f800000u));
+}
+
 fn two_sum(a: f32, b: f32) -> vec2<f32> {
     let s = opaque(a + b);
     let bb = opaque(s - a);

@@ -349,7 +349,7 @@ fn normalised(x: f32, s: ApplyStats) -> f32 {
 }
 
 fn normalised4(x: vec4<f32>, s: ApplyStats) -> vec4<f32> {
-    return (((x - s.mean.x) - s.mean.y) * s.scale) * p.one + s.bias;
+    return opaque4(((x - s.mean.x) - s.mean.y) * s.scale) + s.bias;
 }
 
 // Invocations: every element run.
@@ -567,10 +567,9 @@ fn backward_finish(c: u32, sum_dy: vec2<f32>, sum_dy_c: vec2<f32>) {
 
 @group(0) @binding(1) var<storage, read> bi_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bi_dy: array<f32>;
-@group(0) @binding(3) var<storage, read> bi_weight: array<f32>;
-@group(0) @binding(4) var<storage, read> bi_saved: array<f32>;
-@group(0) @binding(5) var<storage, read> bi_sums: array<f32>;
-@group(0) @binding(6) var<storage, read_write> bi_dx: array<f32>;
+@group(0) @binding(3) var<storage, read> bi_saved: array<f32>;
+@group(0) @binding(4) var<storage, read> bi_sums: array<f32>;
+@group(0) @binding(5) var<storage, read_write> bi_dx: array<f32>;
 
 // Train: dx = weight * invstd * ((dy - mean(dy)) - (x - mean) * beta), in double-float.
 // Eval (statistics are constants): dx = weight * invstd * dy. Invocations: every element run.
@@ -588,14 +587,13 @@ fn batchnorm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
             g = through_activation(g, x, applied);
             if (p.training != 0u) { g = centred_gradient(x, g, s); }
         }
-        bi_dx[i] = accumulated(bi_dx[i], s.scale * g, p.accumulate_input);
+        bi_dx[i] = accumulated(bi_dx[i], applied.scale * g, p.accumulate_input);
     }
 }
 
-// What the input gradient needs of channel c: weight * invstd, and (double-float) the mean,
-// mean(dy) and beta.
+// What the train-mode input gradient needs of channel c besides apply's statistics, in
+// double-float: the mean, mean(dy) and beta.
 struct InputGradientStats {
-    scale: f32,
     mean: vec2<f32>,
     mean_dy: vec2<f32>,
     beta: vec2<f32>,
@@ -610,7 +608,6 @@ fn input_apply_stats(c: u32) -> ApplyStats {
 fn input_gradient_stats(c: u32) -> InputGradientStats {
     let ch = p.channels;
     return InputGradientStats(
-        bi_weight[c] * bi_saved[ch + c],
         vec2<f32>(bi_saved[c], bi_saved[2u * ch + c]),
         vec2<f32>(bi_sums[c], bi_sums[ch + c]),
         vec2<f32>(bi_sums[2u * ch + c], bi_sums[3u * ch + c]),
@@ -626,7 +623,7 @@ fn centred_gradient(x: f32, dy: f32, s: InputGradientStats) -> f32 {
 
 @group(0) @binding(1) var<storage, read> bi_x4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> bi_dy4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> bi_dx4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> bi_dx4: array<vec4<f32>>;
 
 // batchnorm_backward_input on vec4 views, as batchnorm_apply_quads.
 @compute @workgroup_size(64)
@@ -648,7 +645,7 @@ fn batchnorm_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>,
                 );
             }
         }
-        var v = s.scale * g;
+        var v = applied.scale * g;
         if (p.accumulate_input != 0u) { v = bi_dx4[i] + v; }
         bi_dx4[i] = v;
     }

@@ -189,7 +189,7 @@ impl Op for BatchNorm {
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, mode: Mode) -> Vec<Dispatch> {
-        let (x, weight) = (b.inputs[0], b.inputs[1]);
+        let x = b.inputs[0];
         let (saved, sums, partials) = (b.scratch[0], b.scratch[1], b.scratch[2]);
         let dy = grads.outputs[0];
         let mut params = self.params(mode);
@@ -226,7 +226,7 @@ impl Op for BatchNorm {
                 "norm",
                 self.elementwise("batchnorm_backward_input", "batchnorm_backward_input_quads"),
                 &params,
-                &[x, dy, weight, saved, sums, dx.slice],
+                &[x, dy, saved, sums, dx.slice],
                 grid(self.element_runs()),
             ));
         }
