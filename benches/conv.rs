@@ -57,8 +57,14 @@ fn main() {
 
 /// GFLOP/s of the forward, input-gradient and weight-gradient kernels.
 fn bench_layer(gpu: &Gpu, shape: Conv2dShape, quick: bool) -> [f64; 3] {
-    let op =
-        Conv2d { shape, has_bias: false, has_residual: false, has_gate: false, activation: OutputActivation::None };
+    let op = Conv2d {
+        shape,
+        has_bias: false,
+        has_residual: false,
+        has_gate: false,
+        activation: OutputActivation::None,
+        child: None,
+    };
     let numel = |s: &[usize]| s.iter().product::<usize>();
     let x = gpu.upload("x", &vec![0.5f32; numel(&[shape.batch, shape.c_in, shape.h, shape.w])]);
     let w = gpu.upload("w", &vec![0.25f32; numel(&shape.weight())]);

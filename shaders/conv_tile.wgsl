@@ -119,6 +119,10 @@ struct TileParams {
     // gradient's packing.
     tap_rows: array<vec4<u32>, 3>,
     back_tap_rows: array<vec4<u32>, 3>,
+    // pack_weight_forward_quads: nonzero where the weight bound is a KernelDNA parent and the
+    // packing is of its child `child_row` (see child_spatial).
+    child_modulated: u32,
+    child_row: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: TileParams;
@@ -434,6 +438,34 @@ fn weight_vec4(co: u32, iq: u32, j: u32) -> vec4<f32> {
     return copy_src4[(co * (p.weight_in / 4u) + iq) * 9u + j];
 }
 
+// A KernelDNA child packed straight from its parent (binding 1; `child_modulated`), so that
+// its kernel is never stored on its own: child `child_row`'s attentions, torch's shapes
+// ([R, 1, 1, 3, 3] and [R, C_out, 1, 1, 1]). The products are modulate_forward_3x3's,
+// rounded the same way: (parent * spatial factor) * filter factor.
+@group(0) @binding(5) var<storage, read> pack_spatial_attention: array<f32>;
+@group(0) @binding(6) var<storage, read> pack_filter_attention: array<f32>;
+
+// The child's nine spatial factors (1 + attention), tap by tap; ones for a plain weight.
+fn child_spatial_factors() -> array<f32, 9> {
+    var s = array<f32, 9>(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0);
+    if (p.child_modulated != 0u) {
+        for (var t = 0u; t < 9u; t++) { s[t] = 1.0 + pack_spatial_attention[p.child_row * 9u + t]; }
+    }
+    return s;
+}
+
+// The filter factor (1 + attention) of output channel co; one for a plain weight.
+fn child_filter_factor(co: u32) -> f32 {
+    if (p.child_modulated == 0u || co >= p.weight_out) { return 1.0; }
+    return 1.0 + pack_filter_attention[p.child_row * p.weight_out + co];
+}
+
+// A weight vec4 of a child, its components' taps' spatial factors `s` and its output
+// channel's filter factor `f` applied; a plain weight's as loaded.
+fn child_vec4(w: vec4<f32>, s: vec4<f32>, f: f32) -> vec4<f32> {
+    return select(w, w * s * f, p.child_modulated != 0u);
+}
+
 // Stores v in lane `lane`'s row of weight tap t from `base`, where the pass reads tap t.
 fn store_packed_tap(base: u32, lane: u32, t: u32, v: vec4<f32>) {
     let rows = p.tap_rows[t / 4u][t % 4u];
@@ -473,43 +505,49 @@ fn pack_weight_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     let iq = i / out_quads;
     let co = 4u * cq;
     let base = packed_quad_base(p.tile, weight_blocks(), p.in_quads, cq, iq);
-    // Lane k's tap t is float 9 k + t of each output channel's 36.
-    let wa0 = weight_vec4(co + 0u, iq, 0u);
-    let wa1 = weight_vec4(co + 0u, iq, 1u);
-    let wa2 = weight_vec4(co + 0u, iq, 2u);
-    let wa3 = weight_vec4(co + 0u, iq, 3u);
-    let wa4 = weight_vec4(co + 0u, iq, 4u);
-    let wa5 = weight_vec4(co + 0u, iq, 5u);
-    let wa6 = weight_vec4(co + 0u, iq, 6u);
-    let wa7 = weight_vec4(co + 0u, iq, 7u);
-    let wa8 = weight_vec4(co + 0u, iq, 8u);
-    let wb0 = weight_vec4(co + 1u, iq, 0u);
-    let wb1 = weight_vec4(co + 1u, iq, 1u);
-    let wb2 = weight_vec4(co + 1u, iq, 2u);
-    let wb3 = weight_vec4(co + 1u, iq, 3u);
-    let wb4 = weight_vec4(co + 1u, iq, 4u);
-    let wb5 = weight_vec4(co + 1u, iq, 5u);
-    let wb6 = weight_vec4(co + 1u, iq, 6u);
-    let wb7 = weight_vec4(co + 1u, iq, 7u);
-    let wb8 = weight_vec4(co + 1u, iq, 8u);
-    let wc0 = weight_vec4(co + 2u, iq, 0u);
-    let wc1 = weight_vec4(co + 2u, iq, 1u);
-    let wc2 = weight_vec4(co + 2u, iq, 2u);
-    let wc3 = weight_vec4(co + 2u, iq, 3u);
-    let wc4 = weight_vec4(co + 2u, iq, 4u);
-    let wc5 = weight_vec4(co + 2u, iq, 5u);
-    let wc6 = weight_vec4(co + 2u, iq, 6u);
-    let wc7 = weight_vec4(co + 2u, iq, 7u);
-    let wc8 = weight_vec4(co + 2u, iq, 8u);
-    let wd0 = weight_vec4(co + 3u, iq, 0u);
-    let wd1 = weight_vec4(co + 3u, iq, 1u);
-    let wd2 = weight_vec4(co + 3u, iq, 2u);
-    let wd3 = weight_vec4(co + 3u, iq, 3u);
-    let wd4 = weight_vec4(co + 3u, iq, 4u);
-    let wd5 = weight_vec4(co + 3u, iq, 5u);
-    let wd6 = weight_vec4(co + 3u, iq, 6u);
-    let wd7 = weight_vec4(co + 3u, iq, 7u);
-    let wd8 = weight_vec4(co + 3u, iq, 8u);
+    // Lane k's tap t is float 9 k + t of each output channel's 36: component l of vec4 j is
+    // tap (4 j + l) % 9. A child's factors load once for all of them.
+    let s = child_spatial_factors();
+    let fa = child_filter_factor(co + 0u);
+    let fb = child_filter_factor(co + 1u);
+    let fc = child_filter_factor(co + 2u);
+    let fd = child_filter_factor(co + 3u);
+    let wa0 = child_vec4(weight_vec4(co + 0u, iq, 0u), vec4<f32>(s[0], s[1], s[2], s[3]), fa);
+    let wa1 = child_vec4(weight_vec4(co + 0u, iq, 1u), vec4<f32>(s[4], s[5], s[6], s[7]), fa);
+    let wa2 = child_vec4(weight_vec4(co + 0u, iq, 2u), vec4<f32>(s[8], s[0], s[1], s[2]), fa);
+    let wa3 = child_vec4(weight_vec4(co + 0u, iq, 3u), vec4<f32>(s[3], s[4], s[5], s[6]), fa);
+    let wa4 = child_vec4(weight_vec4(co + 0u, iq, 4u), vec4<f32>(s[7], s[8], s[0], s[1]), fa);
+    let wa5 = child_vec4(weight_vec4(co + 0u, iq, 5u), vec4<f32>(s[2], s[3], s[4], s[5]), fa);
+    let wa6 = child_vec4(weight_vec4(co + 0u, iq, 6u), vec4<f32>(s[6], s[7], s[8], s[0]), fa);
+    let wa7 = child_vec4(weight_vec4(co + 0u, iq, 7u), vec4<f32>(s[1], s[2], s[3], s[4]), fa);
+    let wa8 = child_vec4(weight_vec4(co + 0u, iq, 8u), vec4<f32>(s[5], s[6], s[7], s[8]), fa);
+    let wb0 = child_vec4(weight_vec4(co + 1u, iq, 0u), vec4<f32>(s[0], s[1], s[2], s[3]), fb);
+    let wb1 = child_vec4(weight_vec4(co + 1u, iq, 1u), vec4<f32>(s[4], s[5], s[6], s[7]), fb);
+    let wb2 = child_vec4(weight_vec4(co + 1u, iq, 2u), vec4<f32>(s[8], s[0], s[1], s[2]), fb);
+    let wb3 = child_vec4(weight_vec4(co + 1u, iq, 3u), vec4<f32>(s[3], s[4], s[5], s[6]), fb);
+    let wb4 = child_vec4(weight_vec4(co + 1u, iq, 4u), vec4<f32>(s[7], s[8], s[0], s[1]), fb);
+    let wb5 = child_vec4(weight_vec4(co + 1u, iq, 5u), vec4<f32>(s[2], s[3], s[4], s[5]), fb);
+    let wb6 = child_vec4(weight_vec4(co + 1u, iq, 6u), vec4<f32>(s[6], s[7], s[8], s[0]), fb);
+    let wb7 = child_vec4(weight_vec4(co + 1u, iq, 7u), vec4<f32>(s[1], s[2], s[3], s[4]), fb);
+    let wb8 = child_vec4(weight_vec4(co + 1u, iq, 8u), vec4<f32>(s[5], s[6], s[7], s[8]), fb);
+    let wc0 = child_vec4(weight_vec4(co + 2u, iq, 0u), vec4<f32>(s[0], s[1], s[2], s[3]), fc);
+    let wc1 = child_vec4(weight_vec4(co + 2u, iq, 1u), vec4<f32>(s[4], s[5], s[6], s[7]), fc);
+    let wc2 = child_vec4(weight_vec4(co + 2u, iq, 2u), vec4<f32>(s[8], s[0], s[1], s[2]), fc);
+    let wc3 = child_vec4(weight_vec4(co + 2u, iq, 3u), vec4<f32>(s[3], s[4], s[5], s[6]), fc);
+    let wc4 = child_vec4(weight_vec4(co + 2u, iq, 4u), vec4<f32>(s[7], s[8], s[0], s[1]), fc);
+    let wc5 = child_vec4(weight_vec4(co + 2u, iq, 5u), vec4<f32>(s[2], s[3], s[4], s[5]), fc);
+    let wc6 = child_vec4(weight_vec4(co + 2u, iq, 6u), vec4<f32>(s[6], s[7], s[8], s[0]), fc);
+    let wc7 = child_vec4(weight_vec4(co + 2u, iq, 7u), vec4<f32>(s[1], s[2], s[3], s[4]), fc);
+    let wc8 = child_vec4(weight_vec4(co + 2u, iq, 8u), vec4<f32>(s[5], s[6], s[7], s[8]), fc);
+    let wd0 = child_vec4(weight_vec4(co + 3u, iq, 0u), vec4<f32>(s[0], s[1], s[2], s[3]), fd);
+    let wd1 = child_vec4(weight_vec4(co + 3u, iq, 1u), vec4<f32>(s[4], s[5], s[6], s[7]), fd);
+    let wd2 = child_vec4(weight_vec4(co + 3u, iq, 2u), vec4<f32>(s[8], s[0], s[1], s[2]), fd);
+    let wd3 = child_vec4(weight_vec4(co + 3u, iq, 3u), vec4<f32>(s[3], s[4], s[5], s[6]), fd);
+    let wd4 = child_vec4(weight_vec4(co + 3u, iq, 4u), vec4<f32>(s[7], s[8], s[0], s[1]), fd);
+    let wd5 = child_vec4(weight_vec4(co + 3u, iq, 5u), vec4<f32>(s[2], s[3], s[4], s[5]), fd);
+    let wd6 = child_vec4(weight_vec4(co + 3u, iq, 6u), vec4<f32>(s[6], s[7], s[8], s[0]), fd);
+    let wd7 = child_vec4(weight_vec4(co + 3u, iq, 7u), vec4<f32>(s[1], s[2], s[3], s[4]), fd);
+    let wd8 = child_vec4(weight_vec4(co + 3u, iq, 8u), vec4<f32>(s[5], s[6], s[7], s[8]), fd);
     store_packed_tap(base, 0u, 0u, vec4<f32>(wa0.x, wb0.x, wc0.x, wd0.x));
     store_packed_tap(base, 1u, 0u, vec4<f32>(wa2.y, wb2.y, wc2.y, wd2.y));
     store_packed_tap(base, 2u, 0u, vec4<f32>(wa4.z, wb4.z, wc4.z, wd4.z));

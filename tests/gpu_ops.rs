@@ -361,7 +361,7 @@ fn conv_weight_paths_agree_bit_for_bit() {
             let dx = gpu.upload("dx", &dx_start);
             let dw = gpu.storage("dw", numel(&shape.weight()));
             let fusion = Fusion { gate: None, residual: with_residual.then_some(&residual), activation };
-            let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, fusion, &scratch);
+            let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, fusion, None, &scratch);
             let mut dispatches: Vec<_> = forward.prepare.into_iter().chain(forward.run).collect();
             dispatches.extend(plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch));
             dispatches.extend(plan.backward_weight(&gpu, [&dy, &dw], false, &scratch));
@@ -449,6 +449,7 @@ fn modulation_matches_reference() {
             taps: 3 * kh,
             has_spatial,
             live_taps: None,
+            packed_by_consumer: 0,
         };
         let sp = has_spatial.then_some(sv.as_slice());
         let want = r::modulate::forward(&m, &pv, sp, &fv);

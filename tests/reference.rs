@@ -42,6 +42,7 @@ fn modulate_gradients() {
             taps: 9,
             has_spatial,
             live_taps: None,
+            packed_by_consumer: 0,
         };
         let mut g = rng(2);
         let parent = randn(&mut g, 4 * 27);

@@ -152,6 +152,40 @@ fn training_is_bitwise_repeatable() {
     assert_eq!(a.1, b.1, "trained parent kernels differ");
 }
 
+/// Convolutions that pack their children straight from the parent (the default) train to the
+/// same bits as a modulation that stores the children for the convolutions to pack.
+#[test]
+fn packing_children_from_their_parent_changes_no_bit() {
+    let gpu = common::gpu();
+    let net = kdna_net();
+    let (packed, children) = kdna::graph::fuse::pack_children(&net.graph, &gpu, &[]);
+    assert_eq!(children.len(), 2, "both children should be packed by their convolutions");
+    let sgd = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
+    let run = |pack_children: bool| {
+        let plan = Plan { pack_children, ..Plan::train(net.loss, sgd) };
+        let mut exe = Executor::new(gpu.clone(), &net.graph, plan).unwrap();
+        initialise(&exe, &net.graph, 3);
+        batch(&exe, &net);
+        let dispatches = exe.dispatch_counts().0;
+        let losses: Vec<u32> = train(&mut exe, 6).iter().map(|s| s.loss.to_bits()).collect();
+        let read = |name: &str| exe.read(net.graph.find(name).unwrap()).unwrap();
+        let bits = |v: Vec<f32>| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let trained = ["parent.weight", "static_spatial_attn", "static_filter_attn"].map(|n| bits(read(n)));
+        let child = exe.read(children[0]);
+        (dispatches, losses, trained, child)
+    };
+    let (fused, plain) = (run(true), run(false));
+    assert_eq!(fused.0 + 2, plain.0, "the two children's modulation dispatches should be gone");
+    assert_eq!(fused.1, plain.1, "loss sequences differ");
+    assert_eq!(fused.2, plain.2, "trained parent or attentions differ");
+    let err = fused.3.expect_err("a packed child is never stored, so reading it is an error");
+    assert!(format!("{err:#}").contains("never stored"), "{err:#}");
+    assert!(plain.3.is_ok(), "a stored child reads back");
+    // The graph the executor plans: each child's conv reads the parent and both attentions.
+    let convs = packed.nodes.iter().filter(|n| n.op.name() == "conv2d" && children.contains(&n.inputs[1]));
+    assert_eq!(convs.map(|n| n.inputs.len()).collect::<Vec<_>>(), [5, 5]);
+}
+
 /// Eval executors prepare child kernels and packed conv weights once per change of the
 /// parameters: one over shared weights sees every training step, and a parameter written
 /// through it takes effect on its next run.

@@ -124,7 +124,9 @@ fn kernel_dna_networks_start_from_a_pretrained_baseline() {
         let baseline = base.export(&gpu).unwrap();
 
         let net = build(spec(true), 2, 32, 0.0).unwrap();
-        let mut exe = Executor::new(gpu.clone(), &net.graph, Plan::eval()).unwrap();
+        // Children stored as tensors, so that they can be read back.
+        let plan = Plan { pack_children: false, ..Plan::eval() };
+        let mut exe = Executor::new(gpu.clone(), &net.graph, plan).unwrap();
         exe.weights().initialise(&gpu, &net.graph, 2);
         let fresh = exe.weights().export(&gpu).unwrap();
         let mut dict = fresh.clone();

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Graph, Role, TensorId, Weights};
+use super::{Graph, Role, TensorId, Weights, fuse};
 use crate::gpu::{Dispatch, Gpu, GpuSlice};
 use crate::ops::{Bound, GradTarget, Grads, Mode, Optimizer};
 
@@ -29,6 +29,9 @@ pub struct Plan {
     pub optimizer: Option<Optimizer>,
     /// Parameters the optimizer leaves alone (their gradients are still computed).
     pub frozen: HashSet<String>,
+    /// Let convolutions pack KernelDNA children straight from their parents
+    /// ([`super::fuse::pack_children`]; the same values, the children never stored).
+    pub pack_children: bool,
 }
 
 impl Plan {
@@ -39,6 +42,7 @@ impl Plan {
             input_grads: false,
             optimizer: None,
             frozen: HashSet::new(),
+            pack_children: true,
         }
     }
 
@@ -49,6 +53,7 @@ impl Plan {
             input_grads: false,
             optimizer: Some(optimizer.into()),
             frozen: HashSet::new(),
+            pack_children: true,
         }
     }
 }
@@ -92,6 +97,8 @@ pub struct Executor {
     optimizer: Vec<(Dispatch, usize)>,
     readback: Option<Readback>,
     steps: u64,
+    /// KernelDNA children their convolutions pack from the parents: never stored.
+    packed_children: Vec<TensorId>,
 }
 
 impl Executor {
@@ -109,7 +116,13 @@ impl Executor {
         check_sizes(&gpu, graph)?;
         let batch = graph.tensors.iter().find(|t| t.role == Role::Input).map(|t| t.shape.first().copied().unwrap_or(1));
         let what = format!("the activations of a batch of {}", batch.unwrap_or(1));
-        gpu.clone().allocation(&what, || Self::plan(gpu, graph, plan, weights))?
+        let (fused, packed_children) = match plan.pack_children {
+            true => fuse::pack_children(graph, &gpu, &plan.backward_from),
+            false => (graph.clone(), Vec::new()),
+        };
+        let mut exe = gpu.clone().allocation(&what, || Self::plan(gpu, &fused, plan, weights))??;
+        exe.packed_children = packed_children;
+        Ok(exe)
     }
 
     fn plan(gpu: Arc<Gpu>, graph: &Graph, plan: Plan, weights: Arc<Weights>) -> Result<Executor> {
@@ -164,6 +177,7 @@ impl Executor {
             optimizer: Vec::new(),
             readback: None,
             steps: 0,
+            packed_children: Vec::new(),
         };
         if let Some(&first) = plan.backward_from.first() {
             exe.plan_backward(graph, &plan.backward_from, &values, &scratch)?;
@@ -336,6 +350,12 @@ impl Executor {
     }
 
     pub fn read(&self, t: TensorId) -> Result<Vec<f32>> {
+        if self.packed_children.contains(&t) {
+            bail!(
+                "tensor {} is a KernelDNA child its convolution packs from the parent: it is never stored (Plan::pack_children)",
+                t.0
+            );
+        }
         self.gpu.read(&self.values[t.0])
     }
 

@@ -2,6 +2,7 @@
 
 mod executor;
 pub mod fold;
+pub mod fuse;
 mod weights;
 
 pub use executor::{Executor, Plan, StepStats};
@@ -70,6 +71,18 @@ pub struct Node {
 pub struct Graph {
     pub tensors: Vec<TensorInfo>,
     pub nodes: Vec<Node>,
+}
+
+impl Clone for Node {
+    fn clone(&self) -> Self {
+        Node { op: self.op.boxed_clone(), inputs: self.inputs.clone(), outputs: self.outputs.clone() }
+    }
+}
+
+impl Clone for Graph {
+    fn clone(&self) -> Self {
+        Graph { tensors: self.tensors.clone(), nodes: self.nodes.clone() }
+    }
 }
 
 impl Graph {

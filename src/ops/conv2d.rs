@@ -8,7 +8,7 @@
 
 use anyhow::{Result, bail};
 
-use super::conv_gemm::GemmPlan;
+use super::conv_gemm::{ChildPacking, GemmPlan};
 use super::{Bound, Forward, Grads, Mode, Op, accumulate_flag, placeholder};
 use crate::gpu::{Dispatch, Gpu, GpuSlice, grid};
 use crate::graph::{Graph, TensorId, shape_error};
@@ -283,7 +283,8 @@ struct ConvParams {
     activation: u32,
 }
 
-/// Graph node: inputs `[x, weight]`, then `bias`, `residual` and `gate` where present; output `[y]`.
+/// Graph node: inputs `[x, weight]`, then `bias`, `residual` and `gate` where present, then
+/// with `child` the child's parent and attentions; output `[y]`.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     pub shape: Conv2dShape,
@@ -294,6 +295,19 @@ pub struct Conv2d {
     /// A gate [N, C_in] on the input's channels (eval-only), the last input.
     pub has_gate: bool,
     pub activation: OutputActivation,
+    /// The weight is KernelDNA child `row` (an attention row), which the forward pass packs
+    /// straight from its parent, read from the inputs that follow the others: parent, spatial
+    /// attention, filter attention ([`crate::graph::fuse`]; GEMM convolutions whose plan
+    /// [`GemmPlan::packs_child`]). The weight input is still the child: its gradient goes
+    /// there, and the modulation's backward pass takes it on to the parent and attentions.
+    pub child: Option<usize>,
+}
+
+impl Conv2d {
+    /// Where the child's parent, spatial and filter attentions begin among the inputs.
+    fn child_inputs(&self) -> usize {
+        2 + self.has_bias as usize + self.has_residual as usize + self.has_gate as usize
+    }
 }
 
 impl Op for Conv2d {
@@ -303,6 +317,11 @@ impl Op for Conv2d {
 
     fn macs(&self) -> u64 {
         (self.shape.flops() / 2.0) as u64
+    }
+
+    /// A child's parent and attentions are differentiated by the modulation, not here.
+    fn differentiable(&self, input: usize) -> bool {
+        self.child.is_none() || input < self.child_inputs()
     }
 
     fn taps_read(&self, input: usize) -> Option<u32> {
@@ -351,10 +370,22 @@ impl Op for Conv2d {
             ConvKernel::Gemm => {
                 let plan = GemmPlan::for_device(s, gpu);
                 let residual = self.has_residual.then(|| b.inputs[2 + self.has_bias as usize]);
-                let gate = self.has_gate.then(|| b.inputs[b.inputs.len() - 1]);
+                let gate = self.has_gate.then(|| b.inputs[2 + self.has_bias as usize + self.has_residual as usize]);
                 let fusion = Fusion { gate, residual, activation: self.activation };
-                let Forward { prepare, run } = plan.forward(gpu, buffers, self.has_bias, fusion, &b.scratch);
-                if fixed.get(1) == Some(&true) {
+                let first = self.child_inputs();
+                let child = self.child.map(|row| ChildPacking {
+                    spatial: b.inputs[first + 1],
+                    filter: b.inputs[first + 2],
+                    row,
+                });
+                // A child is packed from its parent, bound as the weight.
+                let buffers = match child {
+                    Some(_) => [b.inputs[0], b.inputs[first], bias, b.outputs[0]],
+                    None => buffers,
+                };
+                let Forward { prepare, run } = plan.forward(gpu, buffers, self.has_bias, fusion, child, &b.scratch);
+                let packed_from = if child.is_some() { first..first + 3 } else { 1..2 };
+                if fixed.get(packed_from).is_some_and(|f| f.iter().all(|&f| f)) {
                     return Forward { prepare, run };
                 }
                 // A weight that changes between runs is packed in every run.
@@ -554,6 +585,7 @@ impl Graph {
             has_residual: residual.is_some(),
             has_gate: gate.is_some(),
             activation,
+            child: None,
         };
         Ok(self.push(op, &inputs, &[out])[0])
     }

@@ -118,6 +118,22 @@ struct TileParams {
     // the input gradient's packing.
     tap_rows: [[u32; 4]; 3],
     back_tap_rows: [[u32; 4]; 3],
+    // `pack_weight_forward_quads`: nonzero where the bound weight is a KernelDNA parent whose
+    // child (attention row `child_row`) is packed ([`ChildPacking`]).
+    child_modulated: u32,
+    child_row: u32,
+}
+
+/// A KernelDNA child that the forward packing computes from its parent as it packs, so that
+/// the child is never stored on its own: the bound weight is the parent, and
+/// `pack_weight_forward_quads` multiplies each value by child `row`'s attentions (torch's
+/// shapes: `spatial` [R, 1, 1, 3, 3], `filter` [R, C_out, 1, 1, 1]) exactly as
+/// `modulate_forward_3x3` would have. Only where [`GemmPlan::packs_child`].
+#[derive(Clone, Copy)]
+pub struct ChildPacking<'a> {
+    pub spatial: &'a GpuSlice,
+    pub filter: &'a GpuSlice,
+    pub row: usize,
 }
 
 /// One phase of the input gradient along one axis: the input positions first, first + stride,
@@ -377,6 +393,7 @@ fn pack_dispatch(
     channels: u32,
     [weight, packed]: [&GpuSlice; 2],
     packing: Packing,
+    child: Option<ChildPacking>,
 ) -> Option<Dispatch> {
     let params = TileParams { tile: channels, ..params };
     let taps = (params.kernel_h * params.kernel_w) as usize;
@@ -384,8 +401,9 @@ fn pack_dispatch(
         return None;
     }
     if packing == Packing::Forward && packs_by_quads(&params) {
-        return Some(pack_forward_quads(gpu, params, [weight, packed], None));
+        return Some(pack_forward_quads(gpu, params, [weight, packed], None, child));
     }
+    assert!(child.is_none(), "only pack_weight_forward_quads packs a child from its parent");
     let entry = match packing {
         Packing::Forward => "pack_weight_forward",
         Packing::Backward => "pack_weight_backward",
@@ -401,12 +419,13 @@ fn packs_by_quads(params: &TileParams) -> bool {
 
 /// `pack_weight_forward_quads` over the forward packing `params` (tile set) into `packed`;
 /// with `backward` (the input gradient's packing, tile set, and its buffer), writing that
-/// packing from the same loads.
+/// packing from the same loads; with `child`, packing that child of the parent `weight`.
 fn pack_forward_quads(
     gpu: &Gpu,
     params: TileParams,
     [weight, packed]: [&GpuSlice; 2],
     backward: Option<(TileParams, &GpuSlice)>,
+    child: Option<ChildPacking>,
 ) -> Dispatch {
     let blocks = weight_blocks((params.kernel_h * params.kernel_w) as usize, params.in_quads as usize);
     let tiles = packed.len() / BLOCK_FLOATS / blocks.len();
@@ -423,8 +442,14 @@ fn pack_forward_quads(
         params.back_tap_rows = tap_rows(&back, &back_blocks, Packing::Backward);
         back_packed = packed;
     }
-    // Bindings 1, 2 and 4 (the gate's binding 3 is not read).
-    let buffers = [weight, packed, weight, back_packed];
+    // Without a child the attentions' bindings are not read: the weight stands in for them.
+    let (mut spatial, mut filter) = (weight, weight);
+    if let Some(c) = child {
+        (params.child_modulated, params.child_row) = (1, c.row as u32);
+        (spatial, filter) = (c.spatial, c.filter);
+    }
+    // Bindings 1, 2, 4, 5 and 6 (the gate's binding 3 is not read).
+    let buffers = [weight, packed, weight, back_packed, spatial, filter];
     gpu.dispatch("conv_tile", "pack_weight_forward_quads", &params, &buffers, grid(invocations))
 }
 
@@ -869,17 +894,19 @@ impl GemmPlan {
     /// y = act(conv(x * gate, w) + bias + residual) ([`Fusion`]): one pass over every used tap, or
     /// one per band of outputs that read the same taps ([`Band`]), reading one packing of every
     /// used tap where blocks hold a tap each ([`bands_share_packing`]), else each with the
-    /// weights of its taps packed apart. The packing reads w alone and is
-    /// [`Forward::prepare`]; each band packs into a region of its own, so packed weights keep
-    /// from one run to the next.
+    /// weights of its taps packed apart. The packing reads w alone (with `child`, w is the
+    /// parent and the attentions are read too) and is [`Forward::prepare`]; each band packs
+    /// into a region of its own, so packed weights keep from one run to the next.
     pub fn forward(
         &self,
         gpu: &Gpu,
         [x, w, bias, y]: [&GpuSlice; 4],
         has_bias: bool,
         fusion: Fusion<&GpuSlice>,
+        child: Option<ChildPacking>,
         scratch: &[&GpuSlice],
     ) -> Forward {
+        assert!(child.is_none() || self.packs_child(), "this convolution cannot pack a child from its parent");
         let params = TileParams {
             out_pad: self.forward_pad() as u32,
             has_bias: has_bias as u32,
@@ -891,7 +918,7 @@ impl GemmPlan {
         let residual = fusion.residual.unwrap_or(scratch[X_LAST]);
         let mut forward = Forward { prepare: Vec::new(), run: vec![self.copy_x(gpu, x, fusion.gate, scratch)] };
         let pack = |params: TileParams, packed: &GpuSlice| {
-            pack_dispatch(gpu, params, self.forward_tile.0, [w, packed], Packing::Forward)
+            pack_dispatch(gpu, params, self.forward_tile.0, [w, packed], Packing::Forward, child)
         };
         // Every used tap packed once, with the input gradient's packing where it comes from the
         // same loads (and the graph has a backward pass: its buffer is there).
@@ -899,7 +926,7 @@ impl GemmPlan {
             Some(back) if scratch.len() > W_BACKWARD => {
                 let back_packed = scratch[W_BACKWARD].range(0, self.backward_packing(back.kernel_h * back.kernel_w));
                 let params = TileParams { tile: self.forward_tile.0, ..params };
-                Some(pack_forward_quads(gpu, params, [w, packed], Some((back, &back_packed))))
+                Some(pack_forward_quads(gpu, params, [w, packed], Some((back, &back_packed)), child))
             }
             _ => pack(params, packed),
         };
@@ -1057,6 +1084,13 @@ impl GemmPlan {
         worth_splitting(&row_bands, &col_bands, row.taps * row.outputs * col.taps * col.outputs)
     }
 
+    /// Whether the forward packing may compute a KernelDNA child from its parent
+    /// ([`ChildPacking`]): every read of the weight is `pack_weight_forward_quads`, which packs
+    /// the forward pass's taps once and the input gradient's from the same loads.
+    pub fn packs_child(&self) -> bool {
+        self.backward_packed_by_forward().is_some()
+    }
+
     /// The input gradient's weight packing where the forward packing writes it from the same
     /// loads (`pack_weight_forward_quads`): the forward pass packs every used tap by quads
     /// once, and the input gradient is one phase (no stride) that reads one packing of every
@@ -1118,7 +1152,7 @@ impl GemmPlan {
                     let packed = scratch[W_BACKWARD].range(0, self.backward_packing(taps));
                     let (tile, reads) = (self.backward_tile, self.backward_reads);
                     let pack = (packs && !prepacked)
-                        .then(|| pack_dispatch(gpu, packing, tile.0, [w, &packed], Packing::Backward))
+                        .then(|| pack_dispatch(gpu, packing, tile.0, [w, &packed], Packing::Backward, None))
                         .flatten();
                     let buffers = [dy_last, &packed, w, dx, dy_last];
                     pack.into_iter().chain(tile_dispatches(gpu, params, tile, buffers, reads))

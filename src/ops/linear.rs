@@ -41,7 +41,14 @@ impl Linear {
             Conv2dConfig::new(1, 0),
         )
         .expect("a 1x1 convolution fits any [N, in] x [out, in] product");
-        Conv2d { shape, has_bias: self.has_bias, has_residual: false, has_gate: false, activation: self.activation }
+        Conv2d {
+            shape,
+            has_bias: self.has_bias,
+            has_residual: false,
+            has_gate: false,
+            activation: self.activation,
+            child: None,
+        }
     }
 
     /// Whether the layer runs the row kernels rather than the GEMM on an adapter with or without

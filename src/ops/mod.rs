@@ -64,6 +64,7 @@ pub struct Forward {
 pub trait OpObject {
     fn boxed_clone(&self) -> Box<dyn Op>;
     fn as_any(&self) -> &dyn std::any::Any;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 impl<T: Op + Clone + 'static> OpObject for T {
@@ -72,6 +73,10 @@ impl<T: Op + Clone + 'static> OpObject for T {
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self
     }
 }

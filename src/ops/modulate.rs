@@ -41,6 +41,10 @@ pub struct Modulate {
     /// Taps some consumer reads, a bit per tap (row-major; kernels of at most 32 taps); `None`
     /// until a consumer joins the graph (then every tap is computed).
     pub live_taps: Option<u32>,
+    /// Children (a bit per output) that their consumer packs straight from the parent
+    /// ([`crate::graph::fuse`]): the forward pass leaves their tensors unwritten. Their
+    /// gradients come back as every child's do.
+    pub packed_by_consumer: u32,
 }
 
 #[repr(C)]
@@ -203,6 +207,7 @@ impl Op for Modulate {
         let spatial = if self.has_spatial { b.inputs[1] } else { &none };
         let filter = b.inputs[2];
         self.rows()
+            .filter(|&(c, _)| self.packed_by_consumer & (1 << c) == 0)
             .map(|(c, k)| {
                 let buffers = [b.inputs[0], spatial, filter, b.outputs[c]];
                 let (entry, invocations) = self.elementwise("modulate_forward");
@@ -329,6 +334,7 @@ impl Graph {
             taps,
             has_spatial: spatial.is_some(),
             live_taps: None,
+            packed_by_consumer: 0,
         };
         // Without a spatial attention the filter stands in its slot, so inputs keep positions.
         let inputs = [parent, spatial.unwrap_or(filter), filter];
