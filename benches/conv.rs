@@ -64,6 +64,7 @@ fn bench_layer(gpu: &Gpu, shape: Conv2dShape, quick: bool) -> [f64; 3] {
         has_gate: false,
         activation: OutputActivation::None,
         child: None,
+        gates_input: false,
     };
     let numel = |s: &[usize]| s.iter().product::<usize>();
     let x = gpu.upload("x", &vec![0.5f32; numel(&[shape.batch, shape.c_in, shape.h, shape.w])]);

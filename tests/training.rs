@@ -152,17 +152,20 @@ fn training_is_bitwise_repeatable() {
     assert_eq!(a.1, b.1, "trained parent kernels differ");
 }
 
-/// Convolutions that pack their children straight from the parent (the default) train to the
-/// same bits as a modulation that stores the children for the convolutions to pack.
+/// Convolutions that pack their children straight from the parent and gate their input as they
+/// copy it (the default) train to the same bits as a modulation and routers that store children
+/// and gated inputs for the convolutions to load.
 #[test]
-fn packing_children_from_their_parent_changes_no_bit() {
+fn fusing_children_and_gates_into_their_convolutions_changes_no_bit() {
     let gpu = common::gpu();
     let net = kdna_net();
     let (packed, children) = kdna::graph::fuse::pack_children(&net.graph, &gpu, &[]);
     assert_eq!(children.len(), 2, "both children should be packed by their convolutions");
+    let (gated, gated_inputs) = kdna::graph::fuse::gate_in_copies(&packed, &[]);
+    assert_eq!(gated_inputs.len(), 2, "both routers' gates should be applied in their convolutions' copies");
     let sgd = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
-    let run = |pack_children: bool| {
-        let plan = Plan { pack_children, ..Plan::train(net.loss, sgd) };
+    let run = |fuse: bool| {
+        let plan = Plan { fuse, ..Plan::train(net.loss, sgd) };
         let mut exe = Executor::new(gpu.clone(), &net.graph, plan).unwrap();
         initialise(&exe, &net.graph, 3);
         batch(&exe, &net);
@@ -171,19 +174,22 @@ fn packing_children_from_their_parent_changes_no_bit() {
         let read = |name: &str| exe.read(net.graph.find(name).unwrap()).unwrap();
         let bits = |v: Vec<f32>| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         let trained = ["parent.weight", "static_spatial_attn", "static_filter_attn"].map(|n| bits(read(n)));
-        let child = exe.read(children[0]);
-        (dispatches, losses, trained, child)
+        let router = "se.0.fc2.weight";
+        let trained = [trained.to_vec(), vec![bits(read(router))]].concat();
+        (dispatches, losses, trained, exe.read(children[0]), exe.read(gated_inputs[1]))
     };
     let (fused, plain) = (run(true), run(false));
-    assert_eq!(fused.0 + 2, plain.0, "the two children's modulation dispatches should be gone");
+    assert_eq!(fused.0 + 4, plain.0, "the two children's modulations and the two gates' dispatches should be gone");
     assert_eq!(fused.1, plain.1, "loss sequences differ");
-    assert_eq!(fused.2, plain.2, "trained parent or attentions differ");
-    let err = fused.3.expect_err("a packed child is never stored, so reading it is an error");
-    assert!(format!("{err:#}").contains("never stored"), "{err:#}");
-    assert!(plain.3.is_ok(), "a stored child reads back");
-    // The graph the executor plans: each child's conv reads the parent and both attentions.
-    let convs = packed.nodes.iter().filter(|n| n.op.name() == "conv2d" && children.contains(&n.inputs[1]));
-    assert_eq!(convs.map(|n| n.inputs.len()).collect::<Vec<_>>(), [5, 5]);
+    assert_eq!(fused.2, plain.2, "trained parent, attentions or router differ");
+    for err in [fused.3.expect_err("a packed child"), fused.4.expect_err("a gated input")] {
+        assert!(format!("{err:#}").contains("never stored"), "{err:#}");
+    }
+    assert!(plain.3.is_ok() && plain.4.is_ok(), "stored tensors read back");
+    // The graph the executor plans: each child's conv reads its input, the child (for its
+    // gradient), the parent and both attentions, the router's input and gate.
+    let convs = gated.nodes.iter().filter(|n| n.op.name() == "conv2d" && children.contains(&n.inputs[1]));
+    assert_eq!(convs.map(|n| n.inputs.len()).collect::<Vec<_>>(), [7, 7]);
 }
 
 /// Eval executors prepare child kernels and packed conv weights once per change of the

@@ -125,7 +125,7 @@ fn kernel_dna_networks_start_from_a_pretrained_baseline() {
 
         let net = build(spec(true), 2, 32, 0.0).unwrap();
         // Children stored as tensors, so that they can be read back.
-        let plan = Plan { pack_children: false, ..Plan::eval() };
+        let plan = Plan { fuse: false, ..Plan::eval() };
         let mut exe = Executor::new(gpu.clone(), &net.graph, plan).unwrap();
         exe.weights().initialise(&gpu, &net.graph, 2);
         let fresh = exe.weights().export(&gpu).unwrap();

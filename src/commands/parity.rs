@@ -75,7 +75,7 @@ pub fn run(
         input_grads: false,
         optimizer: None,
         frozen: Default::default(),
-        pack_children: true,
+        fuse: true,
     };
     let mut train = Executor::with_weights(gpu, &net.graph, plan, Arc::clone(eval.weights()))?;
     train.write(net.images, &images.data)?;

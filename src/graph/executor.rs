@@ -29,9 +29,10 @@ pub struct Plan {
     pub optimizer: Option<Optimizer>,
     /// Parameters the optimizer leaves alone (their gradients are still computed).
     pub frozen: HashSet<String>,
-    /// Let convolutions pack KernelDNA children straight from their parents
-    /// ([`super::fuse::pack_children`]; the same values, the children never stored).
-    pub pack_children: bool,
+    /// Let GEMM convolutions compute what they alone read as they load it: KernelDNA children
+    /// packed from their parents, routers' gated inputs applied in the input copy
+    /// ([`super::fuse`]; the same values, those tensors never stored).
+    pub fuse: bool,
 }
 
 impl Plan {
@@ -42,7 +43,7 @@ impl Plan {
             input_grads: false,
             optimizer: None,
             frozen: HashSet::new(),
-            pack_children: true,
+            fuse: true,
         }
     }
 
@@ -53,7 +54,7 @@ impl Plan {
             input_grads: false,
             optimizer: Some(optimizer.into()),
             frozen: HashSet::new(),
-            pack_children: true,
+            fuse: true,
         }
     }
 }
@@ -97,8 +98,8 @@ pub struct Executor {
     optimizer: Vec<(Dispatch, usize)>,
     readback: Option<Readback>,
     steps: u64,
-    /// KernelDNA children their convolutions pack from the parents: never stored.
-    packed_children: Vec<TensorId>,
+    /// Tensors their one consumer computes as it loads them ([`fuse`]): never stored.
+    unstored: Vec<TensorId>,
 }
 
 impl Executor {
@@ -116,12 +117,12 @@ impl Executor {
         check_sizes(&gpu, graph)?;
         let batch = graph.tensors.iter().find(|t| t.role == Role::Input).map(|t| t.shape.first().copied().unwrap_or(1));
         let what = format!("the activations of a batch of {}", batch.unwrap_or(1));
-        let (fused, packed_children) = match plan.pack_children {
-            true => fuse::pack_children(graph, &gpu, &plan.backward_from),
+        let (fused, unstored) = match plan.fuse {
+            true => fuse::fuse(graph, &gpu, &plan.backward_from),
             false => (graph.clone(), Vec::new()),
         };
         let mut exe = gpu.clone().allocation(&what, || Self::plan(gpu, &fused, plan, weights))??;
-        exe.packed_children = packed_children;
+        exe.unstored = unstored;
         Ok(exe)
     }
 
@@ -177,7 +178,7 @@ impl Executor {
             optimizer: Vec::new(),
             readback: None,
             steps: 0,
-            packed_children: Vec::new(),
+            unstored: Vec::new(),
         };
         if let Some(&first) = plan.backward_from.first() {
             exe.plan_backward(graph, &plan.backward_from, &values, &scratch)?;
@@ -350,9 +351,9 @@ impl Executor {
     }
 
     pub fn read(&self, t: TensorId) -> Result<Vec<f32>> {
-        if self.packed_children.contains(&t) {
+        if self.unstored.contains(&t) {
             bail!(
-                "tensor {} is a KernelDNA child its convolution packs from the parent: it is never stored (Plan::pack_children)",
+                "tensor {} is computed by the convolution that reads it as it loads it, never stored (Plan::fuse)",
                 t.0
             );
         }

@@ -1,14 +1,22 @@
 //! Rewrites the executor makes to the graph it plans, for the device it plans on. Values and
 //! gradients are those of the graph as built, bit for bit; fewer dispatches and less traffic.
+//! Each spares storing a tensor whose one consumer is a GEMM convolution, and loading it back:
 //!
-//! A KernelDNA child whose one consumer is a GEMM convolution that packs its weight by quads
-//! ([`GemmPlan::packs_child`]) is packed straight from its parent: the modulation leaves that
-//! child's tensor unwritten ([`Modulate::packed_by_consumer`]) and the convolution reads the
-//! parent and attentions ([`Conv2d::child`]), multiplying as it packs. That spares storing the
-//! child and loading it back, twice its size in traffic, every time the parent changes.
+//! - [`pack_children`]: a KernelDNA child whose convolution packs its weight by quads
+//!   ([`GemmPlan::packs_child`]) is packed straight from its parent: the modulation leaves that
+//!   child's tensor unwritten ([`Modulate::packed_by_consumer`]) and the convolution reads the
+//!   parent and attentions ([`Conv2d::child`]), multiplying as it packs, every time the parent
+//!   changes.
+//! - [`gate_in_copies`]: a router's gated input (`channel_scale`) is computed by the
+//!   convolution as it copies its input to channels-last ([`Conv2d::gates_input`]), as inference
+//!   folding does, but in training too: the router's backward pass never reads it.
+//!
+//! The tensors so spared still have buffers (their gradients are as before); reading one is an
+//! error ([`super::Executor::read`]).
 
 use super::{Graph, TensorId};
 use crate::gpu::Gpu;
+use crate::ops::channel_scale::ChannelScale;
 use crate::ops::conv_gemm::GemmPlan;
 use crate::ops::conv2d::{Conv2d, ConvKernel};
 use crate::ops::modulate::Modulate;
@@ -16,34 +24,54 @@ use crate::ops::modulate::Modulate;
 /// Spatial taps of the children a convolution packs from their parent (3x3 kernels).
 const CHILD_TAPS: usize = 9;
 
-/// `graph` with its children packed by their consumers where the plan on `gpu` allows it, and
-/// the children so packed (never stored); `keep` lists tensors whose values the caller reads.
-pub fn pack_children(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -> (Graph, Vec<TensorId>) {
-    let mut packed = Vec::new();
-    let mut out = graph.clone();
+/// Both rewrites; the tensors they leave unstored.
+pub fn fuse(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -> (Graph, Vec<TensorId>) {
+    let (packed, mut unstored) = pack_children(graph, gpu, keep);
+    let (gated, gated_inputs) = gate_in_copies(&packed, keep);
+    unstored.extend(gated_inputs);
+    (gated, unstored)
+}
+
+/// The nodes that read each tensor (once per input naming it).
+fn consumers(graph: &Graph) -> Vec<Vec<usize>> {
     let mut consumers = vec![Vec::new(); graph.tensors.len()];
     for (n, node) in graph.nodes.iter().enumerate() {
         for t in &node.inputs {
             consumers[t.0].push(n);
         }
     }
+    consumers
+}
+
+/// The convolution that alone reads `t`, as its input `input` and nowhere else, if there is one
+/// (a GEMM convolution without eval-only fusions).
+fn sole_conv_reader<'g>(
+    graph: &'g Graph,
+    consumers: &[Vec<usize>],
+    t: TensorId,
+    input: usize,
+) -> Option<(usize, &'g Conv2d)> {
+    let [n] = consumers[t.0][..] else { return None };
+    let node = &graph.nodes[n];
+    let conv = node.op.as_any().downcast_ref::<Conv2d>()?;
+    let plain = conv.shape.kernel() == ConvKernel::Gemm && !(conv.has_gate || conv.has_residual);
+    (plain && node.inputs.get(input) == Some(&t)).then_some((n, conv))
+}
+
+/// `graph` with its children packed by their consumers where the plan on `gpu` allows it, and
+/// the children so packed (never stored); `keep` lists tensors whose values the caller reads.
+pub fn pack_children(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -> (Graph, Vec<TensorId>) {
+    let mut packed = Vec::new();
+    let mut out = graph.clone();
+    let consumers = consumers(graph);
     for (m, node) in graph.nodes.iter().enumerate() {
         let Some(modulate) = node.op.as_any().downcast_ref::<Modulate>() else { continue };
         if !(modulate.has_spatial && modulate.taps == CHILD_TAPS) || modulate.children > 32 {
             continue;
         }
         for (c, &child) in node.outputs.iter().enumerate() {
-            let [consumer] = consumers[child.0][..] else { continue };
-            let reader = &graph.nodes[consumer];
-            let Some(conv) = reader.op.as_any().downcast_ref::<Conv2d>() else { continue };
-            let packs = reader.inputs[1] == child
-                && reader.inputs.iter().filter(|&&t| t == child).count() == 1
-                && conv.shape.kernel() == ConvKernel::Gemm
-                && !(conv.has_gate || conv.has_residual)
-                && conv.child.is_none()
-                && !keep.contains(&child)
-                && GemmPlan::for_device(&conv.shape, gpu).packs_child();
-            if !packs {
+            let Some((consumer, conv)) = sole_conv_reader(graph, &consumers, child, 1) else { continue };
+            if keep.contains(&child) || !GemmPlan::for_device(&conv.shape, gpu).packs_child() {
                 continue;
             }
             let conv = Conv2d { child: Some(modulate.first_child + c), ..conv.clone() };
@@ -56,4 +84,26 @@ pub fn pack_children(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -> (Graph, Vec
         }
     }
     (out, packed)
+}
+
+/// `graph` with every router's gated input that a convolution alone reads computed by that
+/// convolution's input copy, and those gated inputs (never stored); `keep` as above.
+pub fn gate_in_copies(graph: &Graph, keep: &[TensorId]) -> (Graph, Vec<TensorId>) {
+    let mut out = graph.clone();
+    let mut gated = Vec::new();
+    let consumers = consumers(graph);
+    for (r, node) in graph.nodes.iter().enumerate() {
+        let Some(router) = node.op.as_any().downcast_ref::<ChannelScale>() else { continue };
+        let y = node.outputs[0];
+        let Some((consumer, conv)) = sole_conv_reader(graph, &consumers, y, 0) else { continue };
+        if keep.contains(&y) || conv.gates_input {
+            continue;
+        }
+        out.nodes[consumer].op = Box::new(Conv2d { gates_input: true, ..conv.clone() });
+        // The router's input and gate.
+        out.nodes[consumer].inputs.extend_from_slice(&node.inputs);
+        out.nodes[r].op = Box::new(ChannelScale { applied_by_consumer: true, ..*router });
+        gated.push(y);
+    }
+    (out, gated)
 }

@@ -11,6 +11,10 @@ use crate::graph::{Graph, TensorId, shape_error};
 pub struct ChannelScale {
     pub planes: usize,
     pub spatial: usize,
+    /// The one consumer, a GEMM convolution, applies the gate as it copies its input
+    /// ([`crate::graph::fuse`]): the forward pass leaves y unwritten. The backward pass is as
+    /// ever (it reads x, the gate and dy, never y).
+    pub applied_by_consumer: bool,
 }
 
 #[repr(C)]
@@ -35,6 +39,9 @@ impl Op for ChannelScale {
     }
 
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
+        if self.applied_by_consumer {
+            return Vec::new();
+        }
         let buffers = [b.inputs[0], b.inputs[1], b.outputs[0]];
         vec![gpu.dispatch(
             "router",
@@ -72,6 +79,7 @@ impl Graph {
         if self.shape(gate) != [n, c] {
             return Err(shape_error("channel_scale", "gate", self.shape(gate), &format!("[{n}, {c}]")));
         }
-        Ok(self.push(ChannelScale { planes: n * c, spatial: h * w }, &[x, gate], &[shape])[0])
+        Ok(self.push(ChannelScale { planes: n * c, spatial: h * w, applied_by_consumer: false }, &[x, gate], &[shape])
+            [0])
     }
 }

@@ -284,7 +284,8 @@ struct ConvParams {
 }
 
 /// Graph node: inputs `[x, weight]`, then `bias`, `residual` and `gate` where present, then
-/// with `child` the child's parent and attentions; output `[y]`.
+/// with `child` the child's parent and attentions, then with `gates_input` the router's input
+/// and gate; output `[y]`.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     pub shape: Conv2dShape,
@@ -301,12 +302,22 @@ pub struct Conv2d {
     /// [`GemmPlan::packs_child`]). The weight input is still the child: its gradient goes
     /// there, and the modulation's backward pass takes it on to the parent and attentions.
     pub child: Option<usize>,
+    /// Input x is a router's `channel_scale` output, which the forward pass computes as it
+    /// copies the input, from the router's input and gate (the last two inputs;
+    /// [`crate::graph::fuse`]). Unlike `has_gate` it trains: x stays the input whose gradient
+    /// this conv writes, and the router's backward pass takes it from there.
+    pub gates_input: bool,
 }
 
 impl Conv2d {
     /// Where the child's parent, spatial and filter attentions begin among the inputs.
     fn child_inputs(&self) -> usize {
         2 + self.has_bias as usize + self.has_residual as usize + self.has_gate as usize
+    }
+
+    /// Where the router's input and gate are among the inputs (with `gates_input`).
+    fn router_inputs(&self) -> usize {
+        self.child_inputs() + 3 * self.child.is_some() as usize
     }
 }
 
@@ -319,9 +330,10 @@ impl Op for Conv2d {
         (self.shape.flops() / 2.0) as u64
     }
 
-    /// A child's parent and attentions are differentiated by the modulation, not here.
+    /// A child's parent and attentions are differentiated by the modulation, a router's input
+    /// and gate by the router, not here.
     fn differentiable(&self, input: usize) -> bool {
-        self.child.is_none() || input < self.child_inputs()
+        input < self.child_inputs()
     }
 
     fn taps_read(&self, input: usize) -> Option<u32> {
@@ -370,7 +382,13 @@ impl Op for Conv2d {
             ConvKernel::Gemm => {
                 let plan = GemmPlan::for_device(s, gpu);
                 let residual = self.has_residual.then(|| b.inputs[2 + self.has_bias as usize]);
-                let gate = self.has_gate.then(|| b.inputs[2 + self.has_bias as usize + self.has_residual as usize]);
+                let mut gate = self.has_gate.then(|| b.inputs[2 + self.has_bias as usize + self.has_residual as usize]);
+                let mut buffers = buffers;
+                if self.gates_input {
+                    // The copy gates the router's input itself.
+                    let router = self.router_inputs();
+                    (buffers[0], gate) = (b.inputs[router], Some(b.inputs[router + 1]));
+                }
                 let fusion = Fusion { gate, residual, activation: self.activation };
                 let first = self.child_inputs();
                 let child = self.child.map(|row| ChildPacking {
@@ -379,10 +397,9 @@ impl Op for Conv2d {
                     row,
                 });
                 // A child is packed from its parent, bound as the weight.
-                let buffers = match child {
-                    Some(_) => [b.inputs[0], b.inputs[first], bias, b.outputs[0]],
-                    None => buffers,
-                };
+                if child.is_some() {
+                    buffers[1] = b.inputs[first];
+                }
                 let Forward { prepare, run } = plan.forward(gpu, buffers, self.has_bias, fusion, child, &b.scratch);
                 let packed_from = if child.is_some() { first..first + 3 } else { 1..2 };
                 if fixed.get(packed_from).is_some_and(|f| f.iter().all(|&f| f)) {
@@ -586,6 +603,7 @@ impl Graph {
             has_gate: gate.is_some(),
             activation,
             child: None,
+            gates_input: false,
         };
         Ok(self.push(op, &inputs, &[out])[0])
     }

@@ -48,6 +48,7 @@ impl Linear {
             has_gate: false,
             activation: self.activation,
             child: None,
+            gates_input: false,
         }
     }
 

@@ -114,5 +114,5 @@ pub fn write_idx_dataset(dir: &std::path::Path, n: usize, gz: bool) {
 /// Backpropagate from `roots` without an optimizer (gradients to `Input` tensors too with
 /// `input_grads`): what op and block tests read back.
 pub fn gradient_plan(mode: Mode, roots: Vec<TensorId>, input_grads: bool) -> Plan {
-    Plan { mode, backward_from: roots, input_grads, optimizer: None, frozen: Default::default(), pack_children: true }
+    Plan { mode, backward_from: roots, input_grads, optimizer: None, frozen: Default::default(), fuse: true }
 }
