@@ -25,7 +25,14 @@ struct ModulateParams {
     parent_accumulate: u32,
     // modulate_backward_3x3_serial_pair: where the second child's partial sums begin (pairs).
     next_partials: u32,
-    _pad2: u32,
+    // modulate_backward_3x3_serial(_pair): nonzero where dchild arrives as its conv's weight
+    // gradient left it, [c_out][tap][input quad] vec4s from output channel to output channel
+    // and tap to tap dchild_co_stride and dchild_tap_stride vec4s apart (src/graph/fuse.rs),
+    // rather than in the weight's own layout.
+    dchild_tap_major: u32,
+    dchild_co_stride: u32,
+    dchild_tap_stride: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ModulateParams;
@@ -375,9 +382,49 @@ fn modulate_backward_attention_3x3_serial(@builtin(global_invocation_id) gid: ve
 // as those two kernels. Invocations: c_out. The parent's gradient: binding 7.
 @group(0) @binding(7) var<storage, read_write> bwd_parent_grad4: array<vec4<f32>>;
 
-// Vec4 j of the block at e: the attention sums' terms, and the parent gradient's term d * s * f.
-fn add_block_vec4(sum: ptr<function, array<vec2<f32>, TAPS_3X3>>, e: u32, j: u32, s: vec4<f32>, f: f32) {
-    let d = bwd_dchildren4[e + j];
+// Block (co, b) of dchild (its first vec4 at e in the weight's layout) as nine vec4s of the
+// weight's layout, wherever it lies (see dchild_tap_major): nine vec4 loads either way, the
+// taps' vec4s over four input channels transposed in registers.
+fn dchild_block(co: u32, b: u32, e: u32) -> array<vec4<f32>, TAPS_3X3> {
+    let tap_major = p.dchild_tap_major != 0u;
+    let first = co * p.dchild_co_stride + b;
+    let t = p.dchild_tap_stride;
+    return block_of(
+        tap_major,
+        array<vec4<f32>, TAPS_3X3>(
+            bwd_dchildren4[select(e, first, tap_major)],
+            bwd_dchildren4[select(e + 1u, first + t, tap_major)],
+            bwd_dchildren4[select(e + 2u, first + 2u * t, tap_major)],
+            bwd_dchildren4[select(e + 3u, first + 3u * t, tap_major)],
+            bwd_dchildren4[select(e + 4u, first + 4u * t, tap_major)],
+            bwd_dchildren4[select(e + 5u, first + 5u * t, tap_major)],
+            bwd_dchildren4[select(e + 6u, first + 6u * t, tap_major)],
+            bwd_dchildren4[select(e + 7u, first + 7u * t, tap_major)],
+            bwd_dchildren4[select(e + 8u, first + 8u * t, tap_major)],
+        ),
+    );
+}
+
+// Nine loaded vec4s as a block of the weight's layout: as they are, or with `tap_major` the
+// nine taps' vec4s over four input channels, transposed (component l of block vec4 j is tap
+// (4 j + l) % 9 of input channel (4 j + l) / 9).
+fn block_of(tap_major: bool, v: array<vec4<f32>, TAPS_3X3>) -> array<vec4<f32>, TAPS_3X3> {
+    return array<vec4<f32>, TAPS_3X3>(
+        select(v[0], vec4<f32>(v[0].x, v[1].x, v[2].x, v[3].x), tap_major),
+        select(v[1], vec4<f32>(v[4].x, v[5].x, v[6].x, v[7].x), tap_major),
+        select(v[2], vec4<f32>(v[8].x, v[0].y, v[1].y, v[2].y), tap_major),
+        select(v[3], vec4<f32>(v[3].y, v[4].y, v[5].y, v[6].y), tap_major),
+        select(v[4], vec4<f32>(v[7].y, v[8].y, v[0].z, v[1].z), tap_major),
+        select(v[5], vec4<f32>(v[2].z, v[3].z, v[4].z, v[5].z), tap_major),
+        select(v[6], vec4<f32>(v[6].z, v[7].z, v[8].z, v[0].w), tap_major),
+        select(v[7], vec4<f32>(v[1].w, v[2].w, v[3].w, v[4].w), tap_major),
+        select(v[8], vec4<f32>(v[5].w, v[6].w, v[7].w, v[8].w), tap_major),
+    );
+}
+
+// Vec4 j (d) of the block at e: the attention sums' terms, and the parent gradient's term
+// d * s * f.
+fn add_block_vec4(sum: ptr<function, array<vec2<f32>, TAPS_3X3>>, e: u32, j: u32, d: vec4<f32>, s: vec4<f32>, f: f32) {
     add_terms(sum, d, bwd_parent4[e + j], BLOCK_TAPS[j]);
     let term = d * s * f;
     let at = e + j;
@@ -395,16 +442,17 @@ fn modulate_backward_3x3_serial(@builtin(global_invocation_id) gid: vec3<u32>, @
     var tap_sum: array<vec2<f32>, TAPS_3X3>;
     for (var b = 0u; b < blocks; b++) {
         let e = (co * blocks + b) * TAPS_3X3;
+        let d = dchild_block(co, b, e);
         // Unrolled, so that every index into the sums is a constant.
-        add_block_vec4(&tap_sum, e, 0u, s[0], f);
-        add_block_vec4(&tap_sum, e, 1u, s[1], f);
-        add_block_vec4(&tap_sum, e, 2u, s[2], f);
-        add_block_vec4(&tap_sum, e, 3u, s[3], f);
-        add_block_vec4(&tap_sum, e, 4u, s[4], f);
-        add_block_vec4(&tap_sum, e, 5u, s[5], f);
-        add_block_vec4(&tap_sum, e, 6u, s[6], f);
-        add_block_vec4(&tap_sum, e, 7u, s[7], f);
-        add_block_vec4(&tap_sum, e, 8u, s[8], f);
+        add_block_vec4(&tap_sum, e, 0u, d[0], s[0], f);
+        add_block_vec4(&tap_sum, e, 1u, d[1], s[1], f);
+        add_block_vec4(&tap_sum, e, 2u, d[2], s[2], f);
+        add_block_vec4(&tap_sum, e, 3u, d[3], s[3], f);
+        add_block_vec4(&tap_sum, e, 4u, d[4], s[4], f);
+        add_block_vec4(&tap_sum, e, 5u, d[5], s[5], f);
+        add_block_vec4(&tap_sum, e, 6u, d[6], s[6], f);
+        add_block_vec4(&tap_sum, e, 7u, d[7], s[7], f);
+        add_block_vec4(&tap_sum, e, 8u, d[8], s[8], f);
     }
     store_attention(co, tap_sum);
 }
@@ -416,20 +464,41 @@ fn modulate_backward_3x3_serial(@builtin(global_invocation_id) gid: vec3<u32>, @
 // pair p.next_partials on (src/ops/modulate.rs `next_partials`).
 @group(0) @binding(8) var<storage, read> bwd_next_dchildren4: array<vec4<f32>>;
 
+// dchild_block for child k + 1.
+fn next_dchild_block(co: u32, b: u32, e: u32) -> array<vec4<f32>, TAPS_3X3> {
+    let tap_major = p.dchild_tap_major != 0u;
+    let first = co * p.dchild_co_stride + b;
+    let t = p.dchild_tap_stride;
+    return block_of(
+        tap_major,
+        array<vec4<f32>, TAPS_3X3>(
+            bwd_next_dchildren4[select(e, first, tap_major)],
+            bwd_next_dchildren4[select(e + 1u, first + t, tap_major)],
+            bwd_next_dchildren4[select(e + 2u, first + 2u * t, tap_major)],
+            bwd_next_dchildren4[select(e + 3u, first + 3u * t, tap_major)],
+            bwd_next_dchildren4[select(e + 4u, first + 4u * t, tap_major)],
+            bwd_next_dchildren4[select(e + 5u, first + 5u * t, tap_major)],
+            bwd_next_dchildren4[select(e + 6u, first + 6u * t, tap_major)],
+            bwd_next_dchildren4[select(e + 7u, first + 7u * t, tap_major)],
+            bwd_next_dchildren4[select(e + 8u, first + 8u * t, tap_major)],
+        ),
+    );
+}
+
 // Vec4 j of the block at e for both children (add_block_vec4's sums and term for each).
 fn add_pair_vec4(
     sum: ptr<function, array<vec2<f32>, TAPS_3X3>>,
     next_sum: ptr<function, array<vec2<f32>, TAPS_3X3>>,
     e: u32,
     j: u32,
+    d: vec4<f32>,
+    next_d: vec4<f32>,
     s: vec4<f32>,
     next_s: vec4<f32>,
     f: vec2<f32>,
 ) {
     let at = e + j;
     let w = bwd_parent4[at];
-    let d = bwd_dchildren4[at];
-    let next_d = bwd_next_dchildren4[at];
     add_terms(sum, d, w, BLOCK_TAPS[j]);
     add_terms(next_sum, next_d, w, BLOCK_TAPS[j]);
     let term = d * s * f.x;
@@ -450,16 +519,18 @@ fn modulate_backward_3x3_serial_pair(@builtin(global_invocation_id) gid: vec3<u3
     var next_sum: array<vec2<f32>, TAPS_3X3>;
     for (var b = 0u; b < blocks; b++) {
         let e = (co * blocks + b) * TAPS_3X3;
+        let d = dchild_block(co, b, e);
+        let next_d = next_dchild_block(co, b, e);
         // Unrolled, so that every index into the sums is a constant.
-        add_pair_vec4(&tap_sum, &next_sum, e, 0u, s[0], next_s[0], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 1u, s[1], next_s[1], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 2u, s[2], next_s[2], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 3u, s[3], next_s[3], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 4u, s[4], next_s[4], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 5u, s[5], next_s[5], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 6u, s[6], next_s[6], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 7u, s[7], next_s[7], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 8u, s[8], next_s[8], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 0u, d[0], next_d[0], s[0], next_s[0], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 1u, d[1], next_d[1], s[1], next_s[1], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 2u, d[2], next_d[2], s[2], next_s[2], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 3u, d[3], next_d[3], s[3], next_s[3], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 4u, d[4], next_d[4], s[4], next_s[4], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 5u, d[5], next_d[5], s[5], next_s[5], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 6u, d[6], next_d[6], s[6], next_s[6], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 7u, d[7], next_d[7], s[7], next_s[7], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 8u, d[8], next_d[8], s[8], next_s[8], f);
     }
     store_child_attention(k, co, tap_sum, 0u);
     store_child_attention(k + 1u, co, next_sum, p.next_partials);

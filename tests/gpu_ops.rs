@@ -364,7 +364,7 @@ fn conv_weight_paths_agree_bit_for_bit() {
             let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, fusion, None, &scratch);
             let mut dispatches: Vec<_> = forward.prepare.into_iter().chain(forward.run).collect();
             dispatches.extend(plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch));
-            dispatches.extend(plan.backward_weight(&gpu, [&dy, &dw], false, &scratch));
+            dispatches.extend(plan.backward_weight(&gpu, [&dy, &dw], false, false, &scratch));
             gpu.run(&dispatches);
             [&y, &dx, &dw].map(|b| gpu.read::<f32>(b).unwrap())
         });
@@ -450,6 +450,7 @@ fn modulation_matches_reference() {
             has_spatial,
             live_taps: None,
             packed_by_consumer: 0,
+            dchild_strides: None,
         };
         let sp = has_spatial.then_some(sv.as_slice());
         let want = r::modulate::forward(&m, &pv, sp, &fv);

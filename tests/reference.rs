@@ -43,6 +43,7 @@ fn modulate_gradients() {
             has_spatial,
             live_taps: None,
             packed_by_consumer: 0,
+            dchild_strides: None,
         };
         let mut g = rng(2);
         let parent = randn(&mut g, 4 * 27);

@@ -25,17 +25,23 @@ struct Net {
 }
 
 fn kdna_net() -> Net {
+    kdna_net_with(8, 1)
+}
+
+/// The network with `width` channels after a stem of stride `stem_stride`.
+fn kdna_net_with(width: usize, stem_stride: usize) -> Net {
     let mut g = Graph::new();
     let images = g.input("images", &[BATCH, 3, 9, 9]);
     let labels = g.labels("labels", BATCH);
     let same = Conv2dConfig::new(1, 1);
-    let x = layers::conv2d(&mut g, images, "stem", 8, 3, same, false, ConvInit::KaimingFanOut).unwrap();
+    let stem = Conv2dConfig::new(stem_stride, 1);
+    let x = layers::conv2d(&mut g, images, "stem", width, 3, stem, false, ConvInit::KaimingFanOut).unwrap();
     let x = layers::batchnorm(&mut g, x, "stem_bn").unwrap();
     let mut x = g.relu(x);
     // The parent conv, used itself and through two children.
-    let parent = g.param("parent.weight", &[8, 8, 3, 3]).unwrap();
+    let parent = g.param("parent.weight", &[width, width, 3, 3]).unwrap();
     let spatial = g.param("static_spatial_attn", &[2, 1, 1, 3, 3]).unwrap();
-    let filter = g.param("static_filter_attn", &[2, 8, 1, 1, 1]).unwrap();
+    let filter = g.param("static_filter_attn", &[2, width, 1, 1, 1]).unwrap();
     let kids = g.modulate(parent, Some(spatial), filter, 0, 2).unwrap();
     for (i, &kid) in kids.iter().enumerate() {
         let routed = layers::router(&mut g, x, &format!("se.{i}"), 4, ConvInit::KaimingFanOut).unwrap();
@@ -48,7 +54,7 @@ fn kdna_net() -> Net {
     let y = layers::batchnorm(&mut g, y, "parent_bn").unwrap();
     let x = g.relu(y);
     let pooled = g.global_avgpool(x).unwrap();
-    let fc = g.param("fc.weight", &[CLASSES, 8]).unwrap();
+    let fc = g.param("fc.weight", &[CLASSES, width]).unwrap();
     let fc_bias = g.param("fc.bias", &[CLASSES]).unwrap();
     let logits = g.linear(pooled, fc, Some(fc_bias)).unwrap();
     let loss = g.cross_entropy(logits, labels, 0.0).unwrap();
@@ -152,17 +158,22 @@ fn training_is_bitwise_repeatable() {
     assert_eq!(a.1, b.1, "trained parent kernels differ");
 }
 
-/// Convolutions that pack their children straight from the parent and gate their input as they
-/// copy it (the default) train to the same bits as a modulation and routers that store children
-/// and gated inputs for the convolutions to load.
+/// Convolutions that pack their children straight from the parent, gate their input as they
+/// copy it and leave the children's weight gradients unreduced for the modulation (the
+/// default) train to the same bits as a modulation and routers that store children and gated
+/// inputs for the convolutions to load, and reductions that store the children's gradients.
 #[test]
 fn fusing_children_and_gates_into_their_convolutions_changes_no_bit() {
     let gpu = common::gpu();
-    let net = kdna_net();
+    // 32 channels on 5x5 maps: the children's weight gradients fill whole tiles of output
+    // channels in one chunk, so they can stay unreduced.
+    let net = kdna_net_with(32, 2);
     let (packed, children) = kdna::graph::fuse::pack_children(&net.graph, &gpu, &[]);
     assert_eq!(children.len(), 2, "both children should be packed by their convolutions");
     let (gated, gated_inputs) = kdna::graph::fuse::gate_in_copies(&packed, &[]);
     assert_eq!(gated_inputs.len(), 2, "both routers' gates should be applied in their convolutions' copies");
+    let (_, unreduced) = kdna::graph::fuse::unreduced_child_gradients(&gated, &gpu, &[]);
+    assert_eq!(unreduced, children, "both children's gradients should stay unreduced");
     let sgd = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
     let run = |fuse: bool| {
         let plan = Plan { fuse, ..Plan::train(net.loss, sgd) };
@@ -176,7 +187,8 @@ fn fusing_children_and_gates_into_their_convolutions_changes_no_bit() {
         let trained = ["parent.weight", "static_spatial_attn", "static_filter_attn"].map(|n| bits(read(n)));
         let router = "se.0.fc2.weight";
         let trained = [trained.to_vec(), vec![bits(read(router))]].concat();
-        (dispatches, losses, trained, exe.read(children[0]), exe.read(gated_inputs[1]))
+        let grad = exe.read_grad(children[1]);
+        (dispatches, losses, trained, exe.read(children[0]), exe.read(gated_inputs[1]), grad)
     };
     let (fused, plain) = (run(true), run(false));
     assert_eq!(fused.0 + 4, plain.0, "the two children's modulations and the two gates' dispatches should be gone");
@@ -185,7 +197,9 @@ fn fusing_children_and_gates_into_their_convolutions_changes_no_bit() {
     for err in [fused.3.expect_err("a packed child"), fused.4.expect_err("a gated input")] {
         assert!(format!("{err:#}").contains("never stored"), "{err:#}");
     }
-    assert!(plain.3.is_ok() && plain.4.is_ok(), "stored tensors read back");
+    let err = fused.5.expect_err("an unreduced gradient");
+    assert!(format!("{err:#}").contains("unreduced"), "{err:#}");
+    assert!(plain.3.is_ok() && plain.4.is_ok() && plain.5.is_ok(), "stored tensors and gradients read back");
     // The graph the executor plans: each child's conv reads its input, the child (for its
     // gradient), the parent and both attentions, the router's input and gate.
     let convs = gated.nodes.iter().filter(|n| n.op.name() == "conv2d" && children.contains(&n.inputs[1]));

@@ -100,6 +100,8 @@ pub struct Executor {
     steps: u64,
     /// Tensors their one consumer computes as it loads them ([`fuse`]): never stored.
     unstored: Vec<TensorId>,
+    /// Tensors whose gradients stay in their conv's unreduced layout ([`fuse`]).
+    unreduced_grads: Vec<TensorId>,
 }
 
 impl Executor {
@@ -117,12 +119,12 @@ impl Executor {
         check_sizes(&gpu, graph)?;
         let batch = graph.tensors.iter().find(|t| t.role == Role::Input).map(|t| t.shape.first().copied().unwrap_or(1));
         let what = format!("the activations of a batch of {}", batch.unwrap_or(1));
-        let (fused, unstored) = match plan.fuse {
+        let fused = match plan.fuse {
             true => fuse::fuse(graph, &gpu, &plan.backward_from),
-            false => (graph.clone(), Vec::new()),
+            false => fuse::Fused { graph: graph.clone(), unstored: Vec::new(), unreduced_grads: Vec::new() },
         };
-        let mut exe = gpu.clone().allocation(&what, || Self::plan(gpu, &fused, plan, weights))??;
-        exe.unstored = unstored;
+        let mut exe = gpu.clone().allocation(&what, || Self::plan(gpu, &fused.graph, plan, weights))??;
+        (exe.unstored, exe.unreduced_grads) = (fused.unstored, fused.unreduced_grads);
         Ok(exe)
     }
 
@@ -179,6 +181,7 @@ impl Executor {
             readback: None,
             steps: 0,
             unstored: Vec::new(),
+            unreduced_grads: Vec::new(),
         };
         if let Some(&first) = plan.backward_from.first() {
             exe.plan_backward(graph, &plan.backward_from, &values, &scratch)?;
@@ -361,6 +364,9 @@ impl Executor {
     }
 
     pub fn read_grad(&self, t: TensorId) -> Result<Vec<f32>> {
+        if self.unreduced_grads.contains(&t) {
+            bail!("the gradient of tensor {} stays in its convolution's unreduced layout (Plan::fuse)", t.0);
+        }
         let slice = self.grads[t.0].as_ref().context("tensor has no gradient in this plan")?;
         self.gpu.read(slice)
     }

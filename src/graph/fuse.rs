@@ -10,9 +10,13 @@
 //! - [`gate_in_copies`]: a router's gated input (`channel_scale`) is computed by the
 //!   convolution as it copies its input to channels-last ([`Conv2d::gates_input`]), as inference
 //!   folding does, but in training too: the router's backward pass never reads it.
+//! - [`unreduced_child_gradients`]: the other way, a child's gradient stays as its
+//!   convolution's weight-gradient passes sum it ([`Conv2d::dw_unreduced`]), and the
+//!   modulation's backward pass reads that layout ([`Modulate::dchild_strides`]): no reduction
+//!   pass stores it in the weight's layout for one reader to load back.
 //!
 //! The tensors so spared still have buffers (their gradients are as before); reading one is an
-//! error ([`super::Executor::read`]).
+//! error ([`super::Executor::read`]), as is reading an unreduced gradient.
 
 use super::{Graph, TensorId};
 use crate::gpu::Gpu;
@@ -24,12 +28,22 @@ use crate::ops::modulate::Modulate;
 /// Spatial taps of the children a convolution packs from their parent (3x3 kernels).
 const CHILD_TAPS: usize = 9;
 
-/// Both rewrites; the tensors they leave unstored.
-pub fn fuse(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -> (Graph, Vec<TensorId>) {
+/// A graph with every rewrite made.
+pub struct Fused {
+    pub graph: Graph,
+    /// Tensors never stored.
+    pub unstored: Vec<TensorId>,
+    /// Tensors whose gradients are left in their conv's unreduced layout.
+    pub unreduced_grads: Vec<TensorId>,
+}
+
+/// Every rewrite; `keep` lists tensors whose values or gradients the caller reads.
+pub fn fuse(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -> Fused {
     let (packed, mut unstored) = pack_children(graph, gpu, keep);
     let (gated, gated_inputs) = gate_in_copies(&packed, keep);
     unstored.extend(gated_inputs);
-    (gated, unstored)
+    let (graph, unreduced_grads) = unreduced_child_gradients(&gated, gpu, keep);
+    Fused { graph, unstored, unreduced_grads }
 }
 
 /// The nodes that read each tensor (once per input naming it).
@@ -106,4 +120,36 @@ pub fn gate_in_copies(graph: &Graph, keep: &[TensorId]) -> (Graph, Vec<TensorId>
         gated.push(y);
     }
     (out, gated)
+}
+
+/// `graph` with the gradients of children whose modulation sums them serially
+/// (`Modulate::serial_blocks`) left as their convolutions' passes sum them, where every child
+/// of the node has one such convolution and all leave the same layout
+/// ([`GemmPlan::unreduced_weight_gradient`]); and those children.
+pub fn unreduced_child_gradients(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -> (Graph, Vec<TensorId>) {
+    let mut out = graph.clone();
+    let mut unreduced = Vec::new();
+    let consumers = consumers(graph);
+    for (m, node) in graph.nodes.iter().enumerate() {
+        let Some(modulate) = node.op.as_any().downcast_ref::<Modulate>() else { continue };
+        if !modulate.serial_blocks() || node.outputs.iter().any(|t| keep.contains(t)) {
+            continue;
+        }
+        let convs: Option<Vec<(usize, &Conv2d)>> =
+            node.outputs.iter().map(|&child| sole_conv_reader(graph, &consumers, child, 1)).collect();
+        let Some(convs) = convs else { continue };
+        let strides: Vec<_> =
+            convs.iter().map(|(_, conv)| GemmPlan::for_device(&conv.shape, gpu).unreduced_weight_gradient()).collect();
+        let Some(&Some(first)) = strides.first() else { continue };
+        if strides.iter().any(|s| *s != Some(first)) {
+            continue;
+        }
+        for &(n, conv) in &convs {
+            out.nodes[n].op = Box::new(Conv2d { dw_unreduced: true, ..conv.clone() });
+        }
+        let fused = out.nodes[m].op.as_any_mut().downcast_mut::<Modulate>().expect("a modulation");
+        fused.dchild_strides = Some(first);
+        unreduced.extend_from_slice(&node.outputs);
+    }
+    (out, unreduced)
 }

@@ -307,6 +307,10 @@ pub struct Conv2d {
     /// [`crate::graph::fuse`]). Unlike `has_gate` it trains: x stays the input whose gradient
     /// this conv writes, and the router's backward pass takes it from there.
     pub gates_input: bool,
+    /// The weight gradient is left as the GEMM's passes sum it, unreduced, for a consumer that
+    /// reads that layout (a KernelDNA child's modulation: [`GemmPlan::unreduced_weight_gradient`],
+    /// [`crate::graph::fuse`]).
+    pub dw_unreduced: bool,
 }
 
 impl Conv2d {
@@ -483,7 +487,8 @@ impl Op for Conv2d {
             match s.kernel() {
                 ConvKernel::Gemm => {
                     let plan = GemmPlan::for_device(s, gpu);
-                    out.extend(plan.backward_weight(gpu, [dy, dw.slice], dw.accumulate, &b.scratch));
+                    let unreduced = self.dw_unreduced;
+                    out.extend(plan.backward_weight(gpu, [dy, dw.slice], dw.accumulate, unreduced, &b.scratch));
                 }
                 ConvKernel::Depthwise => {
                     let partials = b.scratch[b.scratch.len() - 1 - self.has_bias as usize];
@@ -604,6 +609,7 @@ impl Graph {
             activation,
             child: None,
             gates_input: false,
+            dw_unreduced: false,
         };
         Ok(self.push(op, &inputs, &[out])[0])
     }

@@ -1249,14 +1249,22 @@ impl GemmPlan {
     /// dw (+)= the gradient to the weight, in chunk partial sums added in a fixed order. Reads
     /// the channels-last copy of x that [`GemmPlan::forward`] left in the scratch (a step runs
     /// the forward pass before the backward, and nothing else writes an op's scratch).
+    ///
+    /// With `unreduced` ([`GemmPlan::unreduced_weight_gradient`]; not accumulating), the
+    /// passes' sums go straight into dw in their own layout and nothing reduces them.
     pub fn backward_weight(
         &self,
         gpu: &Gpu,
         [dy, dw]: [&GpuSlice; 2],
         accumulate: bool,
+        unreduced: bool,
         scratch: &[&GpuSlice],
     ) -> Vec<Dispatch> {
-        let partials = scratch[PARTIALS];
+        assert!(
+            !unreduced || (!accumulate && self.unreduced_weight_gradient().is_some()),
+            "this weight gradient cannot be left unreduced"
+        );
+        let partials = if unreduced { dw } else { scratch[PARTIALS] };
         let passes = self.weight_passes();
         let pixels = self.shape.out_h * self.shape.out_w;
         let copy = match pixels.is_multiple_of(4) {
@@ -1275,6 +1283,9 @@ impl GemmPlan {
                 let region = partials.range(pass.offset, pass.partials);
                 out.push(self.weight_partial_sums(gpu, &pass.params, [scratch[X_LAST], scratch[DY_LAST], &region]));
             }
+        }
+        if unreduced {
+            return out;
         }
         let full_taps = self.shape.kernel_h * self.shape.kernel_w;
         let pass_per_tap =
@@ -1295,6 +1306,23 @@ impl GemmPlan {
         let invocations = grid(self.shape.c_out * self.x_quads);
         out.push(gpu.dispatch("conv_tile", entry, &reduce, &[partials, dw], invocations));
         out
+    }
+
+    /// Where the weight gradient, left as the passes sum it, is one [c_out][tap][input quad]
+    /// array of vec4s as large as the weight, every element written by one pass: one chunk,
+    /// every tap reached, no padding channels. The vec4s between output channels and between
+    /// taps; a consumer that reads that layout spares the reduction
+    /// (`modulate_backward_3x3_serial`).
+    pub fn unreduced_weight_gradient(&self) -> Option<[usize; 2]> {
+        let s = &self.shape;
+        let passes = self.weight_passes();
+        let full_taps = s.kernel_h * s.kernel_w;
+        let pass_per_tap =
+            passes.len() == full_taps && passes.iter().all(|pass| pass.params.kernel_h * pass.params.kernel_w == 1);
+        let [co, tap, _] = self.partial_strides(&passes, pass_per_tap)?;
+        let whole = passes.iter().map(|pass| pass.partials).sum::<usize>() == s.c_out * s.c_in * full_taps;
+        let reached = passes.iter().all(|pass| pass.partials > 0 && pass.params.chunks == 1);
+        (whole && reached && self.weight_pad() == s.c_out && self.taps() == full_taps).then_some([co, tap])
     }
 
     /// Where each tap of a 3x3 kernel takes its sums from one pass (one pass over the whole

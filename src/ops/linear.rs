@@ -49,6 +49,7 @@ impl Linear {
             activation: self.activation,
             child: None,
             gates_input: false,
+            dw_unreduced: false,
         }
     }
 

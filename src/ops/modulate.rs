@@ -45,6 +45,11 @@ pub struct Modulate {
     /// ([`crate::graph::fuse`]): the forward pass leaves their tensors unwritten. Their
     /// gradients come back as every child's do.
     pub packed_by_consumer: u32,
+    /// Every child's gradient arrives as its conv's weight gradient left it, unreduced
+    /// ([`crate::ops::conv2d::Conv2d::dw_unreduced`]): [c_out][tap][input quad] vec4s, output
+    /// channels and taps these many vec4s apart ([`crate::graph::fuse`]; 3x3 children whose
+    /// gradients `serial_blocks` passes take).
+    pub dchild_strides: Option<[usize; 2]>,
 }
 
 #[repr(C)]
@@ -64,6 +69,9 @@ struct ModulateParams {
     /// `modulate_backward_3x3_serial_pair`: where the second child's partial sums begin, in
     /// double-float pairs.
     next_partials: u32,
+    dchild_tap_major: u32,
+    dchild_co_stride: u32,
+    dchild_tap_stride: u32,
     _pad: u32,
 }
 
@@ -82,6 +90,9 @@ impl Modulate {
             live_taps: self.live(),
             parent_accumulate: 0,
             next_partials: (self.next_partials() / 2) as u32,
+            dchild_tap_major: self.dchild_strides.is_some() as u32,
+            dchild_co_stride: self.dchild_strides.map_or(0, |s| s[0] as u32),
+            dchild_tap_stride: self.dchild_strides.map_or(0, |s| s[1] as u32),
             _pad: 0,
         }
     }
@@ -138,7 +149,7 @@ impl Modulate {
     /// then comes from the same pass (`modulate_backward_3x3_serial`) where it is wanted too,
     /// two children to a pass where there are two or more (`_pair`: the parent loaded once,
     /// its gradient stored once).
-    fn serial_blocks(&self) -> bool {
+    pub fn serial_blocks(&self) -> bool {
         self.runs_blocks() && self.fan / (4 * TAPS_3X3) <= SERIAL_MAX_BLOCKS
     }
 
@@ -266,6 +277,7 @@ impl Op for Modulate {
             }
             return out;
         }
+        assert!(self.dchild_strides.is_none(), "only the serial passes read unreduced child gradients");
         let (entry, invocations) = self.elementwise("modulate_backward_parent");
         each(entry, grads.inputs[0], grid(invocations), true);
         if let (true, Some(ds), Some(dfilter)) = (self.fused_attention(), grads.inputs[1], grads.inputs[2]) {
@@ -335,6 +347,7 @@ impl Graph {
             has_spatial: spatial.is_some(),
             live_taps: None,
             packed_by_consumer: 0,
+            dchild_strides: None,
         };
         // Without a spatial attention the filter stands in its slot, so inputs keep positions.
         let inputs = [parent, spatial.unwrap_or(filter), filter];
