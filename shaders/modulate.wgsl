@@ -382,27 +382,24 @@ fn modulate_backward_attention_3x3_serial(@builtin(global_invocation_id) gid: ve
 // as those two kernels. Invocations: c_out. The parent's gradient: binding 7.
 @group(0) @binding(7) var<storage, read_write> bwd_parent_grad4: array<vec4<f32>>;
 
-// Block (co, b) of dchild (its first vec4 at e in the weight's layout) as nine vec4s of the
-// weight's layout, wherever it lies (see dchild_tap_major): nine vec4 loads either way, the
-// taps' vec4s over four input channels transposed in registers.
-fn dchild_block(co: u32, b: u32, e: u32) -> array<vec4<f32>, TAPS_3X3> {
+// Block (co, b) of a child's gradient (its first vec4 at e in the weight's layout) as nine
+// vec4s of the weight's layout, wherever it lies (see dchild_tap_major): nine vec4 loads either
+// way, the taps' vec4s over four input channels transposed in registers. `second`: the second
+// child of a pair (binding 8) rather than the first (binding 4).
+fn dchild_block(second: bool, co: u32, b: u32, e: u32) -> array<vec4<f32>, TAPS_3X3> {
     let tap_major = p.dchild_tap_major != 0u;
     let first = co * p.dchild_co_stride + b;
     let t = p.dchild_tap_stride;
-    return block_of(
-        tap_major,
-        array<vec4<f32>, TAPS_3X3>(
-            bwd_dchildren4[select(e, first, tap_major)],
-            bwd_dchildren4[select(e + 1u, first + t, tap_major)],
-            bwd_dchildren4[select(e + 2u, first + 2u * t, tap_major)],
-            bwd_dchildren4[select(e + 3u, first + 3u * t, tap_major)],
-            bwd_dchildren4[select(e + 4u, first + 4u * t, tap_major)],
-            bwd_dchildren4[select(e + 5u, first + 5u * t, tap_major)],
-            bwd_dchildren4[select(e + 6u, first + 6u * t, tap_major)],
-            bwd_dchildren4[select(e + 7u, first + 7u * t, tap_major)],
-            bwd_dchildren4[select(e + 8u, first + 8u * t, tap_major)],
-        ),
-    );
+    var v: array<vec4<f32>, TAPS_3X3>;
+    for (var j = 0u; j < TAPS_3X3; j++) {
+        v[j] = dchild_vec4(second, select(e + j, first + j * t, tap_major));
+    }
+    return block_of(tap_major, v);
+}
+
+fn dchild_vec4(second: bool, at: u32) -> vec4<f32> {
+    if (second) { return bwd_next_dchildren4[at]; }
+    return bwd_dchildren4[at];
 }
 
 // Nine loaded vec4s as a block of the weight's layout: as they are, or with `tap_major` the
@@ -442,7 +439,7 @@ fn modulate_backward_3x3_serial(@builtin(global_invocation_id) gid: vec3<u32>, @
     var tap_sum: array<vec2<f32>, TAPS_3X3>;
     for (var b = 0u; b < blocks; b++) {
         let e = (co * blocks + b) * TAPS_3X3;
-        let d = dchild_block(co, b, e);
+        let d = dchild_block(false, co, b, e);
         // Unrolled, so that every index into the sums is a constant.
         add_block_vec4(&tap_sum, e, 0u, d[0], s[0], f);
         add_block_vec4(&tap_sum, e, 1u, d[1], s[1], f);
@@ -463,27 +460,6 @@ fn modulate_backward_3x3_serial(@builtin(global_invocation_id) gid: vec3<u32>, @
 // one-child passes add, in the same order. Child k + 1's dchild: binding 8; its partials from
 // pair p.next_partials on (src/ops/modulate.rs `next_partials`).
 @group(0) @binding(8) var<storage, read> bwd_next_dchildren4: array<vec4<f32>>;
-
-// dchild_block for child k + 1.
-fn next_dchild_block(co: u32, b: u32, e: u32) -> array<vec4<f32>, TAPS_3X3> {
-    let tap_major = p.dchild_tap_major != 0u;
-    let first = co * p.dchild_co_stride + b;
-    let t = p.dchild_tap_stride;
-    return block_of(
-        tap_major,
-        array<vec4<f32>, TAPS_3X3>(
-            bwd_next_dchildren4[select(e, first, tap_major)],
-            bwd_next_dchildren4[select(e + 1u, first + t, tap_major)],
-            bwd_next_dchildren4[select(e + 2u, first + 2u * t, tap_major)],
-            bwd_next_dchildren4[select(e + 3u, first + 3u * t, tap_major)],
-            bwd_next_dchildren4[select(e + 4u, first + 4u * t, tap_major)],
-            bwd_next_dchildren4[select(e + 5u, first + 5u * t, tap_major)],
-            bwd_next_dchildren4[select(e + 6u, first + 6u * t, tap_major)],
-            bwd_next_dchildren4[select(e + 7u, first + 7u * t, tap_major)],
-            bwd_next_dchildren4[select(e + 8u, first + 8u * t, tap_major)],
-        ),
-    );
-}
 
 // Vec4 j of the block at e for both children (add_block_vec4's sums and term for each).
 fn add_pair_vec4(
@@ -519,8 +495,8 @@ fn modulate_backward_3x3_serial_pair(@builtin(global_invocation_id) gid: vec3<u3
     var next_sum: array<vec2<f32>, TAPS_3X3>;
     for (var b = 0u; b < blocks; b++) {
         let e = (co * blocks + b) * TAPS_3X3;
-        let d = dchild_block(co, b, e);
-        let next_d = next_dchild_block(co, b, e);
+        let d = dchild_block(false, co, b, e);
+        let next_d = dchild_block(true, co, b, e);
         // Unrolled, so that every index into the sums is a constant.
         add_pair_vec4(&tap_sum, &next_sum, e, 0u, d[0], next_d[0], s[0], next_s[0], f);
         add_pair_vec4(&tap_sum, &next_sum, e, 1u, d[1], next_d[1], s[1], next_s[1], f);
