@@ -293,7 +293,7 @@ pub struct Conv2d {
     /// A residual input added to the output as it is stored (GEMM convolutions), then the
     /// activation applied. Eval only: such a conv has no backward pass.
     pub has_residual: bool,
-    /// A gate [N, C_in] on the input's channels (eval-only), the last input.
+    /// A gate [N, C_in] on the input's channels (eval-only), the input after bias and residual.
     pub has_gate: bool,
     pub activation: OutputActivation,
     /// The weight is KernelDNA child `row` (an attention row), which the forward pass packs
@@ -386,7 +386,7 @@ impl Op for Conv2d {
             ConvKernel::Gemm => {
                 let plan = GemmPlan::for_device(s, gpu);
                 let residual = self.has_residual.then(|| b.inputs[2 + self.has_bias as usize]);
-                let mut gate = self.has_gate.then(|| b.inputs[2 + self.has_bias as usize + self.has_residual as usize]);
+                let mut gate = self.has_gate.then(|| b.inputs[self.child_inputs() - 1]);
                 let mut buffers = buffers;
                 if self.gates_input {
                     // The copy gates the router's input itself.
