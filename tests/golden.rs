@@ -213,6 +213,21 @@ fn resnet18_stage_golden() {
     check_block("resnet18_stage", |g, x| resnet::resnet18_stage(g, x, "", 16, 2).unwrap());
 }
 
+/// At 32 planes on 3x3 maps the training plan fuses all it can into the children's
+/// convolutions (src/graph/fuse.rs): children packed from their parent, gates applied in the
+/// input copies, children's weight gradients left unreduced for the modulation.
+#[test]
+fn resnet18_stage_wide_golden() {
+    let build = |g: &mut Graph, x| resnet::resnet18_stage(g, x, "", 32, 2).unwrap();
+    let mut g = Graph::new();
+    let x = g.input("input", &[4, 16, 6, 6]);
+    build(&mut g, x);
+    let fused = kdna::graph::fuse::fuse(&g, &gpu(), &[]);
+    assert_eq!(fused.unreduced_grads.len(), 3, "every child's gradient should stay unreduced");
+    assert_eq!(fused.unstored.len(), 6, "three children and three gated inputs should go unstored");
+    check_block("resnet18_stage_wide", build);
+}
+
 #[test]
 fn resnet50_stage3_golden() {
     check_block("resnet50_stage3", |g, x| resnet::resnet50_stage3(g, x, "", 8, 3).unwrap());
