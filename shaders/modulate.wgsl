@@ -382,24 +382,46 @@ fn modulate_backward_attention_3x3_serial(@builtin(global_invocation_id) gid: ve
 // as those two kernels. Invocations: c_out. The parent's gradient: binding 7.
 @group(0) @binding(7) var<storage, read_write> bwd_parent_grad4: array<vec4<f32>>;
 
-// Block (co, b) of a child's gradient (its first vec4 at e in the weight's layout) as nine
+// The `_own` passes: the parent's own conv's weight gradient, left unreduced in the same
+// layout as the children's (src/graph/fuse.rs); the parent's gradient starts from it rather
+// than from what binding 7 holds.
+@group(0) @binding(9) var<storage, read> bwd_own_grad4: array<vec4<f32>>;
+
+// The gradients a serial pass reads blocks of: the pass's first child (binding 4), the second
+// child of a pair (binding 8), the parent's own conv's (binding 9).
+const FIRST_CHILD: u32 = 0u;
+const SECOND_CHILD: u32 = 1u;
+const PARENT_OWN: u32 = 2u;
+
+// Block (co, b) of gradient `source` (its first vec4 at e in the weight's layout) as nine
 // vec4s of the weight's layout, wherever it lies (see dchild_tap_major): nine vec4 loads either
-// way, the taps' vec4s over four input channels transposed in registers. `second`: the second
-// child of a pair (binding 8) rather than the first (binding 4).
-fn dchild_block(second: bool, co: u32, b: u32, e: u32) -> array<vec4<f32>, TAPS_3X3> {
+// way, the taps' vec4s over four input channels transposed in registers.
+fn dchild_block(source: u32, co: u32, b: u32, e: u32) -> array<vec4<f32>, TAPS_3X3> {
     let tap_major = p.dchild_tap_major != 0u;
     let first = co * p.dchild_co_stride + b;
     let t = p.dchild_tap_stride;
     var v: array<vec4<f32>, TAPS_3X3>;
     for (var j = 0u; j < TAPS_3X3; j++) {
-        v[j] = dchild_vec4(second, select(e + j, first + j * t, tap_major));
+        v[j] = gradient_vec4(source, select(e + j, first + j * t, tap_major));
     }
     return block_of(tap_major, v);
 }
 
-fn dchild_vec4(second: bool, at: u32) -> vec4<f32> {
-    if (second) { return bwd_next_dchildren4[at]; }
-    return bwd_dchildren4[at];
+fn gradient_vec4(source: u32, at: u32) -> vec4<f32> {
+    switch source {
+        case SECOND_CHILD: { return bwd_next_dchildren4[at]; }
+        case PARENT_OWN: { return bwd_own_grad4[at]; }
+        default: { return bwd_dchildren4[at]; }
+    }
+}
+
+// Block (co, b) of the parent's gradient so far: its own conv's unreduced gradient (`own`, a
+// constant of each entry point) or what binding 7 holds.
+fn parent_gradient_block(own: bool, co: u32, b: u32, e: u32) -> array<vec4<f32>, TAPS_3X3> {
+    if (own) { return dchild_block(PARENT_OWN, co, b, e); }
+    var v: array<vec4<f32>, TAPS_3X3>;
+    for (var j = 0u; j < TAPS_3X3; j++) { v[j] = bwd_parent_grad4[e + j]; }
+    return v;
 }
 
 // Nine loaded vec4s as a block of the weight's layout: as they are, or with `tap_major` the
@@ -420,17 +442,33 @@ fn block_of(tap_major: bool, v: array<vec4<f32>, TAPS_3X3>) -> array<vec4<f32>, 
 }
 
 // Vec4 j (d) of the block at e: the attention sums' terms, and the parent gradient's term
-// d * s * f.
-fn add_block_vec4(sum: ptr<function, array<vec2<f32>, TAPS_3X3>>, e: u32, j: u32, d: vec4<f32>, s: vec4<f32>, f: f32) {
+// d * s * f, added to `old` (the parent's gradient so far) where it accumulates.
+fn add_block_vec4(
+    sum: ptr<function, array<vec2<f32>, TAPS_3X3>>,
+    e: u32,
+    j: u32,
+    d: vec4<f32>,
+    old: vec4<f32>,
+    s: vec4<f32>,
+    f: f32,
+) {
     add_terms(sum, d, bwd_parent4[e + j], BLOCK_TAPS[j]);
     let term = d * s * f;
-    let at = e + j;
-    bwd_parent_grad4[at] = select(term, bwd_parent_grad4[at] + term, p.parent_accumulate != 0u);
+    bwd_parent_grad4[e + j] = select(term, old + term, p.parent_accumulate != 0u);
 }
 
 @compute @workgroup_size(64)
 fn modulate_backward_3x3_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let co = flat_index(gid, nwg);
+    serial_3x3(flat_index(gid, nwg), false);
+}
+
+// The same, the parent's gradient starting from its own conv's unreduced gradient (binding 9).
+@compute @workgroup_size(64)
+fn modulate_backward_3x3_serial_own(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    serial_3x3(flat_index(gid, nwg), true);
+}
+
+fn serial_3x3(co: u32, own: bool) {
     if (co >= p.c_out) { return; }
     let k = p.first_child;
     let s = spatial_block(k);
@@ -439,17 +477,18 @@ fn modulate_backward_3x3_serial(@builtin(global_invocation_id) gid: vec3<u32>, @
     var tap_sum: array<vec2<f32>, TAPS_3X3>;
     for (var b = 0u; b < blocks; b++) {
         let e = (co * blocks + b) * TAPS_3X3;
-        let d = dchild_block(false, co, b, e);
+        let d = dchild_block(FIRST_CHILD, co, b, e);
+        let old = parent_gradient_block(own, co, b, e);
         // Unrolled, so that every index into the sums is a constant.
-        add_block_vec4(&tap_sum, e, 0u, d[0], s[0], f);
-        add_block_vec4(&tap_sum, e, 1u, d[1], s[1], f);
-        add_block_vec4(&tap_sum, e, 2u, d[2], s[2], f);
-        add_block_vec4(&tap_sum, e, 3u, d[3], s[3], f);
-        add_block_vec4(&tap_sum, e, 4u, d[4], s[4], f);
-        add_block_vec4(&tap_sum, e, 5u, d[5], s[5], f);
-        add_block_vec4(&tap_sum, e, 6u, d[6], s[6], f);
-        add_block_vec4(&tap_sum, e, 7u, d[7], s[7], f);
-        add_block_vec4(&tap_sum, e, 8u, d[8], s[8], f);
+        add_block_vec4(&tap_sum, e, 0u, d[0], old[0], s[0], f);
+        add_block_vec4(&tap_sum, e, 1u, d[1], old[1], s[1], f);
+        add_block_vec4(&tap_sum, e, 2u, d[2], old[2], s[2], f);
+        add_block_vec4(&tap_sum, e, 3u, d[3], old[3], s[3], f);
+        add_block_vec4(&tap_sum, e, 4u, d[4], old[4], s[4], f);
+        add_block_vec4(&tap_sum, e, 5u, d[5], old[5], s[5], f);
+        add_block_vec4(&tap_sum, e, 6u, d[6], old[6], s[6], f);
+        add_block_vec4(&tap_sum, e, 7u, d[7], old[7], s[7], f);
+        add_block_vec4(&tap_sum, e, 8u, d[8], old[8], s[8], f);
     }
     store_attention(co, tap_sum);
 }
@@ -469,6 +508,7 @@ fn add_pair_vec4(
     j: u32,
     d: vec4<f32>,
     next_d: vec4<f32>,
+    old: vec4<f32>,
     s: vec4<f32>,
     next_s: vec4<f32>,
     f: vec2<f32>,
@@ -478,13 +518,22 @@ fn add_pair_vec4(
     add_terms(sum, d, w, BLOCK_TAPS[j]);
     add_terms(next_sum, next_d, w, BLOCK_TAPS[j]);
     let term = d * s * f.x;
-    let first = select(term, bwd_parent_grad4[at] + term, p.parent_accumulate != 0u);
+    let first = select(term, old + term, p.parent_accumulate != 0u);
     bwd_parent_grad4[at] = first + next_d * next_s * f.y;
 }
 
 @compute @workgroup_size(64)
 fn modulate_backward_3x3_serial_pair(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let co = flat_index(gid, nwg);
+    serial_pair_3x3(flat_index(gid, nwg), false);
+}
+
+// The same, the parent's gradient starting from its own conv's unreduced gradient (binding 9).
+@compute @workgroup_size(64)
+fn modulate_backward_3x3_serial_pair_own(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    serial_pair_3x3(flat_index(gid, nwg), true);
+}
+
+fn serial_pair_3x3(co: u32, own: bool) {
     if (co >= p.c_out) { return; }
     let k = p.first_child;
     let s = spatial_block(k);
@@ -495,18 +544,19 @@ fn modulate_backward_3x3_serial_pair(@builtin(global_invocation_id) gid: vec3<u3
     var next_sum: array<vec2<f32>, TAPS_3X3>;
     for (var b = 0u; b < blocks; b++) {
         let e = (co * blocks + b) * TAPS_3X3;
-        let d = dchild_block(false, co, b, e);
-        let next_d = dchild_block(true, co, b, e);
+        let d = dchild_block(FIRST_CHILD, co, b, e);
+        let next_d = dchild_block(SECOND_CHILD, co, b, e);
+        let old = parent_gradient_block(own, co, b, e);
         // Unrolled, so that every index into the sums is a constant.
-        add_pair_vec4(&tap_sum, &next_sum, e, 0u, d[0], next_d[0], s[0], next_s[0], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 1u, d[1], next_d[1], s[1], next_s[1], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 2u, d[2], next_d[2], s[2], next_s[2], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 3u, d[3], next_d[3], s[3], next_s[3], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 4u, d[4], next_d[4], s[4], next_s[4], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 5u, d[5], next_d[5], s[5], next_s[5], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 6u, d[6], next_d[6], s[6], next_s[6], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 7u, d[7], next_d[7], s[7], next_s[7], f);
-        add_pair_vec4(&tap_sum, &next_sum, e, 8u, d[8], next_d[8], s[8], next_s[8], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 0u, d[0], next_d[0], old[0], s[0], next_s[0], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 1u, d[1], next_d[1], old[1], s[1], next_s[1], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 2u, d[2], next_d[2], old[2], s[2], next_s[2], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 3u, d[3], next_d[3], old[3], s[3], next_s[3], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 4u, d[4], next_d[4], old[4], s[4], next_s[4], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 5u, d[5], next_d[5], old[5], s[5], next_s[5], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 6u, d[6], next_d[6], old[6], s[6], next_s[6], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 7u, d[7], next_d[7], old[7], s[7], next_s[7], f);
+        add_pair_vec4(&tap_sum, &next_sum, e, 8u, d[8], next_d[8], old[8], s[8], next_s[8], f);
     }
     store_child_attention(k, co, tap_sum, 0u);
     store_child_attention(k + 1u, co, next_sum, p.next_partials);

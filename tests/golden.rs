@@ -225,6 +225,8 @@ fn resnet18_stage_wide_golden() {
     let fused = kdna::graph::fuse::fuse(&g, &gpu(), &[]);
     assert_eq!(fused.unreduced_grads.len(), 3, "every child's gradient should stay unreduced");
     assert_eq!(fused.unstored.len(), 6, "three children and three gated inputs should go unstored");
+    let own = fused.graph.tensors.iter().filter(|t| t.name.ends_with(".unreduced_grad")).count();
+    assert_eq!(own, 2, "both parents' own convs should leave their gradients unreduced");
     check_block("resnet18_stage_wide", build);
 }
 

@@ -451,6 +451,7 @@ fn modulation_matches_reference() {
             live_taps: None,
             packed_by_consumer: 0,
             dchild_strides: None,
+            own_parent_gradient: false,
         };
         let sp = has_spatial.then_some(sv.as_slice());
         let want = r::modulate::forward(&m, &pv, sp, &fv);

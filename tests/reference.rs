@@ -44,6 +44,7 @@ fn modulate_gradients() {
             live_taps: None,
             packed_by_consumer: 0,
             dchild_strides: None,
+            own_parent_gradient: false,
         };
         let mut g = rng(2);
         let parent = randn(&mut g, 4 * 27);

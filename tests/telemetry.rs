@@ -138,6 +138,7 @@ fn child_statistics_match_the_reference_child_kernel() {
         live_taps: None,
         packed_by_consumer: 0,
         dchild_strides: None,
+        own_parent_gradient: false,
     };
     let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let child = &kdna::reference::modulate::forward(&m, &f64s(&parent), Some(&f64s(&spatial)), &f64s(&filter))[0];

@@ -172,8 +172,11 @@ fn fusing_children_and_gates_into_their_convolutions_changes_no_bit() {
     assert_eq!(children.len(), 2, "both children should be packed by their convolutions");
     let (gated, gated_inputs) = kdna::graph::fuse::gate_in_copies(&packed, &[]);
     assert_eq!(gated_inputs.len(), 2, "both routers' gates should be applied in their convolutions' copies");
-    let (_, unreduced) = kdna::graph::fuse::unreduced_child_gradients(&gated, &gpu, &[]);
+    let (unreduced_graph, unreduced) = kdna::graph::fuse::unreduced_child_gradients(&gated, &gpu, &[]);
     assert_eq!(unreduced, children, "both children's gradients should stay unreduced");
+    let own = kdna::graph::fuse::unreduced_parent_gradients(&unreduced_graph, &gpu, &[]);
+    let buffer = own.find("parent.weight.unreduced_grad");
+    assert!(buffer.is_some(), "the parent's own conv should leave its gradient unreduced");
     let sgd = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
     let run = |fuse: bool| {
         let plan = Plan { fuse, ..Plan::train(net.loss, sgd) };

@@ -14,11 +14,13 @@
 //!   convolution's weight-gradient passes sum it ([`Conv2d::dw_unreduced`]), and the
 //!   modulation's backward pass reads that layout ([`Modulate::dchild_strides`]): no reduction
 //!   pass stores it in the weight's layout for one reader to load back.
+//! - [`unreduced_parent_gradients`]: likewise the parent's own conv's weight gradient, which
+//!   the modulation takes as the start of the parent's gradient.
 //!
 //! The tensors so spared still have buffers (their gradients are as before); reading one is an
 //! error ([`super::Executor::read`]), as is reading an unreduced gradient.
 
-use super::{Graph, TensorId};
+use super::{Graph, Role, TensorId};
 use crate::gpu::Gpu;
 use crate::ops::channel_scale::ChannelScale;
 use crate::ops::conv_gemm::GemmPlan;
@@ -42,7 +44,8 @@ pub fn fuse(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -> Fused {
     let (packed, mut unstored) = pack_children(graph, gpu, keep);
     let (gated, gated_inputs) = gate_in_copies(&packed, keep);
     unstored.extend(gated_inputs);
-    let (graph, unreduced_grads) = unreduced_child_gradients(&gated, gpu, keep);
+    let (children, unreduced_grads) = unreduced_child_gradients(&gated, gpu, keep);
+    let graph = unreduced_parent_gradients(&children, gpu, keep);
     Fused { graph, unstored, unreduced_grads }
 }
 
@@ -152,4 +155,50 @@ pub fn unreduced_child_gradients(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) ->
         unreduced.extend_from_slice(&node.outputs);
     }
     (out, unreduced)
+}
+
+/// `graph` where a modulation whose children's gradients stay unreduced also takes its
+/// parent's own conv's gradient unreduced: the parent is differentiated by that modulation and
+/// one GEMM conv (as its weight) alone, the conv comes later (so its gradient is the parent's first),
+/// and it leaves the children's layout. The conv writes into a buffer the rewrite adds
+/// (`<parent>.unreduced_grad`, an input of both, [`Conv2d::dw_to_buffer`]); the modulation's
+/// first serial pass starts the parent's gradient from it ([`Modulate::own_parent_gradient`])
+/// and writes the whole gradient.
+pub fn unreduced_parent_gradients(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -> Graph {
+    let mut out = graph.clone();
+    let consumers = consumers(graph);
+    for (m, node) in graph.nodes.iter().enumerate() {
+        let Some(modulate) = node.op.as_any().downcast_ref::<Modulate>() else { continue };
+        let Some(strides) = modulate.dchild_strides else { continue };
+        let parent = node.inputs[0];
+        // The nodes that differentiate the parent (children's convs read it too, to pack).
+        let writers: Vec<usize> = consumers[parent.0]
+            .iter()
+            .copied()
+            .filter(|&n| {
+                let node = &graph.nodes[n];
+                node.inputs.iter().enumerate().any(|(i, &t)| t == parent && node.op.differentiable(i))
+            })
+            .collect();
+        let &[first, c] = &writers[..] else { continue };
+        let reader = &graph.nodes[c];
+        let Some(conv) = reader.op.as_any().downcast_ref::<Conv2d>() else { continue };
+        let plain = conv.shape.kernel() == ConvKernel::Gemm
+            && !(conv.has_gate || conv.has_residual || conv.dw_unreduced || conv.dw_to_buffer)
+            && conv.child.is_none()
+            && reader.inputs.iter().filter(|&&t| t == parent).count() == 1
+            && reader.inputs[1] == parent;
+        let layout = GemmPlan::for_device(&conv.shape, gpu).unreduced_weight_gradient();
+        if first != m || c <= m || !plain || layout != Some(strides) || keep.contains(&parent) {
+            continue;
+        }
+        let name = format!("{}.unreduced_grad", graph.info(parent).name);
+        let buffer = out.tensor(name, &[graph.info(parent).numel()], Role::Activation);
+        out.nodes[c].op = Box::new(Conv2d { dw_to_buffer: true, ..conv.clone() });
+        out.nodes[c].inputs.push(buffer);
+        let fused = out.nodes[m].op.as_any_mut().downcast_mut::<Modulate>().expect("a modulation");
+        fused.own_parent_gradient = true;
+        out.nodes[m].inputs.push(buffer);
+    }
+    out
 }

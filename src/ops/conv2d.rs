@@ -285,7 +285,7 @@ struct ConvParams {
 
 /// Graph node: inputs `[x, weight]`, then `bias`, `residual` and `gate` where present, then
 /// with `child` the child's parent and attentions, then with `gates_input` the router's input
-/// and gate; output `[y]`.
+/// and gate, then with `dw_to_buffer` the buffer its weight gradient goes to; output `[y]`.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     pub shape: Conv2dShape,
@@ -311,6 +311,10 @@ pub struct Conv2d {
     /// reads that layout (a KernelDNA child's modulation: [`GemmPlan::unreduced_weight_gradient`],
     /// [`crate::graph::fuse`]).
     pub dw_unreduced: bool,
+    /// The weight gradient goes, unreduced, into the last input (a buffer that the weight's
+    /// modulation reads as the start of the parent's gradient: [`crate::graph::fuse`]) rather
+    /// than into the weight's gradient, which the modulation then writes whole.
+    pub dw_to_buffer: bool,
 }
 
 impl Conv2d {
@@ -487,8 +491,9 @@ impl Op for Conv2d {
             match s.kernel() {
                 ConvKernel::Gemm => {
                     let plan = GemmPlan::for_device(s, gpu);
-                    let unreduced = self.dw_unreduced;
-                    out.extend(plan.backward_weight(gpu, [dy, dw.slice], dw.accumulate, unreduced, &b.scratch));
+                    let unreduced = self.dw_unreduced || self.dw_to_buffer;
+                    let target = if self.dw_to_buffer { b.inputs[b.inputs.len() - 1] } else { dw.slice };
+                    out.extend(plan.backward_weight(gpu, [dy, target], dw.accumulate, unreduced, &b.scratch));
                 }
                 ConvKernel::Depthwise => {
                     let partials = b.scratch[b.scratch.len() - 1 - self.has_bias as usize];
@@ -610,6 +615,7 @@ impl Graph {
             child: None,
             gates_input: false,
             dw_unreduced: false,
+            dw_to_buffer: false,
         };
         Ok(self.push(op, &inputs, &[out])[0])
     }

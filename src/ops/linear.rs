@@ -50,6 +50,7 @@ impl Linear {
             child: None,
             gates_input: false,
             dw_unreduced: false,
+            dw_to_buffer: false,
         }
     }
 

@@ -50,6 +50,11 @@ pub struct Modulate {
     /// channels and taps these many vec4s apart ([`crate::graph::fuse`]; 3x3 children whose
     /// gradients `serial_blocks` passes take).
     pub dchild_strides: Option<[usize; 2]>,
+    /// The parent's own conv leaves its weight gradient unreduced, in the children's layout,
+    /// in a buffer that follows the other inputs ([`crate::graph::fuse`]): the first serial
+    /// pass starts the parent's gradient from it (`_own` kernels) rather than from the
+    /// gradient buffer, which nothing else wrote.
+    pub own_parent_gradient: bool,
 }
 
 #[repr(C)]
@@ -201,7 +206,7 @@ impl Op for Modulate {
     }
 
     fn differentiable(&self, input: usize) -> bool {
-        input != 1 || self.has_spatial
+        (input != 1 || self.has_spatial) && input < 3
     }
 
     fn covers_input(&self, input: usize) -> bool {
@@ -230,7 +235,8 @@ impl Op for Modulate {
     /// Children of fixed parents and attentions (eval over trained weights) are computed once.
     fn split_forward(&self, gpu: &Gpu, b: &Bound, mode: Mode, fixed: &[bool]) -> Forward {
         let dispatches = self.forward(gpu, b, mode);
-        match fixed.len() == b.inputs.len() && fixed.iter().all(|&f| f) {
+        // Parent and attentions (an own conv's gradient buffer is not read forward).
+        match fixed.len() == b.inputs.len() && fixed[..3].iter().all(|&f| f) {
             true => Forward { prepare: dispatches, run: Vec::new() },
             false => Forward { prepare: Vec::new(), run: dispatches },
         }
@@ -261,13 +267,31 @@ impl Op for Modulate {
                 // Binding 8 (read by the pair's kernel alone): the next child's dchild.
                 let next = grads.outputs[c + pair as usize];
                 let partials = b.scratch[0].range(0, (children - 1) * self.next_partials() + self.partials_len());
-                let kernel = [parent, spatial, filter, grads.outputs[c], dfilter.slice, &partials, dparent.slice, next];
+                // Binding 9 (read by the `_own` kernels alone): the parent's own conv's gradient.
+                let own = self.own_parent_gradient && c == 0;
+                let own_gradient = if own { b.inputs[3] } else { parent };
+                let kernel = [
+                    parent,
+                    spatial,
+                    filter,
+                    grads.outputs[c],
+                    dfilter.slice,
+                    &partials,
+                    dparent.slice,
+                    next,
+                    own_gradient,
+                ];
                 // The parent's gradient sums over children: all but the first add.
                 let params = ModulateParams {
                     parent_accumulate: (dparent.accumulate || c > 0) as u32,
                     ..self.params(self.first_child + c, dfilter.accumulate)
                 };
-                let entry = if pair { "modulate_backward_3x3_serial_pair" } else { "modulate_backward_3x3_serial" };
+                let entry = match (pair, own) {
+                    (true, false) => "modulate_backward_3x3_serial_pair",
+                    (true, true) => "modulate_backward_3x3_serial_pair_own",
+                    (false, false) => "modulate_backward_3x3_serial",
+                    (false, true) => "modulate_backward_3x3_serial_own",
+                };
                 out.push(gpu.dispatch("modulate", entry, &params, &kernel, grid(self.c_out)));
                 for n in 0..children {
                     let partials = b.scratch[0].range(n * self.next_partials(), self.partials_len());
@@ -348,6 +372,7 @@ impl Graph {
             live_taps: None,
             packed_by_consumer: 0,
             dchild_strides: None,
+            own_parent_gradient: false,
         };
         // Without a spatial attention the filter stands in its slot, so inputs keep positions.
         let inputs = [parent, spatial.unwrap_or(filter), filter];
