@@ -29,9 +29,10 @@ pub struct Plan {
     pub optimizer: Option<Optimizer>,
     /// Parameters the optimizer leaves alone (their gradients are still computed).
     pub frozen: HashSet<String>,
-    /// Let GEMM convolutions compute what they alone read as they load it: KernelDNA children
-    /// packed from their parents, routers' gated inputs applied in the input copy
-    /// ([`super::fuse`]; the same values, those tensors never stored).
+    /// Let GEMM convolutions compute what they alone read as they load it (KernelDNA children
+    /// packed from their parents, routers' gated inputs applied in the input copy; those
+    /// tensors never stored), and leave KernelDNA weight gradients unreduced for the
+    /// modulation ([`super::fuse`]; the same values either way).
     pub fuse: bool,
 }
 

@@ -71,8 +71,12 @@ fn sole_conv_reader<'g>(
     let [n] = consumers[t.0][..] else { return None };
     let node = &graph.nodes[n];
     let conv = node.op.as_any().downcast_ref::<Conv2d>()?;
-    let plain = conv.shape.kernel() == ConvKernel::Gemm && !(conv.has_gate || conv.has_residual);
-    (plain && node.inputs.get(input) == Some(&t)).then_some((n, conv))
+    (plain_gemm(conv) && node.inputs.get(input) == Some(&t)).then_some((n, conv))
+}
+
+/// A GEMM convolution without eval-only fusions.
+fn plain_gemm(conv: &Conv2d) -> bool {
+    conv.shape.kernel() == ConvKernel::Gemm && !(conv.has_gate || conv.has_residual)
 }
 
 /// `graph` with its children packed by their consumers where the plan on `gpu` allows it, and
@@ -183,8 +187,8 @@ pub fn unreduced_parent_gradients(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -
         let &[first, c] = &writers[..] else { continue };
         let reader = &graph.nodes[c];
         let Some(conv) = reader.op.as_any().downcast_ref::<Conv2d>() else { continue };
-        let plain = conv.shape.kernel() == ConvKernel::Gemm
-            && !(conv.has_gate || conv.has_residual || conv.dw_unreduced || conv.dw_to_buffer)
+        let plain = plain_gemm(conv)
+            && !(conv.dw_unreduced || conv.dw_to_buffer)
             && conv.child.is_none()
             && reader.inputs.iter().filter(|&&t| t == parent).count() == 1
             && reader.inputs[1] == parent;

@@ -1287,9 +1287,7 @@ impl GemmPlan {
         if unreduced {
             return out;
         }
-        let full_taps = self.shape.kernel_h * self.shape.kernel_w;
-        let pass_per_tap =
-            passes.len() == full_taps && passes.iter().all(|pass| pass.params.kernel_h * pass.params.kernel_w == 1);
+        let pass_per_tap = self.pass_per_tap(&passes);
         let mut reduce = TileParams {
             accumulate: accumulate as u32,
             band_count: passes.len() as u32,
@@ -1317,12 +1315,16 @@ impl GemmPlan {
         let s = &self.shape;
         let passes = self.weight_passes();
         let full_taps = s.kernel_h * s.kernel_w;
-        let pass_per_tap =
-            passes.len() == full_taps && passes.iter().all(|pass| pass.params.kernel_h * pass.params.kernel_w == 1);
-        let [co, tap, _] = self.partial_strides(&passes, pass_per_tap)?;
+        let [co, tap, _] = self.partial_strides(&passes, self.pass_per_tap(&passes))?;
         let whole = passes.iter().map(|pass| pass.partials).sum::<usize>() == s.c_out * s.c_in * full_taps;
         let reached = passes.iter().all(|pass| pass.partials > 0 && pass.params.chunks == 1);
         (whole && reached && self.weight_pad() == s.c_out && self.taps() == full_taps).then_some([co, tap])
+    }
+
+    /// Whether the weight gradient's passes are one per tap of the whole kernel.
+    fn pass_per_tap(&self, passes: &[WeightPass]) -> bool {
+        let full_taps = self.shape.kernel_h * self.shape.kernel_w;
+        passes.len() == full_taps && passes.iter().all(|pass| pass.params.kernel_h * pass.params.kernel_w == 1)
     }
 
     /// Where each tap of a 3x3 kernel takes its sums from one pass (one pass over the whole
