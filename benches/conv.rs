@@ -67,6 +67,7 @@ fn bench_layer(gpu: &Gpu, shape: Conv2dShape, quick: bool) -> [f64; 3] {
         gates_input: false,
         dw_unreduced: false,
         dw_to_buffer: false,
+        fold_columns: false,
     };
     let numel = |s: &[usize]| s.iter().product::<usize>();
     let x = gpu.upload("x", &vec![0.5f32; numel(&[shape.batch, shape.c_in, shape.h, shape.w])]);

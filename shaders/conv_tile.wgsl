@@ -123,6 +123,13 @@ struct TileParams {
     // packing is of its child `child_row` (see child_spatial).
     child_modulated: u32,
     child_row: u32,
+    // A convolution computed with its kernel's columns folded into its input channels
+    // (fold_channels nonzero; see to_channels_last_folded): the source's channels, the
+    // kernel's columns, and the column stride and padding.
+    fold_channels: u32,
+    fold_kernel_w: u32,
+    fold_stride: u32,
+    fold_left: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: TileParams;
@@ -143,6 +150,16 @@ fn tile_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
 // A router's gate [batch][channels] (`p.gate`): the copy holds x * gate, the product the
 // separate channel_scale op would have stored.
 @group(0) @binding(3) var<storage, read> copy_gate: array<f32>;
+
+// Where input channel ci's tap t lies among one output channel's weights: ci * full_taps + t,
+// or with columns folded into channels (ci = kx * fold_channels + c, taps the kernel's rows)
+// the source weight's [c][t][kx].
+fn weight_offset(ci: u32, t: u32) -> u32 {
+    if (p.fold_channels == 0u) { return ci * p.full_taps + t; }
+    let c = ci % p.fold_channels;
+    let kx = ci / p.fold_channels;
+    return (c * p.full_taps + t) * p.fold_kernel_w + kx;
+}
 
 // [batch][channels][src_h][src_w] -> [batch][in_h][in_w][in_quads] vec4s, zero outside the
 // placed (and dilated) source and in the padding channels. Invocations: every destination vec4.
@@ -168,6 +185,44 @@ fn to_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
             if (c < p.channels) {
                 v[k] = copy_src[at + k * plane];
                 if (p.gate != 0u) { v[k] *= copy_gate[n * p.channels + c]; }
+            }
+        }
+    }
+    copy_dst[i] = v;
+}
+
+// The copy of a convolution whose kernel columns are folded into its input channels: column
+// ox's channel kx * fold_channels + c holds source channel c at column
+// ox * fold_stride + kx - fold_left (zero outside the source), so that a kernel_h x 1
+// convolution at column stride 1 over those channels computes the kh x kw one. A stem's three
+// channels then fill whole quads, and each tap's loop runs over several. Rows are placed as
+// to_channels_last places them. Invocations: every destination vec4.
+@compute @workgroup_size(64)
+fn to_channels_last_folded(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.batch * p.in_h * p.in_w * p.in_quads) { return; }
+    let quad = i % p.in_quads;
+    let ox = (i / p.in_quads) % p.in_w;
+    let yd = i32((i / (p.in_quads * p.in_w)) % p.in_h) - p.top;
+    let n = i / (p.in_quads * p.in_w * p.in_h);
+    var v = vec4<f32>();
+    if (yd >= 0 && yd < i32(p.src_h)) {
+        // Channel d = quad * 4 + k is (kx, c); stepped rather than divided per k (software
+        // adapters divide lane by lane).
+        var kx = quad * 4u / p.fold_channels;
+        var c = quad * 4u - kx * p.fold_channels;
+        let x0 = i32(ox * p.fold_stride) - i32(p.fold_left);
+        let plane = p.src_h * p.src_w;
+        let row = (n * p.fold_channels * p.src_h + u32(yd)) * p.src_w;
+        for (var k = 0u; k < 4u; k++) {
+            let sx = x0 + i32(kx);
+            if (quad * 4u + k < p.channels && sx >= 0 && sx < i32(p.src_w)) {
+                v[k] = copy_src[row + c * plane + u32(sx)];
+            }
+            c++;
+            if (c == p.fold_channels) {
+                c = 0u;
+                kx++;
             }
         }
     }
@@ -365,7 +420,8 @@ fn full_tap(ky: u32, kx: u32) -> u32 {
 // tile / 4 vec4s. Rows past STEPS steps (blocks of tiles narrower than 64) are never read and
 // never written.
 
-// Forward weights from w [weight_out][weight_in][kh][kw]: the kernel's outputs are the
+// Forward weights from w [weight_out][weight_in][kh][kw] (read through weight_offset, which
+// folds columns into channels where the convolution does): the kernel's outputs are the
 // weight's outputs.
 @compute @workgroup_size(64)
 fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -379,7 +435,7 @@ fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
         let c = src.x + 4u * cq;
         var v = vec4<f32>();
         if (inside) {
-            let at = (c * p.weight_in + src.y) * p.full_taps + tap;
+            let at = c * out_stride + weight_offset(src.y, tap);
             for (var k = 0u; k < 4u; k++) {
                 if (c + k < p.weight_out) { v[k] = copy_src[at + k * out_stride]; }
             }
@@ -935,7 +991,8 @@ fn tap_gradient(co: u32, ky: u32, kx: u32, quad: u32, old: vec4<f32>) -> vec4<f3
     return v;
 }
 
-// dw [weight_out][weight_in][kh][kw] = (or +=) the passes' sums, four input channels at a time.
+// dw [weight_out][weight_in][kh][kw] = (or +=) the passes' sums, four input channels at a time
+// (placed by weight_offset: columns folded into channels go back to the weight's own layout).
 @compute @workgroup_size(64)
 fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
@@ -943,6 +1000,7 @@ fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     let quad = i % p.in_quads;
     let co = i / p.in_quads;
     let full_kernel_h = p.full_taps / p.full_kernel_w;
+    let out_stride = p.weight_in * p.full_taps;
     var t = 0u;
     for (var ky = 0u; ky < full_kernel_h; ky++) {
         for (var kx = 0u; kx < p.full_kernel_w; kx++) {
@@ -950,12 +1008,12 @@ fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builti
             // Read dw only to add to it: every access costs software adapters a lane loop.
             if (p.accumulate != 0u) {
                 for (var k = 0u; k < 4u; k++) {
-                    if (quad * 4u + k < p.weight_in) { old[k] = tr_dw[(co * p.weight_in + quad * 4u + k) * p.full_taps + t]; }
+                    if (quad * 4u + k < p.weight_in) { old[k] = tr_dw[co * out_stride + weight_offset(quad * 4u + k, t)]; }
                 }
             }
             let v = tap_gradient(co, ky, kx, quad, old);
             for (var k = 0u; k < 4u; k++) {
-                if (quad * 4u + k < p.weight_in) { tr_dw[(co * p.weight_in + quad * 4u + k) * p.full_taps + t] = v[k]; }
+                if (quad * 4u + k < p.weight_in) { tr_dw[co * out_stride + weight_offset(quad * 4u + k, t)] = v[k]; }
             }
             t++;
         }

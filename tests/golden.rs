@@ -222,7 +222,7 @@ fn resnet18_stage_wide_golden() {
     let mut g = Graph::new();
     let x = g.input("input", &[4, 16, 6, 6]);
     build(&mut g, x);
-    let fused = kdna::graph::fuse::fuse(&g, &gpu(), &[]);
+    let fused = kdna::graph::fuse::fuse(&g, &gpu(), &[], false);
     assert_eq!(fused.unreduced_grads.len(), 3, "every child's gradient should stay unreduced");
     assert_eq!(fused.unstored.len(), 6, "three children and three gated inputs should go unstored");
     let own = fused.graph.tensors.iter().filter(|t| t.name.ends_with(".unreduced_grad")).count();

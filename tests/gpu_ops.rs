@@ -180,6 +180,67 @@ fn conv2d_matches_reference() {
     }
 }
 
+/// A convolution of a graph input over few channels (a stem) folds its kernel's columns into
+/// its channels when the input has no gradient (`GemmPlan::folding_columns`): values and
+/// weight and bias gradients still match the reference, with several folded channel quads, a
+/// source column the windows never reach, odd sizes, a fused activation in eval, and kernels
+/// wider than their stride.
+#[test]
+fn convolutions_with_columns_folded_into_channels_match_reference() {
+    let cfg = |stride, padding| Conv2dConfig { stride, padding, groups: 1 };
+    let cases: [ConvCase; 5] = [
+        // ResNet's stem: 21 folded channels in 6 quads, 7 taps.
+        ([2, 3, 13, 11], 5, (7, 7), cfg((2, 2), (3, 3)), true),
+        // ConvNeXt's stem: 12 channels, whole quads; the last source column never read.
+        ([3, 3, 12, 9], 6, (4, 4), cfg((4, 4), (0, 0)), false),
+        // One channel, a 3x5 kernel at column stride 3 (windows that skip columns).
+        ([2, 1, 7, 16], 9, (3, 5), cfg((1, 3), (1, 2)), true),
+        // Two channels, more output channels than a tile and an output wider than its stride.
+        ([1, 2, 9, 10], 70, (5, 3), cfg((2, 1), (2, 1)), false),
+        // A 1x6 kernel over 2 channels: folded, a 1x1 convolution over 12 channels in whole
+        // quads (the reduction that stores 1x1 weights by quads must not take it).
+        ([2, 2, 6, 6], 4, (1, 6), cfg((1, 2), (0, 2)), true),
+    ];
+    for (i, &(xs, c_out, k, cfg, bias)) in cases.iter().enumerate() {
+        let s = Conv2dShape::new(&xs, &[c_out, xs[1], k.0, k.1], cfg).unwrap();
+        assert!(GemmPlan::folds_columns(&s), "case {i} {s:?} folds its columns");
+        for mode in [Mode::Train, Mode::Eval] {
+            let mut g = Graph::new();
+            let x = g.input("x", &xs);
+            let w = g.param("w", &[c_out, xs[1], k.0, k.1]).unwrap();
+            let b = bias.then(|| g.param("b", &[c_out]).unwrap());
+            let activation = if mode == Mode::Eval { OutputActivation::Relu } else { OutputActivation::None };
+            let fusion = Fusion { activation, ..Fusion::default() };
+            let y = g.conv2d_fused(x, w, b, cfg, fusion).unwrap();
+            let plan = match mode {
+                Mode::Train => gradient_plan(mode, vec![y], false),
+                Mode::Eval => Plan::eval(),
+            };
+            let mut exe = Executor::new(gpu(), &g, plan).unwrap();
+            let mut rng = rng(700 + i as u64);
+            let (xv, wv) = (feed(&exe, &g, x, &mut rng), feed(&exe, &g, w, &mut rng));
+            let bv = b.map(|b| feed(&exe, &g, b, &mut rng));
+            let case = format!("case {i} {mode:?} {s:?}");
+            let want: Vec<f64> =
+                r::conv2d::forward(&s, &xv, &wv, bv.as_deref()).into_iter().map(|v| activate(activation, v)).collect();
+            if mode == Mode::Train {
+                let dy = seed_grad(&exe, &g, y, &mut rng);
+                exe.run().unwrap();
+                let (_, dw, db) = r::conv2d::backward(&s, &xv, &wv, &dy);
+                assert_close(&format!("{case} dw"), &read_grad(&exe, w), &dw, TOL);
+                if let Some(b) = b {
+                    assert_close(&format!("{case} db"), &read_grad(&exe, b), &db, TOL);
+                }
+            } else {
+                exe.run().unwrap();
+            }
+            assert_close(&format!("{case} y"), &read(&exe, y), &want, TOL);
+            let labels: Vec<&str> = exe.profile().unwrap().into_iter().map(|(label, _)| label).collect();
+            assert!(labels.contains(&"to_channels_last_folded"), "{case}: the columns were not folded: {labels:?}");
+        }
+    }
+}
+
 /// Depthwise convolutions run row kernels on software adapters and 8-pixel tiles on GPUs
 /// (`Gpu::depthwise_rows`): the forward pass and the input gradient sum the same terms in the
 /// same order in both, bit for bit; the weight gradients (summed in different orders) both match
@@ -326,11 +387,17 @@ fn conv_weight_paths_agree_bit_for_bit() {
         // a block per tap; 65 and 66: each tap split over two blocks).
         ([2, 132, 2, 2], [140, 132, 3, 3], Conv2dConfig::new(1, 1)),
         ([1, 260, 2, 2], [264, 260, 3, 3], Conv2dConfig::new(1, 1)),
+        // Output channels in whole weight tiles: the weight gradient reads dy from the input
+        // gradient's padded copy, on odd maps and as bands of a 2x2 map.
+        ([2, 20, 9, 7], [64, 20, 3, 3], Conv2dConfig::new(1, 1)),
+        ([3, 36, 2, 2], [96, 36, 3, 3], Conv2dConfig::new(1, 1)),
     ];
     let activations = [
         OutputActivation::Relu,
         OutputActivation::None,
         OutputActivation::Relu6,
+        OutputActivation::Relu,
+        OutputActivation::None,
         OutputActivation::Relu,
         OutputActivation::None,
         OutputActivation::Relu,
@@ -364,9 +431,20 @@ fn conv_weight_paths_agree_bit_for_bit() {
             let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, fusion, None, &scratch);
             let mut dispatches: Vec<_> = forward.prepare.into_iter().chain(forward.run).collect();
             dispatches.extend(plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch));
-            dispatches.extend(plan.backward_weight(&gpu, [&dy, &dw], false, false, &scratch));
+            // The weight gradient with dy as the input gradient copied it (where that copy
+            // serves: one dispatch fewer), then with a copy of its own.
+            let shared = plan.backward_weight(&gpu, [&dy, &dw], false, false, true, &scratch);
+            let dw_apart = gpu.storage("dw", numel(&shape.weight()));
+            let apart = plan.backward_weight(&gpu, [&dy, &dw_apart], false, false, false, &scratch);
+            assert_eq!(
+                apart.len() - shared.len(),
+                usize::from(i >= 6),
+                "case {i}: dispatches spared by sharing dy's copy"
+            );
+            dispatches.extend(shared);
             gpu.run(&dispatches);
-            [&y, &dx, &dw].map(|b| gpu.read::<f32>(b).unwrap())
+            gpu.run(&apart);
+            [&y, &dx, &dw, &dw_apart].map(|b| gpu.read::<f32>(b).unwrap())
         });
         let differing = |a: &[f32], b: &[f32]| a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
         for (r, result) in reads.iter().zip(&results).skip(1) {
@@ -376,8 +454,11 @@ fn conv_weight_paths_agree_bit_for_bit() {
                 assert_eq!(differing(a, b), 0, "case {i}: {name} values that differ between {:?} and {r:?}", reads[0]);
             }
         }
+        for (r, result) in reads.iter().zip(&results) {
+            assert_eq!(differing(&result[2], &result[3]), 0, "case {i}: {r:?} weight gradients from dy's two copies");
+        }
         // And they are right.
-        let [y, dx, dw] = &results[0];
+        let [y, dx, dw, _] = &results[0];
         let (want_dx, want_dw, _) = r::conv2d::backward(&shape, &xv, &wv, &dyv);
         let added: Vec<f64> = dx.iter().zip(&dx_start).map(|(a, b)| (a - b) as f64).collect();
         let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();

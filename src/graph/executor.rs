@@ -121,7 +121,7 @@ impl Executor {
         let batch = graph.tensors.iter().find(|t| t.role == Role::Input).map(|t| t.shape.first().copied().unwrap_or(1));
         let what = format!("the activations of a batch of {}", batch.unwrap_or(1));
         let fused = match plan.fuse {
-            true => fuse::fuse(graph, &gpu, &plan.backward_from),
+            true => fuse::fuse(graph, &gpu, &plan.backward_from, plan.input_grads),
             false => fuse::Fused { graph: graph.clone(), unstored: Vec::new(), unreduced_grads: Vec::new() },
         };
         let mut exe = gpu.clone().allocation(&what, || Self::plan(gpu, &fused.graph, plan, weights))??;

@@ -17,6 +17,13 @@
 //! - [`unreduced_parent_gradients`]: likewise the parent's own conv's weight gradient, which
 //!   the modulation takes as the start of the parent's gradient.
 //!
+//! - [`fold_columns`]: a convolution over an input with no gradient whose few channels leave
+//!   most of each input quad empty (a stem over 3 channels) folds its kernel's columns into its
+//!   channels as it copies the input ([`GemmPlan::folding_columns`]): the same products, fewer
+//!   of them padding, and longer loops over fewer taps. Its sums group differently, so unlike
+//!   the rewrites above it changes the stem's values by rounding (it is fixed by the graph, so
+//!   seeded runs stay bit-identical from one run to the next).
+//!
 //! The tensors so spared still have buffers (their gradients are as before); reading one is an
 //! error ([`super::Executor::read`]), as is reading an unreduced gradient.
 
@@ -39,13 +46,15 @@ pub struct Fused {
     pub unreduced_grads: Vec<TensorId>,
 }
 
-/// Every rewrite; `keep` lists tensors whose values or gradients the caller reads.
-pub fn fuse(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -> Fused {
+/// Every rewrite; `keep` lists tensors whose values or gradients the caller reads, and
+/// `input_grads` says whether the graph's inputs are differentiated.
+pub fn fuse(graph: &Graph, gpu: &Gpu, keep: &[TensorId], input_grads: bool) -> Fused {
     let (packed, mut unstored) = pack_children(graph, gpu, keep);
     let (gated, gated_inputs) = gate_in_copies(&packed, keep);
     unstored.extend(gated_inputs);
     let (children, unreduced_grads) = unreduced_child_gradients(&gated, gpu, keep);
-    let graph = unreduced_parent_gradients(&children, gpu, keep);
+    let parents = unreduced_parent_gradients(&children, gpu, keep);
+    let graph = if input_grads { parents } else { fold_columns(&parents) };
     Fused { graph, unstored, unreduced_grads }
 }
 
@@ -203,6 +212,21 @@ pub fn unreduced_parent_gradients(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -
         let fused = out.nodes[m].op.as_any_mut().downcast_mut::<Modulate>().expect("a modulation");
         fused.own_parent_gradient = true;
         out.nodes[m].inputs.push(buffer);
+    }
+    out
+}
+
+/// `graph` with every plain GEMM convolution of a graph input (which has no gradient) that
+/// [`GemmPlan::folds_columns`] folding its kernel's columns into its input channels.
+pub fn fold_columns(graph: &Graph) -> Graph {
+    let mut out = graph.clone();
+    for (n, node) in graph.nodes.iter().enumerate() {
+        let Some(conv) = node.op.as_any().downcast_ref::<Conv2d>() else { continue };
+        let plain =
+            plain_gemm(conv) && !(conv.gates_input || conv.dw_unreduced || conv.dw_to_buffer) && conv.child.is_none();
+        if plain && graph.info(node.inputs[0]).role == Role::Input && GemmPlan::folds_columns(&conv.shape) {
+            out.nodes[n].op = Box::new(Conv2d { fold_columns: true, ..conv.clone() });
+        }
     }
     out
 }

@@ -315,12 +315,23 @@ pub struct Conv2d {
     /// modulation reads as the start of the parent's gradient: [`crate::graph::fuse`]) rather
     /// than into the weight's gradient, which the modulation then writes whole.
     pub dw_to_buffer: bool,
+    /// The kernel's columns are folded into the input channels ([`GemmPlan::folding_columns`]:
+    /// a stem over 3 channels; [`crate::graph::fuse`]). Only where x has no gradient.
+    pub fold_columns: bool,
 }
 
 impl Conv2d {
     /// Where the child's parent, spatial and filter attentions begin among the inputs.
     fn child_inputs(&self) -> usize {
         2 + self.has_bias as usize + self.has_residual as usize + self.has_gate as usize
+    }
+
+    /// The GEMM plan on `gpu`.
+    fn plan(&self, gpu: &Gpu) -> GemmPlan {
+        match self.fold_columns {
+            true => GemmPlan::folding_columns(&self.shape, gpu),
+            false => GemmPlan::for_device(&self.shape, gpu),
+        }
     }
 
     /// Where the router's input and gate are among the inputs (with `gates_input`).
@@ -355,7 +366,10 @@ impl Op for Conv2d {
     fn scratch(&self, backward: bool) -> Vec<usize> {
         let s = &self.shape;
         let mut sizes = match s.kernel() {
-            ConvKernel::Gemm => GemmPlan::scratch_for_any_device(s, backward),
+            ConvKernel::Gemm => {
+                let folded = GemmPlan::folded_shape(s).filter(|_| self.fold_columns);
+                GemmPlan::scratch_for_any_device(&folded.unwrap_or(*s), backward)
+            }
             _ => Vec::new(),
         };
         if backward {
@@ -388,7 +402,7 @@ impl Op for Conv2d {
         let buffers = [b.inputs[0], b.inputs[1], bias, b.outputs[0]];
         let run = match s.kernel() {
             ConvKernel::Gemm => {
-                let plan = GemmPlan::for_device(s, gpu);
+                let plan = self.plan(gpu);
                 let residual = self.has_residual.then(|| b.inputs[2 + self.has_bias as usize]);
                 let mut gate = self.has_gate.then(|| b.inputs[self.child_inputs() - 1]);
                 let mut buffers = buffers;
@@ -447,7 +461,7 @@ impl Op for Conv2d {
             match s.kernel() {
                 ConvKernel::Gemm => {
                     let buffers = [dy, b.inputs[1], dx.slice];
-                    out.extend(GemmPlan::for_device(s, gpu).backward_input(gpu, buffers, dx.accumulate, &b.scratch));
+                    out.extend(self.plan(gpu).backward_input(gpu, buffers, dx.accumulate, &b.scratch));
                 }
                 ConvKernel::Depthwise => match s
                     .depthwise_input_params(params.accumulate)
@@ -490,10 +504,13 @@ impl Op for Conv2d {
             let buffers = [b.inputs[0], dy, dw.slice];
             match s.kernel() {
                 ConvKernel::Gemm => {
-                    let plan = GemmPlan::for_device(s, gpu);
+                    let plan = self.plan(gpu);
                     let unreduced = self.dw_unreduced || self.dw_to_buffer;
                     let target = if self.dw_to_buffer { b.inputs[b.inputs.len() - 1] } else { dw.slice };
-                    out.extend(plan.backward_weight(gpu, [dy, target], dw.accumulate, unreduced, &b.scratch));
+                    // The input gradient above copied dy, where there is one.
+                    let dy_copied = grads.inputs[0].is_some();
+                    let buffers = [dy, target];
+                    out.extend(plan.backward_weight(gpu, buffers, dw.accumulate, unreduced, dy_copied, &b.scratch));
                 }
                 ConvKernel::Depthwise => {
                     let partials = b.scratch[b.scratch.len() - 1 - self.has_bias as usize];
@@ -616,6 +633,7 @@ impl Graph {
             gates_input: false,
             dw_unreduced: false,
             dw_to_buffer: false,
+            fold_columns: false,
         };
         Ok(self.push(op, &inputs, &[out])[0])
     }

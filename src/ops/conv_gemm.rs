@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use super::Forward;
-use super::conv2d::{Conv2dShape, Fusion};
+use super::conv2d::{Conv2dConfig, Conv2dShape, Fusion};
 use crate::gpu::conv_tiles::{
     FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
     WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry, shared_entry, weight_entry,
@@ -122,6 +122,56 @@ struct TileParams {
     // child (attention row `child_row`) is packed ([`ChildPacking`]).
     child_modulated: u32,
     child_row: u32,
+    // A convolution with its kernel's columns folded into its input channels ([`ColumnFold`]):
+    // the source's channels, the kernel's columns, the column stride and padding; zero
+    // otherwise.
+    fold_channels: u32,
+    fold_kernel_w: u32,
+    fold_stride: u32,
+    fold_left: u32,
+}
+
+/// A convolution over few input channels computed as one over its kernel's columns folded
+/// into the channels: the input copy's column ox holds, as channel kx * channels + c, source
+/// channel c at column ox * stride + kx - pad (`to_channels_last_folded`), so that a kh x 1
+/// convolution at column stride 1 over kw * channels channels computes the kh x kw one. The
+/// weights are read and their gradient written in the weight's own layout
+/// (`weight_offset`). A ResNet stem's 3 channels fill 21 of 24 channels rather than 3 of 4,
+/// and each of its 7 taps loops over 6 input quads rather than 49 taps over one. The input
+/// gradient is not computed this way ([`GemmPlan::folds_columns`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColumnFold {
+    /// The source's input channels, the kernel's columns, the column stride and padding.
+    channels: usize,
+    kernel_w: usize,
+    stride: usize,
+    pad: usize,
+    /// The source's columns.
+    width: usize,
+}
+
+impl ColumnFold {
+    /// The fold of `shape`, where it spares input quads: the kernel's columns times the
+    /// padded quads of its channels exceed the quads of the folded channels.
+    fn of(shape: &Conv2dShape) -> Option<ColumnFold> {
+        let s = shape;
+        let folded = s.c_in * s.kernel_w;
+        let spares = s.kernel_w * s.c_in.div_ceil(4) > folded.div_ceil(4);
+        (s.cfg.groups == 1 && s.kernel_w > 1 && spares).then_some(ColumnFold {
+            channels: s.c_in,
+            kernel_w: s.kernel_w,
+            stride: s.cfg.stride.1,
+            pad: s.cfg.padding.1,
+            width: s.w,
+        })
+    }
+
+    /// The folded convolution's shape: kh x 1 taps at column stride 1 over the folded channels,
+    /// the output's columns as its input's.
+    fn shape(&self, s: &Conv2dShape) -> Conv2dShape {
+        let cfg = Conv2dConfig { stride: (s.cfg.stride.0, 1), padding: (s.cfg.padding.0, 0), groups: 1 };
+        Conv2dShape { c_in: self.channels * self.kernel_w, w: s.out_w, kernel_w: 1, cfg, ..*s }
+    }
 }
 
 /// A KernelDNA child that the forward packing computes from its parent as it packs, so that
@@ -412,9 +462,9 @@ fn pack_dispatch(
 }
 
 /// Whether a forward packing reads the weight by quads (`pack_weight_forward_quads`): 3x3
-/// weights whose input channels come in fours.
+/// weights whose input channels come in fours (their columns not folded into them).
 fn packs_by_quads(params: &TileParams) -> bool {
-    params.weight_in.is_multiple_of(4) && params.full_taps == 9
+    params.weight_in.is_multiple_of(4) && params.full_taps == 9 && params.fold_channels == 0
 }
 
 /// `pack_weight_forward_quads` over the forward packing `params` (tile set) into `packed`;
@@ -627,6 +677,8 @@ pub struct GemmPlan {
     backward_reads: WeightReads,
     /// How the weight gradient computes its partial sums.
     weight_kernel: WeightKernel,
+    /// Where the plan's shape is a convolution's with its columns folded into its channels.
+    fold: Option<ColumnFold>,
 }
 
 /// Batch-wide pixels from which a pass with few channels takes a narrower tile. Below it the
@@ -678,6 +730,25 @@ impl GemmPlan {
         }
     }
 
+    /// The plan for `gpu` of `shape` with its kernel's columns folded into its input channels
+    /// ([`ColumnFold`]), where [`GemmPlan::folds_columns`]. It has no input gradient.
+    pub fn folding_columns(shape: &Conv2dShape, gpu: &Gpu) -> GemmPlan {
+        let fold = ColumnFold::of(shape).expect("a convolution whose columns fold into its channels");
+        GemmPlan { fold: Some(fold), ..GemmPlan::for_device(&fold.shape(shape), gpu) }
+    }
+
+    /// Whether folding `shape`'s kernel columns into its input channels spares work (a stem
+    /// over 3 channels): then [`GemmPlan::folding_columns`] plans it, for a convolution whose
+    /// input has no gradient.
+    pub fn folds_columns(shape: &Conv2dShape) -> bool {
+        ColumnFold::of(shape).is_some()
+    }
+
+    /// The shape [`GemmPlan::folding_columns`] computes `shape` as, for sizing its buffers.
+    pub fn folded_shape(shape: &Conv2dShape) -> Option<Conv2dShape> {
+        ColumnFold::of(shape).map(|fold| fold.shape(shape))
+    }
+
     /// The plan's sizes, with the kernels of a device without subgroups.
     pub fn new(shape: &Conv2dShape) -> GemmPlan {
         let s = *shape;
@@ -715,6 +786,7 @@ impl GemmPlan {
             forward_reads: WeightReads::choose(false, total),
             backward_reads: WeightReads::Storage,
             weight_kernel: WeightKernel::Registers,
+            fold: None,
         };
         GemmPlan { backward_reads: WeightReads::choose(false, plan.input_phase_pixels()), ..plan }
     }
@@ -847,6 +919,10 @@ impl GemmPlan {
             full_taps: u(s.kernel_h * s.kernel_w),
             weight_out: u(s.c_out),
             weight_in: u(s.c_in),
+            fold_channels: self.fold.map_or(0, |f| u(f.channels)),
+            fold_kernel_w: self.fold.map_or(0, |f| u(f.kernel_w)),
+            fold_stride: self.fold.map_or(0, |f| u(f.stride)),
+            fold_left: self.fold.map_or(0, |f| u(f.pad)),
             ..TileParams::default()
         }
     }
@@ -887,6 +963,11 @@ impl GemmPlan {
         let dst = scratch[X_LAST];
         // Without a gate the binding is not read: any buffer does.
         let buffers = [x, dst, gate.unwrap_or(x)];
+        if let Some(fold) = self.fold {
+            assert!(gate.is_none(), "a convolution whose columns are folded has no gate");
+            let params = TileParams { src_w: fold.width as u32, ..params };
+            return gpu.dispatch("conv_tile", "to_channels_last_folded", &params, &buffers, grid(dst.len() / 4));
+        }
         // Only this copy writes X_LAST, always placing x the same way: its padding stays zero.
         copy_to_channels_last(gpu, &params, buffers, dst.len() / 4)
     }
@@ -1115,6 +1196,7 @@ impl GemmPlan {
         accumulate: bool,
         scratch: &[&GpuSlice],
     ) -> Vec<Dispatch> {
+        assert!(self.fold.is_none(), "a convolution whose columns are folded has no input gradient");
         let s = &self.shape;
         let u = |v: usize| v as u32;
         let dy_last = scratch[DY_LAST_PADDED];
@@ -1239,7 +1321,8 @@ impl GemmPlan {
     /// as vec4s.
     fn reduce_entry(&self) -> &'static str {
         let s = &self.shape;
-        match (s.c_in.is_multiple_of(4), s.kernel_h, s.kernel_w) {
+        // Folded columns are unfolded by the general kernel's weight_offset.
+        match (s.c_in.is_multiple_of(4) && self.fold.is_none(), s.kernel_h, s.kernel_w) {
             (true, 1, 1) => "reduce_weight_partials_1x1",
             (true, 3, 3) => "reduce_weight_partials_3x3",
             _ => "reduce_weight_partials",
@@ -1252,12 +1335,16 @@ impl GemmPlan {
     ///
     /// With `unreduced` ([`GemmPlan::unreduced_weight_gradient`]; not accumulating), the
     /// passes' sums go straight into dw in their own layout and nothing reduces them.
+    ///
+    /// With `dy_copied` (the input gradient ran first, [`GemmPlan::backward_input`]), its copy of
+    /// dy serves here too where it holds the whole of dy ([`GemmPlan::dy_frame`]).
     pub fn backward_weight(
         &self,
         gpu: &Gpu,
         [dy, dw]: [&GpuSlice; 2],
         accumulate: bool,
         unreduced: bool,
+        dy_copied: bool,
         scratch: &[&GpuSlice],
     ) -> Vec<Dispatch> {
         assert!(
@@ -1266,13 +1353,21 @@ impl GemmPlan {
         );
         let partials = if unreduced { dw } else { scratch[PARTIALS] };
         let passes = self.weight_passes();
-        let pixels = self.shape.out_h * self.shape.out_w;
-        let copy = match pixels.is_multiple_of(4) {
-            true => ("gradient_channels_last_quads", scratch[DY_LAST].len() / 16),
-            false => ("gradient_channels_last", scratch[DY_LAST].len() / 4),
+        let frame = self.dy_frame().filter(|_| dy_copied);
+        let mut out = Vec::new();
+        let dy_last = match frame {
+            Some(_) => scratch[DY_LAST_PADDED],
+            None => {
+                let pixels = self.shape.out_h * self.shape.out_w;
+                let copy = match pixels.is_multiple_of(4) {
+                    true => ("gradient_channels_last_quads", scratch[DY_LAST].len() / 16),
+                    false => ("gradient_channels_last", scratch[DY_LAST].len() / 4),
+                };
+                let buffers = [dy, scratch[DY_LAST]];
+                out.push(gpu.dispatch("conv_tile", copy.0, &self.weight_params(), &buffers, grid(copy.1)));
+                scratch[DY_LAST]
+            }
         };
-        let mut out =
-            vec![gpu.dispatch("conv_tile", copy.0, &self.weight_params(), &[dy, scratch[DY_LAST]], grid(copy.1))];
         let mut bands = [[0; 4]; MAX_WEIGHT_PASSES];
         for (band, pass) in bands.iter_mut().zip(&passes) {
             let p = &pass.params;
@@ -1281,7 +1376,14 @@ impl GemmPlan {
             // A band no tap reaches adds nothing.
             if pass.partials > 0 {
                 let region = partials.range(pass.offset, pass.partials);
-                out.push(self.weight_partial_sums(gpu, &pass.params, [scratch[X_LAST], scratch[DY_LAST], &region]));
+                let mut params = pass.params;
+                if let Some([h, w, top, left]) = frame {
+                    // dy's pixels within the input gradient's frame.
+                    [params.store_h, params.store_w] = [h, w].map(|v| v as u32);
+                    params.store_y0 += top as u32;
+                    params.store_x0 += left as u32;
+                }
+                out.push(self.weight_partial_sums(gpu, &params, [scratch[X_LAST], dy_last, &region]));
             }
         }
         if unreduced {
@@ -1304,6 +1406,21 @@ impl GemmPlan {
         let invocations = grid(self.shape.c_out * self.x_quads);
         out.push(gpu.dispatch("conv_tile", entry, &reduce, &[partials, dw], invocations));
         out
+    }
+
+    /// Where the input gradient's copy of dy holds all of dy, densely, as the weight gradient
+    /// reads it: one phase each way that some tap reaches (so one copy, dy placed whole at
+    /// (top, left) of its frame), with channels in whole weight tiles (the copy's channel
+    /// stride is the weight gradient's). That frame's (rows, columns, top, left).
+    fn dy_frame(&self) -> Option<[usize; 4]> {
+        let s = &self.shape;
+        let (rows, cols) = self.input_phases();
+        let ([row], [col]) = (&rows[..], &cols[..]) else { return None };
+        let (h, w) = (row.copy_size(), col.copy_size());
+        let (top, left) = (usize::try_from(-row.base).ok()?, usize::try_from(-col.base).ok()?);
+        let whole = top + s.out_h <= h && left + s.out_w <= w;
+        let channels = 4 * self.dy_quads == self.weight_pad();
+        (row.taps * col.taps > 0 && whole && channels).then_some([h, w, top, left])
     }
 
     /// Where the weight gradient, left as the passes sum it, is one [c_out][tap][input quad]

@@ -51,6 +51,7 @@ impl Linear {
             gates_input: false,
             dw_unreduced: false,
             dw_to_buffer: false,
+            fold_columns: false,
         }
     }
 
