@@ -32,7 +32,9 @@ pub struct Plan {
     /// Let GEMM convolutions compute what they alone read as they load it (KernelDNA children
     /// packed from their parents, routers' gated inputs applied in the input copy; those
     /// tensors never stored), and leave KernelDNA weight gradients unreduced for the
-    /// modulation ([`super::fuse`]; the same values either way).
+    /// modulation (the same values either way); and let a stem over few channels fold its
+    /// kernel's columns into its channels (the same products, summed in another order)
+    /// ([`super::fuse`]).
     pub fuse: bool,
 }
 

@@ -1,6 +1,7 @@
-//! Rewrites the executor makes to the graph it plans, for the device it plans on. Values and
-//! gradients are those of the graph as built, bit for bit; fewer dispatches and less traffic.
-//! Each spares storing a tensor whose one consumer is a GEMM convolution, and loading it back:
+//! Rewrites the executor makes to the graph it plans, for the device it plans on: fewer
+//! dispatches and less traffic. The first four leave values and gradients those of the graph as
+//! built, bit for bit; each spares storing a tensor whose one consumer is a GEMM convolution,
+//! and loading it back:
 //!
 //! - [`pack_children`]: a KernelDNA child whose convolution packs its weight by quads
 //!   ([`GemmPlan::packs_child`]) is packed straight from its parent: the modulation leaves that
