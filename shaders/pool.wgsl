@@ -55,6 +55,53 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     mf_argmax[i] = best_at;
 }
 
+// maxpool_forward for ResNet's stem pool (3x3, stride 2, padding 1) over rows whose width is
+// a multiple of 8: four windows side by side per invocation, whose 9 x 3 inputs are three
+// aligned vec4s per row (the last element of the one before the windows, then two), against 36
+// scalar loads (software adapters pay a lane loop for each access, whatever its width). The
+// same scan order and choices as maxpool_forward. Invocations: planes x out_h x out_w / 4.
+@group(0) @binding(1) var<storage, read> mf_x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> mf_y4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> mf_argmax4: array<vec4<u32>>;
+
+@compute @workgroup_size(64)
+fn maxpool_forward_3x3s2_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let quads = p.out_w / 4u;
+    if (i >= p.planes * p.out_h * quads) { return; }
+    let j = i % quads;
+    let oy = (i / quads) % p.out_h;
+    let plane = i / (quads * p.out_h);
+    // Window k's column kx is input column 8 j + 2 k - 1 + kx.
+    let x0 = vec4<i32>(i32(8u * j)) + vec4<i32>(-1, 1, 3, 5);
+    var best = vec4<f32>(-3.4028235e38);
+    var best_at = vec4<u32>();
+    var found = vec4<bool>(false);
+    for (var ky = 0u; ky < 3u; ky++) {
+        let iy = i32(2u * oy + ky) - 1;
+        if (iy < 0 || iy >= i32(p.h)) { continue; }
+        let row = (plane * p.h + u32(iy)) * p.w / 4u + 2u * j;
+        let a = select(vec4<f32>(), mf_x4[max(row, 1u) - 1u], j > 0u);
+        let b = mf_x4[row];
+        let c = mf_x4[row + 1u];
+        let columns = array<vec4<f32>, 3>(
+            vec4<f32>(a.w, b.y, b.w, c.y),
+            vec4<f32>(b.x, b.z, c.x, c.z),
+            vec4<f32>(b.y, b.w, c.y, c.w),
+        );
+        for (var kx = 0u; kx < 3u; kx++) {
+            let ix = x0 + vec4<i32>(i32(kx));
+            let v = columns[kx];
+            let take = ix >= vec4<i32>(0) & (!found | v > best);
+            best = select(best, v, take);
+            best_at = select(best_at, vec4<u32>(u32(iy) * p.w) + vec4<u32>(ix), take);
+            found = found | ix >= vec4<i32>(0);
+        }
+    }
+    mf_y4[i] = best;
+    mf_argmax4[i] = best_at;
+}
+
 @group(0) @binding(1) var<storage, read> mb_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> mb_argmax: array<u32>;
 @group(0) @binding(3) var<storage, read_write> mb_dx: array<f32>;

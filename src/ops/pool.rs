@@ -66,7 +66,12 @@ impl Op for MaxPool2d {
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
         let outputs = self.planes * self.out_h * self.out_w;
         let buffers = [b.inputs[0], b.outputs[0], b.scratch[0]];
-        vec![gpu.dispatch("pool", "maxpool_forward", &self.params(), &buffers, grid(outputs))]
+        // ResNet's stem pool over rows in eights reads its rows as vec4s, four windows at once.
+        let (entry, invocations) = match (self.kernel, self.stride, self.pad, self.w % 8) {
+            (3, 2, 1, 0) => ("maxpool_forward_3x3s2_quads", outputs / 4),
+            _ => ("maxpool_forward", outputs),
+        };
+        vec![gpu.dispatch("pool", entry, &self.params(), &buffers, grid(invocations))]
     }
 
     /// Windows add to the pixels they chose, so dx starts cleared.
