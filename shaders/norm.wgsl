@@ -36,13 +36,12 @@ struct NormParams {
     one: f32,
     // Reductions over a channel's batch x spatial elements in `chunks` chunks of `chunk_len`,
     // one workgroup each, whose partial sums the per-channel kernels add in chunk order; one
-    // chunk: the per-channel kernels walk the elements themselves. `stage`: which sums a
-    // chunk kernel makes (0: x; 1: squared deviations from the mean).
+    // chunk: the per-channel kernels walk the elements themselves.
     chunks: u32,
     chunk_len: u32,
-    stage: u32,
     // The activation that follows (`output_activation`'s kinds: none, relu, relu6).
     activation: u32,
+    _pad1: u32,
     _pad2: u32,
     _pad3: u32,
 }
@@ -114,8 +113,8 @@ fn element_run(r: u32) -> vec3<u32> {
 @group(0) @binding(5) var<storage, read> st_weight: array<f32>;
 @group(0) @binding(6) var<storage, read> st_bias: array<f32>;
 
-// Partial sums [stage][channel][chunk]: of x and of (x - mean)^2 (batchnorm_chunk_sums), or of
-// the backward pass's dy and dy * (x - mean) (batchnorm_backward_chunks). Binding 7 in every
+// Partial sums [stage][channel][chunk]: of x - shift and (x - shift)^2 (batchnorm_chunk_sums), or
+// of the backward pass's dy and dy * (x - mean) (batchnorm_backward_chunks). Binding 7 in every
 // kernel that reads or writes them.
 @group(0) @binding(7) var<storage, read_write> chunk_part: array<vec2<f32>>;
 
@@ -129,36 +128,47 @@ fn chunk_total(stage: u32, c: u32) -> vec2<f32> {
     return sum;
 }
 
-// sq + (v - mean)^2, v a double-float.
-fn add_square(sq: vec2<f32>, v: vec2<f32>, mean: vec2<f32>) -> vec2<f32> {
-    let d = df_add(v, df_neg(mean));
-    return df_add(sq, df_mul(d, d));
+// The statistics come from one pass over x: sums of d = x - shift and of d^2, with the shift
+// the channel's first element (`channel_shift`), in double-float. Then the mean is
+// shift + sum(d) / n and the sum of squared deviations sum(d^2) - sum(d) * mean(d). The shift
+// keeps that difference from cancelling: no element lies further than sqrt(n - 1) standard
+// deviations from the mean, so the difference keeps all but log2(n) of double-float's ~48 bits
+// (34 at n = 16384), far beyond f32's 24. One load of each element rather than two.
+fn add_shifted(sums: array<vec2<f32>, 2>, x: f32, shift: f32) -> array<vec2<f32>, 2> {
+    let d = two_sum(x, -shift);
+    return array<vec2<f32>, 2>(df_add(sums[0], d), df_add(sums[1], df_mul(d, d)));
 }
 
-// One chunk's sum of x (stage 0) or of (x - mean)^2 (stage 1, the mean from stage 0's sums).
-// Workgroups: channels (x) x chunks (y).
+// Channel c's shift: its first element (the vec4 kernels read it through their own view).
+fn channel_shift(c: u32) -> f32 {
+    return st_x[c * p.spatial];
+}
+
+// (mean, sum of squared deviations) of a channel's `count` elements from its shifted sums.
+fn shifted_moments(sums: array<vec2<f32>, 2>, shift: f32, count: u32) -> array<vec2<f32>, 2> {
+    let mean_d = df_div(sums[0], df(f32(count)));
+    let sq = df_add(sums[1], df_neg(df_mul(sums[0], mean_d)));
+    return array<vec2<f32>, 2>(df_add(df(shift), mean_d), sq);
+}
+
+// One chunk's shifted sums (chunk partials 0 and 1; see add_shifted). Workgroups: channels (x) x
+// chunks (y).
 @compute @workgroup_size(64)
 fn batchnorm_chunk_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let c = wid.x;
     let range = chunk_range(wid.y);
-    var mean = df(0.0);
-    if (p.stage == 1u) {
-        mean = df_div(chunk_total(0u, c), df(f32(p.batch * p.spatial)));
-    }
-    var sum = df(0.0);
+    let shift = channel_shift(c);
+    var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
     var w = walk_start(range.x + lane);
     for (var i = range.x + lane; i < range.y; i += REDUCE) {
-        let v = df(st_x[walk_offset(w, c)]);
-        if (p.stage == 0u) {
-            sum = df_add(sum, v);
-        } else {
-            sum = add_square(sum, v, mean);
-        }
+        sums = add_shifted(sums, st_x[walk_offset(w, c)], shift);
         w = walk_next(w);
     }
-    let total = workgroup_sum(lane, sum);
+    let sum = workgroup_sum(lane, sums[0]);
+    let sq = workgroup_sum(lane, sums[1]);
     if (lane == 0u) {
-        chunk_part[(p.stage * p.channels + c) * p.chunks + wid.y] = total;
+        chunk_part[c * p.chunks + wid.y] = sum;
+        chunk_part[(p.channels + c) * p.chunks + wid.y] = sq;
     }
 }
 
@@ -168,24 +178,21 @@ fn batchnorm_chunk_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
 fn batchnorm_stats_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let c = wid.x;
     let count = p.batch * p.spatial;
+    let shift = channel_shift(c);
     if (p.chunks > 1u) {
-        stats_finish(lane, c, df_div(chunk_total(0u, c), df(f32(count))), chunk_total(1u, c));
+        let moments = shifted_moments(array<vec2<f32>, 2>(chunk_total(0u, c), chunk_total(1u, c)), shift, count);
+        stats_finish(lane, c, moments[0], moments[1]);
         return;
     }
-    var sum = df(0.0);
+    var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
     var w = walk_start(lane);
     for (var i = lane; i < count; i += REDUCE) {
-        sum = df_add(sum, df(st_x[walk_offset(w, c)]));
+        sums = add_shifted(sums, st_x[walk_offset(w, c)], shift);
         w = walk_next(w);
     }
-    let mean = df_div(workgroup_sum(lane, sum), df(f32(count)));
-    var sq = df(0.0);
-    w = walk_start(lane);
-    for (var i = lane; i < count; i += REDUCE) {
-        sq = add_square(sq, df(st_x[walk_offset(w, c)]), mean);
-        w = walk_next(w);
-    }
-    stats_finish(lane, c, mean, workgroup_sum(lane, sq));
+    let totals = array<vec2<f32>, 2>(workgroup_sum(lane, sums[0]), workgroup_sum(lane, sums[1]));
+    let moments = shifted_moments(totals, shift, count);
+    stats_finish(lane, c, moments[0], moments[1]);
 }
 
 // Channels of few elements (src/ops/batchnorm.rs `SERIAL_MAX`): one invocation per channel sums
@@ -195,23 +202,16 @@ fn batchnorm_stats_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
 fn batchnorm_stats_train_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = flat_index(gid, nwg);
     if (c >= p.channels) { return; }
-    let count = p.batch * p.spatial;
-    var sum = df(0.0);
+    let shift = channel_shift(c);
+    var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
     for (var n = 0u; n < p.batch; n++) {
         let plane = (n * p.channels + c) * p.spatial;
         for (var s = 0u; s < p.spatial; s++) {
-            sum = df_add(sum, df(st_x[plane + s]));
+            sums = add_shifted(sums, st_x[plane + s], shift);
         }
     }
-    let mean = df_div(sum, df(f32(count)));
-    var sq = df(0.0);
-    for (var n = 0u; n < p.batch; n++) {
-        let plane = (n * p.channels + c) * p.spatial;
-        for (var s = 0u; s < p.spatial; s++) {
-            sq = add_square(sq, df(st_x[plane + s]), mean);
-        }
-    }
-    stats_finish(0u, c, mean, sq);
+    let moments = shifted_moments(sums, shift, p.batch * p.spatial);
+    stats_finish(0u, c, moments[0], moments[1]);
 }
 
 // The statistics kernels over vec4 views, for planes whose elements come in fours (and one
@@ -221,18 +221,13 @@ fn batchnorm_stats_train_serial(@builtin(global_invocation_id) gid: vec3<u32>, @
 // batchnorm_stats_train's (still exact double-float sums, and fixed by shape).
 @group(0) @binding(1) var<storage, read> st_x4: array<vec4<f32>>;
 
-// sum + v.x + v.y + v.z + v.w, in that order.
-fn add_values(sum: vec2<f32>, v: vec4<f32>) -> vec2<f32> {
-    return df_add(df_add(df_add(df_add(sum, df(v.x)), df(v.y)), df(v.z)), df(v.w));
-}
-
-// sq + (v.x - mean)^2 + ... + (v.w - mean)^2, in that order.
-fn add_squares(sq: vec2<f32>, v: vec4<f32>, mean: vec2<f32>) -> vec2<f32> {
-    var sum = sq;
+// add_shifted over v.x, v.y, v.z, v.w, in that order.
+fn add_shifted4(sums: array<vec2<f32>, 2>, v: vec4<f32>, shift: f32) -> array<vec2<f32>, 2> {
+    var out = sums;
     for (var k = 0u; k < 4u; k++) {
-        sum = add_square(sum, df(v[k]), mean);
+        out = add_shifted(out, v[k], shift);
     }
-    return sum;
+    return out;
 }
 
 @compute @workgroup_size(64)
@@ -240,22 +235,16 @@ fn batchnorm_stats_train_serial_quads(@builtin(global_invocation_id) gid: vec3<u
     let c = flat_index(gid, nwg);
     if (c >= p.channels) { return; }
     let quads = p.spatial / 4u;
-    var sum = df(0.0);
+    let shift = st_x4[c * quads].x;
+    var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
     for (var n = 0u; n < p.batch; n++) {
         let plane = (n * p.channels + c) * quads;
         for (var s = 0u; s < quads; s++) {
-            sum = add_values(sum, st_x4[plane + s]);
+            sums = add_shifted4(sums, st_x4[plane + s], shift);
         }
     }
-    let mean = df_div(sum, df(f32(p.batch * p.spatial)));
-    var sq = df(0.0);
-    for (var n = 0u; n < p.batch; n++) {
-        let plane = (n * p.channels + c) * quads;
-        for (var s = 0u; s < quads; s++) {
-            sq = add_squares(sq, st_x4[plane + s], mean);
-        }
-    }
-    stats_finish(0u, c, mean, sq);
+    let moments = shifted_moments(sums, shift, p.batch * p.spatial);
+    stats_finish(0u, c, moments[0], moments[1]);
 }
 
 @compute @workgroup_size(64)
@@ -263,20 +252,16 @@ fn batchnorm_stats_train_quads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(l
     let c = wid.x;
     let quads = p.spatial / 4u;
     let count = p.batch * quads;
-    var sum = df(0.0);
+    let shift = st_x4[c * quads].x;
+    var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
     var w = walk_start_over(lane, quads);
     for (var i = lane; i < count; i += REDUCE) {
-        sum = add_values(sum, st_x4[walk_offset_over(w, c, quads)]);
+        sums = add_shifted4(sums, st_x4[walk_offset_over(w, c, quads)], shift);
         w = walk_next_over(w, quads);
     }
-    let mean = df_div(workgroup_sum(lane, sum), df(f32(p.batch * p.spatial)));
-    var sq = df(0.0);
-    w = walk_start_over(lane, quads);
-    for (var i = lane; i < count; i += REDUCE) {
-        sq = add_squares(sq, st_x4[walk_offset_over(w, c, quads)], mean);
-        w = walk_next_over(w, quads);
-    }
-    stats_finish(lane, c, mean, workgroup_sum(lane, sq));
+    let totals = array<vec2<f32>, 2>(workgroup_sum(lane, sums[0]), workgroup_sum(lane, sums[1]));
+    let moments = shifted_moments(totals, shift, p.batch * p.spatial);
+    stats_finish(lane, c, moments[0], moments[1]);
 }
 
 // The saved and running statistics of channel c from its mean and sum of squared deviations.

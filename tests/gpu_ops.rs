@@ -677,6 +677,42 @@ fn batchnorm_matches_reference_in_both_modes() {
     }
 }
 
+/// Channels whose mean lies a million times their spread from zero: the one-pass statistics
+/// (sums of x - shift and its square, the shift a sample of the channel) keep the variance to
+/// f32 precision, through the serial, workgroup and chunked reductions. Without the shift the
+/// squares' sum would cancel all but a few bits of it.
+#[test]
+fn batchnorm_statistics_of_channels_far_from_zero() {
+    for (i, shape) in [vec![4, 3, 6, 5], vec![2, 2, 40, 40], vec![2, 3, 190, 180]].into_iter().enumerate() {
+        let c = shape[1];
+        let mut g = Graph::new();
+        let [x, w, b, rm, rv] = batchnorm_inputs(&mut g, &shape);
+        let y = g.batchnorm(x, w, b, rm, rv, 1e-5, 0.1).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(330 + i as u64);
+        let plane: usize = shape[2..].iter().product();
+        let xv: Vec<f64> = feed(&exe, &g, x, &mut rng)
+            .iter()
+            .enumerate()
+            .map(|(k, v)| (1e6 * (1 + k / plane % c) as f64 + v) as f32 as f64)
+            .collect();
+        exe.write(x, &to_f32(&xv)).unwrap();
+        let (wv, bv) = (feed(&exe, &g, w, &mut rng), feed(&exe, &g, b, &mut rng));
+        let (rmv, rvv) = (vec![0.0; c], vec![1.0; c]);
+        exe.write(rm, &to_f32(&rmv)).unwrap();
+        exe.write(rv, &to_f32(&rvv)).unwrap();
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let op = batchnorm_op(&shape);
+        let (want, _, running_var) = r::batchnorm::forward_train(&op, &xv, &wv, &bv, &rmv, &rvv);
+        let case = format!("{shape:?}");
+        assert_close(&format!("{case} y"), &read(&exe, y), &want, TOL);
+        assert_close(&format!("{case} running var"), &read(&exe, rv), &running_var, TOL);
+        let (dx, _, _) = r::batchnorm::backward(&op, &xv, &wv, &dy, None);
+        assert_close(&format!("{case} dx"), &read_grad(&exe, x), &dx, TOL);
+    }
+}
+
 /// A relu or relu6 applied by the BatchNorm gives what the BatchNorm and the activation op give
 /// one after the other, bit for bit, in both modes and through every reduction kernel: serial
 /// and workgroup, scalar and vec4, and split into chunks.

@@ -39,10 +39,8 @@ struct NormParams {
     one: f32,
     chunks: u32,
     chunk_len: u32,
-    /// Which sums `batchnorm_chunk_sums` makes (0: x, 1: squared deviations).
-    stage: u32,
     activation: u32,
-    _pad: [u32; 2],
+    _pad: [u32; 3],
 }
 
 impl BatchNorm {
@@ -60,9 +58,8 @@ impl BatchNorm {
             one: 1.0,
             chunks: self.chunks() as u32,
             chunk_len: STATS_CHUNK as u32,
-            stage: 0,
             activation: self.activation as u32,
-            _pad: [0; 2],
+            _pad: [0; 3],
         }
     }
 
@@ -152,13 +149,10 @@ impl Op for BatchNorm {
         match mode {
             Mode::Train => {
                 if params.chunks > 1 {
-                    for stage in 0..2 {
-                        let params = NormParams { stage, ..params };
-                        let grid = [channels, params.chunks, 1];
-                        // Bindings 1 and 7 (buffers go by position; the unused ones are left out).
-                        let buffers = [x, x, x, x, x, x, partials];
-                        out.push(gpu.dispatch("norm", "batchnorm_chunk_sums", &params, &buffers, grid));
-                    }
+                    let grid = [channels, params.chunks, 1];
+                    // Bindings 1 and 7 (buffers go by position; the unused ones are left out).
+                    let buffers = [x, x, x, x, x, x, partials];
+                    out.push(gpu.dispatch("norm", "batchnorm_chunk_sums", &params, &buffers, grid));
                 }
                 let buffers = [x, mean, var, saved, weight, bias, partials];
                 let entries = [
