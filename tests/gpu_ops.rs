@@ -54,13 +54,16 @@ type ConvCase = ([usize; 4], usize, (usize, usize), Conv2dConfig, bool);
 #[test]
 fn conv2d_matches_reference() {
     let cfg = |stride, padding, groups| Conv2dConfig { stride, padding, groups };
-    let cases: [ConvCase; 29] = [
+    let cases: [ConvCase; 30] = [
         // Depthwise, stride 1 with bias and a 7x7 window (ConvNeXt's).
         ([1, 5, 13, 11], 5, (3, 3), cfg((1, 1), (1, 1), 5), true),
         ([3, 4, 9, 9], 4, (7, 7), cfg((1, 1), (3, 3), 4), true),
         // More than one channel tile on every axis and several pixel workgroups.
         ([1, 21, 17, 19], 18, (3, 3), cfg((1, 1), (1, 1), 1), true),
         ([3, 6, 9, 7], 9, (3, 3), cfg((2, 2), (1, 1), 1), false),
+        // Stride 2 without padding: the input gradient's phases start at different dy rows
+        // and columns, each with a copy of its own (with padding 1 they share one).
+        ([2, 5, 9, 8], 6, (3, 3), cfg((2, 2), (0, 0), 1), false),
         ([1, 5, 9, 11], 7, (3, 3), cfg((1, 1), (1, 1), 1), true),
         ([3, 6, 8, 7], 9, (3, 3), cfg((2, 2), (1, 1), 3), false),
         ([3, 6, 7, 5], 6, (3, 3), cfg((2, 2), (1, 1), 6), false), // depthwise
@@ -391,6 +394,8 @@ fn conv_weight_paths_agree_bit_for_bit() {
         // gradient's padded copy, on odd maps and as bands of a 2x2 map.
         ([2, 20, 9, 7], [64, 20, 3, 3], Conv2dConfig::new(1, 1)),
         ([3, 36, 2, 2], [96, 36, 3, 3], Conv2dConfig::new(1, 1)),
+        // And at stride 2, where the input gradient's four phases share one copy of dy.
+        ([2, 20, 9, 8], [64, 20, 3, 3], Conv2dConfig::new(2, 1)),
     ];
     let activations = [
         OutputActivation::Relu,
@@ -401,6 +406,7 @@ fn conv_weight_paths_agree_bit_for_bit() {
         OutputActivation::Relu,
         OutputActivation::None,
         OutputActivation::Relu,
+        OutputActivation::Relu6,
     ];
     for (i, (xs, ws, cfg)) in cases.into_iter().enumerate() {
         let shape = Conv2dShape::new(&xs, &ws, cfg).unwrap();

@@ -227,6 +227,14 @@ impl InputPhase {
     }
 }
 
+/// The base every phase along an axis that some tap reaches shares, if they share one (a 3x3
+/// kernel at stride 2 with padding 1: both phases start at dy row 0).
+fn shared_base(phases: &[InputPhase]) -> Option<i32> {
+    let mut reached = phases.iter().filter(|phase| phase.taps > 0);
+    let first = reached.next()?.base;
+    reached.all(|phase| phase.base == first).then_some(first)
+}
+
 /// Consecutive outputs along one axis that read real data through the same taps: outputs
 /// `first .. first + count`, through taps `tap0 .. tap0 + taps` of the pass's (used) taps.
 /// Near a border of a small map most taps meet only padding (three of a 3x3 kernel's rows on
@@ -1203,6 +1211,10 @@ impl GemmPlan {
         let (rows, cols) = self.input_phases();
         // Weights the forward pass packed for this pass too are not packed again.
         let prepacked = self.backward_packed_by_forward().is_some();
+        // Where every phase places dy alike, one copy in a frame as large as the largest
+        // phase's serves them all (each reads only its own rows and columns of it).
+        let shared_frame = self.shared_dy_placement().map(|_| self.dy_last_size());
+        let mut copied = false;
         let mut out = Vec::new();
         for row in &rows {
             for col in &cols {
@@ -1212,18 +1224,19 @@ impl GemmPlan {
                 if !reached && accumulate {
                     continue;
                 }
-                let (in_h, in_w) = (row.copy_size(), col.copy_size());
-                let params = self.phase_params(row, col, accumulate);
+                let (in_h, in_w) = shared_frame.unwrap_or((row.copy_size(), col.copy_size()));
+                let params = TileParams { in_h: u(in_h), in_w: u(in_w), ..self.phase_params(row, col, accumulate) };
                 // No gate: the binding is not read. The copy's padding stays zero where every
-                // run places dy the same way (one phase). A phase no tap reaches (three of a
-                // 1x1 kernel's four at stride 2) reads no dy: it has no copy.
+                // run places dy the same way (one copy). A phase no tap reaches (three of a 1x1
+                // kernel's four at stride 2) reads no dy: it has no copy.
                 let buffers = [dy, dy_last, dy];
                 let vec4s = s.batch * in_h * in_w * self.dy_quads;
-                if reached {
-                    out.push(match rows.len() * cols.len() {
-                        1 => copy_to_channels_last(gpu, &params, buffers, vec4s),
-                        _ => gpu.dispatch("conv_tile", "to_channels_last", &params, &buffers, grid(vec4s)),
+                if reached && !copied {
+                    out.push(match shared_frame {
+                        Some(_) => copy_to_channels_last(gpu, &params, buffers, vec4s),
+                        None => gpu.dispatch("conv_tile", "to_channels_last", &params, &buffers, grid(vec4s)),
                     });
+                    copied = shared_frame.is_some();
                 }
                 // The kernel's bias and residual bindings are read only when asked for: any
                 // buffer does. Passes and bands run one after another through the same
@@ -1409,18 +1422,25 @@ impl GemmPlan {
     }
 
     /// Where the input gradient's copy of dy holds all of dy, densely, as the weight gradient
-    /// reads it: one phase each way that some tap reaches (so one copy, dy placed whole at
-    /// (top, left) of its frame), with channels in whole weight tiles (the copy's channel
+    /// reads it: one copy for every phase ([`GemmPlan::shared_dy_placement`]), dy placed whole
+    /// at (top, left) of its frame, with channels in whole weight tiles (the copy's channel
     /// stride is the weight gradient's). That frame's (rows, columns, top, left).
     fn dy_frame(&self) -> Option<[usize; 4]> {
         let s = &self.shape;
-        let (rows, cols) = self.input_phases();
-        let ([row], [col]) = (&rows[..], &cols[..]) else { return None };
-        let (h, w) = (row.copy_size(), col.copy_size());
-        let (top, left) = (usize::try_from(-row.base).ok()?, usize::try_from(-col.base).ok()?);
+        let (top, left) = self.shared_dy_placement()?;
+        let (top, left) = (usize::try_from(top).ok()?, usize::try_from(left).ok()?);
+        let (h, w) = self.dy_last_size();
         let whole = top + s.out_h <= h && left + s.out_w <= w;
         let channels = 4 * self.dy_quads == self.weight_pad();
-        (row.taps * col.taps > 0 && whole && channels).then_some([h, w, top, left])
+        (whole && channels).then_some([h, w, top, left])
+    }
+
+    /// Where every phase of the input gradient that some tap reaches places dy alike, (top,
+    /// left) of that placement: then [`GemmPlan::backward_input`] copies dy once, into a frame of
+    /// [`GemmPlan::dy_last_size`].
+    fn shared_dy_placement(&self) -> Option<(i32, i32)> {
+        let (rows, cols) = self.input_phases();
+        Some((-shared_base(&rows)?, -shared_base(&cols)?))
     }
 
     /// Where the weight gradient, left as the passes sum it, is one [c_out][tap][input quad]
