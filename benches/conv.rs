@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use kdna::gpu::{Dispatch, Gpu};
+use kdna::ops::conv_gemm::GemmPlan;
 use kdna::ops::conv2d::{Conv2d, Conv2dConfig, Conv2dShape, OutputActivation};
 use kdna::ops::{Bound, GradTarget, Grads, Mode, Op};
 
@@ -22,7 +23,7 @@ fn main() {
     });
     if !json {
         println!("adapter: {} ({:?})", gpu.info.name, gpu.info.backend);
-        println!("{:<34} {:>10} {:>10} {:>10}", "layer (N, Cin->Cout, HxW, k/s)", "forward", "grad in", "grad w");
+        println!("{:<38} {:>10} {:>10} {:>10}", "layer (N, Cin->Cout, HxW, k/s)", "forward", "grad in", "grad w");
     }
     // (name, batch, c_in, c_out, size, kernel, stride, groups)
     let layers = [
@@ -40,23 +41,39 @@ fn main() {
     for (name, n, c_in, c_out, size, k, stride, groups) in layers {
         let cfg = Conv2dConfig::new(stride, k / 2).groups(groups);
         let shape = Conv2dShape::new(&[n, c_in, size, size], &[c_out, c_in / groups, k, k], cfg).unwrap();
-        let rates = bench_layer(&gpu, shape, quick);
-        if json {
-            println!(
-                "{{\"bench\":\"conv2d\",\"layer\":\"{name}\",\"adapter\":\"{}\",\"forward_gflops\":{:.2},\"grad_input_gflops\":{:.2},\"grad_weight_gflops\":{:.2}}}",
-                gpu.info.name, rates[0], rates[1], rates[2]
-            );
-        } else {
-            println!("{name:<34} {:>10.2} {:>10.2} {:>10.2}", rates[0], rates[1], rates[2]);
+        report(&gpu, name, bench_layer(&gpu, shape, false, quick), json);
+        // A network's stem, whose input has no gradient, runs with its columns folded into its
+        // channels: its forward pass and weight gradient that way.
+        if GemmPlan::folds_columns(&shape) {
+            report(&gpu, &format!("{name} folded"), bench_layer(&gpu, shape, true, quick), json);
         }
     }
     if !json {
-        println!("(GFLOP/s, 2 FLOPs per multiply-add)");
+        println!("(GFLOP/s, 2 FLOPs per multiply-add; folded: no input gradient)");
     }
 }
 
-/// GFLOP/s of the forward, input-gradient and weight-gradient kernels.
-fn bench_layer(gpu: &Gpu, shape: Conv2dShape, quick: bool) -> [f64; 3] {
+/// One layer's line: `rates` of the forward, input-gradient and weight-gradient passes, `None`
+/// for a pass the layer does not run.
+fn report(gpu: &Gpu, name: &str, rates: [Option<f64>; 3], json: bool) {
+    if json {
+        let field = |r: Option<f64>| r.map_or("null".to_string(), |r| format!("{r:.2}"));
+        println!(
+            "{{\"bench\":\"conv2d\",\"layer\":\"{name}\",\"adapter\":\"{}\",\"forward_gflops\":{},\"grad_input_gflops\":{},\"grad_weight_gflops\":{}}}",
+            gpu.info.name,
+            field(rates[0]),
+            field(rates[1]),
+            field(rates[2])
+        );
+    } else {
+        let cell = |r: Option<f64>| r.map_or(format!("{:>10}", "-"), |r| format!("{r:>10.2}"));
+        println!("{name:<38} {} {} {}", cell(rates[0]), cell(rates[1]), cell(rates[2]));
+    }
+}
+
+/// GFLOP/s of the forward, input-gradient and weight-gradient kernels; with `fold_columns`
+/// ([`GemmPlan::folding_columns`]) there is no input gradient.
+fn bench_layer(gpu: &Gpu, shape: Conv2dShape, fold_columns: bool, quick: bool) -> [Option<f64>; 3] {
     let op = Conv2d {
         shape,
         has_bias: false,
@@ -67,7 +84,7 @@ fn bench_layer(gpu: &Gpu, shape: Conv2dShape, quick: bool) -> [f64; 3] {
         gates_input: false,
         dw_unreduced: false,
         dw_to_buffer: false,
-        fold_columns: false,
+        fold_columns,
     };
     let numel = |s: &[usize]| s.iter().product::<usize>();
     let x = gpu.upload("x", &vec![0.5f32; numel(&[shape.batch, shape.c_in, shape.h, shape.w])]);
@@ -81,8 +98,13 @@ fn bench_layer(gpu: &Gpu, shape: Conv2dShape, quick: bool) -> [f64; 3] {
     let forward = op.forward(gpu, &bound, Mode::Train);
     let input_target = GradTarget { slice: &dx, accumulate: false };
     let weight_target = GradTarget { slice: &dw, accumulate: false };
-    let grad_input =
-        op.backward(gpu, &bound, &Grads { outputs: vec![&dy], inputs: vec![Some(input_target), None] }, Mode::Train);
+    let grad_input = match fold_columns {
+        true => Vec::new(),
+        false => {
+            let grads = Grads { outputs: vec![&dy], inputs: vec![Some(input_target), None] };
+            op.backward(gpu, &bound, &grads, Mode::Train)
+        }
+    };
     let grad_weight =
         op.backward(gpu, &bound, &Grads { outputs: vec![&dy], inputs: vec![None, Some(weight_target)] }, Mode::Train);
     if std::env::var_os("KDNA_BENCH_DISPATCHES").is_some() {
@@ -93,7 +115,8 @@ fn bench_layer(gpu: &Gpu, shape: Conv2dShape, quick: bool) -> [f64; 3] {
             }
         }
     }
-    [&forward, &grad_input, &grad_weight].map(|d| shape.flops() / seconds_per_run(gpu, d, quick) / 1e9)
+    [&forward, &grad_input, &grad_weight]
+        .map(|d| (!d.is_empty()).then(|| shape.flops() / seconds_per_run(gpu, d, quick) / 1e9))
 }
 
 fn seconds_per_run(gpu: &Gpu, dispatches: &[Dispatch], quick: bool) -> f64 {
