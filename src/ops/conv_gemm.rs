@@ -1125,7 +1125,12 @@ impl GemmPlan {
     fn phase_params(&self, row: &InputPhase, col: &InputPhase, accumulate: bool) -> TileParams {
         let s = &self.shape;
         let u = |v: usize| v as u32;
-        let (in_h, in_w) = (row.copy_size(), col.copy_size());
+        // Phases that place dy alike read one copy, in a frame as large as the largest phase's
+        // (each reads only its own rows and columns of it).
+        let (in_h, in_w) = match self.shared_dy_placement() {
+            Some(_) => self.dy_last_size(),
+            None => (row.copy_size(), col.copy_size()),
+        };
         TileParams {
             in_h: u(in_h),
             in_w: u(in_w),
@@ -1211,9 +1216,8 @@ impl GemmPlan {
         let (rows, cols) = self.input_phases();
         // Weights the forward pass packed for this pass too are not packed again.
         let prepacked = self.backward_packed_by_forward().is_some();
-        // Where every phase places dy alike, one copy in a frame as large as the largest
-        // phase's serves them all (each reads only its own rows and columns of it).
-        let shared_frame = self.shared_dy_placement().map(|_| self.dy_last_size());
+        // Where every phase places dy alike, one copy serves them all (`phase_params`).
+        let shared = self.shared_dy_placement().is_some();
         let mut copied = false;
         let mut out = Vec::new();
         for row in &rows {
@@ -1224,19 +1228,18 @@ impl GemmPlan {
                 if !reached && accumulate {
                     continue;
                 }
-                let (in_h, in_w) = shared_frame.unwrap_or((row.copy_size(), col.copy_size()));
-                let params = TileParams { in_h: u(in_h), in_w: u(in_w), ..self.phase_params(row, col, accumulate) };
+                let params = self.phase_params(row, col, accumulate);
                 // No gate: the binding is not read. The copy's padding stays zero where every
                 // run places dy the same way (one copy). A phase no tap reaches (three of a 1x1
                 // kernel's four at stride 2) reads no dy: it has no copy.
                 let buffers = [dy, dy_last, dy];
-                let vec4s = s.batch * in_h * in_w * self.dy_quads;
+                let vec4s = s.batch * (params.in_h * params.in_w) as usize * self.dy_quads;
                 if reached && !copied {
-                    out.push(match shared_frame {
-                        Some(_) => copy_to_channels_last(gpu, &params, buffers, vec4s),
-                        None => gpu.dispatch("conv_tile", "to_channels_last", &params, &buffers, grid(vec4s)),
+                    out.push(match shared {
+                        true => copy_to_channels_last(gpu, &params, buffers, vec4s),
+                        false => gpu.dispatch("conv_tile", "to_channels_last", &params, &buffers, grid(vec4s)),
                     });
-                    copied = shared_frame.is_some();
+                    copied = shared;
                 }
                 // The kernel's bias and residual bindings are read only when asked for: any
                 // buffer does. Passes and bands run one after another through the same
