@@ -77,6 +77,14 @@ struct BenchArgs {
     /// step's, or with --latency (and no --train) a run of the folded eval network.
     #[arg(long)]
     profile: bool,
+    /// With --profile: list every dispatch in run order (phase, node, kernel, workgroup grid,
+    /// milliseconds) rather than totals by kernel.
+    #[arg(long, requires = "profile")]
+    dispatches: bool,
+    /// With --profile: profile this many runs and keep each dispatch's least time, which holds
+    /// steadier than one run on a busy machine.
+    #[arg(long, requires = "profile", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Timed iterations.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     iter: u32,
@@ -494,12 +502,24 @@ fn bench(adapter: Option<&str>, args: BenchArgs) -> Result<()> {
     let family = if m.baseline { "baseline" } else { "KernelDNA" };
     if args.profile {
         let gpu = Arc::new(Gpu::new(adapter)?);
-        use kdna::commands::bench::{Profiled, profile};
+        use kdna::commands::bench::{Profiled, by_kernel, profile};
         let what = if args.latency && !args.train { Profiled::Eval } else { Profiled::TrainingStep };
-        let rows = profile(gpu, spec, args.batch_size as usize, args.res as usize, what)?;
-        let total: f64 = rows.iter().map(|r| r.2).sum();
+        let rounds = args.rounds as usize;
+        let dispatches = profile(gpu, spec, args.batch_size as usize, args.res as usize, what, rounds)?;
+        let total: f64 = dispatches.iter().map(|d| d.seconds).sum();
+        if args.dispatches {
+            println!("{:>5} {:<9} {:<44} {:<40} {:>17} {:>9}", "#", "phase", "node", "kernel", "workgroups", "ms");
+            for (i, d) in dispatches.iter().enumerate() {
+                let [x, y, z] = d.workgroups;
+                let grid = format!("{x}x{y}x{z}");
+                let (phase, node, kernel) = (d.phase.name(), &d.node, d.kernel);
+                println!("{i:>5} {phase:<9} {node:<44} {kernel:<40} {grid:>17} {:>9.3}", 1e3 * d.seconds);
+            }
+            println!("{:>5} {:<9} {:<44} {:<40} {:>17} {:>9.3}", "", "total", "", "", "", 1e3 * total);
+            return Ok(());
+        }
         println!("{:<36} {:>10} {:>10} {:>7}", "kernel", "dispatches", "seconds", "share");
-        for (entry, n, secs) in rows {
+        for (entry, n, secs) in by_kernel(&dispatches) {
             println!("{entry:<36} {n:>10} {secs:>10.4} {:>6.1}%", 100.0 * secs / total);
         }
         println!("{:<36} {:>10} {total:>10.4}", "total", "");

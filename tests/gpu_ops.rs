@@ -238,7 +238,7 @@ fn convolutions_with_columns_folded_into_channels_match_reference() {
                 exe.run().unwrap();
             }
             assert_close(&format!("{case} y"), &read(&exe, y), &want, TOL);
-            let labels: Vec<&str> = exe.profile().unwrap().into_iter().map(|(label, _)| label).collect();
+            let labels: Vec<&str> = exe.profile().unwrap().into_iter().map(|d| d.kernel).collect();
             assert!(labels.contains(&"to_channels_last_folded"), "{case}: the columns were not folded: {labels:?}");
         }
     }
@@ -1042,7 +1042,7 @@ fn pooling_matches_reference() {
         exe.run().unwrap();
         assert_close(&format!("{case} maxpool dx, second run"), &read_grad(&exe, x), &want_dx, TOL);
         // (Profiling reruns the dispatches, last: dx is not cleared between them.)
-        let labels: Vec<&str> = exe.profile().unwrap().into_iter().map(|(label, _)| label).collect();
+        let labels: Vec<&str> = exe.profile().unwrap().into_iter().map(|d| d.kernel).collect();
         let quads = (kernel, stride, pad, w % 8) == (3, 2, 1, 0);
         assert_eq!(labels.contains(&"maxpool_forward_3x3s2_quads"), quads, "{case}: {labels:?}");
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::{randn, rng, to_f32};
 use kdna::gpu::Gpu;
-use kdna::graph::{Executor, Graph, Plan, Role, StepStats, TensorId};
+use kdna::graph::{Executor, Graph, Phase, Plan, Role, StepStats, TensorId};
 use kdna::models::layers::{self, ConvInit};
 use kdna::ops::conv2d::Conv2dConfig;
 use kdna::ops::sgd::Sgd;
@@ -141,7 +141,15 @@ fn a_kernel_dna_net_learns_a_fixed_batch_with_one_submit_per_step() {
     let (forward, backward, optimizer) = exe.dispatch_counts();
     let profile = exe.profile().unwrap();
     assert_eq!(profile.len(), forward + backward + optimizer);
-    assert!(profile.iter().any(|(label, _)| *label == "sgd_step"));
+    assert!(profile.iter().any(|d| d.kernel == "sgd_step" && d.phase == Phase::Optimizer));
+    // In run order, each dispatch named by its node: forward dispatches first, then backward.
+    let phases: Vec<Phase> = profile.iter().map(|d| d.phase).collect();
+    let first_backward = phases.iter().position(|&p| p == Phase::Backward).unwrap();
+    assert!(phases[..first_backward].iter().all(|&p| p == Phase::Forward || p == Phase::Prepare));
+    assert!(phases[first_backward..].iter().all(|&p| p == Phase::Backward || p == Phase::Optimizer));
+    let node = &profile.iter().find(|d| d.phase == Phase::Backward).unwrap().node;
+    assert!(node.starts_with("cross_entropy"), "the backward pass starts at the loss, not {node:?}");
+    assert!(profile.iter().all(|d| d.workgroups.iter().all(|&n| n > 0)));
 }
 
 #[test]

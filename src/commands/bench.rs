@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::gpu::Gpu;
 use crate::graph::fold::fold;
-use crate::graph::{Executor, Plan, Weights};
+use crate::graph::{DispatchTime, Executor, Plan, Weights};
 use crate::io::StateDict;
 use crate::models::{ModelSpec, Network, build, macs_per_image, parameter_count};
 use crate::ops::sgd::Sgd;
@@ -184,15 +184,16 @@ pub enum Profiled {
     Eval,
 }
 
-/// Time spent per kernel entry point in one run (each dispatch run alone and waited for),
-/// largest first: (entry point, dispatches, seconds).
+/// Every dispatch of one run, in order, each run alone and waited for; with `rounds` above one,
+/// each dispatch's least time over that many runs (a shared machine's noise only adds time).
 pub fn profile(
     gpu: Arc<Gpu>,
     spec: ModelSpec,
     batch: usize,
     res: usize,
     what: Profiled,
-) -> Result<Vec<(String, usize, f64)>> {
+    rounds: usize,
+) -> Result<Vec<DispatchTime>> {
     let net = build(spec, batch, res, 0.0)?;
     let mut exe = match what {
         Profiled::TrainingStep => {
@@ -209,16 +210,27 @@ pub fn profile(
         }
     };
     exe.profile()?; // compiles every pipeline (and prepares what eval prepares once)
-    let mut by_entry: Vec<(String, usize, f64)> = Vec::new();
-    for (label, secs) in exe.profile()? {
-        match by_entry.iter_mut().find(|(l, _, _)| l == label) {
-            Some(row) => {
-                row.1 += 1;
-                row.2 += secs;
-            }
-            None => by_entry.push((label.to_string(), 1, secs)),
+    let mut least = exe.profile()?;
+    for _ in 1..rounds {
+        for (best, run) in least.iter_mut().zip(exe.profile()?) {
+            best.seconds = best.seconds.min(run.seconds);
         }
     }
-    by_entry.sort_by(|a, b| b.2.total_cmp(&a.2));
-    Ok(by_entry)
+    Ok(least)
+}
+
+/// A profile summed by kernel entry point, largest first: (entry point, dispatches, seconds).
+pub fn by_kernel(dispatches: &[DispatchTime]) -> Vec<(&'static str, usize, f64)> {
+    let mut rows: Vec<(&'static str, usize, f64)> = Vec::new();
+    for d in dispatches {
+        match rows.iter_mut().find(|(kernel, _, _)| *kernel == d.kernel) {
+            Some(row) => {
+                row.1 += 1;
+                row.2 += d.seconds;
+            }
+            None => rows.push((d.kernel, 1, d.seconds)),
+        }
+    }
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    rows
 }

@@ -26,6 +26,11 @@ impl Dispatch {
         pass.dispatch_workgroups(x, y, z);
     }
 
+    /// The workgroup grid (x, y, z).
+    pub fn workgroups(&self) -> [u32; 3] {
+        self.workgroups
+    }
+
     /// Replaces the parameter struct (same type as at creation), e.g. a new learning rate.
     /// Takes effect from the next submission; allocates nothing.
     pub fn set_params<P: bytemuck::Pod>(&self, gpu: &Gpu, params: &P) {

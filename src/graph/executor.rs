@@ -12,7 +12,7 @@ use std::sync::mpsc;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Graph, Role, TensorId, Weights, fuse};
+use super::{Graph, Node, Role, TensorId, Weights, fuse};
 use crate::gpu::{Dispatch, Gpu, GpuSlice};
 use crate::ops::{Bound, GradTarget, Grads, Mode, Optimizer};
 
@@ -99,6 +99,9 @@ pub struct Executor {
     backward: Vec<Dispatch>,
     /// Optimizer dispatches, each with the number of arena elements it updates.
     optimizer: Vec<(Dispatch, usize)>,
+    /// The graph node each dispatch of `prepare`, `forward` and `backward` runs, by index into
+    /// `node_names`: what a profile names.
+    origins: Origins,
     readback: Option<Readback>,
     steps: u64,
     /// Tensors their one consumer computes as it loads them ([`fuse`]): never stored.
@@ -156,6 +159,8 @@ impl Executor {
         // Fixed tensors: parameters, and what ops compute from them alone in `prepare`.
         let mut fixed: Vec<bool> = graph.tensors.iter().map(|t| t.role == Role::Param).collect();
         let (mut prepare, mut forward) = (Vec::new(), Vec::new());
+        let mut origins =
+            Origins { node_names: graph.nodes.iter().map(|n| node_name(graph, n)).collect(), ..Default::default() };
         for (i, node) in graph.nodes.iter().enumerate() {
             let inputs_fixed: Vec<bool> = node.inputs.iter().map(|t| fixed[t.0]).collect();
             let split = node.op.split_forward(&gpu, &bound(i), plan.mode, &inputs_fixed);
@@ -164,6 +169,8 @@ impl Executor {
                     fixed[t.0] = true;
                 }
             }
+            origins.prepare.extend(std::iter::repeat_n(i, split.prepare.len()));
+            origins.forward.extend(std::iter::repeat_n(i, split.run.len()));
             prepare.extend(split.prepare);
             forward.extend(split.run);
         }
@@ -181,6 +188,7 @@ impl Executor {
             forward,
             backward: Vec::new(),
             optimizer: Vec::new(),
+            origins,
             readback: None,
             steps: 0,
             unstored: Vec::new(),
@@ -299,6 +307,7 @@ impl Executor {
                 scratch: scratch[n].iter().collect(),
             };
             let dispatches = node.op.backward(&gpu, &bound, &grads, self.plan.mode);
+            self.origins.backward.extend(std::iter::repeat_n(n, dispatches.len()));
             self.backward.extend(dispatches);
         }
         // Parameters off the loss path must not feed stale gradients to the optimizer.
@@ -481,24 +490,29 @@ impl Executor {
         self.poll_stats()
     }
 
-    /// Wall time of every dispatch of one run, each submitted alone and waited for: a coarse
-    /// profile that needs no timestamp queries (software adapters report wall time anyway).
-    /// Runs the step's work once, so parameters move if the plan has an optimizer.
-    pub fn profile(&mut self) -> Result<Vec<(&'static str, f64)>> {
-        let mut times = Vec::new();
+    /// Wall time of every dispatch of one run, in order, each submitted alone and waited for: a
+    /// coarse profile that needs no timestamp queries (software adapters report wall time
+    /// anyway). Runs the step's work once, so parameters move if the plan has an optimizer.
+    pub fn profile(&mut self) -> Result<Vec<DispatchTime>> {
         let prepare = self.take_prepare().len();
         if self.plan.optimizer.is_some() {
             self.weights.params_changed();
         }
-        let dispatches = (self.prepare[..prepare].iter())
-            .chain(&self.forward)
-            .chain(&self.backward)
-            .chain(self.optimizer.iter().map(|(d, _)| d));
-        for d in dispatches {
+        let o = &self.origins;
+        let name = |n: &usize| o.node_names[*n].clone();
+        let dispatches =
+            (self.prepare[..prepare].iter().zip(o.prepare.iter().map(name)).map(|(d, n)| (Phase::Prepare, n, d)))
+                .chain(self.forward.iter().zip(o.forward.iter().map(name)).map(|(d, n)| (Phase::Forward, n, d)))
+                .chain(self.backward.iter().zip(o.backward.iter().map(name)).map(|(d, n)| (Phase::Backward, n, d)))
+                .chain(self.optimizer.iter().map(|(d, _)| (Phase::Optimizer, "parameters".to_string(), d)))
+                .collect::<Vec<_>>();
+        let mut times = Vec::with_capacity(dispatches.len());
+        for (phase, node, d) in dispatches {
             let start = std::time::Instant::now();
             self.gpu.run(std::slice::from_ref(d));
             self.gpu.wait()?;
-            times.push((d.label, start.elapsed().as_secs_f64()));
+            let seconds = start.elapsed().as_secs_f64();
+            times.push(DispatchTime { phase, node, kernel: d.label, workgroups: d.workgroups(), seconds });
         }
         Ok(times)
     }
@@ -514,6 +528,60 @@ impl Executor {
     pub fn steady_dispatch_counts(&self) -> (usize, usize, usize) {
         (self.forward.len(), self.backward.len(), self.optimizer.len())
     }
+}
+
+/// Which part of a run a dispatch belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Computed from the parameters alone, once per change of them (children, folded weights).
+    Prepare,
+    Forward,
+    Backward,
+    Optimizer,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Prepare => "prepare",
+            Phase::Forward => "forward",
+            Phase::Backward => "backward",
+            Phase::Optimizer => "optimizer",
+        }
+    }
+}
+
+/// One dispatch of a profiled run ([`Executor::profile`]).
+#[derive(Clone, Debug)]
+pub struct DispatchTime {
+    pub phase: Phase,
+    /// The graph node it runs: its op and layer (`conv2d layer1.0.conv1`).
+    pub node: String,
+    /// The kernel's entry point.
+    pub kernel: &'static str,
+    pub workgroups: [u32; 3],
+    pub seconds: f64,
+}
+
+/// The node behind every dispatch, by phase (see [`Executor::profile`]).
+#[derive(Default)]
+struct Origins {
+    node_names: Vec<String>,
+    prepare: Vec<usize>,
+    forward: Vec<usize>,
+    backward: Vec<usize>,
+}
+
+/// A node's name in profiles: its op, and the layer its parameters belong to
+/// (`conv2d layer1.0.conv1`), or for an op without parameters the tensor it computes.
+fn node_name(graph: &Graph, node: &Node) -> String {
+    let param = node.inputs.iter().map(|t| graph.info(*t)).find(|t| t.role == Role::Param);
+    let what = match (param, node.outputs.first()) {
+        (Some(p), _) => p.name.rsplit_once('.').map_or(p.name.as_str(), |(layer, _)| layer),
+        (None, Some(t)) => graph.info(*t).name.as_str(),
+        (None, None) => return node.op.name().to_string(),
+    };
+    format!("{} {what}", node.op.name())
 }
 
 /// Every tensor must fit one storage binding of this adapter.

@@ -5,7 +5,7 @@ pub mod fold;
 pub mod fuse;
 mod weights;
 
-pub use executor::{Executor, Plan, StepStats};
+pub use executor::{DispatchTime, Executor, Phase, Plan, StepStats};
 pub use weights::Weights;
 
 use anyhow::{Result, bail};
