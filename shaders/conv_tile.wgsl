@@ -130,6 +130,9 @@ struct TileParams {
     fold_kernel_w: u32,
     fold_stride: u32,
     fold_left: u32,
+    // Kernels that read textures (family conv_tile_subgroup's forward tiles): log2 of their
+    // texels per row.
+    texture_shift: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: TileParams;
@@ -691,6 +694,27 @@ fn pack_weight_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
 @group(0) @binding(4) var<storage, read_write> tf_y: array<f32>;
 // A residual added to the output as it is stored (`p.residual`), laid out as the output.
 @group(0) @binding(5) var<storage, read> tf_residual: array<f32>;
+
+// The input copy's and the packed weights' vec4s as rows of textures, which the family
+// conv_tile_subgroup's forward tiles read: software adapters gather a texture fetch's lanes in
+// registers, where a storage load whose address differs per lane loops over the lanes through
+// memory.
+@group(0) @binding(15) var tf_xt: texture_2d<f32>;
+@group(0) @binding(14) var tf_wt: texture_2d<f32>;
+
+// Vec4 i at texel (i mod width, i / width), by shifts: a division per lane is eight scalar
+// divisions on software adapters.
+fn texel_at(i: u32) -> vec2<u32> {
+    return vec2<u32>(i & ((1u << p.texture_shift) - 1u), i >> p.texture_shift);
+}
+
+fn texel_x(i: u32) -> vec4<f32> {
+    return textureLoad(tf_xt, texel_at(i), 0);
+}
+
+fn texel_w(i: u32) -> vec4<f32> {
+    return textureLoad(tf_wt, texel_at(i), 0);
+}
 
 // Index (in vec4s) of the top-left corner of output pixel q's window in the input copy.
 fn window(q: u32) -> u32 {

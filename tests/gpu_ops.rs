@@ -5,7 +5,7 @@
 mod common;
 
 use common::{assert_close, f32_exact, gpu, gradient_plan, randn, rng, to_f32, to_f64};
-use kdna::graph::{Executor, Graph, Init, Plan, TensorId};
+use kdna::graph::{Executor, Graph, Init, Phase, Plan, TensorId};
 use kdna::ops::activation::Activation;
 use kdna::ops::adamw::AdamW;
 use kdna::ops::batchnorm::BatchNorm;
@@ -372,6 +372,33 @@ fn an_input_read_by_two_strided_convs_gets_both_gradients() {
             }
         }
         assert_close(&format!("1x1 built first: {one_by_one_built_first}, dx"), &read_grad(&exe, x), &want, TOL);
+    }
+}
+
+/// Where the adapter has subgroups, the forward-style tiles (forward pass and input gradient)
+/// read their input copy and packed weights as textures, copied there from their buffers; the
+/// copies and the weight gradient's tiles stay with buffers. (`conv2d_matches_reference` checks
+/// the values: its copies span several texture rows and end inside one.)
+#[test]
+fn subgroup_tiles_read_input_and_weights_through_textures() {
+    let gpu = gpu();
+    assert!(gpu.subgroups, "the test adapter has no subgroups of eight lanes: the texture path goes untested");
+    // 2048 pixels take the storage tiles (of a size for each pass's channels); 2x2 maps, the
+    // lanes kernel.
+    for (xs, tile) in [([2, 16, 32, 32], "conv_tile_forward_storage_"), ([2, 16, 2, 2], "conv_tile_forward_lanes_")] {
+        let mut g = Graph::new();
+        let x = g.input("x", &xs);
+        let w = g.param("w", &[24, 16, 3, 3]).unwrap();
+        let y = g.conv2d(x, w, None, Conv2dConfig::new(1, 1)).unwrap();
+        let mut exe = Executor::new(gpu.clone(), &g, plan(Mode::Train, y)).unwrap();
+        let profile = exe.profile().unwrap();
+        let tiles: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with(tile)).collect();
+        // (A 2x2 map runs each pass as bands.)
+        let passes = [Phase::Forward, Phase::Backward].map(|phase| tiles.iter().any(|d| d.phase == phase));
+        assert_eq!(passes, [true, true], "{xs:?}: a forward pass and an input gradient by {tile}*: {profile:?}");
+        assert!(tiles.iter().all(|d| d.textures == 2), "{xs:?}: {tiles:?}");
+        let others: Vec<_> = profile.iter().filter(|d| !d.kernel.starts_with(tile) && d.textures > 0).collect();
+        assert!(others.is_empty(), "{xs:?}: only the tiles read textures: {others:?}");
     }
 }
 

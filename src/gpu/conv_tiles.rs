@@ -83,7 +83,11 @@ pub fn expand(source: &str, subgroups: bool) -> String {
         match kind {
             "forward" | "forward_storage" => {
                 let storage = kind == "forward_storage";
-                let weights = if storage { "ts_w" } else { "tf_w" };
+                let weights = match (storage, subgroups) {
+                    (true, true) => "texel_w",
+                    (true, false) => "ts_w",
+                    (false, _) => "tf_w",
+                };
                 for (channels, pixels) in FORWARD_TILES {
                     let tile = Forward { channels, pixels, weights, broadcast: storage && subgroups, lanes: false };
                     instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}"), &tile);
@@ -91,7 +95,8 @@ pub fn expand(source: &str, subgroups: bool) -> String {
             }
             "forward_lanes" => {
                 let (channels, pixels) = LANES_TILE;
-                let tile = Forward { channels, pixels, weights: "ts_w", broadcast: subgroups, lanes: true };
+                let weights = if subgroups { "texel_w" } else { "ts_w" };
+                let tile = Forward { channels, pixels, weights, broadcast: subgroups, lanes: true };
                 instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}"), &tile);
             }
             "weight" => {
@@ -138,9 +143,10 @@ fn instantiate(out: &mut String, body: &[&str], suffix: &str, size: &str, tile: 
 struct Forward {
     channels: u32,
     pixels: u32,
-    /// The weight buffer's name in the shader.
+    /// Where the weights come from: a buffer's name in the shader, or `texel_w` (a texture).
     weights: &'static str,
     /// Whether a subgroup shares loads ([`expand`]): the weights, or with `lanes` the inputs.
+    /// Such kernels read the input copy and the weights as textures (`texel_x`, `texel_w`).
     broadcast: bool,
     /// Whether lanes take output channels and share their pixels (else the reverse).
     lanes: bool,
@@ -156,12 +162,17 @@ fn lane_parameter(broadcast: bool) -> Vec<String> {
 /// loaded directly.
 fn shared_loads(names: &[String], source: &str, first: &str, broadcast: bool) -> Vec<String> {
     if !broadcast {
-        return names.iter().enumerate().map(|(i, name)| format!("let {name} = {source}[{first} + {i}u];")).collect();
+        return names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!("let {name} = {};", load(source, &format!("{first} + {i}u"))))
+            .collect();
     }
     assert!(names.len().is_multiple_of(8), "broadcast loads come in eights");
     let mut code = Vec::new();
     for (g, group) in names.chunks(8).enumerate() {
-        code.push(format!("let {}_lanes = {source}[{first} + {}u + (subgroup_lane & 7u)];", group[0], 8 * g));
+        let lanes = load(source, &format!("{first} + {}u + (subgroup_lane & 7u)", 8 * g));
+        code.push(format!("let {}_lanes = {lanes};", group[0]));
         code.push(
             group
                 .iter()
@@ -172,6 +183,14 @@ fn shared_loads(names: &[String], source: &str, first: &str, broadcast: bool) ->
         );
     }
     code
+}
+
+/// Element `index` of `source`: a buffer, or a function that fetches a texel (`texel_*`).
+fn load(source: &str, index: &str) -> String {
+    match source.starts_with("texel_") {
+        true => format!("{source}({index})"),
+        false => format!("{source}[{index}]"),
+    }
 }
 
 impl Tile for Forward {
@@ -206,9 +225,11 @@ impl Tile for Forward {
                 code = shared_loads(&names, self.weights, "w", self.broadcast && !self.lanes);
                 if self.lanes && self.broadcast {
                     for g in 0..self.pixels / 8 {
-                        code.push(format!("let xl{g} = tf_x[lb{g} + off];"));
+                        code.push(format!("let xl{g} = texel_x(lb{g} + off);"));
                         code.extend((0..8).map(|m| format!("let x{} = subgroupBroadcast(xl{g}, {m}u);", 8 * g + m)));
                     }
+                } else if self.broadcast {
+                    code.extend((0..self.pixels).map(|i| format!("let x{i} = texel_x(b{i} + off);")));
                 } else {
                     code.extend((0..self.pixels).map(|i| format!("let x{i} = tf_x[b{i} + off];")));
                 }

@@ -1,13 +1,64 @@
 //! Pipelines and prepared dispatches.
 //!
 //! Binding convention shared by every kernel in `shaders/`: binding 0 is the kernel's uniform
-//! parameter struct, bindings 1.. are the storage buffers in the order the Rust side passes them.
-//! Pipelines use wgpu's derived layout, so each entry point declares exactly what it reads.
+//! parameter struct, bindings 1.. are the storage buffers in the order the Rust side passes them,
+//! and [`TEXTURE_BINDINGS`] are textures that hold copies of them ([`Gpu::dispatch_with_textures`]). Pipelines use wgpu's derived layout, so each entry point
+//! declares exactly what it reads.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{Gpu, GpuSlice, WORKGROUP, shaders};
+
+/// The bindings of a kernel's texture inputs (`shaders/conv_tile.wgsl`'s `tf_xt`, `tf_wt`).
+pub const TEXTURE_BINDINGS: [u32; 2] = [15, 14];
+
+/// Texels per row of a texture that holds a buffer's vec4s in order: the device's widest 2D
+/// texture (so that the most vec4s fit), rounded down to a power of two (so that kernels find
+/// a texel by shifts, `texel_at` in `shaders/conv_tile.wgsl`).
+pub fn texture_width(gpu: &Gpu) -> u32 {
+    let widest = gpu.device.limits().max_texture_dimension_2d;
+    1 << (31 - widest.leading_zeros())
+}
+
+/// A buffer's vec4s copied into the rows of an rgba32float texture, before the dispatch that
+/// reads them. On software adapters a texture fetch gathers its lanes in registers, where a
+/// storage load whose address differs per lane loops over the lanes through memory.
+struct TextureUpload {
+    source: GpuSlice,
+    texture: wgpu::Texture,
+}
+
+impl TextureUpload {
+    fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        let width = self.texture.width();
+        let texels = (self.source.size / 16) as u32;
+        // Whole rows, then what is left of the last.
+        let (rows, rest) = (texels / width, texels % width);
+        for (row, height, width) in [(0, rows, width), (rows, 1, rest)] {
+            if height == 0 || width == 0 {
+                continue;
+            }
+            encoder.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &self.source.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: self.source.offset + 16 * u64::from(row) * u64::from(self.texture.width()),
+                        bytes_per_row: Some(16 * self.texture.width()),
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &self.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y: row, z: 0 },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+            );
+        }
+    }
+}
 
 /// A dispatch with everything bound: recorded as often as wanted, allocating nothing.
 pub struct Dispatch {
@@ -16,6 +67,27 @@ pub struct Dispatch {
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
     params: wgpu::Buffer,
+    /// Copied into their textures before the dispatch runs.
+    uploads: Vec<TextureUpload>,
+}
+
+/// Records `dispatches` into `encoder`: compute passes, broken where a dispatch's texture
+/// input is copied first.
+pub fn record_all<'a>(encoder: &mut wgpu::CommandEncoder, dispatches: impl IntoIterator<Item = &'a Dispatch>) {
+    let mut pass: Option<wgpu::ComputePass<'static>> = None;
+    for d in dispatches {
+        if !d.uploads.is_empty() {
+            pass = None;
+            for upload in &d.uploads {
+                upload.record(encoder);
+            }
+        }
+        let pass = pass.get_or_insert_with(|| {
+            let desc = wgpu::ComputePassDescriptor { label: Some("kdna"), timestamp_writes: None };
+            encoder.begin_compute_pass(&desc).forget_lifetime()
+        });
+        d.record(pass);
+    }
 }
 
 impl Dispatch {
@@ -24,6 +96,11 @@ impl Dispatch {
         pass.set_bind_group(0, &self.bind_group, &[]);
         let [x, y, z] = self.workgroups;
         pass.dispatch_workgroups(x, y, z);
+    }
+
+    /// How many buffers the dispatch reads through textures ([`Gpu::dispatch_with_textures`]).
+    pub fn textures(&self) -> usize {
+        self.uploads.len()
     }
 
     /// The workgroup grid (x, y, z).
@@ -111,9 +188,58 @@ impl Gpu {
         buffers: &[&GpuSlice],
         workgroups: [u32; 3],
     ) -> Dispatch {
+        self.dispatch_with(shader, entry, params, buffers, Vec::new(), workgroups)
+    }
+
+    /// [`Gpu::dispatch`] for an entry that also reads buffers' vec4s from textures, the i-th at
+    /// binding [`TEXTURE_BINDINGS`]\[i\], in rows of [`texture_width`]: each run copies them
+    /// there first.
+    pub fn dispatch_with_textures<P: bytemuck::Pod>(
+        &self,
+        shader: &'static str,
+        entry: &'static str,
+        params: &P,
+        buffers: &[&GpuSlice],
+        texture_sources: &[&GpuSlice],
+        workgroups: [u32; 3],
+    ) -> Dispatch {
+        let width = texture_width(self);
+        let uploads = texture_sources
+            .iter()
+            .map(|&source| {
+                let rows = (source.size / 16).div_ceil(u64::from(width)).max(1);
+                assert!(rows <= u64::from(width), "{entry}: {} bytes do not fit one texture", source.size);
+                let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+                    label: Some(entry),
+                    size: wgpu::Extent3d { width, height: rows as u32, depth_or_array_layers: 1 },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::Rgba32Float,
+                    usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    view_formats: &[],
+                });
+                TextureUpload { source: source.clone(), texture }
+            })
+            .collect();
+        self.dispatch_with(shader, entry, params, buffers, uploads, workgroups)
+    }
+
+    fn dispatch_with<P: bytemuck::Pod>(
+        &self,
+        shader: &'static str,
+        entry: &'static str,
+        params: &P,
+        buffers: &[&GpuSlice],
+        uploads: Vec<TextureUpload>,
+        workgroups: [u32; 3],
+    ) -> Dispatch {
         let Kernel { pipeline, bindings } = self.kernel(shader, entry);
+        let textures = TEXTURE_BINDINGS.iter().filter(|b| bindings.contains(b)).count();
+        assert_eq!(textures, uploads.len(), "{shader}::{entry} reads {textures} textures");
+        let buffer_bindings = bindings.iter().filter(|b| !TEXTURE_BINDINGS.contains(b));
         assert!(
-            bindings.last().is_none_or(|&b| b as usize <= buffers.len()),
+            buffer_bindings.max().is_none_or(|&b| b as usize <= buffers.len()),
             "{shader}::{entry} uses bindings {bindings:?}, but only {} buffers were given",
             buffers.len()
         );
@@ -124,12 +250,18 @@ impl Gpu {
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         );
         self.queue.write_buffer(&uniform, 0, bytes);
+        let views: Vec<wgpu::TextureView> =
+            uploads.iter().map(|u| u.texture.create_view(&Default::default())).collect();
         let entries: Vec<wgpu::BindGroupEntry> = bindings
             .iter()
             .map(|&binding| wgpu::BindGroupEntry {
                 binding,
                 resource: match binding {
                     0 => uniform.as_entire_binding(),
+                    b if TEXTURE_BINDINGS.contains(&b) => {
+                        let i = TEXTURE_BINDINGS.iter().position(|&t| t == b).expect("checked");
+                        wgpu::BindingResource::TextureView(&views[i])
+                    }
                     b => buffers[b as usize - 1].binding(),
                 },
             })
@@ -139,6 +271,6 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Dispatch { label: entry, pipeline, bind_group, workgroups, params: uniform }
+        Dispatch { label: entry, pipeline, bind_group, workgroups, params: uniform, uploads }
     }
 }

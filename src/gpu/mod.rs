@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 
 pub use adapter::AdapterSummary;
 pub use async_read::AsyncRead;
-pub use kernel::{Dispatch, grid, grid_of};
+pub use kernel::{Dispatch, TEXTURE_BINDINGS, grid, grid_of, record_all, texture_width};
 
 /// Workgroup size of every one-dimensional kernel (see `shaders/common.wgsl`).
 pub const WORKGROUP: u32 = 64;
@@ -184,15 +184,10 @@ impl Gpu {
         self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
-    /// Records `dispatches` into one compute pass and submits them.
+    /// Records `dispatches` into one encoder and submits them.
     pub fn run(&self, dispatches: &[Dispatch]) {
         let mut encoder = self.encoder("kdna.run");
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            for d in dispatches {
-                d.record(&mut pass);
-            }
-        }
+        record_all(&mut encoder, dispatches);
         self.submit(encoder);
     }
 

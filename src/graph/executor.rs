@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use anyhow::{Context, Result, bail};
 
 use super::{Graph, Node, Role, TensorId, Weights, fuse};
-use crate::gpu::{Dispatch, Gpu, GpuSlice};
+use crate::gpu::{Dispatch, Gpu, GpuSlice, record_all};
 use crate::ops::{Bound, GradTarget, Grads, Mode, Optimizer};
 
 /// What an executor does each run.
@@ -430,14 +430,8 @@ impl Executor {
                 encoder.clear_buffer(&c.buffer, c.offset, Some(c.size));
             }
         }
-        {
-            let mut pass = encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kdna.step"), timestamp_writes: None });
-            let run = self.forward.iter().chain(&self.backward).chain(self.optimizer.iter().map(|(d, _)| d));
-            for d in self.prepare[..prepare].iter().chain(run) {
-                d.record(&mut pass);
-            }
-        }
+        let run = self.forward.iter().chain(&self.backward).chain(self.optimizer.iter().map(|(d, _)| d));
+        record_all(&mut encoder, self.prepare[..prepare].iter().chain(run));
         encoder
     }
 
@@ -512,7 +506,8 @@ impl Executor {
             self.gpu.run(std::slice::from_ref(d));
             self.gpu.wait()?;
             let seconds = start.elapsed().as_secs_f64();
-            times.push(DispatchTime { phase, node, kernel: d.label, workgroups: d.workgroups(), seconds });
+            let (kernel, workgroups, textures) = (d.label, d.workgroups(), d.textures());
+            times.push(DispatchTime { phase, node, kernel, workgroups, textures, seconds });
         }
         Ok(times)
     }
@@ -560,6 +555,8 @@ pub struct DispatchTime {
     /// The kernel's entry point.
     pub kernel: &'static str,
     pub workgroups: [u32; 3],
+    /// Buffers it reads through textures, copied there first (and timed with it).
+    pub textures: usize,
     pub seconds: f64,
 }
 

@@ -12,7 +12,7 @@ use crate::gpu::conv_tiles::{
     FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
     WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry, shared_entry, weight_entry,
 };
-use crate::gpu::{Dispatch, Gpu, GpuSlice, grid, grid_of};
+use crate::gpu::{Dispatch, Gpu, GpuSlice, grid, grid_of, texture_width};
 
 /// Fewest batch-wide pixels per weight-gradient chunk: shorter chunks cost more in partial
 /// sums written than they gain in parallelism.
@@ -129,6 +129,9 @@ struct TileParams {
     fold_kernel_w: u32,
     fold_stride: u32,
     fold_left: u32,
+    // Kernels that read textures ([`Gpu::dispatch_with_textures`]): log2 of their texels per
+    // row ([`texture_width`]).
+    texture_shift: u32,
 }
 
 /// A convolution over few input channels computed as one over its kernel's columns folded
@@ -380,14 +383,18 @@ pub enum WeightReads {
     /// One dispatch over every block, read from storage.
     Storage,
     /// As `Storage`, each eight lanes of a subgroup loading eight values at once and sharing
-    /// them by broadcast (family conv_tile_subgroup; also used by the weight gradient).
+    /// them by broadcast (family conv_tile_subgroup; also used by the weight gradient). The
+    /// input copy and the packed weights are read from textures, copied from their buffers
+    /// before the dispatch ([`Gpu::dispatch_with_textures`]): software adapters fetch texels
+    /// faster than storage values whose addresses differ per lane.
     SubgroupStorage,
     /// Workgroups of 128 pixels x 64 or 128 channels that stage inputs and weights in
     /// workgroup memory (`conv_shared_forward_T`; real GPUs, [`Gpu::workgroup_tiles`]).
     WorkgroupTiles,
-    /// Lanes that take output channels rather than pixels, each reading its own weights from
-    /// storage, the pixels loaded once per eight lanes and broadcast (`conv_tile_forward_lanes`,
-    /// family conv_tile_subgroup): passes over too few pixels to give every lane a pixel tile.
+    /// Lanes that take output channels rather than pixels, each reading its own weights, the
+    /// pixels loaded once per eight lanes and broadcast (`conv_tile_forward_lanes`, family
+    /// conv_tile_subgroup; both from textures, as `SubgroupStorage`): passes over too few
+    /// pixels to give every lane a pixel tile.
     SubgroupInputs,
 }
 
@@ -579,12 +586,36 @@ fn tile_dispatches(
         return out;
     }
     let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
+    // The subgroup kernels read the input copy and the packed weights as textures.
+    let textured = TileParams { texture_shift: texture_width(gpu).trailing_zeros(), ..params };
     if reads == WeightReads::SubgroupInputs {
         assert_eq!((channels, pixels), LANES_TILE, "lanes read weights packed in tiles of {}", LANES_TILE.0);
         let [y, z, _] = grid_of(pixel_tiles, 1);
         let x = channel_tiles.div_ceil(LANES_WORKGROUP);
         let buffers = [input, packed, bias, output, residual];
-        out.push(gpu.dispatch(reads.family(), LANES_ENTRY, &params, &buffers, [x, y, z]));
+        out.push(gpu.dispatch_with_textures(
+            reads.family(),
+            LANES_ENTRY,
+            &textured,
+            &buffers,
+            &[input, packed],
+            [x, y, z],
+        ));
+        return out;
+    }
+    if reads == WeightReads::SubgroupStorage {
+        let [x, y, _] = grid_of(pixel_tiles, TILE_WORKGROUP);
+        let entry = forward_entry(channels, pixels, true);
+        let buffers = [input, packed, bias, output, residual];
+        let textures = [input, packed];
+        out.push(gpu.dispatch_with_textures(
+            reads.family(),
+            entry,
+            &textured,
+            &buffers,
+            &textures,
+            [x, y, channel_tiles],
+        ));
         return out;
     }
     if reads != WeightReads::UniformBlocks {
