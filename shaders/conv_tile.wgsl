@@ -695,10 +695,10 @@ fn pack_weight_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
 // A residual added to the output as it is stored (`p.residual`), laid out as the output.
 @group(0) @binding(5) var<storage, read> tf_residual: array<f32>;
 
-// The input copy's and the packed weights' vec4s as rows of textures, which the family
-// conv_tile_subgroup's forward tiles read: software adapters gather a texture fetch's lanes in
-// registers, where a storage load whose address differs per lane loops over the lanes through
-// memory.
+// Two operands' vec4s as rows of textures, which the family conv_tile_subgroup's tiles read:
+// the forward tiles' input copy (texel_x) and packed weights (texel_w), the weight gradient's x
+// (texel_x) and dy (texel_w). Software adapters gather a texture fetch's lanes in registers,
+// where a storage load whose address differs per lane loops over the lanes through memory.
 @group(0) @binding(15) var tf_xt: texture_2d<f32>;
 @group(0) @binding(14) var tf_wt: texture_2d<f32>;
 
@@ -881,6 +881,7 @@ fn conv_tile_forward_lanes_C(
 //@end
 
 // ---------------------------------------------------------------- weight gradient
+// (With subgroups, x and dy are read from their textures instead: texel_x, texel_w.)
 @group(0) @binding(1) var<storage, read> tw_x: array<vec4<f32>>;
 // dy channels-last (gradient_channels_last).
 @group(0) @binding(2) var<storage, read> tw_dy: array<vec4<f32>>;

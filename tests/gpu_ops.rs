@@ -375,12 +375,13 @@ fn an_input_read_by_two_strided_convs_gets_both_gradients() {
     }
 }
 
-/// Where the adapter has subgroups, the forward-style tiles (forward pass and input gradient)
-/// read their input copy and packed weights as textures, copied there from their buffers; the
-/// copies and the weight gradient's tiles stay with buffers. (`conv2d_matches_reference` checks
-/// the values: its copies span several texture rows and end inside one.)
+/// Where the adapter has subgroups, the tiles read their operands as textures, copied there
+/// from their buffers: the forward pass and input gradient their input copy and packed weights,
+/// the weight gradient x and dy; the copies and reductions stay with buffers.
+/// (`conv2d_matches_reference` checks the values: its copies span several texture rows and end
+/// inside one.)
 #[test]
-fn subgroup_tiles_read_input_and_weights_through_textures() {
+fn subgroup_tiles_read_their_operands_through_textures() {
     let gpu = gpu();
     assert!(gpu.subgroups, "the test adapter has no subgroups of eight lanes: the texture path goes untested");
     // 2048 pixels take the storage tiles (of a size for each pass's channels); 2x2 maps, the
@@ -397,7 +398,12 @@ fn subgroup_tiles_read_input_and_weights_through_textures() {
         let passes = [Phase::Forward, Phase::Backward].map(|phase| tiles.iter().any(|d| d.phase == phase));
         assert_eq!(passes, [true, true], "{xs:?}: a forward pass and an input gradient by {tile}*: {profile:?}");
         assert!(tiles.iter().all(|d| d.textures == 2), "{xs:?}: {tiles:?}");
-        let others: Vec<_> = profile.iter().filter(|d| !d.kernel.starts_with(tile) && d.textures > 0).collect();
+        let weight_tiles: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with("conv_tile_weight_")).collect();
+        assert!(!weight_tiles.is_empty() && weight_tiles.iter().all(|d| d.textures == 2), "{xs:?}: {weight_tiles:?}");
+        let others: Vec<_> = profile
+            .iter()
+            .filter(|d| !d.kernel.starts_with(tile) && !d.kernel.starts_with("conv_tile_weight_") && d.textures > 0)
+            .collect();
         assert!(others.is_empty(), "{xs:?}: only the tiles read textures: {others:?}");
     }
 }

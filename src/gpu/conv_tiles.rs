@@ -277,9 +277,14 @@ impl Tile for Weight {
             }
             "step" => {
                 let names: Vec<String> = (0..outs).map(|j| format!("d{j}")).collect();
-                code = shared_loads(&names, "tw_dy", "dq", self.broadcast);
+                // With subgroups, x and dy come from textures (as the forward tiles' operands).
+                let dy = if self.broadcast { "texel_w" } else { "tw_dy" };
+                code = shared_loads(&names, dy, "dq", self.broadcast);
                 for i in 0..ins {
-                    code.push(format!("let x{i} = tw_x[xq + {i}u];"));
+                    code.push(format!(
+                        "let x{i} = {};",
+                        load(if self.broadcast { "texel_x" } else { "tw_x" }, &format!("xq + {i}u"))
+                    ));
                     code.push(
                         (0..outs).map(|j| format!("a{j}_{i} += outer(x{i}, d{j});")).collect::<Vec<_>>().join(" "),
                     );

@@ -432,7 +432,8 @@ impl WeightReads {
 enum WeightKernel {
     /// `conv_tile_weight_I`: 32 output x `weight_inputs` input channels per invocation.
     Registers,
-    /// The same, each eight lanes of a subgroup sharing their dy loads by broadcast.
+    /// The same, each eight lanes of a subgroup sharing their dy loads by broadcast, x and dy
+    /// read from textures (as [`WeightReads::SubgroupStorage`] reads its operands).
     SubgroupRegisters,
     /// `conv_shared_weight`: 64 x 64 channels per workgroup, staged in workgroup memory.
     WorkgroupTiles,
@@ -1538,8 +1539,23 @@ impl GemmPlan {
                     (self.weight_pad() / WEIGHT_TILE_OUT as usize) as u32,
                     params.chunks,
                 ];
-                let family = if kernel == WeightKernel::SubgroupRegisters { "conv_tile_subgroup" } else { "conv_tile" };
-                gpu.dispatch(family, weight_entry(self.weight_inputs), params, &buffers, workgroups)
+                let entry = weight_entry(self.weight_inputs);
+                match kernel {
+                    // x and dy read from textures, as the forward tiles read theirs.
+                    WeightKernel::SubgroupRegisters => {
+                        let textured = TileParams { texture_shift: texture_width(gpu).trailing_zeros(), ..*params };
+                        let textures = [buffers[0], buffers[1]];
+                        gpu.dispatch_with_textures(
+                            "conv_tile_subgroup",
+                            entry,
+                            &textured,
+                            &buffers,
+                            &textures,
+                            workgroups,
+                        )
+                    }
+                    _ => gpu.dispatch("conv_tile", entry, params, &buffers, workgroups),
+                }
             }
         }
     }
