@@ -2,7 +2,8 @@
 //!
 //! Binding convention shared by every kernel in `shaders/`: binding 0 is the kernel's uniform
 //! parameter struct, bindings 1.. are the storage buffers in the order the Rust side passes them,
-//! and [`TEXTURE_BINDINGS`] are textures that hold copies of them ([`Gpu::dispatch_with_textures`]). Pipelines use wgpu's derived layout, so each entry point
+//! and [`TEXTURE_BINDINGS`] are textures that hold copies of them
+//! ([`Gpu::dispatch_with_textures`]). Pipelines use wgpu's derived layout, so each entry point
 //! declares exactly what it reads.
 
 use std::collections::HashMap;
@@ -35,16 +36,16 @@ impl TextureUpload {
         let texels = (self.source.size / 16) as u32;
         // Whole rows, then what is left of the last.
         let (rows, rest) = (texels / width, texels % width);
-        for (row, height, width) in [(0, rows, width), (rows, 1, rest)] {
-            if height == 0 || width == 0 {
+        for (row, height, columns) in [(0, rows, width), (rows, 1, rest)] {
+            if height == 0 || columns == 0 {
                 continue;
             }
             encoder.copy_buffer_to_texture(
                 wgpu::TexelCopyBufferInfo {
                     buffer: &self.source.buffer,
                     layout: wgpu::TexelCopyBufferLayout {
-                        offset: self.source.offset + 16 * u64::from(row) * u64::from(self.texture.width()),
-                        bytes_per_row: Some(16 * self.texture.width()),
+                        offset: self.source.offset + 16 * u64::from(row) * u64::from(width),
+                        bytes_per_row: Some(16 * width),
                         rows_per_image: None,
                     },
                 },
@@ -54,7 +55,7 @@ impl TextureUpload {
                     origin: wgpu::Origin3d { x: 0, y: row, z: 0 },
                     aspect: wgpu::TextureAspect::All,
                 },
-                wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+                wgpu::Extent3d { width: columns, height, depth_or_array_layers: 1 },
             );
         }
     }

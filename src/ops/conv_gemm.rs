@@ -134,6 +134,13 @@ struct TileParams {
     texture_shift: u32,
 }
 
+impl TileParams {
+    /// These parameters for a kernel that reads textures on `gpu` (its rows' texel shift).
+    fn reading_textures(&self, gpu: &Gpu) -> TileParams {
+        TileParams { texture_shift: texture_width(gpu).trailing_zeros(), ..*self }
+    }
+}
+
 /// A convolution over few input channels computed as one over its kernel's columns folded
 /// into the channels: the input copy's column ox holds, as channel kx * channels + c, source
 /// channel c at column ox * stride + kx - pad (`to_channels_last_folded`), so that a kh x 1
@@ -588,7 +595,7 @@ fn tile_dispatches(
     }
     let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
     // The subgroup kernels read the input copy and the packed weights as textures.
-    let textured = TileParams { texture_shift: texture_width(gpu).trailing_zeros(), ..params };
+    let textured = params.reading_textures(gpu);
     if reads == WeightReads::SubgroupInputs {
         assert_eq!((channels, pixels), LANES_TILE, "lanes read weights packed in tiles of {}", LANES_TILE.0);
         let [y, z, _] = grid_of(pixel_tiles, 1);
@@ -604,30 +611,16 @@ fn tile_dispatches(
         ));
         return out;
     }
-    if reads == WeightReads::SubgroupStorage {
-        let [x, y, _] = grid_of(pixel_tiles, TILE_WORKGROUP);
-        let entry = forward_entry(channels, pixels, true);
-        let buffers = [input, packed, bias, output, residual];
-        let textures = [input, packed];
-        out.push(gpu.dispatch_with_textures(
-            reads.family(),
-            entry,
-            &textured,
-            &buffers,
-            &textures,
-            [x, y, channel_tiles],
-        ));
-        return out;
-    }
     if reads != WeightReads::UniformBlocks {
         let [x, y, _] = grid_of(pixel_tiles, TILE_WORKGROUP);
-        out.push(gpu.dispatch(
-            reads.family(),
-            forward_entry(channels, pixels, true),
-            &params,
-            &[input, packed, bias, output, residual],
-            [x, y, channel_tiles],
-        ));
+        let (entry, buffers) = (forward_entry(channels, pixels, true), [input, packed, bias, output, residual]);
+        let (family, grid) = (reads.family(), [x, y, channel_tiles]);
+        out.push(match reads {
+            WeightReads::SubgroupStorage => {
+                gpu.dispatch_with_textures(family, entry, &textured, &buffers, &[input, packed], grid)
+            }
+            _ => gpu.dispatch(family, entry, &params, &buffers, grid),
+        });
         return out;
     }
     let blocks = weight_blocks((params.kernel_h * params.kernel_w) as usize, params.in_quads as usize);
@@ -1543,7 +1536,7 @@ impl GemmPlan {
                 match kernel {
                     // x and dy read from textures, as the forward tiles read theirs.
                     WeightKernel::SubgroupRegisters => {
-                        let textured = TileParams { texture_shift: texture_width(gpu).trailing_zeros(), ..*params };
+                        let textured = params.reading_textures(gpu);
                         let textures = [buffers[0], buffers[1]];
                         gpu.dispatch_with_textures(
                             "conv_tile_subgroup",
