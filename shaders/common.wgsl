@@ -19,6 +19,16 @@ fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * WORKGROUP;
 }
 
+// Vec4 i of a buffer copied into the rows of a texture (src/gpu/kernel.rs
+// `Gpu::dispatch_with_textures`, rows a power of two wide): kernels that stream through
+// buffers read them so on software adapters, which gather a texel fetch's lanes in registers
+// where a storage load whose address differs per lane loops over the lanes through memory.
+// The row width is found by shifts: a division per lane is eight scalar divisions there.
+fn buffer_texel(t: texture_2d<f32>, i: u32) -> vec4<f32> {
+    let shift = countTrailingZeros(textureDimensions(t).x);
+    return textureLoad(t, vec2<u32>(i & ((1u << shift) - 1u), i >> shift), 0);
+}
+
 // Gradients either overwrite their buffer (first contributor) or add to it (a tensor used by
 // several ops, such as a shared parent kernel). The executor fixes the order, so results are
 // deterministic without atomics.

@@ -56,6 +56,26 @@ fn sgd_step_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     if (p.momentum != 0.0) { velocity4[i] = r[1]; }
 }
 
+// sgd_step_quads with param, grad and velocity read from textures that hold copies of
+// bindings 1-3 (`buffer_texel`; src/gpu/mod.rs `Gpu::texture_reads`). The same values in the
+// same arithmetic: the results are sgd_step_quads' bit for bit.
+@group(0) @binding(15) var sgd_param_texels: texture_2d<f32>;
+@group(0) @binding(14) var sgd_grad_texels: texture_2d<f32>;
+@group(0) @binding(13) var sgd_velocity_texels: texture_2d<f32>;
+
+@compute @workgroup_size(64)
+fn sgd_step_quads_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len / 4u) { return; }
+    let r = sgd_update(
+        buffer_texel(sgd_param_texels, i),
+        buffer_texel(sgd_grad_texels, i),
+        buffer_texel(sgd_velocity_texels, i),
+    );
+    param4[i] = r[0];
+    if (p.momentum != 0.0) { velocity4[i] = r[1]; }
+}
+
 // torch.optim.AdamW, one step over a range (its own parameter struct; the host computes the
 // step's bias corrections in double precision, as torch does in Python floats).
 struct AdamWParams {

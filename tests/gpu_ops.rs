@@ -5,6 +5,7 @@
 mod common;
 
 use common::{assert_close, f32_exact, gpu, gradient_plan, randn, rng, to_f32, to_f64};
+use kdna::gpu::texture_width;
 use kdna::graph::{Executor, Graph, Init, Phase, Plan, TensorId};
 use kdna::ops::activation::Activation;
 use kdna::ops::adamw::AdamW;
@@ -1322,23 +1323,37 @@ fn cross_entropy_matches_reference() {
 #[test]
 fn sgd_matches_reference_over_steps() {
     let gpu = gpu();
-    let n = 1001;
+    // Over a texture's row: the quads read textures in rows of texture_width texels.
+    let n = 4 * texture_width(&gpu) as usize + 1001;
     let mut rng = rng(900);
     let mut param = f32_exact(randn(&mut rng, n));
     let mut velocity = vec![0.0; n];
-    let gp = gpu.upload("param", &to_f32(&param));
+    // Both ways of reading the operands, from the same state: storage, then textures.
+    let state = |name: &str| [gpu.upload(name, &to_f32(&param)), gpu.upload(name, &to_f32(&param))];
+    let gp = state("param");
+    let gv = [gpu.storage("velocity", n), gpu.storage("velocity", n)];
     let gg = gpu.storage("grad", n);
-    let gv = gpu.storage("velocity", n);
     for (step, nesterov) in [(0, false), (1, false), (2, true)] {
         let opt = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.1, weight_decay: 1e-3, nesterov };
         let grad = f32_exact(randn(&mut rng, n));
         gpu.write(&gg, &to_f32(&grad));
-        let dispatches: Vec<_> = opt.dispatches(&gpu, &gp, &gg, &gv, step == 0).into_iter().map(|(d, _)| d).collect();
-        assert_eq!(dispatches.len(), 2, "{n} elements: a four-wide part and a rest");
-        gpu.run(&dispatches);
+        for (way, textures) in [false, true].into_iter().enumerate() {
+            let dispatches: Vec<_> = opt
+                .dispatches_reading(&gpu, &gp[way], &gg, &gv[way], step == 0, textures)
+                .into_iter()
+                .map(|(d, _)| d)
+                .collect();
+            assert_eq!(dispatches.len(), 2, "{n} elements: a four-wide part and a rest");
+            let read = dispatches.iter().map(|d| d.textures()).collect::<Vec<_>>();
+            assert_eq!(read, [if textures { 3 } else { 0 }, 0], "textures each dispatch reads");
+            gpu.run(&dispatches);
+        }
         r::sgd::step(&opt, &mut param, &grad, &mut velocity, step == 0);
-        assert_close(&format!("param after step {step}"), &to_f64(&gpu.read(&gp).unwrap()), &param, 1e-6);
-        assert_close(&format!("velocity after step {step}"), &to_f64(&gpu.read(&gv).unwrap()), &velocity, 1e-6);
+        for (what, got, want) in [("param", &gp, &param), ("velocity", &gv, &velocity)] {
+            let [storage, textured] = got.clone().map(|b| gpu.read::<f32>(&b).unwrap());
+            assert_close(&format!("{what} after step {step}"), &to_f64(&storage), want, 1e-6);
+            assert!(storage == textured, "{what} after step {step}: reading textures changed a value");
+        }
     }
 }
 

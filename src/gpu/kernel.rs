@@ -11,8 +11,9 @@ use std::sync::Mutex;
 
 use super::{Gpu, GpuSlice, WORKGROUP, shaders};
 
-/// The bindings of a kernel's texture inputs (`shaders/conv_tile.wgsl`'s `tf_xt`, `tf_wt`).
-pub const TEXTURE_BINDINGS: [u32; 2] = [15, 14];
+/// The bindings of a kernel's texture inputs, in the order they are given (e.g.
+/// `shaders/conv_tile.wgsl`'s `tf_xt`, `tf_wt`).
+pub const TEXTURE_BINDINGS: [u32; 3] = [15, 14, 13];
 
 /// Texels per row of a texture that holds a buffer's vec4s in order: the device's widest 2D
 /// texture (so that the most vec4s fit), rounded down to a power of two (so that kernels find
@@ -20,6 +21,12 @@ pub const TEXTURE_BINDINGS: [u32; 2] = [15, 14];
 pub fn texture_width(gpu: &Gpu) -> u32 {
     let widest = gpu.device.limits().max_texture_dimension_2d;
     1 << (31 - widest.leading_zeros())
+}
+
+/// Whether `source`'s vec4s fit one texture of [`texture_width`]-wide rows.
+pub fn texture_holds(gpu: &Gpu, source: &GpuSlice) -> bool {
+    let width = u64::from(texture_width(gpu));
+    source.offset % 16 == 0 && (source.size / 16).div_ceil(width) <= width
 }
 
 /// A buffer's vec4s copied into the rows of an rgba32float texture, before the dispatch that
@@ -208,8 +215,8 @@ impl Gpu {
         let uploads = texture_sources
             .iter()
             .map(|&source| {
+                assert!(texture_holds(self, source), "{entry}: {} bytes do not fit one texture", source.size);
                 let rows = (source.size / 16).div_ceil(u64::from(width)).max(1);
-                assert!(rows <= u64::from(width), "{entry}: {} bytes do not fit one texture", source.size);
                 let texture = self.device.create_texture(&wgpu::TextureDescriptor {
                     label: Some(entry),
                     size: wgpu::Extent3d { width, height: rows as u32, depth_or_array_layers: 1 },

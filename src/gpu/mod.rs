@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 
 pub use adapter::AdapterSummary;
 pub use async_read::AsyncRead;
-pub use kernel::{Dispatch, TEXTURE_BINDINGS, grid, grid_of, record_all, texture_width};
+pub use kernel::{Dispatch, TEXTURE_BINDINGS, grid, grid_of, record_all, texture_holds, texture_width};
 
 /// Workgroup size of every one-dimensional kernel (see `shaders/common.wgsl`).
 pub const WORKGROUP: u32 = 64;
@@ -74,6 +74,11 @@ pub struct Gpu {
     /// pixels (real GPUs, whose neighbouring lanes' loads coalesce). Their weight gradients sum
     /// in different orders, so the choice is recorded in checkpoints.
     pub depthwise_rows: bool,
+    /// Whether kernels that stream through large buffers (the optimizer's step) read them
+    /// through textures, copied before the dispatch (software adapters: a storage load whose
+    /// address differs per lane loops over the lanes through memory, where a texel fetch
+    /// gathers them in registers). Values and their order are the same either way.
+    pub texture_reads: bool,
     kernels: kernel::KernelCache,
     buffers_created: AtomicU64,
     submissions: AtomicU64,
@@ -101,6 +106,12 @@ impl Gpu {
             Ok("1") => true,
             _ => info.device_type == wgpu::DeviceType::Cpu,
         };
+        // KDNA_TEXTURE_READS=0 or 1 overrides the choice (to compare, or to test both ways).
+        let texture_reads = match std::env::var("KDNA_TEXTURE_READS").as_deref() {
+            Ok("0") => false,
+            Ok("1") => true,
+            _ => info.device_type == wgpu::DeviceType::Cpu,
+        };
         let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
             label: Some("kdna"),
             required_features: if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() },
@@ -118,6 +129,7 @@ impl Gpu {
             subgroups,
             workgroup_tiles,
             depthwise_rows,
+            texture_reads,
             kernels: kernel::KernelCache::default(),
             buffers_created: AtomicU64::new(0),
             submissions: AtomicU64::new(0),

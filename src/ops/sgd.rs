@@ -1,7 +1,7 @@
 //! SGD with momentum and weight decay over the whole parameter arena (`shaders/optim.wgsl`),
 //! with torch.optim.SGD's semantics.
 
-use crate::gpu::{Dispatch, Gpu, GpuSlice, grid};
+use crate::gpu::{Dispatch, Gpu, GpuSlice, grid, texture_holds};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sgd {
@@ -48,6 +48,8 @@ impl Sgd {
     /// One update of `param` from `grad`, keeping momentum in `velocity` (all the same length):
     /// four elements per invocation over the longest prefix that a binding may end and the
     /// next begin at, then one per invocation over the rest. Each with its element count.
+    /// Where the device reads through textures ([`Gpu::texture_reads`]), the quads read their
+    /// operands from copies in textures (the same results, bit for bit).
     pub fn dispatches(
         &self,
         gpu: &Gpu,
@@ -55,6 +57,19 @@ impl Sgd {
         grad: &GpuSlice,
         velocity: &GpuSlice,
         first_step: bool,
+    ) -> Vec<(Dispatch, usize)> {
+        self.dispatches_reading(gpu, param, grad, velocity, first_step, gpu.texture_reads)
+    }
+
+    /// [`Sgd::dispatches`], the quads reading textures where `textures` is set (and they fit).
+    pub fn dispatches_reading(
+        &self,
+        gpu: &Gpu,
+        param: &GpuSlice,
+        grad: &GpuSlice,
+        velocity: &GpuSlice,
+        first_step: bool,
+        textures: bool,
     ) -> Vec<(Dispatch, usize)> {
         // Elements a binding's offset must be a multiple of (and a multiple of four).
         let align = (gpu.device.limits().min_storage_buffer_offset_alignment.max(16) / 4) as usize;
@@ -67,13 +82,13 @@ impl Sgd {
                 continue;
             }
             let buffers = [param, grad, velocity].map(|s| s.range(start, len));
-            let dispatch = gpu.dispatch(
-                "optim",
-                entry,
-                &self.params(len, first_step),
-                &[&buffers[0], &buffers[1], &buffers[2]],
-                grid(len / per_invocation),
-            );
+            let buffers = [&buffers[0], &buffers[1], &buffers[2]];
+            let (params, grid) = (self.params(len, first_step), grid(len / per_invocation));
+            let dispatch = if per_invocation == 4 && textures && buffers.iter().all(|b| texture_holds(gpu, b)) {
+                gpu.dispatch_with_textures("optim", "sgd_step_quads_textured", &params, &buffers, &buffers, grid)
+            } else {
+                gpu.dispatch("optim", entry, &params, &buffers, grid)
+            };
             out.push((dispatch, len));
         }
         out
