@@ -94,7 +94,7 @@ fn walk_offset_over(w: Walk, c: u32, plane: u32) -> u32 {
 
 // Elementwise kernels take runs of up to ELEMENT_RUN elements of one (sample, channel) plane
 // per invocation, loading the channel's statistics once per run.
-const ELEMENT_RUN: u32 = 8u;
+const ELEMENT_RUN: u32 = 32u;
 
 // The run of invocation r: (first offset, elements, channel), or elements 0 past the end.
 fn element_run(r: u32) -> vec3<u32> {
@@ -264,6 +264,44 @@ fn batchnorm_stats_train_quads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(l
     stats_finish(lane, c, moments[0], moments[1]);
 }
 
+// The statistics kernels over vec4s with x read from a texture (binding 15, a copy of
+// binding 1; src/gpu/mod.rs `Gpu::texture_reads`): the same sums in the same order.
+@group(0) @binding(15) var st_x_texels: texture_2d<f32>;
+
+@compute @workgroup_size(64)
+fn batchnorm_stats_train_serial_quads_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = flat_index(gid, nwg);
+    if (c >= p.channels) { return; }
+    let quads = p.spatial / 4u;
+    let shift = buffer_texel(st_x_texels, c * quads).x;
+    var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
+    for (var n = 0u; n < p.batch; n++) {
+        let plane = (n * p.channels + c) * quads;
+        for (var s = 0u; s < quads; s++) {
+            sums = add_shifted4(sums, buffer_texel(st_x_texels, plane + s), shift);
+        }
+    }
+    let moments = shifted_moments(sums, shift, p.batch * p.spatial);
+    stats_finish(0u, c, moments[0], moments[1]);
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_stats_train_quads_textured(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let c = wid.x;
+    let quads = p.spatial / 4u;
+    let count = p.batch * quads;
+    let shift = buffer_texel(st_x_texels, c * quads).x;
+    var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
+    var w = walk_start_over(lane, quads);
+    for (var i = lane; i < count; i += REDUCE) {
+        sums = add_shifted4(sums, buffer_texel(st_x_texels, walk_offset_over(w, c, quads)), shift);
+        w = walk_next_over(w, quads);
+    }
+    let totals = array<vec2<f32>, 2>(workgroup_sum(lane, sums[0]), workgroup_sum(lane, sums[1]));
+    let moments = shifted_moments(totals, shift, p.batch * p.spatial);
+    stats_finish(lane, c, moments[0], moments[1]);
+}
+
 // The saved and running statistics of channel c from its mean and sum of squared deviations.
 fn stats_finish(lane: u32, c: u32, mean: vec2<f32>, sq: vec2<f32>) {
     let count = p.batch * p.spatial;
@@ -382,6 +420,18 @@ fn batchnorm_apply_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     let s = apply_stats(run.z);
     for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
         ap_y4[i] = activated4(normalised4(ap_x4[i], s));
+    }
+}
+
+// batchnorm_apply_quads with x read from a texture (binding 15, a copy of binding 1).
+@group(0) @binding(15) var ap_x_texels: texture_2d<f32>;
+
+@compute @workgroup_size(64)
+fn batchnorm_apply_quads_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let run = element_run(flat_index(gid, nwg));
+    let s = apply_stats(run.z);
+    for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
+        ap_y4[i] = activated4(normalised4(buffer_texel(ap_x_texels, i), s));
     }
 }
 
@@ -534,6 +584,51 @@ fn batchnorm_backward_reduce_quads(@builtin(workgroup_id) wid: vec3<u32>, @built
     }
 }
 
+// The backward reductions over vec4s with x and dy read from textures (bindings 15 and 14,
+// copies of bindings 1 and 2): the same sums in the same order.
+@group(0) @binding(15) var br_x_texels: texture_2d<f32>;
+@group(0) @binding(14) var br_dy_texels: texture_2d<f32>;
+
+@compute @workgroup_size(64)
+fn batchnorm_backward_reduce_serial_quads_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = flat_index(gid, nwg);
+    if (c >= p.channels) { return; }
+    let stats = reduce_stats(c);
+    let quads = p.spatial / 4u;
+    var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
+    for (var n = 0u; n < p.batch; n++) {
+        let plane = (n * p.channels + c) * quads;
+        for (var s = 0u; s < quads; s++) {
+            let x = buffer_texel(br_x_texels, plane + s);
+            let dy = through_activation4(buffer_texel(br_dy_texels, plane + s), x, stats);
+            sums = add_backward_terms(sums, x, dy, stats.mean);
+        }
+    }
+    backward_finish(c, sums[0], sums[1]);
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_backward_reduce_quads_textured(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let c = wid.x;
+    let stats = reduce_stats(c);
+    let quads = p.spatial / 4u;
+    let count = p.batch * quads;
+    var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
+    var w = walk_start_over(lane, quads);
+    for (var i = lane; i < count; i += REDUCE) {
+        let at = walk_offset_over(w, c, quads);
+        let x = buffer_texel(br_x_texels, at);
+        let dy = through_activation4(buffer_texel(br_dy_texels, at), x, stats);
+        sums = add_backward_terms(sums, x, dy, stats.mean);
+        w = walk_next_over(w, quads);
+    }
+    let sum_dy = workgroup_sum(lane, sums[0]);
+    let sum_dy_c = workgroup_sum(lane, sums[1]);
+    if (lane == 0u) {
+        backward_finish(c, sum_dy, sum_dy_c);
+    }
+}
+
 // Channel c's parameter gradients, and mean(dy) and beta for the input gradient, from its sums.
 fn backward_finish(c: u32, sum_dy: vec2<f32>, sum_dy_c: vec2<f32>) {
     let ch = p.channels;
@@ -617,21 +712,42 @@ fn batchnorm_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>,
     let s = input_gradient_stats(run.z);
     let applied = input_apply_stats(run.z);
     for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
-        var g = bi_dy4[i];
-        if (p.training != 0u || p.activation != 0u) {
-            let x = bi_x4[i];
-            g = through_activation4(g, x, applied);
-            if (p.training != 0u) {
-                g = vec4<f32>(
-                    centred_gradient(x.x, g.x, s),
-                    centred_gradient(x.y, g.y, s),
-                    centred_gradient(x.z, g.z, s),
-                    centred_gradient(x.w, g.w, s),
-                );
-            }
+        var x = vec4<f32>();
+        if (p.training != 0u || p.activation != 0u) { x = bi_x4[i]; }
+        store_input_gradient4(i, bi_dy4[i], x, s, applied);
+    }
+}
+
+// dx for vec4 i from its dy and (train mode, or before an activation) x.
+fn store_input_gradient4(i: u32, dy: vec4<f32>, x: vec4<f32>, s: InputGradientStats, applied: ApplyStats) {
+    var g = dy;
+    if (p.training != 0u || p.activation != 0u) {
+        g = through_activation4(g, x, applied);
+        if (p.training != 0u) {
+            g = vec4<f32>(
+                centred_gradient(x.x, g.x, s),
+                centred_gradient(x.y, g.y, s),
+                centred_gradient(x.z, g.z, s),
+                centred_gradient(x.w, g.w, s),
+            );
         }
-        var v = applied.scale * g;
-        if (p.accumulate_input != 0u) { v = bi_dx4[i] + v; }
-        bi_dx4[i] = v;
+    }
+    var v = applied.scale * g;
+    if (p.accumulate_input != 0u) { v = bi_dx4[i] + v; }
+    bi_dx4[i] = v;
+}
+
+// batchnorm_backward_input_quads with x and dy read from textures (bindings 15 and 14,
+// copies of bindings 1 and 2), for train mode or before an activation (where x is read).
+@group(0) @binding(15) var bi_x_texels: texture_2d<f32>;
+@group(0) @binding(14) var bi_dy_texels: texture_2d<f32>;
+
+@compute @workgroup_size(64)
+fn batchnorm_backward_input_quads_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let run = element_run(flat_index(gid, nwg));
+    let s = input_gradient_stats(run.z);
+    let applied = input_apply_stats(run.z);
+    for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
+        store_input_gradient4(i, buffer_texel(bi_dy_texels, i), buffer_texel(bi_x_texels, i), s, applied);
     }
 }

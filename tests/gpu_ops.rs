@@ -20,6 +20,7 @@ use kdna::ops::sgd::Sgd;
 use kdna::ops::{GradTarget, Mode};
 use kdna::reference as r;
 use rand::rngs::StdRng;
+use std::sync::{Arc, OnceLock};
 
 /// f32 kernels against the f64 reference; sums run over at most a few thousand terms.
 const TOL: f64 = 2e-5;
@@ -664,10 +665,10 @@ fn batchnorm_matches_reference_in_both_modes() {
     // Planes of 63, 15, 90 (more than a workgroup's 64 lanes) and 1 elements, whose channels
     // the train-mode reductions sum one per invocation; 1,500 elements per channel, one
     // workgroup each; then 68,400, which they split into two chunks. Planes of 12 and 4
-    // elements (and the last) run the elementwise kernels on vec4s: a run of two and one, and
-    // the serial reductions over vec4s. Planes of 480 and 32 elements, 1,440 and 1,280 to a
-    // channel, run the workgroup reductions over vec4s, whose lanes step over eight planes at
-    // a time in the second.
+    // elements (and the last) run the elementwise kernels on vec4s: one run of three and of
+    // one, and the serial reductions over vec4s. Planes of 480 and 32 elements, 1,440 and
+    // 1,280 to a channel, run the workgroup reductions over vec4s, whose lanes step over eight
+    // planes at a time in the second, and the elementwise kernels in runs of eight vec4s.
     let shapes = [
         vec![3, 5, 7, 9],
         vec![1, 13, 5, 3],
@@ -1320,39 +1321,94 @@ fn cross_entropy_matches_reference() {
     }
 }
 
+/// A second device on the test adapter that reads streams the other way
+/// (`Gpu::texture_reads`): the kernels that read textures and their storage twins.
+fn other_texture_reads() -> Arc<kdna::gpu::Gpu> {
+    static OTHER: OnceLock<Arc<kdna::gpu::Gpu>> = OnceLock::new();
+    OTHER
+        .get_or_init(|| {
+            let mut other = kdna::gpu::Gpu::new(None).expect("a second device on the test adapter");
+            other.texture_reads = !gpu().texture_reads;
+            Arc::new(other)
+        })
+        .clone()
+}
+
+/// Whether any of `values` differ from `reference` in a bit.
+fn bits_differ(values: &[f64], reference: &[f64]) -> usize {
+    values.iter().zip(reference).filter(|(a, b)| a.to_bits() != b.to_bits()).count()
+}
+
 #[test]
 fn sgd_matches_reference_over_steps() {
-    let gpu = gpu();
-    // Over a texture's row: the quads read textures in rows of texture_width texels.
-    let n = 4 * texture_width(&gpu) as usize + 1001;
+    // Over a texture's row, where the quads read textures (rows of texture_width texels).
+    let n = 4 * texture_width(&gpu()) as usize + 1001;
     let mut rng = rng(900);
     let mut param = f32_exact(randn(&mut rng, n));
     let mut velocity = vec![0.0; n];
-    // Both ways of reading the operands, from the same state: storage, then textures.
-    let state = |name: &str| [gpu.upload(name, &to_f32(&param)), gpu.upload(name, &to_f32(&param))];
-    let gp = state("param");
-    let gv = [gpu.storage("velocity", n), gpu.storage("velocity", n)];
-    let gg = gpu.storage("grad", n);
+    // Both ways of reading the operands, from the same state, on one device each.
+    let devices = [gpu(), other_texture_reads()];
+    let state: Vec<_> = devices
+        .iter()
+        .map(|gpu| (gpu.upload("param", &to_f32(&param)), gpu.storage("grad", n), gpu.storage("velocity", n)))
+        .collect();
     for (step, nesterov) in [(0, false), (1, false), (2, true)] {
         let opt = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.1, weight_decay: 1e-3, nesterov };
         let grad = f32_exact(randn(&mut rng, n));
-        gpu.write(&gg, &to_f32(&grad));
-        for (way, textures) in [false, true].into_iter().enumerate() {
-            let dispatches: Vec<_> = opt
-                .dispatches_reading(&gpu, &gp[way], &gg, &gv[way], step == 0, textures)
-                .into_iter()
-                .map(|(d, _)| d)
-                .collect();
-            assert_eq!(dispatches.len(), 2, "{n} elements: a four-wide part and a rest");
-            let read = dispatches.iter().map(|d| d.textures()).collect::<Vec<_>>();
-            assert_eq!(read, [if textures { 3 } else { 0 }, 0], "textures each dispatch reads");
-            gpu.run(&dispatches);
-        }
         r::sgd::step(&opt, &mut param, &grad, &mut velocity, step == 0);
-        for (what, got, want) in [("param", &gp, &param), ("velocity", &gv, &velocity)] {
-            let [storage, textured] = got.clone().map(|b| gpu.read::<f32>(&b).unwrap());
-            assert_close(&format!("{what} after step {step}"), &to_f64(&storage), want, 1e-6);
-            assert!(storage == textured, "{what} after step {step}: reading textures changed a value");
+        let mut results = Vec::new();
+        for (gpu, (gp, gg, gv)) in devices.iter().zip(&state) {
+            gpu.write(gg, &to_f32(&grad));
+            let dispatches: Vec<_> = opt.dispatches(gpu, gp, gg, gv, step == 0).into_iter().map(|(d, _)| d).collect();
+            assert_eq!(dispatches.len(), 2, "{n} elements: a four-wide part and a rest");
+            let textures = dispatches.iter().map(|d| d.textures()).collect::<Vec<_>>();
+            assert_eq!(textures, [if gpu.texture_reads { 3 } else { 0 }, 0], "textures each dispatch reads");
+            gpu.run(&dispatches);
+            let (p, v) = (to_f64(&gpu.read(gp).unwrap()), to_f64(&gpu.read(gv).unwrap()));
+            let reads = if gpu.texture_reads { "textures" } else { "storage" };
+            assert_close(&format!("param after step {step}, reading {reads}"), &p, &param, 1e-6);
+            assert_close(&format!("velocity after step {step}, reading {reads}"), &v, &velocity, 1e-6);
+            results.push([p, v]);
+        }
+        for (what, a, b) in [("param", &results[0][0], &results[1][0]), ("velocity", &results[0][1], &results[1][1])] {
+            assert_eq!(bits_differ(a, b), 0, "{what} after step {step}: values that differ between the ways");
+        }
+    }
+}
+
+/// The BatchNorm kernels that read their streams through textures (`Gpu::texture_reads`)
+/// compute what their storage twins do, bit for bit: statistics, output, running statistics
+/// and every gradient, with and without a fused relu, through the serial and workgroup
+/// reductions. (Both match the reference: batchnorm_matches_reference_in_both_modes runs this
+/// adapter's way.)
+#[test]
+fn batchnorm_reading_textures_changes_no_value() {
+    let cases = [(vec![3, 6, 4, 3], OutputActivation::Relu), (vec![3, 2, 20, 24], OutputActivation::None)];
+    for (i, (shape, activation)) in cases.into_iter().enumerate() {
+        for mode in [Mode::Train, Mode::Eval] {
+            let results: Vec<Vec<Vec<f64>>> = [gpu(), other_texture_reads()]
+                .into_iter()
+                .map(|device| {
+                    let mut g = Graph::new();
+                    let [x, w, b, rm, rv] = batchnorm_inputs(&mut g, &shape);
+                    let y = g.batchnorm_activated(x, [w, b, rm, rv], 1e-5, 0.1, activation).unwrap();
+                    let mut exe = Executor::new(device, &g, plan(mode, y)).unwrap();
+                    let mut rng = rng(350 + i as u64);
+                    for t in [x, w, b, rm] {
+                        feed(&exe, &g, t, &mut rng);
+                    }
+                    seed_grad(&exe, &g, y, &mut rng);
+                    exe.run().unwrap();
+                    let mut out = vec![read(&exe, y), read(&exe, rm), read(&exe, rv)];
+                    out.extend([x, w, b].map(|t| read_grad(&exe, t)));
+                    out
+                })
+                .collect();
+            let names = ["y", "running mean", "running var", "dx", "dweight", "dbias"];
+            for (name, (a, b)) in names.iter().zip(results[0].iter().zip(&results[1])) {
+                let case = format!("{shape:?} {activation:?} {mode:?}");
+                assert_eq!(bits_differ(a, b), 0, "{case}: {name} values that differ between the ways");
+            }
         }
     }
 }

@@ -233,6 +233,25 @@ impl Gpu {
         self.dispatch_with(shader, entry, params, buffers, uploads, workgroups)
     }
 
+    /// `entries[0]` of `shader`, or on a device that reads streams through textures
+    /// ([`Gpu::texture_reads`]) its twin `entries[1]`, which reads `sources` from textures
+    /// ([`Gpu::dispatch_with_textures`]) where each fits one. Twins compute the same values.
+    pub fn dispatch_streaming<P: bytemuck::Pod>(
+        &self,
+        shader: &'static str,
+        entries: [&'static str; 2],
+        params: &P,
+        buffers: &[&GpuSlice],
+        sources: &[&GpuSlice],
+        workgroups: [u32; 3],
+    ) -> Dispatch {
+        if self.texture_reads && sources.iter().all(|s| texture_holds(self, s)) {
+            self.dispatch_with_textures(shader, entries[1], params, buffers, sources, workgroups)
+        } else {
+            self.dispatch(shader, entries[0], params, buffers, workgroups)
+        }
+    }
+
     fn dispatch_with<P: bytemuck::Pod>(
         &self,
         shader: &'static str,

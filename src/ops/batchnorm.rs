@@ -81,26 +81,25 @@ impl BatchNorm {
         self.batch * self.channels * self.spatial.div_ceil(ELEMENT_RUN)
     }
 
-    /// An elementwise kernel's entry: its `_quads` form (vec4 loads and stores) where every
-    /// plane's elements come in fours.
-    fn elementwise(&self, entry: &'static str, quads: &'static str) -> &'static str {
-        if self.spatial.is_multiple_of(4) { quads } else { entry }
-    }
-
     /// A train-mode reduction's dispatch: one invocation per channel (serial) or one workgroup
     /// per channel, each over vec4s where planes' elements come in fours and the channel is
-    /// one chunk (`entries`: serial, serial over vec4s, workgroup, workgroup over vec4s).
-    fn reduction(&self, gpu: &Gpu, entries: [&'static str; 4], params: &NormParams, buffers: &[&GpuSlice]) -> Dispatch {
+    /// one chunk, the vec4 kernels reading `streams` through textures where the device does
+    /// ([`Gpu::dispatch_streaming`]). `entries`: serial, then serial over vec4s and its twin
+    /// that reads textures; the same for the workgroup kernels.
+    fn reduction(
+        &self,
+        gpu: &Gpu,
+        entries: [[&'static str; 3]; 2],
+        params: &NormParams,
+        buffers: &[&GpuSlice],
+        streams: &[&GpuSlice],
+    ) -> Dispatch {
         let quads = self.spatial.is_multiple_of(4) && params.chunks == 1;
-        let [serial, serial_quads, workgroup, workgroup_quads] = entries;
-        match self.serial() {
-            true => {
-                gpu.dispatch("norm", if quads { serial_quads } else { serial }, params, buffers, grid(self.channels))
-            }
-            false => {
-                let entry = if quads { workgroup_quads } else { workgroup };
-                gpu.dispatch("norm", entry, params, buffers, [self.channels as u32, 1, 1])
-            }
+        let [scalar, vec4s, textured] = entries[usize::from(!self.serial())];
+        let grid = if self.serial() { grid(self.channels) } else { [self.channels as u32, 1, 1] };
+        match quads {
+            true => gpu.dispatch_streaming("norm", [vec4s, textured], params, buffers, streams, grid),
+            false => gpu.dispatch("norm", scalar, params, buffers, grid),
         }
     }
 }
@@ -111,7 +110,7 @@ impl BatchNorm {
 const SERIAL_MAX: usize = 1024;
 
 /// Elements per invocation of the elementwise kernels (`ELEMENT_RUN` in norm.wgsl).
-const ELEMENT_RUN: usize = 8;
+const ELEMENT_RUN: usize = 32;
 /// Elements of a channel per chunk of the train-mode reductions: a channel with more runs them
 /// as one workgroup per chunk (so few channels of large maps still spread over a GPU), then adds
 /// the chunks' sums in order.
@@ -156,12 +155,14 @@ impl Op for BatchNorm {
                 }
                 let buffers = [x, mean, var, saved, weight, bias, partials];
                 let entries = [
-                    "batchnorm_stats_train_serial",
-                    "batchnorm_stats_train_serial_quads",
-                    "batchnorm_stats_train",
-                    "batchnorm_stats_train_quads",
+                    [
+                        "batchnorm_stats_train_serial",
+                        "batchnorm_stats_train_serial_quads",
+                        "batchnorm_stats_train_serial_quads_textured",
+                    ],
+                    ["batchnorm_stats_train", "batchnorm_stats_train_quads", "batchnorm_stats_train_quads_textured"],
                 ];
-                out.push(self.reduction(gpu, entries, &params, &buffers));
+                out.push(self.reduction(gpu, entries, &params, &buffers, &[x]));
             }
             Mode::Eval => out.push(gpu.dispatch(
                 "norm",
@@ -171,14 +172,15 @@ impl Op for BatchNorm {
                 grid(self.channels),
             )),
         }
-        let apply = gpu.dispatch(
-            "norm",
-            self.elementwise("batchnorm_apply", "batchnorm_apply_quads"),
-            &params,
-            &[x, weight, bias, saved, b.outputs[0]],
-            grid(self.element_runs()),
-        );
-        out.push(apply);
+        let buffers = [x, weight, bias, saved, b.outputs[0]];
+        let grid = grid(self.element_runs());
+        out.push(match self.spatial.is_multiple_of(4) {
+            true => {
+                let entries = ["batchnorm_apply_quads", "batchnorm_apply_quads_textured"];
+                gpu.dispatch_streaming("norm", entries, &params, &buffers, &[x], grid)
+            }
+            false => gpu.dispatch("norm", "batchnorm_apply", &params, &buffers, grid),
+        });
         out
     }
 
@@ -208,21 +210,33 @@ impl Op for BatchNorm {
         }
         let buffers = [x, dy, saved, dweight, dbias, sums, partials];
         let entries = [
-            "batchnorm_backward_reduce_serial",
-            "batchnorm_backward_reduce_serial_quads",
-            "batchnorm_backward_reduce",
-            "batchnorm_backward_reduce_quads",
+            [
+                "batchnorm_backward_reduce_serial",
+                "batchnorm_backward_reduce_serial_quads",
+                "batchnorm_backward_reduce_serial_quads_textured",
+            ],
+            [
+                "batchnorm_backward_reduce",
+                "batchnorm_backward_reduce_quads",
+                "batchnorm_backward_reduce_quads_textured",
+            ],
         ];
-        out.push(self.reduction(gpu, entries, &params, &buffers));
+        out.push(self.reduction(gpu, entries, &params, &buffers, &[x, dy]));
         if let Some(dx) = grads.inputs[0] {
             params.accumulate_input = dx.accumulate as u32;
-            out.push(gpu.dispatch(
-                "norm",
-                self.elementwise("batchnorm_backward_input", "batchnorm_backward_input_quads"),
-                &params,
-                &[x, dy, saved, sums, dx.slice],
-                grid(self.element_runs()),
-            ));
+            let buffers = [x, dy, saved, sums, dx.slice];
+            let grid = grid(self.element_runs());
+            // The twin that reads textures reads x, which eval mode without an activation
+            // leaves alone.
+            let reads_x = mode == Mode::Train || self.activation != OutputActivation::None;
+            out.push(match (self.spatial.is_multiple_of(4), reads_x) {
+                (true, true) => {
+                    let entries = ["batchnorm_backward_input_quads", "batchnorm_backward_input_quads_textured"];
+                    gpu.dispatch_streaming("norm", entries, &params, &buffers, &[x, dy], grid)
+                }
+                (true, false) => gpu.dispatch("norm", "batchnorm_backward_input_quads", &params, &buffers, grid),
+                (false, _) => gpu.dispatch("norm", "batchnorm_backward_input", &params, &buffers, grid),
+            });
         }
         out
     }

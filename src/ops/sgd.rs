@@ -1,7 +1,7 @@
 //! SGD with momentum and weight decay over the whole parameter arena (`shaders/optim.wgsl`),
 //! with torch.optim.SGD's semantics.
 
-use crate::gpu::{Dispatch, Gpu, GpuSlice, grid, texture_holds};
+use crate::gpu::{Dispatch, Gpu, GpuSlice, grid};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sgd {
@@ -48,8 +48,8 @@ impl Sgd {
     /// One update of `param` from `grad`, keeping momentum in `velocity` (all the same length):
     /// four elements per invocation over the longest prefix that a binding may end and the
     /// next begin at, then one per invocation over the rest. Each with its element count.
-    /// Where the device reads through textures ([`Gpu::texture_reads`]), the quads read their
-    /// operands from copies in textures (the same results, bit for bit).
+    /// Where the device reads streams through textures ([`Gpu::texture_reads`]), the quads
+    /// read their operands from copies in textures (the same results, bit for bit).
     pub fn dispatches(
         &self,
         gpu: &Gpu,
@@ -58,37 +58,24 @@ impl Sgd {
         velocity: &GpuSlice,
         first_step: bool,
     ) -> Vec<(Dispatch, usize)> {
-        self.dispatches_reading(gpu, param, grad, velocity, first_step, gpu.texture_reads)
-    }
-
-    /// [`Sgd::dispatches`], the quads reading textures where `textures` is set (and they fit).
-    pub fn dispatches_reading(
-        &self,
-        gpu: &Gpu,
-        param: &GpuSlice,
-        grad: &GpuSlice,
-        velocity: &GpuSlice,
-        first_step: bool,
-        textures: bool,
-    ) -> Vec<(Dispatch, usize)> {
         // Elements a binding's offset must be a multiple of (and a multiple of four).
         let align = (gpu.device.limits().min_storage_buffer_offset_alignment.max(16) / 4) as usize;
         let quads = param.len() / align * align;
         let mut out = Vec::new();
-        for (entry, start, len, per_invocation) in
-            [("sgd_step_quads", 0, quads, 4), ("sgd_step", quads, param.len() - quads, 1)]
-        {
+        // The scalar rest has no twin that reads textures: it reads none either way.
+        for (entries, start, len, per_invocation) in [
+            (["sgd_step_quads", "sgd_step_quads_textured"], 0, quads, 4),
+            (["sgd_step", "sgd_step"], quads, param.len() - quads, 1),
+        ] {
             if len == 0 {
                 continue;
             }
             let buffers = [param, grad, velocity].map(|s| s.range(start, len));
             let buffers = [&buffers[0], &buffers[1], &buffers[2]];
-            let (params, grid) = (self.params(len, first_step), grid(len / per_invocation));
-            let dispatch = if per_invocation == 4 && textures && buffers.iter().all(|b| texture_holds(gpu, b)) {
-                gpu.dispatch_with_textures("optim", "sgd_step_quads_textured", &params, &buffers, &buffers, grid)
-            } else {
-                gpu.dispatch("optim", entry, &params, &buffers, grid)
-            };
+            let sources: &[&GpuSlice] = if per_invocation == 4 { &buffers } else { &[] };
+            let params = self.params(len, first_step);
+            let grid = grid(len / per_invocation);
+            let dispatch = gpu.dispatch_streaming("optim", entries, &params, &buffers, sources, grid);
             out.push((dispatch, len));
         }
         out
