@@ -26,7 +26,7 @@ pub fn texture_width(gpu: &Gpu) -> u32 {
 /// Whether `source`'s vec4s fit one texture of [`texture_width`]-wide rows.
 pub fn texture_holds(gpu: &Gpu, source: &GpuSlice) -> bool {
     let width = u64::from(texture_width(gpu));
-    source.offset % 16 == 0 && (source.size / 16).div_ceil(width) <= width
+    source.offset.is_multiple_of(16) && (source.size / 16).div_ceil(width) <= width
 }
 
 /// A buffer's vec4s copied into the rows of an rgba32float texture, before the dispatch that
