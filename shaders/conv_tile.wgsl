@@ -490,11 +490,17 @@ fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // (1x1 weights keep the row kernel: read by quads, their rows of thousands of input channels
 // lie kilobytes apart, and on lavapipe ResNet50's packing took half as long again.)
 
+// The weight's vec4s, copied into a texture before the dispatch (src/gpu/kernel.rs
+// `Gpu::dispatch_with_textures`; on every adapter, as a weight is small beside the
+// activations): software adapters gather a texel fetch's lanes in registers, where a storage
+// load whose address differs per lane loops over the lanes through memory.
+@group(0) @binding(15) var pack_weight_texels: texture_2d<f32>;
+
 // Output channel co's weights for input channels 4 iq .. 4 iq + 3, vec4 j of their 36
 // floats; zero past the weight's outputs.
 fn weight_vec4(co: u32, iq: u32, j: u32) -> vec4<f32> {
     if (co >= p.weight_out) { return vec4<f32>(); }
-    return copy_src4[(co * (p.weight_in / 4u) + iq) * 9u + j];
+    return buffer_texel(pack_weight_texels, (co * (p.weight_in / 4u) + iq) * 9u + j);
 }
 
 // A KernelDNA child packed straight from its parent (binding 1; `child_modulated`), so that

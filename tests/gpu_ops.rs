@@ -379,7 +379,8 @@ fn an_input_read_by_two_strided_convs_gets_both_gradients() {
 
 /// Where the adapter has subgroups, the tiles read their operands as textures, copied there
 /// from their buffers: the forward pass and input gradient their input copy and packed weights,
-/// the weight gradient x and dy; the copies and reductions stay with buffers.
+/// the weight gradient x and dy. The packing of a 3x3 weight by quads reads the weight so on
+/// every adapter; the other copies and the reductions stay with buffers.
 /// (`conv2d_matches_reference` checks the values: its copies span several texture rows and end
 /// inside one.)
 #[test]
@@ -402,11 +403,14 @@ fn subgroup_tiles_read_their_operands_through_textures() {
         assert!(tiles.iter().all(|d| d.textures == 2), "{xs:?}: {tiles:?}");
         let weight_tiles: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with("conv_tile_weight_")).collect();
         assert!(!weight_tiles.is_empty() && weight_tiles.iter().all(|d| d.textures == 2), "{xs:?}: {weight_tiles:?}");
+        let packing: Vec<_> = profile.iter().filter(|d| d.kernel == "pack_weight_forward_quads").collect();
+        assert!(!packing.is_empty() && packing.iter().all(|d| d.textures == 1), "{xs:?}: {packing:?}");
         let others: Vec<_> = profile
             .iter()
-            .filter(|d| !d.kernel.starts_with(tile) && !d.kernel.starts_with("conv_tile_weight_") && d.textures > 0)
+            .filter(|d| !d.kernel.starts_with(tile) && !d.kernel.starts_with("conv_tile_weight_"))
+            .filter(|d| d.kernel != "pack_weight_forward_quads" && d.textures > 0)
             .collect();
-        assert!(others.is_empty(), "{xs:?}: only the tiles read textures: {others:?}");
+        assert!(others.is_empty(), "{xs:?}: only the tiles and the packing read textures: {others:?}");
     }
 }
 

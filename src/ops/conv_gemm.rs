@@ -521,9 +521,11 @@ fn pack_forward_quads(
         (params.child_modulated, params.child_row) = (1, c.row as u32);
         (spatial, filter) = (c.spatial, c.filter);
     }
-    // Bindings 1, 2, 4, 5 and 6 (the gate's binding 3 is not read).
+    // Bindings 2, 4, 5 and 6 (the gate's binding 3 is not read), and the weight as a texture.
+    // (One texture holds width^2 vec4s: 1 GiB at the least width WebGPU guarantees, 8192.)
     let buffers = [weight, packed, weight, back_packed, spatial, filter];
-    gpu.dispatch("conv_tile", "pack_weight_forward_quads", &params, &buffers, grid(invocations))
+    let entry = "pack_weight_forward_quads";
+    gpu.dispatch_with_textures("conv_tile", entry, &params, &buffers, &[weight], grid(invocations))
 }
 
 /// Where each of a 3x3 weight's taps has its rows among a tile's packed `blocks`
