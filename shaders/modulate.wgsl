@@ -382,45 +382,40 @@ fn modulate_backward_attention_3x3_serial(@builtin(global_invocation_id) gid: ve
 // as those two kernels. Invocations: c_out. The parent's gradient: binding 7.
 @group(0) @binding(7) var<storage, read_write> bwd_parent_grad4: array<vec4<f32>>;
 
-// The `_own` passes: the parent's own conv's weight gradient, left unreduced in the same
-// layout as the children's (src/graph/fuse.rs); the parent's gradient starts from it rather
-// than from what binding 7 holds.
-@group(0) @binding(9) var<storage, read> bwd_own_grad4: array<vec4<f32>>;
+// The serial passes read what they sum through textures, copied there before the dispatch
+// (src/gpu/kernel.rs `Gpu::dispatch_with_textures`; on every adapter, as they are the size of
+// a weight): software adapters gather a texel fetch's lanes in registers, where a storage
+// load whose address differs per lane loops over the lanes through memory. The parent
+// (binding 1's values), the pass's first child's dchild (binding 4's), the parent's gradient so
+// far, and the second child's dchild in a pair. The parent's gradient so far is what binding 7
+// holds, or in the `_own` passes the parent's own conv's weight gradient, left unreduced in
+// the same layout as the children's (src/graph/fuse.rs).
+@group(0) @binding(15) var bwd_parent_texels: texture_2d<f32>;
+@group(0) @binding(14) var bwd_dchild_texels: texture_2d<f32>;
+@group(0) @binding(13) var bwd_parent_grad_texels: texture_2d<f32>;
+@group(0) @binding(12) var bwd_next_dchild_texels: texture_2d<f32>;
 
-// The gradients a serial pass reads blocks of: the pass's first child (binding 4), the second
-// child of a pair (binding 8), the parent's own conv's (binding 9).
-const FIRST_CHILD: u32 = 0u;
-const SECOND_CHILD: u32 = 1u;
-const PARENT_OWN: u32 = 2u;
-
-// Block (co, b) of gradient `source` (its first vec4 at e in the weight's layout) as nine
-// vec4s of the weight's layout, wherever it lies (see dchild_tap_major): nine vec4 loads either
-// way, the taps' vec4s over four input channels transposed in registers.
-fn dchild_block(source: u32, co: u32, b: u32, e: u32) -> array<vec4<f32>, TAPS_3X3> {
+// Block (co, b) of the gradient in texture `source` (a dchild, or the parent's own conv's
+// gradient; its first vec4 at e in the weight's layout) as nine vec4s of the weight's layout,
+// wherever it lies (see dchild_tap_major): nine vec4 loads either way, the taps' vec4s over
+// four input channels transposed in registers.
+fn dchild_block(source: texture_2d<f32>, co: u32, b: u32, e: u32) -> array<vec4<f32>, TAPS_3X3> {
     let tap_major = p.dchild_tap_major != 0u;
     let first = co * p.dchild_co_stride + b;
     let t = p.dchild_tap_stride;
     var v: array<vec4<f32>, TAPS_3X3>;
     for (var j = 0u; j < TAPS_3X3; j++) {
-        v[j] = gradient_vec4(source, select(e + j, first + j * t, tap_major));
+        v[j] = buffer_texel(source, select(e + j, first + j * t, tap_major));
     }
     return block_of(tap_major, v);
 }
 
-fn gradient_vec4(source: u32, at: u32) -> vec4<f32> {
-    switch source {
-        case SECOND_CHILD: { return bwd_next_dchildren4[at]; }
-        case PARENT_OWN: { return bwd_own_grad4[at]; }
-        default: { return bwd_dchildren4[at]; }
-    }
-}
-
 // Block (co, b) of the parent's gradient so far: its own conv's unreduced gradient (`own`, a
-// constant of each entry point) or what binding 7 holds.
+// constant of each entry point) or what binding 7 held before the pass.
 fn parent_gradient_block(own: bool, co: u32, b: u32, e: u32) -> array<vec4<f32>, TAPS_3X3> {
-    if (own) { return dchild_block(PARENT_OWN, co, b, e); }
+    if (own) { return dchild_block(bwd_parent_grad_texels, co, b, e); }
     var v: array<vec4<f32>, TAPS_3X3>;
-    for (var j = 0u; j < TAPS_3X3; j++) { v[j] = bwd_parent_grad4[e + j]; }
+    for (var j = 0u; j < TAPS_3X3; j++) { v[j] = buffer_texel(bwd_parent_grad_texels, e + j); }
     return v;
 }
 
@@ -452,7 +447,7 @@ fn add_block_vec4(
     s: vec4<f32>,
     f: f32,
 ) {
-    add_terms(sum, d, bwd_parent4[e + j], BLOCK_TAPS[j]);
+    add_terms(sum, d, buffer_texel(bwd_parent_texels, e + j), BLOCK_TAPS[j]);
     let term = d * s * f;
     bwd_parent_grad4[e + j] = select(term, old + term, p.parent_accumulate != 0u);
 }
@@ -462,7 +457,7 @@ fn modulate_backward_3x3_serial(@builtin(global_invocation_id) gid: vec3<u32>, @
     serial_3x3(flat_index(gid, nwg), false);
 }
 
-// The same, the parent's gradient starting from its own conv's unreduced gradient (binding 9).
+// The same, the parent's gradient starting from its own conv's unreduced gradient.
 @compute @workgroup_size(64)
 fn modulate_backward_3x3_serial_own(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     serial_3x3(flat_index(gid, nwg), true);
@@ -477,7 +472,7 @@ fn serial_3x3(co: u32, own: bool) {
     var tap_sum: array<vec2<f32>, TAPS_3X3>;
     for (var b = 0u; b < blocks; b++) {
         let e = (co * blocks + b) * TAPS_3X3;
-        let d = dchild_block(FIRST_CHILD, co, b, e);
+        let d = dchild_block(bwd_dchild_texels, co, b, e);
         let old = parent_gradient_block(own, co, b, e);
         // Unrolled, so that every index into the sums is a constant.
         add_block_vec4(&tap_sum, e, 0u, d[0], old[0], s[0], f);
@@ -496,9 +491,8 @@ fn serial_3x3(co: u32, own: bool) {
 // The same for two children, k and k + 1, of one parent in one pass (ResNet18's stages have
 // two children of one kernel): the parent's weights are loaded once for both, and its gradient
 // takes both children's terms, in child order, in one store. Every sum adds the terms the two
-// one-child passes add, in the same order. Child k + 1's dchild: binding 8; its partials from
-// pair p.next_partials on (src/ops/modulate.rs `next_partials`).
-@group(0) @binding(8) var<storage, read> bwd_next_dchildren4: array<vec4<f32>>;
+// one-child passes add, in the same order. Child k + 1's partials from pair p.next_partials
+// on (src/ops/modulate.rs `next_partials`).
 
 // Vec4 j of the block at e for both children (add_block_vec4's sums and term for each).
 fn add_pair_vec4(
@@ -514,7 +508,7 @@ fn add_pair_vec4(
     f: vec2<f32>,
 ) {
     let at = e + j;
-    let w = bwd_parent4[at];
+    let w = buffer_texel(bwd_parent_texels, at);
     add_terms(sum, d, w, BLOCK_TAPS[j]);
     add_terms(next_sum, next_d, w, BLOCK_TAPS[j]);
     let term = d * s * f.x;
@@ -527,7 +521,7 @@ fn modulate_backward_3x3_serial_pair(@builtin(global_invocation_id) gid: vec3<u3
     serial_pair_3x3(flat_index(gid, nwg), false);
 }
 
-// The same, the parent's gradient starting from its own conv's unreduced gradient (binding 9).
+// The same, the parent's gradient starting from its own conv's unreduced gradient.
 @compute @workgroup_size(64)
 fn modulate_backward_3x3_serial_pair_own(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     serial_pair_3x3(flat_index(gid, nwg), true);
@@ -544,8 +538,8 @@ fn serial_pair_3x3(co: u32, own: bool) {
     var next_sum: array<vec2<f32>, TAPS_3X3>;
     for (var b = 0u; b < blocks; b++) {
         let e = (co * blocks + b) * TAPS_3X3;
-        let d = dchild_block(FIRST_CHILD, co, b, e);
-        let next_d = dchild_block(SECOND_CHILD, co, b, e);
+        let d = dchild_block(bwd_dchild_texels, co, b, e);
+        let next_d = dchild_block(bwd_next_dchild_texels, co, b, e);
         let old = parent_gradient_block(own, co, b, e);
         // Unrolled, so that every index into the sums is a constant.
         add_pair_vec4(&tap_sum, &next_sum, e, 0u, d[0], next_d[0], old[0], s[0], next_s[0], f);

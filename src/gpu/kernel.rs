@@ -13,7 +13,7 @@ use super::{Gpu, GpuSlice, WORKGROUP, shaders};
 
 /// The bindings of a kernel's texture inputs, in the order they are given (e.g.
 /// `shaders/conv_tile.wgsl`'s `tf_xt`, `tf_wt`).
-pub const TEXTURE_BINDINGS: [u32; 3] = [15, 14, 13];
+pub const TEXTURE_BINDINGS: [u32; 4] = [15, 14, 13, 12];
 
 /// Texels per row of a texture that holds a buffer's vec4s in order: the device's widest 2D
 /// texture (so that the most vec4s fit), rounded down to a power of two (so that kernels find

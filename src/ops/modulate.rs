@@ -264,23 +264,16 @@ impl Op for Modulate {
             for c in (0..self.children).step_by(2) {
                 let pair = c + 1 < self.children;
                 let children = 1 + pair as usize;
-                // Binding 8 (read by the pair's kernel alone): the next child's dchild.
-                let next = grads.outputs[c + pair as usize];
                 let partials = b.scratch[0].range(0, (children - 1) * self.next_partials() + self.partials_len());
-                // Binding 9 (read by the `_own` kernels alone): the parent's own conv's gradient.
+                let kernel = [parent, spatial, filter, grads.outputs[c], dfilter.slice, &partials, dparent.slice];
+                // Read through textures: the parent, this child's dchild, the parent's gradient
+                // so far (the `_own` kernels: the parent's own conv's), the pair's next dchild.
                 let own = self.own_parent_gradient && c == 0;
-                let own_gradient = if own { b.inputs[3] } else { parent };
-                let kernel = [
-                    parent,
-                    spatial,
-                    filter,
-                    grads.outputs[c],
-                    dfilter.slice,
-                    &partials,
-                    dparent.slice,
-                    next,
-                    own_gradient,
-                ];
+                let gradient_so_far = if own { b.inputs[3] } else { dparent.slice };
+                let mut textures = vec![parent, grads.outputs[c], gradient_so_far];
+                if pair {
+                    textures.push(grads.outputs[c + 1]);
+                }
                 // The parent's gradient sums over children: all but the first add.
                 let params = ModulateParams {
                     parent_accumulate: (dparent.accumulate || c > 0) as u32,
@@ -292,7 +285,7 @@ impl Op for Modulate {
                     (false, false) => "modulate_backward_3x3_serial",
                     (false, true) => "modulate_backward_3x3_serial_own",
                 };
-                out.push(gpu.dispatch("modulate", entry, &params, &kernel, grid(self.c_out)));
+                out.push(gpu.dispatch_with_textures("modulate", entry, &params, &kernel, &textures, grid(self.c_out)));
                 for n in 0..children {
                     let partials = b.scratch[0].range(n * self.next_partials(), self.partials_len());
                     let buffers = [parent, spatial, filter, grads.outputs[c + n], ds.slice, &partials];
