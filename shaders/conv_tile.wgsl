@@ -731,13 +731,23 @@ fn window(q: u32) -> u32 {
     return (((q / pixels) * p.in_h + y) * p.in_w + x) * p.in_quads;
 }
 
-// A result block's starting value: the output already there when adding to it (a gradient
-// with several contributors, or a later weight block), else zero. Starting from it, rather than
-// adding it at the end, makes every variant sum in the same order.
-fn initial_forward(q: u32, c: u32) -> vec4<f32> {
+// Where batch-wide output pixel q lies in the output (output_offset), or NO_OUTPUT past the
+// last pixel. A tile finds it once per pixel for all of the pixel's channels: its divisions
+// are scalar loops over the lanes on software adapters.
+const NO_OUTPUT: u32 = 0xffffffffu;
+
+fn output_at(q: u32) -> vec2<u32> {
+    let total = p.batch * p.out_h * p.out_w;
+    return select(output_offset(min(q, total - 1u)), vec2<u32>(NO_OUTPUT), q >= total);
+}
+
+// A result block's starting value at output place `at` (output_at): the output already there
+// when adding to it (a gradient with several contributors, or a later weight block), else
+// zero. Starting from it, rather than adding it at the end, makes every variant sum in the
+// same order.
+fn initial_forward(at: vec2<u32>, c: u32) -> vec4<f32> {
     var v = vec4<f32>();
-    if (p.accumulate == 0u || q >= p.batch * p.out_h * p.out_w) { return v; }
-    let at = output_offset(q);
+    if (p.accumulate == 0u || at.x == NO_OUTPUT) { return v; }
     for (var k = 0u; k < 4u; k++) {
         if (c + k < p.c_out) { v[k] = tf_y[at.x + (c + k) * at.y]; }
     }
@@ -756,12 +766,11 @@ fn output_offset(q: u32) -> vec2<u32> {
     return vec2<u32>(((q / pixels) * p.c_out * h + y) * w + x, h * w);
 }
 
-// Four output channels c .. c + 3 of batch-wide pixel q, plus the bias, plus the residual,
-// through the output activation (each step rounded as the separate ops round it); nothing
-// outside.
-fn store_forward(q: u32, c: u32, v: vec4<f32>) {
-    if (q >= p.batch * p.out_h * p.out_w) { return; }
-    let at = output_offset(q);
+// Four output channels c .. c + 3 of the pixel at output place `at` (output_at), plus the
+// bias, plus the residual, through the output activation (each step rounded as the separate
+// ops round it); nothing outside.
+fn store_forward(at: vec2<u32>, c: u32, v: vec4<f32>) {
+    if (at.x == NO_OUTPUT) { return; }
     for (var k = 0u; k < 4u; k++) {
         let co = c + k;
         if (co < p.c_out) {

@@ -211,10 +211,12 @@ impl Tile for Forward {
                 code.extend((0..self.pixels).map(|i| format!("let b{i} = window(min(q0 + {i}u, last));")));
             }
             "declare" => {
+                // Each pixel's place in the output, found once for all its loads and stores.
+                code.extend((0..self.pixels).map(|i| format!("let o{i} = output_at(q0 + {i}u);")));
                 for i in 0..self.pixels {
                     code.push(
                         (0..quads)
-                            .map(|j| format!("var a{i}_{j} = initial_forward(q0 + {i}u, c0 + {}u);", 4 * j))
+                            .map(|j| format!("var a{i}_{j} = initial_forward(o{i}, c0 + {}u);", 4 * j))
                             .collect::<Vec<_>>()
                             .join(" "),
                     );
@@ -244,7 +246,7 @@ impl Tile for Forward {
             "store" => {
                 for i in 0..self.pixels {
                     for j in 0..quads {
-                        code.push(format!("store_forward(q0 + {i}u, c0 + {}u, a{i}_{j});", 4 * j));
+                        code.push(format!("store_forward(o{i}, c0 + {}u, a{i}_{j});", 4 * j));
                     }
                 }
             }
@@ -318,10 +320,9 @@ impl Tile for Shared {
         match name {
             "sizes" => code.push(format!("const T: u32 = {}u;", self.tiles)),
             "declare" => {
+                code.extend((0..8).map(|i| format!("let o{i} = output_at(q + {}u);", 16 * i)));
                 for t in 0..self.tiles {
-                    code.extend(
-                        (0..8).map(|i| format!("var a{t}_{i} = initial_forward(q + {}u, c0 + {}u);", 16 * i, 64 * t)),
-                    );
+                    code.extend((0..8).map(|i| format!("var a{t}_{i} = initial_forward(o{i}, c0 + {}u);", 64 * t)));
                 }
             }
             "step" => {
@@ -341,7 +342,7 @@ impl Tile for Shared {
             }
             "store" => {
                 for t in 0..self.tiles {
-                    code.extend((0..8).map(|i| format!("store_forward(q + {}u, c0 + {}u, a{t}_{i});", 16 * i, 64 * t)));
+                    code.extend((0..8).map(|i| format!("store_forward(o{i}, c0 + {}u, a{t}_{i});", 64 * t)));
                 }
             }
             other => panic!("conv_tile.wgsl: unknown shared marker {other:?}"),
