@@ -265,7 +265,10 @@ fn batchnorm_stats_train_quads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(l
 }
 
 // The statistics kernels over vec4s with x read from a texture (binding 15, a copy of
-// binding 1; src/gpu/mod.rs `Gpu::texture_reads`): the same sums in the same order.
+// binding 1; src/gpu/mod.rs `Gpu::texture_reads`): the same sums in the same order. These
+// `_textured` twins repeat their storage kernels' loops with other loads: a pipeline binds
+// every resource its entry point's code can reach, so one body that chose its loads by a flag
+// would make the storage kernels bind (and copy) textures too.
 @group(0) @binding(15) var st_x_texels: texture_2d<f32>;
 
 @compute @workgroup_size(64)
