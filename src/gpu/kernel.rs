@@ -24,7 +24,7 @@ pub fn texture_width(gpu: &Gpu) -> u32 {
 }
 
 /// Whether `source`'s vec4s fit one texture of [`texture_width`]-wide rows.
-pub fn texture_holds(gpu: &Gpu, source: &GpuSlice) -> bool {
+fn texture_holds(gpu: &Gpu, source: &GpuSlice) -> bool {
     let width = u64::from(texture_width(gpu));
     source.offset.is_multiple_of(16) && (source.size / 16).div_ceil(width) <= width
 }

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 
 pub use adapter::AdapterSummary;
 pub use async_read::AsyncRead;
-pub use kernel::{Dispatch, TEXTURE_BINDINGS, grid, grid_of, record_all, texture_holds, texture_width};
+pub use kernel::{Dispatch, TEXTURE_BINDINGS, grid, grid_of, record_all, texture_width};
 
 /// Workgroup size of every one-dimensional kernel (see `shaders/common.wgsl`).
 pub const WORKGROUP: u32 = 64;
@@ -74,10 +74,11 @@ pub struct Gpu {
     /// pixels (real GPUs, whose neighbouring lanes' loads coalesce). Their weight gradients sum
     /// in different orders, so the choice is recorded in checkpoints.
     pub depthwise_rows: bool,
-    /// Whether kernels that stream through large buffers (the optimizer's step) read them
-    /// through textures, copied before the dispatch (software adapters: a storage load whose
-    /// address differs per lane loops over the lanes through memory, where a texel fetch
-    /// gathers them in registers). Values and their order are the same either way.
+    /// Whether kernels that stream through activation-sized buffers (the optimizer's step,
+    /// BatchNorm's vec4 kernels) read them through textures, copied before the dispatch
+    /// ([`Gpu::dispatch_streaming`]; software adapters: a storage load whose address differs
+    /// per lane loops over the lanes through memory, where a texel fetch gathers them in
+    /// registers). Values and their order are the same either way.
     pub texture_reads: bool,
     kernels: kernel::KernelCache,
     buffers_created: AtomicU64,
