@@ -6,7 +6,7 @@ mod common;
 
 use common::{assert_close, f32_exact, gpu, gradient_plan, randn, rng, to_f32, to_f64};
 use kdna::gpu::texture_width;
-use kdna::graph::{Executor, Graph, Init, Phase, Plan, TensorId};
+use kdna::graph::{DispatchTime, Executor, Graph, Init, Phase, Plan, TensorId};
 use kdna::ops::activation::Activation;
 use kdna::ops::adamw::AdamW;
 use kdna::ops::batchnorm::BatchNorm;
@@ -403,6 +403,20 @@ fn subgroup_tiles_read_their_operands_through_textures() {
         assert!(tiles.iter().all(|d| d.textures == 2), "{xs:?}: {tiles:?}");
         let weight_tiles: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with("conv_tile_weight_")).collect();
         assert!(!weight_tiles.is_empty() && weight_tiles.iter().all(|d| d.textures == 2), "{xs:?}: {weight_tiles:?}");
+        // Bands of a pass read the input copy as the band before left it in its texture, and
+        // the weight gradient's passes x and dy: only the first copies them. (The 2x2 map's
+        // forward bands each read weights packed apart.)
+        let copies = |d: &&DispatchTime| d.texture_copies;
+        let forward: Vec<_> = tiles.iter().filter(|d| d.phase == Phase::Forward).map(copies).collect();
+        let weight: Vec<_> = weight_tiles.iter().map(copies).collect();
+        match xs[2] {
+            2 => {
+                assert_eq!(forward, [2, 1, 1, 1], "{xs:?}: {tiles:?}");
+                assert_eq!(weight[0], 2, "{xs:?}: {weight_tiles:?}");
+                assert!(weight.len() > 1 && weight[1..].iter().all(|&c| c == 0), "{xs:?}: {weight_tiles:?}");
+            }
+            _ => assert!(tiles.iter().chain(&weight_tiles).all(|d| d.texture_copies == 2), "{xs:?}: {profile:?}"),
+        }
         let packing: Vec<_> = profile.iter().filter(|d| d.kernel == "pack_weight_forward_quads").collect();
         assert!(!packing.is_empty() && packing.iter().all(|d| d.textures == 1), "{xs:?}: {packing:?}");
         let others: Vec<_> = profile
@@ -1393,6 +1407,7 @@ fn batchnorm_reading_textures_changes_no_value() {
             let results: Vec<Vec<Vec<f64>>> = [gpu(), other_texture_reads()]
                 .into_iter()
                 .map(|device| {
+                    let reads_textures = device.texture_reads;
                     let mut g = Graph::new();
                     let [x, w, b, rm, rv] = batchnorm_inputs(&mut g, &shape);
                     let y = g.batchnorm_activated(x, [w, b, rm, rv], 1e-5, 0.1, activation).unwrap();
@@ -1405,6 +1420,18 @@ fn batchnorm_reading_textures_changes_no_value() {
                     exe.run().unwrap();
                     let mut out = vec![read(&exe, y), read(&exe, rm), read(&exe, rv)];
                     out.extend([x, w, b].map(|t| read_grad(&exe, t)));
+                    if reads_textures && mode == Mode::Train {
+                        // The reductions copy x (and dy) into textures; the kernels after them
+                        // read those as they left them.
+                        let profile = exe.profile().unwrap();
+                        let copies: Vec<_> = profile
+                            .iter()
+                            .filter(|d| d.textures > 0)
+                            .map(|d| (d.kernel.split('_').nth(1).unwrap(), d.textures, d.texture_copies))
+                            .collect();
+                        let expected = [("stats", 1, 1), ("apply", 1, 0), ("backward", 2, 2), ("backward", 2, 0)];
+                        assert_eq!(copies, expected, "{shape:?}: {profile:?}");
+                    }
                     out
                 })
                 .collect();

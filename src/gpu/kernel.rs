@@ -35,10 +35,16 @@ fn texture_holds(gpu: &Gpu, source: &GpuSlice) -> bool {
 struct TextureUpload {
     source: GpuSlice,
     texture: wgpu::Texture,
+    /// Whether the dispatch copies the source in before it runs; else it reads the texture as
+    /// an earlier dispatch filled it ([`Gpu::dispatch_with_textures_after`]).
+    copies: bool,
 }
 
 impl TextureUpload {
     fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        if !self.copies {
+            return;
+        }
         let width = self.texture.width();
         let texels = (self.source.size / 16) as u32;
         // Whole rows, then what is left of the last.
@@ -84,7 +90,7 @@ pub struct Dispatch {
 pub fn record_all<'a>(encoder: &mut wgpu::CommandEncoder, dispatches: impl IntoIterator<Item = &'a Dispatch>) {
     let mut pass: Option<wgpu::ComputePass<'static>> = None;
     for d in dispatches {
-        if !d.uploads.is_empty() {
+        if d.uploads.iter().any(|u| u.copies) {
             pass = None;
             for upload in &d.uploads {
                 upload.record(encoder);
@@ -109,6 +115,12 @@ impl Dispatch {
     /// How many buffers the dispatch reads through textures ([`Gpu::dispatch_with_textures`]).
     pub fn textures(&self) -> usize {
         self.uploads.len()
+    }
+
+    /// How many of those it copies into their textures itself (the rest it reads as an earlier
+    /// dispatch left them: [`Gpu::dispatch_with_textures_after`]).
+    pub fn texture_copies(&self) -> usize {
+        self.uploads.iter().filter(|u| u.copies).count()
     }
 
     /// The workgroup grid (x, y, z).
@@ -211,10 +223,33 @@ impl Gpu {
         texture_sources: &[&GpuSlice],
         workgroups: [u32; 3],
     ) -> Dispatch {
+        self.dispatch_with_textures_after(None, shader, entry, params, buffers, texture_sources, workgroups)
+    }
+
+    /// [`Gpu::dispatch_with_textures`], reading each source that `earlier` also reads through a
+    /// texture from that texture as `earlier` left it, without copying it again: for
+    /// dispatches recorded right after `earlier`, or after others that write none of those
+    /// sources (the bands of one convolution pass, which share its input and weights). On
+    /// software adapters a copy costs as much as a memcpy of the source on one core.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dispatch_with_textures_after<P: bytemuck::Pod>(
+        &self,
+        earlier: Option<&Dispatch>,
+        shader: &'static str,
+        entry: &'static str,
+        params: &P,
+        buffers: &[&GpuSlice],
+        texture_sources: &[&GpuSlice],
+        workgroups: [u32; 3],
+    ) -> Dispatch {
         let width = texture_width(self);
+        let filled = |source: &GpuSlice| earlier?.uploads.iter().find(|u| u.source == *source);
         let uploads = texture_sources
             .iter()
             .map(|&source| {
+                if let Some(upload) = filled(source) {
+                    return TextureUpload { source: source.clone(), texture: upload.texture.clone(), copies: false };
+                }
                 assert!(texture_holds(self, source), "{entry}: {} bytes do not fit one texture", source.size);
                 let rows = (source.size / 16).div_ceil(u64::from(width)).max(1);
                 let texture = self.device.create_texture(&wgpu::TextureDescriptor {
@@ -227,7 +262,7 @@ impl Gpu {
                     usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
                     view_formats: &[],
                 });
-                TextureUpload { source: source.clone(), texture }
+                TextureUpload { source: source.clone(), texture, copies: true }
             })
             .collect();
         self.dispatch_with(shader, entry, params, buffers, uploads, workgroups)
@@ -235,9 +270,12 @@ impl Gpu {
 
     /// `entries[0]` of `shader`, or on a device that reads streams through textures
     /// ([`Gpu::texture_reads`]) its twin `entries[1]`, which reads `sources` from textures
-    /// ([`Gpu::dispatch_with_textures`]) where each fits one. Twins compute the same values.
+    /// ([`Gpu::dispatch_with_textures_after`], with `earlier`) where each fits one. Twins
+    /// compute the same values.
+    #[allow(clippy::too_many_arguments)]
     pub fn dispatch_streaming<P: bytemuck::Pod>(
         &self,
+        earlier: Option<&Dispatch>,
         shader: &'static str,
         entries: [&'static str; 2],
         params: &P,
@@ -246,7 +284,7 @@ impl Gpu {
         workgroups: [u32; 3],
     ) -> Dispatch {
         if self.texture_reads && sources.iter().all(|s| texture_holds(self, s)) {
-            self.dispatch_with_textures(shader, entries[1], params, buffers, sources, workgroups)
+            self.dispatch_with_textures_after(earlier, shader, entries[1], params, buffers, sources, workgroups)
         } else {
             self.dispatch(shader, entries[0], params, buffers, workgroups)
         }

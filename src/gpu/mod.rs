@@ -21,8 +21,9 @@ pub use kernel::{Dispatch, TEXTURE_BINDINGS, grid, grid_of, record_all, texture_
 /// Workgroup size of every one-dimensional kernel (see `shaders/common.wgsl`).
 pub const WORKGROUP: u32 = 64;
 
-/// A byte range of a storage buffer holding f32 (or u32) values.
-#[derive(Clone, Debug)]
+/// A byte range of a storage buffer holding f32 (or u32) values. Equal slices are the same
+/// range of the same buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GpuSlice {
     pub buffer: wgpu::Buffer,
     pub offset: u64,

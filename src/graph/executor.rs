@@ -506,8 +506,9 @@ impl Executor {
             self.gpu.run(std::slice::from_ref(d));
             self.gpu.wait()?;
             let seconds = start.elapsed().as_secs_f64();
-            let (kernel, workgroups, textures) = (d.label, d.workgroups(), d.textures());
-            times.push(DispatchTime { phase, node, kernel, workgroups, textures, seconds });
+            let (kernel, workgroups, textures, texture_copies) =
+                (d.label, d.workgroups(), d.textures(), d.texture_copies());
+            times.push(DispatchTime { phase, node, kernel, workgroups, textures, texture_copies, seconds });
         }
         Ok(times)
     }
@@ -555,8 +556,11 @@ pub struct DispatchTime {
     /// The kernel's entry point.
     pub kernel: &'static str,
     pub workgroups: [u32; 3],
-    /// Buffers it reads through textures, copied there first (and timed with it).
+    /// Buffers it reads through textures.
     pub textures: usize,
+    /// How many of those it copies there first (and is timed with); it reads the others as an
+    /// earlier dispatch of the run left them.
+    pub texture_copies: usize,
     pub seconds: f64,
 }
 

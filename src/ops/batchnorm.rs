@@ -98,7 +98,7 @@ impl BatchNorm {
         let [scalar, vec4s, textured] = entries[usize::from(!self.serial())];
         let grid = if self.serial() { grid(self.channels) } else { [self.channels as u32, 1, 1] };
         match quads {
-            true => gpu.dispatch_streaming("norm", [vec4s, textured], params, buffers, streams, grid),
+            true => gpu.dispatch_streaming(None, "norm", [vec4s, textured], params, buffers, streams, grid),
             false => gpu.dispatch("norm", scalar, params, buffers, grid),
         }
     }
@@ -174,13 +174,17 @@ impl Op for BatchNorm {
         }
         let buffers = [x, weight, bias, saved, b.outputs[0]];
         let grid = grid(self.element_runs());
-        out.push(match self.spatial.is_multiple_of(4) {
+        // The statistics kernel before it writes only statistics: it leaves x's texture as the
+        // apply kernel reads it.
+        let stats = out.last();
+        let apply = match self.spatial.is_multiple_of(4) {
             true => {
                 let entries = ["batchnorm_apply_quads", "batchnorm_apply_quads_textured"];
-                gpu.dispatch_streaming("norm", entries, &params, &buffers, &[x], grid)
+                gpu.dispatch_streaming(stats, "norm", entries, &params, &buffers, &[x], grid)
             }
             false => gpu.dispatch("norm", "batchnorm_apply", &params, &buffers, grid),
-        });
+        };
+        out.push(apply);
         out
     }
 
@@ -229,14 +233,18 @@ impl Op for BatchNorm {
             // The twin that reads textures reads x, which eval mode without an activation
             // leaves alone.
             let reads_x = mode == Mode::Train || self.activation != OutputActivation::None;
-            out.push(match (self.spatial.is_multiple_of(4), reads_x) {
+            // The reduction before it writes only sums: it leaves the textures of x and dy as
+            // this kernel reads them.
+            let reduce = out.last();
+            let input = match (self.spatial.is_multiple_of(4), reads_x) {
                 (true, true) => {
                     let entries = ["batchnorm_backward_input_quads", "batchnorm_backward_input_quads_textured"];
-                    gpu.dispatch_streaming("norm", entries, &params, &buffers, &[x, dy], grid)
+                    gpu.dispatch_streaming(reduce, "norm", entries, &params, &buffers, &[x, dy], grid)
                 }
                 (true, false) => gpu.dispatch("norm", "batchnorm_backward_input_quads", &params, &buffers, grid),
                 (false, _) => gpu.dispatch("norm", "batchnorm_backward_input", &params, &buffers, grid),
-            });
+            };
+            out.push(input);
         }
         out
     }

@@ -568,12 +568,18 @@ fn weight_tap(params: &TileParams, packing: Packing, tap: usize) -> usize {
 /// previous left (the first to the output already there when `params.accumulate`); else once
 /// over every block. All sum in the same order. The last block adds the bias (`params.has_bias`)
 /// and the residual (`params.residual`) and applies the output activation.
+///
+/// `earlier`: the dispatch recorded right before these, if it writes none of the buffers it
+/// reads through textures. The subgroup tiles read the input copy and the packed weights
+/// through textures that `earlier` filled where it read the same ones: the bands and phases of
+/// one pass copy each once ([`Gpu::dispatch_with_textures_after`]).
 fn tile_dispatches(
     gpu: &Gpu,
     params: TileParams,
     (channels, pixels): (u32, u32),
     [input, packed, bias, output, residual]: [&GpuSlice; 5],
     reads: WeightReads,
+    earlier: Option<&Dispatch>,
 ) -> Vec<Dispatch> {
     let (has_bias, accumulate) = (params.has_bias != 0, params.accumulate != 0);
     let params = TileParams { tile: channels, ..params };
@@ -603,7 +609,8 @@ fn tile_dispatches(
         let [y, z, _] = grid_of(pixel_tiles, 1);
         let x = channel_tiles.div_ceil(LANES_WORKGROUP);
         let buffers = [input, packed, bias, output, residual];
-        out.push(gpu.dispatch_with_textures(
+        out.push(gpu.dispatch_with_textures_after(
+            earlier,
             reads.family(),
             LANES_ENTRY,
             &textured,
@@ -619,7 +626,8 @@ fn tile_dispatches(
         let (family, grid) = (reads.family(), [x, y, channel_tiles]);
         out.push(match reads {
             WeightReads::SubgroupStorage => {
-                gpu.dispatch_with_textures(family, entry, &textured, &buffers, &[input, packed], grid)
+                let sources = [input, packed];
+                gpu.dispatch_with_textures_after(earlier, family, entry, &textured, &buffers, &sources, grid)
             }
             _ => gpu.dispatch(family, entry, &params, &buffers, grid),
         });
@@ -1046,15 +1054,18 @@ impl GemmPlan {
             }
             _ => pack(params, packed),
         };
-        let run = |params: TileParams, packed: &GpuSlice| {
+        // Bands run one after another (their packing is prepared before): each reads the
+        // textures the one before filled, where it reads the same buffers.
+        let run = |params: TileParams, packed: &GpuSlice, earlier: Option<&Dispatch>| {
             let buffers = [scratch[X_LAST], packed, bias, y, residual];
-            tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads)
+            tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads, earlier)
         };
         // The scratch may be sized for another device's wider packing.
         let all_taps = scratch[W_FORWARD].range(0, self.forward_packing(self.taps()));
         let Some(regions) = self.forward_bands() else {
             forward.prepare.extend(pack_all(params, &all_taps));
-            forward.run.extend(run(params, &all_taps));
+            let run = run(params, &all_taps, forward.run.last());
+            forward.run.extend(run);
             return forward;
         };
         if bands_share_packing(self.x_quads) {
@@ -1065,7 +1076,8 @@ impl GemmPlan {
                     (self.kernel_h, self.kernel_w),
                     (row.tap0, col.tap0),
                 );
-                forward.run.extend(run(band, &all_taps));
+                let run = run(band, &all_taps, forward.run.last());
+                forward.run.extend(run);
             }
             return forward;
         }
@@ -1074,7 +1086,8 @@ impl GemmPlan {
             let (band, len) = (self.band_params(params, &row, &col), self.forward_packing(row.taps * col.taps));
             let packed = scratch[W_FORWARD].range(offset, len);
             forward.prepare.extend(pack(band, &packed));
-            forward.run.extend(run(band, &packed));
+            let run = run(band, &packed, forward.run.last());
+            forward.run.extend(run);
             offset += len;
         }
         forward
@@ -1271,19 +1284,24 @@ impl GemmPlan {
                 // The kernel's bias and residual bindings are read only when asked for: any
                 // buffer does. Passes and bands run one after another through the same
                 // packed-weight buffer, each packing the taps it reads or reading the phase's
-                // (`packing`: the packing's parameters; `packs`: whether this pass runs it).
-                let pass = |params: TileParams, packing: TileParams, packs: bool| {
+                // (`packing`: the packing's parameters; `packs`: whether this pass runs it). A
+                // pass that packs nothing reads the textures of the pass before it (`earlier`)
+                // where it reads the same buffers.
+                let pass = |params: TileParams, packing: TileParams, packs: bool, earlier: Option<&Dispatch>| {
                     let taps = packing.kernel_h * packing.kernel_w;
                     let packed = scratch[W_BACKWARD].range(0, self.backward_packing(taps));
                     let (tile, reads) = (self.backward_tile, self.backward_reads);
                     let pack = (packs && !prepacked)
                         .then(|| pack_dispatch(gpu, packing, tile.0, [w, &packed], Packing::Backward, None))
                         .flatten();
+                    let earlier = earlier.filter(|_| pack.is_none());
                     let buffers = [dy_last, &packed, w, dx, dy_last];
-                    pack.into_iter().chain(tile_dispatches(gpu, params, tile, buffers, reads))
+                    let tiles = tile_dispatches(gpu, params, tile, buffers, reads, earlier);
+                    pack.into_iter().chain(tiles).collect::<Vec<_>>()
                 };
                 let Some(regions) = self.input_bands(row, col) else {
-                    out.extend(pass(params, params, true));
+                    let pass = pass(params, params, true, out.last());
+                    out.extend(pass);
                     continue;
                 };
                 let share = bands_share_packing(self.dy_quads);
@@ -1301,11 +1319,15 @@ impl GemmPlan {
                         store_x0: u(col.first + s.cfg.stride.1 * cb.first),
                         ..params
                     };
-                    out.extend(match share {
+                    let pass = match share {
                         // The first band packs the phase's taps.
-                        true => pass(sharing_packing(band, (row.taps, col.taps), (rb.tap0, cb.tap0)), params, i == 0),
-                        false => pass(band, band, true),
-                    });
+                        true => {
+                            let band = sharing_packing(band, (row.taps, col.taps), (rb.tap0, cb.tap0));
+                            pass(band, params, i == 0, out.last())
+                        }
+                        false => pass(band, band, true, out.last()),
+                    };
+                    out.extend(pass);
                 }
             }
         }
@@ -1426,7 +1448,10 @@ impl GemmPlan {
                     params.store_y0 += top as u32;
                     params.store_x0 += left as u32;
                 }
-                out.push(self.weight_partial_sums(gpu, &params, [scratch[X_LAST], dy_last, &region]));
+                // Passes write only their partial sums: each reads the textures of x and dy
+                // that the one before filled.
+                let sums = self.weight_partial_sums(gpu, &params, [scratch[X_LAST], dy_last, &region], out.last());
+                out.push(sums);
             }
         }
         if unreduced {
@@ -1515,8 +1540,15 @@ impl GemmPlan {
         }
     }
 
-    /// One pass's partial sums [chunk][weight_pad][used tap][4 x_quads] into `partials`.
-    fn weight_partial_sums(&self, gpu: &Gpu, params: &TileParams, buffers: [&GpuSlice; 3]) -> Dispatch {
+    /// One pass's partial sums [chunk][weight_pad][used tap][4 x_quads] into `partials`
+    /// (`earlier`: as [`tile_dispatches`] takes it).
+    fn weight_partial_sums(
+        &self,
+        gpu: &Gpu,
+        params: &TileParams,
+        buffers: [&GpuSlice; 3],
+        earlier: Option<&Dispatch>,
+    ) -> Dispatch {
         let taps_used = (params.kernel_h * params.kernel_w) as usize;
         match self.weight_kernel {
             WeightKernel::WorkgroupTiles => {
@@ -1540,7 +1572,8 @@ impl GemmPlan {
                     WeightKernel::SubgroupRegisters => {
                         let textured = params.reading_textures(gpu);
                         let textures = [buffers[0], buffers[1]];
-                        gpu.dispatch_with_textures(
+                        gpu.dispatch_with_textures_after(
+                            earlier,
                             "conv_tile_subgroup",
                             entry,
                             &textured,

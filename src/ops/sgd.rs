@@ -75,7 +75,7 @@ impl Sgd {
             let sources: &[&GpuSlice] = if per_invocation == 4 { &buffers } else { &[] };
             let params = self.params(len, first_step);
             let grid = grid(len / per_invocation);
-            let dispatch = gpu.dispatch_streaming("optim", entries, &params, &buffers, sources, grid);
+            let dispatch = gpu.dispatch_streaming(None, "optim", entries, &params, &buffers, sources, grid);
             out.push((dispatch, len));
         }
         out
