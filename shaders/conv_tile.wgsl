@@ -1158,6 +1158,41 @@ fn reduce_weight_partials_3x3_strided(@builtin(global_invocation_id) gid: vec3<u
         s[7] += tr_part[at + 7u * t];
         s[8] += tr_part[at + 8u * t];
     }
+    store_strided_sums(i, s);
+}
+
+// The same, reading the partial sums through a texture (src/gpu/kernel.rs
+// `Gpu::dispatch_streaming`), as the same loads in the same order. The loop is repeated, not
+// shared: a pipeline binds everything its entry point's code can reach.
+@group(0) @binding(15) var tr_part_texels: texture_2d<f32>;
+
+@compute @workgroup_size(64)
+fn reduce_weight_partials_3x3_strided_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.weight_out * p.in_quads) { return; }
+    let t = p.tap_stride;
+    var s: array<vec4<f32>, 9>;
+    for (var c = 0u; c < p.chunks; c++) {
+        let at = c * p.chunk_stride + (i / p.in_quads) * p.co_stride + i % p.in_quads;
+        s[0] += buffer_texel(tr_part_texels, at);
+        s[1] += buffer_texel(tr_part_texels, at + t);
+        s[2] += buffer_texel(tr_part_texels, at + 2u * t);
+        s[3] += buffer_texel(tr_part_texels, at + 3u * t);
+        s[4] += buffer_texel(tr_part_texels, at + 4u * t);
+        s[5] += buffer_texel(tr_part_texels, at + 5u * t);
+        s[6] += buffer_texel(tr_part_texels, at + 6u * t);
+        s[7] += buffer_texel(tr_part_texels, at + 7u * t);
+        s[8] += buffer_texel(tr_part_texels, at + 8u * t);
+    }
+    store_strided_sums(i, s);
+}
+
+// Invocation i's nine tap sums into dw, added to what is there when accumulating.
+fn store_strided_sums(i: u32, sums: array<vec4<f32>, 9>) {
+    var s = sums;
     if (p.accumulate != 0u) {
         let old = dw_taps_3x3(i * 9u);
         s = array<vec4<f32>, 9>(

@@ -1444,6 +1444,44 @@ fn batchnorm_reading_textures_changes_no_value() {
     }
 }
 
+/// The weight gradient's strided reduction reads the passes' partial sums through a texture
+/// where the device reads streams so, and from storage where not: both give dw bit for bit,
+/// over one pass and over a 2x2 map's pass per tap, overwriting dw and adding to it (a weight
+/// used twice). (conv2d_matches_reference checks the values against the reference.)
+#[test]
+fn weight_reduction_reading_textures_changes_no_value() {
+    let entry = "reduce_weight_partials_3x3_strided";
+    for (i, xs) in [[2, 12, 9, 8], [3, 20, 2, 2]].into_iter().enumerate() {
+        let results: Vec<Vec<f64>> = [gpu(), other_texture_reads()]
+            .into_iter()
+            .map(|device| {
+                let reads_textures = device.texture_reads;
+                let mut g = Graph::new();
+                let x = g.input("x", &xs);
+                let w = g.param("w", &[xs[1], xs[1], 3, 3]).unwrap();
+                let y0 = g.conv2d(x, w, None, Conv2dConfig::new(1, 1)).unwrap();
+                let y1 = g.conv2d(y0, w, None, Conv2dConfig::new(1, 1)).unwrap();
+                let mut exe = Executor::new(device, &g, gradient_plan(Mode::Train, vec![y1], false)).unwrap();
+                let mut rng = rng(420 + i as u64);
+                for t in [x, w] {
+                    feed(&exe, &g, t, &mut rng);
+                }
+                seed_grad(&exe, &g, y1, &mut rng);
+                exe.run().unwrap();
+                let dw = read_grad(&exe, w);
+                let profile = exe.profile().unwrap();
+                let reductions: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with(entry)).collect();
+                let textured = format!("{entry}_textured");
+                let expected = if reads_textures { (textured.as_str(), 1) } else { (entry, 0) };
+                assert_eq!(reductions.len(), 2, "{xs:?}: a reduction per use of w: {profile:?}");
+                assert!(reductions.iter().all(|d| (d.kernel, d.textures) == expected), "{xs:?}: {reductions:?}");
+                dw
+            })
+            .collect();
+        assert_eq!(bits_differ(&results[0], &results[1]), 0, "{xs:?}: dw values that differ between the ways");
+    }
+}
+
 #[test]
 fn adamw_matches_reference_over_steps() {
     let gpu = gpu();

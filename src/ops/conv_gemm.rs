@@ -1465,14 +1465,19 @@ impl GemmPlan {
             bands,
             ..self.weight_params()
         };
-        let mut entry = self.reduce_entry();
-        if let Some([co, tap, chunk]) = self.partial_strides(&passes, pass_per_tap) {
-            entry = "reduce_weight_partials_3x3_strided";
-            [reduce.co_stride, reduce.tap_stride, reduce.chunk_stride] = [co, tap, chunk].map(|v| v as u32);
-            reduce.chunks = passes[0].params.chunks;
-        }
         let invocations = grid(self.shape.c_out * self.x_quads);
-        out.push(gpu.dispatch("conv_tile", entry, &reduce, &[partials, dw], invocations));
+        let Some([co, tap, chunk]) = self.partial_strides(&passes, pass_per_tap) else {
+            out.push(gpu.dispatch("conv_tile", self.reduce_entry(), &reduce, &[partials, dw], invocations));
+            return out;
+        };
+        [reduce.co_stride, reduce.tap_stride, reduce.chunk_stride] = [co, tap, chunk].map(|v| v as u32);
+        reduce.chunks = passes[0].params.chunks;
+        // The strided reduction streams through the sums the passes wrote (from the first on),
+        // through a texture where the device reads streams so.
+        let written = passes.iter().map(|pass| pass.offset + pass.partials).max().unwrap_or(0);
+        let entries = ["reduce_weight_partials_3x3_strided", "reduce_weight_partials_3x3_strided_textured"];
+        let sums = partials.range(0, written);
+        out.push(gpu.dispatch_streaming(None, "conv_tile", entries, &reduce, &[partials, dw], &[&sums], invocations));
         out
     }
 
