@@ -775,7 +775,12 @@ fn store_forward(at: vec2<u32>, c: u32, v: vec4<f32>) {
         let co = c + k;
         if (co < p.c_out) {
             let o = at.x + co * at.y;
-            var r = v[k] + select(0.0, tf_bias[co], p.has_bias != 0u);
+            // Without a bias it adds 0.0 (a -0.0 result stores as +0.0 either way). The bias is
+            // loaded only where there is one: select would load it regardless, a lane loop
+            // per value on software adapters.
+            var bias = 0.0;
+            if (p.has_bias != 0u) { bias = tf_bias[co]; }
+            var r = v[k] + bias;
             if (p.residual != 0u) { r += tf_residual[o]; }
             tf_y[o] = output_activation(r, p.activation);
         }
