@@ -76,10 +76,10 @@ pub struct Gpu {
     /// in different orders, so the choice is recorded in checkpoints.
     pub depthwise_rows: bool,
     /// Whether kernels that stream through activation-sized buffers (the optimizer's step,
-    /// BatchNorm's vec4 kernels) read them through textures, copied before the dispatch
-    /// ([`Gpu::dispatch_streaming`]; software adapters: a storage load whose address differs
-    /// per lane loops over the lanes through memory, where a texel fetch gathers them in
-    /// registers). Values and their order are the same either way.
+    /// BatchNorm's vec4 kernels, the weight gradient's strided reduction) read them through
+    /// textures, copied before the dispatch ([`Gpu::dispatch_streaming`]; software adapters: a
+    /// storage load whose address differs per lane loops over the lanes through memory, where
+    /// a texel fetch gathers them in registers). Values and their order are the same either way.
     pub texture_reads: bool,
     kernels: kernel::KernelCache,
     buffers_created: AtomicU64,
