@@ -241,29 +241,64 @@ fn to_channels_last_folded(@builtin(global_invocation_id) gid: vec3<u32>, @built
 // Invocations: batch x src_h x src_w / 4 x in_quads, quads fastest.
 @group(0) @binding(1) var<storage, read> copy_src4: array<vec4<f32>>;
 
-@compute @workgroup_size(64)
-fn to_channels_last_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
+// Invocation i's segment of to_channels_last_rows: sample n, source row sy, the segment in
+// the row and the channel quad, its vec4 in each source plane (`at`), and the destination row
+// (`row`) and first column (`x0`); not `live` past the last or where the row lands outside the
+// destination.
+struct RowSegment {
+    n: u32,
+    quad: u32,
+    at: u32,
+    row: u32,
+    x0: i32,
+    live: bool,
+}
+
+fn row_segment(i: u32) -> RowSegment {
     let segments = p.src_w / 4u;
-    if (i >= p.batch * p.src_h * segments * p.in_quads) { return; }
     let quad = i % p.in_quads;
     let segment = (i / p.in_quads) % segments;
     let sy = (i / (p.in_quads * segments)) % p.src_h;
     let n = i / (p.in_quads * segments * p.src_h);
     let yd = i32(sy) + p.top;
-    if (yd < 0 || yd >= i32(p.in_h)) { return; }
-    let at = sy * segments + segment;
-    let r0 = source_quad(n, quad * 4u, at);
-    let r1 = source_quad(n, quad * 4u + 1u, at);
-    let r2 = source_quad(n, quad * 4u + 2u, at);
-    let r3 = source_quad(n, quad * 4u + 3u, at);
-    let x0 = i32(segment * 4u) + p.left;
-    let row = (n * p.in_h + u32(yd)) * p.in_w;
-    // Pixel j of the segment: component j of each channel's vec4.
-    store_copied(row, x0, vec4<f32>(r0.x, r1.x, r2.x, r3.x), quad);
-    store_copied(row, x0 + 1, vec4<f32>(r0.y, r1.y, r2.y, r3.y), quad);
-    store_copied(row, x0 + 2, vec4<f32>(r0.z, r1.z, r2.z, r3.z), quad);
-    store_copied(row, x0 + 3, vec4<f32>(r0.w, r1.w, r2.w, r3.w), quad);
+    let live = i < p.batch * p.src_h * segments * p.in_quads && yd >= 0 && yd < i32(p.in_h);
+    let row = (n * p.in_h + u32(max(yd, 0))) * p.in_w;
+    return RowSegment(n, quad, sy * segments + segment, row, i32(segment * 4u) + p.left, live);
+}
+
+// The segment's four channels' vec4s (r0..r3) stored as its four pixels: pixel j is
+// component j of each.
+fn store_row_segment(s: RowSegment, r0: vec4<f32>, r1: vec4<f32>, r2: vec4<f32>, r3: vec4<f32>) {
+    store_copied(s.row, s.x0, vec4<f32>(r0.x, r1.x, r2.x, r3.x), s.quad);
+    store_copied(s.row, s.x0 + 1, vec4<f32>(r0.y, r1.y, r2.y, r3.y), s.quad);
+    store_copied(s.row, s.x0 + 2, vec4<f32>(r0.z, r1.z, r2.z, r3.z), s.quad);
+    store_copied(s.row, s.x0 + 3, vec4<f32>(r0.w, r1.w, r2.w, r3.w), s.quad);
+}
+
+@compute @workgroup_size(64)
+fn to_channels_last_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let s = row_segment(flat_index(gid, nwg));
+    if (!s.live) { return; }
+    let c = s.quad * 4u;
+    let r0 = source_quad(s.n, c, s.at);
+    let r1 = source_quad(s.n, c + 1u, s.at);
+    store_row_segment(s, r0, r1, source_quad(s.n, c + 2u, s.at), source_quad(s.n, c + 3u, s.at));
+}
+
+// to_channels_last_rows reading the source from a texture that holds a copy of binding 1
+// (`buffer_texel`; src/gpu/mod.rs `Gpu::texture_reads`): software adapters gather a texel
+// fetch's lanes in registers, where a storage load whose address differs per lane loops over
+// the lanes. The same values in the same places.
+@group(0) @binding(15) var copy_src_texels: texture_2d<f32>;
+
+@compute @workgroup_size(64)
+fn to_channels_last_rows_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let s = row_segment(flat_index(gid, nwg));
+    if (!s.live) { return; }
+    let c = s.quad * 4u;
+    let r0 = source_texel(s.n, c, s.at);
+    let r1 = source_texel(s.n, c + 1u, s.at);
+    store_row_segment(s, r0, r1, source_texel(s.n, c + 2u, s.at), source_texel(s.n, c + 3u, s.at));
 }
 
 // Vec4 `at` of sample n's channel c (four source pixels), times the gate where there is one;
@@ -271,6 +306,14 @@ fn to_channels_last_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
 fn source_quad(n: u32, c: u32, at: u32) -> vec4<f32> {
     if (c >= p.channels) { return vec4<f32>(); }
     let v = copy_src4[(n * p.channels + c) * (p.src_h * p.src_w / 4u) + at];
+    if (p.gate != 0u) { return v * copy_gate[n * p.channels + c]; }
+    return v;
+}
+
+// source_quad read from the texture.
+fn source_texel(n: u32, c: u32, at: u32) -> vec4<f32> {
+    if (c >= p.channels) { return vec4<f32>(); }
+    let v = buffer_texel(copy_src_texels, (n * p.channels + c) * (p.src_h * p.src_w / 4u) + at);
     if (p.gate != 0u) { return v * copy_gate[n * p.channels + c]; }
     return v;
 }
@@ -292,12 +335,39 @@ fn to_channels_last_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     let quad = i % p.in_quads;
     let segment = (i / p.in_quads) % segments;
     let n = i / (p.in_quads * segments);
-    let r0 = source_quad(n, quad * 4u, segment);
-    let r1 = source_quad(n, quad * 4u + 1u, segment);
-    let r2 = source_quad(n, quad * 4u + 2u, segment);
-    let r3 = source_quad(n, quad * 4u + 3u, segment);
+    let c = quad * 4u;
+    let r0 = source_quad(n, c, segment);
+    let r1 = source_quad(n, c + 1u, segment);
+    store_pair_segment(n, segment, quad, r0, r1, source_quad(n, c + 2u, segment), source_quad(n, c + 3u, segment));
+}
+
+// to_channels_last_pairs reading the source from the texture.
+@compute @workgroup_size(64)
+fn to_channels_last_pairs_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let segments = p.src_h / 2u;
+    if (i >= p.batch * segments * p.in_quads) { return; }
+    let quad = i % p.in_quads;
+    let segment = (i / p.in_quads) % segments;
+    let n = i / (p.in_quads * segments);
+    let c = quad * 4u;
+    let r0 = source_texel(n, c, segment);
+    let r1 = source_texel(n, c + 1u, segment);
+    store_pair_segment(n, segment, quad, r0, r1, source_texel(n, c + 2u, segment), source_texel(n, c + 3u, segment));
+}
+
+// The pair segment's four channels' vec4s stored as its four pixels: pixel j (row j / 2,
+// column j % 2) is component j of each.
+fn store_pair_segment(
+    n: u32,
+    segment: u32,
+    quad: u32,
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+) {
     let y0 = i32(segment * 2u) + p.top;
-    // Pixel j of the segment (row j / 2, column j % 2): component j of each channel's vec4.
     store_pixel(n, y0, p.left, vec4<f32>(r0.x, r1.x, r2.x, r3.x), quad);
     store_pixel(n, y0, p.left + 1, vec4<f32>(r0.y, r1.y, r2.y, r3.y), quad);
     store_pixel(n, y0 + 1, p.left, vec4<f32>(r0.z, r1.z, r2.z, r3.z), quad);

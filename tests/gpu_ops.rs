@@ -377,11 +377,19 @@ fn an_input_read_by_two_strided_convs_gets_both_gradients() {
     }
 }
 
+/// The kernels of a convolution other than its tiles and packing that read a stream through a
+/// texture where the device reads streams so (`Gpu::dispatch_streaming`).
+const TEXTURED_STREAMS: [&str; 3] = [
+    "reduce_weight_partials_3x3_strided_textured",
+    "to_channels_last_rows_textured",
+    "to_channels_last_pairs_textured",
+];
+
 /// Where the adapter has subgroups, the tiles read their operands as textures, copied there
 /// from their buffers: the forward pass and input gradient their input copy and packed weights,
 /// the weight gradient x and dy. The packing of a 3x3 weight by quads reads the weight so on
-/// every adapter, and the weight gradient's strided reduction its partial sums where the
-/// device reads streams through textures; the other copies stay with buffers.
+/// every adapter; where the device reads streams through textures, the weight gradient's strided
+/// reduction its partial sums, and the channels-last copies their sources ([`TEXTURED_STREAMS`]).
 /// (`conv2d_matches_reference` checks the values: its copies span several texture rows and end
 /// inside one.)
 #[test]
@@ -424,9 +432,9 @@ fn subgroup_tiles_read_their_operands_through_textures() {
             .iter()
             .filter(|d| !d.kernel.starts_with(tile) && !d.kernel.starts_with("conv_tile_weight_"))
             .filter(|d| d.kernel != "pack_weight_forward_quads" && d.textures > 0)
-            .filter(|d| !(gpu.texture_reads && d.kernel == "reduce_weight_partials_3x3_strided_textured"))
+            .filter(|d| !(gpu.texture_reads && TEXTURED_STREAMS.contains(&d.kernel)))
             .collect();
-        let readers = "the tiles, the packing and (where the device reads streams so) the reduction";
+        let readers = "the tiles, the packing and (where the device reads streams so) the reduction and copies";
         assert!(others.is_empty(), "{xs:?}: only {readers} read textures: {others:?}");
     }
 }
@@ -1482,6 +1490,50 @@ fn weight_reduction_reading_textures_changes_no_value() {
             })
             .collect();
         assert_eq!(bits_differ(&results[0], &results[1]), 0, "{xs:?}: dw values that differ between the ways");
+    }
+}
+
+/// The copies of a convolution's input and output gradient to channels-last read their source
+/// through a texture where the device reads streams so, and from storage where not: both give
+/// every value and gradient bit for bit, with a router's gate applied in the input copy, on
+/// rows of four pixels (`to_channels_last_rows`) and on a 2x2 map (`_pairs`).
+/// (conv2d_matches_reference checks the values against the reference.)
+#[test]
+fn channels_last_copies_reading_textures_change_no_value() {
+    for (i, (xs, entry)) in
+        [([2, 12, 9, 8], "to_channels_last_rows"), ([3, 20, 2, 2], "to_channels_last_pairs")].into_iter().enumerate()
+    {
+        let results: Vec<Vec<Vec<f64>>> = [gpu(), other_texture_reads()]
+            .into_iter()
+            .map(|device| {
+                let reads_textures = device.texture_reads;
+                let mut g = Graph::new();
+                let x = g.input("x", &xs);
+                let gate = g.input("gate", &[xs[0], xs[1]]);
+                let w = g.param("w", &[xs[1] + 4, xs[1], 3, 3]).unwrap();
+                let gated = g.channel_scale(x, gate).unwrap();
+                let y = g.conv2d(gated, w, None, Conv2dConfig::new(1, 1)).unwrap();
+                let mut exe = Executor::new(device, &g, plan(Mode::Train, y)).unwrap();
+                let mut rng = rng(430 + i as u64);
+                for t in [x, gate, w] {
+                    feed(&exe, &g, t, &mut rng);
+                }
+                seed_grad(&exe, &g, y, &mut rng);
+                exe.run().unwrap();
+                let profile = exe.profile().unwrap();
+                // The gate is applied in the input copy, not by a kernel of its own.
+                assert!(!profile.iter().any(|d| d.kernel.starts_with("channel_scale_forward")), "{xs:?}: {profile:?}");
+                let copies: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with(entry)).collect();
+                let textured = format!("{entry}_textured");
+                let expected = if reads_textures { (textured.as_str(), 1) } else { (entry, 0) };
+                assert_eq!(copies.len(), 2, "{xs:?}: a copy of x and one of dy: {profile:?}");
+                assert!(copies.iter().all(|d| (d.kernel, d.textures) == expected), "{xs:?}: {copies:?}");
+                [y].map(|t| read(&exe, t)).into_iter().chain([x, gate, w].map(|t| read_grad(&exe, t))).collect()
+            })
+            .collect();
+        for (name, (a, b)) in ["y", "dx", "dgate", "dw"].iter().zip(results[0].iter().zip(&results[1])) {
+            assert_eq!(bits_differ(a, b), 0, "{xs:?}: {name} values that differ between the ways");
+        }
     }
 }
 

@@ -667,18 +667,22 @@ fn tile_dispatches(
 /// channels-last buffer (`params`: the placement; `[source, destination, gate]`). Rows that
 /// come in fours, or two-column rows in pairs, copy four pixels per invocation
 /// (`to_channels_last_rows`, `to_channels_last_pairs`), writing only where the source lands:
-/// callers guarantee the rest of the destination is already zero.
+/// callers guarantee the rest of the destination is already zero. Those two read the source
+/// through a texture where the device reads streams so ([`Gpu::dispatch_streaming`]).
 fn copy_to_channels_last(gpu: &Gpu, params: &TileParams, buffers: [&GpuSlice; 3], vec4s: usize) -> Dispatch {
     let p = params;
     let dense = (p.dilation_h, p.dilation_w) == (1, 1);
-    let (entry, invocations) = match (p.src_w, p.src_h) {
+    let (entries, invocations) = match (p.src_w, p.src_h) {
         (w, _) if dense && w.is_multiple_of(4) => {
-            ("to_channels_last_rows", (p.batch * p.src_h * w / 4 * p.in_quads) as usize)
+            (["to_channels_last_rows", "to_channels_last_rows_textured"], p.batch * p.src_h * w / 4 * p.in_quads)
         }
-        (2, h) if dense && h.is_multiple_of(2) => ("to_channels_last_pairs", (p.batch * h / 2 * p.in_quads) as usize),
-        _ => ("to_channels_last", vec4s),
+        (2, h) if dense && h.is_multiple_of(2) => {
+            (["to_channels_last_pairs", "to_channels_last_pairs_textured"], p.batch * h / 2 * p.in_quads)
+        }
+        _ => return gpu.dispatch("conv_tile", "to_channels_last", params, &buffers, grid(vec4s)),
     };
-    gpu.dispatch("conv_tile", entry, params, &buffers, grid(invocations))
+    let workgroups = grid(invocations as usize);
+    gpu.dispatch_streaming(None, "conv_tile", entries, params, &buffers, &[buffers[0]], workgroups)
 }
 
 /// The packing kernels' grid: (x) the rows of a weight block that hold steps, each a tile's
