@@ -160,6 +160,20 @@ fn add_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     add_y4[i] = activated_sum(add_a4[i] + add_b4[i]);
 }
 
+// add_forward_quads reading a and b from textures that hold copies of bindings 1 and 2
+// (`buffer_texel`; src/gpu/mod.rs `Gpu::texture_reads`): software adapters gather a texel
+// fetch's lanes in registers, where a storage load whose address differs per lane loops over
+// the lanes. The same values.
+@group(0) @binding(15) var add_a_texels: texture_2d<f32>;
+@group(0) @binding(14) var add_b_texels: texture_2d<f32>;
+
+@compute @workgroup_size(64)
+fn add_forward_quads_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len / 4u) { return; }
+    add_y4[i] = activated_sum(buffer_texel(add_a_texels, i) + buffer_texel(add_b_texels, i));
+}
+
 // The gradient of y = act(a + b) to both inputs: dy where y's activation passes it (`passes`
 // of y, the mask activation_backward takes from a + b), each added to what is there where
 // `accumulate` says (bit 0: da, bit 1: db).
@@ -186,7 +200,27 @@ fn add_backward_masked(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
 fn add_backward_masked_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.len / 4u) { return; }
-    let g = select(vec4<f32>(0.0), masked_dy4[i], passes(masked_y4[i]));
+    store_masked_quads(i, select(vec4<f32>(0.0), masked_dy4[i], passes(masked_y4[i])));
+}
+
+// add_backward_masked_quads reading y and dy from textures that hold copies of bindings 1 and
+// 2 (as add_forward_quads_textured). The same values.
+@group(0) @binding(15) var masked_y_texels: texture_2d<f32>;
+@group(0) @binding(14) var masked_dy_texels: texture_2d<f32>;
+
+@compute @workgroup_size(64)
+fn add_backward_masked_quads_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.len / 4u) { return; }
+    let dy = buffer_texel(masked_dy_texels, i);
+    store_masked_quads(i, select(vec4<f32>(0.0), dy, passes(buffer_texel(masked_y_texels, i))));
+}
+
+// The masked gradient g of vec4 i to both inputs.
+fn store_masked_quads(i: u32, g: vec4<f32>) {
     // The targets are read only to add to them: software adapters pay for every access.
     var da = g;
     if ((p.accumulate & 1u) != 0u) { da = masked_da4[i] + g; }

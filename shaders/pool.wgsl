@@ -69,37 +69,80 @@ fn maxpool_forward_3x3s2_quads(@builtin(global_invocation_id) gid: vec3<u32>, @b
     let i = flat_index(gid, nwg);
     let quads = p.out_w / 4u;
     if (i >= p.planes * p.out_h * quads) { return; }
+    var w = four_windows(i);
+    for (var ky = 0u; ky < 3u; ky++) {
+        let iy = i32(2u * w.oy + ky) - 1;
+        if (iy < 0 || iy >= i32(p.h)) { continue; }
+        let row = (w.plane * p.h + u32(iy)) * p.w / 4u + 2u * w.j;
+        let a = select(vec4<f32>(), mf_x4[max(row, 1u) - 1u], w.j > 0u);
+        scan_window_row(&w, iy, a, mf_x4[row], mf_x4[row + 1u]);
+    }
+    mf_y4[i] = w.best;
+    mf_argmax4[i] = w.best_at;
+}
+
+// maxpool_forward_3x3s2_quads reading x from a texture that holds a copy of binding 1
+// (`buffer_texel`; src/gpu/mod.rs `Gpu::texture_reads`): software adapters gather a texel
+// fetch's lanes in registers, where a storage load whose address differs per lane loops over
+// the lanes. The same values and choices.
+@group(0) @binding(15) var mf_x_texels: texture_2d<f32>;
+
+@compute @workgroup_size(64)
+fn maxpool_forward_3x3s2_quads_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = flat_index(gid, nwg);
+    let quads = p.out_w / 4u;
+    if (i >= p.planes * p.out_h * quads) { return; }
+    var w = four_windows(i);
+    for (var ky = 0u; ky < 3u; ky++) {
+        let iy = i32(2u * w.oy + ky) - 1;
+        if (iy < 0 || iy >= i32(p.h)) { continue; }
+        let row = (w.plane * p.h + u32(iy)) * p.w / 4u + 2u * w.j;
+        let a = select(vec4<f32>(), buffer_texel(mf_x_texels, max(row, 1u) - 1u), w.j > 0u);
+        scan_window_row(&w, iy, a, buffer_texel(mf_x_texels, row), buffer_texel(mf_x_texels, row + 1u));
+    }
+    mf_y4[i] = w.best;
+    mf_argmax4[i] = w.best_at;
+}
+
+// Invocation i's four windows of the stem pool (output row oy of `plane`, windows 4 j .. 4 j + 3)
+// and what they have found so far.
+struct FourWindows {
+    j: u32,
+    oy: u32,
+    plane: u32,
+    best: vec4<f32>,
+    best_at: vec4<u32>,
+    found: vec4<bool>,
+}
+
+fn four_windows(i: u32) -> FourWindows {
+    let quads = p.out_w / 4u;
     let j = i % quads;
     let oy = (i / quads) % p.out_h;
     let plane = i / (quads * p.out_h);
-    // Window k's column kx is input column 8 j + 2 k - 1 + kx.
-    let x0 = vec4<i32>(i32(8u * j)) + vec4<i32>(-1, 1, 3, 5);
-    var best = vec4<f32>(-3.4028235e38);
-    var best_at = vec4<u32>();
-    var found = vec4<bool>(false);
-    for (var ky = 0u; ky < 3u; ky++) {
-        let iy = i32(2u * oy + ky) - 1;
-        if (iy < 0 || iy >= i32(p.h)) { continue; }
-        let row = (plane * p.h + u32(iy)) * p.w / 4u + 2u * j;
-        let a = select(vec4<f32>(), mf_x4[max(row, 1u) - 1u], j > 0u);
-        let b = mf_x4[row];
-        let c = mf_x4[row + 1u];
-        let columns = array<vec4<f32>, 3>(
-            vec4<f32>(a.w, b.y, b.w, c.y),
-            vec4<f32>(b.x, b.z, c.x, c.z),
-            vec4<f32>(b.y, b.w, c.y, c.w),
-        );
-        for (var kx = 0u; kx < 3u; kx++) {
-            let ix = x0 + vec4<i32>(i32(kx));
-            let v = columns[kx];
-            let take = ix >= vec4<i32>(0) & (!found | v > best);
-            best = select(best, v, take);
-            best_at = select(best_at, vec4<u32>(u32(iy) * p.w) + vec4<u32>(ix), take);
-            found = found | ix >= vec4<i32>(0);
-        }
+    return FourWindows(j, oy, plane, vec4<f32>(-3.4028235e38), vec4<u32>(), vec4<bool>(false));
+}
+
+// The windows' inputs in row iy: the last element of the vec4 before the windows (a), then the
+// two under them (b, c). Window k's column kx is input column 8 j + 2 k - 1 + kx.
+fn scan_window_row(w: ptr<function, FourWindows>, iy: i32, a: vec4<f32>, b: vec4<f32>, c: vec4<f32>) {
+    let x0 = vec4<i32>(i32(8u * (*w).j)) + vec4<i32>(-1, 1, 3, 5);
+    let columns = array<vec4<f32>, 3>(
+        vec4<f32>(a.w, b.y, b.w, c.y),
+        vec4<f32>(b.x, b.z, c.x, c.z),
+        vec4<f32>(b.y, b.w, c.y, c.w),
+    );
+    for (var kx = 0u; kx < 3u; kx++) {
+        let ix = x0 + vec4<i32>(i32(kx));
+        let v = columns[kx];
+        let take = ix >= vec4<i32>(0) & (!(*w).found | v > (*w).best);
+        (*w).best = select((*w).best, v, take);
+        (*w).best_at = select((*w).best_at, vec4<u32>(u32(iy) * p.w) + vec4<u32>(ix), take);
+        (*w).found = (*w).found | ix >= vec4<i32>(0);
     }
-    mf_y4[i] = best;
-    mf_argmax4[i] = best_at;
 }
 
 @group(0) @binding(1) var<storage, read> mb_dy: array<f32>;

@@ -98,8 +98,13 @@ impl Op for Add {
             activated: self.activation.is_some() as u32,
             ..params(self.len, self.activation.map_or(0, |a| a as u32), 0)
         };
+        let [x, y, out] = [b.inputs[0], b.inputs[1], b.outputs[0]];
         let (entry, grid) = elementwise("add_forward", "add_forward_quads", self.len, true);
-        vec![gpu.dispatch("activation", entry, &p, &[b.inputs[0], b.inputs[1], b.outputs[0]], grid)]
+        if entry == "add_forward_quads" {
+            let entries = ["add_forward_quads", "add_forward_quads_textured"];
+            return vec![gpu.dispatch_streaming(None, "activation", entries, &p, &[x, y, out], &[x, y], grid)];
+        }
+        vec![gpu.dispatch("activation", entry, &p, &[x, y, out], grid)]
     }
 
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
@@ -120,7 +125,12 @@ impl Op for Add {
                 let accumulate = accumulate_flag(&da) | accumulate_flag(&db) << 1;
                 let p = params(self.len, kind as u32, accumulate);
                 let (entry, grid) = elementwise("add_backward_masked", "add_backward_masked_quads", self.len, true);
-                vec![gpu.dispatch("activation", entry, &p, &[y, dy, da.slice, db.slice], grid)]
+                let buffers = [y, dy, da.slice, db.slice];
+                if entry == "add_backward_masked_quads" {
+                    let entries = ["add_backward_masked_quads", "add_backward_masked_quads_textured"];
+                    return vec![gpu.dispatch_streaming(None, "activation", entries, &p, &buffers, &[y, dy], grid)];
+                }
+                vec![gpu.dispatch("activation", entry, &p, &buffers, grid)]
             }
             [Some(dx), None] | [None, Some(dx)] => {
                 let p = params(self.len, kind as u32, accumulate_flag(&dx));

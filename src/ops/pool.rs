@@ -67,11 +67,21 @@ impl Op for MaxPool2d {
         let outputs = self.planes * self.out_h * self.out_w;
         let buffers = [b.inputs[0], b.outputs[0], b.scratch[0]];
         // ResNet's stem pool over rows in eights reads its rows as vec4s, four windows at once.
-        let (entry, invocations) = match (self.kernel, self.stride, self.pad, self.w % 8) {
-            (3, 2, 1, 0) => ("maxpool_forward_3x3s2_quads", outputs / 4),
-            _ => ("maxpool_forward", outputs),
-        };
-        vec![gpu.dispatch("pool", entry, &self.params(), &buffers, grid(invocations))]
+        // It reads x through a texture where the device reads streams so.
+        if (self.kernel, self.stride, self.pad, self.w % 8) == (3, 2, 1, 0) {
+            let entries = ["maxpool_forward_3x3s2_quads", "maxpool_forward_3x3s2_quads_textured"];
+            let workgroups = grid(outputs / 4);
+            return vec![gpu.dispatch_streaming(
+                None,
+                "pool",
+                entries,
+                &self.params(),
+                &buffers,
+                &[buffers[0]],
+                workgroups,
+            )];
+        }
+        vec![gpu.dispatch("pool", "maxpool_forward", &self.params(), &buffers, grid(outputs))]
     }
 
     /// Windows add to the pixels they chose, so dx starts cleared.
