@@ -1215,47 +1215,52 @@ fn linear_gradients_add_up_when_used_twice() {
     }
 }
 
-/// The row kernels and their subgroup forms (features in fours) store the same bits: each
-/// sums the same terms in the same order, whichever loads them. Every gradient adds to what is
-/// there, so the accumulating paths are compared too.
+/// The row kernels and their subgroup forms (features in fours), reading storage or textures,
+/// store the same bits: each sums the same terms in the same order, whichever loads them. Every
+/// gradient adds to what is there, so the accumulating paths are compared too.
 #[test]
 fn linear_row_kernels_agree_bit_for_bit() {
-    let gpu = gpu();
-    assert!(gpu.subgroups, "the test adapter has no subgroups of eight lanes: the broadcast path goes untested");
-    for (batch, in_features, out_features) in [(13, 20, 68), (16, 36, 10), (5, 6, 12), (1, 4, 4), (9, 132, 20)] {
+    assert!(gpu().subgroups, "the test adapter has no subgroups of eight lanes: the broadcast path goes untested");
+    let cases = [(13, 20, 68), (16, 36, 10), (5, 6, 12), (1, 4, 4), (9, 132, 20), (3, 8, 10)];
+    for (batch, in_features, out_features) in cases {
         let layer = Linear { batch, in_features, out_features, has_bias: true, activation: OutputActivation::None };
-        assert!(layer.runs_rows(gpu.subgroups));
+        assert!(layer.runs_rows(gpu().subgroups));
         let mut rng = rng(630);
-        let mut upload = |name: &str, len: usize| gpu.upload(name, &to_f32(&randn(&mut rng, len)));
-        let (x, w, bias, dy) = (
-            upload("x", batch * in_features),
-            upload("w", out_features * in_features),
-            upload("bias", out_features),
-            upload("dy", batch * out_features),
-        );
+        let sizes = [batch * in_features, out_features * in_features, out_features, batch * out_features];
+        let inputs = sizes.map(|n| to_f32(&randn(&mut rng, n)));
         let starts =
             [batch * in_features, out_features * in_features, out_features].map(|n| to_f32(&randn(&mut rng, n)));
-        let results = [false, true].map(|subgroups| {
+        let case = format!("{batch}x{in_features}->{out_features}");
+        // The row kernels, then their subgroup forms reading storage and reading textures
+        // (`Gpu::texture_reads`: x, the weight and dy, where each is whole vec4s).
+        let ways = [(gpu(), false), (gpu(), true), (other_texture_reads(), true)];
+        let results = ways.clone().map(|(gpu, subgroups)| {
+            let names = ["x", "w", "bias", "dy"];
+            let [x, w, bias, dy] = std::array::from_fn(|i| gpu.upload(names[i], &inputs[i]));
             let y = gpu.storage("y", batch * out_features);
             let grads = starts.each_ref().map(|start| gpu.upload("grad", start));
             let mut dispatches = vec![layer.forward_rows(&gpu, [&x, &w, &bias, &y], subgroups)];
             let targets = grads.each_ref().map(|slice| Some(GradTarget { slice, accumulate: true }));
             dispatches.extend(layer.backward_rows(&gpu, [&x, &w, &dy], targets, subgroups));
+            let textured: Vec<_> = dispatches.iter().map(|d| d.textures() > 0).collect();
+            let quads = |n: usize| subgroups && gpu.texture_reads && n.is_multiple_of(4);
+            let dy_whole = (batch * out_features).is_multiple_of(4);
+            let expected = [quads(in_features), quads(out_features), quads(in_features) && dy_whole, false];
+            assert_eq!(textured, expected, "{case}: which kernels read textures (forward, dx, dw, db)");
             gpu.run(&dispatches);
             [&y, &grads[0], &grads[1], &grads[2]].map(|b| gpu.read::<f32>(b).unwrap())
         });
-        let case = format!("{batch}x{in_features}->{out_features}");
-        for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(results[0].iter().zip(&results[1])) {
-            let differing = a.iter().zip(b).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-            assert_eq!(
-                differing, 0,
-                "{case}: {name} values that differ between the row kernels and their subgroup forms"
-            );
+        for (way, (gpu, _)) in ways.iter().enumerate().skip(1) {
+            let reads = if gpu.texture_reads { "textures" } else { "storage" };
+            for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(results[0].iter().zip(&results[way])) {
+                let differing = a.iter().zip(b).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                let subgroups = format!("their subgroup forms reading {reads}");
+                assert_eq!(differing, 0, "{case}: {name} values that differ between the row kernels and {subgroups}");
+            }
         }
         // And they are right.
         let wide = |v: &[f32]| to_f64(v);
-        let read_back = |b: &kdna::gpu::GpuSlice| wide(&gpu.read::<f32>(b).unwrap());
-        let (xv, wv, bv, dyv) = (read_back(&x), read_back(&w), read_back(&bias), read_back(&dy));
+        let [xv, wv, bv, dyv] = inputs.each_ref().map(|v| wide(v));
         assert_close(
             &format!("{case} y"),
             &wide(&results[1][0]),

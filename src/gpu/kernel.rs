@@ -270,8 +270,8 @@ impl Gpu {
 
     /// `entries[0]` of `shader`, or on a device that reads streams through textures
     /// ([`Gpu::texture_reads`]) its twin `entries[1]`, which reads `sources` from textures
-    /// ([`Gpu::dispatch_with_textures_after`], with `earlier`) where each fits one. Twins
-    /// compute the same values.
+    /// ([`Gpu::dispatch_with_textures_after`], with `earlier`) where each is whole vec4s that
+    /// fit one. Twins compute the same values.
     #[allow(clippy::too_many_arguments)]
     pub fn dispatch_streaming<P: bytemuck::Pod>(
         &self,
@@ -283,7 +283,9 @@ impl Gpu {
         sources: &[&GpuSlice],
         workgroups: [u32; 3],
     ) -> Dispatch {
-        if self.texture_reads && sources.iter().all(|s| texture_holds(self, s)) {
+        // (A texture holds whole vec4s: a source that ends inside one stays in storage.)
+        let whole = |s: &&GpuSlice| s.size.is_multiple_of(16) && texture_holds(self, s);
+        if self.texture_reads && sources.iter().all(whole) {
             self.dispatch_with_textures_after(earlier, shader, entries[1], params, buffers, sources, workgroups)
         } else {
             self.dispatch(shader, entries[0], params, buffers, workgroups)

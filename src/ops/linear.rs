@@ -149,11 +149,22 @@ impl Linear {
     /// linear_subgroup.wgsl's kernel, which shares the samples' loads by broadcast and sums
     /// the same terms in the same order.
     pub fn forward_rows(&self, gpu: &Gpu, buffers: [&GpuSlice; 4], subgroups: bool) -> Dispatch {
-        let (family, entry) = match subgroups && self.in_features.is_multiple_of(4) {
-            true => ("linear_subgroup", "linear_forward_quads"),
-            false => ("linear", "linear_forward"),
-        };
-        gpu.dispatch(family, entry, &self.params(0), &buffers, rows_grid(self.out_features, self.batch))
+        let workgroups = rows_grid(self.out_features, self.batch);
+        if subgroups && self.in_features.is_multiple_of(4) {
+            // x and the weight through textures where the device reads streams so.
+            let entries = ["linear_forward_quads", "linear_forward_quads_textured"];
+            let sources = [buffers[0], buffers[1]];
+            return gpu.dispatch_streaming(
+                None,
+                "linear_subgroup",
+                entries,
+                &self.params(0),
+                &buffers,
+                &sources,
+                workgroups,
+            );
+        }
+        gpu.dispatch("linear", "linear_forward", &self.params(0), &buffers, workgroups)
     }
 
     /// The row kernels' backward pass from [x, weight, dy] into the targets of dx, dweight and
@@ -187,9 +198,26 @@ impl Linear {
             .filter_map(|(target, other, (family, entry), workgroups)| {
                 let target = target?;
                 let params = self.params(accumulate_flag(&target));
-                Some(gpu.dispatch(family, entry, &params, &[dy, other, target.slice], workgroups))
+                let buffers = [dy, other, target.slice];
+                Some(match family {
+                    // The factors through textures where the device reads streams so.
+                    "linear_subgroup" => {
+                        let entries = [entry, textured_twin(entry)];
+                        gpu.dispatch_streaming(None, family, entries, &params, &buffers, &[dy, other], workgroups)
+                    }
+                    _ => gpu.dispatch(family, entry, &params, &buffers, workgroups),
+                })
             })
             .collect()
+    }
+}
+
+/// The twin of a linear_subgroup.wgsl kernel that reads its factors through textures.
+fn textured_twin(entry: &str) -> &'static str {
+    match entry {
+        "linear_backward_input_quads" => "linear_backward_input_quads_textured",
+        "linear_backward_weight_quads" => "linear_backward_weight_quads_textured",
+        _ => panic!("{entry} has no textured twin"),
     }
 }
 
