@@ -198,3 +198,55 @@ fn global_avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @built
     if (i >= p.planes * pixels) { return; }
     ab_dx[i] = accumulated(ab_dx[i], ab_dy[i / pixels] / f32(pixels), p.accumulate);
 }
+
+// The same two for planes whose pixels come in fours, four at a time; the same values, the
+// forward sum adding its terms in the same order. The forward pass's twin reads x from a
+// texture that holds a copy of binding 1 (`buffer_texel`; src/gpu/mod.rs `Gpu::texture_reads`).
+@group(0) @binding(1) var<storage, read> af_x4: array<vec4<f32>>;
+@group(0) @binding(15) var af_x_texels: texture_2d<f32>;
+@group(0) @binding(2) var<storage, read_write> ab_dx4: array<vec4<f32>>;
+
+// sum + v.x + v.y + v.z + v.w, added in that order.
+fn add_quad(sum: f32, v: vec4<f32>) -> f32 {
+    return sum + v.x + v.y + v.z + v.w;
+}
+
+// Invocations: planes.
+@compute @workgroup_size(64)
+fn global_avgpool_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let plane = flat_index(gid, nwg);
+    if (plane >= p.planes) { return; }
+    let quads = p.h * p.w / 4u;
+    var sum = 0.0;
+    for (var q = 0u; q < quads; q++) {
+        sum = add_quad(sum, af_x4[plane * quads + q]);
+    }
+    af_y[plane] = sum / f32(p.h * p.w);
+}
+
+@compute @workgroup_size(64)
+fn global_avgpool_forward_quads_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let plane = flat_index(gid, nwg);
+    if (plane >= p.planes) { return; }
+    let quads = p.h * p.w / 4u;
+    var sum = 0.0;
+    for (var q = 0u; q < quads; q++) {
+        sum = add_quad(sum, buffer_texel(af_x_texels, plane * quads + q));
+    }
+    af_y[plane] = sum / f32(p.h * p.w);
+}
+
+// Invocations: every four elements (dx read only to add to it).
+@compute @workgroup_size(64)
+fn global_avgpool_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let pixels = p.h * p.w;
+    if (i >= p.planes * pixels / 4u) { return; }
+    let v = vec4<f32>(ab_dy[4u * i / pixels] / f32(pixels));
+    var dx = v;
+    if (p.accumulate != 0u) { dx = ab_dx4[i] + v; }
+    ab_dx4[i] = dx;
+}

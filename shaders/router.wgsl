@@ -51,3 +51,84 @@ fn channel_scale_backward_gate(@builtin(global_invocation_id) gid: vec3<u32>, @b
     }
     bg_dgate[plane] = accumulated(bg_dgate[plane], sum, p.accumulate);
 }
+
+// The same two kernels four elements at a time, for planes whose pixels come in fours; each
+// value is computed as above, and each sum adds its terms in the same order. With the twins
+// below, the kernels' source reading is a vec4 load per four elements (software adapters pay a
+// lane loop per access, whatever its width) or a texel fetch.
+@group(0) @binding(1) var<storage, read> bi_dy4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> bi_dx4: array<vec4<f32>>;
+
+// Invocations: every four elements.
+@compute @workgroup_size(64)
+fn channel_scale_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.planes * p.spatial / 4u) { return; }
+    store_input_quad(i, bi_dy4[i]);
+}
+
+// dx's vec4 i from dy's (dx read only to add to it).
+fn store_input_quad(i: u32, dy: vec4<f32>) {
+    let v = dy * bi_gate[4u * i / p.spatial];
+    var dx = v;
+    if (p.accumulate != 0u) { dx = bi_dx4[i] + v; }
+    bi_dx4[i] = dx;
+}
+
+@group(0) @binding(1) var<storage, read> bg_x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bg_dy4: array<vec4<f32>>;
+
+// Invocations: planes.
+@compute @workgroup_size(64)
+fn channel_scale_backward_gate_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let plane = flat_index(gid, nwg);
+    if (plane >= p.planes) { return; }
+    var sum = 0.0;
+    let base = plane * p.spatial / 4u;
+    for (var q = 0u; q < p.spatial / 4u; q++) {
+        sum = add_products(sum, bg_dy4[base + q], bg_x4[base + q]);
+    }
+    bg_dgate[plane] = accumulated(bg_dgate[plane], sum, p.accumulate);
+}
+
+// sum + d.x x.x + d.y x.y + d.z x.z + d.w x.w, added in that order.
+fn add_products(sum: f32, d: vec4<f32>, x: vec4<f32>) -> f32 {
+    var s = sum;
+    s += d.x * x.x;
+    s += d.y * x.y;
+    s += d.z * x.z;
+    s += d.w * x.w;
+    return s;
+}
+
+// The two reading their sources from textures that hold copies of bindings 1 and 2
+// (`buffer_texel`; src/gpu/mod.rs `Gpu::texture_reads`): software adapters gather a texel
+// fetch's lanes in registers, where a storage load whose address differs per lane loops over
+// the lanes. The same values.
+@group(0) @binding(15) var first_texels: texture_2d<f32>;
+@group(0) @binding(14) var second_texels: texture_2d<f32>;
+
+@compute @workgroup_size(64)
+fn channel_scale_backward_input_quads_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.planes * p.spatial / 4u) { return; }
+    store_input_quad(i, buffer_texel(first_texels, i));
+}
+
+@compute @workgroup_size(64)
+fn channel_scale_backward_gate_quads_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let plane = flat_index(gid, nwg);
+    if (plane >= p.planes) { return; }
+    var sum = 0.0;
+    let base = plane * p.spatial / 4u;
+    for (var q = 0u; q < p.spatial / 4u; q++) {
+        sum = add_products(sum, buffer_texel(second_texels, base + q), buffer_texel(first_texels, base + q));
+    }
+    bg_dgate[plane] = accumulated(bg_dgate[plane], sum, p.accumulate);
+}

@@ -1126,15 +1126,21 @@ fn pooling_matches_reference() {
     let twice: Vec<f64> = r::pool::maxpool_backward(&p, &argmax, &dy).iter().map(|v| 2.0 * v).collect();
     assert_close("maxpool used twice dx", &read_grad(&exe, x), &twice, TOL);
 
-    let mut g = Graph::new();
-    let x = g.input("x", &[3, 5, 7, 9]);
-    let y = g.global_avgpool(x).unwrap();
-    let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
-    let xv = feed(&exe, &g, x, &mut rng);
-    let dy = seed_grad(&exe, &g, y, &mut rng);
-    exe.run().unwrap();
-    assert_close("avgpool y", &read(&exe, y), &r::pool::global_avgpool_forward(&xv, 63), TOL);
-    assert_close("avgpool dx", &read_grad(&exe, x), &r::pool::global_avgpool_backward(&dy, 63), TOL);
+    // Over planes of 63 pixels, and of 24 (in fours: four at a time).
+    for (h, w) in [(7, 9), (4, 6)] {
+        let mut g = Graph::new();
+        let x = g.input("x", &[3, 5, h, w]);
+        let y = g.global_avgpool(x).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let xv = feed(&exe, &g, x, &mut rng);
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let pixels = h * w;
+        let (want_y, want_dx) =
+            (r::pool::global_avgpool_forward(&xv, pixels), r::pool::global_avgpool_backward(&dy, pixels));
+        assert_close(&format!("{h}x{w} avgpool y"), &read(&exe, y), &want_y, TOL);
+        assert_close(&format!("{h}x{w} avgpool dx"), &read_grad(&exe, x), &want_dx, TOL);
+    }
 }
 
 #[test]
@@ -1318,19 +1324,23 @@ fn linear_fused_activation_matches_the_separate_op() {
 
 #[test]
 fn channel_scale_matches_reference() {
-    let mut g = Graph::new();
-    let x = g.input("x", &[3, 5, 7, 9]);
-    let gate = g.input("gate", &[3, 5]);
-    let y = g.channel_scale(x, gate).unwrap();
-    let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
-    let mut rng = rng(700);
-    let (xv, sv) = (feed(&exe, &g, x, &mut rng), feed(&exe, &g, gate, &mut rng));
-    let dy = seed_grad(&exe, &g, y, &mut rng);
-    exe.run().unwrap();
-    assert_close("y", &read(&exe, y), &r::elementwise::channel_scale_forward(&xv, &sv, 63), TOL);
-    let (dx, dgate) = r::elementwise::channel_scale_backward(&xv, &sv, &dy, 63);
-    assert_close("dx", &read_grad(&exe, x), &dx, TOL);
-    assert_close("dgate", &read_grad(&exe, gate), &dgate, TOL);
+    // Over planes of 63 pixels, and of 24 (in fours: the gradients four at a time).
+    for (h, w) in [(7, 9), (4, 6)] {
+        let mut g = Graph::new();
+        let x = g.input("x", &[3, 5, h, w]);
+        let gate = g.input("gate", &[3, 5]);
+        let y = g.channel_scale(x, gate).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(700);
+        let (xv, sv) = (feed(&exe, &g, x, &mut rng), feed(&exe, &g, gate, &mut rng));
+        let dy = seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let pixels = h * w;
+        assert_close("y", &read(&exe, y), &r::elementwise::channel_scale_forward(&xv, &sv, pixels), TOL);
+        let (dx, dgate) = r::elementwise::channel_scale_backward(&xv, &sv, &dy, pixels);
+        assert_close(&format!("{h}x{w} dx"), &read_grad(&exe, x), &dx, TOL);
+        assert_close(&format!("{h}x{w} dgate"), &read_grad(&exe, gate), &dgate, TOL);
+    }
 }
 
 #[test]
@@ -1578,6 +1588,50 @@ fn pool_and_add_reading_textures_change_no_value() {
         })
         .collect();
     for (name, (a, b)) in ["y", "dx", "db"].iter().zip(results[0].iter().zip(&results[1])) {
+        assert_eq!(bits_differ(a, b), 0, "{name} values that differ between the ways");
+    }
+}
+
+/// A router's gate and pools over planes whose pixels come in fours read their streams through
+/// textures where the device reads streams so, and from storage where not: both give the values
+/// and every gradient bit for bit, dx both written and added to. (channel_scale_matches_reference
+/// and pooling_matches_reference check the values.)
+#[test]
+fn gate_and_average_pool_reading_textures_change_no_value() {
+    let results: Vec<Vec<Vec<f64>>> = [gpu(), other_texture_reads()]
+        .into_iter()
+        .map(|device| {
+            let reads_textures = device.texture_reads;
+            let mut g = Graph::new();
+            let x = g.input("x", &[2, 6, 4, 4]);
+            let gate = g.input("gate", &[2, 6]);
+            let gated = g.channel_scale(x, gate).unwrap();
+            let sum = g.add(gated, x).unwrap();
+            let y = g.global_avgpool(sum).unwrap();
+            let mut exe = Executor::new(device, &g, plan(Mode::Train, y)).unwrap();
+            let mut rng = rng(450);
+            for t in [x, gate] {
+                feed(&exe, &g, t, &mut rng);
+            }
+            seed_grad(&exe, &g, y, &mut rng);
+            exe.run().unwrap();
+            let profile = exe.profile().unwrap();
+            let streams = [
+                ("global_avgpool_forward_quads", 1),
+                ("channel_scale_backward_input_quads", 1),
+                ("channel_scale_backward_gate_quads", 2),
+            ];
+            for (entry, sources) in streams {
+                let textured = format!("{entry}_textured");
+                let expected = if reads_textures { (textured.as_str(), sources) } else { (entry, 0) };
+                let found: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with(entry)).collect();
+                assert!(found.len() == 1 && (found[0].kernel, found[0].textures) == expected, "{entry}: {profile:?}");
+            }
+            assert!(profile.iter().any(|d| d.kernel == "global_avgpool_backward_quads"), "{profile:?}");
+            vec![read(&exe, y), read_grad(&exe, x), read_grad(&exe, gate)]
+        })
+        .collect();
+    for (name, (a, b)) in ["y", "dx", "dgate"].iter().zip(results[0].iter().zip(&results[1])) {
         assert_eq!(bits_differ(a, b), 0, "{name} values that differ between the ways");
     }
 }

@@ -55,15 +55,32 @@ impl Op for ChannelScale {
     fn backward(&self, gpu: &Gpu, b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
         let dy = grads.outputs[0];
         let mut out = Vec::new();
+        // Planes whose pixels come in fours take four at a time, reading the streams through
+        // textures where the device reads streams so.
+        let quads = self.spatial.is_multiple_of(4);
         if let Some(dx) = grads.inputs[0] {
             let p = self.params(accumulate_flag(&dx));
             let n = self.planes * self.spatial;
-            out.push(gpu.dispatch("router", "channel_scale_backward_input", &p, &[dy, b.inputs[1], dx.slice], grid(n)));
+            let buffers = [dy, b.inputs[1], dx.slice];
+            out.push(match quads {
+                true => {
+                    let entries = ["channel_scale_backward_input_quads", "channel_scale_backward_input_quads_textured"];
+                    gpu.dispatch_streaming(None, "router", entries, &p, &buffers, &[dy], grid(n / 4))
+                }
+                false => gpu.dispatch("router", "channel_scale_backward_input", &p, &buffers, grid(n)),
+            });
         }
         if let Some(dgate) = grads.inputs[1] {
             let p = self.params(accumulate_flag(&dgate));
             let buffers = [b.inputs[0], dy, dgate.slice];
-            out.push(gpu.dispatch("router", "channel_scale_backward_gate", &p, &buffers, grid(self.planes)));
+            let workgroups = grid(self.planes);
+            out.push(match quads {
+                true => {
+                    let entries = ["channel_scale_backward_gate_quads", "channel_scale_backward_gate_quads_textured"];
+                    gpu.dispatch_streaming(None, "router", entries, &p, &buffers, &[b.inputs[0], dy], workgroups)
+                }
+                false => gpu.dispatch("router", "channel_scale_backward_gate", &p, &buffers, workgroups),
+            });
         }
         out
     }

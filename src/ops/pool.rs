@@ -126,16 +126,36 @@ impl Op for GlobalAvgPool {
         "global_avgpool"
     }
 
+    /// Planes whose pixels come in fours take four at a time (the forward pass reading x
+    /// through a texture where the device reads streams so).
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
         let buffers = [b.inputs[0], b.outputs[0]];
-        vec![gpu.dispatch("pool", "global_avgpool_forward", &self.params(0), &buffers, grid(self.planes))]
+        let workgroups = grid(self.planes);
+        if self.spatial.is_multiple_of(4) {
+            let entries = ["global_avgpool_forward_quads", "global_avgpool_forward_quads_textured"];
+            return vec![gpu.dispatch_streaming(
+                None,
+                "pool",
+                entries,
+                &self.params(0),
+                &buffers,
+                &[buffers[0]],
+                workgroups,
+            )];
+        }
+        vec![gpu.dispatch("pool", "global_avgpool_forward", &self.params(0), &buffers, workgroups)]
     }
 
     fn backward(&self, gpu: &Gpu, _b: &Bound, grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
         let Some(dx) = grads.inputs[0] else { return vec![] };
         let buffers = [grads.outputs[0], dx.slice];
         let p = self.params(accumulate_flag(&dx));
-        vec![gpu.dispatch("pool", "global_avgpool_backward", &p, &buffers, grid(self.planes * self.spatial))]
+        let elements = self.planes * self.spatial;
+        let (entry, invocations) = match self.spatial.is_multiple_of(4) {
+            true => ("global_avgpool_backward_quads", elements / 4),
+            false => ("global_avgpool_backward", elements),
+        };
+        vec![gpu.dispatch("pool", entry, &p, &buffers, grid(invocations))]
     }
 }
 
