@@ -312,10 +312,41 @@ fn source_quad(n: u32, c: u32, at: u32) -> vec4<f32> {
 
 // source_quad read from the texture.
 fn source_texel(n: u32, c: u32, at: u32) -> vec4<f32> {
-    if (c >= p.channels) { return vec4<f32>(); }
-    let v = buffer_texel(copy_src_texels, (n * p.channels + c) * (p.src_h * p.src_w / 4u) + at);
-    if (p.gate != 0u) { return v * copy_gate[n * p.channels + c]; }
+    let v = ungated_texel(n, c, at);
+    if (p.gate != 0u && c < p.channels) { return v * copy_gate[n * p.channels + c]; }
     return v;
+}
+
+// The same without the gate.
+fn ungated_texel(n: u32, c: u32, at: u32) -> vec4<f32> {
+    if (c >= p.channels) { return vec4<f32>(); }
+    return buffer_texel(copy_src_texels, (n * p.channels + c) * (p.src_h * p.src_w / 4u) + at);
+}
+
+// The textured copies with a gate whose channels come in fours read it from a second texture,
+// a copy of binding 3: a quad's four gates in one fetch, not four storage loads. The same
+// values.
+@group(0) @binding(14) var copy_gate_texels: texture_2d<f32>;
+
+// The gates of sample n's channels c .. c + 3 (c a multiple of four); zero past the channels.
+fn quad_gates(n: u32, c: u32) -> vec4<f32> {
+    if (c >= p.channels) { return vec4<f32>(); }
+    return buffer_texel(copy_gate_texels, (n * p.channels + c) / 4u);
+}
+
+@compute @workgroup_size(64)
+fn to_channels_last_rows_gated_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let s = row_segment(flat_index(gid, nwg));
+    if (!s.live) { return; }
+    let c = s.quad * 4u;
+    let g = quad_gates(s.n, c);
+    let r0 = ungated_texel(s.n, c, s.at) * g.x;
+    let r1 = ungated_texel(s.n, c + 1u, s.at) * g.y;
+    let r2 = ungated_texel(s.n, c + 2u, s.at) * g.z;
+    store_row_segment(s, r0, r1, r2, ungated_texel(s.n, c + 3u, s.at) * g.w);
 }
 
 // Destination pixel (row start `row`, column xd), skipped outside the destination.
@@ -354,6 +385,26 @@ fn to_channels_last_pairs_textured(@builtin(global_invocation_id) gid: vec3<u32>
     let r0 = source_texel(n, c, segment);
     let r1 = source_texel(n, c + 1u, segment);
     store_pair_segment(n, segment, quad, r0, r1, source_texel(n, c + 2u, segment), source_texel(n, c + 3u, segment));
+}
+
+// to_channels_last_pairs reading the source and the gate from textures (channels in fours).
+@compute @workgroup_size(64)
+fn to_channels_last_pairs_gated_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = flat_index(gid, nwg);
+    let segments = p.src_h / 2u;
+    if (i >= p.batch * segments * p.in_quads) { return; }
+    let quad = i % p.in_quads;
+    let segment = (i / p.in_quads) % segments;
+    let n = i / (p.in_quads * segments);
+    let c = quad * 4u;
+    let g = quad_gates(n, c);
+    let r0 = ungated_texel(n, c, segment) * g.x;
+    let r1 = ungated_texel(n, c + 1u, segment) * g.y;
+    let r2 = ungated_texel(n, c + 2u, segment) * g.z;
+    store_pair_segment(n, segment, quad, r0, r1, r2, ungated_texel(n, c + 3u, segment) * g.w);
 }
 
 // The pair segment's four channels' vec4s stored as its four pixels: pixel j (row j / 2,
@@ -413,18 +464,51 @@ fn gradient_channels_last_quads(@builtin(global_invocation_id) gid: vec3<u32>, @
     let c0 = gradient_pixels(n, quad * 4u, group);
     let c1 = gradient_pixels(n, quad * 4u + 1u, group);
     let c2 = gradient_pixels(n, quad * 4u + 2u, group);
-    let c3 = gradient_pixels(n, quad * 4u + 3u, group);
-    let first = (n * groups + group) * 4u;
-    copy_dst[first * quads + quad] = vec4<f32>(c0.x, c1.x, c2.x, c3.x);
-    copy_dst[(first + 1u) * quads + quad] = vec4<f32>(c0.y, c1.y, c2.y, c3.y);
-    copy_dst[(first + 2u) * quads + quad] = vec4<f32>(c0.z, c1.z, c2.z, c3.z);
-    copy_dst[(first + 3u) * quads + quad] = vec4<f32>(c0.w, c1.w, c2.w, c3.w);
+    store_gradient_group(n * groups + group, quad, c0, c1, c2, gradient_pixels(n, quad * 4u + 3u, group));
+}
+
+// gradient_channels_last_quads reading dy from a texture that holds a copy of binding 1
+// (`buffer_texel`; src/gpu/mod.rs `Gpu::texture_reads`). The same values in the same places.
+@compute @workgroup_size(64)
+fn gradient_channels_last_quads_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = flat_index(gid, nwg);
+    let groups = p.out_h * p.out_w / 4u;
+    let quads = p.out_pad / 4u;
+    if (i >= p.batch * groups * quads) { return; }
+    let quad = i % quads;
+    let q = i / quads;
+    let n = q / groups;
+    let group = q % groups;
+    let c0 = gradient_texel(n, quad * 4u, group);
+    let c1 = gradient_texel(n, quad * 4u + 1u, group);
+    let c2 = gradient_texel(n, quad * 4u + 2u, group);
+    store_gradient_group(n * groups + group, quad, c0, c1, c2, gradient_texel(n, quad * 4u + 3u, group));
 }
 
 // Pixels 4 group .. 4 group + 3 of sample n's channel c of dy, zero for a padding channel.
 fn gradient_pixels(n: u32, c: u32, group: u32) -> vec4<f32> {
     if (c >= p.c_out) { return vec4<f32>(); }
     return copy_src4[(n * p.c_out + c) * (p.out_h * p.out_w / 4u) + group];
+}
+
+// gradient_pixels read from the texture.
+fn gradient_texel(n: u32, c: u32, group: u32) -> vec4<f32> {
+    if (c >= p.c_out) { return vec4<f32>(); }
+    return buffer_texel(copy_src_texels, (n * p.c_out + c) * (p.out_h * p.out_w / 4u) + group);
+}
+
+// Four channels' vec4s of a group of four pixels (the batch's `group`-th), stored as the
+// pixels' quad `quad`: pixel j is component j of each.
+fn store_gradient_group(group: u32, quad: u32, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) {
+    let quads = p.out_pad / 4u;
+    let first = group * 4u;
+    copy_dst[first * quads + quad] = vec4<f32>(c0.x, c1.x, c2.x, c3.x);
+    copy_dst[(first + 1u) * quads + quad] = vec4<f32>(c0.y, c1.y, c2.y, c3.y);
+    copy_dst[(first + 2u) * quads + quad] = vec4<f32>(c0.z, c1.z, c2.z, c3.z);
+    copy_dst[(first + 3u) * quads + quad] = vec4<f32>(c0.w, c1.w, c2.w, c3.w);
 }
 
 // (tap, input quad) steps per weight block: a block of the widest tile (64 channels) fills

@@ -379,10 +379,13 @@ fn an_input_read_by_two_strided_convs_gets_both_gradients() {
 
 /// The kernels of a convolution other than its tiles and packing that read a stream through a
 /// texture where the device reads streams so (`Gpu::dispatch_streaming`).
-const TEXTURED_STREAMS: [&str; 3] = [
+const TEXTURED_STREAMS: [&str; 6] = [
     "reduce_weight_partials_3x3_strided_textured",
     "to_channels_last_rows_textured",
     "to_channels_last_pairs_textured",
+    "to_channels_last_rows_gated_textured",
+    "to_channels_last_pairs_gated_textured",
+    "gradient_channels_last_quads_textured",
 ];
 
 /// Where the adapter has subgroups, the tiles read their operands as textures, copied there
@@ -1511,14 +1514,19 @@ fn weight_reduction_reading_textures_changes_no_value() {
 
 /// The copies of a convolution's input and output gradient to channels-last read their source
 /// through a texture where the device reads streams so, and from storage where not: both give
-/// every value and gradient bit for bit, with a router's gate applied in the input copy, on
-/// rows of four pixels (`to_channels_last_rows`) and on a 2x2 map (`_pairs`).
+/// every value and gradient bit for bit, with a router's gate applied in the input copy (read
+/// through a texture too where its channels come in fours), on rows of four pixels
+/// (`to_channels_last_rows`) and on a 2x2 map (`_pairs`).
 /// (conv2d_matches_reference checks the values against the reference.)
 #[test]
 fn channels_last_copies_reading_textures_change_no_value() {
-    for (i, (xs, entry)) in
-        [([2, 12, 9, 8], "to_channels_last_rows"), ([3, 20, 2, 2], "to_channels_last_pairs")].into_iter().enumerate()
-    {
+    let cases = [
+        ([2, 12, 9, 8], "to_channels_last_rows"),
+        ([3, 20, 2, 2], "to_channels_last_pairs"),
+        ([2, 6, 9, 8], "to_channels_last_rows"),
+        ([3, 10, 2, 2], "to_channels_last_pairs"),
+    ];
+    for (i, (xs, entry)) in cases.into_iter().enumerate() {
         let results: Vec<Vec<Vec<f64>>> = [gpu(), other_texture_reads()]
             .into_iter()
             .map(|device| {
@@ -1539,11 +1547,16 @@ fn channels_last_copies_reading_textures_change_no_value() {
                 let profile = exe.profile().unwrap();
                 // The gate is applied in the input copy, not by a kernel of its own.
                 assert!(!profile.iter().any(|d| d.kernel.starts_with("channel_scale_forward")), "{xs:?}: {profile:?}");
-                let copies: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with(entry)).collect();
-                let textured = format!("{entry}_textured");
-                let expected = if reads_textures { (textured.as_str(), 1) } else { (entry, 0) };
-                assert_eq!(copies.len(), 2, "{xs:?}: a copy of x and one of dy: {profile:?}");
-                assert!(copies.iter().all(|d| (d.kernel, d.textures) == expected), "{xs:?}: {copies:?}");
+                let copies: Vec<_> =
+                    profile.iter().filter(|d| d.kernel.starts_with(entry)).map(|d| (d.kernel, d.textures)).collect();
+                // The copy of x (gated), then the copy of dy.
+                let (gated, textured) = (format!("{entry}_gated_textured"), format!("{entry}_textured"));
+                let expected = match (reads_textures, xs[1] % 4) {
+                    (true, 0) => vec![(gated.as_str(), 2), (textured.as_str(), 1)],
+                    (true, _) => vec![(textured.as_str(), 1), (textured.as_str(), 1)],
+                    (false, _) => vec![(entry, 0), (entry, 0)],
+                };
+                assert_eq!(copies, expected, "{xs:?}: the copies of x and dy: {profile:?}");
                 [y].map(|t| read(&exe, t)).into_iter().chain([x, gate, w].map(|t| read_grad(&exe, t))).collect()
             })
             .collect();
@@ -1551,6 +1564,39 @@ fn channels_last_copies_reading_textures_change_no_value() {
             assert_eq!(bits_differ(a, b), 0, "{xs:?}: {name} values that differ between the ways");
         }
     }
+}
+
+/// A stem's weight gradient copies dy to channels-last four pixels at a time, reading it
+/// through a texture where the device reads streams so, and from storage where not: both give
+/// dw bit for bit. (convolutions_with_columns_folded_into_channels_match_reference checks the
+/// values.)
+#[test]
+fn stem_gradient_copy_reading_textures_changes_no_value() {
+    let entry = "gradient_channels_last_quads";
+    let results: Vec<Vec<f64>> = [gpu(), other_texture_reads()]
+        .into_iter()
+        .map(|device| {
+            let reads_textures = device.texture_reads;
+            let mut g = Graph::new();
+            let x = g.input("x", &[2, 3, 12, 12]);
+            let w = g.param("w", &[8, 3, 7, 7]).unwrap();
+            let y = g.conv2d(x, w, None, Conv2dConfig::new(2, 3)).unwrap();
+            let mut exe = Executor::new(device, &g, gradient_plan(Mode::Train, vec![y], false)).unwrap();
+            let mut rng = rng(460);
+            for t in [x, w] {
+                feed(&exe, &g, t, &mut rng);
+            }
+            seed_grad(&exe, &g, y, &mut rng);
+            exe.run().unwrap();
+            let profile = exe.profile().unwrap();
+            let textured = format!("{entry}_textured");
+            let expected = if reads_textures { (textured.as_str(), 1) } else { (entry, 0) };
+            let copies: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with(entry)).collect();
+            assert!(copies.len() == 1 && (copies[0].kernel, copies[0].textures) == expected, "{profile:?}");
+            read_grad(&exe, w)
+        })
+        .collect();
+    assert_eq!(bits_differ(&results[0], &results[1]), 0, "dw values that differ between the ways");
 }
 
 /// The stem's max pool and a residual add with its relu read their inputs through textures

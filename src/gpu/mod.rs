@@ -77,8 +77,8 @@ pub struct Gpu {
     pub depthwise_rows: bool,
     /// Whether kernels that stream through activation-sized buffers (the optimizer's step,
     /// BatchNorm's vec4 kernels, the weight gradient's strided reduction, the channels-last
-    /// copies by rows and pairs, the residual add, the stem's max pool, the router's linear
-    /// layers, gate gradients and average pool) read them through
+    /// copies, the residual add, the stem's max pool, the router's linear layers, gate
+    /// gradients and average pool) read them through
     /// textures, copied before the dispatch ([`Gpu::dispatch_streaming`]; software adapters: a
     /// storage load whose address differs per lane loops over the lanes through memory, where
     /// a texel fetch gathers them in registers). Values and their order are the same either way.

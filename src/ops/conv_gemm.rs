@@ -668,21 +668,29 @@ fn tile_dispatches(
 /// come in fours, or two-column rows in pairs, copy four pixels per invocation
 /// (`to_channels_last_rows`, `to_channels_last_pairs`), writing only where the source lands:
 /// callers guarantee the rest of the destination is already zero. Those two read the source
-/// through a texture where the device reads streams so ([`Gpu::dispatch_streaming`]).
+/// through a texture where the device reads streams so ([`Gpu::dispatch_streaming`]), and a
+/// gate whose channels come in fours too.
 fn copy_to_channels_last(gpu: &Gpu, params: &TileParams, buffers: [&GpuSlice; 3], vec4s: usize) -> Dispatch {
     let p = params;
     let dense = (p.dilation_h, p.dilation_w) == (1, 1);
+    let gated_quads = p.gate != 0 && p.channels.is_multiple_of(4);
     let (entries, invocations) = match (p.src_w, p.src_h) {
         (w, _) if dense && w.is_multiple_of(4) => {
-            (["to_channels_last_rows", "to_channels_last_rows_textured"], p.batch * p.src_h * w / 4 * p.in_quads)
+            let textured =
+                if gated_quads { "to_channels_last_rows_gated_textured" } else { "to_channels_last_rows_textured" };
+            (["to_channels_last_rows", textured], p.batch * p.src_h * w / 4 * p.in_quads)
         }
         (2, h) if dense && h.is_multiple_of(2) => {
-            (["to_channels_last_pairs", "to_channels_last_pairs_textured"], p.batch * h / 2 * p.in_quads)
+            let textured =
+                if gated_quads { "to_channels_last_pairs_gated_textured" } else { "to_channels_last_pairs_textured" };
+            (["to_channels_last_pairs", textured], p.batch * h / 2 * p.in_quads)
         }
         _ => return gpu.dispatch("conv_tile", "to_channels_last", params, &buffers, grid(vec4s)),
     };
+    let [source, _, gate] = buffers;
+    let sources: &[&GpuSlice] = if gated_quads { &[source, gate] } else { &[source] };
     let workgroups = grid(invocations as usize);
-    gpu.dispatch_streaming(None, "conv_tile", entries, params, &buffers, &[buffers[0]], workgroups)
+    gpu.dispatch_streaming(None, "conv_tile", entries, params, &buffers, sources, workgroups)
 }
 
 /// The packing kernels' grid: (x) the rows of a weight block that hold steps, each a tile's
@@ -1428,12 +1436,23 @@ impl GemmPlan {
             Some(_) => scratch[DY_LAST_PADDED],
             None => {
                 let pixels = self.shape.out_h * self.shape.out_w;
-                let copy = match pixels.is_multiple_of(4) {
-                    true => ("gradient_channels_last_quads", scratch[DY_LAST].len() / 16),
-                    false => ("gradient_channels_last", scratch[DY_LAST].len() / 4),
-                };
                 let buffers = [dy, scratch[DY_LAST]];
-                out.push(gpu.dispatch("conv_tile", copy.0, &self.weight_params(), &buffers, grid(copy.1)));
+                let params = self.weight_params();
+                out.push(match pixels.is_multiple_of(4) {
+                    // dy through a texture where the device reads streams so.
+                    true => {
+                        let entries = ["gradient_channels_last_quads", "gradient_channels_last_quads_textured"];
+                        let workgroups = grid(scratch[DY_LAST].len() / 16);
+                        gpu.dispatch_streaming(None, "conv_tile", entries, &params, &buffers, &[dy], workgroups)
+                    }
+                    false => gpu.dispatch(
+                        "conv_tile",
+                        "gradient_channels_last",
+                        &params,
+                        &buffers,
+                        grid(buffers[1].len() / 4),
+                    ),
+                });
                 scratch[DY_LAST]
             }
         };
