@@ -54,3 +54,14 @@ fn exp_accurate(x: f32) -> f32 {
     q = fma(q, r, 1.0);
     return ldexp(q, i32(k));
 }
+
+// sum + a.x b.x + a.y b.y + a.z b.z + a.w b.w, added in that order (a dot product whose terms
+// add as a scalar loop over them would add them).
+fn add_products(sum: f32, a: vec4<f32>, b: vec4<f32>) -> f32 {
+    var s = sum;
+    s += a.x * b.x;
+    s += a.y * b.y;
+    s += a.z * b.z;
+    s += a.w * b.w;
+    return s;
+}

@@ -7,16 +7,6 @@
 // already there when adding to it, then the terms in order, the bias last), so both agree bit
 // for bit. (linear.wgsl is prepended.)
 
-// a + x.x w.x + x.y w.y + x.z w.z + x.w w.w, added in that order.
-fn add_terms(a: f32, x: vec4<f32>, w: vec4<f32>) -> f32 {
-    var s = a;
-    s += x.x * w.x;
-    s += x.y * w.y;
-    s += x.z * w.z;
-    s += x.w * w.w;
-    return s;
-}
-
 @group(0) @binding(1) var<storage, read> fq_x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> fq_w: array<vec4<f32>>;
 
@@ -40,10 +30,10 @@ fn linear_forward_quads(
     for (var k = 0u; k < quads; k++) {
         let w = fq_w[ws + k];
         let x = fq_x[xs + k];
-        a0 = add_terms(a0, subgroupBroadcast(x, 0u), w); a1 = add_terms(a1, subgroupBroadcast(x, 1u), w);
-        a2 = add_terms(a2, subgroupBroadcast(x, 2u), w); a3 = add_terms(a3, subgroupBroadcast(x, 3u), w);
-        a4 = add_terms(a4, subgroupBroadcast(x, 4u), w); a5 = add_terms(a5, subgroupBroadcast(x, 5u), w);
-        a6 = add_terms(a6, subgroupBroadcast(x, 6u), w); a7 = add_terms(a7, subgroupBroadcast(x, 7u), w);
+        a0 = add_products(a0, subgroupBroadcast(x, 0u), w); a1 = add_products(a1, subgroupBroadcast(x, 1u), w);
+        a2 = add_products(a2, subgroupBroadcast(x, 2u), w); a3 = add_products(a3, subgroupBroadcast(x, 3u), w);
+        a4 = add_products(a4, subgroupBroadcast(x, 4u), w); a5 = add_products(a5, subgroupBroadcast(x, 5u), w);
+        a6 = add_products(a6, subgroupBroadcast(x, 6u), w); a7 = add_products(a7, subgroupBroadcast(x, 7u), w);
     }
     if (gid.x < p.out_features) { store_forward_rows(n0, o, array<f32, 8>(a0, a1, a2, a3, a4, a5, a6, a7)); }
 }
@@ -82,10 +72,10 @@ fn linear_backward_input_quads(
         let o = 4u * q * p.in_features + k;
         let w = vec4<f32>(bwd_other[o], bwd_other[o + step], bwd_other[o + 2u * step], bwd_other[o + 3u * step]);
         let d = bq_dy[ds + q];
-        a0 = add_terms(a0, subgroupBroadcast(d, 0u), w); a1 = add_terms(a1, subgroupBroadcast(d, 1u), w);
-        a2 = add_terms(a2, subgroupBroadcast(d, 2u), w); a3 = add_terms(a3, subgroupBroadcast(d, 3u), w);
-        a4 = add_terms(a4, subgroupBroadcast(d, 4u), w); a5 = add_terms(a5, subgroupBroadcast(d, 5u), w);
-        a6 = add_terms(a6, subgroupBroadcast(d, 6u), w); a7 = add_terms(a7, subgroupBroadcast(d, 7u), w);
+        a0 = add_products(a0, subgroupBroadcast(d, 0u), w); a1 = add_products(a1, subgroupBroadcast(d, 1u), w);
+        a2 = add_products(a2, subgroupBroadcast(d, 2u), w); a3 = add_products(a3, subgroupBroadcast(d, 3u), w);
+        a4 = add_products(a4, subgroupBroadcast(d, 4u), w); a5 = add_products(a5, subgroupBroadcast(d, 5u), w);
+        a6 = add_products(a6, subgroupBroadcast(d, 6u), w); a7 = add_products(a7, subgroupBroadcast(d, 7u), w);
     }
     store_rows(at, step, n0, live, array<f32, 8>(a0, a1, a2, a3, a4, a5, a6, a7));
 }
@@ -158,10 +148,10 @@ fn linear_forward_quads_textured(
     for (var k = 0u; k < quads; k++) {
         let w = buffer_texel(second_texels, ws + k);
         let x = buffer_texel(first_texels, xs + k);
-        a0 = add_terms(a0, subgroupBroadcast(x, 0u), w); a1 = add_terms(a1, subgroupBroadcast(x, 1u), w);
-        a2 = add_terms(a2, subgroupBroadcast(x, 2u), w); a3 = add_terms(a3, subgroupBroadcast(x, 3u), w);
-        a4 = add_terms(a4, subgroupBroadcast(x, 4u), w); a5 = add_terms(a5, subgroupBroadcast(x, 5u), w);
-        a6 = add_terms(a6, subgroupBroadcast(x, 6u), w); a7 = add_terms(a7, subgroupBroadcast(x, 7u), w);
+        a0 = add_products(a0, subgroupBroadcast(x, 0u), w); a1 = add_products(a1, subgroupBroadcast(x, 1u), w);
+        a2 = add_products(a2, subgroupBroadcast(x, 2u), w); a3 = add_products(a3, subgroupBroadcast(x, 3u), w);
+        a4 = add_products(a4, subgroupBroadcast(x, 4u), w); a5 = add_products(a5, subgroupBroadcast(x, 5u), w);
+        a6 = add_products(a6, subgroupBroadcast(x, 6u), w); a7 = add_products(a7, subgroupBroadcast(x, 7u), w);
     }
     if (gid.x < p.out_features) { store_forward_rows(n0, o, array<f32, 8>(a0, a1, a2, a3, a4, a5, a6, a7)); }
 }
@@ -191,10 +181,10 @@ fn linear_backward_input_quads_textured(
             buffer_scalar(second_texels, o + 3u * step),
         );
         let d = buffer_texel(first_texels, ds + q);
-        a0 = add_terms(a0, subgroupBroadcast(d, 0u), w); a1 = add_terms(a1, subgroupBroadcast(d, 1u), w);
-        a2 = add_terms(a2, subgroupBroadcast(d, 2u), w); a3 = add_terms(a3, subgroupBroadcast(d, 3u), w);
-        a4 = add_terms(a4, subgroupBroadcast(d, 4u), w); a5 = add_terms(a5, subgroupBroadcast(d, 5u), w);
-        a6 = add_terms(a6, subgroupBroadcast(d, 6u), w); a7 = add_terms(a7, subgroupBroadcast(d, 7u), w);
+        a0 = add_products(a0, subgroupBroadcast(d, 0u), w); a1 = add_products(a1, subgroupBroadcast(d, 1u), w);
+        a2 = add_products(a2, subgroupBroadcast(d, 2u), w); a3 = add_products(a3, subgroupBroadcast(d, 3u), w);
+        a4 = add_products(a4, subgroupBroadcast(d, 4u), w); a5 = add_products(a5, subgroupBroadcast(d, 5u), w);
+        a6 = add_products(a6, subgroupBroadcast(d, 6u), w); a7 = add_products(a7, subgroupBroadcast(d, 7u), w);
     }
     store_rows(at, step, n0, live, array<f32, 8>(a0, a1, a2, a3, a4, a5, a6, a7));
 }

@@ -91,16 +91,6 @@ fn channel_scale_backward_gate_quads(@builtin(global_invocation_id) gid: vec3<u3
     bg_dgate[plane] = accumulated(bg_dgate[plane], sum, p.accumulate);
 }
 
-// sum + d.x x.x + d.y x.y + d.z x.z + d.w x.w, added in that order.
-fn add_products(sum: f32, d: vec4<f32>, x: vec4<f32>) -> f32 {
-    var s = sum;
-    s += d.x * x.x;
-    s += d.y * x.y;
-    s += d.z * x.z;
-    s += d.w * x.w;
-    return s;
-}
-
 // The two reading their sources from textures that hold copies of bindings 1 and 2
 // (`buffer_texel`; src/gpu/mod.rs `Gpu::texture_reads`): software adapters gather a texel
 // fetch's lanes in registers, where a storage load whose address differs per lane loops over

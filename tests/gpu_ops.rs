@@ -1387,6 +1387,26 @@ fn bits_differ(values: &[f64], reference: &[f64]) -> usize {
     values.iter().zip(reference).filter(|(a, b)| a.to_bits() != b.to_bits()).count()
 }
 
+/// Runs `run` on the test adapter's device and on one that reads streams the other way, and
+/// asserts that the tensors it reads back (`names`, in order) agree bit for bit.
+fn both_ways_agree(names: &[&str], run: impl Fn(Arc<kdna::gpu::Gpu>) -> Vec<Vec<f64>>) {
+    let results = [gpu(), other_texture_reads()].map(run);
+    for (name, (a, b)) in names.iter().zip(results[0].iter().zip(&results[1])) {
+        assert_eq!(bits_differ(a, b), 0, "{name} values that differ between the ways");
+    }
+}
+
+/// Asserts that `profile` ran each of `streams` (a storage entry point, and the textures its
+/// twin reads) once: the twin (`{entry}_textured`) where the device reads textures.
+fn assert_streams(profile: &[DispatchTime], reads_textures: bool, streams: &[(&str, usize)]) {
+    for &(entry, sources) in streams {
+        let textured = format!("{entry}_textured");
+        let expected = if reads_textures { (textured.as_str(), sources) } else { (entry, 0) };
+        let found: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with(entry)).collect();
+        assert!(found.len() == 1 && (found[0].kernel, found[0].textures) == expected, "{entry}: {profile:?}");
+    }
+}
+
 #[test]
 fn sgd_matches_reference_over_steps() {
     // Over a texture's row, where the quads read textures (rows of texture_width texels).
@@ -1572,31 +1592,22 @@ fn channels_last_copies_reading_textures_change_no_value() {
 /// values.)
 #[test]
 fn stem_gradient_copy_reading_textures_changes_no_value() {
-    let entry = "gradient_channels_last_quads";
-    let results: Vec<Vec<f64>> = [gpu(), other_texture_reads()]
-        .into_iter()
-        .map(|device| {
-            let reads_textures = device.texture_reads;
-            let mut g = Graph::new();
-            let x = g.input("x", &[2, 3, 12, 12]);
-            let w = g.param("w", &[8, 3, 7, 7]).unwrap();
-            let y = g.conv2d(x, w, None, Conv2dConfig::new(2, 3)).unwrap();
-            let mut exe = Executor::new(device, &g, gradient_plan(Mode::Train, vec![y], false)).unwrap();
-            let mut rng = rng(460);
-            for t in [x, w] {
-                feed(&exe, &g, t, &mut rng);
-            }
-            seed_grad(&exe, &g, y, &mut rng);
-            exe.run().unwrap();
-            let profile = exe.profile().unwrap();
-            let textured = format!("{entry}_textured");
-            let expected = if reads_textures { (textured.as_str(), 1) } else { (entry, 0) };
-            let copies: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with(entry)).collect();
-            assert!(copies.len() == 1 && (copies[0].kernel, copies[0].textures) == expected, "{profile:?}");
-            read_grad(&exe, w)
-        })
-        .collect();
-    assert_eq!(bits_differ(&results[0], &results[1]), 0, "dw values that differ between the ways");
+    both_ways_agree(&["dw"], |device| {
+        let reads_textures = device.texture_reads;
+        let mut g = Graph::new();
+        let x = g.input("x", &[2, 3, 12, 12]);
+        let w = g.param("w", &[8, 3, 7, 7]).unwrap();
+        let y = g.conv2d(x, w, None, Conv2dConfig::new(2, 3)).unwrap();
+        let mut exe = Executor::new(device, &g, gradient_plan(Mode::Train, vec![y], false)).unwrap();
+        let mut rng = rng(460);
+        for t in [x, w] {
+            feed(&exe, &g, t, &mut rng);
+        }
+        seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        assert_streams(&exe.profile().unwrap(), reads_textures, &[("gradient_channels_last_quads", 1)]);
+        vec![read_grad(&exe, w)]
+    });
 }
 
 /// The stem's max pool and a residual add with its relu read their inputs through textures
@@ -1605,37 +1616,25 @@ fn stem_gradient_copy_reading_textures_changes_no_value() {
 /// residual_add_sends_the_gradient_to_both_inputs check the values.)
 #[test]
 fn pool_and_add_reading_textures_change_no_value() {
-    let results: Vec<Vec<Vec<f64>>> = [gpu(), other_texture_reads()]
-        .into_iter()
-        .map(|device| {
-            let reads_textures = device.texture_reads;
-            let mut g = Graph::new();
-            let x = g.input("x", &[2, 3, 10, 16]);
-            let pooled = g.maxpool2d(x, 3, 2, 1).unwrap();
-            let pooled_shape = g.shape(pooled).to_vec();
-            let b = g.input("b", &pooled_shape);
-            let y = g.add_relu(pooled, b).unwrap();
-            let mut exe = Executor::new(device, &g, plan(Mode::Train, y)).unwrap();
-            let mut rng = rng(440);
-            for t in [x, b] {
-                feed(&exe, &g, t, &mut rng);
-            }
-            seed_grad(&exe, &g, y, &mut rng);
-            exe.run().unwrap();
-            let profile = exe.profile().unwrap();
-            let entries = ["maxpool_forward_3x3s2_quads", "add_forward_quads", "add_backward_masked_quads"];
-            for (entry, sources) in entries.into_iter().zip([1, 2, 2]) {
-                let textured = format!("{entry}_textured");
-                let expected = if reads_textures { (textured.as_str(), sources) } else { (entry, 0) };
-                let found: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with(entry)).collect();
-                assert!(found.len() == 1 && (found[0].kernel, found[0].textures) == expected, "{entry}: {profile:?}");
-            }
-            vec![read(&exe, y), read_grad(&exe, x), read_grad(&exe, b)]
-        })
-        .collect();
-    for (name, (a, b)) in ["y", "dx", "db"].iter().zip(results[0].iter().zip(&results[1])) {
-        assert_eq!(bits_differ(a, b), 0, "{name} values that differ between the ways");
-    }
+    both_ways_agree(&["y", "dx", "db"], |device| {
+        let reads_textures = device.texture_reads;
+        let mut g = Graph::new();
+        let x = g.input("x", &[2, 3, 10, 16]);
+        let pooled = g.maxpool2d(x, 3, 2, 1).unwrap();
+        let pooled_shape = g.shape(pooled).to_vec();
+        let b = g.input("b", &pooled_shape);
+        let y = g.add_relu(pooled, b).unwrap();
+        let mut exe = Executor::new(device, &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(440);
+        for t in [x, b] {
+            feed(&exe, &g, t, &mut rng);
+        }
+        seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let streams = [("maxpool_forward_3x3s2_quads", 1), ("add_forward_quads", 2), ("add_backward_masked_quads", 2)];
+        assert_streams(&exe.profile().unwrap(), reads_textures, &streams);
+        vec![read(&exe, y), read_grad(&exe, x), read_grad(&exe, b)]
+    });
 }
 
 /// A router's gate and pools over planes whose pixels come in fours read their streams through
@@ -1644,42 +1643,31 @@ fn pool_and_add_reading_textures_change_no_value() {
 /// and pooling_matches_reference check the values.)
 #[test]
 fn gate_and_average_pool_reading_textures_change_no_value() {
-    let results: Vec<Vec<Vec<f64>>> = [gpu(), other_texture_reads()]
-        .into_iter()
-        .map(|device| {
-            let reads_textures = device.texture_reads;
-            let mut g = Graph::new();
-            let x = g.input("x", &[2, 6, 4, 4]);
-            let gate = g.input("gate", &[2, 6]);
-            let gated = g.channel_scale(x, gate).unwrap();
-            let sum = g.add(gated, x).unwrap();
-            let y = g.global_avgpool(sum).unwrap();
-            let mut exe = Executor::new(device, &g, plan(Mode::Train, y)).unwrap();
-            let mut rng = rng(450);
-            for t in [x, gate] {
-                feed(&exe, &g, t, &mut rng);
-            }
-            seed_grad(&exe, &g, y, &mut rng);
-            exe.run().unwrap();
-            let profile = exe.profile().unwrap();
-            let streams = [
-                ("global_avgpool_forward_quads", 1),
-                ("channel_scale_backward_input_quads", 1),
-                ("channel_scale_backward_gate_quads", 2),
-            ];
-            for (entry, sources) in streams {
-                let textured = format!("{entry}_textured");
-                let expected = if reads_textures { (textured.as_str(), sources) } else { (entry, 0) };
-                let found: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with(entry)).collect();
-                assert!(found.len() == 1 && (found[0].kernel, found[0].textures) == expected, "{entry}: {profile:?}");
-            }
-            assert!(profile.iter().any(|d| d.kernel == "global_avgpool_backward_quads"), "{profile:?}");
-            vec![read(&exe, y), read_grad(&exe, x), read_grad(&exe, gate)]
-        })
-        .collect();
-    for (name, (a, b)) in ["y", "dx", "dgate"].iter().zip(results[0].iter().zip(&results[1])) {
-        assert_eq!(bits_differ(a, b), 0, "{name} values that differ between the ways");
-    }
+    both_ways_agree(&["y", "dx", "dgate"], |device| {
+        let reads_textures = device.texture_reads;
+        let mut g = Graph::new();
+        let x = g.input("x", &[2, 6, 4, 4]);
+        let gate = g.input("gate", &[2, 6]);
+        let gated = g.channel_scale(x, gate).unwrap();
+        let sum = g.add(gated, x).unwrap();
+        let y = g.global_avgpool(sum).unwrap();
+        let mut exe = Executor::new(device, &g, plan(Mode::Train, y)).unwrap();
+        let mut rng = rng(450);
+        for t in [x, gate] {
+            feed(&exe, &g, t, &mut rng);
+        }
+        seed_grad(&exe, &g, y, &mut rng);
+        exe.run().unwrap();
+        let profile = exe.profile().unwrap();
+        let streams = [
+            ("global_avgpool_forward_quads", 1),
+            ("channel_scale_backward_input_quads", 1),
+            ("channel_scale_backward_gate_quads", 2),
+        ];
+        assert_streams(&profile, reads_textures, &streams);
+        assert!(profile.iter().any(|d| d.kernel == "global_avgpool_backward_quads"), "{profile:?}");
+        vec![read(&exe, y), read_grad(&exe, x), read_grad(&exe, gate)]
+    });
 }
 
 #[test]
