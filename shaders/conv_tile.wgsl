@@ -266,39 +266,75 @@ fn row_segment(i: u32) -> RowSegment {
     return RowSegment(n, quad, sy * segments + segment, row, i32(segment * 4u) + p.left, live);
 }
 
-// The segment's four channels' vec4s (r0..r3) stored as its four pixels: pixel j is
-// component j of each.
-fn store_row_segment(s: RowSegment, r0: vec4<f32>, r1: vec4<f32>, r2: vec4<f32>, r3: vec4<f32>) {
-    store_copied(s.row, s.x0, vec4<f32>(r0.x, r1.x, r2.x, r3.x), s.quad);
-    store_copied(s.row, s.x0 + 1, vec4<f32>(r0.y, r1.y, r2.y, r3.y), s.quad);
-    store_copied(s.row, s.x0 + 2, vec4<f32>(r0.z, r1.z, r2.z, r3.z), s.quad);
-    store_copied(s.row, s.x0 + 3, vec4<f32>(r0.w, r1.w, r2.w, r3.w), s.quad);
+// The segment's four channels' vec4s stored as its four pixels: pixel j is component j of
+// each.
+fn store_row_segment(s: RowSegment, r: array<vec4<f32>, 4>) {
+    store_copied(s.row, s.x0, vec4<f32>(r[0].x, r[1].x, r[2].x, r[3].x), s.quad);
+    store_copied(s.row, s.x0 + 1, vec4<f32>(r[0].y, r[1].y, r[2].y, r[3].y), s.quad);
+    store_copied(s.row, s.x0 + 2, vec4<f32>(r[0].z, r[1].z, r[2].z, r[3].z), s.quad);
+    store_copied(s.row, s.x0 + 3, vec4<f32>(r[0].w, r[1].w, r[2].w, r[3].w), s.quad);
 }
 
 @compute @workgroup_size(64)
 fn to_channels_last_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let s = row_segment(flat_index(gid, nwg));
-    if (!s.live) { return; }
-    let c = s.quad * 4u;
-    let r0 = source_quad(s.n, c, s.at);
-    let r1 = source_quad(s.n, c + 1u, s.at);
-    store_row_segment(s, r0, r1, source_quad(s.n, c + 2u, s.at), source_quad(s.n, c + 3u, s.at));
+    if (s.live) { store_row_segment(s, channel_quads(s.n, s.quad * 4u, s.at)); }
 }
 
-// to_channels_last_rows reading the source from a texture that holds a copy of binding 1
+// The copies' twins read the source from a texture that holds a copy of binding 1
 // (`buffer_texel`; src/gpu/mod.rs `Gpu::texture_reads`): software adapters gather a texel
 // fetch's lanes in registers, where a storage load whose address differs per lane loops over
-// the lanes. The same values in the same places.
+// the lanes. The `_gated_` twins, for a gate whose channels come in fours, read it from a
+// second texture, a copy of binding 3: a quad's four gates in one fetch, not four storage
+// loads. The same values in the same places.
 @group(0) @binding(15) var copy_src_texels: texture_2d<f32>;
+@group(0) @binding(14) var copy_gate_texels: texture_2d<f32>;
 
 @compute @workgroup_size(64)
 fn to_channels_last_rows_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let s = row_segment(flat_index(gid, nwg));
-    if (!s.live) { return; }
-    let c = s.quad * 4u;
-    let r0 = source_texel(s.n, c, s.at);
-    let r1 = source_texel(s.n, c + 1u, s.at);
-    store_row_segment(s, r0, r1, source_texel(s.n, c + 2u, s.at), source_texel(s.n, c + 3u, s.at));
+    if (s.live) { store_row_segment(s, channel_texels(s.n, s.quad * 4u, s.at)); }
+}
+
+@compute @workgroup_size(64)
+fn to_channels_last_rows_gated_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let s = row_segment(flat_index(gid, nwg));
+    if (s.live) { store_row_segment(s, gated_channel_texels(s.n, s.quad * 4u, s.at)); }
+}
+
+// Vec4 `at` (four source pixels) of sample n's channels c .. c + 3 (c a multiple of four),
+// each times the gate where there is one; zero for a padding channel.
+fn channel_quads(n: u32, c: u32, at: u32) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(
+        source_quad(n, c, at),
+        source_quad(n, c + 1u, at),
+        source_quad(n, c + 2u, at),
+        source_quad(n, c + 3u, at),
+    );
+}
+
+// The same read from the texture (the gate from storage).
+fn channel_texels(n: u32, c: u32, at: u32) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(
+        source_texel(n, c, at),
+        source_texel(n, c + 1u, at),
+        source_texel(n, c + 2u, at),
+        source_texel(n, c + 3u, at),
+    );
+}
+
+// The same with the gate read from its texture too (channels in fours).
+fn gated_channel_texels(n: u32, c: u32, at: u32) -> array<vec4<f32>, 4> {
+    let g = quad_gates(n, c);
+    return array<vec4<f32>, 4>(
+        ungated_texel(n, c, at) * g.x,
+        ungated_texel(n, c + 1u, at) * g.y,
+        ungated_texel(n, c + 2u, at) * g.z,
+        ungated_texel(n, c + 3u, at) * g.w,
+    );
 }
 
 // Vec4 `at` of sample n's channel c (four source pixels), times the gate where there is one;
@@ -323,30 +359,10 @@ fn ungated_texel(n: u32, c: u32, at: u32) -> vec4<f32> {
     return buffer_texel(copy_src_texels, (n * p.channels + c) * (p.src_h * p.src_w / 4u) + at);
 }
 
-// The textured copies with a gate whose channels come in fours read it from a second texture,
-// a copy of binding 3: a quad's four gates in one fetch, not four storage loads. The same
-// values.
-@group(0) @binding(14) var copy_gate_texels: texture_2d<f32>;
-
 // The gates of sample n's channels c .. c + 3 (c a multiple of four); zero past the channels.
 fn quad_gates(n: u32, c: u32) -> vec4<f32> {
     if (c >= p.channels) { return vec4<f32>(); }
     return buffer_texel(copy_gate_texels, (n * p.channels + c) / 4u);
-}
-
-@compute @workgroup_size(64)
-fn to_channels_last_rows_gated_textured(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let s = row_segment(flat_index(gid, nwg));
-    if (!s.live) { return; }
-    let c = s.quad * 4u;
-    let g = quad_gates(s.n, c);
-    let r0 = ungated_texel(s.n, c, s.at) * g.x;
-    let r1 = ungated_texel(s.n, c + 1u, s.at) * g.y;
-    let r2 = ungated_texel(s.n, c + 2u, s.at) * g.z;
-    store_row_segment(s, r0, r1, r2, ungated_texel(s.n, c + 3u, s.at) * g.w);
 }
 
 // Destination pixel (row start `row`, column xd), skipped outside the destination.
@@ -358,71 +374,50 @@ fn store_copied(row: u32, xd: i32, v: vec4<f32>, quad: u32) {
 // last stage on small images), two rows at a time: segment s is rows 2 s and 2 s + 1, one vec4
 // of each channel. Writes only where the source lands, as the rows kernel.
 // Invocations: batch x src_h / 2 x in_quads, quads fastest.
+
+// Invocation i's segment: sample n, the channel quad and the segment; not `live` past the last.
+struct PairSegment {
+    n: u32,
+    quad: u32,
+    segment: u32,
+    live: bool,
+}
+
+fn pair_segment(i: u32) -> PairSegment {
+    let segments = p.src_h / 2u;
+    let live = i < p.batch * segments * p.in_quads;
+    return PairSegment(i / (p.in_quads * segments), i % p.in_quads, (i / p.in_quads) % segments, live);
+}
+
 @compute @workgroup_size(64)
 fn to_channels_last_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    let segments = p.src_h / 2u;
-    if (i >= p.batch * segments * p.in_quads) { return; }
-    let quad = i % p.in_quads;
-    let segment = (i / p.in_quads) % segments;
-    let n = i / (p.in_quads * segments);
-    let c = quad * 4u;
-    let r0 = source_quad(n, c, segment);
-    let r1 = source_quad(n, c + 1u, segment);
-    store_pair_segment(n, segment, quad, r0, r1, source_quad(n, c + 2u, segment), source_quad(n, c + 3u, segment));
+    let s = pair_segment(flat_index(gid, nwg));
+    if (s.live) { store_pair_segment(s, channel_quads(s.n, s.quad * 4u, s.segment)); }
 }
 
-// to_channels_last_pairs reading the source from the texture.
 @compute @workgroup_size(64)
 fn to_channels_last_pairs_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    let segments = p.src_h / 2u;
-    if (i >= p.batch * segments * p.in_quads) { return; }
-    let quad = i % p.in_quads;
-    let segment = (i / p.in_quads) % segments;
-    let n = i / (p.in_quads * segments);
-    let c = quad * 4u;
-    let r0 = source_texel(n, c, segment);
-    let r1 = source_texel(n, c + 1u, segment);
-    store_pair_segment(n, segment, quad, r0, r1, source_texel(n, c + 2u, segment), source_texel(n, c + 3u, segment));
+    let s = pair_segment(flat_index(gid, nwg));
+    if (s.live) { store_pair_segment(s, channel_texels(s.n, s.quad * 4u, s.segment)); }
 }
 
-// to_channels_last_pairs reading the source and the gate from textures (channels in fours).
 @compute @workgroup_size(64)
 fn to_channels_last_pairs_gated_textured(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let i = flat_index(gid, nwg);
-    let segments = p.src_h / 2u;
-    if (i >= p.batch * segments * p.in_quads) { return; }
-    let quad = i % p.in_quads;
-    let segment = (i / p.in_quads) % segments;
-    let n = i / (p.in_quads * segments);
-    let c = quad * 4u;
-    let g = quad_gates(n, c);
-    let r0 = ungated_texel(n, c, segment) * g.x;
-    let r1 = ungated_texel(n, c + 1u, segment) * g.y;
-    let r2 = ungated_texel(n, c + 2u, segment) * g.z;
-    store_pair_segment(n, segment, quad, r0, r1, r2, ungated_texel(n, c + 3u, segment) * g.w);
+    let s = pair_segment(flat_index(gid, nwg));
+    if (s.live) { store_pair_segment(s, gated_channel_texels(s.n, s.quad * 4u, s.segment)); }
 }
 
-// The pair segment's four channels' vec4s stored as its four pixels: pixel j (row j / 2,
-// column j % 2) is component j of each.
-fn store_pair_segment(
-    n: u32,
-    segment: u32,
-    quad: u32,
-    r0: vec4<f32>,
-    r1: vec4<f32>,
-    r2: vec4<f32>,
-    r3: vec4<f32>,
-) {
-    let y0 = i32(segment * 2u) + p.top;
-    store_pixel(n, y0, p.left, vec4<f32>(r0.x, r1.x, r2.x, r3.x), quad);
-    store_pixel(n, y0, p.left + 1, vec4<f32>(r0.y, r1.y, r2.y, r3.y), quad);
-    store_pixel(n, y0 + 1, p.left, vec4<f32>(r0.z, r1.z, r2.z, r3.z), quad);
-    store_pixel(n, y0 + 1, p.left + 1, vec4<f32>(r0.w, r1.w, r2.w, r3.w), quad);
+// The segment's four channels' vec4s stored as its four pixels: pixel j (row j / 2, column
+// j % 2) is component j of each.
+fn store_pair_segment(s: PairSegment, r: array<vec4<f32>, 4>) {
+    let y0 = i32(s.segment * 2u) + p.top;
+    store_pixel(s.n, y0, p.left, vec4<f32>(r[0].x, r[1].x, r[2].x, r[3].x), s.quad);
+    store_pixel(s.n, y0, p.left + 1, vec4<f32>(r[0].y, r[1].y, r[2].y, r[3].y), s.quad);
+    store_pixel(s.n, y0 + 1, p.left, vec4<f32>(r[0].z, r[1].z, r[2].z, r[3].z), s.quad);
+    store_pixel(s.n, y0 + 1, p.left + 1, vec4<f32>(r[0].w, r[1].w, r[2].w, r[3].w), s.quad);
 }
 
 // Destination pixel (yd, xd) of sample n, skipped outside the destination.
@@ -451,41 +446,53 @@ fn gradient_channels_last(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 // The same four pixels at a time, for maps whose pixels come in fours: four vec4 loads (four
 // pixels of each of four channels) and four vec4 stores. Invocations: batch x pixels / 4 x
 // out_pad / 4, quads fastest.
-@compute @workgroup_size(64)
-fn gradient_channels_last_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    let groups = p.out_h * p.out_w / 4u;
-    let quads = p.out_pad / 4u;
-    if (i >= p.batch * groups * quads) { return; }
-    let quad = i % quads;
-    let q = i / quads;
-    let n = q / groups;
-    let group = q % groups;
-    let c0 = gradient_pixels(n, quad * 4u, group);
-    let c1 = gradient_pixels(n, quad * 4u + 1u, group);
-    let c2 = gradient_pixels(n, quad * 4u + 2u, group);
-    store_gradient_group(n * groups + group, quad, c0, c1, c2, gradient_pixels(n, quad * 4u + 3u, group));
+
+// Invocation i's group of four pixels (sample n's `group`-th) and channel quad; not `live` past
+// the last.
+struct GradientGroup {
+    n: u32,
+    group: u32,
+    quad: u32,
+    live: bool,
 }
 
-// gradient_channels_last_quads reading dy from a texture that holds a copy of binding 1
-// (`buffer_texel`; src/gpu/mod.rs `Gpu::texture_reads`). The same values in the same places.
+fn gradient_group(i: u32) -> GradientGroup {
+    let groups = p.out_h * p.out_w / 4u;
+    let quads = p.out_pad / 4u;
+    let q = i / quads;
+    return GradientGroup(q / groups, q % groups, i % quads, i < p.batch * groups * quads);
+}
+
+@compute @workgroup_size(64)
+fn gradient_channels_last_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = gradient_group(flat_index(gid, nwg));
+    if (!g.live) { return; }
+    let c = g.quad * 4u;
+    let r = array<vec4<f32>, 4>(
+        gradient_pixels(g.n, c, g.group),
+        gradient_pixels(g.n, c + 1u, g.group),
+        gradient_pixels(g.n, c + 2u, g.group),
+        gradient_pixels(g.n, c + 3u, g.group),
+    );
+    store_gradient_group(g, r);
+}
+
+// gradient_channels_last_quads reading dy from the texture that holds a copy of binding 1.
 @compute @workgroup_size(64)
 fn gradient_channels_last_quads_textured(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let i = flat_index(gid, nwg);
-    let groups = p.out_h * p.out_w / 4u;
-    let quads = p.out_pad / 4u;
-    if (i >= p.batch * groups * quads) { return; }
-    let quad = i % quads;
-    let q = i / quads;
-    let n = q / groups;
-    let group = q % groups;
-    let c0 = gradient_texel(n, quad * 4u, group);
-    let c1 = gradient_texel(n, quad * 4u + 1u, group);
-    let c2 = gradient_texel(n, quad * 4u + 2u, group);
-    store_gradient_group(n * groups + group, quad, c0, c1, c2, gradient_texel(n, quad * 4u + 3u, group));
+    let g = gradient_group(flat_index(gid, nwg));
+    if (!g.live) { return; }
+    let c = g.quad * 4u;
+    let r = array<vec4<f32>, 4>(
+        gradient_texel(g.n, c, g.group),
+        gradient_texel(g.n, c + 1u, g.group),
+        gradient_texel(g.n, c + 2u, g.group),
+        gradient_texel(g.n, c + 3u, g.group),
+    );
+    store_gradient_group(g, r);
 }
 
 // Pixels 4 group .. 4 group + 3 of sample n's channel c of dy, zero for a padding channel.
@@ -500,15 +507,14 @@ fn gradient_texel(n: u32, c: u32, group: u32) -> vec4<f32> {
     return buffer_texel(copy_src_texels, (n * p.c_out + c) * (p.out_h * p.out_w / 4u) + group);
 }
 
-// Four channels' vec4s of a group of four pixels (the batch's `group`-th), stored as the
-// pixels' quad `quad`: pixel j is component j of each.
-fn store_gradient_group(group: u32, quad: u32, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) {
+// The group's four channels' vec4s stored as its pixels' quad: pixel j is component j of each.
+fn store_gradient_group(g: GradientGroup, r: array<vec4<f32>, 4>) {
     let quads = p.out_pad / 4u;
-    let first = group * 4u;
-    copy_dst[first * quads + quad] = vec4<f32>(c0.x, c1.x, c2.x, c3.x);
-    copy_dst[(first + 1u) * quads + quad] = vec4<f32>(c0.y, c1.y, c2.y, c3.y);
-    copy_dst[(first + 2u) * quads + quad] = vec4<f32>(c0.z, c1.z, c2.z, c3.z);
-    copy_dst[(first + 3u) * quads + quad] = vec4<f32>(c0.w, c1.w, c2.w, c3.w);
+    let first = (g.n * (p.out_h * p.out_w / 4u) + g.group) * 4u;
+    copy_dst[first * quads + g.quad] = vec4<f32>(r[0].x, r[1].x, r[2].x, r[3].x);
+    copy_dst[(first + 1u) * quads + g.quad] = vec4<f32>(r[0].y, r[1].y, r[2].y, r[3].y);
+    copy_dst[(first + 2u) * quads + g.quad] = vec4<f32>(r[0].z, r[1].z, r[2].z, r[3].z);
+    copy_dst[(first + 3u) * quads + g.quad] = vec4<f32>(r[0].w, r[1].w, r[2].w, r[3].w);
 }
 
 // (tap, input quad) steps per weight block: a block of the widest tile (64 channels) fills

@@ -23,10 +23,12 @@ pub fn texture_width(gpu: &Gpu) -> u32 {
     1 << (31 - widest.leading_zeros())
 }
 
-/// Whether `source`'s vec4s fit one texture of [`texture_width`]-wide rows.
+/// Whether `source` is whole vec4s (a texel each: the copy would drop a partial last one) that
+/// fit one texture of [`texture_width`]-wide rows.
 fn texture_holds(gpu: &Gpu, source: &GpuSlice) -> bool {
     let width = u64::from(texture_width(gpu));
-    source.offset.is_multiple_of(16) && (source.size / 16).div_ceil(width) <= width
+    let whole = source.offset.is_multiple_of(16) && source.size.is_multiple_of(16);
+    whole && (source.size / 16).div_ceil(width) <= width
 }
 
 /// A buffer's vec4s copied into the rows of an rgba32float texture, before the dispatch that
@@ -250,7 +252,11 @@ impl Gpu {
                 if let Some(upload) = filled(source) {
                     return TextureUpload { source: source.clone(), texture: upload.texture.clone(), copies: false };
                 }
-                assert!(texture_holds(self, source), "{entry}: {} bytes do not fit one texture", source.size);
+                assert!(
+                    texture_holds(self, source),
+                    "{entry}: {} bytes are not whole vec4s in one texture",
+                    source.size
+                );
                 let rows = (source.size / 16).div_ceil(u64::from(width)).max(1);
                 let texture = self.device.create_texture(&wgpu::TextureDescriptor {
                     label: Some(entry),
@@ -283,9 +289,7 @@ impl Gpu {
         sources: &[&GpuSlice],
         workgroups: [u32; 3],
     ) -> Dispatch {
-        // (A texture holds whole vec4s: a source that ends inside one stays in storage.)
-        let whole = |s: &&GpuSlice| s.size.is_multiple_of(16) && texture_holds(self, s);
-        if self.texture_reads && sources.iter().all(whole) {
+        if self.texture_reads && sources.iter().all(|s| texture_holds(self, s)) {
             self.dispatch_with_textures_after(earlier, shader, entries[1], params, buffers, sources, workgroups)
         } else {
             self.dispatch(shader, entries[0], params, buffers, workgroups)

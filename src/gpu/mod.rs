@@ -78,10 +78,10 @@ pub struct Gpu {
     /// Whether kernels that stream through activation-sized buffers (the optimizer's step,
     /// BatchNorm's vec4 kernels, the weight gradient's strided reduction, the channels-last
     /// copies, the residual add, the stem's max pool, the router's linear layers, gate
-    /// gradients and average pool) read them through
-    /// textures, copied before the dispatch ([`Gpu::dispatch_streaming`]; software adapters: a
-    /// storage load whose address differs per lane loops over the lanes through memory, where
-    /// a texel fetch gathers them in registers). Values and their order are the same either way.
+    /// gradients and average pool) read them through textures, copied before the dispatch
+    /// ([`Gpu::dispatch_streaming`]; software adapters: a storage load whose address differs
+    /// per lane loops over the lanes through memory, where a texel fetch gathers them in
+    /// registers). Values and their order are the same either way.
     pub texture_reads: bool,
     kernels: kernel::KernelCache,
     buffers_created: AtomicU64,

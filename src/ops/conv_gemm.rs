@@ -1445,13 +1445,10 @@ impl GemmPlan {
                         let workgroups = grid(scratch[DY_LAST].len() / 16);
                         gpu.dispatch_streaming(None, "conv_tile", entries, &params, &buffers, &[dy], workgroups)
                     }
-                    false => gpu.dispatch(
-                        "conv_tile",
-                        "gradient_channels_last",
-                        &params,
-                        &buffers,
-                        grid(buffers[1].len() / 4),
-                    ),
+                    false => {
+                        let workgroups = grid(scratch[DY_LAST].len() / 4);
+                        gpu.dispatch("conv_tile", "gradient_channels_last", &params, &buffers, workgroups)
+                    }
                 });
                 scratch[DY_LAST]
             }

@@ -179,45 +179,36 @@ impl Linear {
     ) -> Vec<Dispatch> {
         let input_quads = subgroups && self.out_features.is_multiple_of(4);
         let weight_quads = subgroups && self.in_features.is_multiple_of(4);
+        // The subgroup kernels read their factors through textures where the device reads
+        // streams so ([`Gpu::dispatch_streaming`]: `[storage entry, textured twin]`); the row
+        // kernels have no twin and read no textures.
         let input_kernel = match input_quads {
-            true => ("linear_subgroup", "linear_backward_input_quads"),
-            false => ("linear", "linear_backward_input"),
+            true => ("linear_subgroup", ["linear_backward_input_quads", "linear_backward_input_quads_textured"]),
+            false => ("linear", ["linear_backward_input"; 2]),
         };
         let (weight_kernel, weight_lanes) = match weight_quads {
-            true => (("linear_subgroup", "linear_backward_weight_quads"), self.in_features / 4),
-            false => (("linear", "linear_backward_weight"), self.in_features),
+            true => (
+                ("linear_subgroup", ["linear_backward_weight_quads", "linear_backward_weight_quads_textured"]),
+                self.in_features / 4,
+            ),
+            false => (("linear", ["linear_backward_weight"; 2]), self.in_features),
         };
-        // (target, the other factor, (family, kernel), workgroups)
+        // (target, the other factor, (family, entries), workgroups)
         let passes = [
             (dx, w, input_kernel, rows_grid(self.in_features, self.batch)),
             (dw, x, weight_kernel, rows_grid(weight_lanes, self.out_features)),
-            (db, dy, ("linear", "linear_backward_bias"), grid(self.out_features)),
+            (db, dy, ("linear", ["linear_backward_bias"; 2]), grid(self.out_features)),
         ];
         passes
             .into_iter()
-            .filter_map(|(target, other, (family, entry), workgroups)| {
+            .filter_map(|(target, other, (family, entries), workgroups)| {
                 let target = target?;
                 let params = self.params(accumulate_flag(&target));
+                let sources: &[&GpuSlice] = if entries[0] == entries[1] { &[] } else { &[dy, other] };
                 let buffers = [dy, other, target.slice];
-                Some(match family {
-                    // The factors through textures where the device reads streams so.
-                    "linear_subgroup" => {
-                        let entries = [entry, textured_twin(entry)];
-                        gpu.dispatch_streaming(None, family, entries, &params, &buffers, &[dy, other], workgroups)
-                    }
-                    _ => gpu.dispatch(family, entry, &params, &buffers, workgroups),
-                })
+                Some(gpu.dispatch_streaming(None, family, entries, &params, &buffers, sources, workgroups))
             })
             .collect()
-    }
-}
-
-/// The twin of a linear_subgroup.wgsl kernel that reads its factors through textures.
-fn textured_twin(entry: &str) -> &'static str {
-    match entry {
-        "linear_backward_input_quads" => "linear_backward_input_quads_textured",
-        "linear_backward_weight_quads" => "linear_backward_weight_quads_textured",
-        _ => panic!("{entry} has no textured twin"),
     }
 }
 
