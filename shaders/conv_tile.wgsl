@@ -947,6 +947,46 @@ fn store_forward(at: vec2<u32>, c: u32, v: vec4<f32>) {
     }
 }
 
+// The output and the residual as vec4s, each four pixels of one channel side by side: for the
+// tiles that store pixel quads (`_quads`), which use these and never tf_y, tf_residual.
+@group(0) @binding(4) var<storage, read_write> tf_y4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> tf_residual4: array<vec4<f32>>;
+
+// initial_forward for the four pixels from output place `at` (output_at of the first), whose
+// places follow it in every channel: column m is pixel m's four channels c .. c + 3.
+fn initial_forward_quads(at: vec2<u32>, c: u32) -> mat4x4<f32> {
+    var by_channel = mat4x4<f32>();
+    if (p.accumulate == 0u || at.x == NO_OUTPUT) { return by_channel; }
+    for (var k = 0u; k < 4u; k++) {
+        if (c + k < p.c_out) { by_channel[k] = tf_y4[(at.x + (c + k) * at.y) / 4u]; }
+    }
+    return transpose(by_channel);
+}
+
+// store_forward for the four pixels from output place `at`, column m of `pixels` holding pixel
+// m's four channels: one vec4 per channel, each value rounded as store_forward rounds it.
+fn store_forward_quads(at: vec2<u32>, c: u32, pixels: mat4x4<f32>) {
+    if (at.x == NO_OUTPUT) { return; }
+    var by_channel = transpose(pixels);
+    for (var k = 0u; k < 4u; k++) {
+        let co = c + k;
+        if (co < p.c_out) {
+            let o = (at.x + co * at.y) / 4u;
+            var bias = 0.0;
+            if (p.has_bias != 0u) { bias = tf_bias[co]; }
+            var r = by_channel[k] + bias;
+            if (p.residual != 0u) { r += tf_residual4[o]; }
+            let a = p.activation;
+            tf_y4[o] = vec4<f32>(
+                output_activation(r.x, a),
+                output_activation(r.y, a),
+                output_activation(r.z, a),
+                output_activation(r.w, a),
+            );
+        }
+    }
+}
+
 // One invocation: P batch-wide pixels x C output channels over one weight block. Per step (one
 // tap, four input channels) it loads P input vec4s (per invocation) and C weight vec4s (per
 // workgroup) for 4 * P * C multiply-adds. Invocations: ceil(batch * out_h * out_w / P).

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{assert_close, f32_exact, gpu, gradient_plan, randn, rng, to_f32, to_f64};
-use kdna::gpu::texture_width;
+use kdna::gpu::{Dispatch, texture_width};
 use kdna::graph::{DispatchTime, Executor, Graph, Init, Phase, Plan, TensorId};
 use kdna::ops::activation::Activation;
 use kdna::ops::adamw::AdamW;
@@ -463,6 +463,10 @@ fn conv_weight_paths_agree_bit_for_bit() {
         ([3, 36, 2, 2], [96, 36, 3, 3], Conv2dConfig::new(1, 1)),
         // And at stride 2, where the input gradient's four phases share one copy of dy.
         ([2, 20, 9, 8], [64, 20, 3, 3], Conv2dConfig::new(2, 1)),
+        // Planes of whole pixel quads (48 and 24 pixels), where the storage tiles store each
+        // channel's four pixels as one vec4, the input gradient adding to what is there.
+        ([2, 24, 8, 6], [64, 24, 3, 3], Conv2dConfig::new(1, 1)),
+        ([3, 40, 4, 6], [64, 40, 1, 1], Conv2dConfig::new(1, 0)),
     ];
     let activations = [
         OutputActivation::Relu,
@@ -474,6 +478,8 @@ fn conv_weight_paths_agree_bit_for_bit() {
         OutputActivation::None,
         OutputActivation::Relu,
         OutputActivation::Relu6,
+        OutputActivation::Relu6,
+        OutputActivation::Relu,
     ];
     for (i, (xs, ws, cfg)) in cases.into_iter().enumerate() {
         let shape = Conv2dShape::new(&xs, &ws, cfg).unwrap();
@@ -503,7 +509,13 @@ fn conv_weight_paths_agree_bit_for_bit() {
             let fusion = Fusion { gate: None, residual: with_residual.then_some(&residual), activation };
             let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, fusion, None, &scratch);
             let mut dispatches: Vec<_> = forward.prepare.into_iter().chain(forward.run).collect();
-            dispatches.extend(plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch));
+            let input_gradient = plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch);
+            if i >= 9 && matches!(reads, WeightReads::Storage | WeightReads::SubgroupStorage) {
+                let quads = |d: &[Dispatch]| d.iter().any(|d| d.label.ends_with("_quads"));
+                let passes = [quads(&dispatches), quads(&input_gradient)];
+                assert_eq!(passes, [true; 2], "case {i} {reads:?}: the forward pass and input gradient store quads");
+            }
+            dispatches.extend(input_gradient);
             // The weight gradient with dy as the input gradient copied it (where that copy
             // serves: one dispatch fewer), then with a copy of its own.
             let shared = plan.backward_weight(&gpu, [&dy, &dw], false, false, true, &scratch);

@@ -54,6 +54,17 @@ pub fn forward_entry(channels: u32, pixels: u32, storage: bool) -> &'static str 
     }
 }
 
+/// The storage-weights forward entry point for tiles of `channels` x `pixels` that store each
+/// channel's four pixels from a multiple of four as one vec4 ([`Forward::quads`]).
+pub fn forward_quads_entry(channels: u32, pixels: u32) -> &'static str {
+    match (channels, pixels) {
+        (16, 32) => "conv_tile_forward_storage_16x32_quads",
+        (32, 16) => "conv_tile_forward_storage_32x16_quads",
+        (64, 8) => "conv_tile_forward_storage_64x8_quads",
+        _ => panic!("no quad-storing forward tile of {channels} channels x {pixels} pixels"),
+    }
+}
+
 /// The entry point whose lanes take output channels ([`LANES_TILE`]).
 pub const LANES_ENTRY: &str = "conv_tile_forward_lanes_32x16";
 
@@ -88,15 +99,20 @@ pub fn expand(source: &str, subgroups: bool) -> String {
                     (true, false) => "ts_w",
                     (false, _) => "tf_w",
                 };
+                let broadcast = storage && subgroups;
                 for (channels, pixels) in FORWARD_TILES {
-                    let tile = Forward { channels, pixels, weights, broadcast: storage && subgroups, lanes: false };
+                    let tile = Forward { channels, pixels, weights, broadcast, lanes: false, quads: false };
                     instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}"), &tile);
+                    if storage {
+                        let tile = Forward { quads: true, ..tile };
+                        instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}_quads"), &tile);
+                    }
                 }
             }
             "forward_lanes" => {
                 let (channels, pixels) = LANES_TILE;
                 let weights = if subgroups { "texel_w" } else { "ts_w" };
-                let tile = Forward { channels, pixels, weights, broadcast: subgroups, lanes: true };
+                let tile = Forward { channels, pixels, weights, broadcast: subgroups, lanes: true, quads: false };
                 instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}"), &tile);
             }
             "weight" => {
@@ -150,6 +166,10 @@ struct Forward {
     broadcast: bool,
     /// Whether lanes take output channels and share their pixels (else the reverse).
     lanes: bool,
+    /// Whether the tile's pixels come in fours that lie side by side in the output, so that
+    /// it loads and stores each channel's four as one vec4 (`tf_y4`): a quarter of the stores
+    /// of one value each, which software adapters pay per lane (the host checks the layout).
+    quads: bool,
 }
 
 /// The entry point parameter that names the invocation's subgroup lane, when broadcasting.
@@ -210,6 +230,21 @@ impl Tile for Forward {
             "pixels" => {
                 code.extend((0..self.pixels).map(|i| format!("let b{i} = window(min(q0 + {i}u, last));")));
             }
+            "declare" if self.quads => {
+                // Each quad's place in the output; a quad's start for all its pixels.
+                code.extend((0..self.pixels / 4).map(|g| format!("let o{g} = output_at(q0 + {}u);", 4 * g)));
+                for g in 0..self.pixels / 4 {
+                    for j in 0..quads {
+                        code.push(format!("let s{g}_{j} = initial_forward_quads(o{g}, c0 + {}u);", 4 * j));
+                        code.push(
+                            (0..4)
+                                .map(|m| format!("var a{}_{j} = s{g}_{j}[{m}];", 4 * g + m))
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                        );
+                    }
+                }
+            }
             "declare" => {
                 // Each pixel's place in the output, found once for all its loads and stores.
                 code.extend((0..self.pixels).map(|i| format!("let o{i} = output_at(q0 + {i}u);")));
@@ -239,6 +274,17 @@ impl Tile for Forward {
                     for j in 0..quads {
                         code.push(format!(
                             "a{i}_{j} += x{i}.x * w0_{j}; a{i}_{j} += x{i}.y * w1_{j}; a{i}_{j} += x{i}.z * w2_{j}; a{i}_{j} += x{i}.w * w3_{j};"
+                        ));
+                    }
+                }
+            }
+            "store" if self.quads => {
+                for g in 0..self.pixels / 4 {
+                    for j in 0..quads {
+                        let [a, b, c, d] = [0, 1, 2, 3].map(|m| format!("a{}_{j}", 4 * g + m));
+                        code.push(format!(
+                            "store_forward_quads(o{g}, c0 + {}u, mat4x4<f32>({a}, {b}, {c}, {d}));",
+                            4 * j
                         ));
                     }
                 }
@@ -361,6 +407,7 @@ mod tests {
         for (c, p) in FORWARD_TILES {
             assert!(src.contains(&format!("fn {}(", forward_entry(c, p, false))));
             assert!(src.contains(&format!("fn {}(", forward_entry(c, p, true))));
+            assert!(src.contains(&format!("fn {}(", forward_quads_entry(c, p))));
         }
         for i in WEIGHT_TILES {
             assert!(src.contains(&format!("fn {}(", weight_entry(i))));

@@ -83,6 +83,11 @@ pub struct Gpu {
     /// per lane loops over the lanes through memory, where a texel fetch gathers them in
     /// registers). Values and their order are the same either way.
     pub texture_reads: bool,
+    /// Whether the forward-style tiles (storage weights) whose output pixels come in fours side
+    /// by side store each channel's four as one vec4 rather than as four values (software
+    /// adapters pay each storage access whose address differs per lane as a loop over the
+    /// lanes). Values are the same either way.
+    pub quad_stores: bool,
     kernels: kernel::KernelCache,
     buffers_created: AtomicU64,
     submissions: AtomicU64,
@@ -116,6 +121,8 @@ impl Gpu {
             Ok("1") => true,
             _ => info.device_type == wgpu::DeviceType::Cpu,
         };
+        // KDNA_QUAD_STORES=0 stores the tiles' outputs one value at a time (to compare).
+        let quad_stores = std::env::var("KDNA_QUAD_STORES").map_or(true, |v| v != "0");
         let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
             label: Some("kdna"),
             required_features: if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() },
@@ -134,6 +141,7 @@ impl Gpu {
             workgroup_tiles,
             depthwise_rows,
             texture_reads,
+            quad_stores,
             kernels: kernel::KernelCache::default(),
             buffers_created: AtomicU64::new(0),
             submissions: AtomicU64::new(0),

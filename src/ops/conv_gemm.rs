@@ -10,7 +10,7 @@ use super::Forward;
 use super::conv2d::{Conv2dConfig, Conv2dShape, Fusion};
 use crate::gpu::conv_tiles::{
     FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
-    WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry, shared_entry, weight_entry,
+    WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry, forward_quads_entry, shared_entry, weight_entry,
 };
 use crate::gpu::{Dispatch, Gpu, GpuSlice, grid, grid_of, texture_width};
 
@@ -138,6 +138,18 @@ impl TileParams {
     /// These parameters for a kernel that reads textures on `gpu` (its rows' texel shift).
     fn reading_textures(&self, gpu: &Gpu) -> TileParams {
         TileParams { texture_shift: texture_width(gpu).trailing_zeros(), ..*self }
+    }
+
+    /// Whether every four batch-wide output pixels from a multiple of four lie side by side in
+    /// each channel of the output (and of the residual, laid out alike): a dense output, not a
+    /// phase of a strided gradient nor a band's frame, whose planes hold whole quads.
+    fn pixel_quads_side_by_side(&self) -> bool {
+        let whole = |store: u32, out: u32| store == 0 || store == out;
+        let dense = self.store_stride_h <= 1 && self.store_stride_w <= 1 && (self.store_y0, self.store_x0) == (0, 0);
+        dense
+            && whole(self.store_h, self.out_h)
+            && whole(self.store_w, self.out_w)
+            && (self.out_h * self.out_w).is_multiple_of(4)
     }
 }
 
@@ -622,7 +634,11 @@ fn tile_dispatches(
     }
     if reads != WeightReads::UniformBlocks {
         let [x, y, _] = grid_of(pixel_tiles, TILE_WORKGROUP);
-        let (entry, buffers) = (forward_entry(channels, pixels, true), [input, packed, bias, output, residual]);
+        let entry = match gpu.quad_stores && params.pixel_quads_side_by_side() {
+            true => forward_quads_entry(channels, pixels),
+            false => forward_entry(channels, pixels, true),
+        };
+        let buffers = [input, packed, bias, output, residual];
         let (family, grid) = (reads.family(), [x, y, channel_tiles]);
         out.push(match reads {
             WeightReads::SubgroupStorage => {
