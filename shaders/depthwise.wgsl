@@ -258,6 +258,172 @@ fn depthwise_rows_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     }
 }
 
+// depthwise_rows_3x3 over rows whose pixels come in fours (input and output widths multiples
+// of four, column padding 1), reading the input through a texture that holds a copy of
+// binding 1 (`buffer_texel`; src/gpu/mod.rs `Gpu::texture_reads`) and computing four outputs
+// of a row at once: one texel fetch of each kernel row brings in the next four inputs (two at
+// column stride 2), where depthwise_rows_3x3 makes a storage load per input, and one vec4
+// store holds the four sums. Software adapters pay a loop over lanes for each storage access
+// and gather a texel fetch's lanes in registers. The same terms in the same order as
+// depthwise_rows_3x3, so the same values. Invocations: as depthwise_rows.
+@group(0) @binding(15) var row_in_texels: texture_2d<f32>;
+@group(0) @binding(4) var<storage, read_write> row_out4: array<vec4<f32>>;
+
+// Texel t of input row iy of the plane whose first texel is plane4: the row's inputs 4t ..
+// 4t + 3, zero outside the plane.
+fn input_texel(plane4: u32, iy: i32, t: i32) -> vec4<f32> {
+    let row = i32(p.w / 4u);
+    let inside = iy >= 0 && iy < i32(p.h) && t >= 0 && t < row;
+    let at = plane4 + u32(clamp(iy, 0, i32(p.h) - 1) * row + clamp(t, 0, row - 1));
+    return select(vec4<f32>(0.0), buffer_texel(row_in_texels, at), inside);
+}
+
+// One kernel row's three inputs (columns b = 0, 1, 2) for each of four outputs (column j of
+// the result), from that row's texels before (prev), at (cur) and after (next) the inputs of
+// the first output's middle column, at column stride 1 or 2 and padding 1.
+fn row_taps(prev: vec4<f32>, cur: vec4<f32>, next: vec4<f32>, stride_two: bool) -> mat4x3<f32> {
+    if (stride_two) {
+        return mat4x3<f32>(
+            vec3<f32>(prev.w, cur.x, cur.y),
+            vec3<f32>(cur.y, cur.z, cur.w),
+            vec3<f32>(cur.w, next.x, next.y),
+            vec3<f32>(next.y, next.z, next.w),
+        );
+    }
+    return mat4x3<f32>(
+        vec3<f32>(prev.w, cur.x, cur.y),
+        vec3<f32>(cur.x, cur.y, cur.z),
+        vec3<f32>(cur.y, cur.z, cur.w),
+        vec3<f32>(cur.z, cur.w, next.x),
+    );
+}
+
+// One output of depthwise_rows_3x3: weights k (column a: kernel row a's taps), window rows r0,
+// r1, r2 (each columns 0, 1, 2); flipped, tap t pairs with window tap 8 - t. Terms in tap order.
+fn window_sum(k: mat3x3<f32>, r0: vec3<f32>, r1: vec3<f32>, r2: vec3<f32>, flip: bool) -> f32 {
+    var acc = 0.0;
+    if (flip) {
+        acc = fma(k[0].x, r2.z, acc); acc = fma(k[0].y, r2.y, acc); acc = fma(k[0].z, r2.x, acc);
+        acc = fma(k[1].x, r1.z, acc); acc = fma(k[1].y, r1.y, acc); acc = fma(k[1].z, r1.x, acc);
+        acc = fma(k[2].x, r0.z, acc); acc = fma(k[2].y, r0.y, acc); acc = fma(k[2].z, r0.x, acc);
+    } else {
+        acc = fma(k[0].x, r0.x, acc); acc = fma(k[0].y, r0.y, acc); acc = fma(k[0].z, r0.z, acc);
+        acc = fma(k[1].x, r1.x, acc); acc = fma(k[1].y, r1.y, acc); acc = fma(k[1].z, r1.z, acc);
+        acc = fma(k[2].x, r2.x, acc); acc = fma(k[2].y, r2.y, acc); acc = fma(k[2].z, r2.z, acc);
+    }
+    return acc;
+}
+
+// One entry point per column stride and flip, each passing constants: software adapters run
+// both sides of a branch on a uniform's value under a lane mask (the inlined constants fold).
+@compute @workgroup_size(64)
+fn depthwise_rows_3x3_quads_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    depthwise_rows_3x3_quads(flat_index(gid, nwg), false, false);
+}
+
+@compute @workgroup_size(64)
+fn depthwise_rows_3x3_s2_quads_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    depthwise_rows_3x3_quads(flat_index(gid, nwg), true, false);
+}
+
+@compute @workgroup_size(64)
+fn depthwise_rows_3x3_flipped_quads_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    depthwise_rows_3x3_quads(flat_index(gid, nwg), false, true);
+}
+
+// Invocation i of the kernels above: column stride 2 (`stride_two`, else 1), the weights
+// turned (`flip`, a stride-1 input gradient).
+fn depthwise_rows_3x3_quads(i: u32, stride_two: bool, flip: bool) {
+    if (i >= p.c_out * p.chunks) { return; }
+    let part = i % p.chunks;
+    let c = i / p.chunks;
+    let k = mat3x3<f32>(
+        vec3<f32>(row_w[c * 9u], row_w[c * 9u + 1u], row_w[c * 9u + 2u]),
+        vec3<f32>(row_w[c * 9u + 3u], row_w[c * 9u + 4u], row_w[c * 9u + 5u]),
+        vec3<f32>(row_w[c * 9u + 6u], row_w[c * 9u + 7u], row_w[c * 9u + 8u]),
+    );
+    var bias = 0.0;
+    if (p.has_bias != 0u) { bias = row_bias[c]; }
+    let quads = p.out_w / 4u;
+    let first = part * p.chunk_len;
+    let end = min(p.batch * p.out_h, first + p.chunk_len);
+    var n = first / p.out_h;
+    var oy = first % p.out_h;
+    for (var r = first; r < end; r++) {
+        let plane = n * p.c_out + c;
+        let plane4 = plane * p.h * (p.w / 4u);
+        let out_row4 = (plane * p.out_h + oy) * quads;
+        let iy0 = i32(oy * p.stride_h) - i32(p.pad_h);
+        // Each kernel row's texels before, at and after the first quad's inputs.
+        var prev0 = vec4<f32>(0.0);
+        var prev1 = vec4<f32>(0.0);
+        var prev2 = vec4<f32>(0.0);
+        var cur0 = input_texel(plane4, iy0, 0);
+        var cur1 = input_texel(plane4, iy0 + 1, 0);
+        var cur2 = input_texel(plane4, iy0 + 2, 0);
+        var next0 = input_texel(plane4, iy0, 1);
+        var next1 = input_texel(plane4, iy0 + 1, 1);
+        var next2 = input_texel(plane4, iy0 + 2, 1);
+        for (var q = 0u; q < quads; q++) {
+            let t0 = row_taps(prev0, cur0, next0, stride_two);
+            let t1 = row_taps(prev1, cur1, next1, stride_two);
+            let t2 = row_taps(prev2, cur2, next2, stride_two);
+            let sums = vec4<f32>(
+                window_sum(k, t0[0], t1[0], t2[0], flip),
+                window_sum(k, t0[1], t1[1], t2[1], flip),
+                window_sum(k, t0[2], t1[2], t2[2], flip),
+                window_sum(k, t0[3], t1[3], t2[3], flip),
+            );
+            // Read the output only to add to it (each access costs software adapters a loop).
+            let at = out_row4 + q;
+            if (p.accumulate != 0u) {
+                row_out4[at] += sums + bias;
+            } else {
+                let v = sums + bias;
+                let a = p.activation;
+                row_out4[at] = vec4<f32>(
+                    output_activation(v.x, a),
+                    output_activation(v.y, a),
+                    output_activation(v.z, a),
+                    output_activation(v.w, a),
+                );
+            }
+            // The next quad's texels: four inputs on (stride 1) or eight (stride 2).
+            if (stride_two) {
+                let t = i32(2u * q + 2u);
+                prev0 = next0; prev1 = next1; prev2 = next2;
+                cur0 = input_texel(plane4, iy0, t);
+                cur1 = input_texel(plane4, iy0 + 1, t);
+                cur2 = input_texel(plane4, iy0 + 2, t);
+                next0 = input_texel(plane4, iy0, t + 1);
+                next1 = input_texel(plane4, iy0 + 1, t + 1);
+                next2 = input_texel(plane4, iy0 + 2, t + 1);
+            } else {
+                let t = i32(q + 2u);
+                prev0 = cur0; prev1 = cur1; prev2 = cur2;
+                cur0 = next0; cur1 = next1; cur2 = next2;
+                next0 = input_texel(plane4, iy0, t);
+                next1 = input_texel(plane4, iy0 + 1, t);
+                next2 = input_texel(plane4, iy0 + 2, t);
+            }
+        }
+        oy += 1u;
+        if (oy == p.out_h) {
+            oy = 0u;
+            n += 1u;
+        }
+    }
+}
+
 // ---------------------------------------------------------------- gradient to the input
 @group(0) @binding(1) var<storage, read> bin_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> bin_w: array<f32>;

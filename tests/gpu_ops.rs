@@ -17,7 +17,7 @@ use kdna::ops::linear::Linear;
 use kdna::ops::modulate::Modulate;
 use kdna::ops::pool::MaxPool2d;
 use kdna::ops::sgd::Sgd;
-use kdna::ops::{GradTarget, Mode};
+use kdna::ops::{Bound, GradTarget, Grads, Mode, Op};
 use kdna::reference as r;
 use rand::rngs::StdRng;
 use std::sync::{Arc, OnceLock};
@@ -297,6 +297,79 @@ fn depthwise_families_agree() {
         for (name, (a, b)) in ["forward", "input gradient"].iter().zip(results[0].iter().zip(&results[1])) {
             let differing = a.iter().zip(b).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
             assert_eq!(differing, 0, "case {i}: {name} values that differ between the depthwise families");
+        }
+    }
+}
+
+/// Depthwise 3x3 rows that come in fours (MobileNetV2's) read their input through a texture
+/// and compute four outputs at once where the device reads streams so: the same values as
+/// `depthwise_rows_3x3`, for the forward pass at strides 1 and 2 (bias, output activation) and
+/// the stride-1 input gradient added to one already there; a row of 10 keeps the scalar kernel.
+#[test]
+fn depthwise_rows_reading_textures_change_no_value() {
+    let devices = [true, false].map(|texture_reads| {
+        let mut device = kdna::gpu::Gpu::new(None).expect("a device on the test adapter");
+        (device.depthwise_rows, device.texture_reads) = (true, texture_reads);
+        device
+    });
+    let cfg = |stride, c| Conv2dConfig { stride: (stride, stride), padding: (1, 1), groups: c };
+    let cases = [
+        ([2, 5, 8, 12], cfg(1, 5), true, OutputActivation::Relu6, true),
+        ([3, 6, 6, 16], cfg(2, 6), false, OutputActivation::Relu, true),
+        ([2, 4, 7, 10], cfg(1, 4), true, OutputActivation::None, false),
+    ];
+    for (i, (xs, cfg, has_bias, activation, quads)) in cases.into_iter().enumerate() {
+        let shape = Conv2dShape::new(&xs, &[xs[1], 1, 3, 3], cfg).unwrap();
+        let numel = |s: &[usize]| s.iter().product::<usize>();
+        let mut rng = rng(1400 + i as u64);
+        let [xv, wv, bv, dyv, dx0] =
+            [numel(&xs), 9 * xs[1], xs[1], numel(&shape.output()), numel(&xs)].map(|n| f32_exact(randn(&mut rng, n)));
+        let results = devices.each_ref().map(|gpu| {
+            let [x, w, bias, dy, dx] = [&xv, &wv, &bv, &dyv, &dx0].map(|v| gpu.upload("input", &to_f32(v)));
+            let y = gpu.storage("y", numel(&shape.output()));
+            let op = |has_bias, activation| kdna::ops::conv2d::Conv2d {
+                shape,
+                has_bias,
+                has_residual: false,
+                has_gate: false,
+                activation,
+                child: None,
+                gates_input: false,
+                dw_unreduced: false,
+                dw_to_buffer: false,
+                fold_columns: false,
+            };
+            let inputs = if has_bias { vec![&x, &w, &bias] } else { vec![&x, &w] };
+            let bound = Bound { inputs, outputs: vec![&y], scratch: vec![] };
+            let mut dispatches = op(has_bias, activation).forward(gpu, &bound, Mode::Eval);
+            if cfg.stride == (1, 1) {
+                let target = GradTarget { slice: &dx, accumulate: true };
+                let grads = Grads { outputs: vec![&dy], inputs: vec![Some(target), None] };
+                dispatches.extend(op(false, OutputActivation::None).backward(gpu, &bound, &grads, Mode::Train));
+            }
+            let entries: Vec<_> = dispatches.iter().map(|d| d.label).collect();
+            let want: &[&str] = match (quads && gpu.texture_reads, cfg.stride.0) {
+                (false, _) => &["depthwise_rows_3x3"; 2],
+                (true, 1) => &["depthwise_rows_3x3_quads_textured", "depthwise_rows_3x3_flipped_quads_textured"],
+                (true, _) => &["depthwise_rows_3x3_s2_quads_textured"],
+            };
+            assert_eq!(entries, want[..entries.len()], "case {i}, texture reads {}", gpu.texture_reads);
+            gpu.run(&dispatches);
+            [&y, &dx].map(|b| gpu.read::<f32>(b).unwrap().into_iter().map(f64::from).collect::<Vec<_>>())
+        });
+        for (name, (a, b)) in ["y", "dx"].iter().zip(results[0].iter().zip(&results[1])) {
+            assert_eq!(bits_differ(a, b), 0, "case {i}: {name} values that differ between the ways");
+        }
+        let [y, dx] = &results[0];
+        let want_y: Vec<f64> = r::conv2d::forward(&shape, &xv, &wv, has_bias.then_some(&bv[..]))
+            .into_iter()
+            .map(|v| activate(activation, v))
+            .collect();
+        assert_close(&format!("case {i} y"), y, &want_y, TOL);
+        if cfg.stride == (1, 1) {
+            let (want_dx, _, _) = r::conv2d::backward(&shape, &xv, &wv, &dyv);
+            let added: Vec<f64> = dx.iter().zip(&dx0).map(|(a, b)| a - b).collect();
+            assert_close(&format!("case {i} dx"), &added, &want_dx, TOL);
         }
     }
 }

@@ -209,9 +209,34 @@ impl Conv2dShape {
         matches!((self.kernel_h, self.kernel_w, self.cfg.stride.1), (3, 3, 1 | 2))
     }
 
-    /// The row kernel of a depthwise forward pass or stride-1 input gradient.
-    fn depthwise_rows_entry(&self) -> &'static str {
-        if self.depthwise_rows_3x3() { "depthwise_rows_3x3" } else { "depthwise_rows" }
+    /// The row kernel of a depthwise forward pass or stride-1 input gradient (`params`, over
+    /// `[input, weight, bias, output]`). On a device that reads streams through textures, 3x3
+    /// rows that come in fours (widths in and out multiples of four, column padding 1) take
+    /// `depthwise_rows_3x3_*quads_textured` (one per column stride, and one for the flipped
+    /// weights of an input gradient): the input through a texture, four outputs at once.
+    fn depthwise_rows_dispatch(
+        &self,
+        gpu: &Gpu,
+        params: &ConvParams,
+        buffers: [&GpuSlice; 4],
+        invocations: [u32; 3],
+    ) -> Dispatch {
+        let p = params;
+        if !self.depthwise_rows_3x3() {
+            return gpu.dispatch("depthwise", "depthwise_rows", p, &buffers, invocations);
+        }
+        let quads = p.pad_w == 1 && p.w.is_multiple_of(4) && p.out_w.is_multiple_of(4);
+        if !quads {
+            return gpu.dispatch("depthwise", "depthwise_rows_3x3", p, &buffers, invocations);
+        }
+        let textured = match (p.stride_w, p.flip != 0) {
+            (1, false) => "depthwise_rows_3x3_quads_textured",
+            (2, false) => "depthwise_rows_3x3_s2_quads_textured",
+            (1, true) => "depthwise_rows_3x3_flipped_quads_textured",
+            _ => return gpu.dispatch("depthwise", "depthwise_rows_3x3", p, &buffers, invocations),
+        };
+        let entries = ["depthwise_rows_3x3", textured];
+        gpu.dispatch_streaming(None, "depthwise", entries, p, &buffers, &[buffers[0]], invocations)
     }
 
     /// Whether `depthwise_backward_input_s2` computes the input gradient: a 3x3 kernel at
@@ -434,7 +459,7 @@ impl Op for Conv2d {
                 let params =
                     ConvParams { activation: self.activation as u32, ..s.depthwise_forward_params(self.has_bias) };
                 let invocations = grid((s.c_out * params.chunks as usize).max(1));
-                vec![gpu.dispatch("depthwise", s.depthwise_rows_entry(), &params, &buffers, invocations)]
+                vec![s.depthwise_rows_dispatch(gpu, &params, buffers, invocations)]
             }
             ConvKernel::Depthwise => {
                 let tiles = s.batch * s.c_out * pixels.div_ceil(DEPTHWISE_PIXELS);
@@ -471,7 +496,7 @@ impl Op for Conv2d {
                         // The bias binding is read only with a bias: any buffer does.
                         let buffers = [dy, b.inputs[1], dy, dx.slice];
                         let invocations = grid(s.c_in * rows.chunks as usize);
-                        out.push(gpu.dispatch("depthwise", s.depthwise_rows_entry(), &rows, &buffers, invocations));
+                        out.push(s.depthwise_rows_dispatch(gpu, &rows, buffers, invocations));
                     }
                     None if gpu.depthwise_rows && s.depthwise_input_s2() => {
                         let (parts, per_part) = depthwise_parts(s.batch * s.h, s.c_in, usize::MAX);
