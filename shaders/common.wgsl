@@ -6,15 +6,6 @@ const WORKGROUP: u32 = 64u;
 
 // A convolution's fused output activation (src/ops/conv2d.rs `OutputActivation`): 0 none,
 // 1 relu, 2 relu6, computed as activation.wgsl computes them, so fusing changes no bit.
-// The activations a convolution or BatchNorm applies as it stores (OutputActivation none 0,
-// relu 1, relu6 2), without a branch: software adapters run every case of a switch on a
-// uniform under a lane mask, and output_activation's sigmoid costs an exponential for every
-// value stored. (relu6: clamp(v, 0, 6) is min(max(v, 0), 6).)
-fn stored_activation(v: f32, kind: u32) -> f32 {
-    let relu = max(v, 0.0);
-    return select(v, select(relu, min(relu, 6.0), kind == 2u), kind != 0u);
-}
-
 fn output_activation(v: f32, kind: u32) -> f32 {
     switch kind {
         case 1u: { return max(v, 0.0); }

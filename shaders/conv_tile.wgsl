@@ -942,7 +942,7 @@ fn store_forward(at: vec2<u32>, c: u32, v: vec4<f32>) {
             if (p.has_bias != 0u) { bias = tf_bias[co]; }
             var r = v[k] + bias;
             if (p.residual != 0u) { r += tf_residual[o]; }
-            tf_y[o] = stored_activation(r, p.activation);
+            tf_y[o] = output_activation(r, p.activation);
         }
     }
 }
@@ -978,10 +978,10 @@ fn store_forward_quads(at: vec2<u32>, c: u32, pixels: mat4x4<f32>) {
             if (p.residual != 0u) { r += tf_residual4[o]; }
             let a = p.activation;
             tf_y4[o] = vec4<f32>(
-                stored_activation(r.x, a),
-                stored_activation(r.y, a),
-                stored_activation(r.z, a),
-                stored_activation(r.w, a),
+                output_activation(r.x, a),
+                output_activation(r.y, a),
+                output_activation(r.z, a),
+                output_activation(r.w, a),
             );
         }
     }

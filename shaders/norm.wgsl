@@ -39,7 +39,7 @@ struct NormParams {
     // chunk: the per-channel kernels walk the elements themselves.
     chunks: u32,
     chunk_len: u32,
-    // The activation that follows (`stored_activation`'s kinds: none, relu, relu6).
+    // The activation that follows (`output_activation`'s kinds: none, relu, relu6).
     activation: u32,
     _pad1: u32,
     _pad2: u32,
@@ -384,11 +384,11 @@ fn batchnorm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let run = element_run(flat_index(gid, nwg));
     let s = apply_stats(run.z);
     for (var i = run.x; i < run.x + run.y; i++) {
-        ap_y[i] = stored_activation(normalised(ap_x[i], s), p.activation);
+        ap_y[i] = output_activation(normalised(ap_x[i], s), p.activation);
     }
 }
 
-// stored_activation on four values.
+// output_activation on four values.
 fn activated4(v: vec4<f32>) -> vec4<f32> {
     switch p.activation {
         case 1u: { return max(v, vec4<f32>(0.0)); }

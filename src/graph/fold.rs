@@ -154,10 +154,8 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
                             activation = stored_activation(kind).expect("an add applies relu or relu6");
                         }
                     }
-                    // A conv applies relu or relu6 as it stores, never a sigmoid (stored_activation).
                     if activation == OutputActivation::None
                         && let Some((r, fused)) = fusable_activation(out)
-                        && fused != OutputActivation::Sigmoid
                     {
                         activation = fused;
                         absorbed[r] = true;

@@ -39,8 +39,6 @@ pub enum OutputActivation {
     None = 0,
     Relu = 1,
     Relu6 = 2,
-    /// Linear layers only (a router's gate): convolutions and BatchNorm store through
-    /// `stored_activation` (common.wgsl), which has no branch for it.
     Sigmoid = 3,
 }
 
@@ -420,7 +418,6 @@ impl Op for Conv2d {
 
     /// A GEMM convolution over a fixed weight packs it once (its blocks stay in the scratch).
     fn split_forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode, fixed: &[bool]) -> Forward {
-        assert_ne!(self.activation, OutputActivation::Sigmoid, "convolutions store relu or relu6, not a sigmoid");
         let s = &self.shape;
         let g = s.cfg.groups;
         let none = placeholder(gpu);
@@ -623,9 +620,6 @@ impl Graph {
         fused: Fusion<TensorId>,
     ) -> Result<TensorId> {
         let Fusion { gate, residual, activation } = fused;
-        if activation == OutputActivation::Sigmoid {
-            bail!("conv2d: a Sigmoid cannot be applied as the output is stored (relu or relu6 can)");
-        }
         let shape = Conv2dShape::new(self.shape(x), self.shape(weight), cfg)?;
         let mut inputs = vec![x, weight];
         if let Some(b) = bias {
