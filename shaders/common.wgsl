@@ -4,13 +4,33 @@
 // since one grid dimension is limited to 65535 workgroups (src/gpu/kernel.rs `grid`).
 const WORKGROUP: u32 = 64u;
 
-// A convolution's fused output activation (src/ops/conv2d.rs `OutputActivation`): 0 none,
-// 1 relu, 2 relu6, computed as activation.wgsl computes them, so fusing changes no bit.
-fn output_activation(v: f32, kind: u32) -> f32 {
-    switch kind {
+// What the kernels that store a layer's outputs add and apply as they store each value
+// (src/gpu/entry.rs `Stores`): pipeline constants, not parameters, so that each set compiles
+// a pipeline of its own in which the branches on them fold away. Software adapters run both
+// sides of a branch on a uniform value under a lane mask.
+//
+// The output activation (src/gpu/entry.rs `OutputActivation`): 0 none, 1 relu, 2 relu6,
+// 3 sigmoid, computed as activation.wgsl computes them, so fusing changes no bit.
+override STORED_ACTIVATION: u32 = 0u;
+// Whether a bias, and a residual, are added (read by the convolution tiles' stores).
+override STORES_BIAS: bool = false;
+override STORES_RESIDUAL: bool = false;
+
+fn stored_activation(v: f32) -> f32 {
+    switch STORED_ACTIVATION {
         case 1u: { return max(v, 0.0); }
         case 2u: { return clamp(v, 0.0, 6.0); }
         case 3u: { return 1.0 / (1.0 + exp_accurate(-v)); }
+        default: { return v; }
+    }
+}
+
+// stored_activation on four values.
+fn stored_activation4(v: vec4<f32>) -> vec4<f32> {
+    switch STORED_ACTIVATION {
+        case 1u: { return max(v, vec4<f32>(0.0)); }
+        case 2u: { return clamp(v, vec4<f32>(0.0), vec4<f32>(6.0)); }
+        case 3u: { return vec4<f32>(stored_activation(v.x), stored_activation(v.y), stored_activation(v.z), stored_activation(v.w)); }
         default: { return v; }
     }
 }

@@ -76,7 +76,7 @@ fn conv2d_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         for (var i = 0u; i < TILE; i++) {
             let px = pt * TILE + i;
             if (px < pixels) {
-                fwd_y[y_base + px] = output_activation(acc[j * TILE + i] + bias, p.activation);
+                fwd_y[y_base + px] = stored_activation(acc[j * TILE + i] + bias);
             }
         }
     }

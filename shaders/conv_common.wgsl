@@ -27,8 +27,6 @@ struct ConvParams {
     chunk_len: u32,
     // Depthwise row kernels: the weights turned by 180 degrees (an input gradient).
     flip: u32,
-    // Forward passes: the output activation applied as results are stored.
-    activation: u32,
 }
 
 // Lanes of the workgroups that reduce one chunk (each dispatched as one workgroup per chunk).

@@ -48,7 +48,6 @@ struct TileParams {
     // Weight-gradient reduction split: chunks of chunk_len batch-wide pixels.
     chunks: u32,
     chunk_len: u32,
-    has_bias: u32,
     accumulate: u32,
     // Weight packing: the weight's [c_out][c_in][kernel_h][kernel_w] sizes.
     weight_out: u32,
@@ -87,10 +86,6 @@ struct TileParams {
     // split by the taps its outputs read; zero otherwise).
     window_y0: u32,
     window_x0: u32,
-    // Forward passes: a residual added and the output activation applied as the last weight
-    // block stores results.
-    residual: u32,
-    activation: u32,
     // The input copy multiplies each (sample, channel) by copy_gate[sample][channel].
     gate: u32,
     // A band reading weights packed once for its whole pass (see packed_block): the pass's
@@ -113,16 +108,19 @@ struct TileParams {
     back_tile: u32,
     back_blocks: u32,
     back_quads: u32,
+    // pack_weight_forward_quads: nonzero where the weight bound is a KernelDNA parent and the
+    // packing is of its child `child_row` (see child_spatial).
+    child_modulated: u32,
+    child_row: u32,
+    // Kernels that read textures (family conv_tile_subgroup's forward tiles): log2 of their
+    // texels per row.
+    texture_shift: u32,
     bands: array<vec4<u32>, 9>,
     // pack_weight_forward_quads: where weight tap t's rows begin among a tile's packed blocks
     // (vec4s), ~0 for a tap the pass does not read; back_tap_rows: the same in the input
     // gradient's packing.
     tap_rows: array<vec4<u32>, 3>,
     back_tap_rows: array<vec4<u32>, 3>,
-    // pack_weight_forward_quads: nonzero where the weight bound is a KernelDNA parent and the
-    // packing is of its child `child_row` (see child_spatial).
-    child_modulated: u32,
-    child_row: u32,
     // A convolution computed with its kernel's columns folded into its input channels
     // (fold_channels nonzero; see to_channels_last_folded): the source's channels, the
     // kernel's columns, and the column stride and padding.
@@ -130,9 +128,6 @@ struct TileParams {
     fold_kernel_w: u32,
     fold_stride: u32,
     fold_left: u32,
-    // Kernels that read textures (family conv_tile_subgroup's forward tiles): log2 of their
-    // texels per row.
-    texture_shift: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: TileParams;
@@ -939,10 +934,10 @@ fn store_forward(at: vec2<u32>, c: u32, v: vec4<f32>) {
             // loaded only where there is one: select would load it regardless, a lane loop
             // per value on software adapters.
             var bias = 0.0;
-            if (p.has_bias != 0u) { bias = tf_bias[co]; }
+            if (STORES_BIAS) { bias = tf_bias[co]; }
             var r = v[k] + bias;
-            if (p.residual != 0u) { r += tf_residual[o]; }
-            tf_y[o] = output_activation(r, p.activation);
+            if (STORES_RESIDUAL) { r += tf_residual[o]; }
+            tf_y[o] = stored_activation(r);
         }
     }
 }
@@ -973,16 +968,10 @@ fn store_forward_quads(at: vec2<u32>, c: u32, pixels: mat4x4<f32>) {
         if (co < p.c_out) {
             let o = (at.x + co * at.y) / 4u;
             var bias = 0.0;
-            if (p.has_bias != 0u) { bias = tf_bias[co]; }
+            if (STORES_BIAS) { bias = tf_bias[co]; }
             var r = by_channel[k] + bias;
-            if (p.residual != 0u) { r += tf_residual4[o]; }
-            let a = p.activation;
-            tf_y4[o] = vec4<f32>(
-                output_activation(r.x, a),
-                output_activation(r.y, a),
-                output_activation(r.z, a),
-                output_activation(r.w, a),
-            );
+            if (STORES_RESIDUAL) { r += tf_residual4[o]; }
+            tf_y4[o] = stored_activation4(r);
         }
     }
 }

@@ -60,8 +60,8 @@ fn depthwise_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     let bias = select(0.0, fwd_bias[c], p.has_bias != 0u);
     let out = plane * pixels + pt * PIXELS;
     for (var i = 0u; i < 4u; i++) {
-        if (pt * PIXELS + i < pixels) { fwd_y[out + i] = output_activation(acc_a[i] + bias, p.activation); }
-        if (pt * PIXELS + 4u + i < pixels) { fwd_y[out + 4u + i] = output_activation(acc_b[i] + bias, p.activation); }
+        if (pt * PIXELS + i < pixels) { fwd_y[out + i] = stored_activation(acc_a[i] + bias); }
+        if (pt * PIXELS + 4u + i < pixels) { fwd_y[out + 4u + i] = stored_activation(acc_b[i] + bias); }
     }
 }
 
@@ -151,7 +151,7 @@ fn depthwise_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
             if (p.accumulate != 0u) {
                 row_out[at] += acc + bias;
             } else {
-                row_out[at] = output_activation(acc + bias, p.activation);
+                row_out[at] = stored_activation(acc + bias);
             }
         }
         oy += 1u;
@@ -247,7 +247,7 @@ fn depthwise_rows_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
             if (p.accumulate != 0u) {
                 row_out[at] += acc + bias;
             } else {
-                row_out[at] = output_activation(acc + bias, p.activation);
+                row_out[at] = stored_activation(acc + bias);
             }
         }
         oy += 1u;
@@ -388,14 +388,7 @@ fn depthwise_rows_3x3_quads(i: u32, stride_two: bool, flip: bool) {
             if (p.accumulate != 0u) {
                 row_out4[at] += sums + bias;
             } else {
-                let v = sums + bias;
-                let a = p.activation;
-                row_out4[at] = vec4<f32>(
-                    output_activation(v.x, a),
-                    output_activation(v.y, a),
-                    output_activation(v.z, a),
-                    output_activation(v.w, a),
-                );
+                row_out4[at] = stored_activation4(sums + bias);
             }
             // The next quad's texels: four inputs on (stride 1) or eight (stride 2).
             if (stride_two) {

@@ -14,10 +14,6 @@ struct LinearParams {
     out_features: u32,
     has_bias: u32,
     accumulate: u32,
-    // The forward pass's output activation (common.wgsl `output_activation`).
-    activation: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: LinearParams;
@@ -32,7 +28,7 @@ const ROWS: u32 = 8u;
 
 fn store_forward(n: u32, o: u32, acc: f32) {
     if (n < p.batch) {
-        fwd_y[n * p.out_features + o] = output_activation(acc + select(0.0, fwd_bias[o], p.has_bias != 0u), p.activation);
+        fwd_y[n * p.out_features + o] = stored_activation(acc + select(0.0, fwd_bias[o], p.has_bias != 0u));
     }
 }
 

@@ -18,9 +18,9 @@
 // kernels normalise with: invstd * weight and the bias. `sums` (4 x C): mean(dy) and beta, as
 // pairs.
 //
-// A relu or relu6 may follow in the same node (`p.activation`): the apply kernels store its
-// output, and the backward kernels take dy through its gradient, which they find by
-// normalising x again exactly as the apply kernels did (`normalised`).
+// A relu or relu6 may follow in the same node (STORED_ACTIVATION, common.wgsl): the apply
+// kernels store its output, and the backward kernels take dy through its gradient, which they
+// find by normalising x again exactly as the apply kernels did (`normalised`).
 
 struct NormParams {
     batch: u32,
@@ -39,11 +39,6 @@ struct NormParams {
     // chunk: the per-channel kernels walk the elements themselves.
     chunks: u32,
     chunk_len: u32,
-    // The activation that follows (`output_activation`'s kinds: none, relu, relu6).
-    activation: u32,
-    _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: NormParams;
@@ -384,31 +379,22 @@ fn batchnorm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let run = element_run(flat_index(gid, nwg));
     let s = apply_stats(run.z);
     for (var i = run.x; i < run.x + run.y; i++) {
-        ap_y[i] = output_activation(normalised(ap_x[i], s), p.activation);
-    }
-}
-
-// output_activation on four values.
-fn activated4(v: vec4<f32>) -> vec4<f32> {
-    switch p.activation {
-        case 1u: { return max(v, vec4<f32>(0.0)); }
-        case 2u: { return clamp(v, vec4<f32>(0.0), vec4<f32>(6.0)); }
-        default: { return v; }
+        ap_y[i] = stored_activation(normalised(ap_x[i], s));
     }
 }
 
 // dy through the following activation's gradient at x's normalised value z, as
 // activation_backward has it: relu passes where z > 0, relu6 where 0 < z < 6.
 fn through_activation(dy: f32, x: f32, s: ApplyStats) -> f32 {
-    if (p.activation == 0u) { return dy; }
+    if (STORED_ACTIVATION == 0u) { return dy; }
     let z = normalised(x, s);
-    return select(0.0, dy, z > 0.0 && (p.activation == 1u || z < 6.0));
+    return select(0.0, dy, z > 0.0 && (STORED_ACTIVATION == 1u || z < 6.0));
 }
 
 fn through_activation4(dy: vec4<f32>, x: vec4<f32>, s: ApplyStats) -> vec4<f32> {
-    if (p.activation == 0u) { return dy; }
+    if (STORED_ACTIVATION == 0u) { return dy; }
     let z = normalised4(x, s);
-    return select(vec4<f32>(0.0), dy, z > vec4<f32>(0.0) & (vec4<bool>(p.activation == 1u) | z < vec4<f32>(6.0)));
+    return select(vec4<f32>(0.0), dy, z > vec4<f32>(0.0) & (vec4<bool>(STORED_ACTIVATION == 1u) | z < vec4<f32>(6.0)));
 }
 
 // The elementwise kernels' vec4 views, for planes whose elements come in fours (spatial % 4
@@ -422,7 +408,7 @@ fn batchnorm_apply_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     let run = element_run(flat_index(gid, nwg));
     let s = apply_stats(run.z);
     for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
-        ap_y4[i] = activated4(normalised4(ap_x4[i], s));
+        ap_y4[i] = stored_activation4(normalised4(ap_x4[i], s));
     }
 }
 
@@ -434,7 +420,7 @@ fn batchnorm_apply_quads_textured(@builtin(global_invocation_id) gid: vec3<u32>,
     let run = element_run(flat_index(gid, nwg));
     let s = apply_stats(run.z);
     for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
-        ap_y4[i] = activated4(normalised4(buffer_texel(ap_x_texels, i), s));
+        ap_y4[i] = stored_activation4(normalised4(buffer_texel(ap_x_texels, i), s));
     }
 }
 
@@ -665,7 +651,7 @@ fn batchnorm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
         var g = bi_dy[i];
         // x is read only where it is used (train mode, or an activation's mask): software
         // adapters pay for every access.
-        if (p.training != 0u || p.activation != 0u) {
+        if (p.training != 0u || STORED_ACTIVATION != 0u) {
             let x = bi_x[i];
             g = through_activation(g, x, applied);
             if (p.training != 0u) { g = centred_gradient(x, g, s); }
@@ -716,7 +702,7 @@ fn batchnorm_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>,
     let applied = input_apply_stats(run.z);
     for (var i = run.x / 4u; i < (run.x + run.y) / 4u; i++) {
         var x = vec4<f32>();
-        if (p.training != 0u || p.activation != 0u) { x = bi_x4[i]; }
+        if (p.training != 0u || STORED_ACTIVATION != 0u) { x = bi_x4[i]; }
         store_input_gradient4(i, bi_dy4[i], x, s, applied);
     }
 }
@@ -724,7 +710,7 @@ fn batchnorm_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>,
 // dx for vec4 i from its dy and (train mode, or before an activation) x.
 fn store_input_gradient4(i: u32, dy: vec4<f32>, x: vec4<f32>, s: InputGradientStats, applied: ApplyStats) {
     var g = dy;
-    if (p.training != 0u || p.activation != 0u) {
+    if (p.training != 0u || STORED_ACTIVATION != 0u) {
         g = through_activation4(g, x, applied);
         if (p.training != 0u) {
             g = vec4<f32>(

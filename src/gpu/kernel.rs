@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{Gpu, GpuSlice, WORKGROUP, shaders};
+use super::{Entry, Gpu, GpuSlice, WORKGROUP, shaders};
 
 /// The bindings of a kernel's texture inputs, in the order they are given (e.g.
 /// `shaders/conv_tile.wgsl`'s `tf_xt`, `tf_wt`).
@@ -154,7 +154,7 @@ pub fn grid_of(invocations: usize, workgroup: u32) -> [u32; 3] {
 #[derive(Default)]
 pub(super) struct KernelCache {
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), Kernel>>,
+    pipelines: Mutex<HashMap<(&'static str, Entry), Kernel>>,
 }
 
 /// A compiled entry point and the bindings its derived layout holds.
@@ -165,12 +165,23 @@ struct Kernel {
 }
 
 impl Gpu {
-    /// The pipeline for `entry` in `shaders/<shader>.wgsl`, compiled once per device.
-    fn kernel(&self, shader: &'static str, entry: &'static str) -> Kernel {
+    /// The pipeline for `entry` in `shaders/<shader>.wgsl`, compiled once per device (and per
+    /// set of pipeline constants).
+    fn kernel(&self, shader: &'static str, entry: Entry) -> Kernel {
         let mut pipelines = self.kernels.pipelines.lock().unwrap();
         if let Some(p) = pipelines.get(&(shader, entry)) {
             return p.clone();
         }
+        let reads = shaders::reads_store_constants(shader, entry.name);
+        assert_eq!(
+            reads,
+            entry.stores.is_some(),
+            "{shader}::{} {} the store constants ({}): dispatch it {}",
+            entry.name,
+            if reads { "reads" } else { "does not read" },
+            shaders::STORE_CONSTANTS.join(", "),
+            if reads { "with them (Entry::storing)" } else { "by its name" },
+        );
         let mut modules = self.kernels.modules.lock().unwrap();
         let module = modules.entry(shader).or_insert_with(|| {
             let source = shaders::source(shader);
@@ -186,15 +197,16 @@ impl Gpu {
             // towards them.
             unsafe { self.device.create_shader_module_trusted(desc, checks) }
         });
+        let constants = entry.constants();
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
+            label: Some(entry.name),
             layout: None,
             module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
+            entry_point: Some(entry.name),
+            compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
             cache: None,
         });
-        let kernel = Kernel { pipeline, bindings: shaders::used_bindings(shader, entry) };
+        let kernel = Kernel { pipeline, bindings: shaders::used_bindings(shader, entry.name) };
         pipelines.insert((shader, entry), kernel.clone());
         kernel
     }
@@ -205,7 +217,7 @@ impl Gpu {
     pub fn dispatch<P: bytemuck::Pod>(
         &self,
         shader: &'static str,
-        entry: &'static str,
+        entry: impl Into<Entry>,
         params: &P,
         buffers: &[&GpuSlice],
         workgroups: [u32; 3],
@@ -219,7 +231,7 @@ impl Gpu {
     pub fn dispatch_with_textures<P: bytemuck::Pod>(
         &self,
         shader: &'static str,
-        entry: &'static str,
+        entry: impl Into<Entry>,
         params: &P,
         buffers: &[&GpuSlice],
         texture_sources: &[&GpuSlice],
@@ -238,12 +250,13 @@ impl Gpu {
         &self,
         earlier: Option<&Dispatch>,
         shader: &'static str,
-        entry: &'static str,
+        entry: impl Into<Entry>,
         params: &P,
         buffers: &[&GpuSlice],
         texture_sources: &[&GpuSlice],
         workgroups: [u32; 3],
     ) -> Dispatch {
+        let entry = entry.into();
         let width = texture_width(self);
         let filled = |source: &GpuSlice| earlier?.uploads.iter().find(|u| u.source == *source);
         let uploads = texture_sources
@@ -254,12 +267,13 @@ impl Gpu {
                 }
                 assert!(
                     texture_holds(self, source),
-                    "{entry}: {} bytes are not whole vec4s in one texture",
+                    "{}: {} bytes are not whole vec4s in one texture",
+                    entry.name,
                     source.size
                 );
                 let rows = (source.size / 16).div_ceil(u64::from(width)).max(1);
                 let texture = self.device.create_texture(&wgpu::TextureDescriptor {
-                    label: Some(entry),
+                    label: Some(entry.name),
                     size: wgpu::Extent3d { width, height: rows as u32, depth_or_array_layers: 1 },
                     mip_level_count: 1,
                     sample_count: 1,
@@ -283,40 +297,43 @@ impl Gpu {
         &self,
         earlier: Option<&Dispatch>,
         shader: &'static str,
-        entries: [&'static str; 2],
+        entries: [impl Into<Entry>; 2],
         params: &P,
         buffers: &[&GpuSlice],
         sources: &[&GpuSlice],
         workgroups: [u32; 3],
     ) -> Dispatch {
+        let [plain, textured] = entries;
         if self.texture_reads && sources.iter().all(|s| texture_holds(self, s)) {
-            self.dispatch_with_textures_after(earlier, shader, entries[1], params, buffers, sources, workgroups)
+            self.dispatch_with_textures_after(earlier, shader, textured, params, buffers, sources, workgroups)
         } else {
-            self.dispatch(shader, entries[0], params, buffers, workgroups)
+            self.dispatch(shader, plain, params, buffers, workgroups)
         }
     }
 
     fn dispatch_with<P: bytemuck::Pod>(
         &self,
         shader: &'static str,
-        entry: &'static str,
+        entry: impl Into<Entry>,
         params: &P,
         buffers: &[&GpuSlice],
         uploads: Vec<TextureUpload>,
         workgroups: [u32; 3],
     ) -> Dispatch {
+        let entry = entry.into();
         let Kernel { pipeline, bindings } = self.kernel(shader, entry);
         let textures = TEXTURE_BINDINGS.iter().filter(|b| bindings.contains(b)).count();
-        assert_eq!(textures, uploads.len(), "{shader}::{entry} reads {textures} textures");
+        assert_eq!(textures, uploads.len(), "{shader}::{} reads {textures} textures", entry.name);
         let buffer_bindings = bindings.iter().filter(|b| !TEXTURE_BINDINGS.contains(b));
         assert!(
             buffer_bindings.max().is_none_or(|&b| b as usize <= buffers.len()),
-            "{shader}::{entry} uses bindings {bindings:?}, but only {} buffers were given",
+            "{shader}::{} uses bindings {bindings:?}, but only {} buffers were given",
+            entry.name,
             buffers.len()
         );
         let bytes = bytemuck::bytes_of(params);
         let uniform = self.create_buffer(
-            entry,
+            entry.name,
             (bytes.len() as u64).next_multiple_of(16),
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         );
@@ -338,10 +355,10 @@ impl Gpu {
             })
             .collect();
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(entry),
+            label: Some(entry.name),
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Dispatch { label: entry, pipeline, bind_group, workgroups, params: uniform, uploads }
+        Dispatch { label: entry.name, pipeline, bind_group, workgroups, params: uniform, uploads }
     }
 }

@@ -7,6 +7,7 @@
 pub mod adapter;
 mod async_read;
 pub mod conv_tiles;
+mod entry;
 mod kernel;
 pub mod shaders;
 
@@ -16,6 +17,7 @@ use anyhow::{Context, Result};
 
 pub use adapter::AdapterSummary;
 pub use async_read::AsyncRead;
+pub use entry::{Entry, OutputActivation, Stores};
 pub use kernel::{Dispatch, TEXTURE_BINDINGS, grid, grid_of, record_all, texture_width};
 
 /// Workgroup size of every one-dimensional kernel (see `shaders/common.wgsl`).

@@ -88,3 +88,16 @@ pub fn used_bindings(family: &str, entry: &str) -> Vec<u32> {
     bindings.sort_unstable();
     bindings
 }
+
+/// The pipeline constants of [`super::Stores`], as `shaders/common.wgsl` declares them.
+pub const STORE_CONSTANTS: [&str; 3] = ["STORED_ACTIVATION", "STORES_BIAS", "STORES_RESIDUAL"];
+
+/// Whether `entry` of `family` reads any of [`STORE_CONSTANTS`] (in its own body or in a
+/// function it calls): what is left of them once the module is compacted to that entry alone.
+pub fn reads_store_constants(family: &str, entry: &str) -> bool {
+    let (mut module, _) = validate(family).unwrap_or_else(|report| panic!("{family}.wgsl is invalid:\n{report}"));
+    module.entry_points.retain(|e| e.name == entry);
+    assert_eq!(module.entry_points.len(), 1, "{family}.wgsl has no entry point {entry:?}");
+    naga::compact::compact(&mut module, naga::compact::KeepUnused::No);
+    module.overrides.iter().any(|(_, o)| o.name.as_deref().is_some_and(|name| STORE_CONSTANTS.contains(&name)))
+}

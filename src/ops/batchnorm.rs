@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use super::conv2d::OutputActivation;
 use super::{Bound, Grads, Mode, Op};
-use crate::gpu::{Dispatch, Gpu, GpuSlice, grid};
+use crate::gpu::{Dispatch, Entry, Gpu, GpuSlice, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
 #[derive(Clone, Copy, Debug)]
@@ -39,8 +39,6 @@ struct NormParams {
     one: f32,
     chunks: u32,
     chunk_len: u32,
-    activation: u32,
-    _pad: [u32; 3],
 }
 
 impl BatchNorm {
@@ -58,8 +56,6 @@ impl BatchNorm {
             one: 1.0,
             chunks: self.chunks() as u32,
             chunk_len: STATS_CHUNK as u32,
-            activation: self.activation as u32,
-            _pad: [0; 3],
         }
     }
 
@@ -85,17 +81,23 @@ impl BatchNorm {
     /// per channel, each over vec4s where planes' elements come in fours and the channel is
     /// one chunk, the vec4 kernels reading `streams` through textures where the device does
     /// ([`Gpu::dispatch_streaming`]). `entries`: serial, then serial over vec4s and its twin
-    /// that reads textures; the same for the workgroup kernels.
+    /// that reads textures; the same for the workgroup kernels. `activation`: the one whose
+    /// gradient the backward kernels take dy through (none for the statistics kernels).
     fn reduction(
         &self,
         gpu: &Gpu,
         entries: [[&'static str; 3]; 2],
+        activation: Option<OutputActivation>,
         params: &NormParams,
         buffers: &[&GpuSlice],
         streams: &[&GpuSlice],
     ) -> Dispatch {
         let quads = self.spatial.is_multiple_of(4) && params.chunks == 1;
-        let [scalar, vec4s, textured] = entries[usize::from(!self.serial())];
+        let entry = |name| match activation {
+            Some(activation) => Entry::activating(name, activation),
+            None => Entry::from(name),
+        };
+        let [scalar, vec4s, textured] = entries[usize::from(!self.serial())].map(entry);
         let grid = if self.serial() { grid(self.channels) } else { [self.channels as u32, 1, 1] };
         match quads {
             true => gpu.dispatch_streaming(None, "norm", [vec4s, textured], params, buffers, streams, grid),
@@ -162,7 +164,7 @@ impl Op for BatchNorm {
                     ],
                     ["batchnorm_stats_train", "batchnorm_stats_train_quads", "batchnorm_stats_train_quads_textured"],
                 ];
-                out.push(self.reduction(gpu, entries, &params, &buffers, &[x]));
+                out.push(self.reduction(gpu, entries, None, &params, &buffers, &[x]));
             }
             Mode::Eval => out.push(gpu.dispatch(
                 "norm",
@@ -177,12 +179,13 @@ impl Op for BatchNorm {
         // The statistics kernel before it writes only statistics: it leaves x's texture as the
         // apply kernel reads it.
         let stats = out.last();
+        let entry = |name| Entry::activating(name, self.activation);
         let apply = match self.spatial.is_multiple_of(4) {
             true => {
-                let entries = ["batchnorm_apply_quads", "batchnorm_apply_quads_textured"];
+                let entries = [entry("batchnorm_apply_quads"), entry("batchnorm_apply_quads_textured")];
                 gpu.dispatch_streaming(stats, "norm", entries, &params, &buffers, &[x], grid)
             }
-            false => gpu.dispatch("norm", "batchnorm_apply", &params, &buffers, grid),
+            false => gpu.dispatch("norm", entry("batchnorm_apply"), &params, &buffers, grid),
         };
         out.push(apply);
         out
@@ -206,7 +209,7 @@ impl Op for BatchNorm {
             let buffers = [x, dy, saved, x, x, x, partials];
             out.push(gpu.dispatch(
                 "norm",
-                "batchnorm_backward_chunks",
+                Entry::activating("batchnorm_backward_chunks", self.activation),
                 &params,
                 &buffers,
                 [channels, params.chunks, 1],
@@ -225,7 +228,7 @@ impl Op for BatchNorm {
                 "batchnorm_backward_reduce_quads_textured",
             ],
         ];
-        out.push(self.reduction(gpu, entries, &params, &buffers, &[x, dy]));
+        out.push(self.reduction(gpu, entries, Some(self.activation), &params, &buffers, &[x, dy]));
         if let Some(dx) = grads.inputs[0] {
             params.accumulate_input = dx.accumulate as u32;
             let buffers = [x, dy, saved, sums, dx.slice];
@@ -236,13 +239,15 @@ impl Op for BatchNorm {
             // The reduction before it writes only sums: it leaves the textures of x and dy as
             // this kernel reads them.
             let reduce = out.last();
+            let entry = |name| Entry::activating(name, self.activation);
+            let quads = entry("batchnorm_backward_input_quads");
             let input = match (self.spatial.is_multiple_of(4), reads_x) {
                 (true, true) => {
-                    let entries = ["batchnorm_backward_input_quads", "batchnorm_backward_input_quads_textured"];
+                    let entries = [quads, entry("batchnorm_backward_input_quads_textured")];
                     gpu.dispatch_streaming(reduce, "norm", entries, &params, &buffers, &[x, dy], grid)
                 }
-                (true, false) => gpu.dispatch("norm", "batchnorm_backward_input_quads", &params, &buffers, grid),
-                (false, _) => gpu.dispatch("norm", "batchnorm_backward_input", &params, &buffers, grid),
+                (true, false) => gpu.dispatch("norm", quads, &params, &buffers, grid),
+                (false, _) => gpu.dispatch("norm", entry("batchnorm_backward_input"), &params, &buffers, grid),
             };
             out.push(input);
         }

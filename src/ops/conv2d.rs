@@ -10,7 +10,8 @@ use anyhow::{Result, bail};
 
 use super::conv_gemm::{ChildPacking, GemmPlan};
 use super::{Bound, Forward, Grads, Mode, Op, accumulate_flag, placeholder};
-use crate::gpu::{Dispatch, Gpu, GpuSlice, grid};
+pub use crate::gpu::OutputActivation;
+use crate::gpu::{Dispatch, Entry, Gpu, GpuSlice, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
 /// Results per invocation along each tile side (`TILE` in conv.wgsl).
@@ -29,18 +30,6 @@ const DEPTHWISE_MAX_KERNEL: usize = 7;
 const DEPTHWISE_TARGET_INVOCATIONS: usize = 8192;
 /// Most floats the row weight gradient's partial sums may take.
 const DEPTHWISE_MAX_PARTIAL_FLOATS: usize = 16 << 20;
-
-/// An activation applied as a convolution or linear layer stores its results (inference
-/// folding fuses a relu, relu6 or sigmoid that only follows one this way); the same values as
-/// the separate op.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OutputActivation {
-    #[default]
-    None = 0,
-    Relu = 1,
-    Relu6 = 2,
-    Sigmoid = 3,
-}
 
 /// What a GEMM convolution's forward pass fuses: a gate on its input channels ([N, C_in], a
 /// router's `channel_scale`) applied as the input is copied, and, as results are stored, a
@@ -186,7 +175,6 @@ impl Conv2dShape {
             chunks: u(self.reduction_chunks()),
             chunk_len: u(REDUCTION_CHUNK),
             flip: 0,
-            activation: 0,
         }
     }
 
@@ -210,7 +198,7 @@ impl Conv2dShape {
     }
 
     /// The row kernel of a depthwise forward pass or stride-1 input gradient (`params`, over
-    /// `[input, weight, bias, output]`). On a device that reads streams through textures, 3x3
+    /// `[input, weight, bias, output]`; `activation` applied as it stores). On a device that reads streams through textures, 3x3
     /// rows that come in fours (widths in and out multiples of four, column padding 1) take
     /// `depthwise_rows_3x3_*quads_textured` (one per column stride, and one for the flipped
     /// weights of an input gradient): the input through a texture, four outputs at once.
@@ -218,24 +206,26 @@ impl Conv2dShape {
         &self,
         gpu: &Gpu,
         params: &ConvParams,
+        activation: OutputActivation,
         buffers: [&GpuSlice; 4],
         invocations: [u32; 3],
     ) -> Dispatch {
         let p = params;
+        let entry = |name| Entry::activating(name, activation);
         if !self.depthwise_rows_3x3() {
-            return gpu.dispatch("depthwise", "depthwise_rows", p, &buffers, invocations);
+            return gpu.dispatch("depthwise", entry("depthwise_rows"), p, &buffers, invocations);
         }
         let quads = p.pad_w == 1 && p.w.is_multiple_of(4) && p.out_w.is_multiple_of(4);
         if !quads {
-            return gpu.dispatch("depthwise", "depthwise_rows_3x3", p, &buffers, invocations);
+            return gpu.dispatch("depthwise", entry("depthwise_rows_3x3"), p, &buffers, invocations);
         }
         let textured = match (p.stride_w, p.flip != 0) {
             (1, false) => "depthwise_rows_3x3_quads_textured",
             (2, false) => "depthwise_rows_3x3_s2_quads_textured",
             (1, true) => "depthwise_rows_3x3_flipped_quads_textured",
-            _ => return gpu.dispatch("depthwise", "depthwise_rows_3x3", p, &buffers, invocations),
+            _ => return gpu.dispatch("depthwise", entry("depthwise_rows_3x3"), p, &buffers, invocations),
         };
-        let entries = ["depthwise_rows_3x3", textured];
+        let entries = [entry("depthwise_rows_3x3"), entry(textured)];
         gpu.dispatch_streaming(None, "depthwise", entries, p, &buffers, &[buffers[0]], invocations)
     }
 
@@ -305,7 +295,6 @@ struct ConvParams {
     chunks: u32,
     chunk_len: u32,
     flip: u32,
-    activation: u32,
 }
 
 /// Graph node: inputs `[x, weight]`, then `bias`, `residual` and `gate` where present, then
@@ -422,7 +411,7 @@ impl Op for Conv2d {
         let g = s.cfg.groups;
         let none = placeholder(gpu);
         let bias = if self.has_bias { b.inputs[2] } else { &none };
-        let params = ConvParams { activation: self.activation as u32, ..s.params(self.has_bias, 0) };
+        let params = s.params(self.has_bias, 0);
         let pixels = s.out_h * s.out_w;
         let buffers = [b.inputs[0], b.inputs[1], bias, b.outputs[0]];
         let run = match s.kernel() {
@@ -456,18 +445,19 @@ impl Op for Conv2d {
                 prepare.into_iter().chain(run).collect()
             }
             ConvKernel::Depthwise if gpu.depthwise_rows => {
-                let params =
-                    ConvParams { activation: self.activation as u32, ..s.depthwise_forward_params(self.has_bias) };
+                let params = s.depthwise_forward_params(self.has_bias);
                 let invocations = grid((s.c_out * params.chunks as usize).max(1));
-                vec![s.depthwise_rows_dispatch(gpu, &params, buffers, invocations)]
+                vec![s.depthwise_rows_dispatch(gpu, &params, self.activation, buffers, invocations)]
             }
             ConvKernel::Depthwise => {
                 let tiles = s.batch * s.c_out * pixels.div_ceil(DEPTHWISE_PIXELS);
-                vec![gpu.dispatch("depthwise", "depthwise_forward", &params, &buffers, grid(tiles))]
+                let entry = Entry::activating("depthwise_forward", self.activation);
+                vec![gpu.dispatch("depthwise", entry, &params, &buffers, grid(tiles))]
             }
             ConvKernel::Direct => {
                 let tiles = s.batch * g * (s.c_out / g).div_ceil(TILE) * pixels.div_ceil(TILE);
-                vec![gpu.dispatch("conv", "conv2d_forward", &params, &buffers, grid(tiles))]
+                let entry = Entry::activating("conv2d_forward", self.activation);
+                vec![gpu.dispatch("conv", entry, &params, &buffers, grid(tiles))]
             }
         };
         Forward { prepare: Vec::new(), run }
@@ -496,7 +486,8 @@ impl Op for Conv2d {
                         // The bias binding is read only with a bias: any buffer does.
                         let buffers = [dy, b.inputs[1], dy, dx.slice];
                         let invocations = grid(s.c_in * rows.chunks as usize);
-                        out.push(s.depthwise_rows_dispatch(gpu, &rows, buffers, invocations));
+                        let none = OutputActivation::None;
+                        out.push(s.depthwise_rows_dispatch(gpu, &rows, none, buffers, invocations));
                     }
                     None if gpu.depthwise_rows && s.depthwise_input_s2() => {
                         let (parts, per_part) = depthwise_parts(s.batch * s.h, s.c_in, usize::MAX);

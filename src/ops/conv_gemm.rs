@@ -12,7 +12,7 @@ use crate::gpu::conv_tiles::{
     FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
     WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry, forward_quads_entry, shared_entry, weight_entry,
 };
-use crate::gpu::{Dispatch, Gpu, GpuSlice, grid, grid_of, texture_width};
+use crate::gpu::{Dispatch, Entry, Gpu, GpuSlice, Stores, grid, grid_of, texture_width};
 
 /// Fewest batch-wide pixels per weight-gradient chunk: shorter chunks cost more in partial
 /// sums written than they gain in parallelism.
@@ -56,7 +56,6 @@ struct TileParams {
     left: i32,
     chunks: u32,
     chunk_len: u32,
-    has_bias: u32,
     accumulate: u32,
     weight_out: u32,
     weight_in: u32,
@@ -86,8 +85,6 @@ struct TileParams {
     tap0_w: u32,
     window_y0: u32,
     window_x0: u32,
-    residual: u32,
-    activation: u32,
     // The input copy multiplies each (sample, channel) by a gate (binding 3).
     gate: u32,
     // A band reading weights packed once for its whole pass ([`bands_share_packing`]): the
@@ -112,16 +109,19 @@ struct TileParams {
     back_tile: u32,
     back_blocks: u32,
     back_quads: u32,
+    // `pack_weight_forward_quads`: nonzero where the bound weight is a KernelDNA parent whose
+    // child (attention row `child_row`) is packed ([`ChildPacking`]).
+    child_modulated: u32,
+    child_row: u32,
+    // Kernels that read textures ([`Gpu::dispatch_with_textures`]): log2 of their texels per
+    // row ([`texture_width`]).
+    texture_shift: u32,
     bands: [[u32; 4]; MAX_WEIGHT_PASSES],
     // `pack_weight_forward_quads`: where each weight tap's rows begin among a tile's packed
     // blocks, in vec4s; u32::MAX for a tap the pass does not read ([`tap_rows`]). The same in
     // the input gradient's packing.
     tap_rows: [[u32; 4]; 3],
     back_tap_rows: [[u32; 4]; 3],
-    // `pack_weight_forward_quads`: nonzero where the bound weight is a KernelDNA parent whose
-    // child (attention row `child_row`) is packed ([`ChildPacking`]).
-    child_modulated: u32,
-    child_row: u32,
     // A convolution with its kernel's columns folded into its input channels ([`ColumnFold`]):
     // the source's channels, the kernel's columns, the column stride and padding; zero
     // otherwise.
@@ -129,9 +129,6 @@ struct TileParams {
     fold_kernel_w: u32,
     fold_stride: u32,
     fold_left: u32,
-    // Kernels that read textures ([`Gpu::dispatch_with_textures`]): log2 of their texels per
-    // row ([`texture_width`]).
-    texture_shift: u32,
 }
 
 impl TileParams {
@@ -578,8 +575,9 @@ fn weight_tap(params: &TileParams, packing: Packing, tap: usize) -> usize {
 /// The forward-style tile kernel over weights [`pack_dispatch`] packed: with uniform blocks,
 /// once per (output channel tile, weight block), in block order, each block adding to what the
 /// previous left (the first to the output already there when `params.accumulate`); else once
-/// over every block. All sum in the same order. The last block adds the bias (`params.has_bias`)
-/// and the residual (`params.residual`) and applies the output activation.
+/// over every block. All sum in the same order. The last block adds the bias and the residual
+/// and applies the output activation, as `stores` asks (each dispatch's pipeline constants).
+/// Without a bias or a residual, their bindings are not read: any buffers do.
 ///
 /// `earlier`: the dispatch recorded right before these, if it writes none of the buffers it
 /// reads through textures. The subgroup tiles read the input copy and the packed weights
@@ -591,9 +589,10 @@ fn tile_dispatches(
     (channels, pixels): (u32, u32),
     [input, packed, bias, output, residual]: [&GpuSlice; 5],
     reads: WeightReads,
+    stores: Stores,
     earlier: Option<&Dispatch>,
 ) -> Vec<Dispatch> {
-    let (has_bias, accumulate) = (params.has_bias != 0, params.accumulate != 0);
+    let accumulate = params.accumulate != 0;
     let params = TileParams { tile: channels, ..params };
     let mut out = Vec::new();
     // A phase of an input gradient that no tap reaches only stores what is there (or zeros).
@@ -610,7 +609,8 @@ fn tile_dispatches(
         // Two weight tiles per workgroup where there are two (same sums either way).
         let tiles = if channel_tiles == 1 { 1 } else { 2 };
         let z = channel_tiles.div_ceil(tiles);
-        out.push(gpu.dispatch("conv_tile", shared_entry(tiles), &params, &buffers, [x, y, z]));
+        let entry = Entry::storing(shared_entry(tiles), stores);
+        out.push(gpu.dispatch("conv_tile", entry, &params, &buffers, [x, y, z]));
         return out;
     }
     let pixel_tiles = (params.batch * params.out_h * params.out_w).div_ceil(pixels) as usize;
@@ -624,7 +624,7 @@ fn tile_dispatches(
         out.push(gpu.dispatch_with_textures_after(
             earlier,
             reads.family(),
-            LANES_ENTRY,
+            Entry::storing(LANES_ENTRY, stores),
             &textured,
             &buffers,
             &[input, packed],
@@ -638,6 +638,7 @@ fn tile_dispatches(
             true => forward_quads_entry(channels, pixels),
             false => forward_entry(channels, pixels, true),
         };
+        let entry = Entry::storing(entry, stores);
         let buffers = [input, packed, bias, output, residual];
         let (family, grid) = (reads.family(), [x, y, channel_tiles]);
         out.push(match reads {
@@ -661,15 +662,13 @@ fn tile_dispatches(
                 tap1: taps.end as u32,
                 quad0: quads.start as u32,
                 quad1: quads.end as u32,
-                has_bias: (has_bias && last) as u32,
-                residual: if last { params.residual } else { 0 },
-                activation: if last { params.activation } else { 0 },
                 accumulate: (accumulate || b > 0) as u32,
                 ..params
             };
+            let stores = if last { stores } else { Stores::default() };
             out.push(gpu.dispatch(
                 "conv_tile",
-                forward_entry(channels, pixels, false),
+                Entry::storing(forward_entry(channels, pixels, false), stores),
                 &params,
                 &[input, &block, bias, output, residual],
                 grid_of(pixel_tiles, TILE_WORKGROUP),
@@ -1059,13 +1058,8 @@ impl GemmPlan {
         scratch: &[&GpuSlice],
     ) -> Forward {
         assert!(child.is_none() || self.packs_child(), "this convolution cannot pack a child from its parent");
-        let params = TileParams {
-            out_pad: self.forward_pad() as u32,
-            has_bias: has_bias as u32,
-            residual: fusion.residual.is_some() as u32,
-            activation: fusion.activation as u32,
-            ..self.forward_params()
-        };
+        let params = TileParams { out_pad: self.forward_pad() as u32, ..self.forward_params() };
+        let stores = Stores { activation: fusion.activation, bias: has_bias, residual: fusion.residual.is_some() };
         // Without a residual the binding is not read: any read-only buffer does.
         let residual = fusion.residual.unwrap_or(scratch[X_LAST]);
         let mut forward = Forward { prepare: Vec::new(), run: vec![self.copy_x(gpu, x, fusion.gate, scratch)] };
@@ -1086,7 +1080,7 @@ impl GemmPlan {
         // textures the one before filled, where it reads the same buffers.
         let run = |params: TileParams, packed: &GpuSlice, earlier: Option<&Dispatch>| {
             let buffers = [scratch[X_LAST], packed, bias, y, residual];
-            tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads, earlier)
+            tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads, stores, earlier)
         };
         // The scratch may be sized for another device's wider packing.
         let all_taps = scratch[W_FORWARD].range(0, self.forward_packing(self.taps()));
@@ -1324,7 +1318,7 @@ impl GemmPlan {
                         .flatten();
                     let earlier = earlier.filter(|_| pack.is_none());
                     let buffers = [dy_last, &packed, w, dx, dy_last];
-                    let tiles = tile_dispatches(gpu, params, tile, buffers, reads, earlier);
+                    let tiles = tile_dispatches(gpu, params, tile, buffers, reads, Stores::default(), earlier);
                     pack.into_iter().chain(tiles).collect::<Vec<_>>()
                 };
                 let Some(regions) = self.input_bands(row, col) else {

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::conv2d::{Conv2d, Conv2dConfig, Conv2dShape, OutputActivation};
 use super::{Bound, Forward, GradTarget, Grads, Mode, Op, accumulate_flag};
-use crate::gpu::{Dispatch, Gpu, GpuSlice, grid};
+use crate::gpu::{Dispatch, Entry, Gpu, GpuSlice, grid};
 use crate::graph::{Graph, TensorId, shape_error};
 
 /// Multiply-adds up to which a layer runs the row kernels of `linear.wgsl`, one dispatch per
@@ -72,8 +72,6 @@ impl Linear {
             out_features: u(self.out_features),
             has_bias: self.has_bias as u32,
             accumulate,
-            activation: self.activation as u32,
-            _pad: [0; 2],
         }
     }
 }
@@ -97,8 +95,6 @@ struct LinearParams {
     out_features: u32,
     has_bias: u32,
     accumulate: u32,
-    activation: u32,
-    _pad: [u32; 2],
 }
 
 // Inputs: x, weight[, bias]. Output: y.
@@ -150,9 +146,10 @@ impl Linear {
     /// the same terms in the same order.
     pub fn forward_rows(&self, gpu: &Gpu, buffers: [&GpuSlice; 4], subgroups: bool) -> Dispatch {
         let workgroups = rows_grid(self.out_features, self.batch);
+        let entry = |name| Entry::activating(name, self.activation);
         if subgroups && self.in_features.is_multiple_of(4) {
             // x and the weight through textures where the device reads streams so.
-            let entries = ["linear_forward_quads", "linear_forward_quads_textured"];
+            let entries = ["linear_forward_quads", "linear_forward_quads_textured"].map(entry);
             let sources = [buffers[0], buffers[1]];
             return gpu.dispatch_streaming(
                 None,
@@ -164,7 +161,7 @@ impl Linear {
                 workgroups,
             );
         }
-        gpu.dispatch("linear", "linear_forward", &self.params(0), &buffers, workgroups)
+        gpu.dispatch("linear", entry("linear_forward"), &self.params(0), &buffers, workgroups)
     }
 
     /// The row kernels' backward pass from [x, weight, dy] into the targets of dx, dweight and
