@@ -7,7 +7,7 @@
 //! declares exactly what it reads.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::{Entry, Gpu, GpuSlice, WORKGROUP, shaders};
 
@@ -151,10 +151,20 @@ pub fn grid_of(invocations: usize, workgroup: u32) -> [u32; 3] {
     [x as u32, groups.div_ceil(x) as u32, 1]
 }
 
+/// Modules and pipelines, each created once per device. The maps are locked only to find or
+/// add a slot: the compile itself runs outside them, so that threads building different
+/// pipelines compile them side by side (software adapters compile each pipeline as it is
+/// created, seconds for the large tiles), while a second thread asking for the same one waits
+/// for it.
 #[derive(Default)]
 pub(super) struct KernelCache {
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(&'static str, Entry), Kernel>>,
+    modules: Mutex<HashMap<&'static str, Arc<OnceLock<wgpu::ShaderModule>>>>,
+    pipelines: Mutex<HashMap<(&'static str, Entry), Arc<OnceLock<Kernel>>>>,
+}
+
+/// The slot for `key` in `map`, added empty if it has none.
+fn slot<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, Arc<OnceLock<V>>>>, key: K) -> Arc<OnceLock<V>> {
+    map.lock().unwrap().entry(key).or_default().clone()
 }
 
 /// A compiled entry point and the bindings its derived layout holds.
@@ -168,10 +178,10 @@ impl Gpu {
     /// The pipeline for `entry` in `shaders/<shader>.wgsl`, compiled once per device (and per
     /// set of pipeline constants).
     fn kernel(&self, shader: &'static str, entry: Entry) -> Kernel {
-        let mut pipelines = self.kernels.pipelines.lock().unwrap();
-        if let Some(p) = pipelines.get(&(shader, entry)) {
-            return p.clone();
-        }
+        slot(&self.kernels.pipelines, (shader, entry)).get_or_init(|| self.compile(shader, entry)).clone()
+    }
+
+    fn compile(&self, shader: &'static str, entry: Entry) -> Kernel {
         let reads = shaders::reads_store_constants(shader, entry.name);
         assert_eq!(
             reads,
@@ -182,8 +192,8 @@ impl Gpu {
             shaders::STORE_CONSTANTS.join(", "),
             if reads { "with them (Entry::storing)" } else { "by its name" },
         );
-        let mut modules = self.kernels.modules.lock().unwrap();
-        let module = modules.entry(shader).or_insert_with(|| {
+        let module = slot(&self.kernels.modules, shader);
+        let module = module.get_or_init(|| {
             let source = shaders::source(shader);
             let desc =
                 wgpu::ShaderModuleDescriptor { label: Some(shader), source: wgpu::ShaderSource::Wgsl(source.into()) };
@@ -206,9 +216,7 @@ impl Gpu {
             compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
             cache: None,
         });
-        let kernel = Kernel { pipeline, bindings: shaders::used_bindings(shader, entry.name) };
-        pipelines.insert((shader, entry), kernel.clone());
-        kernel
+        Kernel { pipeline, bindings: shaders::used_bindings(shader, entry.name) }
     }
 
     /// Prepares one dispatch of `shader::entry` with its parameter struct and storage buffers
