@@ -158,12 +158,15 @@ pub fn grid_of(invocations: usize, workgroup: u32) -> [u32; 3] {
 /// for it.
 #[derive(Default)]
 pub(super) struct KernelCache {
-    modules: Mutex<HashMap<&'static str, Arc<OnceLock<wgpu::ShaderModule>>>>,
-    pipelines: Mutex<HashMap<(&'static str, Entry), Arc<OnceLock<Kernel>>>>,
+    modules: Slots<&'static str, wgpu::ShaderModule>,
+    pipelines: Slots<(&'static str, Entry), Kernel>,
 }
 
+/// Values by key, each made once: a slot is added under the lock, filled outside it.
+type Slots<K, V> = Mutex<HashMap<K, Arc<OnceLock<V>>>>;
+
 /// The slot for `key` in `map`, added empty if it has none.
-fn slot<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, Arc<OnceLock<V>>>>, key: K) -> Arc<OnceLock<V>> {
+fn slot<K: std::hash::Hash + Eq, V>(map: &Slots<K, V>, key: K) -> Arc<OnceLock<V>> {
     map.lock().unwrap().entry(key).or_default().clone()
 }
 

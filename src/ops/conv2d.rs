@@ -198,8 +198,9 @@ impl Conv2dShape {
     }
 
     /// The row kernel of a depthwise forward pass or stride-1 input gradient (`params`, over
-    /// `[input, weight, bias, output]`; `activation` applied as it stores). On a device that reads streams through textures, 3x3
-    /// rows that come in fours (widths in and out multiples of four, column padding 1) take
+    /// `[input, weight, bias, output]`; `activation` applied as it stores). On a device that
+    /// reads streams through textures, 3x3 rows that come in fours (widths in and out multiples
+    /// of four, column padding 1) take
     /// `depthwise_rows_3x3_*quads_textured` (one per column stride, and one for the flipped
     /// weights of an input gradient): the input through a texture, four outputs at once.
     fn depthwise_rows_dispatch(
