@@ -185,7 +185,8 @@ impl Gpu {
     }
 
     fn compile(&self, shader: &'static str, entry: Entry) -> Kernel {
-        let reads = shaders::reads_store_constants(shader, entry.name);
+        let uses = shaders::entry_use(shader, entry.name);
+        let reads = uses.reads_store_constants;
         assert_eq!(
             reads,
             entry.stores.is_some(),
@@ -219,7 +220,7 @@ impl Gpu {
             compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
             cache: None,
         });
-        Kernel { pipeline, bindings: shaders::used_bindings(shader, entry.name) }
+        Kernel { pipeline, bindings: uses.bindings }
     }
 
     /// Prepares one dispatch of `shader::entry` with its parameter struct and storage buffers

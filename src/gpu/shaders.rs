@@ -65,14 +65,26 @@ pub fn validate(family: &str) -> Result<(naga::Module, naga::valid::ModuleInfo),
     Ok((module, info))
 }
 
-/// The bindings of group 0 that `entry` of `family` actually uses, ascending.
-///
-/// Kernels of one family share a parameter struct and declare their buffers side by side;
-/// an entry point may leave some of its conventional buffers unread (the parent-gradient
-/// kernel needs no parent values). wgpu derives each pipeline's layout from what the entry
-/// uses, so the bind group must hold exactly these bindings.
-pub fn used_bindings(family: &str, entry: &str) -> Vec<u32> {
-    let (module, info) = validate(family).unwrap_or_else(|report| panic!("{family}.wgsl is invalid:\n{report}"));
+/// What one entry point of a family reads, found from the family parsed and validated once.
+pub struct EntryUse {
+    /// The bindings of group 0 that the entry actually uses, ascending.
+    ///
+    /// Kernels of one family share a parameter struct and declare their buffers side by side;
+    /// an entry point may leave some of its conventional buffers unread (the parent-gradient
+    /// kernel needs no parent values). wgpu derives each pipeline's layout from what the entry
+    /// uses, so the bind group must hold exactly these bindings.
+    pub bindings: Vec<u32>,
+    /// Whether the entry reads any of [`STORE_CONSTANTS`] (in its own body or in a function it
+    /// calls): what is left of them once the module is compacted to that entry alone.
+    pub reads_store_constants: bool,
+}
+
+/// The pipeline constants of [`super::Stores`], as `shaders/common.wgsl` declares them.
+pub const STORE_CONSTANTS: [&str; 3] = ["STORED_ACTIVATION", "STORES_BIAS", "STORES_RESIDUAL"];
+
+/// What `entry` of `family` reads ([`EntryUse`]).
+pub fn entry_use(family: &str, entry: &str) -> EntryUse {
+    let (mut module, info) = validate(family).unwrap_or_else(|report| panic!("{family}.wgsl is invalid:\n{report}"));
     let index = module
         .entry_points
         .iter()
@@ -86,18 +98,9 @@ pub fn used_bindings(family: &str, entry: &str) -> Vec<u32> {
         .filter_map(|(_, var)| var.binding.as_ref().map(|b| b.binding))
         .collect();
     bindings.sort_unstable();
-    bindings
-}
-
-/// The pipeline constants of [`super::Stores`], as `shaders/common.wgsl` declares them.
-pub const STORE_CONSTANTS: [&str; 3] = ["STORED_ACTIVATION", "STORES_BIAS", "STORES_RESIDUAL"];
-
-/// Whether `entry` of `family` reads any of [`STORE_CONSTANTS`] (in its own body or in a
-/// function it calls): what is left of them once the module is compacted to that entry alone.
-pub fn reads_store_constants(family: &str, entry: &str) -> bool {
-    let (mut module, _) = validate(family).unwrap_or_else(|report| panic!("{family}.wgsl is invalid:\n{report}"));
     module.entry_points.retain(|e| e.name == entry);
-    assert_eq!(module.entry_points.len(), 1, "{family}.wgsl has no entry point {entry:?}");
     naga::compact::compact(&mut module, naga::compact::KeepUnused::No);
-    module.overrides.iter().any(|(_, o)| o.name.as_deref().is_some_and(|name| STORE_CONSTANTS.contains(&name)))
+    let reads_store_constants =
+        module.overrides.iter().any(|(_, o)| o.name.as_deref().is_some_and(|name| STORE_CONSTANTS.contains(&name)));
+    EntryUse { bindings, reads_store_constants }
 }
