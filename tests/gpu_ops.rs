@@ -1410,6 +1410,69 @@ fn linear_fused_activation_matches_the_separate_op() {
     }
 }
 
+/// A router's gate in one op (inference folding's `RouterGate`): its fused kernel and the
+/// three ops it was made from store the same bits in all three outputs, and both match the
+/// reference. Batches off the kernel's eight samples, more hidden units and channels than a
+/// workgroup's lanes; shapes off the fused kernel's quads run the three ops.
+#[test]
+fn router_gate_paths_agree_bit_for_bit_and_match_reference() {
+    use kdna::ops::router::RouterGate;
+    assert!(gpu().subgroups && gpu().texture_reads, "the test adapter cannot run the fused router kernel");
+    let cases = [
+        ((11, 12, 4, 2 * 2), true),
+        ((3, 20, 8, 4 * 6), true),
+        ((16, 132, 68, 8 * 8), true),
+        ((1, 4, 4, 4), true),
+        ((5, 6, 3, 3 * 3), false),
+        ((9, 16, 4, 7 * 7), false),
+    ];
+    for ((batch, channels, hidden, spatial), fusable) in cases {
+        let r = RouterGate { batch, channels, hidden, spatial };
+        let case = format!("{batch}x{channels}->{hidden}, {spatial} pixels");
+        let mut rng = rng(640);
+        let sizes = [batch * channels * spatial, hidden * channels, hidden, channels * hidden, channels];
+        // Scaled so that the relu and the sigmoid see both of their tails.
+        let inputs = sizes.map(|n| to_f32(&randn(&mut rng, n).iter().map(|v| 3.0 * v).collect::<Vec<_>>()));
+        let gpu = gpu();
+        let slices = inputs.each_ref().map(|v| gpu.upload("router input", v));
+        let run = |fused: bool| {
+            let outputs = [batch * channels, batch * hidden, batch * channels].map(|n| gpu.storage("router output", n));
+            let scratch: Vec<_> = r.scratch(false).iter().map(|&n| gpu.storage("router scratch", n)).collect();
+            let b = Bound {
+                inputs: slices.iter().collect(),
+                outputs: outputs.iter().collect(),
+                scratch: scratch.iter().collect(),
+            };
+            assert_eq!(r.runs_fused(&gpu, [&slices[0], &slices[1], &slices[3]]), fusable, "{case}: runs fused");
+            let dispatches = match fused {
+                true => vec![r.forward_fused(&gpu, &b)],
+                false => {
+                    let apart = r.forward_apart(&gpu, &b, Mode::Eval, &[false; 5]);
+                    [apart.prepare, apart.run].into_iter().flatten().collect()
+                }
+            };
+            gpu.run(&dispatches);
+            outputs.map(|o| gpu.read::<f32>(&o).unwrap())
+        };
+        let apart = run(false);
+        if fusable {
+            let fused = run(true);
+            for (name, (a, b)) in ["pooled", "hidden", "gate"].iter().zip(apart.iter().zip(&fused)) {
+                let differing = a.iter().zip(b).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(
+                    differing, 0,
+                    "{case}: {name} values that differ between the fused kernel and the three ops"
+                );
+            }
+        }
+        let [x, w1, b1, w2, b2] = inputs.each_ref().map(|v| to_f64(v));
+        let want = r::router::forward(&r, &x, [&w1, &b1, &w2, &b2]);
+        for (name, (got, want)) in ["pooled", "hidden", "gate"].iter().zip(apart.iter().zip(&want)) {
+            assert_close(&format!("{case} {name}"), &to_f64(got), want, TOL);
+        }
+    }
+}
+
 #[test]
 fn channel_scale_matches_reference() {
     // Over planes of 63 pixels, and of 24 (in fours: the gradients four at a time).

@@ -219,11 +219,13 @@ fn folded_eval_matches_unfolded_eval_for_every_architecture() {
             let ops: Vec<&str> = folded.graph.nodes.iter().map(|n| n.op.name()).collect();
             let left = |op: &&str| op.starts_with("batchnorm") || *op == "modulate";
             assert!(!ops.iter().any(left), "{arch}: {ops:?}");
-            // Routers keep their pool and two projections: the gate goes into the conv after
-            // them, the relu and the sigmoid into the projections.
+            // A router's pool and two projections become one op (their relu and sigmoid with
+            // them), and its gate goes into the conv after it.
             let routers = net.graph.nodes.iter().filter(|n| n.op.name() == "channel_scale").count();
             assert_eq!(kdna, routers > 0, "{arch}: routers only in KernelDNA networks");
             assert!(!ops.contains(&"channel_scale"), "{arch}: a router's gate left unfused: {ops:?}");
+            let gates = ops.iter().filter(|&&op| op == "router_gate").count();
+            assert_eq!(gates, routers, "{arch}: routers made one op each: {ops:?}");
             let fused = fusable_activations(&net.graph) - fusable_activations(&folded.graph);
             assert!(fused >= 2 * routers, "{arch}: {fused} activations fused for {routers} routers");
             let mut fexe = Executor::new(gpu.clone(), &folded.graph, Plan::eval()).unwrap();

@@ -237,6 +237,12 @@ impl Gpu {
         self.dispatch_with(shader, entry, params, buffers, Vec::new(), workgroups)
     }
 
+    /// Whether [`Gpu::dispatch_with_textures`] can read `source` through a texture on this
+    /// device: it reads streams so, and `source` is whole vec4s that fit one texture.
+    pub fn reads_through_texture(&self, source: &GpuSlice) -> bool {
+        self.texture_reads && texture_holds(self, source)
+    }
+
     /// [`Gpu::dispatch`] for an entry that also reads buffers' vec4s from textures, the i-th at
     /// binding [`TEXTURE_BINDINGS`]\[i\], in rows of [`texture_width`]: each run copies them
     /// there first.
@@ -316,7 +322,7 @@ impl Gpu {
         workgroups: [u32; 3],
     ) -> Dispatch {
         let [plain, textured] = entries;
-        if self.texture_reads && sources.iter().all(|s| texture_holds(self, s)) {
+        if self.texture_reads && sources.iter().all(|s| self.reads_through_texture(s)) {
             self.dispatch_with_textures_after(earlier, shader, textured, params, buffers, sources, workgroups)
         } else {
             self.dispatch(shader, plain, params, buffers, workgroups)

@@ -37,6 +37,8 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("optim", include_str!("../../shaders/optim.wgsl")),
     ("pool", include_str!("../../shaders/pool.wgsl")),
     ("router", include_str!("../../shaders/router.wgsl")),
+    // A router's whole gate in one dispatch, for adapters with subgroups.
+    ("router_subgroup", include_str!("../../shaders/router_subgroup.wgsl")),
 ];
 
 /// The full source of a kernel family, preludes included.

@@ -3,14 +3,15 @@
 //! that layer's weight and bias, a residual add (with its relu) that only follows such a
 //! folded conv and an activation (relu, relu6, sigmoid: the BatchNorm's own, or one that only
 //! follows) are applied as the layer stores its output, and a router's gate (`channel_scale`)
-//! whose only consumer is a GEMM conv is applied as that conv copies its input. Same outputs
-//! as eval mode, fewer dispatches.
+//! whose only consumer is a GEMM conv is applied as that conv copies its input; a router's
+//! pool and projections become one op ([`RouterGate`]). Same outputs as eval mode, fewer
+//! dispatches.
 
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result};
 
-use super::{Graph, Role, TensorId};
+use super::{Graph, Node, Role, TensorId};
 use crate::io::{HostTensor, StateDict};
 use crate::ops::activation::{Activation, ActivationOp, Add};
 use crate::ops::batchnorm::BatchNorm;
@@ -18,6 +19,8 @@ use crate::ops::channel_scale::ChannelScale;
 use crate::ops::conv2d::{Conv2d, ConvKernel, Fusion, OutputActivation};
 use crate::ops::linear::Linear;
 use crate::ops::modulate::Modulate;
+use crate::ops::pool::GlobalAvgPool;
+use crate::ops::router::RouterGate;
 
 /// The folded graph, its weights, and where the original graph's tensors went.
 pub struct Folded {
@@ -219,12 +222,56 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
             map.insert(old, new);
         }
     }
+    fuse_routers(&mut g);
     let counters = weights
         .keys()
         .filter_map(|k| k.strip_suffix("running_mean"))
         .map(|bn| (format!("{bn}num_batches_tracked"), 0))
         .collect();
     Ok(Folded { graph: g, weights: StateDict { floats: weights, counters }, tensors: map })
+}
+
+/// Makes each router of the folded `g` one [`RouterGate`] node: a global average pool whose
+/// only reader is a linear layer storing relu (fc1, its BatchNorm folded in), whose only reader
+/// is a linear layer storing sigmoid (fc2). The node keeps the three tensors, so every tensor
+/// of the folded graph is still computed, with the same values.
+fn fuse_routers(g: &mut Graph) {
+    let mut readers = vec![Vec::new(); g.tensors.len()];
+    for (n, node) in g.nodes.iter().enumerate() {
+        for t in &node.inputs {
+            readers[t.0].push(n);
+        }
+    }
+    // The linear layer that alone reads `t`, as its input, storing `activation` after a bias.
+    let sole_linear = |t: TensorId, activation: OutputActivation| {
+        let [n] = readers[t.0][..] else { return None };
+        let linear = g.nodes[n].op.as_any().downcast_ref::<Linear>()?;
+        (g.nodes[n].inputs[0] == t && linear.activation == activation && linear.has_bias).then_some(n)
+    };
+    let mut fused = Vec::new();
+    for (p, node) in g.nodes.iter().enumerate() {
+        if !node.op.as_any().is::<GlobalAvgPool>() {
+            continue;
+        }
+        let Some(fc1) = sole_linear(node.outputs[0], OutputActivation::Relu) else { continue };
+        let Some(fc2) = sole_linear(g.nodes[fc1].outputs[0], OutputActivation::Sigmoid) else { continue };
+        fused.push((p, fc1, fc2));
+    }
+    for &(p, fc1, fc2) in &fused {
+        let x = g.nodes[p].inputs[0];
+        let [w1, b1] = [1, 2].map(|i| g.nodes[fc1].inputs[i]);
+        let [w2, b2] = [1, 2].map(|i| g.nodes[fc2].inputs[i]);
+        let &[batch, channels, h, w] = g.shape(x) else { unreachable!("a global average pool's input is NCHW") };
+        let op = RouterGate { batch, channels, hidden: g.shape(b1)[0], spatial: h * w };
+        let outputs = [p, fc1, fc2].map(|n| g.nodes[n].outputs[0]).to_vec();
+        g.nodes[p] = Node { op: Box::new(op), inputs: vec![x, w1, b1, w2, b2], outputs };
+    }
+    let gone: Vec<usize> = fused.iter().flat_map(|&(_, fc1, fc2)| [fc1, fc2]).collect();
+    let mut n = 0;
+    g.nodes.retain(|_| {
+        n += 1;
+        !gone.contains(&(n - 1))
+    });
 }
 
 /// The activation a layer applies as it stores its output for `kind` (GELU: none).

@@ -17,6 +17,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod modulate;
 pub mod pool;
+pub mod router;
 pub mod sgd;
 
 use crate::gpu::{Dispatch, Gpu, GpuSlice};

@@ -11,4 +11,5 @@ pub mod linear;
 pub mod loss;
 pub mod modulate;
 pub mod pool;
+pub mod router;
 pub mod sgd;
