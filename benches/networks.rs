@@ -8,10 +8,13 @@
 //!
 //! The last column is KernelDNA's overhead beyond its extra multiply-adds: (KernelDNA eval
 //! images/s / baseline eval images/s) x (KernelDNA MACs / baseline MACs); 1 is no overhead.
+//! It comes from a measurement of its own (`paired_overhead`): the two folded networks run in
+//! turn, batch for batch, and each side's median batch time stands for it, so a shared
+//! machine's noise (which the eval columns carry) slows both sides alike.
 
 use std::sync::Arc;
 
-use kdna::commands::bench::{LatencyReport, Timing, latency};
+use kdna::commands::bench::{Timing, latency, paired_overhead};
 use kdna::gpu::Gpu;
 use kdna::models::{Arch, ModelSpec};
 
@@ -30,7 +33,13 @@ fn main() {
         println!("{:<28} {:>12} {:>10} {:>12} {:>10}", "network", "params", "eval img/s", "step s", "overhead");
     }
     for arch in Arch::ALL {
-        let mut baseline: Option<LatencyReport> = None;
+        let overhead = paired_overhead(gpu.clone(), arch, 10, Timing { train: false, ..timing }).unwrap_or_else(|e| {
+            eprintln!("error: {} (overhead): {e:#}", arch.name());
+            std::process::exit(1)
+        });
+        if json {
+            println!("{}", serde_json::to_string(&overhead).expect("a report serialises"));
+        }
         for kdna in [false, true] {
             let spec = ModelSpec { arch, kdna, classes: 10, drop_path: 0.0 };
             let r = latency(gpu.clone(), spec, timing, &|_| {}).unwrap_or_else(|e| {
@@ -40,14 +49,11 @@ fn main() {
             if json {
                 println!("{}", serde_json::to_string(&r).expect("a report serialises"));
             } else {
-                let overhead = baseline.as_ref().map_or(String::new(), |b| {
-                    format!("{:.3}", r.eval_img_s / b.eval_img_s * r.macs as f64 / b.macs as f64)
-                });
+                let overhead = if kdna { format!("{:.3}", overhead.overhead) } else { String::new() };
                 let name = format!("{} {}", arch.name(), if kdna { "KernelDNA" } else { "baseline" });
                 let step = r.train_step_s.unwrap_or(f64::NAN);
                 println!("{name:<28} {:>12} {:>10.1} {step:>12.3} {overhead:>10}", r.params, r.eval_img_s);
             }
-            baseline = Some(r);
         }
     }
 }

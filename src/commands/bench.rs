@@ -13,7 +13,7 @@ use crate::gpu::Gpu;
 use crate::graph::fold::fold;
 use crate::graph::{DispatchTime, Executor, Plan, Weights};
 use crate::io::StateDict;
-use crate::models::{ModelSpec, Network, build, macs_per_image, parameter_count};
+use crate::models::{Arch, ModelSpec, Network, build, macs_per_image, parameter_count};
 use crate::ops::sgd::Sgd;
 
 /// Parameters and multiply-accumulates of one network at one resolution.
@@ -166,6 +166,73 @@ fn time(gpu: &Gpu, timing: Timing, mut work: impl FnMut() -> Result<()>) -> Resu
     Ok(times)
 }
 
+/// KernelDNA's eval overhead beyond its extra multiply-adds, measured side by side.
+#[derive(Clone, Debug, Serialize)]
+pub struct OverheadReport {
+    pub arch: String,
+    pub adapter: String,
+    pub batch: usize,
+    pub res: usize,
+    pub iters: usize,
+    /// Median wall time of one eval batch of the folded baseline and KernelDNA networks.
+    pub baseline_ms: f64,
+    pub kdna_ms: f64,
+    /// (KernelDNA eval images/s / baseline eval images/s) x (KernelDNA MACs / baseline MACs),
+    /// from the medians: 1 is no overhead.
+    pub overhead: f64,
+}
+
+/// [`OverheadReport`] for `arch`: the folded baseline and KernelDNA networks (random weights)
+/// run in turn, batch for batch, so that a busy machine slows both alike, and each side's
+/// median batch time stands for it. Throughputs measured one network after the other swing
+/// with whatever else the machine runs meanwhile.
+pub fn paired_overhead(gpu: Arc<Gpu>, arch: Arch, classes: usize, timing: Timing) -> Result<OverheadReport> {
+    let mut sides = Vec::new();
+    for kdna in [false, true] {
+        let net = build(ModelSpec { arch, kdna, classes, drop_path: 0.0 }, timing.batch, timing.res, 0.0)?;
+        let weights = Weights::new(&gpu, &net.graph);
+        weights.initialise(&gpu, &net.graph, 0);
+        let mut rng = StdRng::seed_from_u64(0);
+        let images: Vec<f32> = (0..net.graph.info(net.images).numel()).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let eval = folded_eval(&gpu, &net, &weights.export(&gpu)?, &images)?;
+        sides.push((eval, macs_per_image(&net), Vec::with_capacity(timing.iters)));
+    }
+    for round in 0..timing.warmup + timing.iters {
+        for (eval, _, times) in &mut sides {
+            let start = Instant::now();
+            eval.run()?;
+            gpu.wait()?;
+            if round >= timing.warmup {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let [baseline, kdna] = [0, 1].map(|i| median(&sides[i].2));
+    let macs = sides[1].1 as f64 / sides[0].1 as f64;
+    Ok(OverheadReport {
+        arch: arch.name().to_string(),
+        adapter: gpu.info.name.clone(),
+        batch: timing.batch,
+        res: timing.res,
+        iters: timing.iters,
+        baseline_ms: baseline * 1e3,
+        kdna_ms: kdna * 1e3,
+        overhead: baseline / kdna * macs,
+    })
+}
+
+/// The median of `samples` (the mean of the middle two of an even count).
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
 /// The folded eval network of `net` over `weights`, with `images` written.
 fn folded_eval(gpu: &Arc<Gpu>, net: &Network, weights: &StateDict, images: &[f32]) -> Result<Executor> {
     let folded = fold(&net.graph, weights)?;
@@ -233,4 +300,17 @@ pub fn by_kernel(dispatches: &[DispatchTime]) -> Vec<(&'static str, usize, f64)>
     }
     rows.sort_by(|a, b| b.2.total_cmp(&a.2));
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_takes_the_middle_sample_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[7.0]), 7.0);
+        assert!(median(&[]).is_nan());
+    }
 }
