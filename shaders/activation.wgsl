@@ -18,29 +18,6 @@ const RELU6: u32 = 1u;
 const SIGMOID: u32 = 2u;
 const GELU: u32 = 3u;
 
-// erfc(z) for z >= 0 with a relative error below 1.2e-7 (the Chebyshev fit of Numerical Recipes'
-// erfcc), so the normal distribution's tails keep their precision where 1 + erf(x) would cancel.
-fn erfc_positive(z: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.5 * z);
-    var q = 0.17087277;
-    q = fma(q, t, -0.82215223);
-    q = fma(q, t, 1.48851587);
-    q = fma(q, t, -1.13520398);
-    q = fma(q, t, 0.27886807);
-    q = fma(q, t, -0.18628806);
-    q = fma(q, t, 0.09678418);
-    q = fma(q, t, 0.37409196);
-    q = fma(q, t, 1.00002368);
-    q = fma(q, t, -1.26551223);
-    return t * exp_accurate(q - z * z);
-}
-
-// Phi(x), the standard normal distribution: erfc(-x / sqrt 2) / 2.
-fn normal_cdf(x: f32) -> f32 {
-    let tail = 0.5 * erfc_positive(abs(x) * 0.70710678);
-    return select(tail, 1.0 - tail, x > 0.0);
-}
-
 @group(0) @binding(1) var<storage, read> fwd_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> fwd_y: array<f32>;
 

@@ -10,7 +10,7 @@ const WORKGROUP: u32 = 64u;
 // sides of a branch on a uniform value under a lane mask.
 //
 // The output activation (src/gpu/entry.rs `OutputActivation`): 0 none, 1 relu, 2 relu6,
-// 3 sigmoid, computed as activation.wgsl computes them, so fusing changes no bit.
+// 3 sigmoid, 4 GELU, computed as activation.wgsl computes them, so fusing changes no bit.
 override STORED_ACTIVATION: u32 = 0u;
 // Whether a bias, and a residual, are added (read by the convolution tiles' stores).
 override STORES_BIAS: bool = false;
@@ -21,6 +21,7 @@ fn stored_activation(v: f32) -> f32 {
         case 1u: { return max(v, 0.0); }
         case 2u: { return clamp(v, 0.0, 6.0); }
         case 3u: { return 1.0 / (1.0 + exp_accurate(-v)); }
+        case 4u: { return v * normal_cdf(v); }
         default: { return v; }
     }
 }
@@ -30,7 +31,7 @@ fn stored_activation4(v: vec4<f32>) -> vec4<f32> {
     switch STORED_ACTIVATION {
         case 1u: { return max(v, vec4<f32>(0.0)); }
         case 2u: { return clamp(v, vec4<f32>(0.0), vec4<f32>(6.0)); }
-        case 3u: { return vec4<f32>(stored_activation(v.x), stored_activation(v.y), stored_activation(v.z), stored_activation(v.w)); }
+        case 3u, 4u: { return vec4<f32>(stored_activation(v.x), stored_activation(v.y), stored_activation(v.z), stored_activation(v.w)); }
         default: { return v; }
     }
 }
@@ -84,4 +85,27 @@ fn add_products(sum: f32, a: vec4<f32>, b: vec4<f32>) -> f32 {
     s += a.z * b.z;
     s += a.w * b.w;
     return s;
+}
+
+// erfc(z) for z >= 0 with a relative error below 1.2e-7 (the Chebyshev fit of Numerical Recipes'
+// erfcc), so the normal distribution's tails keep their precision where 1 + erf(x) would cancel.
+fn erfc_positive(z: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.5 * z);
+    var q = 0.17087277;
+    q = fma(q, t, -0.82215223);
+    q = fma(q, t, 1.48851587);
+    q = fma(q, t, -1.13520398);
+    q = fma(q, t, 0.27886807);
+    q = fma(q, t, -0.18628806);
+    q = fma(q, t, 0.09678418);
+    q = fma(q, t, 0.37409196);
+    q = fma(q, t, 1.00002368);
+    q = fma(q, t, -1.26551223);
+    return t * exp_accurate(q - z * z);
+}
+
+// Phi(x), the standard normal distribution: erfc(-x / sqrt 2) / 2.
+fn normal_cdf(x: f32) -> f32 {
+    let tail = 0.5 * erfc_positive(abs(x) * 0.70710678);
+    return select(tail, 1.0 - tail, x > 0.0);
 }

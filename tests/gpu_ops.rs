@@ -316,7 +316,7 @@ fn depthwise_rows_reading_textures_change_no_value() {
     let cases = [
         ([2, 5, 8, 12], cfg(1, 5), true, OutputActivation::Relu6, true),
         ([3, 6, 6, 16], cfg(2, 6), false, OutputActivation::Relu, true),
-        ([2, 4, 7, 10], cfg(1, 4), true, OutputActivation::None, false),
+        ([2, 4, 7, 10], cfg(1, 4), true, OutputActivation::Gelu, false),
     ];
     for (i, (xs, cfg, has_bias, activation, quads)) in cases.into_iter().enumerate() {
         let shape = Conv2dShape::new(&xs, &[xs[1], 1, 3, 3], cfg).unwrap();
@@ -548,10 +548,10 @@ fn conv_weight_paths_agree_bit_for_bit() {
         OutputActivation::Relu,
         OutputActivation::None,
         OutputActivation::Relu,
-        OutputActivation::None,
+        OutputActivation::Gelu,
         OutputActivation::Relu,
         OutputActivation::Relu6,
-        OutputActivation::Relu6,
+        OutputActivation::Gelu,
         OutputActivation::Relu,
     ];
     for (i, (xs, ws, cfg)) in cases.into_iter().enumerate() {
@@ -636,6 +636,7 @@ fn activate(activation: OutputActivation, v: f64) -> f64 {
         OutputActivation::Relu => v.max(0.0),
         OutputActivation::Relu6 => v.clamp(0.0, 6.0),
         OutputActivation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+        OutputActivation::Gelu => r::elementwise::activation_forward(Activation::Gelu, &[v])[0],
     }
 }
 
@@ -1377,6 +1378,7 @@ fn linear_fused_activation_matches_the_separate_op() {
         (OutputActivation::Relu, Activation::Relu),
         (OutputActivation::Relu6, Activation::Relu6),
         (OutputActivation::Sigmoid, Activation::Sigmoid),
+        (OutputActivation::Gelu, Activation::Gelu),
     ];
     for (batch, in_features, out_features) in [(5, 13, 7), (41, 150, 173)] {
         for (fused_kind, kind) in activations {

@@ -168,11 +168,11 @@ fn kernel_dna_networks_start_from_a_pretrained_baseline() {
     }
 }
 
-/// Relu, relu6 and sigmoid nodes, and adds and BatchNorms that apply one: the activations a
-/// layer can apply as it stores.
+/// Relu, relu6, sigmoid and GELU nodes, and adds and BatchNorms that apply one: the activations
+/// a layer can apply as it stores.
 fn fusable_activations(graph: &Graph) -> usize {
     let fusable = |name: &str| {
-        matches!(name, "relu" | "relu6" | "sigmoid") || name.ends_with("_relu") || name.ends_with("_relu6")
+        matches!(name, "relu" | "relu6" | "sigmoid" | "gelu") || name.ends_with("_relu") || name.ends_with("_relu6")
     };
     graph.nodes.iter().filter(|n| fusable(n.op.name())).count()
 }
@@ -236,9 +236,13 @@ fn folded_eval_matches_unfolded_eval_for_every_architecture() {
             let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
             assert!(scale > 1.0, "{arch}: logits too small to test ({scale})");
             common::assert_close(&format!("{arch} kdna={kdna} folded logits"), &got, &want, 1e-4);
-            // Folding removes dispatches where there is something to fold (baseline ConvNeXt
-            // has neither BatchNorm nor children).
+            // Folding removes dispatches where there is something to fold or fuse (baseline
+            // ConvNeXt has neither BatchNorm nor children, but its GELUs go into the convs
+            // before them).
             let foldable = net.graph.nodes.iter().any(|n| matches!(n.op.name(), "batchnorm" | "modulate"));
+            let gelus = net.graph.nodes.iter().filter(|n| n.op.name() == "gelu").count();
+            assert!(!ops.contains(&"gelu"), "{arch}: a GELU left unfused: {ops:?}");
+            let foldable = foldable || gelus > 0;
             let dispatches = (exe.dispatch_counts().0, fexe.dispatch_counts().0);
             assert_eq!(dispatches.1 < dispatches.0, foldable, "{arch} kdna={kdna}: {dispatches:?} dispatches");
         }

@@ -10,8 +10,8 @@
 //! a sigmoid's exponential for every value stored, whatever the activation.
 
 /// An activation applied as a convolution or linear layer stores its results (inference
-/// folding fuses a relu, relu6 or sigmoid that only follows one this way); the same values as
-/// the separate op. `STORED_ACTIVATION`'s values in `shaders/common.wgsl`.
+/// folding fuses a relu, relu6, sigmoid or GELU that only follows one this way); the same
+/// values as the separate op. `STORED_ACTIVATION`'s values in `shaders/common.wgsl`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum OutputActivation {
     #[default]
@@ -19,6 +19,7 @@ pub enum OutputActivation {
     Relu = 1,
     Relu6 = 2,
     Sigmoid = 3,
+    Gelu = 4,
 }
 
 /// What a kernel adds and applies as it stores each output: the pipeline constants

@@ -1,8 +1,8 @@
 //! Inference folding: an eval-only copy of a graph in which child kernels are constants
 //! computed once, every BatchNorm that only follows a conv or linear layer is folded into
 //! that layer's weight and bias, a residual add (with its relu) that only follows such a
-//! folded conv and an activation (relu, relu6, sigmoid: the BatchNorm's own, or one that only
-//! follows) are applied as the layer stores its output, and a router's gate (`channel_scale`)
+//! folded conv and an activation (relu, relu6, sigmoid, GELU: the BatchNorm's own, or one that
+//! only follows) are applied as the layer stores its output, and a router's gate (`channel_scale`)
 //! whose only consumer is a GEMM conv is applied as that conv copies its input; a router's
 //! pool and projections become one op ([`RouterGate`]). Same outputs as eval mode, fewer
 //! dispatches.
@@ -58,7 +58,7 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
     // The activation node that alone follows tensor `t`, if a layer can apply it as it stores.
     let fusable_activation = |t: TensorId| {
         let r = only_consumer(t)?;
-        Some((r, stored_activation(graph.nodes[r].op.as_any().downcast_ref::<ActivationOp>()?.kind)?))
+        Some((r, stored_activation(graph.nodes[r].op.as_any().downcast_ref::<ActivationOp>()?.kind)))
     };
     // Gated inputs: a channel_scale's output (original) -> (its input, its gate) (folded), for
     // the GEMM conv that alone consumes it.
@@ -154,7 +154,7 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
                         out = graph.nodes[a].outputs[0];
                         // An add that applies its own activation leaves none to follow.
                         if let Some(kind) = add.activation {
-                            activation = stored_activation(kind).expect("an add applies relu or relu6");
+                            activation = stored_activation(kind);
                         }
                     }
                     if activation == OutputActivation::None
@@ -199,22 +199,32 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
             map.insert(t, id);
             inputs.push(id);
         }
-        // A gated conv takes the gate's input and the gate; a linear layer that alone feeds an
-        // activation applies it.
+        // A gated conv takes the gate's input and the gate; a conv or linear layer that alone
+        // feeds an activation applies it.
         let mut op = node.op.boxed_clone();
         let mut outputs_of = node.outputs.clone();
-        if let Some(conv) = any.downcast_ref::<Conv2d>()
-            && let Some(&(_, gate)) = gated.get(&node.inputs[0])
-        {
-            inputs.push(gate);
-            op = Box::new(Conv2d { has_gate: true, ..conv.clone() });
+        let mut absorb_activation = |activation: &mut OutputActivation| {
+            if let Some((r, fused)) = fusable_activation(out)
+                && *activation == OutputActivation::None
+            {
+                *activation = fused;
+                absorbed[r] = true;
+                outputs_of = graph.nodes[r].outputs.clone();
+            }
+        };
+        if let Some(conv) = any.downcast_ref::<Conv2d>() {
+            let mut conv = conv.clone();
+            if let Some(&(_, gate)) = gated.get(&node.inputs[0]) {
+                inputs.push(gate);
+                conv.has_gate = true;
+            }
+            absorb_activation(&mut conv.activation);
+            op = Box::new(conv);
         }
-        if let Some(linear) = any.downcast_ref::<Linear>()
-            && let Some((r, activation)) = fusable_activation(out)
-        {
-            op = Box::new(Linear { activation, ..*linear });
-            absorbed[r] = true;
-            outputs_of = graph.nodes[r].outputs.clone();
+        if let Some(linear) = any.downcast_ref::<Linear>() {
+            let mut linear = *linear;
+            absorb_activation(&mut linear.activation);
+            op = Box::new(linear);
         }
         let shapes: Vec<Vec<usize>> = outputs_of.iter().map(|&t| graph.shape(t).to_vec()).collect();
         let outputs = g.push_boxed(op, &inputs, &shapes);
@@ -274,12 +284,12 @@ fn fuse_routers(g: &mut Graph) {
     });
 }
 
-/// The activation a layer applies as it stores its output for `kind` (GELU: none).
-fn stored_activation(kind: Activation) -> Option<OutputActivation> {
+/// The activation a layer applies as it stores its output for `kind`.
+fn stored_activation(kind: Activation) -> OutputActivation {
     match kind {
-        Activation::Relu => Some(OutputActivation::Relu),
-        Activation::Relu6 => Some(OutputActivation::Relu6),
-        Activation::Sigmoid => Some(OutputActivation::Sigmoid),
-        Activation::Gelu => None,
+        Activation::Relu => OutputActivation::Relu,
+        Activation::Relu6 => OutputActivation::Relu6,
+        Activation::Sigmoid => OutputActivation::Sigmoid,
+        Activation::Gelu => OutputActivation::Gelu,
     }
 }
