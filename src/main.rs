@@ -374,7 +374,7 @@ fn train(adapter: Option<&str>, a: TrainArgs) -> Result<()> {
         telemetry_every: a.telemetry_every,
         drop_path: drop_path as f32,
     };
-    let gpu = Arc::new(Gpu::new(adapter)?);
+    let gpu = open_gpu(adapter)?;
     let summary = kdna::train::train(gpu, cfg, dataset)?;
     println!(
         "done: best val acc@1 {:.2}% in {:.0} s ({:.1} training images/s, {:.1}% of training time waiting for data); \
@@ -392,7 +392,7 @@ fn eval(adapter: Option<&str>, a: EvalArgs) -> Result<()> {
     if a.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
-    let gpu = Arc::new(Gpu::new(adapter)?);
+    let gpu = open_gpu(adapter)?;
     let workers = a.workers.unwrap_or_else(default_workers).max(1);
     let (info, acc) =
         kdna::train::evaluate_checkpoint(gpu, &a.resume, a.data.as_deref(), a.dataset, a.batch_size, workers)?;
@@ -455,6 +455,16 @@ fn viewer(args: ViewerArgs) -> Result<()> {
     Ok(())
 }
 
+/// The device on the adapter kdna picks (`--adapter`), with a warning where it is a slow path
+/// that a driver install would avoid ([`adapter::advice`]).
+fn open_gpu(adapter: Option<&str>) -> Result<Arc<Gpu>> {
+    let gpu = Gpu::new(adapter)?;
+    if let Some(advice) = adapter::advice(&gpu.info) {
+        eprintln!("warning: {advice}");
+    }
+    Ok(Arc::new(gpu))
+}
+
 fn devices(filter: Option<&str>) -> Result<()> {
     let instance = adapter::instance();
     let adapters = adapter::enumerate(&instance);
@@ -479,11 +489,14 @@ fn devices(filter: Option<&str>) -> Result<()> {
         );
     }
     println!("The adapter marked * is the one kdna uses; choose another with --adapter SUBSTRING.");
+    if let Some(advice) = adapter::advice(&chosen) {
+        println!("Note: {advice}.");
+    }
     Ok(())
 }
 
 fn parity(adapter: Option<&str>, args: ParityArgs) -> Result<()> {
-    let gpu = Arc::new(Gpu::new(adapter)?);
+    let gpu = open_gpu(adapter)?;
     let m = &args.model;
     let classes = m.num_classes.map(|n| n as usize);
     kdna::commands::parity::run(gpu, m.arch, m.baseline, classes, &args.weights, &args.batch, &args.out)?;
@@ -501,7 +514,7 @@ fn bench(adapter: Option<&str>, args: BenchArgs) -> Result<()> {
     };
     let family = if m.baseline { "baseline" } else { "KernelDNA" };
     if args.profile {
-        let gpu = Arc::new(Gpu::new(adapter)?);
+        let gpu = open_gpu(adapter)?;
         use kdna::commands::bench::{Profiled, by_kernel, profile};
         let what = if args.latency && !args.train { Profiled::Eval } else { Profiled::TrainingStep };
         let rounds = args.rounds as usize;
@@ -529,7 +542,7 @@ fn bench(adapter: Option<&str>, args: BenchArgs) -> Result<()> {
         if args.train && args.batch_size < 2 {
             anyhow::bail!("--train needs --batch-size of at least 2 (train-mode BatchNorm)");
         }
-        let gpu = Arc::new(Gpu::new(adapter)?);
+        let gpu = open_gpu(adapter)?;
         let timing = kdna::commands::bench::Timing {
             batch: args.batch_size as usize,
             res: args.res as usize,

@@ -80,6 +80,19 @@ fn preference(s: &AdapterSummary) -> (u8, u8) {
     (device, backend)
 }
 
+/// Advice for a user whose adapter is a software rasteriser reached through OpenGL: on a
+/// machine without a GPU that means Mesa's software Vulkan driver is missing, and kdna runs
+/// on llvmpipe's GL path instead, without subgroups (slower kernels) and with GL's limits.
+pub fn advice(chosen: &AdapterSummary) -> Option<String> {
+    (chosen.device_type == wgpu::DeviceType::Cpu && chosen.backend == wgpu::Backend::Gl).then(|| {
+        format!(
+            "{} runs through OpenGL, where kdna's kernels run slower (no subgroups); Mesa's software \
+             Vulkan driver runs them faster (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`)",
+            chosen.name
+        )
+    })
+}
+
 /// Picks an adapter: the first whose name contains `filter` (case-insensitive) when given
 /// (the `--adapter` flag, else `WGPU_ADAPTER_NAME`), otherwise the best by [`preference`].
 pub fn choose(adapters: Vec<wgpu::Adapter>, filter: Option<&str>) -> Result<wgpu::Adapter> {
@@ -104,5 +117,39 @@ pub fn choose(adapters: Vec<wgpu::Adapter>, filter: Option<&str>) -> Result<wgpu
             })
         }
         None => Ok(ranked.into_iter().next().expect("non-empty").1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(device_type: wgpu::DeviceType, backend: wgpu::Backend) -> AdapterSummary {
+        AdapterSummary {
+            name: "llvmpipe".into(),
+            backend,
+            device_type,
+            driver: String::new(),
+            driver_info: String::new(),
+            timestamps: false,
+            shader_f16: false,
+            subgroups: false,
+            subgroup_min_size: 0,
+            max_storage_buffer_binding: 0,
+            max_buffer_size: 0,
+            max_workgroup_storage: 0,
+            max_invocations_per_workgroup: 0,
+        }
+    }
+
+    #[test]
+    fn only_a_software_adapter_through_gl_gets_advice() {
+        use wgpu::{Backend, DeviceType};
+        let advised = |t, b| advice(&summary(t, b)).is_some();
+        assert!(advised(DeviceType::Cpu, Backend::Gl));
+        assert!(advice(&summary(DeviceType::Cpu, Backend::Gl)).unwrap().contains("mesa-vulkan-drivers"));
+        assert!(!advised(DeviceType::Cpu, Backend::Vulkan));
+        assert!(!advised(DeviceType::DiscreteGpu, Backend::Gl));
+        assert!(!advised(DeviceType::IntegratedGpu, Backend::Vulkan));
     }
 }
