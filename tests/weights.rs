@@ -217,7 +217,7 @@ fn folded_eval_matches_unfolded_eval_for_every_architecture() {
 
             let folded = fold(&net.graph, &dict).unwrap();
             let ops: Vec<&str> = folded.graph.nodes.iter().map(|n| n.op.name()).collect();
-            let left = |op: &&str| op.starts_with("batchnorm") || *op == "modulate";
+            let left = |op: &&str| op.starts_with("batchnorm") || *op == "modulate" || *op == "layer_scale";
             assert!(!ops.iter().any(left), "{arch}: {ops:?}");
             // A router's pool and two projections become one op (their relu and sigmoid with
             // them), and its gate goes into the conv after it.
@@ -237,9 +237,10 @@ fn folded_eval_matches_unfolded_eval_for_every_architecture() {
             assert!(scale > 1.0, "{arch}: logits too small to test ({scale})");
             common::assert_close(&format!("{arch} kdna={kdna} folded logits"), &got, &want, 1e-4);
             // Folding removes dispatches where there is something to fold or fuse (baseline
-            // ConvNeXt has neither BatchNorm nor children, but its GELUs go into the convs
-            // before them).
-            let foldable = net.graph.nodes.iter().any(|n| matches!(n.op.name(), "batchnorm" | "modulate"));
+            // ConvNeXt has neither BatchNorm nor children, but its layer scales and GELUs go into
+            // the convs before them).
+            let foldable =
+                net.graph.nodes.iter().any(|n| matches!(n.op.name(), "batchnorm" | "modulate" | "layer_scale"));
             let gelus = net.graph.nodes.iter().filter(|n| n.op.name() == "gelu").count();
             assert!(!ops.contains(&"gelu"), "{arch}: a GELU left unfused: {ops:?}");
             let foldable = foldable || gelus > 0;

@@ -1,6 +1,6 @@
 //! Inference folding: an eval-only copy of a graph in which child kernels are constants
-//! computed once, every BatchNorm that only follows a conv or linear layer is folded into
-//! that layer's weight and bias, a residual add (with its relu) that only follows such a
+//! computed once, every BatchNorm or layer scale that only follows a conv or linear layer is
+//! folded into that layer's weight and bias, a residual add (with its relu) that only follows such a
 //! folded conv and an activation (relu, relu6, sigmoid, GELU: the BatchNorm's own, or one that
 //! only follows) are applied as the layer stores its output, and a router's gate (`channel_scale`)
 //! whose only consumer is a GEMM conv is applied as that conv copies its input; a router's
@@ -17,6 +17,7 @@ use crate::ops::activation::{Activation, ActivationOp, Add};
 use crate::ops::batchnorm::BatchNorm;
 use crate::ops::channel_scale::ChannelScale;
 use crate::ops::conv2d::{Conv2d, ConvKernel, Fusion, OutputActivation};
+use crate::ops::layer_scale::LayerScale;
 use crate::ops::linear::Linear;
 use crate::ops::modulate::Modulate;
 use crate::ops::pool::GlobalAvgPool;
@@ -102,25 +103,39 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
             gated.insert(node.outputs[0], (map[&node.inputs[0]], map[&node.inputs[1]]));
             continue;
         }
-        // A conv or linear layer whose only consumer is a BatchNorm absorbs it.
+        // A conv or linear layer whose only consumer is a BatchNorm, or a layer scale
+        // (ConvNeXt's), absorbs it: a per-channel scale and shift of its weight and bias.
         let out = node.outputs[0];
-        let bn_node = only_consumer(out)
-            .filter(|&b| graph.nodes[b].inputs.first() == Some(&out))
-            .filter(|&b| graph.nodes[b].op.as_any().is::<BatchNorm>());
+        let scaling = only_consumer(out).filter(|&b| graph.nodes[b].inputs.first() == Some(&out)).filter(|&b| {
+            let op = graph.nodes[b].op.as_any();
+            op.is::<BatchNorm>() || op.is::<LayerScale>()
+        });
         let layer_bias =
             any.downcast_ref::<Conv2d>().map(|c| c.has_bias).or(any.downcast_ref::<Linear>().map(|l| l.has_bias));
-        if let (Some(b), Some(has_bias)) = (bn_node, layer_bias) {
-            let bn_inputs = &graph.nodes[b].inputs;
-            let bn = graph.nodes[b].op.as_any().downcast_ref::<BatchNorm>().expect("checked");
-            let [gamma, beta, mean, var] = [1, 2, 3, 4].map(|i| value(bn_inputs[i], &constants));
-            let (gamma, beta, mean, var) = (gamma?, beta?, mean?, var?);
+        if let (Some(b), Some(has_bias)) = (scaling, layer_bias) {
+            let scaling_inputs = &graph.nodes[b].inputs;
             let w = value(node.inputs[1], &constants)?;
-            let c_out = gamma.len();
-            let per_out = w.len() / c_out;
-            let scale: Vec<f32> = (0..c_out).map(|c| gamma[c] / (var[c] + bn.eps).sqrt()).collect();
+            let c_out = graph.shape(node.inputs[1])[0];
             let bias_in = if has_bias { value(node.inputs[2], &constants)? } else { vec![0.0; c_out] };
+            // y = scale * (layer + bias_in - mean) + beta, and the activation the node applies.
+            let (scale, shift, activation): (Vec<f32>, Vec<f32>, OutputActivation) =
+                match graph.nodes[b].op.as_any().downcast_ref::<BatchNorm>() {
+                    Some(bn) => {
+                        let [gamma, beta, mean, var] = [1, 2, 3, 4].map(|i| value(scaling_inputs[i], &constants));
+                        let (gamma, beta, mean, var) = (gamma?, beta?, mean?, var?);
+                        let scale: Vec<f32> = (0..c_out).map(|c| gamma[c] / (var[c] + bn.eps).sqrt()).collect();
+                        let shift = (0..c_out).map(|c| beta[c] + (bias_in[c] - mean[c]) * scale[c]).collect();
+                        (scale, shift, bn.activation)
+                    }
+                    None => {
+                        let gamma = value(scaling_inputs[1], &constants)?;
+                        let shift = (0..c_out).map(|c| bias_in[c] * gamma[c]).collect();
+                        (gamma, shift, OutputActivation::None)
+                    }
+                };
+            let per_out = w.len() / c_out;
             let folded_w: Vec<f32> = w.iter().enumerate().map(|(e, v)| v * scale[e / per_out]).collect();
-            let folded_b: Vec<f32> = (0..c_out).map(|c| beta[c] + (bias_in[c] - mean[c]) * scale[c]).collect();
+            let folded_b = shift;
             let w_shape = graph.shape(node.inputs[1]).to_vec();
             let base = format!("folded.{n}");
             let w_id = g.param(&format!("{base}.weight"), &w_shape)?;
@@ -132,6 +147,7 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
                 None => (map[&node.inputs[0]], None),
             };
             let bn_out = graph.nodes[b].outputs[0];
+            let bn_activation = activation;
             let (y, out) = match any.downcast_ref::<Conv2d>() {
                 Some(conv) => {
                     // A residual add that only follows (its other input already computed: a
@@ -140,7 +156,7 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
                     let mut out = bn_out;
                     let mut residual = None;
                     // A BatchNorm that applies its own activation leaves no add to take before it.
-                    let mut activation = bn.activation;
+                    let mut activation = bn_activation;
                     if conv.shape.kernel() == ConvKernel::Gemm
                         && activation == OutputActivation::None
                         && let Some(a) = only_consumer(out)
@@ -167,8 +183,8 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
                     let fused = Fusion { gate, residual, activation };
                     (g.conv2d_fused(x, w_id, Some(b_id), conv.shape.cfg, fused)?, out)
                 }
-                None if bn.activation != OutputActivation::None => {
-                    (g.linear_fused(x, w_id, Some(b_id), bn.activation)?, bn_out)
+                None if bn_activation != OutputActivation::None => {
+                    (g.linear_fused(x, w_id, Some(b_id), bn_activation)?, bn_out)
                 }
                 None => match fusable_activation(bn_out) {
                     Some((r, activation)) => {
