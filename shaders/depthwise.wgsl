@@ -417,6 +417,120 @@ fn depthwise_rows_3x3_quads(i: u32, stride_two: bool, flip: bool) {
     }
 }
 
+// depthwise_rows for 7x7 kernels at column stride 1 (ConvNeXt's, forward and input gradient),
+// with the window and weights as named values rather than arrays indexed in loops, which
+// software adapters keep in memory: a lane holds its channel's seven weight rows and seven
+// window columns, and along a row loads one new column per output. The same terms in the same
+// order as depthwise_rows, so the same results. Invocations: as depthwise_rows.
+
+// Seven values: a weight row (its columns in order) or a window column (its rows in order).
+struct Seven {
+    lo: vec4<f32>,
+    hi: vec3<f32>,
+}
+
+// acc plus a weight row's seven products with x0 .. x6, added in order.
+fn add_row7(acc: f32, k: Seven, x0: f32, x1: f32, x2: f32, x3: f32, x4: f32, x5: f32, x6: f32) -> f32 {
+    var s = acc;
+    s = fma(k.lo.x, x0, s); s = fma(k.lo.y, x1, s); s = fma(k.lo.z, x2, s); s = fma(k.lo.w, x3, s);
+    s = fma(k.hi.x, x4, s); s = fma(k.hi.y, x5, s); s = fma(k.hi.z, x6, s);
+    return s;
+}
+
+// row_in's value at (iy, ix) of the plane at in_plane; zero outside it.
+fn input_at(in_plane: u32, iy: i32, ix: i32) -> f32 {
+    if (iy < 0 || iy >= i32(p.h) || ix < 0 || ix >= i32(p.w)) { return 0.0; }
+    return row_in[in_plane + u32(iy) * p.w + u32(ix)];
+}
+
+// Input column ix, rows iy0 .. iy0 + 6.
+fn column7(in_plane: u32, iy0: i32, ix: i32) -> Seven {
+    let lo = vec4<f32>(input_at(in_plane, iy0, ix), input_at(in_plane, iy0 + 1, ix), input_at(in_plane, iy0 + 2, ix), input_at(in_plane, iy0 + 3, ix));
+    return Seven(lo, vec3<f32>(input_at(in_plane, iy0 + 4, ix), input_at(in_plane, iy0 + 5, ix), input_at(in_plane, iy0 + 6, ix)));
+}
+
+// Row a of channel c's weights (their own taps, a * 7 .. a * 7 + 6).
+fn weight_row7(c: u32, a: u32) -> Seven {
+    let t = c * 49u + a * 7u;
+    let lo = vec4<f32>(row_w[t], row_w[t + 1u], row_w[t + 2u], row_w[t + 3u]);
+    return Seven(lo, vec3<f32>(row_w[t + 4u], row_w[t + 5u], row_w[t + 6u]));
+}
+
+// Flipped (`flip`, a literal in each entry point, so the branch folds away), the terms run over
+// the weight's own taps in order, tap (a, b) against window (6 - a, 6 - b), as depthwise_rows
+// pairs them.
+fn rows_7x7(i: u32, flip: bool) {
+    if (i >= p.c_out * p.chunks) { return; }
+    let part = i % p.chunks;
+    let c = i / p.chunks;
+    let k0 = weight_row7(c, 0u); let k1 = weight_row7(c, 1u); let k2 = weight_row7(c, 2u);
+    let k3 = weight_row7(c, 3u); let k4 = weight_row7(c, 4u); let k5 = weight_row7(c, 5u);
+    let k6 = weight_row7(c, 6u);
+    let bias = select(0.0, row_bias[c], p.has_bias != 0u);
+    let first = part * p.chunk_len;
+    let end = min(p.batch * p.out_h, first + p.chunk_len);
+    var n = first / p.out_h;
+    var oy = first % p.out_h;
+    for (var r = first; r < end; r++) {
+        let plane = n * p.c_out + c;
+        let in_plane = plane * p.h * p.w;
+        let out_row = (plane * p.out_h + oy) * p.out_w;
+        let iy0 = i32(oy * p.stride_h) - i32(p.pad_h);
+        let ix0 = -i32(p.pad_w);
+        // The window of output column 0; each later column drops column 0 and loads one.
+        var c0 = column7(in_plane, iy0, ix0); var c1 = column7(in_plane, iy0, ix0 + 1);
+        var c2 = column7(in_plane, iy0, ix0 + 2); var c3 = column7(in_plane, iy0, ix0 + 3);
+        var c4 = column7(in_plane, iy0, ix0 + 4); var c5 = column7(in_plane, iy0, ix0 + 5);
+        var c6 = column7(in_plane, iy0, ix0 + 6);
+        for (var ox = 0u; ox < p.out_w; ox++) {
+            if (ox > 0u) {
+                c0 = c1; c1 = c2; c2 = c3; c3 = c4; c4 = c5; c5 = c6;
+                c6 = column7(in_plane, iy0, ix0 + i32(ox) + 6);
+            }
+            var acc = 0.0;
+            if (flip) {
+            acc = add_row7(acc, k0, c6.hi.z, c5.hi.z, c4.hi.z, c3.hi.z, c2.hi.z, c1.hi.z, c0.hi.z);
+            acc = add_row7(acc, k1, c6.hi.y, c5.hi.y, c4.hi.y, c3.hi.y, c2.hi.y, c1.hi.y, c0.hi.y);
+            acc = add_row7(acc, k2, c6.hi.x, c5.hi.x, c4.hi.x, c3.hi.x, c2.hi.x, c1.hi.x, c0.hi.x);
+            acc = add_row7(acc, k3, c6.lo.w, c5.lo.w, c4.lo.w, c3.lo.w, c2.lo.w, c1.lo.w, c0.lo.w);
+            acc = add_row7(acc, k4, c6.lo.z, c5.lo.z, c4.lo.z, c3.lo.z, c2.lo.z, c1.lo.z, c0.lo.z);
+            acc = add_row7(acc, k5, c6.lo.y, c5.lo.y, c4.lo.y, c3.lo.y, c2.lo.y, c1.lo.y, c0.lo.y);
+            acc = add_row7(acc, k6, c6.lo.x, c5.lo.x, c4.lo.x, c3.lo.x, c2.lo.x, c1.lo.x, c0.lo.x);
+            } else {
+            acc = add_row7(acc, k0, c0.lo.x, c1.lo.x, c2.lo.x, c3.lo.x, c4.lo.x, c5.lo.x, c6.lo.x);
+            acc = add_row7(acc, k1, c0.lo.y, c1.lo.y, c2.lo.y, c3.lo.y, c4.lo.y, c5.lo.y, c6.lo.y);
+            acc = add_row7(acc, k2, c0.lo.z, c1.lo.z, c2.lo.z, c3.lo.z, c4.lo.z, c5.lo.z, c6.lo.z);
+            acc = add_row7(acc, k3, c0.lo.w, c1.lo.w, c2.lo.w, c3.lo.w, c4.lo.w, c5.lo.w, c6.lo.w);
+            acc = add_row7(acc, k4, c0.hi.x, c1.hi.x, c2.hi.x, c3.hi.x, c4.hi.x, c5.hi.x, c6.hi.x);
+            acc = add_row7(acc, k5, c0.hi.y, c1.hi.y, c2.hi.y, c3.hi.y, c4.hi.y, c5.hi.y, c6.hi.y);
+            acc = add_row7(acc, k6, c0.hi.z, c1.hi.z, c2.hi.z, c3.hi.z, c4.hi.z, c5.hi.z, c6.hi.z);
+            }
+            // Read the output only to add to it (each access costs software adapters a loop).
+            let at = out_row + ox;
+            if (p.accumulate != 0u) {
+                row_out[at] += acc + bias;
+            } else {
+                row_out[at] = stored_activation(acc + bias);
+            }
+        }
+        oy += 1u;
+        if (oy == p.out_h) {
+            oy = 0u;
+            n += 1u;
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn depthwise_rows_7x7(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    rows_7x7(flat_index(gid, nwg), false);
+}
+
+@compute @workgroup_size(64)
+fn depthwise_rows_7x7_flipped(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    rows_7x7(flat_index(gid, nwg), true);
+}
+
 // ---------------------------------------------------------------- gradient to the input
 @group(0) @binding(1) var<storage, read> bin_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> bin_w: array<f32>;

@@ -374,6 +374,79 @@ fn depthwise_rows_reading_textures_change_no_value() {
     }
 }
 
+/// Depthwise 7x7 kernels at column stride 1 (ConvNeXt's) take `depthwise_rows_7x7` on software
+/// adapters, and their stride-1 input gradient its flipped twin: the same values as the GPU
+/// family (which sums the same terms in the same order), on maps wider and narrower than the
+/// kernel, ragged rows, a row stride of 2, bias and a fused activation, and an input gradient
+/// added to one already there.
+#[test]
+fn depthwise_7x7_rows_agree_with_the_gpu_family_bit_for_bit() {
+    let devices = [true, false].map(|rows| {
+        let mut device = kdna::gpu::Gpu::new(None).expect("a device on the test adapter");
+        device.depthwise_rows = rows;
+        device
+    });
+    let cfg = |stride: (usize, usize), c| Conv2dConfig { stride, padding: (3, 3), groups: c };
+    let cases = [
+        ([2, 5, 16, 13], cfg((1, 1), 5), true, OutputActivation::Gelu),
+        ([3, 4, 2, 2], cfg((1, 1), 4), false, OutputActivation::None),
+        ([1, 3, 1, 9], cfg((1, 1), 3), true, OutputActivation::Relu),
+        ([2, 6, 11, 8], cfg((2, 1), 6), true, OutputActivation::None),
+    ];
+    for (i, (xs, cfg, has_bias, activation)) in cases.into_iter().enumerate() {
+        let shape = Conv2dShape::new(&xs, &[xs[1], 1, 7, 7], cfg).unwrap();
+        let numel = |s: &[usize]| s.iter().product::<usize>();
+        let mut rng = rng(1500 + i as u64);
+        let [xv, wv, bv, dyv, dx0] =
+            [numel(&xs), 49 * xs[1], xs[1], numel(&shape.output()), numel(&xs)].map(|n| f32_exact(randn(&mut rng, n)));
+        let results = devices.each_ref().map(|gpu| {
+            let [x, w, bias, dy, dx] = [&xv, &wv, &bv, &dyv, &dx0].map(|v| gpu.upload("input", &to_f32(v)));
+            let y = gpu.storage("y", numel(&shape.output()));
+            let op = |has_bias, activation| kdna::ops::conv2d::Conv2d {
+                shape,
+                has_bias,
+                has_residual: false,
+                has_gate: false,
+                activation,
+                child: None,
+                gates_input: false,
+                dw_unreduced: false,
+                dw_to_buffer: false,
+                fold_columns: false,
+            };
+            let inputs = if has_bias { vec![&x, &w, &bias] } else { vec![&x, &w] };
+            let bound = Bound { inputs, outputs: vec![&y], scratch: vec![] };
+            let mut dispatches = op(has_bias, activation).forward(gpu, &bound, Mode::Eval);
+            if cfg.stride == (1, 1) {
+                let target = GradTarget { slice: &dx, accumulate: true };
+                let grads = Grads { outputs: vec![&dy], inputs: vec![Some(target), None] };
+                dispatches.extend(op(false, OutputActivation::None).backward(gpu, &bound, &grads, Mode::Train));
+            }
+            if gpu.depthwise_rows {
+                let entries: Vec<_> = dispatches.iter().map(|d| d.label).collect();
+                let want = ["depthwise_rows_7x7", "depthwise_rows_7x7_flipped"];
+                assert_eq!(entries, want[..entries.len()], "case {i}: the row kernels");
+            }
+            gpu.run(&dispatches);
+            [&y, &dx].map(|b| gpu.read::<f32>(b).unwrap().into_iter().map(f64::from).collect::<Vec<_>>())
+        });
+        for (name, (a, b)) in ["y", "dx"].iter().zip(results[0].iter().zip(&results[1])) {
+            assert_eq!(bits_differ(a, b), 0, "case {i}: {name} values that differ between the families");
+        }
+        let [y, dx] = &results[0];
+        let want_y: Vec<f64> = r::conv2d::forward(&shape, &xv, &wv, has_bias.then_some(&bv[..]))
+            .into_iter()
+            .map(|v| activate(activation, v))
+            .collect();
+        assert_close(&format!("case {i} y"), y, &want_y, TOL);
+        if cfg.stride == (1, 1) {
+            let (want_dx, _, _) = r::conv2d::backward(&shape, &xv, &wv, &dyv);
+            let added: Vec<f64> = dx.iter().zip(&dx0).map(|(a, b)| a - b).collect();
+            assert_close(&format!("case {i} dx"), &added, &want_dx, TOL);
+        }
+    }
+}
+
 /// The ways an ungrouped conv reads its weights (uniform blocks, one dispatch each; all from
 /// storage in one dispatch; the same with subgroup broadcasts, which the weight gradient uses
 /// too; workgroup-memory tiles) sum in the same order, so which one a shape gets never changes

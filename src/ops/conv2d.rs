@@ -198,7 +198,9 @@ impl Conv2dShape {
     }
 
     /// The row kernel of a depthwise forward pass or stride-1 input gradient (`params`, over
-    /// `[input, weight, bias, output]`; `activation` applied as it stores). On a device that
+    /// `[input, weight, bias, output]`; `activation` applied as it stores). 7x7 kernels at
+    /// column stride 1 (ConvNeXt's) take `depthwise_rows_7x7` (or its flipped twin for an input
+    /// gradient), whose window is named values rather than an array. On a device that
     /// reads streams through textures, 3x3 rows that come in fours (widths in and out multiples
     /// of four, column padding 1) take
     /// `depthwise_rows_3x3_*quads_textured` (one per column stride, and one for the flipped
@@ -213,6 +215,10 @@ impl Conv2dShape {
     ) -> Dispatch {
         let p = params;
         let entry = |name| Entry::activating(name, activation);
+        if (self.kernel_h, self.kernel_w, p.stride_w) == (7, 7, 1) {
+            let name = if p.flip != 0 { "depthwise_rows_7x7_flipped" } else { "depthwise_rows_7x7" };
+            return gpu.dispatch("depthwise", entry(name), p, &buffers, invocations);
+        }
         if !self.depthwise_rows_3x3() {
             return gpu.dispatch("depthwise", entry("depthwise_rows"), p, &buffers, invocations);
         }
