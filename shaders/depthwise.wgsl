@@ -860,3 +860,89 @@ fn depthwise_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
         }
     }
 }
+
+// depthwise_weight_rows for 7x7 kernels at column stride 1 (ConvNeXt's), its 49 sums and the
+// window as named values (seven rows of sums, seven window columns) rather than arrays indexed
+// in loops: the same sums in the same order. Invocations: as depthwise_weight_rows.
+
+// A row of sums plus d times x0 .. x6, each as depthwise_weight_rows adds it.
+fn add_scaled_row7(s: Seven, d: f32, x0: f32, x1: f32, x2: f32, x3: f32, x4: f32, x5: f32, x6: f32) -> Seven {
+    return Seven(fma(vec4<f32>(d), vec4<f32>(x0, x1, x2, x3), s.lo), fma(vec3<f32>(d), vec3<f32>(x4, x5, x6), s.hi));
+}
+
+// Stores tap (a, b) of channel c's sums, as depthwise_weight_rows does.
+fn store_weight_tap7(c: u32, part: u32, tap: u32, v: f32) {
+    if (p.chunks == 1u) {
+        let at = c * 49u + tap;
+        bw_dw[at] = accumulated(bw_dw[at], v, p.accumulate);
+    } else {
+        bw_dw[(c * 49u + tap) * p.chunks + part] = v;
+    }
+}
+
+// Stores row a of channel c's sums.
+fn store_weight_row7(c: u32, part: u32, a: u32, s: Seven) {
+    store_weight_tap7(c, part, a * 7u, s.lo.x); store_weight_tap7(c, part, a * 7u + 1u, s.lo.y);
+    store_weight_tap7(c, part, a * 7u + 2u, s.lo.z); store_weight_tap7(c, part, a * 7u + 3u, s.lo.w);
+    store_weight_tap7(c, part, a * 7u + 4u, s.hi.x); store_weight_tap7(c, part, a * 7u + 5u, s.hi.y);
+    store_weight_tap7(c, part, a * 7u + 6u, s.hi.z);
+}
+
+// x (bw_x) at (iy, ix) of the plane at x_plane; zero outside it.
+fn x_at(x_plane: u32, iy: i32, ix: i32) -> f32 {
+    if (iy < 0 || iy >= i32(p.h) || ix < 0 || ix >= i32(p.w)) { return 0.0; }
+    return bw_x[x_plane + u32(iy) * p.w + u32(ix)];
+}
+
+// Input column ix of x, rows iy0 .. iy0 + 6.
+fn x_column7(x_plane: u32, iy0: i32, ix: i32) -> Seven {
+    let lo = vec4<f32>(x_at(x_plane, iy0, ix), x_at(x_plane, iy0 + 1, ix), x_at(x_plane, iy0 + 2, ix), x_at(x_plane, iy0 + 3, ix));
+    return Seven(lo, vec3<f32>(x_at(x_plane, iy0 + 4, ix), x_at(x_plane, iy0 + 5, ix), x_at(x_plane, iy0 + 6, ix)));
+}
+
+@compute @workgroup_size(64)
+fn depthwise_weight_rows_7x7(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.c_in * p.chunks) { return; }
+    let part = i % p.chunks;
+    let c = i / p.chunks;
+    var s0 = Seven(); var s1 = Seven(); var s2 = Seven(); var s3 = Seven();
+    var s4 = Seven(); var s5 = Seven(); var s6 = Seven();
+    let first = part * p.chunk_len;
+    let end = min(p.batch * p.out_h, first + p.chunk_len);
+    var n = first / p.out_h;
+    var oy = first % p.out_h;
+    for (var r = first; r < end; r++) {
+        let plane = n * p.c_in + c;
+        let x_plane = plane * p.h * p.w;
+        let dy_row = (plane * p.out_h + oy) * p.out_w;
+        let iy0 = i32(oy * p.stride_h) - i32(p.pad_h);
+        let ix0 = -i32(p.pad_w);
+        var c0 = x_column7(x_plane, iy0, ix0); var c1 = x_column7(x_plane, iy0, ix0 + 1);
+        var c2 = x_column7(x_plane, iy0, ix0 + 2); var c3 = x_column7(x_plane, iy0, ix0 + 3);
+        var c4 = x_column7(x_plane, iy0, ix0 + 4); var c5 = x_column7(x_plane, iy0, ix0 + 5);
+        var c6 = x_column7(x_plane, iy0, ix0 + 6);
+        for (var ox = 0u; ox < p.out_w; ox++) {
+            if (ox > 0u) {
+                c0 = c1; c1 = c2; c2 = c3; c3 = c4; c4 = c5; c5 = c6;
+                c6 = x_column7(x_plane, iy0, ix0 + i32(ox) + 6);
+            }
+            let d = bw_dy[dy_row + ox];
+            s0 = add_scaled_row7(s0, d, c0.lo.x, c1.lo.x, c2.lo.x, c3.lo.x, c4.lo.x, c5.lo.x, c6.lo.x);
+            s1 = add_scaled_row7(s1, d, c0.lo.y, c1.lo.y, c2.lo.y, c3.lo.y, c4.lo.y, c5.lo.y, c6.lo.y);
+            s2 = add_scaled_row7(s2, d, c0.lo.z, c1.lo.z, c2.lo.z, c3.lo.z, c4.lo.z, c5.lo.z, c6.lo.z);
+            s3 = add_scaled_row7(s3, d, c0.lo.w, c1.lo.w, c2.lo.w, c3.lo.w, c4.lo.w, c5.lo.w, c6.lo.w);
+            s4 = add_scaled_row7(s4, d, c0.hi.x, c1.hi.x, c2.hi.x, c3.hi.x, c4.hi.x, c5.hi.x, c6.hi.x);
+            s5 = add_scaled_row7(s5, d, c0.hi.y, c1.hi.y, c2.hi.y, c3.hi.y, c4.hi.y, c5.hi.y, c6.hi.y);
+            s6 = add_scaled_row7(s6, d, c0.hi.z, c1.hi.z, c2.hi.z, c3.hi.z, c4.hi.z, c5.hi.z, c6.hi.z);
+        }
+        oy += 1u;
+        if (oy == p.out_h) {
+            oy = 0u;
+            n += 1u;
+        }
+    }
+    store_weight_row7(c, part, 0u, s0); store_weight_row7(c, part, 1u, s1); store_weight_row7(c, part, 2u, s2);
+    store_weight_row7(c, part, 3u, s3); store_weight_row7(c, part, 4u, s4); store_weight_row7(c, part, 5u, s5);
+    store_weight_row7(c, part, 6u, s6);
+}

@@ -378,7 +378,8 @@ fn depthwise_rows_reading_textures_change_no_value() {
 /// adapters, and their stride-1 input gradient its flipped twin: the same values as the GPU
 /// family (which sums the same terms in the same order), on maps wider and narrower than the
 /// kernel, ragged rows, a row stride of 2, bias and a fused activation, and an input gradient
-/// added to one already there.
+/// added to one already there. Their weight gradient (`depthwise_weight_rows_7x7`) matches the
+/// reference.
 #[test]
 fn depthwise_7x7_rows_agree_with_the_gpu_family_bit_for_bit() {
     let devices = [true, false].map(|rows| {
@@ -427,22 +428,41 @@ fn depthwise_7x7_rows_agree_with_the_gpu_family_bit_for_bit() {
                 let want = ["depthwise_rows_7x7", "depthwise_rows_7x7_flipped"];
                 assert_eq!(entries, want[..entries.len()], "case {i}: the row kernels");
             }
+            // The weight gradient (each family its own order of sums: checked against the
+            // reference below).
+            let dw = gpu.storage("dw", 49 * xs[1]);
+            let scratch: Vec<_> =
+                op(false, OutputActivation::None).scratch(true).iter().map(|&n| gpu.storage("scratch", n)).collect();
+            let bound = Bound { inputs: vec![&x, &w], outputs: vec![&y], scratch: scratch.iter().collect() };
+            let target = GradTarget { slice: &dw, accumulate: false };
+            let grads = Grads { outputs: vec![&dy], inputs: vec![None, Some(target)] };
+            let weight_gradient = op(false, OutputActivation::None).backward(gpu, &bound, &grads, Mode::Train);
+            if gpu.depthwise_rows {
+                assert_eq!(
+                    weight_gradient[0].label, "depthwise_weight_rows_7x7",
+                    "case {i}: the weight gradient's kernel"
+                );
+            }
+            dispatches.extend(weight_gradient);
             gpu.run(&dispatches);
-            [&y, &dx].map(|b| gpu.read::<f32>(b).unwrap().into_iter().map(f64::from).collect::<Vec<_>>())
+            [&y, &dx, &dw].map(|b| gpu.read::<f32>(b).unwrap().into_iter().map(f64::from).collect::<Vec<_>>())
         });
         for (name, (a, b)) in ["y", "dx"].iter().zip(results[0].iter().zip(&results[1])) {
             assert_eq!(bits_differ(a, b), 0, "case {i}: {name} values that differ between the families");
         }
-        let [y, dx] = &results[0];
+        let [y, dx, _] = &results[0];
         let want_y: Vec<f64> = r::conv2d::forward(&shape, &xv, &wv, has_bias.then_some(&bv[..]))
             .into_iter()
             .map(|v| activate(activation, v))
             .collect();
         assert_close(&format!("case {i} y"), y, &want_y, TOL);
+        let (want_dx, want_dw, _) = r::conv2d::backward(&shape, &xv, &wv, &dyv);
         if cfg.stride == (1, 1) {
-            let (want_dx, _, _) = r::conv2d::backward(&shape, &xv, &wv, &dyv);
             let added: Vec<f64> = dx.iter().zip(&dx0).map(|(a, b)| a - b).collect();
             assert_close(&format!("case {i} dx"), &added, &want_dx, TOL);
+        }
+        for (family, result) in ["rows", "GPU"].iter().zip(&results) {
+            assert_close(&format!("case {i} dw ({family} family)"), &result[2], &want_dw, TOL);
         }
     }
 }

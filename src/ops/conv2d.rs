@@ -541,8 +541,11 @@ impl Op for Conv2d {
                         // One invocation per (part of the batch's rows, channel).
                         let (parts, per_part) = s.depthwise_weight_parts();
                         let params = ConvParams { chunks: parts as u32, chunk_len: per_part as u32, ..params };
-                        let entry =
-                            if s.depthwise_rows_3x3() { "depthwise_weight_rows_3x3" } else { "depthwise_weight_rows" };
+                        let entry = match (s.kernel_h, s.kernel_w, s.cfg.stride.1) {
+                            (7, 7, 1) => "depthwise_weight_rows_7x7",
+                            _ if s.depthwise_rows_3x3() => "depthwise_weight_rows_3x3",
+                            _ => "depthwise_weight_rows",
+                        };
                         let invocations = grid(s.c_out * parts);
                         chunked_sum(gpu, &params, "depthwise", entry, buffers, partials, invocations)
                     } else {
