@@ -862,8 +862,9 @@ fn depthwise_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
 }
 
 // depthwise_weight_rows for 7x7 kernels at column stride 1 (ConvNeXt's), its 49 sums and the
-// window as named values (seven rows of sums, seven window columns) rather than arrays indexed
-// in loops: the same sums in the same order. Invocations: as depthwise_weight_rows.
+// window as named values (seven rows of sums, seven window columns of x, read as row_in, as
+// depthwise_weight_rows reads it) rather than arrays indexed in loops: the same sums in the same
+// order. Invocations: as depthwise_weight_rows.
 
 // A row of sums plus d times x0 .. x6, each as depthwise_weight_rows adds it.
 fn add_scaled_row7(s: Seven, d: f32, x0: f32, x1: f32, x2: f32, x3: f32, x4: f32, x5: f32, x6: f32) -> Seven {
@@ -888,18 +889,6 @@ fn store_weight_row7(c: u32, part: u32, a: u32, s: Seven) {
     store_weight_tap7(c, part, a * 7u + 6u, s.hi.z);
 }
 
-// x (bw_x) at (iy, ix) of the plane at x_plane; zero outside it.
-fn x_at(x_plane: u32, iy: i32, ix: i32) -> f32 {
-    if (iy < 0 || iy >= i32(p.h) || ix < 0 || ix >= i32(p.w)) { return 0.0; }
-    return bw_x[x_plane + u32(iy) * p.w + u32(ix)];
-}
-
-// Input column ix of x, rows iy0 .. iy0 + 6.
-fn x_column7(x_plane: u32, iy0: i32, ix: i32) -> Seven {
-    let lo = vec4<f32>(x_at(x_plane, iy0, ix), x_at(x_plane, iy0 + 1, ix), x_at(x_plane, iy0 + 2, ix), x_at(x_plane, iy0 + 3, ix));
-    return Seven(lo, vec3<f32>(x_at(x_plane, iy0 + 4, ix), x_at(x_plane, iy0 + 5, ix), x_at(x_plane, iy0 + 6, ix)));
-}
-
 @compute @workgroup_size(64)
 fn depthwise_weight_rows_7x7(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
@@ -918,14 +907,14 @@ fn depthwise_weight_rows_7x7(@builtin(global_invocation_id) gid: vec3<u32>, @bui
         let dy_row = (plane * p.out_h + oy) * p.out_w;
         let iy0 = i32(oy * p.stride_h) - i32(p.pad_h);
         let ix0 = -i32(p.pad_w);
-        var c0 = x_column7(x_plane, iy0, ix0); var c1 = x_column7(x_plane, iy0, ix0 + 1);
-        var c2 = x_column7(x_plane, iy0, ix0 + 2); var c3 = x_column7(x_plane, iy0, ix0 + 3);
-        var c4 = x_column7(x_plane, iy0, ix0 + 4); var c5 = x_column7(x_plane, iy0, ix0 + 5);
-        var c6 = x_column7(x_plane, iy0, ix0 + 6);
+        var c0 = column7(x_plane, iy0, ix0); var c1 = column7(x_plane, iy0, ix0 + 1);
+        var c2 = column7(x_plane, iy0, ix0 + 2); var c3 = column7(x_plane, iy0, ix0 + 3);
+        var c4 = column7(x_plane, iy0, ix0 + 4); var c5 = column7(x_plane, iy0, ix0 + 5);
+        var c6 = column7(x_plane, iy0, ix0 + 6);
         for (var ox = 0u; ox < p.out_w; ox++) {
             if (ox > 0u) {
                 c0 = c1; c1 = c2; c2 = c3; c3 = c4; c4 = c5; c5 = c6;
-                c6 = x_column7(x_plane, iy0, ix0 + i32(ox) + 6);
+                c6 = column7(x_plane, iy0, ix0 + i32(ox) + 6);
             }
             let d = bw_dy[dy_row + ox];
             s0 = add_scaled_row7(s0, d, c0.lo.x, c1.lo.x, c2.lo.x, c3.lo.x, c4.lo.x, c5.lo.x, c6.lo.x);

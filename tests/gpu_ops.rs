@@ -301,6 +301,23 @@ fn depthwise_families_agree() {
     }
 }
 
+/// The convolution op of `shape` alone: a bias where `has_bias`, `activation` applied as it
+/// stores (eval), and nothing else fused.
+fn plain_conv(shape: Conv2dShape, has_bias: bool, activation: OutputActivation) -> kdna::ops::conv2d::Conv2d {
+    kdna::ops::conv2d::Conv2d {
+        shape,
+        has_bias,
+        has_residual: false,
+        has_gate: false,
+        activation,
+        child: None,
+        gates_input: false,
+        dw_unreduced: false,
+        dw_to_buffer: false,
+        fold_columns: false,
+    }
+}
+
 /// Depthwise 3x3 rows that come in fours (MobileNetV2's) read their input through a texture
 /// and compute four outputs at once where the device reads streams so: the same values as
 /// `depthwise_rows_3x3`, for the forward pass at strides 1 and 2 (bias, output activation) and
@@ -327,18 +344,7 @@ fn depthwise_rows_reading_textures_change_no_value() {
         let results = devices.each_ref().map(|gpu| {
             let [x, w, bias, dy, dx] = [&xv, &wv, &bv, &dyv, &dx0].map(|v| gpu.upload("input", &to_f32(v)));
             let y = gpu.storage("y", numel(&shape.output()));
-            let op = |has_bias, activation| kdna::ops::conv2d::Conv2d {
-                shape,
-                has_bias,
-                has_residual: false,
-                has_gate: false,
-                activation,
-                child: None,
-                gates_input: false,
-                dw_unreduced: false,
-                dw_to_buffer: false,
-                fold_columns: false,
-            };
+            let op = |has_bias, activation| plain_conv(shape, has_bias, activation);
             let inputs = if has_bias { vec![&x, &w, &bias] } else { vec![&x, &w] };
             let bound = Bound { inputs, outputs: vec![&y], scratch: vec![] };
             let mut dispatches = op(has_bias, activation).forward(gpu, &bound, Mode::Eval);
@@ -403,18 +409,7 @@ fn depthwise_7x7_rows_agree_with_the_gpu_family_bit_for_bit() {
         let results = devices.each_ref().map(|gpu| {
             let [x, w, bias, dy, dx] = [&xv, &wv, &bv, &dyv, &dx0].map(|v| gpu.upload("input", &to_f32(v)));
             let y = gpu.storage("y", numel(&shape.output()));
-            let op = |has_bias, activation| kdna::ops::conv2d::Conv2d {
-                shape,
-                has_bias,
-                has_residual: false,
-                has_gate: false,
-                activation,
-                child: None,
-                gates_input: false,
-                dw_unreduced: false,
-                dw_to_buffer: false,
-                fold_columns: false,
-            };
+            let op = |has_bias, activation| plain_conv(shape, has_bias, activation);
             let inputs = if has_bias { vec![&x, &w, &bias] } else { vec![&x, &w] };
             let bound = Bound { inputs, outputs: vec![&y], scratch: vec![] };
             let mut dispatches = op(has_bias, activation).forward(gpu, &bound, Mode::Eval);
