@@ -1155,6 +1155,33 @@ fn activations_match_reference() {
     }
 }
 
+/// GELU's four-wide kernels store the bits of the scalar ones: the same x through both (420
+/// elements in fours, 421 not), each used twice so that the second gradient adds to the first.
+#[test]
+fn gelu_kernels_agree_bit_for_bit() {
+    let mut rng = rng(410);
+    let xv: Vec<f32> = randn(&mut rng, 421).iter().map(|v| 5.0 * *v as f32).collect();
+    let dyv: Vec<f32> = randn(&mut rng, 421).iter().map(|v| *v as f32).collect();
+    let run = |len: usize| {
+        let mut g = Graph::new();
+        let x = g.input("x", &[len]);
+        let (a, b) = (g.gelu(x), g.gelu(x));
+        let y = g.add(a, b).unwrap();
+        let mut exe = Executor::new(gpu(), &g, plan(Mode::Train, y)).unwrap();
+        exe.write(x, &xv[..len]).unwrap();
+        exe.write_grad(y, &dyv[..len]).unwrap();
+        exe.run().unwrap();
+        let values = (exe.read(a).unwrap(), exe.read_grad(x).unwrap());
+        let kernels = exe.profile().unwrap().into_iter().map(|d| d.kernel).filter(|k| k.starts_with("gelu"));
+        (values.0, values.1, kernels.collect::<Vec<_>>())
+    };
+    let (quads, scalar) = (run(420), run(421));
+    assert!(quads.2.iter().all(|l| l.ends_with("_quads")) && quads.2.len() == 4, "four-wide kernels: {:?}", quads.2);
+    let differing = |a: &[f32], b: &[f32]| a.iter().zip(b).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(differing(&quads.0, &scalar.0[..420]), 0, "GELU values that differ between the kernels");
+    assert_eq!(differing(&quads.1, &scalar.1[..420]), 0, "GELU gradients that differ between the kernels");
+}
+
 #[test]
 fn residual_add_sends_the_gradient_to_both_inputs() {
     // 45 elements (scalar kernels) and 120 (four per invocation).

@@ -54,7 +54,7 @@ impl Op for ActivationOp {
 
     fn forward(&self, gpu: &Gpu, b: &Bound, _mode: Mode) -> Vec<Dispatch> {
         let p = params(self.len, self.kind as u32, 0);
-        let (entry, grid) = self.entry("activation_forward", "activation_forward_quads");
+        let (entry, grid) = self.entry("activation_forward", "activation_forward_quads", "gelu_forward_quads");
         vec![gpu.dispatch("activation", entry, &p, &[b.inputs[0], b.outputs[0]], grid)]
     }
 
@@ -62,15 +62,20 @@ impl Op for ActivationOp {
         let Some(dx) = grads.inputs[0] else { return vec![] };
         let p = params(self.len, self.kind as u32, accumulate_flag(&dx));
         let buffers = [b.inputs[0], b.outputs[0], grads.outputs[0], dx.slice];
-        let (entry, grid) = self.entry("activation_backward", "activation_backward_quads");
+        let (entry, grid) = self.entry("activation_backward", "activation_backward_quads", "gelu_backward_quads");
         vec![gpu.dispatch("activation", entry, &p, &buffers, grid)]
     }
 }
 
 impl ActivationOp {
-    /// relu and relu6 run four wide; sigmoid (a router's few gates) and GELU stay scalar.
-    fn entry(&self, entry: &'static str, quads: &'static str) -> (&'static str, [u32; 3]) {
-        elementwise(entry, quads, self.len, matches!(self.kind, Activation::Relu | Activation::Relu6))
+    /// relu and relu6 run four wide, GELU four wide on kernels of its own (`gelu_quads`);
+    /// sigmoid (a router's few gates) stays scalar.
+    fn entry(&self, entry: &'static str, quads: &'static str, gelu_quads: &'static str) -> (&'static str, [u32; 3]) {
+        match self.kind {
+            Activation::Relu | Activation::Relu6 => elementwise(entry, quads, self.len, true),
+            Activation::Gelu => elementwise(entry, gelu_quads, self.len, true),
+            Activation::Sigmoid => elementwise(entry, quads, self.len, false),
+        }
     }
 }
 
