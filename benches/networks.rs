@@ -3,7 +3,7 @@
 //! on 3x64x64 images with 10 classes, on the adapter kdna picks.
 //!
 //!     cargo bench --bench networks              # 3 warm-up + 10 timed iterations each
-//!     cargo bench --bench networks -- --quick   # 1 + 2 (CI)
+//!     cargo bench --bench networks -- --quick   # 1 + 2 (CI); the overhead 2 + 9 pairs
 //!     cargo bench --bench networks -- --json    # one JSON object per line
 //!
 //! The last column is KernelDNA's overhead beyond its extra multiply-adds: (KernelDNA eval
@@ -33,7 +33,10 @@ fn main() {
         println!("{:<28} {:>12} {:>10} {:>12} {:>10}", "network", "params", "eval img/s", "step s", "overhead");
     }
     for arch in Arch::ALL {
-        let overhead = paired_overhead(gpu.clone(), arch, 10, Timing { train: false, ..timing }).unwrap_or_else(|e| {
+        // Eval batches are cheap beside training steps: even a quick run takes enough pairs
+        // for a median that one slow batch does not move.
+        let pairs = Timing { train: false, warmup: warmup.max(2), iters: iters.max(9), ..timing };
+        let overhead = paired_overhead(gpu.clone(), arch, 10, pairs).unwrap_or_else(|e| {
             eprintln!("error: {} (overhead): {e:#}", arch.name());
             std::process::exit(1)
         });
