@@ -262,12 +262,7 @@ pub fn fold(graph: &Graph, values: &StateDict) -> Result<Folded> {
 /// is a linear layer storing sigmoid (fc2). The node keeps the three tensors, so every tensor
 /// of the folded graph is still computed, with the same values.
 fn fuse_routers(g: &mut Graph) {
-    let mut readers = vec![Vec::new(); g.tensors.len()];
-    for (n, node) in g.nodes.iter().enumerate() {
-        for t in &node.inputs {
-            readers[t.0].push(n);
-        }
-    }
+    let readers = super::fuse::consumers(g);
     // The linear layer that alone reads `t`, as its input, storing `activation` after a bias.
     let sole_linear = |t: TensorId, activation: OutputActivation| {
         let [n] = readers[t.0][..] else { return None };
@@ -293,11 +288,8 @@ fn fuse_routers(g: &mut Graph) {
         g.nodes[p] = Node { op: Box::new(op), inputs: vec![x, w1, b1, w2, b2], outputs };
     }
     let gone: Vec<usize> = fused.iter().flat_map(|&(_, fc1, fc2)| [fc1, fc2]).collect();
-    let mut n = 0;
-    g.nodes.retain(|_| {
-        n += 1;
-        !gone.contains(&(n - 1))
-    });
+    let nodes = std::mem::take(&mut g.nodes);
+    g.nodes = nodes.into_iter().enumerate().filter(|(n, _)| !gone.contains(n)).map(|(_, node)| node).collect();
 }
 
 /// The activation a layer applies as it stores its output for `kind`.

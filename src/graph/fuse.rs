@@ -60,7 +60,7 @@ pub fn fuse(graph: &Graph, gpu: &Gpu, keep: &[TensorId], input_grads: bool) -> F
 }
 
 /// The nodes that read each tensor (once per input naming it).
-fn consumers(graph: &Graph) -> Vec<Vec<usize>> {
+pub(super) fn consumers(graph: &Graph) -> Vec<Vec<usize>> {
     let mut consumers = vec![Vec::new(); graph.tensors.len()];
     for (n, node) in graph.nodes.iter().enumerate() {
         for t in &node.inputs {

@@ -8,14 +8,11 @@
 //! are each too small to keep the device busy. Elsewhere it runs the three ops it was made
 //! from. Both sum the same terms in the same order: the gate's bits do not depend on the path.
 
-use anyhow::Result;
-
 use super::conv2d::OutputActivation;
 use super::linear::Linear;
 use super::pool::GlobalAvgPool;
 use super::{Bound, Forward, Grads, Mode, Op};
 use crate::gpu::{Dispatch, Gpu, GpuSlice};
-use crate::graph::{Graph, TensorId, shape_error};
 
 /// Samples per workgroup of the fused kernel (`ROWS` in router_subgroup.wgsl).
 const ROWS: usize = 8;
@@ -74,14 +71,13 @@ impl RouterGate {
             spatial: u(self.spatial),
         };
         let buffers = [b.inputs.as_slice(), b.outputs.as_slice()].concat();
-        let sources = [b.inputs[0], b.inputs[1], b.inputs[3]];
         let workgroups = [self.batch.div_ceil(ROWS) as u32, 1, 1];
         gpu.dispatch_with_textures(
             "router_subgroup",
             "router_gate_quads_textured",
             &params,
             &buffers,
-            &sources,
+            &Self::texture_sources(b),
             workgroups,
         )
     }
@@ -110,8 +106,13 @@ impl RouterGate {
         all
     }
 
+    /// What the fused kernel reads through textures: x, w1 and w2 of `b`.
+    fn texture_sources<'a>(b: &Bound<'a>) -> [&'a GpuSlice; 3] {
+        [b.inputs[0], b.inputs[1], b.inputs[3]]
+    }
+
     fn fused_on(&self, gpu: &Gpu, b: &Bound) -> bool {
-        self.runs_fused(gpu, [b.inputs[0], b.inputs[1], b.inputs[3]])
+        self.runs_fused(gpu, Self::texture_sources(b))
     }
 }
 
@@ -145,34 +146,5 @@ impl Op for RouterGate {
 
     fn backward(&self, _gpu: &Gpu, _b: &Bound, _grads: &Grads, _mode: Mode) -> Vec<Dispatch> {
         panic!("a router gate is eval-only: inference folding makes it, and folded graphs have no backward pass")
-    }
-}
-
-impl Graph {
-    /// A router's gate from its input `x` [N, C, H, W] and its projections ([`RouterGate`]):
-    /// returns the pooled means [N, C], the hidden units [N, hidden] and the gate [N, C].
-    pub fn router_gate(&mut self, x: TensorId, [w1, b1, w2, b2]: [TensorId; 4]) -> Result<[TensorId; 3]> {
-        let &[batch, channels, h, w] = self.shape(x) else {
-            return Err(shape_error("router_gate", "input", self.shape(x), "[N, C, H, W]"));
-        };
-        let hidden = self.shape(b1).first().copied().unwrap_or(0);
-        let matrix = |shape: &[usize], rows: usize, cols: usize| {
-            shape.len() >= 2 && shape[..2] == [rows, cols] && shape[2..].iter().all(|&d| d == 1)
-        };
-        let checks = [
-            (w1, "fc1 weight", matrix(self.shape(w1), hidden, channels), format!("[{hidden}, {channels}]")),
-            (b1, "fc1 bias", self.shape(b1) == [hidden] && hidden > 0, "[hidden > 0]".to_string()),
-            (w2, "fc2 weight", matrix(self.shape(w2), channels, hidden), format!("[{channels}, {hidden}]")),
-            (b2, "fc2 bias", self.shape(b2) == [channels], format!("[{channels}]")),
-        ];
-        for (t, what, ok, want) in checks {
-            if !ok {
-                return Err(shape_error("router_gate", what, self.shape(t), &want));
-            }
-        }
-        let op = RouterGate { batch, channels, hidden, spatial: h * w };
-        let shapes = [vec![batch, channels], vec![batch, hidden], vec![batch, channels]];
-        let out = self.push(op, &[x, w1, b1, w2, b2], &shapes);
-        Ok([out[0], out[1], out[2]])
     }
 }
