@@ -603,10 +603,28 @@ fn subgroup_tiles_read_their_operands_through_textures() {
     }
 }
 
+/// The weight-read variants of the conv tiles, which must agree bit for bit.
+const WEIGHT_READS: [WeightReads; 5] = [
+    WeightReads::UniformBlocks,
+    WeightReads::Storage,
+    WeightReads::SubgroupStorage,
+    WeightReads::WorkgroupTiles,
+    WeightReads::SubgroupInputs,
+];
+
+/// A device per weight-read variant, each run on a thread of its own. The variants run mostly
+/// different kernels, so on a cold shader cache their compiles (minutes of LLVM on lavapipe,
+/// done in each device's queue thread) run side by side on the machine's cores rather than
+/// one after another in one queue: cold, this test took 680 s on one device, 357 s on five.
+fn weight_read_gpus() -> [Arc<kdna::gpu::Gpu>; 5] {
+    static GPUS: OnceLock<[Arc<kdna::gpu::Gpu>; 5]> = OnceLock::new();
+    GPUS.get_or_init(|| [(); 5].map(|_| Arc::new(kdna::gpu::Gpu::new(None).expect("a device per weight-read variant"))))
+        .clone()
+}
+
 #[test]
 fn conv_weight_paths_agree_bit_for_bit() {
-    let gpu = gpu();
-    assert!(gpu.subgroups, "the test adapter has no subgroups of eight lanes: the broadcast path goes untested");
+    assert!(gpu().subgroups, "the test adapter has no subgroups of eight lanes: the broadcast path goes untested");
     let cases = [
         ([2, 300, 9, 7], [40, 300, 3, 3], Conv2dConfig::new(2, 1)),
         ([3, 20, 13, 11], [130, 20, 3, 3], Conv2dConfig::new(1, 1)),
@@ -649,18 +667,11 @@ fn conv_weight_paths_agree_bit_for_bit() {
         let numel = |s: &[usize]| s.iter().product::<usize>();
         let (xv, wv) = (f32_exact(randn(&mut rng, numel(&xs))), f32_exact(randn(&mut rng, numel(&ws))));
         let (bv, dyv) = (f32_exact(randn(&mut rng, ws[0])), f32_exact(randn(&mut rng, numel(&shape.output()))));
-        let [x, w, bias, dy] = [&xv, &wv, &bv, &dyv].map(|v| gpu.upload("input", &to_f32(v)));
         let dx_start = to_f32(&randn(&mut rng, numel(&xs)));
         let rv = f32_exact(randn(&mut rng, numel(&shape.output())));
-        let residual = gpu.upload("residual", &to_f32(&rv));
-        let reads = [
-            WeightReads::UniformBlocks,
-            WeightReads::Storage,
-            WeightReads::SubgroupStorage,
-            WeightReads::WorkgroupTiles,
-            WeightReads::SubgroupInputs,
-        ];
-        let results = reads.map(|reads| {
+        let run = |reads: WeightReads, gpu: &kdna::gpu::Gpu| {
+            let [x, w, bias, dy] = [&xv, &wv, &bv, &dyv].map(|v| gpu.upload("input", &to_f32(v)));
+            let residual = gpu.upload("residual", &to_f32(&rv));
             let plan = GemmPlan::new(&shape).with_weight_reads(reads);
             let scratch: Vec<_> = plan.scratch(true).iter().map(|&n| gpu.storage("scratch", n)).collect();
             let scratch: Vec<_> = scratch.iter().collect();
@@ -668,9 +679,9 @@ fn conv_weight_paths_agree_bit_for_bit() {
             let dx = gpu.upload("dx", &dx_start);
             let dw = gpu.storage("dw", numel(&shape.weight()));
             let fusion = Fusion { gate: None, residual: with_residual.then_some(&residual), activation };
-            let forward = plan.forward(&gpu, [&x, &w, &bias, &y], true, fusion, None, &scratch);
+            let forward = plan.forward(gpu, [&x, &w, &bias, &y], true, fusion, None, &scratch);
             let mut dispatches: Vec<_> = forward.prepare.into_iter().chain(forward.run).collect();
-            let input_gradient = plan.backward_input(&gpu, [&dy, &w, &dx], true, &scratch);
+            let input_gradient = plan.backward_input(gpu, [&dy, &w, &dx], true, &scratch);
             if i >= 9 && matches!(reads, WeightReads::Storage | WeightReads::SubgroupStorage) {
                 let quads = |d: &[Dispatch]| d.iter().any(|d| d.label.ends_with("_quads"));
                 let passes = [quads(&dispatches), quads(&input_gradient)];
@@ -679,9 +690,9 @@ fn conv_weight_paths_agree_bit_for_bit() {
             dispatches.extend(input_gradient);
             // The weight gradient with dy as the input gradient copied it (where that copy
             // serves: one dispatch fewer), then with a copy of its own.
-            let shared = plan.backward_weight(&gpu, [&dy, &dw], false, false, true, &scratch);
+            let shared = plan.backward_weight(gpu, [&dy, &dw], false, false, true, &scratch);
             let dw_apart = gpu.storage("dw", numel(&shape.weight()));
-            let apart = plan.backward_weight(&gpu, [&dy, &dw_apart], false, false, false, &scratch);
+            let apart = plan.backward_weight(gpu, [&dy, &dw_apart], false, false, false, &scratch);
             assert_eq!(
                 apart.len() - shared.len(),
                 usize::from(i >= 6),
@@ -691,6 +702,14 @@ fn conv_weight_paths_agree_bit_for_bit() {
             gpu.run(&dispatches);
             gpu.run(&apart);
             [&y, &dx, &dw, &dw_apart].map(|b| gpu.read::<f32>(b).unwrap())
+        };
+        let (reads, run, gpus) = (WEIGHT_READS, &run, weight_read_gpus());
+        let results = std::thread::scope(|scope| {
+            let threads: Vec<_> = reads.iter().zip(&gpus).map(|(&r, gpu)| scope.spawn(move || run(r, gpu))).collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect::<Vec<_>>()
         });
         let differing = |a: &[f32], b: &[f32]| a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
         for (r, result) in reads.iter().zip(&results).skip(1) {
