@@ -298,6 +298,55 @@ fn modulate_backward_filter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loca
     }
 }
 
+// The same for a child without a spatial attention whose output channels' weights come in
+// fours, one invocation per output channel adding its weights in order (src/ops/modulate.rs
+// `serial_filter`): the workgroup tree's barriers cost software adapters more than a
+// channel's sum, ConvNeXt's and MobileNetV2's pointwise children alike. The factor of the
+// missing spatial attention, one, changes no double-float term. Invocations: c_out.
+@group(0) @binding(1) var<storage, read> bwd_parent4: array<vec4<f32>>;
+
+// Adds four terms dchild * parent of consecutive weights, in order.
+fn add_products4(sum: vec2<f32>, d: vec4<f32>, w: vec4<f32>) -> vec2<f32> {
+    var out = sum;
+    for (var j = 0u; j < 4u; j++) {
+        out = df_add(out, two_prod(d[j], w[j]));
+    }
+    return out;
+}
+
+fn store_filter_gradient(co: u32, sum: vec2<f32>) {
+    let at = p.first_child * p.c_out + co;
+    bwd_out[at] = accumulated(bwd_out[at], sum.x + sum.y, p.accumulate);
+}
+
+@compute @workgroup_size(64)
+fn modulate_backward_filter_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let co = flat_index(gid, nwg);
+    if (co >= p.c_out) { return; }
+    let quads = p.fan / 4u;
+    var sum = df(0.0);
+    for (var j = 0u; j < quads; j++) {
+        let q = co * quads + j;
+        sum = add_products4(sum, bwd_dchildren4[q], bwd_parent4[q]);
+    }
+    store_filter_gradient(co, sum);
+}
+
+// Its twin reading the parent (binding 15) and dchild (binding 14) through textures (see the
+// serial passes below): the same sums in the same order.
+@compute @workgroup_size(64)
+fn modulate_backward_filter_serial_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let co = flat_index(gid, nwg);
+    if (co >= p.c_out) { return; }
+    let quads = p.fan / 4u;
+    var sum = df(0.0);
+    for (var j = 0u; j < quads; j++) {
+        let q = co * quads + j;
+        sum = add_products4(sum, buffer_texel(bwd_dchild_texels, q), buffer_texel(bwd_parent_texels, q));
+    }
+    store_filter_gradient(co, sum);
+}
+
 // Both attention gradients of a 3x3 child in one pass over the kernel (ResNet children),
 // instead of one pass each: per output channel co, the terms dchild * parent of each tap are
 // summed over the input channels (double-float), giving per-tap partial sums that
@@ -326,7 +375,6 @@ fn modulate_backward_attention_3x3(@builtin(workgroup_id) wid: vec3<u32>, @built
 // a lane takes four rows at a time, as nine vec4s whose taps are BLOCK_TAPS, loading a
 // quarter as often. Each lane's rows differ from the scalar kernel's, so
 // the sums may differ in their last bits; one kernel serves a shape, so runs repeat exactly.
-@group(0) @binding(1) var<storage, read> bwd_parent4: array<vec4<f32>>;
 
 // Adds the four terms d * w to the taps t of `sum`.
 fn add_terms(sum: ptr<function, array<vec2<f32>, TAPS_3X3>>, d: vec4<f32>, w: vec4<f32>, t: vec4<u32>) {

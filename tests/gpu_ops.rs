@@ -755,7 +755,9 @@ fn modulation_matches_reference() {
     // (516 channels, 129 blocks) by a workgroup. 3x3 kernels with a spatial attention take the
     // fused attention gradient, 1x3 the general. Children 1 and 2 of 3 attention rows (row 0
     // left to another parent), or all three, the parent also read directly: a pair of children,
-    // then one, adding to the parent's gradient.
+    // then one, adding to the parent's gradient. Without a spatial attention, an output
+    // channel's weights in fours (36, 300) have their filter gradient summed by one invocation,
+    // 27 or more than 4096 (4104) by a workgroup.
     let cases = [
         (true, 3, 3, false),
         (false, 3, 3, false),
@@ -764,6 +766,8 @@ fn modulation_matches_reference() {
         (true, 8, 3, true),
         (true, 516, 3, false),
         (false, 4, 3, false),
+        (false, 100, 1, true),
+        (false, 1368, 1, false),
         (true, 4, 1, false),
         (true, 3, 1, false),
     ];
@@ -815,6 +819,45 @@ fn modulation_matches_reference() {
             assert_close("dspatial", &read_grad(&exe, spatial), &ds, TOL);
         }
     }
+}
+
+/// The filter gradient of children without a spatial attention, one invocation per output
+/// channel, reads the parent and dchild through textures where the device reads streams so,
+/// and from storage where not: the same bits both ways, written and (a second pair of
+/// children of the same attention rows) added to. (modulation_matches_reference checks the
+/// values.)
+#[test]
+fn serial_filter_gradient_reading_textures_changes_no_value() {
+    both_ways_agree(&["dfilter", "dparent"], |device| {
+        let reads_textures = device.texture_reads;
+        let mut g = Graph::new();
+        let parents = [g.param("parent0", &[7, 24, 1, 1]).unwrap(), g.param("parent1", &[7, 24, 1, 1]).unwrap()];
+        let filter = g.param("filter", &[2, 7, 1, 1, 1]).unwrap();
+        let mut kids = Vec::new();
+        for parent in parents {
+            kids.extend(g.modulate(parent, None, filter, 0, 2).unwrap());
+        }
+        let mut root = g.add(kids[0], kids[1]).unwrap();
+        for &kid in &kids[2..] {
+            root = g.add(root, kid).unwrap();
+        }
+        let mut exe = Executor::new(device, &g, plan(Mode::Train, root)).unwrap();
+        let mut rng = rng(460);
+        for t in [parents[0], parents[1], filter] {
+            feed(&exe, &g, t, &mut rng);
+        }
+        seed_grad(&exe, &g, root, &mut rng);
+        exe.run().unwrap();
+        let profile = exe.profile().unwrap();
+        let filters: Vec<_> = profile.iter().filter(|d| d.kernel.starts_with("modulate_backward_filter")).collect();
+        let expected = match reads_textures {
+            true => ("modulate_backward_filter_serial_textured", 2),
+            false => ("modulate_backward_filter_serial", 0),
+        };
+        assert_eq!(filters.len(), 4, "a filter gradient per child: {profile:?}");
+        assert!(filters.iter().all(|d| (d.kernel, d.textures) == expected), "{filters:?}");
+        vec![read_grad(&exe, filter), read_grad(&exe, parents[0])]
+    });
 }
 
 #[test]

@@ -24,6 +24,10 @@ const TAPS_3X3: usize = 9;
 /// invocation (in order), not in a workgroup tree (`modulate_backward_attention_3x3_serial`):
 /// every 3x3 conv of ResNet (at most 512 input channels, 128 blocks).
 const SERIAL_MAX_BLOCKS: usize = 128;
+/// Most weights per output channel that the filter gradient of a child without a spatial
+/// attention sums in one invocation (`modulate_backward_filter_serial`): every pointwise conv
+/// of ConvNeXt-T (3072 inputs) and MobileNetV2 (960).
+const SERIAL_MAX_FAN: usize = 4096;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Modulate {
@@ -156,6 +160,15 @@ impl Modulate {
     /// its gradient stored once).
     pub fn serial_blocks(&self) -> bool {
         self.runs_blocks() && self.fan / (4 * TAPS_3X3) <= SERIAL_MAX_BLOCKS
+    }
+
+    /// Whether the filter gradient sums each output channel's weights in one invocation, in
+    /// order (`modulate_backward_filter_serial`): children without a spatial attention whose
+    /// channels' weights come in fours, at most SERIAL_MAX_FAN of them. Else one workgroup per
+    /// output channel sums them as a tree (`modulate_backward_filter`). By shape alone, as
+    /// every kernel choice: the two sum in different orders.
+    fn serial_filter(&self) -> bool {
+        !self.has_spatial && self.fan.is_multiple_of(4) && self.fan <= SERIAL_MAX_FAN
     }
 
     /// The fused attention gradient's kernel and grid: one workgroup per output channel, or
@@ -318,7 +331,19 @@ impl Op for Modulate {
         if self.has_spatial {
             each("modulate_backward_spatial", grads.inputs[1], [self.taps as u32, 1, 1], false);
         }
-        each("modulate_backward_filter", grads.inputs[2], [self.c_out as u32, 1, 1], false);
+        if !self.serial_filter() {
+            each("modulate_backward_filter", grads.inputs[2], [self.c_out as u32, 1, 1], false);
+            return out;
+        }
+        let Some(dfilter) = grads.inputs[2] else { return out };
+        for (c, k) in self.rows() {
+            let buffers = [parent, spatial, filter, grads.outputs[c], dfilter.slice];
+            let entries = ["modulate_backward_filter_serial", "modulate_backward_filter_serial_textured"];
+            // Textures in binding order: the parent (15), then dchild (14).
+            let sources = [parent, grads.outputs[c]];
+            let params = self.params(k, dfilter.accumulate);
+            out.push(gpu.dispatch_streaming(None, "modulate", entries, &params, &buffers, &sources, grid(self.c_out)));
+        }
         out
     }
 }
