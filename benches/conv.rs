@@ -74,18 +74,7 @@ fn report(gpu: &Gpu, name: &str, rates: [Option<f64>; 3], json: bool) {
 /// GFLOP/s of the forward, input-gradient and weight-gradient kernels; with `fold_columns`
 /// ([`GemmPlan::folding_columns`]) there is no input gradient.
 fn bench_layer(gpu: &Gpu, shape: Conv2dShape, fold_columns: bool, quick: bool) -> [Option<f64>; 3] {
-    let op = Conv2d {
-        shape,
-        has_bias: false,
-        has_residual: false,
-        has_gate: false,
-        activation: OutputActivation::None,
-        child: None,
-        gates_input: false,
-        dw_unreduced: false,
-        dw_to_buffer: false,
-        fold_columns,
-    };
+    let op = Conv2d { fold_columns, ..Conv2d::plain(shape, false, OutputActivation::None) };
     let numel = |s: &[usize]| s.iter().product::<usize>();
     let x = gpu.upload("x", &vec![0.5f32; numel(&[shape.batch, shape.c_in, shape.h, shape.w])]);
     let w = gpu.upload("w", &vec![0.25f32; numel(&shape.weight())]);

@@ -11,7 +11,7 @@ use kdna::ops::activation::Activation;
 use kdna::ops::adamw::AdamW;
 use kdna::ops::batchnorm::BatchNorm;
 use kdna::ops::conv_gemm::{GemmPlan, WeightReads};
-use kdna::ops::conv2d::{Conv2dConfig, Conv2dShape, ConvKernel, Fusion, OutputActivation};
+use kdna::ops::conv2d::{Conv2d, Conv2dConfig, Conv2dShape, ConvKernel, Fusion, OutputActivation};
 use kdna::ops::layernorm::LayerNorm;
 use kdna::ops::linear::Linear;
 use kdna::ops::modulate::Modulate;
@@ -301,20 +301,49 @@ fn depthwise_families_agree() {
     }
 }
 
-/// The convolution op of `shape` alone: a bias where `has_bias`, `activation` applied as it
-/// stores (eval), and nothing else fused.
-fn plain_conv(shape: Conv2dShape, has_bias: bool, activation: OutputActivation) -> kdna::ops::conv2d::Conv2d {
-    kdna::ops::conv2d::Conv2d {
-        shape,
-        has_bias,
-        has_residual: false,
-        has_gate: false,
-        activation,
-        child: None,
-        gates_input: false,
-        dw_unreduced: false,
-        dw_to_buffer: false,
-        fold_columns: false,
+/// A depthwise convolution's forward pass (`has_bias`, `activation`) into y and, at stride 1,
+/// its input gradient from dy added to dx: what the depthwise device-pair tests run on each
+/// device. `inputs`: x, w, bias, dy, dx, y.
+fn depthwise_passes(
+    gpu: &kdna::gpu::Gpu,
+    shape: Conv2dShape,
+    has_bias: bool,
+    activation: OutputActivation,
+    [x, w, bias, dy, dx, y]: [&kdna::gpu::GpuSlice; 6],
+) -> Vec<Dispatch> {
+    let inputs = if has_bias { vec![x, w, bias] } else { vec![x, w] };
+    let bound = Bound { inputs, outputs: vec![y], scratch: vec![] };
+    let mut dispatches = Conv2d::plain(shape, has_bias, activation).forward(gpu, &bound, Mode::Eval);
+    if shape.cfg.stride == (1, 1) {
+        let target = GradTarget { slice: dx, accumulate: true };
+        let grads = Grads { outputs: vec![dy], inputs: vec![Some(target), None] };
+        let op = Conv2d::plain(shape, false, OutputActivation::None);
+        dispatches.extend(op.backward(gpu, &bound, &grads, Mode::Train));
+    }
+    dispatches
+}
+
+/// Checks what [`depthwise_passes`] left against the reference: y, and at stride 1 what the
+/// input gradient added to dx (`dx0` before).
+#[allow(clippy::too_many_arguments)]
+fn assert_depthwise_passes_match_reference(
+    case: usize,
+    shape: &Conv2dShape,
+    [xv, wv, bv, dyv, dx0]: [&[f64]; 5],
+    has_bias: bool,
+    activation: OutputActivation,
+    y: &[f64],
+    dx: &[f64],
+) {
+    let want_y: Vec<f64> = r::conv2d::forward(shape, xv, wv, has_bias.then_some(bv))
+        .into_iter()
+        .map(|v| activate(activation, v))
+        .collect();
+    assert_close(&format!("case {case} y"), y, &want_y, TOL);
+    if shape.cfg.stride == (1, 1) {
+        let (want_dx, _, _) = r::conv2d::backward(shape, xv, wv, dyv);
+        let added: Vec<f64> = dx.iter().zip(dx0).map(|(a, b)| a - b).collect();
+        assert_close(&format!("case {case} dx"), &added, &want_dx, TOL);
     }
 }
 
@@ -344,15 +373,7 @@ fn depthwise_rows_reading_textures_change_no_value() {
         let results = devices.each_ref().map(|gpu| {
             let [x, w, bias, dy, dx] = [&xv, &wv, &bv, &dyv, &dx0].map(|v| gpu.upload("input", &to_f32(v)));
             let y = gpu.storage("y", numel(&shape.output()));
-            let op = |has_bias, activation| plain_conv(shape, has_bias, activation);
-            let inputs = if has_bias { vec![&x, &w, &bias] } else { vec![&x, &w] };
-            let bound = Bound { inputs, outputs: vec![&y], scratch: vec![] };
-            let mut dispatches = op(has_bias, activation).forward(gpu, &bound, Mode::Eval);
-            if cfg.stride == (1, 1) {
-                let target = GradTarget { slice: &dx, accumulate: true };
-                let grads = Grads { outputs: vec![&dy], inputs: vec![Some(target), None] };
-                dispatches.extend(op(false, OutputActivation::None).backward(gpu, &bound, &grads, Mode::Train));
-            }
+            let dispatches = depthwise_passes(gpu, shape, has_bias, activation, [&x, &w, &bias, &dy, &dx, &y]);
             let entries: Vec<_> = dispatches.iter().map(|d| d.label).collect();
             let want: &[&str] = match (quads && gpu.texture_reads, cfg.stride.0) {
                 (false, _) => &["depthwise_rows_3x3"; 2],
@@ -367,16 +388,8 @@ fn depthwise_rows_reading_textures_change_no_value() {
             assert_eq!(bits_differ(a, b), 0, "case {i}: {name} values that differ between the ways");
         }
         let [y, dx] = &results[0];
-        let want_y: Vec<f64> = r::conv2d::forward(&shape, &xv, &wv, has_bias.then_some(&bv[..]))
-            .into_iter()
-            .map(|v| activate(activation, v))
-            .collect();
-        assert_close(&format!("case {i} y"), y, &want_y, TOL);
-        if cfg.stride == (1, 1) {
-            let (want_dx, _, _) = r::conv2d::backward(&shape, &xv, &wv, &dyv);
-            let added: Vec<f64> = dx.iter().zip(&dx0).map(|(a, b)| a - b).collect();
-            assert_close(&format!("case {i} dx"), &added, &want_dx, TOL);
-        }
+        let values = [&xv[..], &wv, &bv, &dyv, &dx0];
+        assert_depthwise_passes_match_reference(i, &shape, values, has_bias, activation, y, dx);
     }
 }
 
@@ -409,15 +422,8 @@ fn depthwise_7x7_rows_agree_with_the_gpu_family_bit_for_bit() {
         let results = devices.each_ref().map(|gpu| {
             let [x, w, bias, dy, dx] = [&xv, &wv, &bv, &dyv, &dx0].map(|v| gpu.upload("input", &to_f32(v)));
             let y = gpu.storage("y", numel(&shape.output()));
-            let op = |has_bias, activation| plain_conv(shape, has_bias, activation);
-            let inputs = if has_bias { vec![&x, &w, &bias] } else { vec![&x, &w] };
-            let bound = Bound { inputs, outputs: vec![&y], scratch: vec![] };
-            let mut dispatches = op(has_bias, activation).forward(gpu, &bound, Mode::Eval);
-            if cfg.stride == (1, 1) {
-                let target = GradTarget { slice: &dx, accumulate: true };
-                let grads = Grads { outputs: vec![&dy], inputs: vec![Some(target), None] };
-                dispatches.extend(op(false, OutputActivation::None).backward(gpu, &bound, &grads, Mode::Train));
-            }
+            let mut dispatches = depthwise_passes(gpu, shape, has_bias, activation, [&x, &w, &bias, &dy, &dx, &y]);
+            let op = |has_bias, activation| Conv2d::plain(shape, has_bias, activation);
             if gpu.depthwise_rows {
                 let entries: Vec<_> = dispatches.iter().map(|d| d.label).collect();
                 let want = ["depthwise_rows_7x7", "depthwise_rows_7x7_flipped"];
@@ -446,16 +452,9 @@ fn depthwise_7x7_rows_agree_with_the_gpu_family_bit_for_bit() {
             assert_eq!(bits_differ(a, b), 0, "case {i}: {name} values that differ between the families");
         }
         let [y, dx, _] = &results[0];
-        let want_y: Vec<f64> = r::conv2d::forward(&shape, &xv, &wv, has_bias.then_some(&bv[..]))
-            .into_iter()
-            .map(|v| activate(activation, v))
-            .collect();
-        assert_close(&format!("case {i} y"), y, &want_y, TOL);
-        let (want_dx, want_dw, _) = r::conv2d::backward(&shape, &xv, &wv, &dyv);
-        if cfg.stride == (1, 1) {
-            let added: Vec<f64> = dx.iter().zip(&dx0).map(|(a, b)| a - b).collect();
-            assert_close(&format!("case {i} dx"), &added, &want_dx, TOL);
-        }
+        let values = [&xv[..], &wv, &bv, &dyv, &dx0];
+        assert_depthwise_passes_match_reference(i, &shape, values, has_bias, activation, y, dx);
+        let (_, want_dw, _) = r::conv2d::backward(&shape, &xv, &wv, &dyv);
         for (family, result) in ["rows", "GPU"].iter().zip(&results) {
             assert_close(&format!("case {i} dw ({family} family)"), &result[2], &want_dw, TOL);
         }

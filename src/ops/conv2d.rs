@@ -342,6 +342,23 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// The convolution of `shape` alone: a bias where `has_bias`, `activation` applied as it
+    /// stores, and nothing else fused or left for a consumer.
+    pub fn plain(shape: Conv2dShape, has_bias: bool, activation: OutputActivation) -> Conv2d {
+        Conv2d {
+            shape,
+            has_bias,
+            has_residual: false,
+            has_gate: false,
+            activation,
+            child: None,
+            gates_input: false,
+            dw_unreduced: false,
+            dw_to_buffer: false,
+            fold_columns: false,
+        }
+    }
+
     /// Where the child's parent, spatial and filter attentions begin among the inputs.
     fn child_inputs(&self) -> usize {
         2 + self.has_bias as usize + self.has_residual as usize + self.has_gate as usize
@@ -650,16 +667,9 @@ impl Graph {
             inputs.push(gate);
         }
         let op = Conv2d {
-            shape,
-            has_bias: bias.is_some(),
             has_residual: residual.is_some(),
             has_gate: gate.is_some(),
-            activation,
-            child: None,
-            gates_input: false,
-            dw_unreduced: false,
-            dw_to_buffer: false,
-            fold_columns: false,
+            ..Conv2d::plain(shape, bias.is_some(), activation)
         };
         Ok(self.push(op, &inputs, &[out])[0])
     }

@@ -41,18 +41,7 @@ impl Linear {
             Conv2dConfig::new(1, 0),
         )
         .expect("a 1x1 convolution fits any [N, in] x [out, in] product");
-        Conv2d {
-            shape,
-            has_bias: self.has_bias,
-            has_residual: false,
-            has_gate: false,
-            activation: self.activation,
-            child: None,
-            gates_input: false,
-            dw_unreduced: false,
-            dw_to_buffer: false,
-            fold_columns: false,
-        }
+        Conv2d::plain(shape, self.has_bias, self.activation)
     }
 
     /// Whether the layer runs the row kernels rather than the GEMM on an adapter with or without
