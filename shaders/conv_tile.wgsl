@@ -1109,6 +1109,52 @@ fn store_weight_partial(chunk: u32, tap: u32, c: u32, quad: u32, m: mat4x4<f32>)
     }
 }
 
+// A weight-gradient invocation's walk over its chunk's batch-wide pixels: the pixel's (image,
+// row, column), the first of its window's vec4s in the input copy (`xq`, with the tap's offset
+// `col0` added) and its place in dy (whose outputs a band of a split convolution places from
+// (store_y0, store_x0) of the whole output), stepped without divisions (they cost a scalar loop
+// per lane on software adapters).
+struct PixelWalk {
+    n: u32,
+    oy: u32,
+    ox: u32,
+    xq: u32,
+    dp: u32,
+    col0: u32,
+}
+
+fn walk_dy_size() -> vec2<u32> {
+    return vec2<u32>(select(p.out_h, p.store_h, p.store_h != 0u), select(p.out_w, p.store_w, p.store_w != 0u));
+}
+
+// The walk at batch-wide pixel q.
+fn pixel_walk(q: u32, col0: u32) -> PixelWalk {
+    let pixels = p.out_h * p.out_w;
+    var w = PixelWalk(q / pixels, (q % pixels) / p.out_w, q % p.out_w, 0u, 0u, col0);
+    let dy = walk_dy_size();
+    w.xq = ((w.n * p.in_h + w.oy * p.stride_h + p.window_y0) * p.in_w + w.ox * p.stride_w) * p.in_quads + col0;
+    w.dp = (w.n * dy.x + w.oy + p.store_y0) * dy.y + w.ox + p.store_x0;
+    return w;
+}
+
+// The walk one pixel on.
+fn next_pixel(w: ptr<function, PixelWalk>) {
+    (*w).ox++;
+    (*w).xq += p.stride_w * p.in_quads;
+    (*w).dp++;
+    if ((*w).ox == p.out_w) {
+        (*w).ox = 0u;
+        (*w).oy++;
+        if ((*w).oy == p.out_h) {
+            (*w).oy = 0u;
+            (*w).n++;
+        }
+        let dy = walk_dy_size();
+        (*w).xq = (((*w).n * p.in_h + (*w).oy * p.stride_h + p.window_y0) * p.in_w) * p.in_quads + (*w).col0;
+        (*w).dp = ((*w).n * dy.x + (*w).oy + p.store_y0) * dy.y + p.store_x0;
+    }
+}
+
 // One invocation: 32 output channels x I input channels of one tap, summed over one chunk of
 // batch-wide pixels; per pixel 8 + I / 4 vec4 loads for 32 * I multiply-adds. The output tile
 // and chunk are the workgroup's (y, z), invocations differ by tap and input tile (x).
@@ -1134,38 +1180,13 @@ fn conv_tile_weight_I(
     let total = p.batch * p.out_h * p.out_w;
     let start = chunk * p.chunk_len;
     let end = min(total, start + p.chunk_len);
-    // The pixel's (image, row, column), stepped without divisions (they cost a scalar loop
-    // per lane on software adapters).
-    let pixels = p.out_h * p.out_w;
-    var n = start / pixels;
-    var oy = (start % pixels) / p.out_w;
-    var ox = start % p.out_w;
-    let step = p.stride_w * p.in_quads;
-    let row0 = p.window_y0;
-    let col0 = p.window_x0 * p.in_quads + tap_offset;
-    var xq = ((n * p.in_h + oy * p.stride_h + row0) * p.in_w + ox * p.stride_w) * p.in_quads + col0;
-    // The pixel in dy (whose outputs a band of a split convolution places from (store_y0,
-    // store_x0) of the whole output).
-    let dy_h = select(p.out_h, p.store_h, p.store_h != 0u);
-    let dy_w = select(p.out_w, p.store_w, p.store_w != 0u);
-    var dp = (n * dy_h + oy + p.store_y0) * dy_w + ox + p.store_x0;
+    var walk = pixel_walk(start, p.window_x0 * p.in_quads + tap_offset);
     //@declare
-    for (var q = start; q < end; q++) {
-        let dq = (dp * p.out_pad + c0) / 4u;
+    // PIXELS_PER_STEP pixels per iteration, each result adding them in order: software adapters
+    // store a loop's running sums under the lane mask once per iteration, however many terms
+    // each takes in it. A pixel past the chunk's end adds -0.0, which changes no sum.
+    for (var q = start; q < end; q += PIXELS_PER_STEP) {
         //@step
-        ox++;
-        xq += step;
-        dp++;
-        if (ox == p.out_w) {
-            ox = 0u;
-            oy++;
-            if (oy == p.out_h) {
-                oy = 0u;
-                n++;
-            }
-            xq = ((n * p.in_h + oy * p.stride_h + row0) * p.in_w) * p.in_quads + col0;
-            dp = (n * dy_h + oy + p.store_y0) * dy_w + p.store_x0;
-        }
     }
     if (gid.x < taps * in_tiles) {
         //@store

@@ -19,6 +19,10 @@ pub const LANES_WORKGROUP: u32 = 8;
 /// Input channels per weight-gradient tile (32 output channels each). On lavapipe 8 runs
 /// fastest: 16 and 32 keep more results than the caches hold and ran 10-40% slower.
 pub const WEIGHT_TILES: [u32; 2] = [4, 8];
+/// Pixels a weight-gradient tile takes per iteration of its loop over pixels: software adapters
+/// store each running sum under the lane mask once per iteration, a load, blend and store that
+/// one multiply-add per iteration would pay in full.
+pub const WEIGHT_PIXELS_PER_STEP: u32 = 2;
 /// Output channels of every weight-gradient tile (`WEIGHT_TILE_OUT` in the shader).
 pub const WEIGHT_TILE_OUT: u32 = 32;
 /// Invocations per workgroup of the tile kernels (`TILE_WORKGROUP` in the shader).
@@ -177,21 +181,27 @@ fn lane_parameter(broadcast: bool) -> Vec<String> {
     if broadcast { vec!["@builtin(subgroup_invocation_id) subgroup_lane: u32,".into()] } else { vec![] }
 }
 
-/// `values` shared by every lane of a subgroup: `names[i] = source[first + i]`, loaded as one
-/// vec4 per lane for each eight values and broadcast (`names.len()` a multiple of eight), or
-/// loaded directly.
-fn shared_loads(names: &[String], source: &str, first: &str, broadcast: bool) -> Vec<String> {
+/// `values` shared by every lane of a subgroup: `names[i] = wrap(source[first + i])`, loaded as
+/// one vec4 per lane for each eight values and broadcast (`names.len()` a multiple of eight), or
+/// loaded directly; `wrap` makes an expression of a loaded value.
+fn shared_loads(
+    names: &[String],
+    source: &str,
+    first: &str,
+    broadcast: bool,
+    wrap: &dyn Fn(String) -> String,
+) -> Vec<String> {
     if !broadcast {
         return names
             .iter()
             .enumerate()
-            .map(|(i, name)| format!("let {name} = {};", load(source, &format!("{first} + {i}u"))))
+            .map(|(i, name)| format!("let {name} = {};", wrap(load(source, &format!("{first} + {i}u")))))
             .collect();
     }
     assert!(names.len().is_multiple_of(8), "broadcast loads come in eights");
     let mut code = Vec::new();
     for (g, group) in names.chunks(8).enumerate() {
-        let lanes = load(source, &format!("{first} + {}u + (subgroup_lane & 7u)", 8 * g));
+        let lanes = wrap(load(source, &format!("{first} + {}u + (subgroup_lane & 7u)", 8 * g)));
         code.push(format!("let {}_lanes = {lanes};", group[0]));
         code.push(
             group
@@ -259,7 +269,7 @@ impl Tile for Forward {
             }
             "step" => {
                 let names: Vec<String> = (0..4).flat_map(|k| (0..quads).map(move |j| format!("w{k}_{j}"))).collect();
-                code = shared_loads(&names, self.weights, "w", self.broadcast && !self.lanes);
+                code = shared_loads(&names, self.weights, "w", self.broadcast && !self.lanes, &|value| value);
                 if self.lanes && self.broadcast {
                     for g in 0..self.pixels / 8 {
                         code.push(format!("let xl{g} = texel_x(lb{g} + off);"));
@@ -316,7 +326,10 @@ impl Tile for Weight {
         let ins = self.inputs / 4;
         let mut code = Vec::new();
         match name {
-            "sizes" => code.push(format!("const I: u32 = {}u;", self.inputs)),
+            "sizes" => code.push(format!(
+                "const I: u32 = {}u; const PIXELS_PER_STEP: u32 = {WEIGHT_PIXELS_PER_STEP}u;",
+                self.inputs
+            )),
             "lane" => code = lane_parameter(self.broadcast),
             "declare" => {
                 for j in 0..outs {
@@ -324,18 +337,36 @@ impl Tile for Weight {
                 }
             }
             "step" => {
-                let names: Vec<String> = (0..outs).map(|j| format!("d{j}")).collect();
                 // With subgroups, x and dy come from textures (as the forward tiles' operands).
-                let dy = if self.broadcast { "texel_w" } else { "tw_dy" };
-                code = shared_loads(&names, dy, "dq", self.broadcast);
-                for i in 0..ins {
-                    code.push(format!(
-                        "let x{i} = {};",
-                        load(if self.broadcast { "texel_x" } else { "tw_x" }, &format!("xq + {i}u"))
-                    ));
-                    code.push(
-                        (0..outs).map(|j| format!("a{j}_{i} += outer(x{i}, d{j});")).collect::<Vec<_>>().join(" "),
-                    );
+                let (dy, x) = if self.broadcast { ("texel_w", "texel_x") } else { ("tw_dy", "tw_x") };
+                for u in 0..WEIGHT_PIXELS_PER_STEP {
+                    // Pixel u of the step. Past the chunk's end (the first never is) its x loads
+                    // as -0.0 and its dy as 0.0, so that it adds -0.0, which changes no sum.
+                    let masked = |value: String, zero: &str| match u {
+                        0 => value,
+                        _ => format!("select(vec4<f32>({zero}), {value}, live{u})"),
+                    };
+                    if u > 0 {
+                        code.push(format!("let live{u} = q + {u}u < end;"));
+                    }
+                    code.push(format!("let dq{u} = (walk.dp * p.out_pad + c0) / 4u; let xq{u} = walk.xq;"));
+                    code.push("next_pixel(&walk);".into());
+                    let names: Vec<String> = (0..outs).map(|j| format!("d{j}_{u}")).collect();
+                    code.extend(shared_loads(&names, dy, &format!("dq{u}"), self.broadcast, &|v| masked(v, "0.0")));
+                    for i in 0..ins {
+                        code.push(format!("let x{i}_{u} = {};", masked(load(x, &format!("xq{u} + {i}u")), "-0.0")));
+                    }
+                }
+                // Each result takes the step's pixels in order.
+                for j in 0..outs {
+                    for i in 0..ins {
+                        code.push(
+                            (0..WEIGHT_PIXELS_PER_STEP)
+                                .map(|u| format!("a{j}_{i} += outer(x{i}_{u}, d{j}_{u});"))
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                        );
+                    }
                 }
             }
             "store" => {
