@@ -413,6 +413,8 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: no other thread has started yet.
+    unsafe { adapter::set_software_driver_threads() };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices => devices(cli.adapter.as_deref()),
