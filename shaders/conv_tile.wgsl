@@ -135,6 +135,8 @@ struct TileParams {
 // Invocations per workgroup of the kernels here but the lanes kernel (src/gpu/conv_tiles.rs `TILE_WORKGROUP`):
 // small, so that the few large tiles of a late-stage layer still spread over every core.
 const TILE_WORKGROUP: u32 = 16u;
+// Invocations per workgroup of the weight-gradient tiles (src/gpu/conv_tiles.rs `WEIGHT_WORKGROUP`).
+const WEIGHT_WORKGROUP: u32 = 8u;
 // Output channels per weight-gradient tile.
 const WEIGHT_TILE_OUT: u32 = 32u;
 
@@ -1160,9 +1162,9 @@ fn next_pixel(w: ptr<function, PixelWalk>) {
 // and chunk are the workgroup's (y, z), invocations differ by tap and input tile (x).
 // With subgroups, the dy loads every lane shares are broadcast as in the forward kernel (and
 // lanes past the end compute a clamped tile but store nothing).
-// Workgroups: ceil(taps * in_quads * 4 / I / 16) x (out_pad / 32) x chunks.
+// Workgroups: ceil(taps * in_quads * 4 / I / WEIGHT_WORKGROUP) x (out_pad / 32) x chunks.
 //@template weight
-@compute @workgroup_size(16)
+@compute @workgroup_size(WEIGHT_WORKGROUP)
 fn conv_tile_weight_I(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(workgroup_id) wid: vec3<u32>,

@@ -27,6 +27,10 @@ pub const WEIGHT_PIXELS_PER_STEP: u32 = 2;
 pub const WEIGHT_TILE_OUT: u32 = 32;
 /// Invocations per workgroup of the tile kernels (`TILE_WORKGROUP` in the shader).
 pub const TILE_WORKGROUP: u32 = 16;
+/// Invocations per workgroup of the weight-gradient tiles (`WEIGHT_WORKGROUP` in the shader):
+/// one subgroup on lavapipe, as their lanes take (tap, input tile) pairs, of which a pointwise
+/// conv over few channels has few (24 input channels: 3 of 8 tiles).
+pub const WEIGHT_WORKGROUP: u32 = 8;
 /// Batch-wide pixels of one workgroup of `conv_shared_forward_T` and the output channels of
 /// each of its T weight tiles (`SHARED_PIXELS`, `SHARED_CHANNELS` in the shader).
 pub const SHARED_PIXELS: u32 = 128;

@@ -10,7 +10,7 @@ use super::Forward;
 use super::conv2d::{Conv2dConfig, Conv2dShape, Fusion};
 use crate::gpu::conv_tiles::{
     FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
-    WEIGHT_TILE_OUT, WEIGHT_TILES, forward_entry, forward_quads_entry, shared_entry, weight_entry,
+    WEIGHT_TILE_OUT, WEIGHT_TILES, WEIGHT_WORKGROUP, forward_entry, forward_quads_entry, shared_entry, weight_entry,
 };
 use crate::gpu::{Dispatch, Entry, Gpu, GpuSlice, Stores, grid, grid_of, texture_width};
 
@@ -1597,7 +1597,7 @@ impl GemmPlan {
             kernel => {
                 let lanes = taps_used * (4 * self.x_quads / self.weight_inputs as usize);
                 let workgroups = [
-                    lanes.div_ceil(TILE_WORKGROUP as usize) as u32,
+                    lanes.div_ceil(WEIGHT_WORKGROUP as usize) as u32,
                     (self.weight_pad() / WEIGHT_TILE_OUT as usize) as u32,
                     params.chunks,
                 ];
