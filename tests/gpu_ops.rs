@@ -902,6 +902,52 @@ fn modulation_computes_only_the_taps_its_convs_read() {
     assert_close("dfilter", &read_grad(&exe, filter), &df, TOL);
 }
 
+#[test]
+fn packings_of_one_parent_copy_it_into_a_texture_once() {
+    // Two children of a parent and the parent itself, each a 3x3 conv over inputs in fours:
+    // three packings from the parent, one after another in the prepare phase. On a device that
+    // reads them through textures, the first copies the parent and the others read its copy;
+    // the outputs are the reference's either way.
+    let (c_out, c_in) = (8, 8);
+    let xs = [2, c_in, 6, 5];
+    let mut g = Graph::new();
+    let parent = g.param("parent", &[c_out, c_in, 3, 3]).unwrap();
+    let spatial = g.param("spatial", &[2, 1, 1, 3, 3]).unwrap();
+    let filter = g.param("filter", &[2, c_out, 1, 1, 1]).unwrap();
+    let kids = g.modulate(parent, Some(spatial), filter, 0, 2).unwrap();
+    let x = g.input("x", &xs);
+    let ys = [kids[0], kids[1], parent].map(|w| g.conv2d(x, w, None, Conv2dConfig::new(1, 1)).unwrap());
+    let m = *g.nodes.iter().find_map(|n| n.op.as_any().downcast_ref::<Modulate>()).unwrap();
+
+    let mut exe = Executor::new(gpu(), &g, gradient_plan(Mode::Train, ys.to_vec(), false)).unwrap();
+    let mut rng = rng(270);
+    let pv = feed(&exe, &g, parent, &mut rng);
+    let sv = feed(&exe, &g, spatial, &mut rng);
+    let fv = feed(&exe, &g, filter, &mut rng);
+    let xv = feed(&exe, &g, x, &mut rng);
+    for y in ys {
+        seed_grad(&exe, &g, y, &mut rng);
+    }
+    // The profile's run is the first: it prepares the packings, which the run after it keeps.
+    let profile = exe.profile().unwrap();
+    exe.run().unwrap();
+    let packings: Vec<&DispatchTime> = profile.iter().filter(|d| d.phase == Phase::Prepare).collect();
+    assert!(packings.iter().all(|d| d.kernel == "pack_weight_forward_quads"), "{packings:?}");
+    let copies: Vec<(usize, usize)> = packings.iter().map(|d| (d.textures, d.texture_copies)).collect();
+    let expected = match gpu().texture_reads {
+        true => [(1, 1), (1, 0), (1, 0)],
+        false => [(0, 0); 3],
+    };
+    assert_eq!(copies, expected, "(textures, copies) of each packing: {packings:?}");
+
+    let children = r::modulate::forward(&m, &pv, Some(&sv), &fv);
+    let shape = Conv2dShape::new(&xs, &[c_out, c_in, 3, 3], Conv2dConfig::new(1, 1)).unwrap();
+    for (i, w) in [&children[0], &children[1], &pv].into_iter().enumerate() {
+        let want = r::conv2d::forward(&shape, &xv, w, None);
+        assert_close(&format!("y{i}"), &read(&exe, ys[i]), &want, TOL);
+    }
+}
+
 /// A BatchNorm's inputs for input `shape`: x, weight, bias, running mean (zeros) and running
 /// variance (ones).
 fn batchnorm_inputs(g: &mut Graph, shape: &[usize]) -> [TensorId; 5] {

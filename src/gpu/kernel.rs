@@ -85,6 +85,9 @@ pub struct Dispatch {
     params: wgpu::Buffer,
     /// Copied into their textures before the dispatch runs.
     uploads: Vec<TextureUpload>,
+    /// What `bind_group` binds, to bind it again to other textures ([`Dispatch::sharing_textures_of`]).
+    bindings: Vec<u32>,
+    buffers: Vec<GpuSlice>,
 }
 
 /// Records `dispatches` into `encoder`: compute passes, broken where a dispatch's texture
@@ -128,6 +131,30 @@ impl Dispatch {
     /// The workgroup grid (x, y, z).
     pub fn workgroups(&self) -> [u32; 3] {
         self.workgroups
+    }
+
+    /// This dispatch reading each source that `earlier` also reads through a texture, where
+    /// `shareable` allows it, from `earlier`'s texture as `earlier` leaves it, without copying
+    /// it again ([`Gpu::dispatch_with_textures_after`] for dispatches made apart): for a
+    /// dispatch recorded right after `earlier`, which must not write those sources.
+    pub fn sharing_textures_of(self, gpu: &Gpu, earlier: &Dispatch, shareable: impl Fn(&GpuSlice) -> bool) -> Dispatch {
+        let filled = |source: &GpuSlice| earlier.uploads.iter().find(|u| u.source == *source);
+        if !self.uploads.iter().any(|u| u.copies && shareable(&u.source) && filled(&u.source).is_some()) {
+            return self;
+        }
+        let uploads = self
+            .uploads
+            .into_iter()
+            .map(|u| match filled(&u.source) {
+                Some(e) if u.copies && shareable(&u.source) => {
+                    TextureUpload { source: u.source, texture: e.texture.clone(), copies: false }
+                }
+                _ => u,
+            })
+            .collect::<Vec<_>>();
+        let buffers: Vec<&GpuSlice> = self.buffers.iter().collect();
+        let bind_group = gpu.bind_group(self.label, &self.pipeline, &self.bindings, &self.params, &buffers, &uploads);
+        Dispatch { bind_group, uploads, ..self }
     }
 
     /// Replaces the parameter struct (same type as at creation), e.g. a new learning rate.
@@ -356,6 +383,23 @@ impl Gpu {
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         );
         self.queue.write_buffer(&uniform, 0, bytes);
+        let bind_group = self.bind_group(entry.name, &pipeline, &bindings, &uniform, buffers, &uploads);
+        let buffers = buffers.iter().map(|&b| b.clone()).collect();
+        Dispatch { label: entry.name, pipeline, bind_group, workgroups, params: uniform, uploads, bindings, buffers }
+    }
+
+    /// The bind group of a dispatch of `pipeline` that uses `bindings`: the parameters at
+    /// binding 0, the textures of `uploads` at [`TEXTURE_BINDINGS`], and buffer i at binding
+    /// i + 1.
+    fn bind_group(
+        &self,
+        label: &str,
+        pipeline: &wgpu::ComputePipeline,
+        bindings: &[u32],
+        uniform: &wgpu::Buffer,
+        buffers: &[&GpuSlice],
+        uploads: &[TextureUpload],
+    ) -> wgpu::BindGroup {
         let views: Vec<wgpu::TextureView> =
             uploads.iter().map(|u| u.texture.create_view(&Default::default())).collect();
         let entries: Vec<wgpu::BindGroupEntry> = bindings
@@ -372,11 +416,10 @@ impl Gpu {
                 },
             })
             .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(entry.name),
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
-        });
-        Dispatch { label: entry.name, pipeline, bind_group, workgroups, params: uniform, uploads }
+        })
     }
 }

@@ -174,6 +174,19 @@ impl Executor {
             prepare.extend(split.prepare);
             forward.extend(split.run);
         }
+        // The prepare dispatches run one after another, all or none, and write no parameter: one
+        // that reads a parameter through a texture the one before it read so (a KernelDNA
+        // parent's packings: its own and its children's) reads that texture as it was filled.
+        let param = |s: &GpuSlice| graph.tensors.iter().zip(&values).any(|(t, v)| t.role == Role::Param && v == s);
+        let mut shared: Vec<Dispatch> = Vec::with_capacity(prepare.len());
+        for d in prepare {
+            let d = match shared.last() {
+                Some(earlier) => d.sharing_textures_of(&gpu, earlier, param),
+                None => d,
+            };
+            shared.push(d);
+        }
+        let prepare = shared;
 
         let mut exe = Executor {
             gpu: gpu.clone(),
