@@ -120,16 +120,17 @@ pub fn choose(adapters: Vec<wgpu::Adapter>, filter: Option<&str>) -> Result<wgpu
     }
 }
 
-/// Worker threads per CPU core that kdna asks of Mesa's software drivers (llvmpipe, lavapipe)
-/// when `LP_NUM_THREADS` is not set. Their default is one per core; beside them run the
-/// driver's queue thread and kdna's own. On a 2-core machine a KernelDNA-ResNet18 training
-/// step then took 0.49 s on average and up to 0.62 s, in runs of slow steps; with two per
-/// core, 0.44 s and at most 0.47 s (eval 3% slower). Results do not depend on it: each
-/// workgroup computes alone, in a fixed order.
-pub const SOFTWARE_THREADS_PER_CORE: usize = 2;
+/// Worker threads beyond one per CPU core that kdna asks of Mesa's software drivers (llvmpipe,
+/// lavapipe) when `LP_NUM_THREADS` is not set. Their default is one per core, beside which run
+/// the driver's queue thread and kdna's own. On a 2-core machine a KernelDNA-ResNet18 training
+/// step then took 0.49 s on average and up to 0.62 s, in runs of slow steps; with four workers,
+/// 0.44 s and at most 0.47 s (eval 3% slower; six: 0.44 s, eight: 0.46 s). Results do not
+/// depend on it: each workgroup computes alone, in a fixed order.
+pub const SOFTWARE_EXTRA_THREADS: usize = 2;
 
-/// Sets `LP_NUM_THREADS` for the software drivers to [`SOFTWARE_THREADS_PER_CORE`] per core,
-/// unless the user set it. It must come before the first adapter is created, which reads it.
+/// Sets `LP_NUM_THREADS` for the software drivers to one worker per core plus
+/// [`SOFTWARE_EXTRA_THREADS`], unless the user set it. It must come before the first adapter
+/// is created, which reads it.
 ///
 /// # Safety
 /// It sets an environment variable: call it before the process starts other threads, as the
@@ -138,7 +139,7 @@ pub unsafe fn set_software_driver_threads() {
     if std::env::var_os("LP_NUM_THREADS").is_none() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // SAFETY: the caller guarantees that no other thread runs yet.
-        unsafe { std::env::set_var("LP_NUM_THREADS", (cores * SOFTWARE_THREADS_PER_CORE).to_string()) };
+        unsafe { std::env::set_var("LP_NUM_THREADS", (cores + SOFTWARE_EXTRA_THREADS).to_string()) };
     }
 }
 
