@@ -911,6 +911,12 @@ fn initial_forward(at: vec2<u32>, c: u32) -> vec4<f32> {
     return v;
 }
 
+// (height, width) of the maps a pass's outputs are stored in (and the weight gradient's dy read
+// from): the whole output where the pass is a band or phase of it (store_h, store_w), else its own.
+fn stored_size() -> vec2<u32> {
+    return vec2<u32>(select(p.out_h, p.store_h, p.store_h != 0u), select(p.out_w, p.store_w, p.store_w != 0u));
+}
+
 // Where batch-wide output pixel q's channel 0 lies in the output, and the distance between
 // channels: a dense [batch][c_out][out_h][out_w], or one phase of a strided input gradient.
 fn output_offset(q: u32) -> vec2<u32> {
@@ -918,9 +924,8 @@ fn output_offset(q: u32) -> vec2<u32> {
     let r = q % pixels;
     let y = (r / p.out_w) * max(p.store_stride_h, 1u) + p.store_y0;
     let x = (r % p.out_w) * max(p.store_stride_w, 1u) + p.store_x0;
-    let h = select(p.out_h, p.store_h, p.store_h != 0u);
-    let w = select(p.out_w, p.store_w, p.store_w != 0u);
-    return vec2<u32>(((q / pixels) * p.c_out * h + y) * w + x, h * w);
+    let size = stored_size();
+    return vec2<u32>(((q / pixels) * p.c_out * size.x + y) * size.y + x, size.x * size.y);
 }
 
 // Four output channels c .. c + 3 of the pixel at output place `at` (output_at), plus the
@@ -1125,18 +1130,19 @@ struct PixelWalk {
     col0: u32,
 }
 
-fn walk_dy_size() -> vec2<u32> {
-    return vec2<u32>(select(p.out_h, p.store_h, p.store_h != 0u), select(p.out_w, p.store_w, p.store_w != 0u));
+// The walk with its places (xq, dp) found from its (image, row, column).
+fn walk_placed(w: PixelWalk) -> PixelWalk {
+    let dy = stored_size();
+    var out = w;
+    out.xq = ((w.n * p.in_h + w.oy * p.stride_h + p.window_y0) * p.in_w + w.ox * p.stride_w) * p.in_quads + w.col0;
+    out.dp = (w.n * dy.x + w.oy + p.store_y0) * dy.y + w.ox + p.store_x0;
+    return out;
 }
 
 // The walk at batch-wide pixel q.
 fn pixel_walk(q: u32, col0: u32) -> PixelWalk {
     let pixels = p.out_h * p.out_w;
-    var w = PixelWalk(q / pixels, (q % pixels) / p.out_w, q % p.out_w, 0u, 0u, col0);
-    let dy = walk_dy_size();
-    w.xq = ((w.n * p.in_h + w.oy * p.stride_h + p.window_y0) * p.in_w + w.ox * p.stride_w) * p.in_quads + col0;
-    w.dp = (w.n * dy.x + w.oy + p.store_y0) * dy.y + w.ox + p.store_x0;
-    return w;
+    return walk_placed(PixelWalk(q / pixels, (q % pixels) / p.out_w, q % p.out_w, 0u, 0u, col0));
 }
 
 // The walk one pixel on.
@@ -1151,9 +1157,10 @@ fn next_pixel(w: ptr<function, PixelWalk>) {
             (*w).oy = 0u;
             (*w).n++;
         }
-        let dy = walk_dy_size();
-        (*w).xq = (((*w).n * p.in_h + (*w).oy * p.stride_h + p.window_y0) * p.in_w) * p.in_quads + (*w).col0;
-        (*w).dp = ((*w).n * dy.x + (*w).oy + p.store_y0) * dy.y + p.store_x0;
+        // Only the places are assigned: assigning the whole walk ran 2-3% slower on lavapipe.
+        let placed = walk_placed(*w);
+        (*w).xq = placed.xq;
+        (*w).dp = placed.dp;
     }
 }
 
@@ -1543,8 +1550,7 @@ fn conv_shared_weight(@builtin(local_invocation_index) lid: u32, @builtin(workgr
     let end = min(total, start + p.chunk_len);
     let pixels = p.out_h * p.out_w;
     let tap_offset = ((tap / p.kernel_w) * p.in_w + tap % p.kernel_w) * p.in_quads;
-    let dy_h = select(p.out_h, p.store_h, p.store_h != 0u);
-    let dy_w = select(p.out_w, p.store_w, p.store_w != 0u);
+    let dy_size = stored_size();
     let out_quads = p.out_pad / 4u;
     // Loading: pixel j of a stage, quad u of its x and dy tiles.
     let j = lid / 16u;
@@ -1566,7 +1572,7 @@ fn conv_shared_weight(@builtin(local_invocation_index) lid: u32, @builtin(workgr
             let y = oy * p.stride_h + p.window_y0;
             let col = ox * p.stride_w + p.window_x0;
             if (load_x) { x = tw_x[((n * p.in_h + y) * p.in_w + col) * p.in_quads + tap_offset + iq0 + u]; }
-            let dp = (n * dy_h + oy + p.store_y0) * dy_w + ox + p.store_x0;
+            let dp = (n * dy_size.x + oy + p.store_y0) * dy_size.y + ox + p.store_x0;
             if (load_dy) { d = tw_dy[dp * out_quads + oq0 + u]; }
         }
         shared_xw[lid] = x;
