@@ -5,8 +5,8 @@
 // loop has no bounds checks and loads four input channels per access. Software adapters run
 // invocations in SIMD lanes and pay a scalar loop per lane for every storage load, but load a
 // uniform buffer's value once for the whole workgroup when its index is the same in every
-// invocation. So the forward kernel reads its weights from a uniform buffer — in 64 KiB
-// blocks of at most STEPS (tap, input quad) steps, one dispatch per block and output-channel
+// invocation. So the forward kernel reads its weights from a uniform buffer — in blocks
+// of at most STEPS (tap, input quad) steps and 64 KiB, one dispatch per block and output-channel
 // tile, later blocks adding to the output — and each invocation holds a large block of
 // results (P pixels x C channels, P * C = 512) per input load.
 //
@@ -514,10 +514,17 @@ fn store_gradient_group(g: GradientGroup, r: array<vec4<f32>, 4>) {
     copy_dst[(first + 3u) * quads + g.quad] = vec4<f32>(r[0].w, r[1].w, r[2].w, r[3].w);
 }
 
-// (tap, input quad) steps per weight block: a block of the widest tile (64 channels) fills
-// 64 KiB, the most a uniform binding may hold.
+// (tap, input quad) steps per weight block. A block of the widest tile (64 channels) fills
+// 64 KiB, the most a uniform binding may hold (UNIFORM_BLOCK_VEC4S, what the uniform-block
+// kernels bind whatever the tile); narrower tiles' blocks are as dense, so that a texture
+// copied from them holds no padding.
 const STEPS: u32 = 64u;
-const BLOCK_VEC4S: u32 = 4096u;
+const UNIFORM_BLOCK_VEC4S: u32 = 4096u;
+
+// The vec4s of one block of `tile`-wide tiles: STEPS steps x 4 input lanes x tile / 4.
+fn block_vec4s(tile: u32) -> u32 {
+    return STEPS * tile;
+}
 
 // Weight blocks per output-channel tile: whole taps per block while a tap has at most STEPS
 // quads, else each tap split into ceil(in_quads / STEPS) blocks (src/ops/conv_gemm.rs mirrors this).
@@ -556,8 +563,8 @@ fn packed_block(t: u32, b: u32) -> u32 {
 
 // Row `row` of block `block` of the packed weights: the tile's output channels at one input
 // channel and tap, as (first output channel, input channel, tap), or none (vec3(~0)) past the
-// block's steps. Blocks of BLOCK_VEC4S vec4s, tile-major, each [step][input lane][tile
-// channels]: 4 * BLOCK_VEC4S / tile rows.
+// block's steps. Blocks of block_vec4s(tile) vec4s, tile-major, each [step][input lane][tile
+// channels]: 4 * STEPS rows.
 fn packed_row(block: u32, row: u32) -> vec3<u32> {
     let none = vec3<u32>(0xffffffffu);
     let k = row / 4u;
@@ -577,8 +584,7 @@ fn full_tap(ky: u32, kx: u32) -> u32 {
 
 // The packing kernels run one invocation per row: (x) rows of (y) one block. A row's index
 // arithmetic — divisions, which software adapters pay per lane — is done once for its
-// tile / 4 vec4s. Rows past STEPS steps (blocks of tiles narrower than 64) are never read and
-// never written.
+// tile / 4 vec4s.
 
 // Forward weights from w [weight_out][weight_in][kh][kw] (read through weight_offset, which
 // folds columns into channels where the convolution does): the kernel's outputs are the
@@ -587,7 +593,7 @@ fn full_tap(ky: u32, kx: u32) -> u32 {
 fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (gid.x >= 4u * STEPS) { return; }
     let src = packed_row(gid.y, gid.x);
-    let first = gid.y * BLOCK_VEC4S + gid.x * (p.tile / 4u);
+    let first = gid.y * block_vec4s(p.tile) + gid.x * (p.tile / 4u);
     let inside = src.y < p.weight_in;
     let tap = select(0u, full_tap(src.z / p.kernel_w, src.z % p.kernel_w), inside);
     let out_stride = p.weight_in * p.full_taps;
@@ -611,7 +617,7 @@ fn pack_weight_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn pack_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (gid.x >= 4u * STEPS) { return; }
     let src = packed_row(gid.y, gid.x);
-    let first = gid.y * BLOCK_VEC4S + gid.x * (p.tile / 4u);
+    let first = gid.y * block_vec4s(p.tile) + gid.x * (p.tile / 4u);
     let inside = src.y < p.weight_out;
     var tap = 0u;
     if (inside) {
@@ -708,11 +714,11 @@ fn store_backward_tap(base: u32, lane: u32, t: u32, v: vec4<f32>) {
 // rows: the tile's first block, the step's place in it, and the quad's place in the row.
 fn packed_quad_base(tile: u32, blocks: u32, quads: u32, out_quad: u32, in_quad: u32) -> u32 {
     let tile_quads = tile / 4u;
-    let base = (out_quad / tile_quads) * blocks * BLOCK_VEC4S + out_quad % tile_quads;
+    let base = (out_quad / tile_quads) * blocks * block_vec4s(tile) + out_quad % tile_quads;
     if (quads <= STEPS) {
         return base + in_quad * 4u * tile_quads;
     }
-    return base + (in_quad / STEPS) * BLOCK_VEC4S + (in_quad % STEPS) * 4u * tile_quads;
+    return base + (in_quad / STEPS) * block_vec4s(tile) + (in_quad % STEPS) * 4u * tile_quads;
 }
 
 // Invocations: (output channel quad, input quad), output quads fastest, over the tiles the
@@ -721,7 +727,7 @@ fn packed_quad_base(tile: u32, blocks: u32, quads: u32, out_quad: u32, in_quad: 
 fn pack_weight_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     let tile_quads = p.tile / 4u;
-    let out_quads = arrayLength(&copy_dst) / (weight_blocks() * BLOCK_VEC4S) * tile_quads;
+    let out_quads = arrayLength(&copy_dst) / (weight_blocks() * block_vec4s(p.tile)) * tile_quads;
     if (i >= out_quads * p.in_quads) { return; }
     let cq = i % out_quads;
     let iq = i / out_quads;
@@ -851,7 +857,7 @@ fn pack_weight_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
 // ---------------------------------------------------------------- forward (and input gradient)
 @group(0) @binding(1) var<storage, read> tf_x: array<vec4<f32>>;
 // One weight block (pack_weight_forward / pack_weight_backward), or all of them.
-@group(0) @binding(2) var<uniform> tf_w: array<vec4<f32>, BLOCK_VEC4S>;
+@group(0) @binding(2) var<uniform> tf_w: array<vec4<f32>, UNIFORM_BLOCK_VEC4S>;
 @group(0) @binding(2) var<storage, read> ts_w: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> tf_bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> tf_y: array<f32>;
@@ -1038,7 +1044,7 @@ fn conv_tile_forward_storage_C(
     let blocks = weight_blocks();
     for (var b = 0u; b < blocks; b++) {
         let steps = block_steps(b);
-        var w = packed_block(c0 / C, b) * BLOCK_VEC4S;
+        var w = packed_block(c0 / C, b) * block_vec4s(C);
         for (var tap = steps.x; tap < steps.y; tap++) {
             let tap_offset = (tap / p.kernel_w) * row + (tap % p.kernel_w) * p.in_quads;
             for (var quad = steps.z; quad < steps.w; quad++) {
@@ -1080,7 +1086,7 @@ fn conv_tile_forward_lanes_C(
     let blocks = weight_blocks();
     for (var b = 0u; b < blocks; b++) {
         let steps = block_steps(b);
-        var w = packed_block(c0 / C, b) * BLOCK_VEC4S;
+        var w = packed_block(c0 / C, b) * block_vec4s(C);
         for (var tap = steps.x; tap < steps.y; tap++) {
             let tap_offset = (tap / p.kernel_w) * row + (tap % p.kernel_w) * p.in_quads;
             for (var quad = steps.z; quad < steps.w; quad++) {
@@ -1457,7 +1463,7 @@ fn packed_step(t: u32, s: u32) -> u32 {
         b = tap * ((p.in_quads + STEPS - 1u) / STEPS) + quad / STEPS;
         k = quad % STEPS;
     }
-    return packed_block(t, b) * BLOCK_VEC4S + k * SHARED_CHANNELS;
+    return packed_block(t, b) * block_vec4s(SHARED_CHANNELS) + k * SHARED_CHANNELS;
 }
 
 // Where step s reads in the input copy, relative to a pixel's window.

@@ -328,10 +328,25 @@ fn regions_of(rows: &[Band], cols: &[Band]) -> Vec<(Band, Band)> {
     rows.iter().flat_map(|&r| cols.iter().map(move |&c| (r, c))).collect()
 }
 
-/// (tap, input quad) steps per weight block, and the block's size in floats (64 KiB, the most
-/// a uniform binding may hold): `STEPS` and `BLOCK_VEC4S` in conv_tile.wgsl.
+/// (tap, input quad) steps per weight block, and the floats a uniform-block kernel binds of
+/// it whatever the tile (64 KiB, the most a uniform binding may hold, a block of the widest
+/// tile): `STEPS` and `UNIFORM_BLOCK_VEC4S` in conv_tile.wgsl.
 const STEPS: usize = 64;
-const BLOCK_FLOATS: usize = 16384;
+const UNIFORM_BLOCK_FLOATS: usize = 16384;
+
+/// The floats of one weight block of `tile`-wide tiles (STEPS steps x 4 input lanes x `tile`
+/// channels; `block_vec4s` in conv_tile.wgsl): as dense for narrow tiles as for the widest, so
+/// that a texture copied from packed weights holds no padding.
+fn block_floats(tile: u32) -> usize {
+    STEPS * 4 * tile as usize
+}
+
+/// What a buffer of packed weights holds past its blocks: a uniform-block kernel binds
+/// [`UNIFORM_BLOCK_FLOATS`] from a block's start, past the last block's end where the tile is
+/// narrower than the widest.
+fn uniform_tail(tile: u32) -> usize {
+    UNIFORM_BLOCK_FLOATS - block_floats(tile)
+}
 
 /// The weight blocks of one output-channel tile, as (taps, input quads) ranges: whole taps per
 /// block while a tap has at most STEPS quads, else each tap split (`block_steps` in the shader).
@@ -490,7 +505,7 @@ fn pack_dispatch(
         Packing::Forward => "pack_weight_forward",
         Packing::Backward => "pack_weight_backward",
     };
-    Some(gpu.dispatch("conv_tile", entry, &params, &[weight, packed], pack_grid(packed)))
+    Some(gpu.dispatch("conv_tile", entry, &params, &[weight, packed], pack_grid(packed, channels)))
 }
 
 /// Whether a forward packing reads the weight by quads (`pack_weight_forward_quads`): 3x3
@@ -510,7 +525,7 @@ fn pack_forward_quads(
     child: Option<ChildPacking>,
 ) -> Dispatch {
     let blocks = weight_blocks((params.kernel_h * params.kernel_w) as usize, params.in_quads as usize);
-    let tiles = packed.len() / BLOCK_FLOATS / blocks.len();
+    let tiles = packed.len() / block_floats(params.tile) / blocks.len();
     let invocations = tiles * params.tile as usize / 4 * params.in_quads as usize;
     let mut params = TileParams { tap_rows: tap_rows(&params, &blocks, Packing::Forward), ..params };
     // Without the input gradient's packing, its binding is not written: one vec4 does.
@@ -547,7 +562,7 @@ fn tap_rows(params: &TileParams, blocks: &[(Range<usize>, Range<usize>)], packin
     for (b, (taps, quads)) in blocks.iter().enumerate().filter(|(_, (_, quads))| quads.start == 0) {
         for tap in taps.clone() {
             let step = (tap - taps.start) * quads.len();
-            rows[weight_tap(params, packing, tap)] = (b * BLOCK_FLOATS / 4 + step * 4 * row_vec4s) as u32;
+            rows[weight_tap(params, packing, tap)] = (b * block_floats(params.tile) / 4 + step * 4 * row_vec4s) as u32;
         }
     }
     [[rows[0], rows[1], rows[2], rows[3]], [rows[4], rows[5], rows[6], rows[7]], [rows[8], rows[9], rows[10], rows[11]]]
@@ -654,7 +669,7 @@ fn tile_dispatches(
     for tile in 0..channel_tiles {
         for (b, (taps, quads)) in blocks.iter().enumerate() {
             let at = packed_block(&params, tile as usize, b, blocks.len());
-            let block = packed.range(at * BLOCK_FLOATS, BLOCK_FLOATS);
+            let block = uniform_block(packed, at * block_floats(channels));
             let last = b + 1 == blocks.len();
             let params = TileParams {
                 c0: tile * channels,
@@ -708,11 +723,21 @@ fn copy_to_channels_last(gpu: &Gpu, params: &TileParams, buffers: [&GpuSlice; 3]
     gpu.dispatch_streaming(None, "conv_tile", entries, params, &buffers, sources, workgroups)
 }
 
+/// The [`UNIFORM_BLOCK_FLOATS`] a uniform-block kernel binds from float `start` of `packed`
+/// on: past the slice's end for a narrow tile's last block, into the buffer's [`uniform_tail`]
+/// (the kernel reads only the block's own floats).
+fn uniform_block(packed: &GpuSlice, start: usize) -> GpuSlice {
+    let offset = packed.offset + 4 * start as u64;
+    let size = 4 * UNIFORM_BLOCK_FLOATS as u64;
+    assert!(offset + size <= packed.buffer.size(), "a uniform block past the end of its buffer");
+    GpuSlice { buffer: packed.buffer.clone(), offset, size }
+}
+
 /// The packing kernels' grid: (x) the rows of a weight block that hold steps, each a tile's
 /// channels at one (tap, input channel), by (y) the blocks `packed` holds.
-fn pack_grid(packed: &GpuSlice) -> [u32; 3] {
-    let blocks = packed.len() / BLOCK_FLOATS;
-    assert!(packed.len().is_multiple_of(BLOCK_FLOATS) && blocks <= 65535, "packed weights of {blocks} blocks");
+fn pack_grid(packed: &GpuSlice, tile: u32) -> [u32; 3] {
+    let blocks = packed.len() / block_floats(tile);
+    assert!(packed.len().is_multiple_of(block_floats(tile)) && blocks <= 65535, "packed weights of {blocks} blocks");
     [(4 * STEPS).div_ceil(64) as u32, blocks as u32, 1]
 }
 
@@ -955,11 +980,13 @@ impl GemmPlan {
         let (xh, xw) = self.x_last_size();
         let (dh, dw) = self.dy_last_size();
         let blocks = |tile: (u32, u32), pad: usize, quads: usize| {
-            pad / tile.0 as usize * weight_blocks(self.taps(), quads).len() * BLOCK_FLOATS
+            pad / tile.0 as usize * weight_blocks(self.taps(), quads).len() * block_floats(tile.0)
+                + uniform_tail(tile.0)
         };
         let forward_weights = match self.forward_bands() {
             Some(regions) if !bands_share_packing(self.x_quads) => {
-                regions.iter().map(|(r, c)| self.forward_packing(r.taps * c.taps)).sum()
+                let packings: usize = regions.iter().map(|(r, c)| self.forward_packing(r.taps * c.taps)).sum();
+                packings + uniform_tail(self.forward_tile.0)
             }
             _ => blocks(self.forward_tile, self.forward_pad(), self.x_quads),
         };
@@ -1174,13 +1201,13 @@ impl GemmPlan {
     /// band no tap reaches still binds a buffer).
     fn forward_packing(&self, taps: usize) -> usize {
         let blocks = weight_blocks(taps, self.x_quads).len().max(1);
-        self.forward_pad() / self.forward_tile.0 as usize * blocks * BLOCK_FLOATS
+        self.forward_pad() / self.forward_tile.0 as usize * blocks * block_floats(self.forward_tile.0)
     }
 
     /// The same for the input gradient's weights (`taps` taps of one phase or band).
     fn backward_packing(&self, taps: u32) -> usize {
         let blocks = weight_blocks(taps as usize, self.dy_quads).len().max(1);
-        self.backward_pad() / self.backward_tile.0 as usize * blocks * BLOCK_FLOATS
+        self.backward_pad() / self.backward_tile.0 as usize * blocks * block_floats(self.backward_tile.0)
     }
 
     /// The input gradient's pass over one phase (`row` x `col`), adding to dx or not.
