@@ -98,7 +98,7 @@ struct TileParams {
     // The weight-gradient reduction's passes (see reduce_weight_partials).
     band_count: u32,
     pass_per_tap: u32,
-    // reduce_weight_partials_3x3_strided: where (chunk, output channel, tap)'s sums lie.
+    // reduce_weight_partials_3x3_strided and _1x1: where (chunk, output channel, tap)'s sums lie.
     co_stride: u32,
     tap_stride: u32,
     chunk_stride: u32,
@@ -1294,14 +1294,42 @@ fn reduce_weight_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 // invocation's values are 4 * full_taps consecutive ones of dw, loaded and stored as vec4s
 // (software adapters pay a lane loop for every storage access, whatever its width).
 
-// 1x1: the four values are vec4 i of dw.
+// 1x1: the four values are vec4 i of dw, the sum of the one pass's chunks, chunk c's at
+// c * chunk_stride + co * co_stride + quad (no pass table to look up). The same values added in
+// the same order as tap_gradient adds them.
 @compute @workgroup_size(64)
 fn reduce_weight_partials_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.weight_out * p.in_quads) { return; }
-    var old = vec4<f32>();
-    if (p.accumulate != 0u) { old = tr_dw4[i]; }
-    tr_dw4[i] = tap_gradient(i / p.in_quads, 0u, 0u, i % p.in_quads, old);
+    let at = (i / p.in_quads) * p.co_stride + i % p.in_quads;
+    var sum = vec4<f32>();
+    for (var c = 0u; c < p.chunks; c++) {
+        sum += tr_part[at + c * p.chunk_stride];
+    }
+    store_sum_1x1(i, sum);
+}
+
+// The same, reading the partial sums through a texture (tr_part_texels, declared below with
+// the 3x3 twin's), as the same loads in the same order.
+@compute @workgroup_size(64)
+fn reduce_weight_partials_1x1_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.weight_out * p.in_quads) { return; }
+    let at = (i / p.in_quads) * p.co_stride + i % p.in_quads;
+    var sum = vec4<f32>();
+    for (var c = 0u; c < p.chunks; c++) {
+        sum += buffer_texel(tr_part_texels, at + c * p.chunk_stride);
+    }
+    store_sum_1x1(i, sum);
+}
+
+// Invocation i's sum into dw, added to what is there when accumulating.
+fn store_sum_1x1(i: u32, sum: vec4<f32>) {
+    if (p.accumulate != 0u) {
+        tr_dw4[i] = tr_dw4[i] + sum;
+    } else {
+        tr_dw4[i] = sum;
+    }
 }
 
 // 3x3: 36 values, value 9 k + t being input channel 4 quad + k's tap t, vec4 j holding values

@@ -539,8 +539,9 @@ fn an_input_read_by_two_strided_convs_gets_both_gradients() {
 
 /// The kernels of a convolution other than its tiles and packing that read a stream through a
 /// texture where the device reads streams so (`Gpu::dispatch_streaming`).
-const TEXTURED_STREAMS: [&str; 6] = [
+const TEXTURED_STREAMS: [&str; 7] = [
     "reduce_weight_partials_3x3_strided_textured",
+    "reduce_weight_partials_1x1_textured",
     "to_channels_last_rows_textured",
     "to_channels_last_pairs_textured",
     "to_channels_last_rows_gated_textured",
@@ -1873,23 +1874,28 @@ fn batchnorm_reading_textures_changes_no_value() {
     }
 }
 
-/// The weight gradient's strided reduction reads the passes' partial sums through a texture
+/// The weight gradient's strided reductions read the passes' partial sums through a texture
 /// where the device reads streams so, and from storage where not: both give dw bit for bit,
-/// over one pass and over a 2x2 map's pass per tap, overwriting dw and adding to it (a weight
-/// used twice). (conv2d_matches_reference checks the values against the reference.)
+/// over one pass and over a 2x2 map's pass per tap of a 3x3 weight, and over the one pass of a
+/// 1x1 weight in several chunks, overwriting dw and adding to it (a weight used twice).
+/// (conv2d_matches_reference checks the values against the reference.)
 #[test]
 fn weight_reduction_reading_textures_changes_no_value() {
-    let entry = "reduce_weight_partials_3x3_strided";
-    for (i, xs) in [[2, 12, 9, 8], [3, 20, 2, 2]].into_iter().enumerate() {
+    let cases = [
+        ([2, 12, 9, 8], 3, "reduce_weight_partials_3x3_strided"),
+        ([3, 20, 2, 2], 3, "reduce_weight_partials_3x3_strided"),
+        ([2, 12, 20, 16], 1, "reduce_weight_partials_1x1"),
+    ];
+    for (i, (xs, k, entry)) in cases.into_iter().enumerate() {
         let results: Vec<Vec<f64>> = [gpu(), other_texture_reads()]
             .into_iter()
             .map(|device| {
                 let reads_textures = device.texture_reads;
                 let mut g = Graph::new();
                 let x = g.input("x", &xs);
-                let w = g.param("w", &[xs[1], xs[1], 3, 3]).unwrap();
-                let y0 = g.conv2d(x, w, None, Conv2dConfig::new(1, 1)).unwrap();
-                let y1 = g.conv2d(y0, w, None, Conv2dConfig::new(1, 1)).unwrap();
+                let w = g.param("w", &[xs[1], xs[1], k, k]).unwrap();
+                let y0 = g.conv2d(x, w, None, Conv2dConfig::new(1, k / 2)).unwrap();
+                let y1 = g.conv2d(y0, w, None, Conv2dConfig::new(1, k / 2)).unwrap();
                 let mut exe = Executor::new(device, &g, gradient_plan(Mode::Train, vec![y1], false)).unwrap();
                 let mut rng = rng(420 + i as u64);
                 for t in [x, w] {

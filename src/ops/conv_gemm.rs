@@ -99,7 +99,7 @@ struct TileParams {
     band_count: u32,
     // Pass t reads full tap t alone: the reduction takes each tap's sums from its pass.
     pass_per_tap: u32,
-    // `reduce_weight_partials_3x3_strided`: vec4s between output channels, taps and chunks.
+    // `reduce_weight_partials_3x3_strided` and `_1x1`: vec4s between output channels, taps and chunks.
     co_stride: u32,
     tap_stride: u32,
     chunk_stride: u32,
@@ -1430,14 +1430,13 @@ impl GemmPlan {
             .collect()
     }
 
-    /// The reduction of the passes' partial sums into dw: weights whose input channels come in
-    /// fours and whose kernel is 1x1 or 3x3 load and store a whole (output channel, input quad)
-    /// as vec4s.
+    /// The reduction of the passes' partial sums into dw where they lie where
+    /// [`GemmPlan::partial_strides`] finds none: weights whose input channels come in fours and
+    /// whose kernel is 3x3 load and store a whole (output channel, input quad) as vec4s.
     fn reduce_entry(&self) -> &'static str {
         let s = &self.shape;
         // Folded columns are unfolded by the general kernel's weight_offset.
         match (s.c_in.is_multiple_of(4) && self.fold.is_none(), s.kernel_h, s.kernel_w) {
-            (true, 1, 1) => "reduce_weight_partials_1x1",
             (true, 3, 3) => "reduce_weight_partials_3x3",
             _ => "reduce_weight_partials",
         }
@@ -1532,7 +1531,10 @@ impl GemmPlan {
         // The strided reduction streams through the sums the passes wrote (from the first on),
         // through a texture where the device reads streams so.
         let written = passes.iter().map(|pass| pass.offset + pass.partials).max().unwrap_or(0);
-        let entries = ["reduce_weight_partials_3x3_strided", "reduce_weight_partials_3x3_strided_textured"];
+        let entries = match self.shape.kernel_h {
+            1 => ["reduce_weight_partials_1x1", "reduce_weight_partials_1x1_textured"],
+            _ => ["reduce_weight_partials_3x3_strided", "reduce_weight_partials_3x3_strided_textured"],
+        };
         let sums = partials.range(0, written);
         out.push(gpu.dispatch_streaming(None, "conv_tile", entries, &reduce, &[partials, dw], &[&sums], invocations));
         out
@@ -1581,17 +1583,20 @@ impl GemmPlan {
         passes.len() == full_taps && passes.iter().all(|pass| pass.params.kernel_h * pass.params.kernel_w == 1)
     }
 
-    /// Where each tap of a 3x3 kernel takes its sums from one pass (one pass over the whole
-    /// kernel, or one pass of one chunk per tap), the vec4s between output channels, taps and
-    /// chunks of those sums: the reduction then finds them with no pass table.
+    /// Where each tap of a 1x1 or 3x3 kernel takes its sums from one pass (one pass over the
+    /// whole kernel, or one pass of one chunk per tap), the vec4s between output channels, taps
+    /// and chunks of those sums: the reduction then finds them with no pass table.
     fn partial_strides(&self, passes: &[WeightPass], pass_per_tap: bool) -> Option<[usize; 3]> {
         let s = &self.shape;
-        if !s.c_in.is_multiple_of(4) || (s.kernel_h, s.kernel_w) != (3, 3) {
+        let kernel = (s.kernel_h, s.kernel_w);
+        if !s.c_in.is_multiple_of(4) || self.fold.is_some() || (kernel != (1, 1) && kernel != (3, 3)) {
             return None;
         }
         let taps = |pass: &WeightPass| (pass.params.kernel_h * pass.params.kernel_w) as usize;
         let q = self.x_quads;
         match passes {
+            // [chunk][weight_pad][in_quads]
+            [pass] if kernel == (1, 1) && taps(pass) == 1 => Some([q, q, self.weight_pad() * q]),
             // [chunk][weight_pad][tap][in_quads]
             [pass] if taps(pass) == 9 => Some([9 * q, q, self.weight_pad() * 9 * q]),
             // Pass t's [weight_pad][in_quads], the passes one after another.
