@@ -109,7 +109,9 @@ struct TileParams {
     back_blocks: u32,
     back_quads: u32,
     // pack_weight_forward_quads: nonzero where the weight bound is a KernelDNA parent and the
-    // packing is of its child `child_row` (see child_spatial).
+    // packing is of its child `child_row` (see child_spatial). The `_child` tiles, which run
+    // child `child_row` over its parent's packing: 1 for its forward pass (each output
+    // channel's filter factor), 2 for its input gradient (each input lane's).
     child_modulated: u32,
     child_row: u32,
     // Kernels that read textures (family conv_tile_subgroup's forward tiles): log2 of their
@@ -121,6 +123,9 @@ struct TileParams {
     // gradient's packing.
     tap_rows: array<vec4<u32>, 3>,
     back_tap_rows: array<vec4<u32>, 3>,
+    // The `_child` tiles: the weight's own tap (row-major in its full kernel) that each tap of
+    // the pass reads, for its spatial factor.
+    child_taps: array<vec4<u32>, 3>,
     // A convolution computed with its kernel's columns folded into its input channels
     // (fold_channels nonzero; see to_channels_last_folded): the source's channels, the
     // kernel's columns, and the column stride and padding.
@@ -989,6 +994,37 @@ fn store_forward_quads(at: vec2<u32>, c: u32, pixels: mat4x4<f32>) {
     }
 }
 
+// A KernelDNA child run over its parent's packing (the `_child` tiles, family
+// conv_tile_subgroup; src/ops/conv_gemm.rs `ChildPacking::parent_packed`), so that its kernel
+// is never packed on its own: each weight vec4 loaded is multiplied by its tap's spatial
+// factor, then by its output channels' filter factors, the products pack_weight_forward_quads
+// makes as it packs a child, rounded alike. Child child_row's attentions, torch's shapes
+// ([R, 1, 1, 3, 3] and [R, C_out, 1, 1, 1]).
+@group(0) @binding(6) var<storage, read> tile_spatial_attention: array<f32>;
+@group(0) @binding(7) var<storage, read> tile_filter_attention: array<f32>;
+
+// The spatial factor (1 + attention) of the pass's tap `tap`.
+fn tile_spatial_factor(tap: u32) -> f32 {
+    return 1.0 + tile_spatial_attention[p.child_row * 9u + p.child_taps[tap / 4u][tap % 4u]];
+}
+
+// The filter factors of the weight's output channels co .. co + 3 where the pass's mode is
+// `mode` (p.child_modulated), ones otherwise and past the weight's outputs.
+fn tile_filter_factors(co: u32, mode: u32) -> vec4<f32> {
+    var f = vec4<f32>(1.0);
+    if (p.child_modulated == mode) {
+        for (var k = 0u; k < 4u; k++) {
+            if (co + k < p.weight_out) { f[k] = 1.0 + tile_filter_attention[p.child_row * p.weight_out + co + k]; }
+        }
+    }
+    return f;
+}
+
+// Component k of f, in every component: the factor of a weight vec4 of input lane k.
+fn lane_factor(f: vec4<f32>, k: u32) -> vec4<f32> {
+    return vec4<f32>(select(select(f.x, f.y, k == 1u), select(f.z, f.w, k == 3u), k >= 2u));
+}
+
 // One invocation: P batch-wide pixels x C output channels over one weight block. Per step (one
 // tap, four input channels) it loads P input vec4s (per invocation) and C weight vec4s (per
 // workgroup) for 4 * P * C multiply-adds. Invocations: ceil(batch * out_h * out_w / P).
@@ -1008,6 +1044,7 @@ fn conv_tile_forward_C(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
     var k = 0u;
     for (var tap = p.tap0; tap < p.tap1; tap++) {
         let tap_offset = (tap / p.kernel_w) * row + (tap % p.kernel_w) * p.in_quads;
+        //@tap
         for (var quad = p.quad0; quad < p.quad1; quad++) {
             let off = tap_offset + quad;
             let w = k * C;
@@ -1047,6 +1084,7 @@ fn conv_tile_forward_storage_C(
         var w = packed_block(c0 / C, b) * block_vec4s(C);
         for (var tap = steps.x; tap < steps.y; tap++) {
             let tap_offset = (tap / p.kernel_w) * row + (tap % p.kernel_w) * p.in_quads;
+            //@tap
             for (var quad = steps.z; quad < steps.w; quad++) {
                 let off = tap_offset + quad;
                 //@step
@@ -1089,6 +1127,7 @@ fn conv_tile_forward_lanes_C(
         var w = packed_block(c0 / C, b) * block_vec4s(C);
         for (var tap = steps.x; tap < steps.y; tap++) {
             let tap_offset = (tap / p.kernel_w) * row + (tap % p.kernel_w) * p.in_quads;
+            //@tap
             for (var quad = steps.z; quad < steps.w; quad++) {
                 let off = tap_offset + quad;
                 //@step

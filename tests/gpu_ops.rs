@@ -687,7 +687,7 @@ fn conv_weight_paths_agree_bit_for_bit() {
             let fusion = Fusion { gate: None, residual: with_residual.then_some(&residual), activation };
             let forward = plan.forward(gpu, [&x, &w, &bias, &y], true, fusion, None, &scratch);
             let mut dispatches: Vec<_> = forward.prepare.into_iter().chain(forward.run).collect();
-            let input_gradient = plan.backward_input(gpu, [&dy, &w, &dx], true, &scratch);
+            let input_gradient = plan.backward_input(gpu, [&dy, &w, &dx], true, None, &scratch);
             if matches!(i, 9 | 10) && matches!(reads, WeightReads::Storage | WeightReads::SubgroupStorage) {
                 let quads = |d: &[Dispatch]| d.iter().any(|d| d.label.ends_with("_quads"));
                 let passes = [quads(&dispatches), quads(&input_gradient)];
@@ -913,18 +913,22 @@ fn modulation_computes_only_the_taps_its_convs_read() {
 #[test]
 fn packings_of_one_parent_copy_it_into_a_texture_once() {
     // Two children of a parent and the parent itself, each a 3x3 conv over inputs in fours:
-    // three packings from the parent, one after another in the prepare phase. On a device that
-    // reads them through textures, the first copies the parent and the others read its copy;
-    // the outputs are the reference's either way.
+    // packings from the parent, one after another in the prepare phase. The first child's conv
+    // runs on maps of another size, so it packs the child itself; where tiles read through
+    // subgroups, the second child's runs over the parent's packings (its conv's shape is the
+    // parent conv's), elsewhere it packs its own. On a device that reads them through textures,
+    // the first packing copies the parent and the others read its copy; the outputs are the
+    // reference's either way.
     let (c_out, c_in) = (8, 8);
-    let xs = [2, c_in, 6, 5];
+    let (xs0, xs1) = ([2, c_in, 6, 5], [2, c_in, 7, 7]);
     let mut g = Graph::new();
     let parent = g.param("parent", &[c_out, c_in, 3, 3]).unwrap();
     let spatial = g.param("spatial", &[2, 1, 1, 3, 3]).unwrap();
     let filter = g.param("filter", &[2, c_out, 1, 1, 1]).unwrap();
     let kids = g.modulate(parent, Some(spatial), filter, 0, 2).unwrap();
-    let x = g.input("x", &xs);
-    let ys = [kids[0], kids[1], parent].map(|w| g.conv2d(x, w, None, Conv2dConfig::new(1, 1)).unwrap());
+    let (x0, x1) = (g.input("x0", &xs0), g.input("x1", &xs1));
+    let ys = [(x0, kids[0]), (x1, kids[1]), (x1, parent)]
+        .map(|(x, w)| g.conv2d(x, w, None, Conv2dConfig::new(1, 1)).unwrap());
     let m = *g.nodes.iter().find_map(|n| n.op.as_any().downcast_ref::<Modulate>()).unwrap();
 
     let mut exe = Executor::new(gpu(), &g, gradient_plan(Mode::Train, ys.to_vec(), false)).unwrap();
@@ -932,7 +936,8 @@ fn packings_of_one_parent_copy_it_into_a_texture_once() {
     let pv = feed(&exe, &g, parent, &mut rng);
     let sv = feed(&exe, &g, spatial, &mut rng);
     let fv = feed(&exe, &g, filter, &mut rng);
-    let xv = feed(&exe, &g, x, &mut rng);
+    let x0v = feed(&exe, &g, x0, &mut rng);
+    let x1v = feed(&exe, &g, x1, &mut rng);
     for y in ys {
         seed_grad(&exe, &g, y, &mut rng);
     }
@@ -942,17 +947,80 @@ fn packings_of_one_parent_copy_it_into_a_texture_once() {
     let packings: Vec<&DispatchTime> = profile.iter().filter(|d| d.phase == Phase::Prepare).collect();
     assert!(packings.iter().all(|d| d.kernel == "pack_weight_forward_quads"), "{packings:?}");
     let copies: Vec<(usize, usize)> = packings.iter().map(|d| (d.textures, d.texture_copies)).collect();
-    let expected = match gpu().texture_reads {
-        true => [(1, 1), (1, 0), (1, 0)],
-        false => [(0, 0); 3],
+    let expected = match (gpu().texture_reads, gpu().subgroups) {
+        (true, true) => vec![(1, 1), (1, 0)],
+        (true, false) => vec![(1, 1), (1, 0), (1, 0)],
+        (false, shared) => vec![(0, 0); if shared { 2 } else { 3 }],
     };
     assert_eq!(copies, expected, "(textures, copies) of each packing: {packings:?}");
 
     let children = r::modulate::forward(&m, &pv, Some(&sv), &fv);
-    let shape = Conv2dShape::new(&xs, &[c_out, c_in, 3, 3], Conv2dConfig::new(1, 1)).unwrap();
-    for (i, w) in [&children[0], &children[1], &pv].into_iter().enumerate() {
-        let want = r::conv2d::forward(&shape, &xv, w, None);
+    let shape = |xs: &[usize]| Conv2dShape::new(xs, &[c_out, c_in, 3, 3], Conv2dConfig::new(1, 1)).unwrap();
+    let cases = [(&xs0, &x0v, &children[0]), (&xs1, &x1v, &children[1]), (&xs1, &x1v, &pv)];
+    for (i, (xs, xv, w)) in cases.into_iter().enumerate() {
+        let want = r::conv2d::forward(&shape(xs), xv, w, None);
         assert_close(&format!("y{i}"), &read(&exe, ys[i]), &want, TOL);
+    }
+}
+
+/// Where tiles read through subgroups, a KernelDNA child's convolution of the parent's own
+/// conv's shape runs over the parent's packings, which that conv packs: the children are never
+/// packed, and their tiles (`_child`, `_child_dx`) multiply each weight as they load it. Outputs
+/// and gradients are those of children packed on their own (`fuse: false`: the modulation
+/// stores them) bit for bit, for the lanes kernel (few pixels) and storage tiles of 64, 32 and
+/// 16 channels (1024 pixels or more take the narrow ones).
+#[test]
+fn children_over_their_parents_packing_change_no_bit() {
+    assert!(gpu().subgroups, "the test adapter has no subgroups of eight lanes: the child tiles go untested");
+    let cases = [
+        ([2, 32, 5, 5], 32, "lanes"),
+        ([2, 32, 12, 12], 32, "64x8"),
+        ([1, 20, 32, 32], 32, "32x16"),
+        ([1, 16, 32, 33], 12, "16x32"),
+    ];
+    for (xs, c_out, tile) in cases {
+        let c_in = xs[1];
+        let mut g = Graph::new();
+        let parent = g.param("parent", &[c_out, c_in, 3, 3]).unwrap();
+        let spatial = g.param("spatial", &[2, 1, 1, 3, 3]).unwrap();
+        let filter = g.param("filter", &[2, c_out, 1, 1, 1]).unwrap();
+        let kids = g.modulate(parent, Some(spatial), filter, 0, 2).unwrap();
+        let x = g.input("x", &xs);
+        let ys = [kids[0], kids[1], parent].map(|w| g.conv2d(x, w, None, Conv2dConfig::new(1, 1)).unwrap());
+        let run = |fuse: bool| {
+            let plan = Plan { fuse, ..gradient_plan(Mode::Train, ys.to_vec(), true) };
+            let mut exe = Executor::new(gpu(), &g, plan).unwrap();
+            let mut rng = rng(271);
+            for t in [parent, spatial, filter, x] {
+                feed(&exe, &g, t, &mut rng);
+            }
+            for y in ys {
+                seed_grad(&exe, &g, y, &mut rng);
+            }
+            let profile = exe.profile().unwrap();
+            exe.run().unwrap();
+            let bits = |v: Vec<f64>| v.iter().map(|v| (*v as f32).to_bits()).collect::<Vec<_>>();
+            let grads = [x, parent, spatial, filter].map(|t| bits(read_grad(&exe, t)));
+            (profile, ys.map(|y| bits(read(&exe, y))), grads)
+        };
+        let (shared, apart) = (run(true), run(false));
+        let packings = |p: &[DispatchTime]| p.iter().filter(|d| d.kernel.starts_with("pack_weight")).count();
+        assert_eq!((packings(&shared.0), packings(&apart.0)), (1, 3), "{xs:?}: packings (the parent's alone)");
+        let child_tiles: Vec<_> =
+            shared.0.iter().filter(|d| d.kernel.ends_with("_child") || d.kernel.ends_with("_child_dx")).collect();
+        let passes =
+            ["_child", "_child_dx"].map(|pass| child_tiles.iter().filter(|d| d.kernel.ends_with(pass)).count());
+        assert!(
+            passes.iter().all(|&n| n >= 2),
+            "{xs:?}: both children's forward passes and input gradients: {child_tiles:?}"
+        );
+        assert!(child_tiles.iter().all(|d| d.kernel.contains(tile)), "{xs:?}: {tile} tiles: {child_tiles:?}");
+        for (i, (a, b)) in shared.1.iter().zip(&apart.1).enumerate() {
+            assert_eq!(a, b, "{xs:?}: y{i} differs");
+        }
+        for (name, (a, b)) in ["dx", "dparent", "dspatial", "dfilter"].iter().zip(shared.2.iter().zip(&apart.2)) {
+            assert_eq!(a, b, "{xs:?}: {name} differs");
+        }
     }
 }
 

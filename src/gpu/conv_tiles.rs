@@ -73,8 +73,37 @@ pub fn forward_quads_entry(channels: u32, pixels: u32) -> &'static str {
     }
 }
 
+/// The subgroup storage tile that runs `pass` of a KernelDNA child over its parent's packing
+/// ([`Forward::child`]), storing pixel quads or not.
+pub fn forward_child_entry(channels: u32, pixels: u32, quads: bool, pass: ChildPass) -> &'static str {
+    use ChildPass::{Forward, InputGradient};
+    match (channels, pixels, quads, pass) {
+        (16, 32, false, Forward) => "conv_tile_forward_storage_16x32_child",
+        (32, 16, false, Forward) => "conv_tile_forward_storage_32x16_child",
+        (64, 8, false, Forward) => "conv_tile_forward_storage_64x8_child",
+        (16, 32, true, Forward) => "conv_tile_forward_storage_16x32_quads_child",
+        (32, 16, true, Forward) => "conv_tile_forward_storage_32x16_quads_child",
+        (64, 8, true, Forward) => "conv_tile_forward_storage_64x8_quads_child",
+        (16, 32, false, InputGradient) => "conv_tile_forward_storage_16x32_child_dx",
+        (32, 16, false, InputGradient) => "conv_tile_forward_storage_32x16_child_dx",
+        (64, 8, false, InputGradient) => "conv_tile_forward_storage_64x8_child_dx",
+        (16, 32, true, InputGradient) => "conv_tile_forward_storage_16x32_quads_child_dx",
+        (32, 16, true, InputGradient) => "conv_tile_forward_storage_32x16_quads_child_dx",
+        (64, 8, true, InputGradient) => "conv_tile_forward_storage_64x8_quads_child_dx",
+        _ => panic!("no child forward tile of {channels} channels x {pixels} pixels"),
+    }
+}
+
 /// The entry point whose lanes take output channels ([`LANES_TILE`]).
 pub const LANES_ENTRY: &str = "conv_tile_forward_lanes_32x16";
+
+/// Its twin that runs `pass` of a KernelDNA child over its parent's packing.
+pub fn lanes_child_entry(pass: ChildPass) -> &'static str {
+    match pass {
+        ChildPass::Forward => "conv_tile_forward_lanes_32x16_child",
+        ChildPass::InputGradient => "conv_tile_forward_lanes_32x16_child_dx",
+    }
+}
 
 /// The weight-gradient entry point for tiles of `inputs` input channels.
 pub fn weight_entry(inputs: u32) -> &'static str {
@@ -109,19 +138,38 @@ pub fn expand(source: &str, subgroups: bool) -> String {
                 };
                 let broadcast = storage && subgroups;
                 for (channels, pixels) in FORWARD_TILES {
-                    let tile = Forward { channels, pixels, weights, broadcast, lanes: false, quads: false };
+                    let tile =
+                        Forward { channels, pixels, weights, broadcast, lanes: false, quads: false, child: None };
                     instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}"), &tile);
                     if storage {
                         let tile = Forward { quads: true, ..tile };
                         instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}_quads"), &tile);
+                    }
+                    // The subgroup tiles' twins that run a KernelDNA child over its parent's packing.
+                    if broadcast {
+                        for pass in [ChildPass::Forward, ChildPass::InputGradient] {
+                            for quads in [false, true] {
+                                let tile = Forward { child: Some(pass), quads, ..tile };
+                                let size =
+                                    format!("{channels}x{pixels}{}{}", ["", "_quads"][quads as usize], pass.suffix());
+                                instantiate(&mut out, &body, "_C(", &size, &tile);
+                            }
+                        }
                     }
                 }
             }
             "forward_lanes" => {
                 let (channels, pixels) = LANES_TILE;
                 let weights = if subgroups { "texel_w" } else { "ts_w" };
-                let tile = Forward { channels, pixels, weights, broadcast: subgroups, lanes: true, quads: false };
+                let broadcast = subgroups;
+                let tile = Forward { channels, pixels, weights, broadcast, lanes: true, quads: false, child: None };
                 instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}"), &tile);
+                if subgroups {
+                    for pass in [ChildPass::Forward, ChildPass::InputGradient] {
+                        let tile = Forward { child: Some(pass), ..tile };
+                        instantiate(&mut out, &body, "_C(", &format!("{channels}x{pixels}{}", pass.suffix()), &tile);
+                    }
+                }
             }
             "weight" => {
                 for inputs in WEIGHT_TILES {
@@ -178,6 +226,75 @@ struct Forward {
     /// it loads and stores each channel's four as one vec4 (`tf_y4`): a quarter of the stores
     /// of one value each, which software adapters pay per lane (the host checks the layout).
     quads: bool,
+    /// The pass of a KernelDNA child the tile runs over its parent's packing, if it does
+    /// (subgroup tiles only): each loaded weight vec4 times its tap's spatial factor (`cs`, per
+    /// tap), then its filter factors (per output channel in a forward pass, `cf*`, found once;
+    /// per input lane in an input gradient, `cb`, per step).
+    child: Option<ChildPass>,
+}
+
+/// Which pass of a KernelDNA child a `_child` tile runs ([`Forward::child`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ChildPass {
+    Forward,
+    InputGradient,
+}
+
+impl ChildPass {
+    /// The entry point name's suffix.
+    fn suffix(self) -> &'static str {
+        match self {
+            ChildPass::Forward => "_child",
+            ChildPass::InputGradient => "_child_dx",
+        }
+    }
+}
+
+/// The component of a vec4 that holds input lane `k`.
+const LANE_COMPONENTS: [&str; 4] = ["x", "y", "z", "w"];
+
+impl Forward {
+    /// Of the weight vec4s a lane loads for its subgroup (lane m of group g loads name 8 g + m
+    /// of the step's 4 x quads, input lane by channel quad), how many output channel quads a
+    /// lane meets: the groups' filter factors repeat after as many.
+    fn lane_channel_quads(&self) -> u32 {
+        (self.channels / 4 / 8).max(1)
+    }
+
+    /// The `_child` tiles' filter factors found once per invocation: a forward pass's, of each
+    /// weight vec4 the invocation loads.
+    fn child_factors(&self) -> Vec<String> {
+        let quads = self.channels / 4;
+        match (self.child, self.lanes) {
+            (Some(ChildPass::Forward), true) => {
+                // Each lane loads its own tile's vec4s: name w{k}_{j}, output channel quad j.
+                (0..quads).map(|j| format!("let cf{j} = tile_filter_factors(c0 + {}u, 1u);", 4 * j)).collect()
+            }
+            (Some(ChildPass::Forward), false) => (0..self.lane_channel_quads())
+                .map(|g| {
+                    let quad = format!("(({}u + (subgroup_lane & 7u)) % {quads}u)", 8 * g);
+                    format!("let cf{g} = tile_filter_factors(c0 + 4u * {quad}, 1u);")
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A loaded weight vec4 `value` with a child's factors applied: `index` is its group of
+    /// eight (broadcast loads) or its name's index (a lane's own loads).
+    fn modulated(&self, value: String, index: usize) -> String {
+        let quads = (self.channels / 4) as usize;
+        let factor = match (self.child, self.lanes) {
+            (Some(ChildPass::Forward), true) => format!("cf{}", index % quads),
+            (Some(ChildPass::Forward), false) => format!("cf{}", index % self.lane_channel_quads() as usize),
+            // A name's input lane is index / quads; a group's lanes share theirs where a group
+            // of eight lies within one input lane's quads.
+            (_, true) => format!("cb.{}", LANE_COMPONENTS[index / quads]),
+            (_, false) if quads.is_multiple_of(8) => format!("cb.{}", LANE_COMPONENTS[8 * index / quads]),
+            (_, false) => format!("lane_factor(cb, ({}u + (subgroup_lane & 7u)) / {quads}u)", 8 * index),
+        };
+        format!("(({value}) * cs) * {factor}")
+    }
 }
 
 /// The entry point parameter that names the invocation's subgroup lane, when broadcasting.
@@ -187,25 +304,26 @@ fn lane_parameter(broadcast: bool) -> Vec<String> {
 
 /// `values` shared by every lane of a subgroup: `names[i] = wrap(source[first + i])`, loaded as
 /// one vec4 per lane for each eight values and broadcast (`names.len()` a multiple of eight), or
-/// loaded directly; `wrap` makes an expression of a loaded value.
+/// loaded directly; `wrap` makes an expression of a loaded value and its group of eight (when
+/// broadcast) or its index.
 fn shared_loads(
     names: &[String],
     source: &str,
     first: &str,
     broadcast: bool,
-    wrap: &dyn Fn(String) -> String,
+    wrap: &dyn Fn(String, usize) -> String,
 ) -> Vec<String> {
     if !broadcast {
         return names
             .iter()
             .enumerate()
-            .map(|(i, name)| format!("let {name} = {};", wrap(load(source, &format!("{first} + {i}u")))))
+            .map(|(i, name)| format!("let {name} = {};", wrap(load(source, &format!("{first} + {i}u")), i)))
             .collect();
     }
     assert!(names.len().is_multiple_of(8), "broadcast loads come in eights");
     let mut code = Vec::new();
     for (g, group) in names.chunks(8).enumerate() {
-        let lanes = wrap(load(source, &format!("{first} + {}u + (subgroup_lane & 7u)", 8 * g)));
+        let lanes = wrap(load(source, &format!("{first} + {}u + (subgroup_lane & 7u)", 8 * g)), g);
         code.push(format!("let {}_lanes = {lanes};", group[0]));
         code.push(
             group
@@ -234,6 +352,8 @@ impl Tile for Forward {
         match name {
             "sizes" => code.push(format!("const P: u32 = {}u; const C: u32 = {}u;", self.pixels, self.channels)),
             "lane" => code = lane_parameter(self.broadcast),
+            "tap" if self.child.is_some() => code.push("let cs = tile_spatial_factor(tap);".into()),
+            "tap" => {}
             "pixels" if self.lanes && self.broadcast => {
                 // Lane m of each eight loads pixels m, m + 8, ... for the others.
                 code.extend(
@@ -273,7 +393,14 @@ impl Tile for Forward {
             }
             "step" => {
                 let names: Vec<String> = (0..4).flat_map(|k| (0..quads).map(move |j| format!("w{k}_{j}"))).collect();
-                code = shared_loads(&names, self.weights, "w", self.broadcast && !self.lanes, &|value| value);
+                if self.child == Some(ChildPass::InputGradient) {
+                    code.push("let cb = tile_filter_factors(4u * quad, 2u);".into());
+                }
+                let wrap = |value: String, index: usize| match self.child {
+                    Some(_) => self.modulated(value, index),
+                    None => value,
+                };
+                code.extend(shared_loads(&names, self.weights, "w", self.broadcast && !self.lanes, &wrap));
                 if self.lanes && self.broadcast {
                     for g in 0..self.pixels / 8 {
                         code.push(format!("let xl{g} = texel_x(lb{g} + off);"));
@@ -311,6 +438,9 @@ impl Tile for Forward {
                 }
             }
             other => panic!("conv_tile.wgsl: unknown forward marker {other:?}"),
+        }
+        if name == "declare" {
+            code.extend(self.child_factors());
         }
         code
     }
@@ -356,7 +486,7 @@ impl Tile for Weight {
                     code.push(format!("let dq{u} = (walk.dp * p.out_pad + c0) / 4u; let xq{u} = walk.xq;"));
                     code.push("next_pixel(&walk);".into());
                     let names: Vec<String> = (0..outs).map(|j| format!("d{j}_{u}")).collect();
-                    code.extend(shared_loads(&names, dy, &format!("dq{u}"), self.broadcast, &|v| masked(v, "0.0")));
+                    code.extend(shared_loads(&names, dy, &format!("dq{u}"), self.broadcast, &|v, _| masked(v, "0.0")));
                     for i in 0..ins {
                         code.push(format!("let x{i}_{u} = {};", masked(load(x, &format!("xq{u} + {i}u")), "-0.0")));
                     }

@@ -1,13 +1,18 @@
 //! Rewrites the executor makes to the graph it plans, for the device it plans on: fewer
 //! dispatches and less traffic. The first four leave values and gradients those of the graph as
 //! built, bit for bit; each spares storing a tensor whose one consumer is a GEMM convolution,
-//! and loading it back:
+//! and loading it back (or packing it):
 //!
 //! - [`pack_children`]: a KernelDNA child whose convolution packs its weight by quads
 //!   ([`GemmPlan::packs_child`]) is packed straight from its parent: the modulation leaves that
 //!   child's tensor unwritten ([`Modulate::packed_by_consumer`]) and the convolution reads the
 //!   parent and attentions ([`Conv2d::child`]), multiplying as it packs, every time the parent
 //!   changes.
+//! - [`share_parent_packings`]: where a parent's own convolution and its children's run one
+//!   plan whose tiles can modulate as they load ([`GemmPlan::runs_child_over_parent_packing`]),
+//!   the parent's convolution packs into a buffer the children's read ([`Conv2d::shared_packing`]):
+//!   the children are never packed at all, their tiles multiplying each weight by the child's
+//!   attentions as they load it (the products packing makes, rounded alike).
 //! - [`gate_in_copies`]: a router's gated input (`channel_scale`) is computed by the
 //!   convolution as it copies its input to channels-last ([`Conv2d::gates_input`]), as inference
 //!   folding does, but in training too: the router's backward pass never reads it.
@@ -32,7 +37,7 @@ use super::{Graph, Role, TensorId};
 use crate::gpu::Gpu;
 use crate::ops::channel_scale::ChannelScale;
 use crate::ops::conv_gemm::GemmPlan;
-use crate::ops::conv2d::{Conv2d, ConvKernel};
+use crate::ops::conv2d::{Conv2d, ConvKernel, SharedPacking};
 use crate::ops::modulate::Modulate;
 
 /// Spatial taps of the children a convolution packs from their parent (3x3 kernels).
@@ -53,6 +58,7 @@ pub fn fuse(graph: &Graph, gpu: &Gpu, keep: &[TensorId], input_grads: bool) -> F
     let (packed, mut unstored) = pack_children(graph, gpu, keep);
     let (gated, gated_inputs) = gate_in_copies(&packed, keep);
     unstored.extend(gated_inputs);
+    let gated = share_parent_packings(&gated, gpu);
     let (children, unreduced_grads) = unreduced_child_gradients(&gated, gpu, keep);
     let parents = unreduced_parent_gradients(&children, gpu, keep);
     let graph = if input_grads { parents } else { fold_columns(&parents) };
@@ -115,6 +121,65 @@ pub fn pack_children(graph: &Graph, gpu: &Gpu, keep: &[TensorId]) -> (Graph, Vec
         }
     }
     (out, packed)
+}
+
+/// `graph` with each KernelDNA parent's packings shared by its own convolution and its packed
+/// children's ([`pack_children`]) where all run one plan on `gpu` that
+/// [`GemmPlan::runs_child_over_parent_packing`]: a buffer tensor `<parent>.packed` that the
+/// parent's convolution packs into and the children's read ([`Conv2d::shared_packing`]).
+pub fn share_parent_packings(graph: &Graph, gpu: &Gpu) -> Graph {
+    let mut out = graph.clone();
+    let consumers = consumers(graph);
+    let mut parents: Vec<TensorId> = graph
+        .nodes
+        .iter()
+        .filter(|n| n.op.as_any().downcast_ref::<Modulate>().is_some())
+        .map(|n| n.inputs[0])
+        .collect();
+    parents.sort_by_key(|t| t.0);
+    parents.dedup();
+    let conv = |n: usize| graph.nodes[n].op.as_any().downcast_ref::<Conv2d>();
+    for parent in parents {
+        let mut readers: Vec<usize> = consumers[parent.0].clone();
+        readers.dedup();
+        // The parent's own convolution (its weight is the parent), and its children's
+        // (the parent follows their other inputs).
+        let own = readers.iter().copied().find(|&n| {
+            conv(n).is_some_and(|c| c.child.is_none() && plain_gemm(c) && graph.nodes[n].inputs[1] == parent)
+        });
+        let Some(own) = own else { continue };
+        let own_conv = conv(own).expect("a convolution");
+        let plan = GemmPlan::for_device(&own_conv.shape, gpu);
+        if own_conv.fold_columns || own_conv.shared_packing.is_some() || !plan.runs_child_over_parent_packing() {
+            continue;
+        }
+        let children: Vec<usize> = readers
+            .iter()
+            .copied()
+            .filter(|&n| {
+                conv(n).is_some_and(|c| {
+                    let is_child = c.child.is_some() && graph.nodes[n].inputs.get(c.child_inputs()) == Some(&parent);
+                    is_child && c.shape == own_conv.shape && !c.fold_columns && c.shared_packing.is_none()
+                })
+            })
+            .collect();
+        if children.is_empty() {
+            continue;
+        }
+        let [forward, backward] = GemmPlan::shared_packing_sizes(&own_conv.shape);
+        let name = format!("{}.packed", graph.info(parent).name);
+        let buffer = out.tensor(name, &[forward + backward], Role::Activation);
+        let roles =
+            std::iter::once((own, SharedPacking::Writes)).chain(children.iter().map(|&c| (c, SharedPacking::Reads)));
+        for (n, role) in roles {
+            let conv = conv(n).expect("a convolution");
+            // Nothing follows the buffer yet (a weight gradient's buffer comes later).
+            assert_eq!(out.nodes[n].inputs.len(), conv.shared_packing_input(), "the shared packing's input");
+            out.nodes[n].op = Box::new(Conv2d { shared_packing: Some(role), ..conv.clone() });
+            out.nodes[n].inputs.push(buffer);
+        }
+    }
+    out
 }
 
 /// `graph` with every router's gated input that a convolution alone reads computed by that

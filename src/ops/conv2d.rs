@@ -306,7 +306,8 @@ struct ConvParams {
 
 /// Graph node: inputs `[x, weight]`, then `bias`, `residual` and `gate` where present, then
 /// with `child` the child's parent and attentions, then with `gates_input` the router's input
-/// and gate, then with `dw_to_buffer` the buffer its weight gradient goes to; output `[y]`.
+/// and gate, then with `shared_packing` the buffer of a KernelDNA parent's packings, then with
+/// `dw_to_buffer` the buffer its weight gradient goes to; output `[y]`.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     pub shape: Conv2dShape,
@@ -339,6 +340,20 @@ pub struct Conv2d {
     /// The kernel's columns are folded into the input channels ([`GemmPlan::folding_columns`]:
     /// a stem over 3 channels; [`crate::graph::fuse`]). Only where x has no gradient.
     pub fold_columns: bool,
+    /// A KernelDNA parent's packings, shared by its own convolution and its children's
+    /// ([`crate::graph::fuse`]; [`GemmPlan::runs_child_over_parent_packing`]), in an input
+    /// buffer rather than the scratch.
+    pub shared_packing: Option<SharedPacking>,
+}
+
+/// What a convolution does with the packings it shares ([`Conv2d::shared_packing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedPacking {
+    /// The parent's own convolution packs its weight there.
+    Writes,
+    /// A child's convolution (with `child`) runs over them, packing nothing
+    /// ([`ChildPacking::parent_packed`]).
+    Reads,
 }
 
 impl Conv2d {
@@ -356,11 +371,12 @@ impl Conv2d {
             dw_unreduced: false,
             dw_to_buffer: false,
             fold_columns: false,
+            shared_packing: None,
         }
     }
 
     /// Where the child's parent, spatial and filter attentions begin among the inputs.
-    fn child_inputs(&self) -> usize {
+    pub(crate) fn child_inputs(&self) -> usize {
         2 + self.has_bias as usize + self.has_residual as usize + self.has_gate as usize
     }
 
@@ -375,6 +391,31 @@ impl Conv2d {
     /// Where the router's input and gate are among the inputs (with `gates_input`).
     fn router_inputs(&self) -> usize {
         self.child_inputs() + 3 * self.child.is_some() as usize
+    }
+
+    /// Where the shared packings' buffer is among the inputs (with `shared_packing`).
+    pub fn shared_packing_input(&self) -> usize {
+        self.router_inputs() + 2 * self.gates_input as usize
+    }
+
+    /// The GEMM plan's scratch as this convolution binds it: with `shared_packing`, the
+    /// packings those in the shared buffer.
+    fn gemm_scratch<'a>(&self, b: &Bound<'a>) -> Vec<GpuSlice> {
+        match self.shared_packing {
+            Some(_) => GemmPlan::with_shared_packing(&self.shape, &b.scratch, b.inputs[self.shared_packing_input()]),
+            None => b.scratch.iter().map(|&s| s.clone()).collect(),
+        }
+    }
+
+    /// The child's attentions (with `child`), read from the inputs.
+    fn child_packing<'a>(&self, b: &Bound<'a>) -> Option<ChildPacking<'a>> {
+        let first = self.child_inputs();
+        self.child.map(|row| ChildPacking {
+            spatial: b.inputs[first + 1],
+            filter: b.inputs[first + 2],
+            row,
+            parent_packed: self.shared_packing == Some(SharedPacking::Reads),
+        })
     }
 }
 
@@ -406,7 +447,9 @@ impl Op for Conv2d {
         let mut sizes = match s.kernel() {
             ConvKernel::Gemm => {
                 let folded = GemmPlan::folded_shape(s).filter(|_| self.fold_columns);
-                GemmPlan::scratch_for_any_device(&folded.unwrap_or(*s), backward)
+                let sizes = GemmPlan::scratch_for_any_device(&folded.unwrap_or(*s), backward);
+                // Shared packings are bound from their buffer instead.
+                if self.shared_packing.is_some() { GemmPlan::without_packings(sizes) } else { sizes }
             }
             _ => Vec::new(),
         };
@@ -451,16 +494,14 @@ impl Op for Conv2d {
                 }
                 let fusion = Fusion { gate, residual, activation: self.activation };
                 let first = self.child_inputs();
-                let child = self.child.map(|row| ChildPacking {
-                    spatial: b.inputs[first + 1],
-                    filter: b.inputs[first + 2],
-                    row,
-                });
+                let child = self.child_packing(b);
                 // A child is packed from its parent, bound as the weight.
                 if child.is_some() {
                     buffers[1] = b.inputs[first];
                 }
-                let Forward { prepare, run } = plan.forward(gpu, buffers, self.has_bias, fusion, child, &b.scratch);
+                let scratch = self.gemm_scratch(b);
+                let scratch: Vec<&GpuSlice> = scratch.iter().collect();
+                let Forward { prepare, run } = plan.forward(gpu, buffers, self.has_bias, fusion, child, &scratch);
                 let packed_from = if child.is_some() { first..first + 3 } else { 1..2 };
                 if fixed.get(packed_from).is_some_and(|f| f.iter().all(|&f| f)) {
                     return Forward { prepare, run };
@@ -500,7 +541,10 @@ impl Op for Conv2d {
             match s.kernel() {
                 ConvKernel::Gemm => {
                     let buffers = [dy, b.inputs[1], dx.slice];
-                    out.extend(self.plan(gpu).backward_input(gpu, buffers, dx.accumulate, &b.scratch));
+                    let scratch = self.gemm_scratch(b);
+                    let scratch: Vec<&GpuSlice> = scratch.iter().collect();
+                    let child = self.child_packing(b);
+                    out.extend(self.plan(gpu).backward_input(gpu, buffers, dx.accumulate, child, &scratch));
                 }
                 ConvKernel::Depthwise => match s
                     .depthwise_input_params(params.accumulate)

@@ -9,8 +9,9 @@ use std::ops::Range;
 use super::Forward;
 use super::conv2d::{Conv2dConfig, Conv2dShape, Fusion};
 use crate::gpu::conv_tiles::{
-    FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
-    WEIGHT_TILE_OUT, WEIGHT_TILES, WEIGHT_WORKGROUP, forward_entry, forward_quads_entry, shared_entry, weight_entry,
+    ChildPass, FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
+    WEIGHT_TILE_OUT, WEIGHT_TILES, WEIGHT_WORKGROUP, forward_child_entry, forward_entry, forward_quads_entry,
+    lanes_child_entry, shared_entry, weight_entry,
 };
 use crate::gpu::{Dispatch, Entry, Gpu, GpuSlice, Stores, grid, grid_of, texture_width};
 
@@ -110,7 +111,9 @@ struct TileParams {
     back_blocks: u32,
     back_quads: u32,
     // `pack_weight_forward_quads`: nonzero where the bound weight is a KernelDNA parent whose
-    // child (attention row `child_row`) is packed ([`ChildPacking`]).
+    // child (attention row `child_row`) is packed ([`ChildPacking`]). The `_child` tiles, which
+    // run that child over its parent's packing ([`ChildPacking::parent_packed`]): 1 in its
+    // forward pass, 2 in its input gradient ([`modulating`]).
     child_modulated: u32,
     child_row: u32,
     // Kernels that read textures ([`Gpu::dispatch_with_textures`]): log2 of their texels per
@@ -122,6 +125,8 @@ struct TileParams {
     // the input gradient's packing.
     tap_rows: [[u32; 4]; 3],
     back_tap_rows: [[u32; 4]; 3],
+    // The `_child` tiles: the weight's own tap that each tap of the pass reads ([`modulating`]).
+    child_taps: [[u32; 4]; 3],
     // A convolution with its kernel's columns folded into its input channels ([`ColumnFold`]):
     // the source's channels, the kernel's columns, the column stride and padding; zero
     // otherwise.
@@ -198,11 +203,40 @@ impl ColumnFold {
 /// `pack_weight_forward_quads` multiplies each value by child `row`'s attentions (torch's
 /// shapes: `spatial` [R, 1, 1, 3, 3], `filter` [R, C_out, 1, 1, 1]) exactly as
 /// `modulate_forward_3x3` would have. Only where [`GemmPlan::packs_child`].
+///
+/// With `parent_packed`, the packings in the scratch are the parent's, which its own
+/// convolution packs (the same plan: [`GemmPlan::runs_child_over_parent_packing`]): this
+/// convolution packs nothing, and its tiles (the `_child` twins) multiply each weight as they
+/// load it, the same products rounded alike.
 #[derive(Clone, Copy)]
 pub struct ChildPacking<'a> {
     pub spatial: &'a GpuSlice,
     pub filter: &'a GpuSlice,
     pub row: usize,
+    pub parent_packed: bool,
+}
+
+/// `params` of a pass packed `packing`'s way for the `_child` tiles that run `child` over its
+/// parent's packing: its attention row, whether the filter factors go by output channel
+/// (forward) or input lane (input gradient), and each of the pass's taps' own tap in the weight.
+fn modulating(params: TileParams, child: &ChildPacking, packing: Packing) -> TileParams {
+    let mut taps = [0; 12];
+    for (tap, own) in taps.iter_mut().enumerate().take((params.kernel_h * params.kernel_w) as usize) {
+        *own = weight_tap(&params, packing, tap) as u32;
+    }
+    TileParams {
+        child_modulated: match packing {
+            Packing::Forward => 1,
+            Packing::Backward => 2,
+        },
+        child_row: child.row as u32,
+        child_taps: [
+            [taps[0], taps[1], taps[2], taps[3]],
+            [taps[4], taps[5], taps[6], taps[7]],
+            [taps[8], taps[9], taps[10], taps[11]],
+        ],
+        ..params
+    }
 }
 
 /// One phase of the input gradient along one axis: the input positions first, first + stride,
@@ -479,6 +513,16 @@ enum Packing {
     Backward,
 }
 
+impl Packing {
+    /// The pass of a KernelDNA child that tiles over a packing this way run.
+    fn child_pass(self) -> ChildPass {
+        match self {
+            Packing::Forward => ChildPass::Forward,
+            Packing::Backward => ChildPass::InputGradient,
+        }
+    }
+}
+
 /// Packs the weights of a tile pass's taps into blocks of `channels`-wide tiles (nothing where
 /// no tap reaches the pass), one invocation per packed row; for the forward pass over 3x3
 /// weights whose input channels come in fours, `pack_weight_forward_quads` reads the weight
@@ -598,6 +642,10 @@ fn weight_tap(params: &TileParams, packing: Packing, tap: usize) -> usize {
 /// reads through textures. The subgroup tiles read the input copy and the packed weights
 /// through textures that `earlier` filled where it read the same ones: the bands and phases of
 /// one pass copy each once ([`Gpu::dispatch_with_textures_after`]).
+///
+/// With `child` (a KernelDNA child over its parent's packing, the pass packed that way: subgroup
+/// tiles only), the `_child` twins, which multiply each weight by the child's attentions.
+#[allow(clippy::too_many_arguments)]
 fn tile_dispatches(
     gpu: &Gpu,
     params: TileParams,
@@ -606,9 +654,19 @@ fn tile_dispatches(
     reads: WeightReads,
     stores: Stores,
     earlier: Option<&Dispatch>,
+    child: Option<(&ChildPacking, Packing)>,
 ) -> Vec<Dispatch> {
     let accumulate = params.accumulate != 0;
-    let params = TileParams { tile: channels, ..params };
+    let mut params = TileParams { tile: channels, ..params };
+    // Without a child the attentions' bindings are not read: the packed weights stand in.
+    let mut attentions = [packed, packed];
+    if let Some((child, packing)) = child {
+        let subgroups = matches!(reads, WeightReads::SubgroupStorage | WeightReads::SubgroupInputs);
+        assert!(subgroups, "only the subgroup tiles run a child over its parent's packing, not {reads:?}");
+        params = modulating(params, child, packing);
+        attentions = [child.spatial, child.filter];
+    }
+    let [spatial, filter] = attentions;
     let mut out = Vec::new();
     // A phase of an input gradient that no tap reaches only stores what is there (or zeros).
     let reads = match (params.kernel_h * params.kernel_w, reads) {
@@ -635,11 +693,12 @@ fn tile_dispatches(
         assert_eq!((channels, pixels), LANES_TILE, "lanes read weights packed in tiles of {}", LANES_TILE.0);
         let [y, z, _] = grid_of(pixel_tiles, 1);
         let x = channel_tiles.div_ceil(LANES_WORKGROUP);
-        let buffers = [input, packed, bias, output, residual];
+        let buffers = [input, packed, bias, output, residual, spatial, filter];
+        let entry = child.map_or(LANES_ENTRY, |(_, packing)| lanes_child_entry(packing.child_pass()));
         out.push(gpu.dispatch_with_textures_after(
             earlier,
             reads.family(),
-            Entry::storing(LANES_ENTRY, stores),
+            Entry::storing(entry, stores),
             &textured,
             &buffers,
             &[input, packed],
@@ -649,12 +708,14 @@ fn tile_dispatches(
     }
     if reads != WeightReads::UniformBlocks {
         let [x, y, _] = grid_of(pixel_tiles, TILE_WORKGROUP);
-        let entry = match gpu.quad_stores && params.pixel_quads_side_by_side() {
-            true => forward_quads_entry(channels, pixels),
-            false => forward_entry(channels, pixels, true),
+        let quads = gpu.quad_stores && params.pixel_quads_side_by_side();
+        let entry = match (child, quads) {
+            (Some((_, packing)), quads) => forward_child_entry(channels, pixels, quads, packing.child_pass()),
+            (None, true) => forward_quads_entry(channels, pixels),
+            (None, false) => forward_entry(channels, pixels, true),
         };
         let entry = Entry::storing(entry, stores);
-        let buffers = [input, packed, bias, output, residual];
+        let buffers = [input, packed, bias, output, residual, spatial, filter];
         let (family, grid) = (reads.family(), [x, y, channel_tiles]);
         out.push(match reads {
             WeightReads::SubgroupStorage => {
@@ -1085,6 +1146,11 @@ impl GemmPlan {
         scratch: &[&GpuSlice],
     ) -> Forward {
         assert!(child.is_none() || self.packs_child(), "this convolution cannot pack a child from its parent");
+        // A child over its parent's packing packs nothing; one packed here is packed as a child.
+        let parent_packed = child.filter(|c| c.parent_packed);
+        let over_parent = parent_packed.is_some();
+        assert!(!over_parent || self.runs_child_over_parent_packing(), "no child tiles run this plan");
+        let child = child.filter(|c| !c.parent_packed);
         let params = TileParams { out_pad: self.forward_pad() as u32, ..self.forward_params() };
         let stores = Stores { activation: fusion.activation, bias: has_bias, residual: fusion.residual.is_some() };
         // Without a residual the binding is not read: any read-only buffer does.
@@ -1107,10 +1173,13 @@ impl GemmPlan {
         // textures the one before filled, where it reads the same buffers.
         let run = |params: TileParams, packed: &GpuSlice, earlier: Option<&Dispatch>| {
             let buffers = [scratch[X_LAST], packed, bias, y, residual];
-            tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads, stores, earlier)
+            let child = parent_packed.as_ref().map(|c| (c, Packing::Forward));
+            tile_dispatches(gpu, params, self.forward_tile, buffers, self.forward_reads, stores, earlier, child)
         };
         // The scratch may be sized for another device's wider packing.
         let all_taps = scratch[W_FORWARD].range(0, self.forward_packing(self.taps()));
+        let pack_all =
+            |params: TileParams, packed: &GpuSlice| if over_parent { None } else { pack_all(params, packed) };
         let Some(regions) = self.forward_bands() else {
             forward.prepare.extend(pack_all(params, &all_taps));
             let run = run(params, &all_taps, forward.run.last());
@@ -1274,6 +1343,46 @@ impl GemmPlan {
         self.backward_packed_by_forward().is_some()
     }
 
+    /// Whether a KernelDNA child's convolution of this plan can run over its parent's packings
+    /// ([`ChildPacking::parent_packed`]), which a convolution of the same plan packs: one
+    /// forward packing of every used tap and one input-gradient packing, both read by subgroup
+    /// tiles, which have `_child` twins.
+    pub fn runs_child_over_parent_packing(&self) -> bool {
+        let subgroups = |reads| matches!(reads, WeightReads::SubgroupStorage | WeightReads::SubgroupInputs);
+        self.packs_child() && subgroups(self.forward_reads) && subgroups(self.backward_reads)
+    }
+
+    /// The floats of the packings a KernelDNA parent's convolution shares with its children's
+    /// (forward, then input gradient), as large as any device's plan needs
+    /// ([`GemmPlan::scratch_for_any_device`]).
+    pub fn shared_packing_sizes(shape: &Conv2dShape) -> [usize; 2] {
+        let sizes = Self::scratch_for_any_device(shape, true);
+        [sizes[W_FORWARD], sizes[W_BACKWARD]]
+    }
+
+    /// Scratch sizes ([`GemmPlan::scratch_for_any_device`]) less the packings, for a
+    /// convolution that binds shared ones ([`GemmPlan::with_shared_packing`]).
+    pub fn without_packings(mut sizes: Vec<usize>) -> Vec<usize> {
+        sizes[W_FORWARD] = 0;
+        if sizes.len() > W_BACKWARD {
+            sizes[W_BACKWARD] = 0;
+        }
+        sizes
+    }
+
+    /// `scratch` (the convolution's buffers) with its packings those in `shared` (a buffer of
+    /// [`GemmPlan::shared_packing_sizes`]: forward, then input gradient, where the scratch
+    /// has one).
+    pub fn with_shared_packing(shape: &Conv2dShape, scratch: &[&GpuSlice], shared: &GpuSlice) -> Vec<GpuSlice> {
+        let [forward, backward] = Self::shared_packing_sizes(shape);
+        let mut out: Vec<GpuSlice> = scratch.iter().map(|&s| s.clone()).collect();
+        out[W_FORWARD] = shared.range(0, forward);
+        if out.len() > W_BACKWARD {
+            out[W_BACKWARD] = shared.range(forward, backward);
+        }
+        out
+    }
+
     /// The input gradient's weight packing where the forward packing writes it from the same
     /// loads (`pack_weight_forward_quads`): the forward pass packs every used tap by quads
     /// once, and the input gradient is one phase (no stride) that reads one packing of every
@@ -1291,14 +1400,20 @@ impl GemmPlan {
     /// dx (+)= the gradient to the input: the forward kernel over dy padded by kernel - 1 - pad,
     /// with the weights transposed and flipped; with a stride, once per phase ([`InputPhase`]),
     /// each writing its own input positions.
+    ///
+    /// With `child` over its parent's packing ([`ChildPacking::parent_packed`]), the `_child`
+    /// tiles read the parent's input-gradient packing and multiply by the child's attentions.
     pub fn backward_input(
         &self,
         gpu: &Gpu,
         [dy, w, dx]: [&GpuSlice; 3],
         accumulate: bool,
+        child: Option<ChildPacking>,
         scratch: &[&GpuSlice],
     ) -> Vec<Dispatch> {
         assert!(self.fold.is_none(), "a convolution whose columns are folded has no input gradient");
+        let child = child.filter(|c| c.parent_packed);
+        assert!(child.is_none() || self.runs_child_over_parent_packing(), "no child tiles run this plan");
         let s = &self.shape;
         let u = |v: usize| v as u32;
         let dy_last = scratch[DY_LAST_PADDED];
@@ -1345,7 +1460,8 @@ impl GemmPlan {
                         .flatten();
                     let earlier = earlier.filter(|_| pack.is_none());
                     let buffers = [dy_last, &packed, w, dx, dy_last];
-                    let tiles = tile_dispatches(gpu, params, tile, buffers, reads, Stores::default(), earlier);
+                    let child = child.as_ref().map(|c| (c, Packing::Backward));
+                    let tiles = tile_dispatches(gpu, params, tile, buffers, reads, Stores::default(), earlier, child);
                     pack.into_iter().chain(tiles).collect::<Vec<_>>()
                 };
                 let Some(regions) = self.input_bands(row, col) else {
