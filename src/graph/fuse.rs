@@ -1,5 +1,5 @@
 //! Rewrites the executor makes to the graph it plans, for the device it plans on: fewer
-//! dispatches and less traffic. The first four leave values and gradients those of the graph as
+//! dispatches and less traffic. The first five leave values and gradients those of the graph as
 //! built, bit for bit; each spares storing a tensor whose one consumer is a GEMM convolution,
 //! and loading it back (or packing it):
 //!
@@ -58,8 +58,8 @@ pub fn fuse(graph: &Graph, gpu: &Gpu, keep: &[TensorId], input_grads: bool) -> F
     let (packed, mut unstored) = pack_children(graph, gpu, keep);
     let (gated, gated_inputs) = gate_in_copies(&packed, keep);
     unstored.extend(gated_inputs);
-    let gated = share_parent_packings(&gated, gpu);
-    let (children, unreduced_grads) = unreduced_child_gradients(&gated, gpu, keep);
+    let shared = share_parent_packings(&gated, gpu);
+    let (children, unreduced_grads) = unreduced_child_gradients(&shared, gpu, keep);
     let parents = unreduced_parent_gradients(&children, gpu, keep);
     let graph = if input_grads { parents } else { fold_columns(&parents) };
     Fused { graph, unstored, unreduced_grads }

@@ -230,13 +230,15 @@ fn modulating(params: TileParams, child: &ChildPacking, packing: Packing) -> Til
             Packing::Backward => 2,
         },
         child_row: child.row as u32,
-        child_taps: [
-            [taps[0], taps[1], taps[2], taps[3]],
-            [taps[4], taps[5], taps[6], taps[7]],
-            [taps[8], taps[9], taps[10], taps[11]],
-        ],
+        child_taps: per_tap_quads(taps),
         ..params
     }
+}
+
+/// Twelve per-tap values (a 3x3 kernel's nine, then padding) as the three vec4<u32> the
+/// shader's parameter struct holds them in.
+fn per_tap_quads(values: [u32; 12]) -> [[u32; 4]; 3] {
+    bytemuck::cast(values)
 }
 
 /// One phase of the input gradient along one axis: the input positions first, first + stride,
@@ -609,7 +611,7 @@ fn tap_rows(params: &TileParams, blocks: &[(Range<usize>, Range<usize>)], packin
             rows[weight_tap(params, packing, tap)] = (b * block_floats(params.tile) / 4 + step * 4 * row_vec4s) as u32;
         }
     }
-    [[rows[0], rows[1], rows[2], rows[3]], [rows[4], rows[5], rows[6], rows[7]], [rows[8], rows[9], rows[10], rows[11]]]
+    per_tap_quads(rows)
 }
 
 /// The weight's own tap (row-major in its full kernel) that tap `tap` of the pass `params`
