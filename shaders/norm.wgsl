@@ -176,7 +176,7 @@ fn batchnorm_stats_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     let shift = channel_shift(c);
     if (p.chunks > 1u) {
         let moments = shifted_moments(array<vec2<f32>, 2>(chunk_total(0u, c), chunk_total(1u, c)), shift, count);
-        stats_finish(lane, c, moments[0], moments[1]);
+        _ = stats_finish(lane, c, moments[0], moments[1]);
         return;
     }
     var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
@@ -187,7 +187,7 @@ fn batchnorm_stats_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     }
     let totals = array<vec2<f32>, 2>(workgroup_sum(lane, sums[0]), workgroup_sum(lane, sums[1]));
     let moments = shifted_moments(totals, shift, count);
-    stats_finish(lane, c, moments[0], moments[1]);
+    _ = stats_finish(lane, c, moments[0], moments[1]);
 }
 
 // Channels of few elements (src/ops/batchnorm.rs `SERIAL_MAX`): one invocation per channel sums
@@ -206,7 +206,7 @@ fn batchnorm_stats_train_serial(@builtin(global_invocation_id) gid: vec3<u32>, @
         }
     }
     let moments = shifted_moments(sums, shift, p.batch * p.spatial);
-    stats_finish(0u, c, moments[0], moments[1]);
+    _ = stats_finish(0u, c, moments[0], moments[1]);
 }
 
 // The statistics kernels over vec4 views, for planes whose elements come in fours (and one
@@ -239,7 +239,7 @@ fn batchnorm_stats_train_serial_quads(@builtin(global_invocation_id) gid: vec3<u
         }
     }
     let moments = shifted_moments(sums, shift, p.batch * p.spatial);
-    stats_finish(0u, c, moments[0], moments[1]);
+    _ = stats_finish(0u, c, moments[0], moments[1]);
 }
 
 @compute @workgroup_size(64)
@@ -256,7 +256,7 @@ fn batchnorm_stats_train_quads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(l
     }
     let totals = array<vec2<f32>, 2>(workgroup_sum(lane, sums[0]), workgroup_sum(lane, sums[1]));
     let moments = shifted_moments(totals, shift, p.batch * p.spatial);
-    stats_finish(lane, c, moments[0], moments[1]);
+    _ = stats_finish(lane, c, moments[0], moments[1]);
 }
 
 // The statistics kernels over vec4s with x read from a texture (binding 15, a copy of
@@ -270,6 +270,10 @@ fn batchnorm_stats_train_quads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(l
 fn batchnorm_stats_train_serial_quads_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = flat_index(gid, nwg);
     if (c >= p.channels) { return; }
+    _ = serial_texel_stats(c);
+}
+
+fn serial_texel_stats(c: u32) -> ApplyStats {
     let quads = p.spatial / 4u;
     let shift = buffer_texel(st_x_texels, c * quads).x;
     var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
@@ -280,12 +284,15 @@ fn batchnorm_stats_train_serial_quads_textured(@builtin(global_invocation_id) gi
         }
     }
     let moments = shifted_moments(sums, shift, p.batch * p.spatial);
-    stats_finish(0u, c, moments[0], moments[1]);
+    return stats_finish(0u, c, moments[0], moments[1]);
 }
 
 @compute @workgroup_size(64)
 fn batchnorm_stats_train_quads_textured(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    let c = wid.x;
+    _ = workgroup_texel_stats(wid.x, lane);
+}
+
+fn workgroup_texel_stats(c: u32, lane: u32) -> ApplyStats {
     let quads = p.spatial / 4u;
     let count = p.batch * quads;
     let shift = buffer_texel(st_x_texels, c * quads).x;
@@ -297,28 +304,69 @@ fn batchnorm_stats_train_quads_textured(@builtin(workgroup_id) wid: vec3<u32>, @
     }
     let totals = array<vec2<f32>, 2>(workgroup_sum(lane, sums[0]), workgroup_sum(lane, sums[1]));
     let moments = shifted_moments(totals, shift, p.batch * p.spatial);
-    stats_finish(lane, c, moments[0], moments[1]);
+    return stats_finish(lane, c, moments[0], moments[1]);
 }
 
-// The saved and running statistics of channel c from its mean and sum of squared deviations.
-fn stats_finish(lane: u32, c: u32, mean: vec2<f32>, sq: vec2<f32>) {
+// Train mode's statistics and normalisation in one dispatch, where the device reads streams
+// through textures (software adapters, which pay tens of microseconds a dispatch in thread
+// hand-offs): each channel's invocation (serial) or workgroup sums its statistics as the
+// statistics kernels above do, then normalises the channel as batchnorm_apply_quads_textured
+// does, with the values stats_finish stores: the same output bit for bit, one dispatch where
+// there were two. The output: binding 8.
+@group(0) @binding(8) var<storage, read_write> st_y4: array<vec4<f32>>;
+
+fn store_normalised4(at: u32, s: ApplyStats) {
+    st_y4[at] = stored_activation4(normalised4(buffer_texel(st_x_texels, at), s));
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_train_serial_quads_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = flat_index(gid, nwg);
+    if (c >= p.channels) { return; }
+    let s = serial_texel_stats(c);
+    let quads = p.spatial / 4u;
+    for (var n = 0u; n < p.batch; n++) {
+        let plane = (n * p.channels + c) * quads;
+        for (var q = 0u; q < quads; q++) {
+            store_normalised4(plane + q, s);
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_train_quads_textured(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let c = wid.x;
+    let s = workgroup_texel_stats(c, lane);
+    let quads = p.spatial / 4u;
+    var w = walk_start_over(lane, quads);
+    for (var i = lane; i < p.batch * quads; i += REDUCE) {
+        store_normalised4(walk_offset_over(w, c, quads), s);
+        w = walk_next_over(w, quads);
+    }
+}
+
+// The saved and running statistics of channel c from its mean and sum of squared deviations,
+// stored by lane 0; every lane gets what normalising takes, the values stored.
+fn stats_finish(lane: u32, c: u32, mean: vec2<f32>, sq: vec2<f32>) -> ApplyStats {
     let count = p.batch * p.spatial;
     let var_biased = df_div(sq, df(f32(count)));
+    let var_eps = df_add(var_biased, df(p.eps));
+    let invstd = 1.0 / sqrt(var_eps.x);
+    let applied = ApplyStats(invstd * st_weight[c], mean, st_bias[c]);
     if (lane == 0u) {
-        let var_eps = df_add(var_biased, df(p.eps));
         let ch = p.channels;
-        let invstd = 1.0 / sqrt(var_eps.x);
         st_saved[c] = mean.x;
         st_saved[ch + c] = invstd;
         st_saved[2u * ch + c] = mean.y;
         st_saved[3u * ch + c] = var_eps.x;
         st_saved[4u * ch + c] = var_eps.y;
-        st_saved[6u * ch + c] = invstd * st_weight[c];
-        st_saved[7u * ch + c] = st_bias[c];
+        st_saved[6u * ch + c] = applied.scale;
+        st_saved[7u * ch + c] = applied.bias;
         let unbiased = var_biased.x * f32(count) / f32(max(count, 2u) - 1u);
         st_running_mean[c] = (1.0 - p.momentum) * st_running_mean[c] + p.momentum * mean.x;
         st_running_var[c] = (1.0 - p.momentum) * st_running_var[c] + p.momentum * unbiased;
     }
+    return applied;
 }
 
 @group(0) @binding(1) var<storage, read> ev_running_mean: array<f32>;
@@ -487,9 +535,7 @@ fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
         sum_dy = sums[0];
         sum_dy_c = sums[1];
     }
-    if (lane == 0u) {
-        backward_finish(c, sum_dy, sum_dy_c);
-    }
+    _ = backward_finish(lane, c, sum_dy, sum_dy_c);
 }
 
 // batchnorm_backward_reduce for channels of few elements, as batchnorm_stats_train_serial.
@@ -511,7 +557,7 @@ fn batchnorm_backward_reduce_serial(@builtin(global_invocation_id) gid: vec3<u32
             sum_dy_c = add_centred(sum_dy_c, x, dy, mean);
         }
     }
-    backward_finish(c, sum_dy, sum_dy_c);
+    _ = backward_finish(0u, c, sum_dy, sum_dy_c);
 }
 
 // sum + dy * (x - mean).
@@ -549,7 +595,7 @@ fn batchnorm_backward_reduce_serial_quads(@builtin(global_invocation_id) gid: ve
             sums = add_backward_terms(sums, x, dy, stats.mean);
         }
     }
-    backward_finish(c, sums[0], sums[1]);
+    _ = backward_finish(0u, c, sums[0], sums[1]);
 }
 
 @compute @workgroup_size(64)
@@ -568,9 +614,7 @@ fn batchnorm_backward_reduce_quads(@builtin(workgroup_id) wid: vec3<u32>, @built
     }
     let sum_dy = workgroup_sum(lane, sums[0]);
     let sum_dy_c = workgroup_sum(lane, sums[1]);
-    if (lane == 0u) {
-        backward_finish(c, sum_dy, sum_dy_c);
-    }
+    _ = backward_finish(lane, c, sum_dy, sum_dy_c);
 }
 
 // The backward reductions over vec4s with x and dy read from textures (bindings 15 and 14,
@@ -582,7 +626,10 @@ fn batchnorm_backward_reduce_quads(@builtin(workgroup_id) wid: vec3<u32>, @built
 fn batchnorm_backward_reduce_serial_quads_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = flat_index(gid, nwg);
     if (c >= p.channels) { return; }
-    let stats = reduce_stats(c);
+    _ = serial_texel_backward(c, reduce_stats(c));
+}
+
+fn serial_texel_backward(c: u32, stats: ApplyStats) -> InputGradientStats {
     let quads = p.spatial / 4u;
     var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
     for (var n = 0u; n < p.batch; n++) {
@@ -593,13 +640,15 @@ fn batchnorm_backward_reduce_serial_quads_textured(@builtin(global_invocation_id
             sums = add_backward_terms(sums, x, dy, stats.mean);
         }
     }
-    backward_finish(c, sums[0], sums[1]);
+    return backward_finish(0u, c, sums[0], sums[1]);
 }
 
 @compute @workgroup_size(64)
 fn batchnorm_backward_reduce_quads_textured(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    let c = wid.x;
-    let stats = reduce_stats(c);
+    _ = workgroup_texel_backward(wid.x, lane, reduce_stats(wid.x));
+}
+
+fn workgroup_texel_backward(c: u32, lane: u32, stats: ApplyStats) -> InputGradientStats {
     let quads = p.spatial / 4u;
     let count = p.batch * quads;
     var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
@@ -613,25 +662,68 @@ fn batchnorm_backward_reduce_quads_textured(@builtin(workgroup_id) wid: vec3<u32
     }
     let sum_dy = workgroup_sum(lane, sums[0]);
     let sum_dy_c = workgroup_sum(lane, sums[1]);
-    if (lane == 0u) {
-        backward_finish(c, sum_dy, sum_dy_c);
+    return backward_finish(lane, c, sum_dy, sum_dy_c);
+}
+
+// The backward reduction and the input gradient in one dispatch, as train mode's forward
+// kernels above: each channel's invocation (serial) or workgroup takes its sums as the
+// reductions do, then the input gradient of its elements as
+// batchnorm_backward_input_quads_textured does, with the values backward_finish stores: dx
+// bit for bit, one dispatch where there were two. dx: binding 8.
+@group(0) @binding(8) var<storage, read_write> br_dx4: array<vec4<f32>>;
+
+fn store_input_gradient_texels(at: u32, s: InputGradientStats, applied: ApplyStats) {
+    var v = input_gradient4(buffer_texel(br_dy_texels, at), buffer_texel(br_x_texels, at), s, applied);
+    if (p.accumulate_input != 0u) { v = br_dx4[at] + v; }
+    br_dx4[at] = v;
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_backward_serial_quads_textured(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = flat_index(gid, nwg);
+    if (c >= p.channels) { return; }
+    let applied = reduce_stats(c);
+    let s = serial_texel_backward(c, applied);
+    let quads = p.spatial / 4u;
+    for (var n = 0u; n < p.batch; n++) {
+        let plane = (n * p.channels + c) * quads;
+        for (var q = 0u; q < quads; q++) {
+            store_input_gradient_texels(plane + q, s, applied);
+        }
     }
 }
 
-// Channel c's parameter gradients, and mean(dy) and beta for the input gradient, from its sums.
-fn backward_finish(c: u32, sum_dy: vec2<f32>, sum_dy_c: vec2<f32>) {
+@compute @workgroup_size(64)
+fn batchnorm_backward_quads_textured(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let c = wid.x;
+    let applied = reduce_stats(c);
+    let s = workgroup_texel_backward(c, lane, applied);
+    let quads = p.spatial / 4u;
+    var w = walk_start_over(lane, quads);
+    for (var i = lane; i < p.batch * quads; i += REDUCE) {
+        store_input_gradient_texels(walk_offset_over(w, c, quads), s, applied);
+        w = walk_next_over(w, quads);
+    }
+}
+
+// Channel c's parameter gradients, and mean(dy) and beta for the input gradient, from its sums,
+// stored by lane 0; every lane gets what the input gradient takes, the values stored.
+fn backward_finish(lane: u32, c: u32, sum_dy: vec2<f32>, sum_dy_c: vec2<f32>) -> InputGradientStats {
     let ch = p.channels;
     let count = p.batch * p.spatial;
-    let invstd = br_saved[ch + c];
-    br_dbias[c] = accumulated(br_dbias[c], sum_dy.x, p.accumulate_bias);
-    br_dweight[c] = accumulated(br_dweight[c], sum_dy_c.x * invstd, p.accumulate_weight);
     let var_eps = vec2<f32>(br_saved[3u * ch + c], br_saved[4u * ch + c]);
     let mean_dy = df_div(sum_dy, df(f32(count)));
     let beta = df_div(sum_dy_c, df_mul(df(f32(count)), var_eps));
-    br_sums[c] = mean_dy.x;
-    br_sums[ch + c] = mean_dy.y;
-    br_sums[2u * ch + c] = beta.x;
-    br_sums[3u * ch + c] = beta.y;
+    if (lane == 0u) {
+        let invstd = br_saved[ch + c];
+        br_dbias[c] = accumulated(br_dbias[c], sum_dy.x, p.accumulate_bias);
+        br_dweight[c] = accumulated(br_dweight[c], sum_dy_c.x * invstd, p.accumulate_weight);
+        br_sums[c] = mean_dy.x;
+        br_sums[ch + c] = mean_dy.y;
+        br_sums[2u * ch + c] = beta.x;
+        br_sums[3u * ch + c] = beta.y;
+    }
+    return InputGradientStats(vec2<f32>(br_saved[c], br_saved[2u * ch + c]), mean_dy, beta);
 }
 
 @group(0) @binding(1) var<storage, read> bi_x: array<f32>;
@@ -709,6 +801,13 @@ fn batchnorm_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>,
 
 // dx for vec4 i from its dy and (train mode, or before an activation) x.
 fn store_input_gradient4(i: u32, dy: vec4<f32>, x: vec4<f32>, s: InputGradientStats, applied: ApplyStats) {
+    var v = input_gradient4(dy, x, s, applied);
+    if (p.accumulate_input != 0u) { v = bi_dx4[i] + v; }
+    bi_dx4[i] = v;
+}
+
+// dx's vec4 before it adds to what dx holds.
+fn input_gradient4(dy: vec4<f32>, x: vec4<f32>, s: InputGradientStats, applied: ApplyStats) -> vec4<f32> {
     var g = dy;
     if (p.training != 0u || STORED_ACTIVATION != 0u) {
         g = through_activation4(g, x, applied);
@@ -721,9 +820,7 @@ fn store_input_gradient4(i: u32, dy: vec4<f32>, x: vec4<f32>, s: InputGradientSt
             );
         }
     }
-    var v = applied.scale * g;
-    if (p.accumulate_input != 0u) { v = bi_dx4[i] + v; }
-    bi_dx4[i] = v;
+    return applied.scale * g;
 }
 
 // batchnorm_backward_input_quads with x and dy read from textures (bindings 15 and 14,

@@ -77,6 +77,21 @@ impl BatchNorm {
         self.batch * self.channels * self.spatial.div_ceil(ELEMENT_RUN)
     }
 
+    /// Whether train mode runs each reduction and the elementwise pass after it as one
+    /// dispatch (norm.wgsl `batchnorm_train_*`, `batchnorm_backward_*_quads_textured`): where
+    /// the device reads streams through textures (software adapters, which pay tens of
+    /// microseconds a dispatch) and a channel's elements come in vec4s of one chunk. Values
+    /// are the same either way.
+    fn one_pass(&self, gpu: &Gpu, mode: Mode, streams: &[&GpuSlice]) -> bool {
+        let quads = self.spatial.is_multiple_of(4) && self.chunks() == 1;
+        mode == Mode::Train && quads && streams.iter().all(|s| gpu.reads_through_texture(s))
+    }
+
+    /// The grid of a train-mode reduction: an invocation (serial) or a workgroup per channel.
+    fn reduction_grid(&self) -> [u32; 3] {
+        if self.serial() { grid(self.channels) } else { [self.channels as u32, 1, 1] }
+    }
+
     /// A train-mode reduction's dispatch: one invocation per channel (serial) or one workgroup
     /// per channel, each over vec4s where planes' elements come in fours and the channel is
     /// one chunk, the vec4 kernels reading `streams` through textures where the device does
@@ -98,7 +113,7 @@ impl BatchNorm {
             None => Entry::from(name),
         };
         let [scalar, vec4s, textured] = entries[usize::from(!self.serial())].map(entry);
-        let grid = if self.serial() { grid(self.channels) } else { [self.channels as u32, 1, 1] };
+        let grid = self.reduction_grid();
         match quads {
             true => gpu.dispatch_streaming(None, "norm", [vec4s, textured], params, buffers, streams, grid),
             false => gpu.dispatch("norm", scalar, params, buffers, grid),
@@ -147,6 +162,15 @@ impl Op for BatchNorm {
         let params = self.params(mode);
         let channels = self.channels as u32;
         let mut out = Vec::new();
+        if self.one_pass(gpu, mode, &[x]) {
+            let entry =
+                ["batchnorm_train_quads_textured", "batchnorm_train_serial_quads_textured"][usize::from(self.serial())];
+            // Bindings 1 to 6 as the statistics kernels', the output at 8.
+            let buffers = [x, mean, var, saved, weight, bias, partials, b.outputs[0]];
+            let entry = Entry::activating(entry, self.activation);
+            out.push(gpu.dispatch_with_textures("norm", entry, &params, &buffers, &[x], self.reduction_grid()));
+            return out;
+        }
         match mode {
             Mode::Train => {
                 if params.chunks > 1 {
@@ -204,6 +228,16 @@ impl Op for BatchNorm {
         params.accumulate_bias = grads.inputs[2].is_some_and(|t| t.accumulate) as u32;
         let channels = self.channels as u32;
         let mut out = Vec::new();
+        if let Some(dx) = grads.inputs[0].filter(|_| self.one_pass(gpu, mode, &[x, dy])) {
+            params.accumulate_input = dx.accumulate as u32;
+            let entry = ["batchnorm_backward_quads_textured", "batchnorm_backward_serial_quads_textured"]
+                [usize::from(self.serial())];
+            // Bindings 1 to 6 as the reductions', dx at 8.
+            let buffers = [x, dy, saved, dweight, dbias, sums, partials, dx.slice];
+            let entry = Entry::activating(entry, self.activation);
+            out.push(gpu.dispatch_with_textures("norm", entry, &params, &buffers, &[x, dy], self.reduction_grid()));
+            return out;
+        }
         if params.chunks > 1 {
             // Bindings 1, 2, 3 and 7.
             let buffers = [x, dy, saved, x, x, x, partials];
