@@ -40,6 +40,13 @@ fn df_add(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     return quick_two_sum(u.x, u.y + t.y);
 }
 
+// df_add(a, df(b)): a zero low part's two-sum and the renormalisation after it change nothing
+// (but the sign of a zero low part), so this is the same sum in half the operations.
+fn df_add_f32(a: vec2<f32>, b: f32) -> vec2<f32> {
+    let s = two_sum(a.x, b);
+    return quick_two_sum(s.x, s.y + a.y);
+}
+
 fn df_neg(a: vec2<f32>) -> vec2<f32> {
     return -a;
 }
@@ -64,6 +71,12 @@ fn two_prod(a: f32, b: f32) -> vec2<f32> {
 fn df_mul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     let p = two_prod(a.x, b.x);
     return quick_two_sum(p.x, p.y + (a.x * b.y + a.y * b.x));
+}
+
+// df_mul(df(a), b), without the zero low part's product.
+fn df_mul_f32(a: f32, b: vec2<f32>) -> vec2<f32> {
+    let p = two_prod(a, b.x);
+    return quick_two_sum(p.x, p.y + a * b.y);
 }
 
 fn df_div(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {

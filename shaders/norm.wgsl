@@ -509,8 +509,8 @@ fn backward_sums(lane: u32, c: u32, start: u32, end: u32) -> array<vec2<f32>, 2>
     for (var i = start + lane; i < end; i += REDUCE) {
         let at = walk_offset(w, c);
         let x = br_x[at];
-        let dy = df(through_activation(br_dy[at], x, s));
-        sum_dy = df_add(sum_dy, dy);
+        let dy = through_activation(br_dy[at], x, s);
+        sum_dy = df_add_f32(sum_dy, dy);
         sum_dy_c = add_centred(sum_dy_c, x, dy, mean);
         w = walk_next(w);
     }
@@ -552,8 +552,8 @@ fn batchnorm_backward_reduce_serial(@builtin(global_invocation_id) gid: vec3<u32
         let plane = (n * p.channels + c) * p.spatial;
         for (var s = 0u; s < p.spatial; s++) {
             let x = br_x[plane + s];
-            let dy = df(through_activation(br_dy[plane + s], x, stats));
-            sum_dy = df_add(sum_dy, dy);
+            let dy = through_activation(br_dy[plane + s], x, stats);
+            sum_dy = df_add_f32(sum_dy, dy);
             sum_dy_c = add_centred(sum_dy_c, x, dy, mean);
         }
     }
@@ -561,8 +561,8 @@ fn batchnorm_backward_reduce_serial(@builtin(global_invocation_id) gid: vec3<u32
 }
 
 // sum + dy * (x - mean).
-fn add_centred(sum: vec2<f32>, x: f32, dy: vec2<f32>, mean: vec2<f32>) -> vec2<f32> {
-    return df_add(sum, df_mul(dy, df_add(df(x), df_neg(mean))));
+fn add_centred(sum: vec2<f32>, x: f32, dy: f32, mean: vec2<f32>) -> vec2<f32> {
+    return df_add(sum, df_mul_f32(dy, df_add_f32(df_neg(mean), x)));
 }
 
 // The backward reductions over vec4 views, as the statistics kernels' (serial: the same sums
@@ -574,8 +574,8 @@ fn add_centred(sum: vec2<f32>, x: f32, dy: vec2<f32>, mean: vec2<f32>) -> vec2<f
 fn add_backward_terms(sums: array<vec2<f32>, 2>, x: vec4<f32>, dy: vec4<f32>, mean: vec2<f32>) -> array<vec2<f32>, 2> {
     var out = sums;
     for (var k = 0u; k < 4u; k++) {
-        out[0] = df_add(out[0], df(dy[k]));
-        out[1] = add_centred(out[1], x[k], df(dy[k]), mean);
+        out[0] = df_add_f32(out[0], dy[k]);
+        out[1] = add_centred(out[1], x[k], dy[k], mean);
     }
     return out;
 }
@@ -777,8 +777,8 @@ fn input_gradient_stats(c: u32) -> InputGradientStats {
 
 // (dy - mean(dy)) - (x - mean) * beta, in double-float, rounded to f32.
 fn centred_gradient(x: f32, dy: f32, s: InputGradientStats) -> f32 {
-    let centred = df_add(df(x), df_neg(s.mean));
-    let r = df_add(df_add(df(dy), df_neg(s.mean_dy)), df_neg(df_mul(centred, s.beta)));
+    let centred = df_add_f32(df_neg(s.mean), x);
+    let r = df_add(df_add_f32(df_neg(s.mean_dy), dy), df_neg(df_mul(centred, s.beta)));
     return r.x + r.y;
 }
 
