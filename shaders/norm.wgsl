@@ -197,6 +197,10 @@ fn batchnorm_stats_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
 fn batchnorm_stats_train_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = flat_index(gid, nwg);
     if (c >= p.channels) { return; }
+    _ = serial_stats(c);
+}
+
+fn serial_stats(c: u32) -> ApplyStats {
     let shift = channel_shift(c);
     var sums = array<vec2<f32>, 2>(df(0.0), df(0.0));
     for (var n = 0u; n < p.batch; n++) {
@@ -206,7 +210,7 @@ fn batchnorm_stats_train_serial(@builtin(global_invocation_id) gid: vec3<u32>, @
         }
     }
     let moments = shifted_moments(sums, shift, p.batch * p.spatial);
-    _ = stats_finish(0u, c, moments[0], moments[1]);
+    return stats_finish(0u, c, moments[0], moments[1]);
 }
 
 // The statistics kernels over vec4 views, for planes whose elements come in fours (and one
@@ -329,6 +333,23 @@ fn batchnorm_train_serial_quads_textured(@builtin(global_invocation_id) gid: vec
         let plane = (n * p.channels + c) * quads;
         for (var q = 0u; q < quads; q++) {
             store_normalised4(plane + q, s);
+        }
+    }
+}
+
+// The same for channels whose planes do not come in fours (a router's BatchNorm over [N, C]),
+// reading storage.
+@group(0) @binding(8) var<storage, read_write> st_y: array<f32>;
+
+@compute @workgroup_size(64)
+fn batchnorm_train_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = flat_index(gid, nwg);
+    if (c >= p.channels) { return; }
+    let s = serial_stats(c);
+    for (var n = 0u; n < p.batch; n++) {
+        let plane = (n * p.channels + c) * p.spatial;
+        for (var i = plane; i < plane + p.spatial; i++) {
+            st_y[i] = stored_activation(normalised(st_x[i], s));
         }
     }
 }
@@ -544,7 +565,10 @@ fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
 fn batchnorm_backward_reduce_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = flat_index(gid, nwg);
     if (c >= p.channels) { return; }
-    let stats = reduce_stats(c);
+    _ = serial_backward(c, reduce_stats(c));
+}
+
+fn serial_backward(c: u32, stats: ApplyStats) -> InputGradientStats {
     let mean = stats.mean;
     var sum_dy = df(0.0);
     var sum_dy_c = df(0.0);
@@ -557,7 +581,7 @@ fn batchnorm_backward_reduce_serial(@builtin(global_invocation_id) gid: vec3<u32
             sum_dy_c = add_centred(sum_dy_c, x, dy, mean);
         }
     }
-    _ = backward_finish(0u, c, sum_dy, sum_dy_c);
+    return backward_finish(0u, c, sum_dy, sum_dy_c);
 }
 
 // sum + dy * (x - mean).
@@ -689,6 +713,25 @@ fn batchnorm_backward_serial_quads_textured(@builtin(global_invocation_id) gid: 
         let plane = (n * p.channels + c) * quads;
         for (var q = 0u; q < quads; q++) {
             store_input_gradient_texels(plane + q, s, applied);
+        }
+    }
+}
+
+// The same for channels whose planes do not come in fours, reading storage.
+@group(0) @binding(8) var<storage, read_write> br_dx: array<f32>;
+
+@compute @workgroup_size(64)
+fn batchnorm_backward_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = flat_index(gid, nwg);
+    if (c >= p.channels) { return; }
+    let applied = reduce_stats(c);
+    let s = serial_backward(c, applied);
+    for (var n = 0u; n < p.batch; n++) {
+        let plane = (n * p.channels + c) * p.spatial;
+        for (var i = plane; i < plane + p.spatial; i++) {
+            let x = br_x[i];
+            let g = centred_gradient(x, through_activation(br_dy[i], x, applied), s);
+            br_dx[i] = accumulated(br_dx[i], applied.scale * g, p.accumulate_input);
         }
     }
 }

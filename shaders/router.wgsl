@@ -5,8 +5,11 @@
 struct ScaleParams {
     planes: u32,     // batch x channels
     spatial: u32,    // h x w
+    // Whether the gradient a kernel stores adds to what its buffer holds (the gate's, in
+    // channel_scale_backward_quads_textured)...
     accumulate: u32,
-    _pad: u32,
+    // ... and whether dx does, in channel_scale_backward_quads_textured.
+    accumulate_input: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ScaleParams;
@@ -119,6 +122,35 @@ fn channel_scale_backward_gate_quads_textured(
     let base = plane * p.spatial / 4u;
     for (var q = 0u; q < p.spatial / 4u; q++) {
         sum = add_products(sum, buffer_texel(second_texels, base + q), buffer_texel(first_texels, base + q));
+    }
+    bg_dgate[plane] = accumulated(bg_dgate[plane], sum, p.accumulate);
+}
+
+// Both gradients in one dispatch where the device reads textures (software adapters, which pay
+// tens of microseconds a dispatch): each plane's invocation sums its dgate as
+// channel_scale_backward_gate_quads_textured does and stores its dx as
+// channel_scale_backward_input_quads_textured does, the same values, with one copy of dy into
+// a texture where there were two. Bindings: x (1) and dy (2), read from textures 15 and 14;
+// dgate (3); the gate (4); dx (5).
+@group(0) @binding(4) var<storage, read> both_gate: array<f32>;
+@group(0) @binding(5) var<storage, read_write> both_dx4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn channel_scale_backward_quads_textured(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let plane = flat_index(gid, nwg);
+    if (plane >= p.planes) { return; }
+    let gate = both_gate[plane];
+    var sum = 0.0;
+    let base = plane * p.spatial / 4u;
+    for (var q = base; q < base + p.spatial / 4u; q++) {
+        let dy = buffer_texel(second_texels, q);
+        sum = add_products(sum, dy, buffer_texel(first_texels, q));
+        var dx = dy * gate;
+        if (p.accumulate_input != 0u) { dx = both_dx4[q] + dx; }
+        both_dx4[q] = dx;
     }
     bg_dgate[plane] = accumulated(bg_dgate[plane], sum, p.accumulate);
 }

@@ -1895,13 +1895,19 @@ fn sgd_matches_reference_over_steps() {
 /// The BatchNorm kernels that read their streams through textures (`Gpu::texture_reads`)
 /// compute what their storage twins do, bit for bit: statistics, output, running statistics
 /// and every gradient, with and without a fused relu, through the serial and workgroup
-/// reductions, in train mode each reduction and the elementwise pass after it in one
-/// dispatch. (Both match the reference: batchnorm_matches_reference_in_both_modes runs this
-/// adapter's way.)
+/// reductions. Where the device reads textures, train mode runs each reduction and the
+/// elementwise pass after it in one dispatch, over storage too where planes do not come in
+/// fours (a router's [N, C]). (Both ways match the reference:
+/// batchnorm_matches_reference_in_both_modes runs this adapter's way.)
 #[test]
 fn batchnorm_reading_textures_changes_no_value() {
-    let cases = [(vec![3, 6, 4, 3], OutputActivation::Relu), (vec![3, 2, 20, 24], OutputActivation::None)];
-    for (i, (shape, activation)) in cases.into_iter().enumerate() {
+    let cases = [
+        (vec![3, 6, 4, 3], OutputActivation::Relu, "_serial_quads_textured", 1),
+        (vec![3, 2, 20, 24], OutputActivation::None, "_quads_textured", 1),
+        (vec![5, 3, 2, 3], OutputActivation::Relu, "_serial", 0),
+        (vec![6, 7], OutputActivation::None, "_serial", 0),
+    ];
+    for (i, (shape, activation, one_pass, textures)) in cases.into_iter().enumerate() {
         for mode in [Mode::Train, Mode::Eval] {
             let results: Vec<Vec<Vec<f64>>> = [gpu(), other_texture_reads()]
                 .into_iter()
@@ -1920,18 +1926,15 @@ fn batchnorm_reading_textures_changes_no_value() {
                     let mut out = vec![read(&exe, y), read(&exe, rm), read(&exe, rv)];
                     out.extend([x, w, b].map(|t| read_grad(&exe, t)));
                     if reads_textures && mode == Mode::Train {
-                        // Each way is one pass over textures of x (and dy): the reduction
-                        // and the elementwise kernel in one dispatch.
+                        // Each way is one pass (over textures of x, and of dy, where planes
+                        // come in fours): the reduction and the elementwise kernel in one
+                        // dispatch.
                         let profile = exe.profile().unwrap();
-                        let copies: Vec<_> = profile
-                            .iter()
-                            .filter(|d| d.textures > 0)
-                            .map(|d| (d.kernel.to_string(), d.textures, d.texture_copies))
-                            .collect();
-                        // Channels of at most 1,024 elements run an invocation each.
-                        let serial = if shape[0] * shape[2] * shape[3] <= 1024 { "_serial" } else { "" };
-                        let one_pass = |kernel| format!("{kernel}{serial}_quads_textured");
-                        let expected = [(one_pass("batchnorm_train"), 1, 1), (one_pass("batchnorm_backward"), 2, 2)];
+                        let copies: Vec<_> =
+                            profile.iter().map(|d| (d.kernel.to_string(), d.textures, d.texture_copies)).collect();
+                        let kernel = |way| format!("batchnorm_{way}{one_pass}");
+                        let expected =
+                            [(kernel("train"), textures, textures), (kernel("backward"), 2 * textures, 2 * textures)];
                         assert_eq!(copies, expected, "{shape:?}: {profile:?}");
                     }
                     out
@@ -2095,8 +2098,9 @@ fn pool_and_add_reading_textures_change_no_value() {
 }
 
 /// A router's gate and pools over planes whose pixels come in fours read their streams through
-/// textures where the device reads streams so, and from storage where not: both give the values
-/// and every gradient bit for bit, dx both written and added to. (channel_scale_matches_reference
+/// textures where the device reads streams so (the gate's two gradients in one pass), and from
+/// storage where not: both give the values and every gradient bit for bit, dx both written and
+/// added to. (channel_scale_matches_reference
 /// and pooling_matches_reference check the values.)
 #[test]
 fn gate_and_average_pool_reading_textures_change_no_value() {
@@ -2116,12 +2120,13 @@ fn gate_and_average_pool_reading_textures_change_no_value() {
         seed_grad(&exe, &g, y, &mut rng);
         exe.run().unwrap();
         let profile = exe.profile().unwrap();
-        let streams = [
-            ("global_avgpool_forward_quads", 1),
-            ("channel_scale_backward_input_quads", 1),
-            ("channel_scale_backward_gate_quads", 2),
-        ];
-        assert_streams(&profile, reads_textures, &streams);
+        // Reading textures, the gate's two gradients come from one pass over dy.
+        let gate_streams: &[_] = match reads_textures {
+            true => &[("channel_scale_backward_quads", 2)],
+            false => &[("channel_scale_backward_input_quads", 1), ("channel_scale_backward_gate_quads", 2)],
+        };
+        assert_streams(&profile, reads_textures, &[("global_avgpool_forward_quads", 1)]);
+        assert_streams(&profile, reads_textures, gate_streams);
         assert!(profile.iter().any(|d| d.kernel == "global_avgpool_backward_quads"), "{profile:?}");
         vec![read(&exe, y), read_grad(&exe, x), read_grad(&exe, gate)]
     });

@@ -77,14 +77,42 @@ impl BatchNorm {
         self.batch * self.channels * self.spatial.div_ceil(ELEMENT_RUN)
     }
 
-    /// Whether train mode runs each reduction and the elementwise pass after it as one
-    /// dispatch (norm.wgsl `batchnorm_train_*`, `batchnorm_backward_*_quads_textured`): where
-    /// the device reads streams through textures (software adapters, which pay tens of
-    /// microseconds a dispatch) and a channel's elements come in vec4s of one chunk. Values
-    /// are the same either way.
-    fn one_pass(&self, gpu: &Gpu, mode: Mode, streams: &[&GpuSlice]) -> bool {
-        let quads = self.spatial.is_multiple_of(4) && self.chunks() == 1;
-        mode == Mode::Train && quads && streams.iter().all(|s| gpu.reads_through_texture(s))
+    /// The kernel that runs a train-mode reduction and the elementwise pass after it as one
+    /// dispatch, and whether it reads `streams` through textures: where the device reads
+    /// streams so (software adapters, which pay tens of microseconds a dispatch) and a channel
+    /// is one chunk, over vec4s where its elements come in fours (`entries[0]`: a workgroup
+    /// per channel, `entries[1]`: serial), else where its reduction is serial (`entries[2]`,
+    /// reading storage). `None`: two dispatches. Values are the same either way.
+    fn one_pass(
+        &self,
+        gpu: &Gpu,
+        mode: Mode,
+        streams: &[&GpuSlice],
+        entries: [&'static str; 3],
+    ) -> Option<(Entry, bool)> {
+        if mode != Mode::Train || self.chunks() > 1 || !gpu.texture_reads {
+            return None;
+        }
+        let entry = |name| Entry::activating(name, self.activation);
+        if self.spatial.is_multiple_of(4) && streams.iter().all(|s| gpu.reads_through_texture(s)) {
+            return Some((entry(entries[usize::from(self.serial())]), true));
+        }
+        self.serial().then(|| (entry(entries[2]), false))
+    }
+
+    /// A [`BatchNorm::one_pass`] dispatch.
+    fn one_pass_dispatch(
+        &self,
+        gpu: &Gpu,
+        (entry, textured): (Entry, bool),
+        params: &NormParams,
+        buffers: &[&GpuSlice],
+        streams: &[&GpuSlice],
+    ) -> Dispatch {
+        match textured {
+            true => gpu.dispatch_with_textures("norm", entry, params, buffers, streams, self.reduction_grid()),
+            false => gpu.dispatch("norm", entry, params, buffers, self.reduction_grid()),
+        }
     }
 
     /// The grid of a train-mode reduction: an invocation (serial) or a workgroup per channel.
@@ -162,13 +190,12 @@ impl Op for BatchNorm {
         let params = self.params(mode);
         let channels = self.channels as u32;
         let mut out = Vec::new();
-        if self.one_pass(gpu, mode, &[x]) {
-            let entry =
-                ["batchnorm_train_quads_textured", "batchnorm_train_serial_quads_textured"][usize::from(self.serial())];
+        let entries =
+            ["batchnorm_train_quads_textured", "batchnorm_train_serial_quads_textured", "batchnorm_train_serial"];
+        if let Some(kernel) = self.one_pass(gpu, mode, &[x], entries) {
             // Bindings 1 to 6 as the statistics kernels', the output at 8.
             let buffers = [x, mean, var, saved, weight, bias, partials, b.outputs[0]];
-            let entry = Entry::activating(entry, self.activation);
-            out.push(gpu.dispatch_with_textures("norm", entry, &params, &buffers, &[x], self.reduction_grid()));
+            out.push(self.one_pass_dispatch(gpu, kernel, &params, &buffers, &[x]));
             return out;
         }
         match mode {
@@ -228,14 +255,16 @@ impl Op for BatchNorm {
         params.accumulate_bias = grads.inputs[2].is_some_and(|t| t.accumulate) as u32;
         let channels = self.channels as u32;
         let mut out = Vec::new();
-        if let Some(dx) = grads.inputs[0].filter(|_| self.one_pass(gpu, mode, &[x, dy])) {
+        let entries = [
+            "batchnorm_backward_quads_textured",
+            "batchnorm_backward_serial_quads_textured",
+            "batchnorm_backward_serial",
+        ];
+        if let (Some(dx), Some(kernel)) = (grads.inputs[0], self.one_pass(gpu, mode, &[x, dy], entries)) {
             params.accumulate_input = dx.accumulate as u32;
-            let entry = ["batchnorm_backward_quads_textured", "batchnorm_backward_serial_quads_textured"]
-                [usize::from(self.serial())];
             // Bindings 1 to 6 as the reductions', dx at 8.
             let buffers = [x, dy, saved, dweight, dbias, sums, partials, dx.slice];
-            let entry = Entry::activating(entry, self.activation);
-            out.push(gpu.dispatch_with_textures("norm", entry, &params, &buffers, &[x, dy], self.reduction_grid()));
+            out.push(self.one_pass_dispatch(gpu, kernel, &params, &buffers, &[x, dy]));
             return out;
         }
         if params.chunks > 1 {

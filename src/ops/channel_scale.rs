@@ -23,12 +23,12 @@ struct ScaleParams {
     planes: u32,
     spatial: u32,
     accumulate: u32,
-    _pad: u32,
+    accumulate_input: u32,
 }
 
 impl ChannelScale {
     fn params(&self, accumulate: u32) -> ScaleParams {
-        ScaleParams { planes: self.planes as u32, spatial: self.spatial as u32, accumulate, _pad: 0 }
+        ScaleParams { planes: self.planes as u32, spatial: self.spatial as u32, accumulate, accumulate_input: 0 }
     }
 }
 
@@ -58,6 +58,17 @@ impl Op for ChannelScale {
         // Planes whose pixels come in fours take four at a time, reading the streams through
         // textures where the device reads streams so.
         let quads = self.spatial.is_multiple_of(4);
+        let [x, gate] = [b.inputs[0], b.inputs[1]];
+        // Both gradients from one pass over dy where the device reads textures.
+        if let [Some(dx), Some(dgate)] = [grads.inputs[0], grads.inputs[1]]
+            && quads
+            && [x, dy].iter().all(|s| gpu.reads_through_texture(s))
+        {
+            let p = ScaleParams { accumulate_input: accumulate_flag(&dx), ..self.params(accumulate_flag(&dgate)) };
+            let buffers = [x, dy, dgate.slice, gate, dx.slice];
+            let entry = "channel_scale_backward_quads_textured";
+            return vec![gpu.dispatch_with_textures("router", entry, &p, &buffers, &[x, dy], grid(self.planes))];
+        }
         if let Some(dx) = grads.inputs[0] {
             let p = self.params(accumulate_flag(&dx));
             let n = self.planes * self.spatial;
