@@ -523,21 +523,30 @@ fn bench(adapter: Option<&str>, args: BenchArgs) -> Result<()> {
         let dispatches = profile(gpu, spec, args.batch_size as usize, args.res as usize, what, rounds)?;
         let total: f64 = dispatches.iter().map(|d| d.seconds).sum();
         if args.dispatches {
-            println!("{:>5} {:<9} {:<44} {:<40} {:>17} {:>9}", "#", "phase", "node", "kernel", "workgroups", "ms");
+            let header = ["#", "phase", "node", "kernel", "workgroups", "ms", "copied MB"];
+            println!(
+                "{:>5} {:<9} {:<44} {:<40} {:>17} {:>9} {:>10}",
+                header[0], header[1], header[2], header[3], header[4], header[5], header[6]
+            );
             for (i, d) in dispatches.iter().enumerate() {
                 let [x, y, z] = d.workgroups;
                 let grid = format!("{x}x{y}x{z}");
                 let (phase, node, kernel) = (d.phase.name(), &d.node, d.kernel);
-                println!("{i:>5} {phase:<9} {node:<44} {kernel:<40} {grid:>17} {:>9.3}", 1e3 * d.seconds);
+                let (ms, mb) = (1e3 * d.seconds, d.copied_bytes as f64 / 1e6);
+                println!("{i:>5} {phase:<9} {node:<44} {kernel:<40} {grid:>17} {ms:>9.3} {mb:>10.2}");
             }
-            println!("{:>5} {:<9} {:<44} {:<40} {:>17} {:>9.3}", "", "total", "", "", "", 1e3 * total);
+            let mb = dispatches.iter().map(|d| d.copied_bytes).sum::<u64>() as f64 / 1e6;
+            println!("{:>5} {:<9} {:<44} {:<40} {:>17} {:>9.3} {mb:>10.2}", "", "total", "", "", "", 1e3 * total);
             return Ok(());
         }
-        println!("{:<36} {:>10} {:>10} {:>7}", "kernel", "dispatches", "seconds", "share");
-        for (entry, n, secs) in by_kernel(&dispatches) {
-            println!("{entry:<36} {n:>10} {secs:>10.4} {:>6.1}%", 100.0 * secs / total);
+        // Bytes copied into textures (software adapters' streams; timed with their dispatches).
+        println!("{:<36} {:>10} {:>10} {:>7} {:>10}", "kernel", "dispatches", "seconds", "share", "copied MB");
+        for row in by_kernel(&dispatches) {
+            let (share, mb) = (100.0 * row.seconds / total, row.copied_bytes as f64 / 1e6);
+            println!("{:<36} {:>10} {:>10.4} {share:>6.1}% {mb:>10.2}", row.kernel, row.dispatches, row.seconds);
         }
-        println!("{:<36} {:>10} {total:>10.4}", "total", "");
+        let mb = dispatches.iter().map(|d| d.copied_bytes).sum::<u64>() as f64 / 1e6;
+        println!("{:<36} {:>10} {total:>10.4} {:>7} {mb:>10.2}", "total", "", "");
         return Ok(());
     }
     if args.latency || args.train {

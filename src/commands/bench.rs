@@ -286,19 +286,32 @@ pub fn profile(
     Ok(least)
 }
 
-/// A profile summed by kernel entry point, largest first: (entry point, dispatches, seconds).
-pub fn by_kernel(dispatches: &[DispatchTime]) -> Vec<(&'static str, usize, f64)> {
-    let mut rows: Vec<(&'static str, usize, f64)> = Vec::new();
+/// A profile's dispatches of one kernel entry point, summed ([`by_kernel`]).
+pub struct KernelTotal {
+    pub kernel: &'static str,
+    pub dispatches: usize,
+    pub seconds: f64,
+    /// Bytes copied into textures before its dispatches (timed with them).
+    pub copied_bytes: u64,
+}
+
+/// A profile summed by kernel entry point, largest first.
+pub fn by_kernel(dispatches: &[DispatchTime]) -> Vec<KernelTotal> {
+    let mut rows: Vec<KernelTotal> = Vec::new();
     for d in dispatches {
-        match rows.iter_mut().find(|(kernel, _, _)| *kernel == d.kernel) {
-            Some(row) => {
-                row.1 += 1;
-                row.2 += d.seconds;
+        let at = match rows.iter().position(|row| row.kernel == d.kernel) {
+            Some(at) => at,
+            None => {
+                rows.push(KernelTotal { kernel: d.kernel, dispatches: 0, seconds: 0.0, copied_bytes: 0 });
+                rows.len() - 1
             }
-            None => rows.push((d.kernel, 1, d.seconds)),
-        }
+        };
+        let row = &mut rows[at];
+        row.dispatches += 1;
+        row.seconds += d.seconds;
+        row.copied_bytes += d.copied_bytes;
     }
-    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     rows
 }
 

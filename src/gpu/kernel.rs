@@ -128,6 +128,11 @@ impl Dispatch {
         self.uploads.iter().filter(|u| u.copies).count()
     }
 
+    /// Bytes of those copies.
+    pub fn texture_copy_bytes(&self) -> u64 {
+        self.uploads.iter().filter(|u| u.copies).map(|u| u.source.size).sum()
+    }
+
     /// The workgroup grid (x, y, z).
     pub fn workgroups(&self) -> [u32; 3] {
         self.workgroups

@@ -519,9 +519,18 @@ impl Executor {
             self.gpu.run(std::slice::from_ref(d));
             self.gpu.wait()?;
             let seconds = start.elapsed().as_secs_f64();
-            let (kernel, workgroups, textures, texture_copies) =
-                (d.label, d.workgroups(), d.textures(), d.texture_copies());
-            times.push(DispatchTime { phase, node, kernel, workgroups, textures, texture_copies, seconds });
+            let (kernel, workgroups, textures, texture_copies, copied_bytes) =
+                (d.label, d.workgroups(), d.textures(), d.texture_copies(), d.texture_copy_bytes());
+            times.push(DispatchTime {
+                phase,
+                node,
+                kernel,
+                workgroups,
+                textures,
+                texture_copies,
+                copied_bytes,
+                seconds,
+            });
         }
         Ok(times)
     }
@@ -574,6 +583,8 @@ pub struct DispatchTime {
     /// How many of those it copies there first (and is timed with); it reads the others as an
     /// earlier dispatch of the run left them.
     pub texture_copies: usize,
+    /// Bytes of those copies.
+    pub copied_bytes: u64,
     pub seconds: f64,
 }
 
