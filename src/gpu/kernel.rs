@@ -87,6 +87,8 @@ pub struct Dispatch {
     uploads: Vec<TextureUpload>,
     /// What `bind_group` binds, to bind it again to other textures ([`Dispatch::sharing_textures_of`]).
     bindings: Vec<u32>,
+    /// The bindings it writes.
+    written: Vec<u32>,
     buffers: Vec<GpuSlice>,
 }
 
@@ -143,18 +145,25 @@ impl Dispatch {
     /// it again ([`Gpu::dispatch_with_textures_after`] for dispatches made apart): for a
     /// dispatch recorded right after `earlier`, which must not write those sources.
     pub fn sharing_textures_of(self, gpu: &Gpu, earlier: &Dispatch, shareable: impl Fn(&GpuSlice) -> bool) -> Dispatch {
-        let filled = |source: &GpuSlice| earlier.uploads.iter().find(|u| u.source == *source);
-        if !self.uploads.iter().any(|u| u.copies && shareable(&u.source) && filled(&u.source).is_some()) {
+        let held = |u: &TextureUpload| earlier.uploads.iter().find(|e| e.source == u.source).map(|e| e.texture.clone());
+        let textures =
+            self.uploads.iter().map(|u| (u.copies && shareable(&u.source)).then(|| held(u)).flatten()).collect();
+        self.retextured(gpu, textures)
+    }
+
+    /// This dispatch reading upload i's source from `textures[i]` where that is given, as an
+    /// earlier dispatch left it, without copying it.
+    fn retextured(self, gpu: &Gpu, textures: Vec<Option<wgpu::Texture>>) -> Dispatch {
+        if textures.iter().all(Option::is_none) {
             return self;
         }
         let uploads = self
             .uploads
             .into_iter()
-            .map(|u| match filled(&u.source) {
-                Some(e) if u.copies && shareable(&u.source) => {
-                    TextureUpload { source: u.source, texture: e.texture.clone(), copies: false }
-                }
-                _ => u,
+            .zip(textures)
+            .map(|(u, texture)| match texture {
+                Some(texture) => TextureUpload { source: u.source, texture, copies: false },
+                None => u,
             })
             .collect::<Vec<_>>();
         let buffers: Vec<&GpuSlice> = self.buffers.iter().collect();
@@ -162,11 +171,54 @@ impl Dispatch {
         Dispatch { bind_group, uploads, ..self }
     }
 
+    /// Whether the dispatch may write any byte of `slice`.
+    fn writes_into(&self, slice: &GpuSlice) -> bool {
+        self.written.iter().map(|&b| &self.buffers[b as usize - 1]).any(|w| {
+            w.buffer == slice.buffer && w.offset < slice.offset + slice.size && slice.offset < w.offset + w.size
+        })
+    }
+
     /// Replaces the parameter struct (same type as at creation), e.g. a new learning rate.
     /// Takes effect from the next submission; allocates nothing.
     pub fn set_params<P: bytemuck::Pod>(&self, gpu: &Gpu, params: &P) {
         gpu.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(params));
     }
+}
+
+/// `dispatches`, recorded in this order, each reading a source that an earlier one copied into
+/// a texture from that texture, where no dispatch between them writes the source: every
+/// unchanged buffer is copied once (software adapters copy on one thread while the others
+/// wait). For dispatches that are always recorded together, in order, from the first.
+pub fn copying_each_source_once(gpu: &Gpu, dispatches: Vec<Dispatch>) -> Vec<Dispatch> {
+    // The textures that hold their sources as they are now: (source, texture).
+    let mut filled: Vec<(GpuSlice, wgpu::Texture)> = Vec::new();
+    // Textures no longer filled, and those that hold what they would have: dispatches that
+    // read one uncopied, after the dispatch that would have filled it, read the other.
+    let mut moved: Vec<(wgpu::Texture, wgpu::Texture)> = Vec::new();
+    let mut out = Vec::with_capacity(dispatches.len());
+    for d in dispatches {
+        let textures: Vec<Option<wgpu::Texture>> = d
+            .uploads
+            .iter()
+            .map(|u| {
+                let new = match u.copies {
+                    true => filled.iter().find(|(source, _)| *source == u.source).map(|(_, t)| t.clone()),
+                    false => moved.iter().find(|(from, _)| *from == u.texture).map(|(_, to)| to.clone()),
+                };
+                if let (true, Some(to)) = (u.copies, &new) {
+                    moved.push((u.texture.clone(), to.clone()));
+                }
+                new
+            })
+            .collect();
+        let d = d.retextured(gpu, textures);
+        for u in d.uploads.iter().filter(|u| u.copies) {
+            filled.push((u.source.clone(), u.texture.clone()));
+        }
+        filled.retain(|(source, _)| !d.writes_into(source));
+        out.push(d);
+    }
+    out
 }
 
 /// Workgroup grid covering `invocations` threads of a one-dimensional kernel with
@@ -202,11 +254,12 @@ fn slot<K: std::hash::Hash + Eq, V>(map: &Slots<K, V>, key: K) -> Arc<OnceLock<V
     map.lock().unwrap().entry(key).or_default().clone()
 }
 
-/// A compiled entry point and the bindings its derived layout holds.
+/// A compiled entry point, the bindings its derived layout holds, and those it writes.
 #[derive(Clone)]
 struct Kernel {
     pipeline: wgpu::ComputePipeline,
     bindings: Vec<u32>,
+    written: Vec<u32>,
 }
 
 impl Gpu {
@@ -252,7 +305,7 @@ impl Gpu {
             compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
             cache: None,
         });
-        Kernel { pipeline, bindings: uses.bindings }
+        Kernel { pipeline, bindings: uses.bindings, written: uses.written }
     }
 
     /// Prepares one dispatch of `shader::entry` with its parameter struct and storage buffers
@@ -371,7 +424,7 @@ impl Gpu {
         workgroups: [u32; 3],
     ) -> Dispatch {
         let entry = entry.into();
-        let Kernel { pipeline, bindings } = self.kernel(shader, entry);
+        let Kernel { pipeline, bindings, written } = self.kernel(shader, entry);
         let textures = TEXTURE_BINDINGS.iter().filter(|b| bindings.contains(b)).count();
         assert_eq!(textures, uploads.len(), "{shader}::{} reads {textures} textures", entry.name);
         let buffer_bindings = bindings.iter().filter(|b| !TEXTURE_BINDINGS.contains(b));
@@ -390,7 +443,17 @@ impl Gpu {
         self.queue.write_buffer(&uniform, 0, bytes);
         let bind_group = self.bind_group(entry.name, &pipeline, &bindings, &uniform, buffers, &uploads);
         let buffers = buffers.iter().map(|&b| b.clone()).collect();
-        Dispatch { label: entry.name, pipeline, bind_group, workgroups, params: uniform, uploads, bindings, buffers }
+        Dispatch {
+            label: entry.name,
+            pipeline,
+            bind_group,
+            workgroups,
+            params: uniform,
+            uploads,
+            bindings,
+            written,
+            buffers,
+        }
     }
 
     /// The bind group of a dispatch of `pipeline` that uses `bindings`: the parameters at

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 pub use adapter::AdapterSummary;
 pub use async_read::AsyncRead;
 pub use entry::{Entry, OutputActivation, Stores};
-pub use kernel::{Dispatch, TEXTURE_BINDINGS, grid, grid_of, record_all, texture_width};
+pub use kernel::{Dispatch, TEXTURE_BINDINGS, copying_each_source_once, grid, grid_of, record_all, texture_width};
 
 /// Workgroup size of every one-dimensional kernel (see `shaders/common.wgsl`).
 pub const WORKGROUP: u32 = 64;

@@ -76,6 +76,8 @@ pub struct EntryUse {
     /// kernel needs no parent values). wgpu derives each pipeline's layout from what the entry
     /// uses, so the bind group must hold exactly these bindings.
     pub bindings: Vec<u32>,
+    /// Those of them it writes (storage buffers it may store to), ascending.
+    pub written: Vec<u32>,
     /// Whether the entry reads any of [`STORE_CONSTANTS`] (in its own body or in a function it
     /// calls): what is left of them once the module is compacted to that entry alone.
     pub reads_store_constants: bool,
@@ -100,9 +102,16 @@ pub fn entry_use(family: &str, entry: &str) -> EntryUse {
         .filter_map(|(_, var)| var.binding.as_ref().map(|b| b.binding))
         .collect();
     bindings.sort_unstable();
+    let mut written: Vec<u32> = module
+        .global_variables
+        .iter()
+        .filter(|(handle, _)| uses[*handle].contains(naga::valid::GlobalUse::WRITE))
+        .filter_map(|(_, var)| var.binding.as_ref().map(|b| b.binding))
+        .collect();
+    written.sort_unstable();
     module.entry_points.retain(|e| e.name == entry);
     naga::compact::compact(&mut module, naga::compact::KeepUnused::No);
     let reads_store_constants =
         module.overrides.iter().any(|(_, o)| o.name.as_deref().is_some_and(|name| STORE_CONSTANTS.contains(&name)));
-    EntryUse { bindings, reads_store_constants }
+    EntryUse { bindings, written, reads_store_constants }
 }

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use anyhow::{Context, Result, bail};
 
 use super::{Graph, Node, Role, TensorId, Weights, fuse};
-use crate::gpu::{Dispatch, Gpu, GpuSlice, record_all};
+use crate::gpu::{Dispatch, Gpu, GpuSlice, copying_each_source_once, record_all};
 use crate::ops::{Bound, GradTarget, Grads, Mode, Optimizer};
 
 /// What an executor does each run.
@@ -217,8 +217,25 @@ impl Executor {
             }
             exe.optimizer = optimizer_dispatches(&gpu, &weights, &optimizer, &plan.frozen);
         }
+        exe.copy_each_source_once();
         exe.values = values;
         Ok(exe)
+    }
+
+    /// A run's dispatches (forward, backward, optimizer: always recorded together, in order)
+    /// reading each buffer that an earlier one copied into a texture, and none wrote since,
+    /// from that texture ([`copying_each_source_once`]).
+    fn copy_each_source_once(&mut self) {
+        let (forward, backward) = (self.forward.len(), self.backward.len());
+        let lens: Vec<usize> = self.optimizer.iter().map(|(_, len)| *len).collect();
+        let run = std::mem::take(&mut self.forward)
+            .into_iter()
+            .chain(std::mem::take(&mut self.backward))
+            .chain(std::mem::take(&mut self.optimizer).into_iter().map(|(d, _)| d));
+        let mut run = copying_each_source_once(&self.gpu, run.collect()).into_iter();
+        self.forward = run.by_ref().take(forward).collect();
+        self.backward = run.by_ref().take(backward).collect();
+        self.optimizer = run.zip(lens).collect();
     }
 
     fn plan_backward(
