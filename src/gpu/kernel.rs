@@ -130,6 +130,11 @@ impl Dispatch {
         self.uploads.iter().filter(|u| u.copies).count()
     }
 
+    /// The sources it reads through textures, and the textures that hold them as it runs.
+    pub fn textures_read(&self) -> impl Iterator<Item = (&GpuSlice, &wgpu::Texture)> {
+        self.uploads.iter().map(|u| (&u.source, &u.texture))
+    }
+
     /// Bytes of those copies.
     pub fn texture_copy_bytes(&self) -> u64 {
         self.uploads.iter().filter(|u| u.copies).map(|u| u.source.size).sum()
@@ -188,10 +193,13 @@ impl Dispatch {
 /// `dispatches`, recorded in this order, each reading a source that an earlier one copied into
 /// a texture from that texture, where no dispatch between them writes the source: every
 /// unchanged buffer is copied once (software adapters copy on one thread while the others
-/// wait). For dispatches that are always recorded together, in order, from the first.
-pub fn copying_each_source_once(gpu: &Gpu, dispatches: Vec<Dispatch>) -> Vec<Dispatch> {
-    // The textures that hold their sources as they are now: (source, texture).
-    let mut filled: Vec<(GpuSlice, wgpu::Texture)> = Vec::new();
+/// wait). For dispatches that are always recorded together, in order, from the first;
+/// `filled`: textures that hold their sources whenever the first runs (source, texture).
+pub fn copying_each_source_once(
+    gpu: &Gpu,
+    mut filled: Vec<(GpuSlice, wgpu::Texture)>,
+    dispatches: Vec<Dispatch>,
+) -> Vec<Dispatch> {
     // Textures no longer filled, and those that hold what they would have: dispatches that
     // read one uncopied, after the dispatch that would have filled it, read the other.
     let mut moved: Vec<(wgpu::Texture, wgpu::Texture)> = Vec::new();

@@ -217,22 +217,32 @@ impl Executor {
             }
             exe.optimizer = optimizer_dispatches(&gpu, &weights, &optimizer, &plan.frozen);
         }
-        exe.copy_each_source_once();
+        // The parameters' textures that prepare dispatches read: they hold the parameters as
+        // they are whenever a run starts (a change of them makes the next run prepare again).
+        let param_textures = exe
+            .prepare
+            .iter()
+            .flat_map(Dispatch::textures_read)
+            .filter(|(source, _)| param(source))
+            .map(|(source, texture)| (source.clone(), texture.clone()))
+            .collect();
+        exe.copy_each_source_once(param_textures);
         exe.values = values;
         Ok(exe)
     }
 
     /// A run's dispatches (forward, backward, optimizer: always recorded together, in order)
     /// reading each buffer that an earlier one copied into a texture, and none wrote since,
-    /// from that texture ([`copying_each_source_once`]).
-    fn copy_each_source_once(&mut self) {
+    /// from that texture, and each of `filled`'s sources from its texture
+    /// ([`copying_each_source_once`]).
+    fn copy_each_source_once(&mut self, filled: Vec<(GpuSlice, wgpu::Texture)>) {
         let (forward, backward) = (self.forward.len(), self.backward.len());
         let lens: Vec<usize> = self.optimizer.iter().map(|(_, len)| *len).collect();
         let run = std::mem::take(&mut self.forward)
             .into_iter()
             .chain(std::mem::take(&mut self.backward))
             .chain(std::mem::take(&mut self.optimizer).into_iter().map(|(d, _)| d));
-        let mut run = copying_each_source_once(&self.gpu, run.collect()).into_iter();
+        let mut run = copying_each_source_once(&self.gpu, filled, run.collect()).into_iter();
         self.forward = run.by_ref().take(forward).collect();
         self.backward = run.by_ref().take(backward).collect();
         self.optimizer = run.zip(lens).collect();
