@@ -73,12 +73,14 @@ struct BenchArgs {
     /// Also time whole training steps (forward, backward, SGD), in the same call.
     #[arg(long)]
     train: bool,
-    /// Print the time of one run by kernel entry point (each dispatch run alone): a training
-    /// step's, or with --latency (and no --train) a run of the folded eval network.
+    /// Print the time of one run by kernel entry point, and the megabytes each copies into
+    /// textures before it runs (software adapters): a training step's, or with --latency (and
+    /// no --train) a run of the folded eval network. Each dispatch runs alone, so each time
+    /// also holds a dispatch's fixed cost (tens of microseconds on software adapters).
     #[arg(long)]
     profile: bool,
     /// With --profile: list every dispatch in run order (phase, node, kernel, workgroup grid,
-    /// milliseconds) rather than totals by kernel.
+    /// milliseconds, megabytes copied into textures) rather than totals by kernel.
     #[arg(long, requires = "profile")]
     dispatches: bool,
     /// With --profile: profile this many runs and keep each dispatch's least time, which holds
