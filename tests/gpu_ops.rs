@@ -5,7 +5,7 @@
 mod common;
 
 use common::{assert_close, f32_exact, gpu, gradient_plan, randn, rng, to_f32, to_f64};
-use kdna::gpu::{Dispatch, texture_width};
+use kdna::gpu::{Dispatch, copying_each_source_once, grid, record_all, texture_width};
 use kdna::graph::{DispatchTime, Executor, Graph, Init, Phase, Plan, TensorId};
 use kdna::ops::activation::Activation;
 use kdna::ops::adamw::AdamW;
@@ -2195,5 +2195,66 @@ fn batchnorm_input_gradient_survives_cancellation_at_batch_two() {
         let scale = w2[0].abs().max(w2[1].abs());
         let err = (g2[0] - w2[0]).abs().max((g2[1] - w2[1]).abs());
         assert!(err <= 1e-5 * scale, "channel {c}: got {g2:?}, want {w2:?}");
+    }
+}
+
+/// The parameters of the elementwise kernels (`shaders/activation.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ElementwiseParams {
+    len: u32,
+    kind: u32,
+    accumulate: u32,
+    activated: u32,
+}
+
+/// A run copies a buffer into a texture again only where a dispatch wrote it since the last
+/// copy (`copying_each_source_once`), and a dispatch that read its own texture uncopied (a band
+/// after the first of a pass) reads the texture its source's was redirected to: the values are
+/// those of copying before every dispatch.
+#[test]
+fn a_run_copies_a_buffer_into_a_texture_again_only_after_a_write() {
+    let gpu = gpu();
+    let n = 4 * texture_width(&gpu) as usize + 64;
+    let mut rng = rng(470);
+    let [a, b, c] = [0, 1, 2].map(|_| to_f32(&f32_exact(randn(&mut rng, n))));
+    let [sa, sb, sc] = [&a, &b, &c].map(|v| gpu.upload("source", v));
+    let outs: Vec<_> = (0..5).map(|_| gpu.storage("out", n)).collect();
+    let p = ElementwiseParams { len: n as u32, kind: 0, accumulate: 0, activated: 0 };
+    let grid = grid(n / 4);
+    let add = |out| {
+        gpu.dispatch_with_textures("activation", "add_forward_quads_textured", &p, &[&sa, &sb, out], &[&sa, &sb], grid)
+    };
+    let run = vec![
+        add(&outs[0]),
+        // a := relu(c), between two reads of a.
+        gpu.dispatch("activation", "activation_forward_quads", &p, &[&sc, &sa], grid),
+        add(&outs[1]),
+        add(&outs[2]),
+    ];
+    let first_band = add(&outs[3]);
+    // A second band of the last sum, reading the first's textures as it leaves them.
+    let second_band = gpu.dispatch_with_textures_after(
+        Some(&first_band),
+        "activation",
+        "add_forward_quads_textured",
+        &p,
+        &[&sa, &sb, &outs[4]],
+        &[&sa, &sb],
+        grid,
+    );
+    let run: Vec<Dispatch> = run.into_iter().chain([first_band, second_band]).collect();
+    let run = copying_each_source_once(&gpu, Vec::new(), run);
+    let copies: Vec<usize> = run.iter().map(Dispatch::texture_copies).collect();
+    // a and b; none (no texture read); a again, as written; nothing more.
+    assert_eq!(copies, [2, 0, 1, 0, 0, 0]);
+    let mut encoder = gpu.encoder("copies");
+    record_all(&mut encoder, &run);
+    gpu.submit(encoder);
+    let relu_c: Vec<f32> = c.iter().map(|v| v.max(0.0)).collect();
+    let sum = |x: &[f32]| x.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<f32>>();
+    for (i, want) in [sum(&a), sum(&relu_c), sum(&relu_c), sum(&relu_c), sum(&relu_c)].iter().enumerate() {
+        let got: Vec<f32> = gpu.read(&outs[i]).unwrap();
+        assert!(got == *want, "sum {i}: {} values differ", got.iter().zip(want).filter(|(g, w)| g != w).count());
     }
 }
