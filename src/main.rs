@@ -524,11 +524,12 @@ fn bench(adapter: Option<&str>, args: BenchArgs) -> Result<()> {
         let rounds = args.rounds as usize;
         let dispatches = profile(gpu, spec, args.batch_size as usize, args.res as usize, what, rounds)?;
         let total: f64 = dispatches.iter().map(|d| d.seconds).sum();
+        // Bytes copied into textures (software adapters' streams; timed with their dispatches).
+        let copied_mb = dispatches.iter().map(|d| d.copied_bytes).sum::<u64>() as f64 / 1e6;
         if args.dispatches {
-            let header = ["#", "phase", "node", "kernel", "workgroups", "ms", "copied MB"];
             println!(
                 "{:>5} {:<9} {:<44} {:<40} {:>17} {:>9} {:>10}",
-                header[0], header[1], header[2], header[3], header[4], header[5], header[6]
+                "#", "phase", "node", "kernel", "workgroups", "ms", "copied MB"
             );
             for (i, d) in dispatches.iter().enumerate() {
                 let [x, y, z] = d.workgroups;
@@ -537,18 +538,23 @@ fn bench(adapter: Option<&str>, args: BenchArgs) -> Result<()> {
                 let (ms, mb) = (1e3 * d.seconds, d.copied_bytes as f64 / 1e6);
                 println!("{i:>5} {phase:<9} {node:<44} {kernel:<40} {grid:>17} {ms:>9.3} {mb:>10.2}");
             }
-            let mb = dispatches.iter().map(|d| d.copied_bytes).sum::<u64>() as f64 / 1e6;
-            println!("{:>5} {:<9} {:<44} {:<40} {:>17} {:>9.3} {mb:>10.2}", "", "total", "", "", "", 1e3 * total);
+            println!(
+                "{:>5} {:<9} {:<44} {:<40} {:>17} {:>9.3} {copied_mb:>10.2}",
+                "",
+                "total",
+                "",
+                "",
+                "",
+                1e3 * total
+            );
             return Ok(());
         }
-        // Bytes copied into textures (software adapters' streams; timed with their dispatches).
         println!("{:<36} {:>10} {:>10} {:>7} {:>10}", "kernel", "dispatches", "seconds", "share", "copied MB");
         for row in by_kernel(&dispatches) {
             let (share, mb) = (100.0 * row.seconds / total, row.copied_bytes as f64 / 1e6);
             println!("{:<36} {:>10} {:>10.4} {share:>6.1}% {mb:>10.2}", row.kernel, row.dispatches, row.seconds);
         }
-        let mb = dispatches.iter().map(|d| d.copied_bytes).sum::<u64>() as f64 / 1e6;
-        println!("{:<36} {:>10} {total:>10.4} {:>7} {mb:>10.2}", "total", "", "");
+        println!("{:<36} {:>10} {total:>10.4} {:>7} {copied_mb:>10.2}", "total", "", "");
         return Ok(());
     }
     if args.latency || args.train {

@@ -5,9 +5,9 @@
 mod common;
 
 use common::{assert_close, f32_exact, gpu, gradient_plan, randn, rng, to_f32, to_f64};
-use kdna::gpu::{Dispatch, copying_each_source_once, grid, record_all, texture_width};
+use kdna::gpu::{Dispatch, copying_each_source_once, record_all, texture_width};
 use kdna::graph::{DispatchTime, Executor, Graph, Init, Phase, Plan, TensorId};
-use kdna::ops::activation::Activation;
+use kdna::ops::activation::{Activation, ActivationOp, Add};
 use kdna::ops::adamw::AdamW;
 use kdna::ops::batchnorm::BatchNorm;
 use kdna::ops::conv_gemm::{GemmPlan, WeightReads};
@@ -2198,16 +2198,6 @@ fn batchnorm_input_gradient_survives_cancellation_at_batch_two() {
     }
 }
 
-/// The parameters of the elementwise kernels (`shaders/activation.wgsl`).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct ElementwiseParams {
-    len: u32,
-    kind: u32,
-    accumulate: u32,
-    activated: u32,
-}
-
 /// A run copies a buffer into a texture again only where a dispatch wrote it since the last
 /// copy (`copying_each_source_once`), and a dispatch that read its own texture uncopied (a band
 /// after the first of a pass) reads the texture its source's was redirected to: the values are
@@ -2215,36 +2205,30 @@ struct ElementwiseParams {
 #[test]
 fn a_run_copies_a_buffer_into_a_texture_again_only_after_a_write() {
     let gpu = gpu();
+    assert!(gpu.texture_reads, "the test adapter reads no streams through textures: the copy pass goes untested");
     let n = 4 * texture_width(&gpu) as usize + 64;
     let mut rng = rng(470);
     let [a, b, c] = [0, 1, 2].map(|_| to_f32(&f32_exact(randn(&mut rng, n))));
     let [sa, sb, sc] = [&a, &b, &c].map(|v| gpu.upload("source", v));
     let outs: Vec<_> = (0..5).map(|_| gpu.storage("out", n)).collect();
-    let p = ElementwiseParams { len: n as u32, kind: 0, accumulate: 0, activated: 0 };
-    let grid = grid(n / 4);
-    let add = |out| {
-        gpu.dispatch_with_textures("activation", "add_forward_quads_textured", &p, &[&sa, &sb, out], &[&sa, &sb], grid)
-    };
-    let run = vec![
+    let bound = |inputs, out| Bound { inputs, outputs: vec![out], scratch: Vec::new() };
+    // The residual add reads both operands through textures (four at a time).
+    let add = |out| Add { len: n, activation: None }.forward(&gpu, &bound(vec![&sa, &sb], out), Mode::Train);
+    let relu = ActivationOp { kind: Activation::Relu, len: n };
+    let run: Vec<Dispatch> = [
         add(&outs[0]),
         // a := relu(c), between two reads of a.
-        gpu.dispatch("activation", "activation_forward_quads", &p, &[&sc, &sa], grid),
+        relu.forward(&gpu, &bound(vec![&sc], &sa), Mode::Train),
         add(&outs[1]),
         add(&outs[2]),
-    ];
-    let first_band = add(&outs[3]);
+        add(&outs[3]),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     // A second band of the last sum, reading the first's textures as it leaves them.
-    let second_band = gpu.dispatch_with_textures_after(
-        Some(&first_band),
-        "activation",
-        "add_forward_quads_textured",
-        &p,
-        &[&sa, &sb, &outs[4]],
-        &[&sa, &sb],
-        grid,
-    );
-    let run: Vec<Dispatch> = run.into_iter().chain([first_band, second_band]).collect();
-    let run = copying_each_source_once(&gpu, Vec::new(), run);
+    let second_band = add(&outs[4]).remove(0).sharing_textures_of(&gpu, &run[4], |_| true);
+    let run = copying_each_source_once(&gpu, Vec::new(), run.into_iter().chain([second_band]).collect());
     let copies: Vec<usize> = run.iter().map(Dispatch::texture_copies).collect();
     // a and b; none (no texture read); a again, as written; nothing more.
     assert_eq!(copies, [2, 0, 1, 0, 0, 0]);

@@ -95,20 +95,19 @@ pub fn entry_use(family: &str, entry: &str) -> EntryUse {
         .position(|e| e.name == entry)
         .unwrap_or_else(|| panic!("{family}.wgsl has no entry point {entry:?}"));
     let uses = info.get_entry_point(index);
-    let mut bindings: Vec<u32> = module
-        .global_variables
-        .iter()
-        .filter(|(handle, _)| !uses[*handle].is_empty())
-        .filter_map(|(_, var)| var.binding.as_ref().map(|b| b.binding))
-        .collect();
-    bindings.sort_unstable();
-    let mut written: Vec<u32> = module
-        .global_variables
-        .iter()
-        .filter(|(handle, _)| uses[*handle].contains(naga::valid::GlobalUse::WRITE))
-        .filter_map(|(_, var)| var.binding.as_ref().map(|b| b.binding))
-        .collect();
-    written.sort_unstable();
+    // The bindings of the globals the entry uses as `used` says, ascending.
+    let bindings_where = |used: fn(naga::valid::GlobalUse) -> bool| {
+        let mut bindings: Vec<u32> = module
+            .global_variables
+            .iter()
+            .filter(|(handle, _)| used(uses[*handle]))
+            .filter_map(|(_, var)| var.binding.as_ref().map(|b| b.binding))
+            .collect();
+        bindings.sort_unstable();
+        bindings
+    };
+    let bindings = bindings_where(|u| !u.is_empty());
+    let written = bindings_where(|u| u.contains(naga::valid::GlobalUse::WRITE));
     module.entry_points.retain(|e| e.name == entry);
     naga::compact::compact(&mut module, naga::compact::KeepUnused::No);
     let reads_store_constants =

@@ -72,7 +72,7 @@ impl Op for ChannelScale {
         if let Some(dx) = grads.inputs[0] {
             let p = self.params(accumulate_flag(&dx));
             let n = self.planes * self.spatial;
-            let buffers = [dy, b.inputs[1], dx.slice];
+            let buffers = [dy, gate, dx.slice];
             out.push(match quads {
                 true => {
                     let entries = ["channel_scale_backward_input_quads", "channel_scale_backward_input_quads_textured"];
@@ -83,12 +83,12 @@ impl Op for ChannelScale {
         }
         if let Some(dgate) = grads.inputs[1] {
             let p = self.params(accumulate_flag(&dgate));
-            let buffers = [b.inputs[0], dy, dgate.slice];
+            let buffers = [x, dy, dgate.slice];
             let workgroups = grid(self.planes);
             out.push(match quads {
                 true => {
                     let entries = ["channel_scale_backward_gate_quads", "channel_scale_backward_gate_quads_textured"];
-                    gpu.dispatch_streaming(None, "router", entries, &p, &buffers, &[b.inputs[0], dy], workgroups)
+                    gpu.dispatch_streaming(None, "router", entries, &p, &buffers, &[x, dy], workgroups)
                 }
                 false => gpu.dispatch("router", "channel_scale_backward_gate", &p, &buffers, workgroups),
             });
