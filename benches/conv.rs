@@ -16,7 +16,7 @@ use kdna::ops::{Bound, GradTarget, Grads, Mode, Op};
 fn main() {
     // As the kdna binary does, so that the figures are the ones its users get.
     // SAFETY: no other thread has started yet.
-    unsafe { kdna::gpu::adapter::set_software_driver_threads() };
+    unsafe { kdna::gpu::adapter::set_software_driver_options() };
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let json = args.iter().any(|a| a == "--json");

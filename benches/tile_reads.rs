@@ -45,7 +45,7 @@ impl Source {
 fn main() {
     // As the kdna binary does, so that the figures are the ones its users get.
     // SAFETY: no other thread has started yet.
-    unsafe { kdna::gpu::adapter::set_software_driver_threads() };
+    unsafe { kdna::gpu::adapter::set_software_driver_options() };
     let quick = std::env::args().any(|a| a == "--quick");
     let gpu = Gpu::new(None).unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -140,8 +140,12 @@ struct TileParams {
 // Invocations per workgroup of the kernels here but the lanes kernel (src/gpu/conv_tiles.rs `TILE_WORKGROUP`):
 // small, so that the few large tiles of a late-stage layer still spread over every core.
 const TILE_WORKGROUP: u32 = 16u;
-// Invocations per workgroup of the weight-gradient tiles (src/gpu/conv_tiles.rs `WEIGHT_WORKGROUP`).
-const WEIGHT_WORKGROUP: u32 = 8u;
+// Invocations per workgroup of the weight-gradient tiles and the lanes kernel, whose lanes take
+// (tap, input tile) pairs or channel tiles, of which small passes have few: one vector of a
+// software adapter (8 lanes at 256 bits, 16 at 512), which runs a workgroup as whole vectors
+// (src/gpu/mod.rs `Gpu::tile_lanes`, a pipeline constant). Each invocation's work and sums
+// are the same whatever the value.
+override TILE_LANES: u32 = 8u;
 // Output channels per weight-gradient tile.
 const WEIGHT_TILE_OUT: u32 = 32u;
 
@@ -1102,10 +1106,9 @@ fn conv_tile_forward_storage_C(
 // of a subgroup load them once and broadcast them) and load their own weights. Sums in the
 // same order as the kernels above. Invocations: out_pad / C channel tiles, rounded up to whole
 // workgroups (x; lanes past the last tile compute it, clamped, and store nothing), by pixel
-// tiles (y, folded into z past 65535).
-const LANES_WORKGROUP: u32 = 8u;
+// tiles (y, folded into z past 65535). Workgroups of TILE_LANES lanes.
 //@template forward_lanes
-@compute @workgroup_size(LANES_WORKGROUP)
+@compute @workgroup_size(TILE_LANES)
 fn conv_tile_forward_lanes_C(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -1214,9 +1217,9 @@ fn next_pixel(w: ptr<function, PixelWalk>) {
 // and chunk are the workgroup's (y, z), invocations differ by tap and input tile (x).
 // With subgroups, the dy loads every lane shares are broadcast as in the forward kernel (and
 // lanes past the end compute a clamped tile but store nothing).
-// Workgroups: ceil(taps * in_quads * 4 / I / WEIGHT_WORKGROUP) x (out_pad / 32) x chunks.
+// Workgroups: ceil(taps * in_quads * 4 / I / TILE_LANES) x (out_pad / 32) x chunks.
 //@template weight
-@compute @workgroup_size(WEIGHT_WORKGROUP)
+@compute @workgroup_size(TILE_LANES)
 fn conv_tile_weight_I(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(workgroup_id) wid: vec3<u32>,

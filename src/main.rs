@@ -416,7 +416,7 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
 
 fn main() -> ExitCode {
     // SAFETY: no other thread has started yet.
-    unsafe { adapter::set_software_driver_threads() };
+    unsafe { adapter::set_software_driver_options() };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices => devices(cli.adapter.as_deref()),

@@ -741,6 +741,57 @@ fn conv_weight_paths_agree_bit_for_bit() {
     }
 }
 
+/// The weight-gradient tiles and the lanes tiles run workgroups of `Gpu::tile_lanes`
+/// invocations (one vector of a software adapter: 8 lanes at 256 bits, 16 at 512). Each
+/// invocation's work is the same whatever that number, so a device with the other number
+/// computes the same forward pass, input gradient and weight gradient, bit for bit: over a 2x2
+/// map (bands of the lanes tiles) and a 9x7 map (the pixel tiles, weight tiles alone), with
+/// channels that leave the last workgroup part-filled at either width.
+#[test]
+fn tile_workgroups_of_either_width_change_no_value() {
+    let shared = gpu();
+    assert!(shared.subgroups, "the test adapter has no subgroups of eight lanes: the lanes tiles go untested");
+    let mut other = kdna::gpu::Gpu::new(None).expect("a second device on the test adapter");
+    other.tile_lanes = if shared.tile_lanes == 8 { 16 } else { 8 };
+    let devices = [shared, Arc::new(other)];
+    let cases = [
+        ([3, 36, 2, 2], [200, 36, 3, 3], Conv2dConfig::new(1, 1), true),
+        ([3, 52, 9, 7], [72, 52, 3, 3], Conv2dConfig::new(1, 1), false),
+    ];
+    for (i, (xs, ws, cfg, lanes)) in cases.into_iter().enumerate() {
+        let shape = Conv2dShape::new(&xs, &ws, cfg).unwrap();
+        let mut rng = rng(41 + i as u64);
+        let numel = |s: &[usize]| s.iter().product::<usize>();
+        let (xv, wv) = (f32_exact(randn(&mut rng, numel(&xs))), f32_exact(randn(&mut rng, numel(&ws))));
+        let (bv, dyv) = (f32_exact(randn(&mut rng, ws[0])), f32_exact(randn(&mut rng, numel(&shape.output()))));
+        let run = |gpu: &kdna::gpu::Gpu| {
+            let [x, w, bias, dy] = [&xv, &wv, &bv, &dyv].map(|v| gpu.upload("input", &to_f32(v)));
+            let plan = GemmPlan::for_device(&shape, gpu);
+            let scratch: Vec<_> = plan.scratch(true).iter().map(|&n| gpu.storage("scratch", n)).collect();
+            let scratch: Vec<_> = scratch.iter().collect();
+            let [y, dx] = [shape.output(), xs.to_vec()].map(|s| gpu.storage("out", numel(&s)));
+            let dw = gpu.storage("dw", numel(&shape.weight()));
+            let fusion = Fusion { gate: None, residual: None, activation: OutputActivation::Relu };
+            let forward = plan.forward(gpu, [&x, &w, &bias, &y], true, fusion, None, &scratch);
+            let mut dispatches: Vec<_> = forward.prepare.into_iter().chain(forward.run).collect();
+            dispatches.extend(plan.backward_input(gpu, [&dy, &w, &dx], false, None, &scratch));
+            dispatches.extend(plan.backward_weight(gpu, [&dy, &dw], false, false, true, &scratch));
+            let ran = |kernel: &str| dispatches.iter().any(|d| d.label.contains(kernel));
+            assert_eq!(ran("conv_tile_forward_lanes"), lanes, "case {i}: the lanes tiles run");
+            assert!(ran("conv_tile_weight"), "case {i}: the weight-gradient tiles run");
+            gpu.run(&dispatches);
+            [&y, &dx, &dw].map(|b| gpu.read::<f32>(b).unwrap())
+        };
+        let [a, b] = devices.each_ref().map(|gpu| run(gpu));
+        for (name, (a, b)) in ["forward", "input-gradient", "weight-gradient"].iter().zip(a.iter().zip(&b)) {
+            let differing = a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert_eq!(differing, 0, "case {i}: {name} values that differ between workgroups of 8 and 16 lanes");
+        }
+        let (_, want_dw, _) = r::conv2d::backward(&shape, &xv, &wv, &dyv);
+        assert_close(&format!("case {i} dw"), &to_f64(&a[2]), &want_dw, TOL);
+    }
+}
+
 /// What a fused output activation does, in f64.
 fn activate(activation: OutputActivation, v: f64) -> f64 {
     match activation {

@@ -13,9 +13,6 @@ pub const FORWARD_TILES: [(u32, u32); 3] = [(16, 32), (32, 16), (64, 8)];
 /// few pixels, `conv_tile_forward_lanes_32x16`): 16 pixels, shared by the lanes of a workgroup
 /// (two broadcast loads per eight lanes), by 32 output channels per lane.
 pub const LANES_TILE: (u32, u32) = (32, 16);
-/// Invocations per workgroup of that kernel (`LANES_WORKGROUP` in the shader): one subgroup on
-/// lavapipe, and few, so that the few channel tiles of a small pass spread over every core.
-pub const LANES_WORKGROUP: u32 = 8;
 /// Input channels per weight-gradient tile (32 output channels each). On lavapipe 8 runs
 /// fastest: 16 and 32 keep more results than the caches hold and ran 10-40% slower.
 pub const WEIGHT_TILES: [u32; 2] = [4, 8];
@@ -27,10 +24,6 @@ pub const WEIGHT_PIXELS_PER_STEP: u32 = 2;
 pub const WEIGHT_TILE_OUT: u32 = 32;
 /// Invocations per workgroup of the tile kernels (`TILE_WORKGROUP` in the shader).
 pub const TILE_WORKGROUP: u32 = 16;
-/// Invocations per workgroup of the weight-gradient tiles (`WEIGHT_WORKGROUP` in the shader):
-/// one subgroup on lavapipe, as their lanes take (tap, input tile) pairs, of which a pointwise
-/// conv over few channels has few (24 input channels: 3 of 8 tiles).
-pub const WEIGHT_WORKGROUP: u32 = 8;
 /// Batch-wide pixels of one workgroup of `conv_shared_forward_T` and the output channels of
 /// each of its T weight tiles (`SHARED_PIXELS`, `SHARED_CHANNELS` in the shader).
 pub const SHARED_PIXELS: u32 = 128;

@@ -304,7 +304,10 @@ impl Gpu {
             // towards them.
             unsafe { self.device.create_shader_module_trusted(desc, checks) }
         });
-        let constants = entry.constants();
+        let mut constants = entry.constants();
+        if uses.sized_by_tile_lanes {
+            constants.push((shaders::TILE_LANES, f64::from(self.tile_lanes)));
+        }
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry.name),
             layout: None,

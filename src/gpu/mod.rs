@@ -90,6 +90,12 @@ pub struct Gpu {
     /// adapters pay each storage access whose address differs per lane as a loop over the
     /// lanes). Values are the same either way.
     pub quad_stores: bool,
+    /// Invocations per workgroup of the weight-gradient tiles and the lanes tiles, whose lanes
+    /// take (tap, input tile) pairs or channel tiles: on a software adapter its vector width in
+    /// lanes (its subgroup size: 8 at 256 bits, 16 at 512; a workgroup runs as whole vectors,
+    /// so a narrower one leaves lanes idle), else 8. Each invocation's work is the same
+    /// whatever the value, so values are too.
+    pub tile_lanes: u32,
     kernels: kernel::KernelCache,
     buffers_created: AtomicU64,
     submissions: AtomicU64,
@@ -125,6 +131,15 @@ impl Gpu {
         };
         // KDNA_QUAD_STORES=0 stores the tiles' outputs one value at a time (to compare).
         let quad_stores = std::env::var("KDNA_QUAD_STORES").map_or(true, |v| v != "0");
+        // KDNA_TILE_LANES overrides the choice (to compare, or to test both on one adapter).
+        let tile_lanes = match std::env::var("KDNA_TILE_LANES") {
+            Ok(v) => match v.parse::<u32>() {
+                Ok(n) if n.is_power_of_two() && (4..=64).contains(&n) => n,
+                _ => anyhow::bail!("KDNA_TILE_LANES={v:?}: expected a power of two from 4 to 64"),
+            },
+            Err(_) if info.device_type == wgpu::DeviceType::Cpu && subgroups => info.subgroup_min_size.clamp(8, 16),
+            Err(_) => 8,
+        };
         let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
             label: Some("kdna"),
             required_features: if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() },
@@ -144,6 +159,7 @@ impl Gpu {
             depthwise_rows,
             texture_reads,
             quad_stores,
+            tile_lanes,
             kernels: kernel::KernelCache::default(),
             buffers_created: AtomicU64::new(0),
             submissions: AtomicU64::new(0),

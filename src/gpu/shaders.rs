@@ -81,7 +81,14 @@ pub struct EntryUse {
     /// Whether the entry reads any of [`STORE_CONSTANTS`] (in its own body or in a function it
     /// calls): what is left of them once the module is compacted to that entry alone.
     pub reads_store_constants: bool,
+    /// Whether its workgroups are [`TILE_LANES`] invocations (the pipeline constant survives
+    /// the compaction to this entry alone).
+    pub sized_by_tile_lanes: bool,
 }
+
+/// The pipeline constant of the conv tiles whose workgroups are one vector of a software
+/// adapter ([`super::Gpu::tile_lanes`]), as `shaders/conv_tile.wgsl` declares it.
+pub const TILE_LANES: &str = "TILE_LANES";
 
 /// The pipeline constants of [`super::Stores`], as `shaders/common.wgsl` declares them.
 pub const STORE_CONSTANTS: [&str; 3] = ["STORED_ACTIVATION", "STORES_BIAS", "STORES_RESIDUAL"];
@@ -112,5 +119,6 @@ pub fn entry_use(family: &str, entry: &str) -> EntryUse {
     naga::compact::compact(&mut module, naga::compact::KeepUnused::No);
     let reads_store_constants =
         module.overrides.iter().any(|(_, o)| o.name.as_deref().is_some_and(|name| STORE_CONSTANTS.contains(&name)));
-    EntryUse { bindings, written, reads_store_constants }
+    let sized_by_tile_lanes = module.overrides.iter().any(|(_, o)| o.name.as_deref() == Some(TILE_LANES));
+    EntryUse { bindings, written, reads_store_constants, sized_by_tile_lanes }
 }

@@ -9,9 +9,9 @@ use std::ops::Range;
 use super::Forward;
 use super::conv2d::{Conv2dConfig, Conv2dShape, Fusion};
 use crate::gpu::conv_tiles::{
-    ChildPass, FORWARD_TILES, LANES_ENTRY, LANES_TILE, LANES_WORKGROUP, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP,
-    WEIGHT_TILE_OUT, WEIGHT_TILES, WEIGHT_WORKGROUP, forward_child_entry, forward_entry, forward_quads_entry,
-    lanes_child_entry, shared_entry, weight_entry,
+    ChildPass, FORWARD_TILES, LANES_ENTRY, LANES_TILE, SHARED_CHANNELS, SHARED_PIXELS, TILE_WORKGROUP, WEIGHT_TILE_OUT,
+    WEIGHT_TILES, forward_child_entry, forward_entry, forward_quads_entry, lanes_child_entry, shared_entry,
+    weight_entry,
 };
 use crate::gpu::{Dispatch, Entry, Gpu, GpuSlice, Stores, grid, grid_of, texture_width};
 
@@ -694,7 +694,7 @@ fn tile_dispatches(
     if reads == WeightReads::SubgroupInputs {
         assert_eq!((channels, pixels), LANES_TILE, "lanes read weights packed in tiles of {}", LANES_TILE.0);
         let [y, z, _] = grid_of(pixel_tiles, 1);
-        let x = channel_tiles.div_ceil(LANES_WORKGROUP);
+        let x = channel_tiles.div_ceil(gpu.tile_lanes);
         let buffers = [input, packed, bias, output, residual, spatial, filter];
         let entry = child.map_or(LANES_ENTRY, |(_, packing)| lanes_child_entry(packing.child_pass()));
         out.push(gpu.dispatch_with_textures_after(
@@ -1747,7 +1747,7 @@ impl GemmPlan {
             kernel => {
                 let lanes = taps_used * (4 * self.x_quads / self.weight_inputs as usize);
                 let workgroups = [
-                    lanes.div_ceil(WEIGHT_WORKGROUP as usize) as u32,
+                    lanes.div_ceil(gpu.tile_lanes as usize) as u32,
                     (self.weight_pad() / WEIGHT_TILE_OUT as usize) as u32,
                     params.chunks,
                 ];
