@@ -441,6 +441,10 @@ fn viewer(args: ViewerArgs) -> Result<()> {
     let beside = std::env::current_exe().ok().map(|exe| exe.with_file_name(&name)).filter(|p| p.is_file());
     let program = beside.unwrap_or_else(|| PathBuf::from(&name));
     let mut command = std::process::Command::new(&program);
+    // The viewer draws: lavapipe's drawing does not take the vector width kdna runs it with.
+    for variable in adapter::wide_vector_variables() {
+        command.env_remove(variable);
+    }
     if let Some(out) = &args.screenshot {
         command.arg("--screenshot").arg(out);
     }

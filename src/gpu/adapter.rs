@@ -156,12 +156,14 @@ pub unsafe fn set_software_driver_options() {
         // SAFETY: the caller guarantees that no other thread runs yet.
         unsafe { std::env::set_var(name, value) }
     };
+    let mut wide = Vec::new();
     if std::env::var_os("LP_NUM_THREADS").is_none() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         set("LP_NUM_THREADS", (cores + SOFTWARE_EXTRA_THREADS).to_string().as_ref());
     }
     if std::env::var_os("LP_NATIVE_VECTOR_WIDTH").is_none() && has_avx512f() {
         set("LP_NATIVE_VECTOR_WIDTH", SOFTWARE_WIDE_VECTOR_BITS.to_string().as_ref());
+        wide.push("LP_NATIVE_VECTOR_WIDTH");
         let cache_home = std::env::var_os("XDG_CACHE_HOME")
             .map(std::path::PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cache")));
@@ -172,8 +174,19 @@ pub unsafe fn set_software_driver_options() {
             // without a cache: slower to start, never with shaders of the other width.
             let _ = std::fs::create_dir_all(&dir);
             set("MESA_SHADER_CACHE_DIR", dir.as_os_str());
+            wide.push("MESA_SHADER_CACHE_DIR");
         }
     }
+    let _ = WIDE_VECTOR_VARIABLES.set(wide);
+}
+
+static WIDE_VECTOR_VARIABLES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+
+/// The variables [`set_software_driver_options`] set for 512-bit vectors, for the processes
+/// kdna starts that draw to go without: at that width llvmpipe runs compute kernels correctly
+/// but its drawing crashed (the viewer's tests, in a segmentation fault).
+pub fn wide_vector_variables() -> &'static [&'static str] {
+    WIDE_VECTOR_VARIABLES.get().map_or(&[], Vec::as_slice)
 }
 
 fn has_avx512f() -> bool {
