@@ -132,8 +132,8 @@ pub const SOFTWARE_EXTRA_THREADS: usize = 2;
 /// AVX-512F and `LP_NATIVE_VECTOR_WIDTH` is not set (their default is 256). A workgroup's lanes
 /// then run sixteen to a vector: a KernelDNA-ResNet18 training step on a 2-core AMD EPYC took
 /// 0.344 s against 0.395 s (the forward tiles 107 -> 68 ms, with the weight-gradient tiles'
-/// workgroups widened to match, `Gpu::tile_lanes`), its eval 25% less. Results do not depend on
-/// it: each invocation's arithmetic is the same.
+/// workgroups widened to match, `Gpu::tile_lanes`), and its eval ran 25% more images a second.
+/// Results do not depend on it: each invocation's arithmetic is the same.
 pub const SOFTWARE_WIDE_VECTOR_BITS: u32 = 512;
 
 /// Mesa's shader cache keys compiled shaders by the CPU's features, not by the vector width
